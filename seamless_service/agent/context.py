@@ -1,0 +1,52 @@
+"""Everything an op needs to know about the agent it runs in."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths
+
+
+@dataclass
+class AgentContext:
+    """Shared by all ops of one agent process (or one in-process local transport).
+
+    `policy` is the path policy configured on the server (never chosen by a client);
+    `sizer` and `watcher` are created lazily by the ops that need them, so the local
+    transport pays nothing for what it does not use.
+    """
+
+    base: Path = field(default_factory=paths.base_dir)
+    policy: Any = None            # agent.policy.PathPolicy; None -> the default (seamless preset)
+    started: float = field(default_factory=time.time)
+    helper_dir: Path | None = None  # folder holding the rhl-* executables; None -> search
+    extras: dict[str, Any] = field(default_factory=dict)  # lazily created per-agent objects
+
+    @property
+    def server_dir(self) -> Path:
+        return paths.server_dir(self.base)
+
+    @property
+    def client_dir(self) -> Path:
+        return paths.client_dir(self.base)
+
+    @property
+    def agent_dir(self) -> Path:
+        return paths.agent_dir(self.base)
+
+    def shared(self, name: str, factory: Any) -> Any:
+        """The per-agent singleton `name`, made by `factory(self)` on first use."""
+        obj = self.extras.get(name)
+        if obj is None:
+            obj = self.extras[name] = factory(self)
+        return obj
+
+    def close(self) -> None:
+        for obj in self.extras.values():
+            closer = getattr(obj, "close", None)
+            if closer is not None:
+                closer()
+        self.extras.clear()

@@ -1,0 +1,169 @@
+"""Reading launcher state files and deriving a service's status, in-process.
+
+Matches `rhl-ps --json` row for row (ssh_guard/_state.py server_row/client_row), with
+deliberate corrections of the helpers' defects (anchor §6):
+
+* #15: a pid <= 0, a float that is not a whole number, or a pid beyond the kernel's range
+  is *unusable*, not "alive" (rhl-ps reports pid 0/-1 alive, truncates 4.7 to 4 and crashes
+  on huge pids).
+* #16: a `starting` row whose pid is dead derives to `failed` (rhl-ps keeps it
+  `starting` forever); its `live` is false.
+* #36: a malformed, non-object or unreadable file does not abort the listing: it becomes a
+  row with `status: "error"` and an `error` message; every other row is still returned.
+
+Everything else, including the field set, `json_status`, `live` and `meta: {}`, is as the
+helper gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Linux pid_max can be at most 2**22; anything larger cannot be a process.
+PID_LIMIT = 1 << 22
+
+
+def usable_pid(value: object) -> int | None:
+    """The pid as an int if it can name a real process, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    elif isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    elif not isinstance(value, int):
+        return None
+    if value <= 0 or value >= PID_LIMIT:
+        return None
+    return value
+
+
+def helper_pid(value: object) -> int | None:
+    """The pid as rhl-stop/rhl-ps parse it (`int()` on anything but bool)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0): ESRCH means dead, EPERM means alive (another user's process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+class StateFileError(Exception):
+    """A state file that cannot be used; the message says why, as rhl-ps would."""
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, None if it does not exist; StateFileError if unusable."""
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise StateFileError(f"malformed JSON in {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"could not read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"state file must contain a JSON object: {path}")
+    return data
+
+
+def derive_status(data: dict[str, Any], *, check_pid: bool = True) -> tuple[str, bool | None]:
+    """(derived status, live) for a server state object, with the corrections above."""
+    json_status = data.get("status")
+    status = json_status if isinstance(json_status, str) else "failed"
+    raw_pid = data.get("pid")
+    pid = usable_pid(raw_pid)
+    if status == "starting" and helper_pid(raw_pid) is None:
+        return status, None
+    if status == "failed" or data.get("dry_run"):
+        return status, None
+    if helper_pid(raw_pid) is not None:
+        if not check_pid:
+            return status, None
+        live = pid_alive(pid) if pid is not None else False
+        if status == "running" and not live:
+            return "stale", False
+        if status == "starting" and not live:
+            return "failed", False
+        return status, live
+    if status == "running":
+        return ("stale" if check_pid else "running"), None
+    return status, None
+
+
+def server_row(path: Path, *, check_pid: bool = True) -> dict[str, Any]:
+    """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
+    key = path.stem
+    try:
+        data = read_state(path)
+    except StateFileError as exc:
+        return error_row(key, str(exc))
+    if data is None:  # vanished between listing and reading: report it, do not guess
+        return error_row(key, f"state file vanished while reading: {path}")
+    row = dict(data)
+    row["key"] = key
+    if "status" in data and data["status"] is not None:
+        row["json_status"] = data["status"]
+    status, live = derive_status(data, check_pid=check_pid)
+    row["status"] = status
+    row["live"] = live
+    if "meta" not in row:
+        row["meta"] = {}
+    return row
+
+
+def client_row(path: Path) -> dict[str, Any]:
+    """One `rhl-ps --client --json` row for `path`."""
+    key = path.stem
+    try:
+        data = read_state(path)
+    except StateFileError as exc:
+        return error_row(key, str(exc))
+    if data is None:
+        return error_row(key, f"state file vanished while reading: {path}")
+    row = dict(data)
+    row["key"] = key
+    row["host"] = data.get("hostname")
+    row["ssh_host"] = data.get("tunneled-host") or data.get("ssh_hostname") or data.get("hostname")
+    row["port"] = data.get("port")
+    if "meta" not in row:
+        row["meta"] = {}
+    return row
+
+
+def error_row(key: str, message: str) -> dict[str, Any]:
+    return {"key": key, "status": "error", "live": None, "error": message, "meta": {}}
+
+
+def list_state_files(directory: Path) -> list[Path]:
+    """`*.json` in `directory`, sorted by name, as the helpers list them."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return []
+    # glob("*.json") as used by the helpers skips dot files (temp files like .<key>.XXXX.tmp).
+    return [directory / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]

@@ -1,0 +1,176 @@
+"""msgpack envelopes: a request is a batch of ops, a reply is one result per op, in order.
+
+Request: {"v": <int>, "ops": [{"op": <str>, "args": {...}}, ...]}
+Reply:   {"v": <int>, "results": [{"ok": true, "value": ...} | {"ok": false, "error": {...}}]}
+         or, when the whole request is unusable, {"v": <int>, "error": {"code", "message"}}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import ErrorCode, ProtocolError
+from .version import PROTOCOL_VERSION
+
+MAX_REQUEST_BYTES = 1 << 20        # 1 MiB: far above any real batch
+MAX_REPLY_BYTES = 64 << 20         # replies carry logs and many rows
+MAX_OPS_PER_REQUEST = 256
+MAX_NESTING = 16                   # msgpack containers deeper than this are refused
+
+
+@dataclass
+class OpCall:
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    version: int
+    ops: list[Any]  # raw op entries; each is validated separately so one bad op fails alone
+
+
+def _unpack(data: bytes, *, max_bytes: int) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(ErrorCode.MALFORMED, "request must be bytes")
+    if len(data) > max_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes"
+        )
+    try:
+        # strict_map_key: only str/bytes map keys; raw=False: strings must be UTF-8.
+        obj = msgpack.unpackb(
+            bytes(data), raw=False, strict_map_key=True, use_list=True,
+        )
+    except msgpack.ExtraData:
+        raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after the msgpack message") from None
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"not a valid msgpack message: {type(exc).__name__}") from None
+    if _depth(obj) > MAX_NESTING:
+        raise ProtocolError(ErrorCode.MALFORMED, f"message nests deeper than {MAX_NESTING} levels")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    # Iterative so that a deep message cannot exhaust the Python stack.
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            if level > MAX_NESTING:
+                return level
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            if level > MAX_NESTING:
+                return level
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_request(ops: list[OpCall] | list[tuple[str, dict]], version: int = PROTOCOL_VERSION) -> bytes:
+    entries = []
+    for item in ops:
+        if isinstance(item, OpCall):
+            entries.append({"op": item.op, "args": item.args})
+        else:
+            name, args = item
+            entries.append({"op": name, "args": args or {}})
+    data = _pack({"v": version, "ops": entries})
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"request of {len(data)} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes"
+        )
+    return data
+
+
+def decode_request(data: bytes) -> Request:
+    """Check the envelope; raise ProtocolError for a request that cannot be answered op by op."""
+    obj = _unpack(data, max_bytes=MAX_REQUEST_BYTES)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, f"request must be a map, not {_kind(obj)}")
+    unknown = set(obj) - {"v", "ops"}
+    if unknown:
+        raise ProtocolError(ErrorCode.MALFORMED, f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError(ErrorCode.MALFORMED, "request field 'v' (protocol version) must be an integer")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.VERSION_MISMATCH,
+            f"client speaks protocol version {version}, agent speaks version {PROTOCOL_VERSION}",
+        )
+    ops = obj.get("ops")
+    if not isinstance(ops, list):
+        raise ProtocolError(ErrorCode.MALFORMED, "request field 'ops' must be a list")
+    if len(ops) > MAX_OPS_PER_REQUEST:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"request has {len(ops)} ops; at most {MAX_OPS_PER_REQUEST} per request"
+        )
+    return Request(version=version, ops=ops)
+
+
+def parse_op_entry(entry: Any) -> OpCall:
+    """One entry of `ops`; raises ProtocolError (that op alone fails)."""
+    if not isinstance(entry, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, f"each op must be a map, not {_kind(entry)}")
+    unknown = set(entry) - {"op", "args"}
+    if unknown:
+        raise ProtocolError(ErrorCode.MALFORMED, f"unknown op field(s): {', '.join(sorted(map(str, unknown)))}")
+    name = entry.get("op")
+    if not isinstance(name, str):
+        raise ProtocolError(ErrorCode.MALFORMED, "op field 'op' must be a string")
+    args = entry.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError(ErrorCode.BAD_ARGS, f"op {name[:64]!r}: 'args' must be a map, not {_kind(args)}")
+    return OpCall(op=name, args=args)
+
+
+def ok_result(value: Any) -> dict:
+    return {"ok": True, "value": value}
+
+
+def error_result(error: ProtocolError) -> dict:
+    return {"ok": False, "error": error.to_dict()}
+
+
+def encode_reply(results: list[dict] | None = None, *, error: ProtocolError | None = None) -> bytes:
+    if error is not None:
+        return _pack({"v": PROTOCOL_VERSION, "error": error.to_dict()})
+    return _pack({"v": PROTOCOL_VERSION, "results": results or []})
+
+
+def decode_reply(data: bytes, expected: int | None = None) -> list[dict]:
+    """Decode a reply into its result list. A request-level error is raised as ProtocolError."""
+    obj = _unpack(data, max_bytes=MAX_REPLY_BYTES)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, f"reply must be a map, not {_kind(obj)}")
+    if "error" in obj:
+        err = obj["error"]
+        if isinstance(err, dict):
+            raise ProtocolError(str(err.get("code", ErrorCode.INTERNAL)), str(err.get("message", "")))
+        raise ProtocolError(ErrorCode.MALFORMED, "reply carries a malformed error")
+    results = obj.get("results")
+    if not isinstance(results, list) or not all(isinstance(r, dict) and "ok" in r for r in results):
+        raise ProtocolError(ErrorCode.MALFORMED, "reply field 'results' must be a list of results")
+    if expected is not None and len(results) != expected:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"reply has {len(results)} results for {expected} ops"
+        )
+    return results
+
+
+def _kind(obj: Any) -> str:
+    return {dict: "a map", list: "a list", str: "a string", bytes: "bytes", int: "an integer",
+            float: "a float", bool: "a boolean", type(None): "nil"}.get(type(obj), type(obj).__name__)

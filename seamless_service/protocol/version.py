@@ -1,0 +1,3 @@
+"""Protocol version. Bump on any incompatible change to envelopes or op schemas."""
+
+PROTOCOL_VERSION = 1
