@@ -21,8 +21,17 @@ META_FIELDS = ("service", "cluster", "mode", "project", "subproject", "stage", "
 
 
 def is_valid_key(key: object) -> bool:
-    """The helpers' rule (`ssh_guard/_state.py`): letters, digits, `.`, `_`, `-`; full match."""
-    return isinstance(key, str) and len(key) <= KEY_MAX_LEN and KEY_RE.fullmatch(key) is not None
+    """The helpers' rule (`ssh_guard/_state.py`: letters, digits, `.`, `_`, `-`, full match),
+    tightened on purpose: no leading `.` and no `..` anywhere. The helpers accept `..` as a
+    key; such a key is never produced by a launcher template, and a leading dot names a
+    hidden file that rhl-ps itself never lists."""
+    return (
+        isinstance(key, str)
+        and len(key) <= KEY_MAX_LEN
+        and KEY_RE.fullmatch(key) is not None
+        and not key.startswith(".")
+        and ".." not in key
+    )
 
 
 def _parse_tail(tail: str) -> dict[str, Any] | None:

@@ -1,0 +1,129 @@
+"""A change token for the launcher state, and waiting for it to change (the `wait` op).
+
+The token is a digest of everything `ps` shows that can change:
+
+* for `server/` and `client/`: whether the directory exists, its inode and mtime (a file
+  created, renamed or removed changes it);
+* for every `*.json` in them (the files `ps` lists): name, inode, size, mtime_ns and
+  ctime_ns. The launcher and rhl-stop write through a temp file and `os.replace`, which
+  gives a new inode, so even two writes within one timestamp tick are seen; ctime catches
+  in-place rewrites that keep the size and land in the same mtime tick;
+* for every server file, whether its pid is alive. A service that dies without touching
+  its file changes its derived status (running -> stale) and therefore the token; only
+  the pid is cached per file version (stat signature), so a poll reads no JSON unless a
+  file changed, and costs one stat per file plus one kill(pid, 0) per server row.
+
+Logs are deliberately left out: they change all the time and `ps` does not show them.
+
+Polling is portable (no inotify) and cheap; each connection of the agent runs in its own
+thread, so a waiting client holds only its own thread. `close()` wakes every waiter, so an
+agent that shuts down does not hang on a long poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import statefiles
+from .context import AgentContext
+
+POLL_INTERVAL = 0.1   # seconds between two stat passes while waiting
+TOKEN_HEX = 32        # 128 bits of the digest: collisions are not a practical concern
+
+_Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+class Watcher:
+    """Computes change tokens for one launcher base; shared by all ops of an agent."""
+
+    def __init__(self, ctx: AgentContext):
+        self._dirs = (("server", ctx.server_dir), ("client", ctx.client_dir))
+        # path -> (signature, pid or None). Replaced wholesale by each scan, so concurrent
+        # scans from several threads never see a half-updated map (last writer wins, and
+        # both writers computed valid entries).
+        self._pids: dict[str, tuple[_Signature, int | None]] = {}
+        self._closed = threading.Event()
+
+    def token(self) -> str:
+        """The current change token (a hex string)."""
+        digest = hashlib.sha256()
+        pids: dict[str, tuple[_Signature, int | None]] = {}
+        for role, directory in self._dirs:
+            digest.update(self._dir_entry(role, directory))
+            for path in statefiles.list_state_files(directory):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # vanished since the listing: the directory mtime says so
+                sig: _Signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                digest.update(f"{role}/{path.name}\0{sig}\0".encode("utf-8", "surrogateescape"))
+                if role == "server":
+                    pid = self._pid(str(path), sig, pids)
+                    alive = statefiles.pid_alive(pid) if pid is not None else None
+                    digest.update(f"alive={alive}\0".encode())
+        self._pids = pids
+        return digest.hexdigest()[:TOKEN_HEX]
+
+    def wait(self, token: str | None, timeout: float) -> tuple[bool, str]:
+        """(changed, current token): at once if `token` is absent or stale, else when the
+        state changes or `timeout` seconds pass (timeout 0 checks exactly once)."""
+        current = self.token()
+        if token is None or token != current:
+            return True, current
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed.is_set():
+                return False, current
+            # Event.wait doubles as an interruptible sleep: close() ends every wait early.
+            self._closed.wait(min(POLL_INTERVAL, remaining))
+            current = self.token()
+            if current != token:
+                return True, current
+
+    def close(self) -> None:
+        self._closed.set()
+
+    # -- internals ---------------------------------------------------------------
+
+    @staticmethod
+    def _dir_entry(role: str, directory: Path) -> bytes:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return f"{role}:absent\0".encode()
+        return f"{role}:{st.st_ino}:{st.st_mtime_ns}\0".encode()
+
+    def _pid(self, path: str, sig: _Signature, out: dict[str, tuple[_Signature, Any]]) -> int | None:
+        cached = self._pids.get(path)
+        if cached is not None and cached[0] == sig:
+            pid = cached[1]
+        else:
+            pid = _read_pid(Path(path))
+        out[path] = (sig, pid)
+        return pid
+
+
+def _read_pid(path: Path) -> int | None:
+    """The usable pid of a server file, or None (unusable, unreadable, no pid)."""
+    try:
+        data = statefiles.read_state(path)
+    except statefiles.StateFileError:
+        return None
+    if data is None:
+        return None
+    return statefiles.usable_pid(data.get("pid"))
+
+
+def watcher(ctx: AgentContext) -> Watcher:
+    """The agent's shared Watcher (created on first use)."""
+    return ctx.shared("watcher", Watcher)
+
+
+def current_token(ctx: AgentContext) -> str:
+    return watcher(ctx).token()

@@ -1,0 +1,1 @@
+"""The `seamless-service` command line."""

@@ -1,0 +1,61 @@
+"""`seamless-service`: entry point. Imports stay minimal; each subcommand imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ... import __version__
+from ..errors import ServiceError
+
+DESCRIPTION = """\
+See and manage Seamless services (hashserver, database, jobserver, daskserver) on
+this machine and on remote servers, through a lightweight per-server agent.
+
+examples:
+  seamless-service ps --local               services on this machine, no configuration needed
+  seamless-service ps --local --json        the same as NDJSON rows
+  seamless-service agent status             is an agent running for this user here?
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seamless-service", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"seamless-service {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from . import ps_cmd
+
+    ps_cmd.add_parser(sub)
+    from ...agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ServiceError as exc:
+        if args.debug:
+            raise
+        print(f"seamless-service: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+import pytest
+
+from seamless_service.protocol.keys import is_valid_key, key_readings, parse_key, row_matches, row_meta
+
+
+def test_key_rule():
+    assert is_valid_key("hashserver-c-rw-p--STAGE-s")
+    assert not is_valid_key("a/b") and not is_valid_key("") and not is_valid_key(5)
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("hashserver-mycluster-rw-myproj",
+     {"service": "hashserver", "cluster": "mycluster", "mode": "rw", "project": "myproj"}),
+    ("database-mycluster-ro-myproj--sub--a--STAGE-s1",
+     {"service": "database", "cluster": "mycluster", "mode": "ro", "project": "myproj",
+      "subproject": "sub/a", "stage": "s1"}),
+    # #30: SUBSTAGE is split off
+    ("jobserver-mycluster-rw-myproj--STAGE-s1SUBSTAGE-gpu",
+     {"service": "jobserver", "cluster": "mycluster", "project": "myproj", "stage": "s1", "substage": "gpu"}),
+    ("hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--STAGE-x",
+     {"cluster": "__SEAMLESS_CACHE__", "project": "__TOPLEVEL__", "stage": "x"}),
+])
+def test_parse_key(key, expected):
+    meta = parse_key(key)
+    for name, value in expected.items():
+        assert meta[name] == value, name
+
+
+def test_unknown_prefix_gives_no_reading():
+    assert parse_key("myservice-x") == {} and key_readings("hashserver") == []
+
+
+def test_cluster_with_rw_inside_has_both_readings():
+    # #30: seamless-config splits at the first -rw- and gets cluster "my"; we keep all readings.
+    clusters = {r["cluster"] for r in key_readings("hashserver-my-rw-cluster-rw-proj")}
+    assert clusters == {"my", "my-rw-cluster"}
+
+
+def test_filter_matches_the_right_reading():
+    row = {"key": "hashserver-my-rw-cluster-rw-proj", "meta": {}}
+    assert row_matches(row, {"cluster": "my-rw-cluster", "project": "proj"})
+    assert row_matches(row, {"cluster": "my"})
+    assert not row_matches(row, {"cluster": "my-rw-cluster", "project": "cluster-rw-proj"})
+
+
+def test_pure_daskserver_queue_with_dash():
+    row = {"key": "pure-daskserver-cl-gpu-large"}
+    assert row_matches(row, {"cluster": "cl", "queue": "gpu-large"})
+    assert row_matches(row, {"cluster": "cl-gpu", "queue": "large"})
+
+
+def test_substage_filter_and_stage_filter():
+    row = {"key": "jobserver-c-rw-p--STAGE-s1SUBSTAGE-gpu"}
+    assert row_matches(row, {"stage": "s1"}) and row_matches(row, {"substage": "gpu"})
+    assert not row_matches(row, {"stage": "s1SUBSTAGE-gpu"})
+
+
+def test_meta_block_wins_over_key():
+    row = {"key": "hashserver-a-rw-p", "meta": {"service": "hashserver", "cluster": "b", "project": "q"}}
+    assert row_meta(row)["cluster"] == "b"
+    assert row_matches(row, {"cluster": "b"}) and not row_matches(row, {"cluster": "a"})
+
+
+def test_seamless_cache_alias():
+    row = {"key": "hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__"}
+    assert row_matches(row, {"project": "SEAMLESS_CACHE"})
+    assert row_matches(row, {"project": "__TOPLEVEL__"})
+    assert not row_matches({"key": "hashserver-c-rw-__TOPLEVEL__"}, {"project": "SEAMLESS_CACHE"})
+
+
+def test_no_filter_passes_non_seamless_keys():
+    assert row_matches({"key": "whatever"}, {"cluster": None})
+    assert not row_matches({"key": "whatever"}, {"cluster": "c"})
