@@ -57,7 +57,11 @@ def helper_pid(value: object) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """kill(pid, 0): ESRCH means dead, EPERM means alive (another user's process)."""
+    """kill(pid, 0): ESRCH means dead, EPERM means alive (another user's process).
+
+    Unlike the helpers, a zombie counts as dead: an orphaned service that exited stays a
+    zombie until its parent reaps it, and "stale" should show as soon as it stopped.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +70,18 @@ def pid_alive(pid: int) -> bool:
         return True
     except OverflowError:
         return False
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False  # no /proc (not Linux) or a race: trust kill()
+    # The state letter follows the command name, which is wrapped in parentheses.
+    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+    return state == b"Z"
 
 
 class StateFileError(Exception):
@@ -165,5 +180,6 @@ def list_state_files(directory: Path) -> list[Path]:
         return []
     except OSError:
         return []
-    # glob("*.json") as used by the helpers skips dot files (temp files like .<key>.XXXX.tmp).
-    return [directory / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
+    # As the helpers' glob("*.json") on Python 3.11 (which does match dot files); temp files
+    # end in .tmp and are never listed.
+    return [directory / n for n in sorted(names) if n.endswith(".json")]

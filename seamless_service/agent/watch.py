@@ -2,18 +2,19 @@
 
 The token is a digest of everything `ps` shows that can change:
 
-* for `server/` and `client/`: whether the directory exists, its inode and mtime (a file
-  created, renamed or removed changes it);
-* for every `*.json` in them (the files `ps` lists): name, inode, size, mtime_ns and
-  ctime_ns. The launcher and rhl-stop write through a temp file and `os.replace`, which
-  gives a new inode, so even two writes within one timestamp tick are seen; ctime catches
+* for every `*.json` in `server/` and `client/` (the files `ps` lists): name, inode,
+  size, mtime_ns and ctime_ns. A file created, removed or replaced changes this list.
+  The launcher and rhl-stop write through a temp file and `os.replace`, which gives a
+  new inode, so even two writes within one timestamp tick are seen; ctime catches
   in-place rewrites that keep the size and land in the same mtime tick;
 * for every server file, whether its pid is alive. A service that dies without touching
   its file changes its derived status (running -> stale) and therefore the token; only
   the pid is cached per file version (stat signature), so a poll reads no JSON unless a
   file changed, and costs one stat per file plus one kill(pid, 0) per server row.
 
-Logs are deliberately left out: they change all the time and `ps` does not show them.
+Left out on purpose, because `ps` does not show them and they would only cause spurious
+wake-ups: logs (they change all the time), and the directories' own mtimes (they change
+when a log or a temp file is created, which says nothing the file list does not).
 
 Polling is portable (no inotify) and cheap; each connection of the agent runs in its own
 thread, so a waiting client holds only its own thread. `close()` wakes every waiter, so an
@@ -54,12 +55,11 @@ class Watcher:
         digest = hashlib.sha256()
         pids: dict[str, tuple[_Signature, int | None]] = {}
         for role, directory in self._dirs:
-            digest.update(self._dir_entry(role, directory))
             for path in statefiles.list_state_files(directory):
                 try:
                     st = os.stat(path)
                 except OSError:
-                    continue  # vanished since the listing: the directory mtime says so
+                    continue  # vanished since the listing: its absence changes the digest
                 sig: _Signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 digest.update(f"{role}/{path.name}\0{sig}\0".encode("utf-8", "surrogateescape"))
                 if role == "server":
@@ -90,14 +90,6 @@ class Watcher:
         self._closed.set()
 
     # -- internals ---------------------------------------------------------------
-
-    @staticmethod
-    def _dir_entry(role: str, directory: Path) -> bytes:
-        try:
-            st = os.stat(directory)
-        except OSError:
-            return f"{role}:absent\0".encode()
-        return f"{role}:{st.st_ino}:{st.st_mtime_ns}\0".encode()
 
     def _pid(self, path: str, sig: _Signature, out: dict[str, tuple[_Signature, Any]]) -> int | None:
         cached = self._pids.get(path)

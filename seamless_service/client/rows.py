@@ -49,7 +49,9 @@ def process_row(agent_row: dict[str, Any], *, cluster: str | None = None) -> dic
     """A display row from one `ps` row (server or client side) of the agent."""
     meta = _meta_for(agent_row, cluster)
     status = agent_row.get("status")
-    process = status or ("client" if agent_row.get("port") is not None else None)
+    # Client rows carry `process` from the agent (the local server's status when it is known,
+    # fixing #6/#40); server rows have a derived status.
+    process = agent_row.get("process") or status or ("client" if agent_row.get("port") is not None else None)
     row = {
         "service": meta.get("service"),
         "cluster": meta.get("cluster"),

@@ -24,7 +24,7 @@ def is_valid_key(key: object) -> bool:
     """The helpers' rule (`ssh_guard/_state.py`: letters, digits, `.`, `_`, `-`, full match),
     tightened on purpose: no leading `.` and no `..` anywhere. The helpers accept `..` as a
     key; such a key is never produced by a launcher template, and a leading dot names a
-    hidden file that rhl-ps itself never lists."""
+    hidden file that no launcher writes."""
     return (
         isinstance(key, str)
         and len(key) <= KEY_MAX_LEN

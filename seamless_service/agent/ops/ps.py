@@ -1,0 +1,135 @@
+"""`ps`: the rows of `rhl-ps --json` (server) or `rhl-ps --client --json`, in-process.
+
+Args (protocol.schema OPS["ps"]): `side` ("server" | "client"), `no_status` (like
+`--no-status`: no pid probes), `host` (client side only, like `--host`: keep rows whose
+`ssh_host` equals it), `status`, and the key filters service/cluster/project/stage/
+subproject/substage/mode/queue.
+
+Returns `{"rows": [...], "token": str}`. The token (agent/watch.py) is taken *before* the
+files are read, so a client that follows with `wait(token)` never misses a change that
+raced with this listing (at worst it gets one extra, harmless wake-up).
+
+Rows are the helper's rows, field for field (statefiles.server_row / client_row), with
+these deliberate differences:
+
+* Corrected status derivation for server rows (statefiles: #15 unusable pids, #16 a
+  `starting` row whose pid died is `failed`).
+* #36: a malformed, non-object or unreadable file is an error row (`status: "error"`,
+  `error: <the helper's message>`) instead of aborting the listing; the other rows are all
+  returned. A row whose file stem is not a valid key (so it could not be inspected or
+  stopped) carries `"valid_key": false`; valid rows carry no such field.
+* A file that vanishes between listing and reading (removed by `rm`) is left out, as if
+  the listing had happened a moment later. (rhl-ps would show it as a bare `failed` row.)
+* Client rows get one extra field, `process`, and the `status` filter applies to it
+  (fixing #6, where `--status` in the client view can only ever match "stale"):
+    - the raw `status` of the client file when it has one (in practice "stale", written
+      by `seamless-service-stop`; error rows: "error");
+    - else, when this machine also holds the *server* file of the same key and that
+      file's port is the one the client file points at (`tunneled-port`, else `port`),
+      that server row's derived status — a local service that died shows "stale" rather
+      than the stale-but-unmarked "client" of #40;
+    - else "client": a connection file exists, but its service lives on another machine
+      whose liveness this agent cannot see. Such rows match no `status` filter; ask the
+      server side for that.
+  Client rows keep no `status` field unless the file has one, exactly as rhl-ps.
+
+Filters on service/cluster/... use protocol.keys.row_matches: the row's `meta` block when
+it has one, else every reading of the key (no #30 mis-splits of SUBSTAGE or of clusters
+containing `-rw-`). Rows whose key is not a Seamless key pass only when no such filter
+is set. All filters combine with AND.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ...protocol import ErrorCode, ProtocolError
+from ...protocol.keys import is_valid_key, row_matches
+from .. import statefiles
+from ..context import AgentContext
+from ..watch import current_token
+
+KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
+CLIENT_UNKNOWN = "client"  # `process` of a client row whose service liveness is unknown here
+
+
+def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
+    side = args.get("side") or "server"
+    host = args.get("host")
+    if host and side != "client":
+        # Same refusal as `rhl-ps --host` without `--client`.
+        raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
+    check_pid = not args.get("no_status", False)
+    token = current_token(ctx)  # before reading: see module docstring
+    if side == "client":
+        rows = client_rows(ctx, check_pid=check_pid)
+        if host:
+            rows = [row for row in rows if row.get("ssh_host") == host]
+        status_field = "process"
+    else:
+        rows = server_rows(ctx, check_pid=check_pid)
+        status_field = "status"
+    wanted = args.get("status")
+    if wanted:
+        rows = [row for row in rows if row.get(status_field) == wanted]
+    filters = {name: args.get(name) for name in KEY_FILTERS}
+    rows = [row for row in rows if row_matches(row, filters)]
+    return {"rows": rows, "token": token}
+
+
+def server_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
+    """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections)."""
+    rows = []
+    for path in statefiles.list_state_files(ctx.server_dir):
+        row = statefiles.server_row(path, check_pid=check_pid)
+        if _vanished(row, path):
+            continue
+        rows.append(_mark_key(row))
+    return rows
+
+
+def client_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
+    """Every client row, sorted by file name, as `rhl-ps --client --json` plus `process`."""
+    rows = []
+    for path in statefiles.list_state_files(ctx.client_dir):
+        row = statefiles.client_row(path)
+        if _vanished(row, path):
+            continue
+        row["process"] = _client_process(ctx, row, check_pid=check_pid)
+        rows.append(_mark_key(row))
+    return rows
+
+
+def _client_process(ctx: AgentContext, row: dict[str, Any], *, check_pid: bool) -> str:
+    raw = row.get("status")
+    if isinstance(raw, str):
+        return raw
+    key = row.get("key")
+    if not is_valid_key(key):
+        return CLIENT_UNKNOWN
+    server_path = ctx.server_dir / f"{key}.json"
+    if not server_path.is_file():
+        return CLIENT_UNKNOWN
+    server = statefiles.server_row(server_path, check_pid=check_pid)
+    if server.get("status") == "error":
+        return CLIENT_UNKNOWN
+    # Same key on this machine is not enough: the client file must point at this very
+    # instance (a relaunch on another port leaves an outdated client file behind).
+    target = row.get("tunneled-port", row.get("port"))
+    if target is None or server.get("port") != target:
+        return CLIENT_UNKNOWN
+    return server["status"]
+
+
+def _vanished(row: dict[str, Any], path: Path) -> bool:
+    # statefiles turns a file that disappeared mid-listing into an error row; os.replace
+    # never makes a name disappear, so only an unlink (rm) does: the service is gone.
+    return row.get("status") == "error" and not os.path.lexists(path)
+
+
+def _mark_key(row: dict[str, Any]) -> dict[str, Any]:
+    if not is_valid_key(row.get("key")):
+        row["valid_key"] = False
+    return row

@@ -1,0 +1,208 @@
+"""agent/statefiles.py against the real rhl-ps on the same files.
+
+Every row of the status table (anchor-behaviour.md §1.6) is written as a real state file;
+our row must equal rhl-ps's row field for field, except for the deliberate corrections
+(#15 unusable pids, #16 starting with a dead pid), where both sides are pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from seamless_service.agent import statefiles
+
+ALIVE = os.getpid()  # the test process: alive for us and for the rhl-ps subprocess
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+DEAD = _dead_pid()
+HUGE = 99999999999999999999
+
+# name -> (state data, ours (status, live), rhl-ps (status, live) or None when equal)
+CASES: dict[str, tuple[dict, tuple, tuple | None]] = {
+    "status-missing": ({"pid": ALIVE}, ("failed", None), None),
+    "status-null": ({"status": None, "pid": ALIVE}, ("failed", None), None),
+    "status-number": ({"status": 5, "pid": ALIVE}, ("failed", None), None),
+    "starting-no-pid": ({"status": "starting"}, ("starting", None), None),
+    "starting-pid-text": ({"status": "starting", "pid": "abc"}, ("starting", None), None),
+    "starting-pid-bool": ({"status": "starting", "pid": True}, ("starting", None), None),
+    "failed-alive": ({"status": "failed", "pid": ALIVE}, ("failed", None), None),
+    "failed-dead": ({"status": "failed", "pid": DEAD}, ("failed", None), None),
+    "dry-run": ({"dry_run": True, "workdir": "/w", "command": "x"}, ("failed", None), None),
+    "dry-run-running": ({"dry_run": True, "status": "running", "pid": ALIVE}, ("running", None), None),
+    "running-alive": ({"status": "running", "pid": ALIVE, "port": 1234}, ("running", True), None),
+    "running-alive-str": ({"status": "running", "pid": str(ALIVE)}, ("running", True), None),
+    "running-alive-float": ({"status": "running", "pid": float(ALIVE)}, ("running", True), None),
+    "running-dead": ({"status": "running", "pid": DEAD}, ("stale", False), None),
+    "running-no-pid": ({"status": "running"}, ("stale", None), None),
+    "running-pid-text": ({"status": "running", "pid": "abc"}, ("stale", None), None),
+    "starting-alive": ({"status": "starting", "pid": ALIVE}, ("starting", True), None),
+    "stale-alive": ({"status": "stale", "pid": ALIVE}, ("stale", True), None),
+    "stale-dead": ({"status": "stale", "pid": DEAD}, ("stale", False), None),
+    "other-alive": ({"status": "paused", "pid": ALIVE}, ("paused", True), None),
+    "other-no-pid": ({"status": "paused"}, ("paused", None), None),
+    # deliberate corrections
+    "c16-starting-dead": ({"status": "starting", "pid": DEAD}, ("failed", False), ("starting", False)),
+    "c15-running-pid-0": ({"status": "running", "pid": 0}, ("stale", False), ("running", True)),
+    "c15-running-pid-minus-1": ({"status": "running", "pid": -1}, ("stale", False), ("running", True)),
+    "c15-running-pid-fraction": ({"status": "running", "pid": ALIVE + 0.5}, ("stale", False), ("running", True)),
+    "c15-starting-pid-0": ({"status": "starting", "pid": 0}, ("failed", False), ("starting", True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_derive_status_table(name):
+    data, ours, _ = CASES[name]
+    assert statefiles.derive_status(data) == ours
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_no_status_never_probes(name):
+    data, _, _ = CASES[name]
+    raw = data.get("status")
+    assert statefiles.derive_status(data, check_pid=False) == (raw if isinstance(raw, str) else "failed", None)
+
+
+def test_huge_pid_is_unusable_not_a_crash(sandbox):
+    data = {"status": "running", "pid": HUGE}
+    assert statefiles.derive_status(data) == ("stale", False)
+    sandbox.write_state("huge", data)
+    result = sandbox.run_helper("rhl-ps", "--json")
+    assert result.returncode == 1 and "OverflowError" in result.stderr  # the defect we fix (#15)
+    assert statefiles.server_row(sandbox.server_dir / "huge.json")["status"] == "stale"
+
+
+def _write_cases(sandbox) -> None:
+    for name, (data, _, _) in CASES.items():
+        sandbox.write_state(name, data)
+
+
+def test_rows_equal_rhl_ps_except_corrections(sandbox):
+    _write_cases(sandbox)
+    theirs = {row["key"]: row for row in sandbox.helper_ndjson("rhl-ps", "--json")}
+    paths = statefiles.list_state_files(sandbox.server_dir)
+    assert [p.stem for p in paths] == list(theirs)  # same files, same order
+    for path in paths:
+        ours = statefiles.server_row(path)
+        data, expected, rhl = CASES[path.stem]
+        theirs_row = theirs[path.stem]
+        assert (ours["status"], ours["live"]) == expected, path.stem
+        assert (theirs_row["status"], theirs_row["live"]) == (rhl or expected), path.stem
+        strip = lambda row: {k: v for k, v in row.items() if k not in ("status", "live")}  # noqa: E731
+        assert strip(ours) == strip(theirs_row), path.stem
+        assert ("json_status" in ours) == (data.get("status") is not None)
+        assert ours["meta"] == {}
+
+
+def test_no_status_rows_equal_rhl_ps_exactly(sandbox):
+    _write_cases(sandbox)
+    theirs = sandbox.helper_ndjson("rhl-ps", "--no-status", "--json")
+    ours = [statefiles.server_row(p, check_pid=False) for p in statefiles.list_state_files(sandbox.server_dir)]
+    assert ours == theirs
+
+
+def test_meta_is_kept(sandbox):
+    meta = {"service": "hashserver", "cluster": "c1"}
+    path = sandbox.write_state("with-meta", {"status": "failed", "meta": meta})
+    assert statefiles.server_row(path)["meta"] == meta
+    assert sandbox.helper_ndjson("rhl-ps", "--json")[0]["meta"] == meta
+
+
+# -- unusable files ---------------------------------------------------------------------
+
+def _bad_file(sandbox, kind: str) -> Path:
+    if kind == "malformed":
+        return sandbox.write_state("bad", None, raw='{"status": "running",')
+    if kind == "list":
+        return sandbox.write_state("bad", None, raw="[1, 2]")
+    if kind == "directory":
+        # We run as root, so chmod 000 would not stop a read; a directory named
+        # bad.json is unreadable as a file for every user.
+        path = sandbox.server_dir / "bad.json"
+        path.mkdir(parents=True)
+        return path
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,prefix", [
+    ("malformed", "malformed JSON in "),
+    ("list", "state file must contain a JSON object: "),
+    ("directory", "could not read "),
+])
+def test_unusable_file_is_an_error_row_with_the_helpers_message(sandbox, kind, prefix):
+    path = _bad_file(sandbox, kind)
+    row = statefiles.server_row(path)
+    assert row["key"] == "bad" and row["status"] == "error" and row["live"] is None
+    assert row["error"].startswith(prefix + str(path))
+    result = sandbox.run_helper("rhl-ps", "--json")
+    assert result.returncode == 1
+    assert result.stderr == f"rhl-ps: {row['error']}\n"  # same words as the helper
+    client = statefiles.client_row(path)
+    assert client["status"] == "error" and client["error"] == row["error"]
+
+
+def test_undecodable_file_is_an_error_row(sandbox):
+    path = sandbox.server_dir / "latin.json"
+    sandbox.server_dir.mkdir(parents=True)
+    path.write_bytes(b'\xff{"status": "running"}')
+    row = statefiles.server_row(path)
+    assert row["status"] == "error" and row["error"].startswith(f"could not read {path}")
+    # rhl-ps dies with a traceback on this file
+    result = sandbox.run_helper("rhl-ps", "--json")
+    assert result.returncode == 1 and "UnicodeDecodeError" in result.stderr
+
+
+def test_vanished_file_is_an_error_row(tmp_path):
+    path = tmp_path / "gone.json"
+    row = statefiles.server_row(path)
+    assert row["status"] == "error" and "vanished" in row["error"]
+    assert statefiles.client_row(path)["status"] == "error"
+    assert statefiles.read_state(path) is None
+
+
+# -- listing and client rows ------------------------------------------------------------
+
+def test_listing_matches_rhl_ps(sandbox):
+    for key in ("b", "a", "A", "a.b", "a_b", "-x", "sp ace"):
+        sandbox.write_state(key, {"status": "failed"})
+    (sandbox.server_dir / "a.tmp").write_text("{}")
+    (sandbox.server_dir / ".a.XYZ.tmp").write_text("{}")
+    (sandbox.server_dir / "a.log").write_text("log\n")
+    keys = sandbox.run_helper("rhl-ps", "--key").stdout.splitlines()
+    assert [p.stem for p in statefiles.list_state_files(sandbox.server_dir)] == keys
+    assert "sp ace" in keys and "a" in keys
+
+
+def test_missing_directory_lists_nothing(tmp_path):
+    assert statefiles.list_state_files(tmp_path / "nope") == []
+
+
+def test_client_rows_equal_rhl_ps_client(sandbox):
+    files = {
+        "plain": {"hostname": "127.0.0.1", "port": 4000},
+        "named": {"hostname": "front.example.org", "ssh_hostname": "front-ssh", "port": 4001,
+                  "meta": {"service": "database"}},
+        "tunnel": {"hostname": "localhost", "port": 5000, "tunneled-host": "hpc",
+                   "tunneled-port": 6000, "tunneled-network-interface": "0.0.0.0",
+                   "dashboard_port": 5001, "tunneled-dashboard_port": 6001},
+        "stopped": {"hostname": "127.0.0.1", "port": 4002, "status": "stale"},
+        "empty": {},
+    }
+    for key, data in files.items():
+        sandbox.write_state(key, data, side="client")
+    theirs = sandbox.helper_ndjson("rhl-ps", "--client", "--json")
+    ours = [statefiles.client_row(p) for p in statefiles.list_state_files(sandbox.client_dir)]
+    assert ours == theirs
+    by_key = {row["key"]: row for row in ours}
+    assert by_key["tunnel"]["ssh_host"] == "hpc"
+    assert by_key["named"]["ssh_host"] == "front-ssh"
+    assert "status" not in by_key["plain"]
