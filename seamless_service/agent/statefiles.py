@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,45 @@ def pid_alive(pid: int) -> bool:
 
 
 def _is_zombie(pid: int) -> bool:
+    # os.open/os.read: a fifth of the cost of io.open on this hot path (one call per row).
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return False  # no /proc (not Linux) or a race: trust kill()
+    try:
+        stat = os.read(fd, 512)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     # The state letter follows the command name, which is wrapped in parentheses.
     state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
     return state == b"Z"
+
+
+class LivenessCache:
+    """pid -> alive, remembered for a fraction of a second.
+
+    A poll probes each pid once (kill + a /proc read to rule out zombies, ~15 us); the
+    change token and the rows of the same poll, and concurrent polls of several clients,
+    share the answer. A death is seen at most TTL seconds late.
+    """
+
+    TTL = 0.25
+
+    def __init__(self, ctx: object = None):
+        self._seen: dict[int, tuple[float, bool]] = {}
+
+    def alive(self, pid: int) -> bool:
+        now = time.monotonic()
+        hit = self._seen.get(pid)
+        if hit is not None and now - hit[0] < self.TTL:
+            return hit[1]
+        alive = pid_alive(pid)
+        if len(self._seen) > 65_536:
+            self._seen.clear()
+        self._seen[pid] = (now, alive)
+        return alive
 
 
 class StateFileError(Exception):
@@ -104,8 +136,11 @@ def read_state(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def derive_status(data: dict[str, Any], *, check_pid: bool = True) -> tuple[str, bool | None]:
-    """(derived status, live) for a server state object, with the corrections above."""
+def derive_status(data: dict[str, Any], *, check_pid: bool = True,
+                  probe: Any = None) -> tuple[str, bool | None]:
+    """(derived status, live) for a server state object, with the corrections above.
+
+    `probe(pid) -> bool` replaces pid_alive (e.g. a LivenessCache's `alive`)."""
     json_status = data.get("status")
     status = json_status if isinstance(json_status, str) else "failed"
     raw_pid = data.get("pid")
@@ -117,7 +152,7 @@ def derive_status(data: dict[str, Any], *, check_pid: bool = True) -> tuple[str,
     if helper_pid(raw_pid) is not None:
         if not check_pid:
             return status, None
-        live = pid_alive(pid) if pid is not None else False
+        live = (probe or pid_alive)(pid) if pid is not None else False
         if status == "running" and not live:
             return "stale", False
         if status == "starting" and not live:
@@ -128,20 +163,64 @@ def derive_status(data: dict[str, Any], *, check_pid: bool = True) -> tuple[str,
     return status, None
 
 
-def server_row(path: Path, *, check_pid: bool = True) -> dict[str, Any]:
+class StateCache:
+    """Parsed state files, keyed by path and stat signature (inode, size, mtime_ns, ctime_ns).
+
+    A poll re-reads only files that changed: an unchanged file costs one stat instead of an
+    open and a JSON parse. The launcher and rhl-stop write through os.replace (new inode),
+    and any in-place write moves ctime, so a stale hit would need a rewrite that keeps
+    inode, size and both timestamps to the nanosecond.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ctx: object = None):
+        self._entries: dict[str, tuple[tuple[int, int, int, int], Any]] = {}
+
+    def read(self, path: Path) -> dict[str, Any] | None:
+        """As read_state(path), from the cache when the file is unchanged."""
+        name = str(path)
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            self._entries.pop(name, None)
+            return None
+        except OSError as exc:
+            raise StateFileError(f"could not read {path}: {exc}") from None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self._entries.get(name)
+        if hit is not None and hit[0] == sig:
+            value = hit[1]
+        else:
+            try:
+                value = read_state(path)
+            except StateFileError as exc:
+                value = exc
+            if value is None:
+                return None
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[name] = (sig, value)
+        if isinstance(value, StateFileError):
+            raise value
+        return value
+
+
+def server_row(path: Path, *, check_pid: bool = True, cache: StateCache | None = None,
+               probe: Any = None) -> dict[str, Any]:
     """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
     key = path.stem
     try:
-        data = read_state(path)
+        data = cache.read(path) if cache is not None else read_state(path)
     except StateFileError as exc:
         return error_row(key, str(exc))
     if data is None:  # vanished between listing and reading: report it, do not guess
         return error_row(key, f"state file vanished while reading: {path}")
-    row = dict(data)
+    row = dict(data)  # shallow copy: cached objects are never mutated
     row["key"] = key
     if "status" in data and data["status"] is not None:
         row["json_status"] = data["status"]
-    status, live = derive_status(data, check_pid=check_pid)
+    status, live = derive_status(data, check_pid=check_pid, probe=probe)
     row["status"] = status
     row["live"] = live
     if "meta" not in row:
@@ -149,11 +228,11 @@ def server_row(path: Path, *, check_pid: bool = True) -> dict[str, Any]:
     return row
 
 
-def client_row(path: Path) -> dict[str, Any]:
+def client_row(path: Path, *, cache: StateCache | None = None) -> dict[str, Any]:
     """One `rhl-ps --client --json` row for `path`."""
     key = path.stem
     try:
-        data = read_state(path)
+        data = cache.read(path) if cache is not None else read_state(path)
     except StateFileError as exc:
         return error_row(key, str(exc))
     if data is None:

@@ -43,6 +43,7 @@ class Watcher:
     """Computes change tokens for one launcher base; shared by all ops of an agent."""
 
     def __init__(self, ctx: AgentContext):
+        self._probe = ctx.shared("liveness", statefiles.LivenessCache).alive
         self._dirs = (("server", ctx.server_dir), ("client", ctx.client_dir))
         # path -> (signature, pid or None). Replaced wholesale by each scan, so concurrent
         # scans from several threads never see a half-updated map (last writer wins, and
@@ -64,7 +65,7 @@ class Watcher:
                 digest.update(f"{role}/{path.name}\0{sig}\0".encode("utf-8", "surrogateescape"))
                 if role == "server":
                     pid = self._pid(str(path), sig, pids)
-                    alive = statefiles.pid_alive(pid) if pid is not None else None
+                    alive = self._probe(pid) if pid is not None else None
                     digest.update(f"alive={alive}\0".encode())
         self._pids = pids
         return digest.hexdigest()[:TOKEN_HEX]

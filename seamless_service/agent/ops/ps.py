@@ -79,11 +79,20 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "token": token}
 
 
+def state_cache(ctx: AgentContext) -> statefiles.StateCache:
+    return ctx.shared("statecache", statefiles.StateCache)
+
+
+def liveness(ctx: AgentContext) -> statefiles.LivenessCache:
+    return ctx.shared("liveness", statefiles.LivenessCache)
+
+
 def server_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
     """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections)."""
     rows = []
+    cache, probe = state_cache(ctx), liveness(ctx).alive
     for path in statefiles.list_state_files(ctx.server_dir):
-        row = statefiles.server_row(path, check_pid=check_pid)
+        row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe)
         if _vanished(row, path):
             continue
         rows.append(_mark_key(row))
@@ -93,8 +102,9 @@ def server_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, 
 def client_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
     """Every client row, sorted by file name, as `rhl-ps --client --json` plus `process`."""
     rows = []
+    cache = state_cache(ctx)
     for path in statefiles.list_state_files(ctx.client_dir):
-        row = statefiles.client_row(path)
+        row = statefiles.client_row(path, cache=cache)
         if _vanished(row, path):
             continue
         row["process"] = _client_process(ctx, row, check_pid=check_pid)
@@ -112,7 +122,8 @@ def _client_process(ctx: AgentContext, row: dict[str, Any], *, check_pid: bool) 
     server_path = ctx.server_dir / f"{key}.json"
     if not server_path.is_file():
         return CLIENT_UNKNOWN
-    server = statefiles.server_row(server_path, check_pid=check_pid)
+    server = statefiles.server_row(server_path, check_pid=check_pid, cache=state_cache(ctx),
+                                   probe=liveness(ctx).alive)
     if server.get("status") == "error":
         return CLIENT_UNKNOWN
     # Same key on this machine is not enough: the client file must point at this very

@@ -1,0 +1,78 @@
+"""Shared bits of the benchmark scripts: timing, state generation, a private agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 2) -> tuple[float, float]:
+    """(median, p99) wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+    return statistics.median(samples), p99
+
+
+def spawn_sleepers(n: int) -> list[subprocess.Popen]:
+    """n live processes, so that "running" rows probe n distinct real pids."""
+    return [subprocess.Popen(["sleep", "3600"]) for _ in range(n)]
+
+
+def write_state_files(server_dir: Path, n: int, bufferdir: Path, pids: list[int] | None = None) -> None:
+    """n realistic server state files: a mix of running (distinct live pids), stale, failed."""
+    server_dir.mkdir(parents=True, exist_ok=True)
+    pids = pids or [os.getpid()]
+    for i in range(n):
+        live_pid = pids[i % len(pids)]
+        service = ("hashserver", "database", "jobserver")[i % 3]
+        mode = "rw" if service == "jobserver" else ("rw", "ro")[i % 2]
+        key = f"{service}-bench-{mode}-proj{i // 3}" + (f"--STAGE-s{i % 5}" if i % 4 == 0 else "")
+        status = ("running", "running", "stale", "failed")[i % 4]
+        data = {
+            "workdir": str(bufferdir / f"proj{i // 3}"),
+            "log": str(server_dir / f"{key}.log"),
+            "command": f"{service} --status-file {server_dir / key}.json",
+            "uid": os.getuid(), "pid": live_pid, "status": status,
+            "network_interface": "127.0.0.1", "port": 40000 + i,
+        }
+        (server_dir / f"{key}.json").write_text(json.dumps(data))
+
+
+def make_bufferdir(root: Path, projects: int, files_per_project: int = 3) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".HASHSERVER_PREFIX").touch()
+    for p in range(projects):
+        d = root / f"proj{p}"
+        d.mkdir(exist_ok=True)
+        (d / ".HASHSERVER_PREFIX").touch()
+        for f in range(files_per_project):
+            (d / f"{f:064x}").write_bytes(b"x" * 100)
+
+
+def run_helper_cmd(argv: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(argv, env=env, capture_output=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()[:300]}")
+
+
+def sandbox_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("REMOTE_HTTP_LAUNCHER_DIR", None)
+    env["HOME"] = str(home)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
