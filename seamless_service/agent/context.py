@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class AgentContext:
     started: float = field(default_factory=time.time)
     helper_dir: Path | None = None  # folder holding the rhl-* executables; None -> search
     extras: dict[str, Any] = field(default_factory=dict)  # lazily created per-agent objects
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def server_dir(self) -> Path:
@@ -41,7 +43,11 @@ class AgentContext:
         """The per-agent singleton `name`, made by `factory(self)` on first use."""
         obj = self.extras.get(name)
         if obj is None:
-            obj = self.extras[name] = factory(self)
+            # Connections are served in parallel threads: make exactly one (one Sizer thread).
+            with self._lock:
+                obj = self.extras.get(name)
+                if obj is None:
+                    obj = self.extras[name] = factory(self)
         return obj
 
     def close(self) -> None:

@@ -35,14 +35,23 @@ def find_helper(name: str, helper_dir: Path | None = None) -> str:
     return found
 
 
-def run_helper(name: str, args: list[str], *, helper_dir: Path | None = None,
+def run_helper(name: str, args: list[str], *, helper_dir: Path | None = None, base: Path | None = None,
                timeout: float = HELPER_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `name args...` without a shell; return the completed process (text mode)."""
+    """Run `name args...` without a shell; return the completed process (text mode).
+
+    With `base`, the helper is pointed at that launcher base through
+    REMOTE_HTTP_LAUNCHER_DIR (the helpers read `$DIR/server` and `$DIR/client`, exactly as
+    agent/paths.py), so the agent's pre-checks and the helper see the same files.
+    """
     exe = find_helper(name, helper_dir)
+    env = None
+    if base is not None:
+        env = dict(os.environ)
+        env["REMOTE_HTTP_LAUNCHER_DIR"] = str(base)
     try:
         return subprocess.run(
             [exe, *args], capture_output=True, text=True, timeout=timeout,
-            stdin=subprocess.DEVNULL, errors="replace",
+            stdin=subprocess.DEVNULL, errors="replace", env=env,
         )
     except subprocess.TimeoutExpired:
         raise ProtocolError(ErrorCode.OP_FAILED, f"{name} did not finish within {timeout:g} s") from None

@@ -22,14 +22,15 @@ META_FIELDS = ("service", "cluster", "mode", "project", "subproject", "stage", "
 
 def is_valid_key(key: object) -> bool:
     """The helpers' rule (`ssh_guard/_state.py`: letters, digits, `.`, `_`, `-`, full match),
-    tightened on purpose: no leading `.` and no `..` anywhere. The helpers accept `..` as a
-    key; such a key is never produced by a launcher template, and a leading dot names a
-    hidden file that no launcher writes."""
+    tightened on purpose: no leading `.` or `-`, and no `..` anywhere. No launcher template
+    produces such keys; the helpers accept them, but a leading `-` is then read as an option
+    (`rhl-stop -h` prints help and stops nothing; `rhl-rm --server` takes a key for a flag),
+    and a leading dot names a hidden file that no launcher writes."""
     return (
         isinstance(key, str)
         and len(key) <= KEY_MAX_LEN
         and KEY_RE.fullmatch(key) is not None
-        and not key.startswith(".")
+        and key[:1] not in (".", "-")
         and ".." not in key
     )
 

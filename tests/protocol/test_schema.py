@@ -90,8 +90,14 @@ def test_invalid_key_inside_list_names_position():
 
 
 def test_keys_allowed_by_helper_rule():
-    # The helpers accept keys beginning with '-' (anchor §1.2): so do we.
-    assert validate_args("stop", {"keys": ["-x", "a.b_c-d"]})["keys"] == ["-x", "a.b_c-d"]
+    assert validate_args("stop", {"keys": ["a.b_c-d", "x-"]})["keys"] == ["a.b_c-d", "x-"]
+
+
+@pytest.mark.parametrize("key", ["-x", "--server", "-h", ".hidden", "a..b"])
+def test_keys_tightened_beyond_helper_rule(key):
+    # The helpers accept these (anchor §1.2) but read a leading '-' as an option: refused.
+    code, _ = code_of("stop", {"keys": [key]})
+    assert code == ErrorCode.INVALID_KEY
 
 
 def test_int_accepted_where_float_expected():

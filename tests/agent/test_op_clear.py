@@ -1,0 +1,243 @@
+"""The clear op: rhl-clear under the agent's policy, keeping sentinels, no spurious failure, no
+clearing under a running service."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from seamless_service.agent.context import AgentContext
+from seamless_service.agent.ops import clear as clear_op
+from seamless_service.agent.ops import handler
+from seamless_service.agent.policy import parse_policy
+from seamless_service.protocol import ErrorCode, ProtocolError, validate_args
+
+HS = ".HASHSERVER_PREFIX"
+
+
+def _file(path: Path, data: bytes = b"x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def hashserver_dir(path: Path) -> Path:
+    """A hashserver buffer dir: marker, prefix dirs, a stage, a symlink, a dot dir, a/b/.keep."""
+    _file(path / HS, b"")
+    _file(path / "ab" / ("ab" + "0" * 62), b"1" * 100)
+    _file(path / "cd" / ("cd" + "1" * 62), b"2" * 200)
+    _file(path / "STAGE-s1" / HS, b"")
+    _file(path / "STAGE-s1" / "ef" / ("ef" + "2" * 62), b"3" * 50)
+    _file(path / "STAGE-s1" / "gh" / ("gh" + "3" * 62), b"4" * 60)
+    _file(path / "deep" / "x" / "y" / "z" / "f", b"5")
+    _file(path / ".dotfile", b"dot")                      # top-level dot file: rhl-clear removes it
+    _file(path / ".keepme" / "inside", b"kept")           # top-level dot dir: skipped
+    _file(path / "a" / "b" / ".keep" / "x", b"nested")    # #22: a dot dir two levels down
+    _file(path / "a" / "b" / "c" / ".keep" / "y", b"nested")
+    _file(path / "a" / "z.bin", b"6")                     # removable, beside the dot chains
+    (path / "link").symlink_to(path / "ab")
+    return path
+
+
+def tree(path: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            out.add(os.path.relpath(os.path.join(dirpath, name), path))
+    return out
+
+
+@pytest.fixture
+def data(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def make_ctx(sandbox):
+    made = []
+
+    def make(spec: str = "seamless") -> AgentContext:
+        ctx = AgentContext(base=sandbox.base, policy=parse_policy(spec))
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+def clear(ctx: AgentContext, **args) -> dict:
+    return handler("clear")(ctx, validate_args("clear", args))
+
+
+def test_clear_hashserver_dir_keeps_marker_and_succeeds(sandbox, data, make_ctx):
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "proj")
+    marker_inode = os.stat(proj / HS).st_ino
+    result = clear(ctx, path=str(proj))
+    assert result["ok"] is True and result["exit_status"] == 0
+    assert result["helper_exit_status"] == 1          # rhl-clear's spurious failure (#22) ...
+    assert "Directory not empty" in result["stderr"]  # ... interpreted, not hidden
+    assert result["preserved"] == [HS]
+    assert result["path"] == str(proj.resolve())
+    # ab, cd, STAGE-s1, deep, .dotfile, link removed; a stays (holds a/b/.keep)
+    assert result["removed"] == 6
+    assert result["stdout"].strip() == f"removed 6 item(s) from {proj.resolve()}"
+    assert "No such file" not in result["stderr"]
+    assert tree(proj) == {HS, ".keepme", ".keepme/inside", "a", "a/b", "a/b/.keep", "a/b/.keep/x",
+                          "a/b/c", "a/b/c/.keep", "a/b/c/.keep/y"}
+    assert os.stat(proj / HS).st_ino == marker_inode   # the same file, not a re-creation
+    # the directory still passes the marker policy: a second clear is accepted (#21)
+    again = clear(ctx, path=str(proj))
+    assert again["ok"] and again["removed"] == 0 and (proj / HS).is_file()
+
+
+def test_plain_rhl_clear_loses_the_marker(sandbox, data):
+    """The defects the op fixes, shown on the installed helper itself."""
+    proj = hashserver_dir(data / "twin")
+    result = sandbox.run_helper("rhl-clear", str(proj))
+    assert result.returncode == 1 and "Directory not empty" in result.stderr   # #22
+    assert not (proj / HS).exists()                                             # #21
+    # a child holding subdirectories is abandoned after its first one (ENOENT)
+    assert f"could not remove {proj / 'STAGE-s1'}: [Errno 2]" in result.stderr
+    assert len({"ef", "gh"} & set(os.listdir(proj / "STAGE-s1"))) == 1
+
+
+def test_nested_targets_deepest_first(tmp_path):
+    root = hashserver_dir(tmp_path / "proj")
+    targets = [p.relative_to(root).as_posix() for p in clear_op.nested_targets(root)]
+    assert set(targets) == {"STAGE-s1", "deep", "deep/x", "deep/x/y", "a", "a/b"}
+    depth = [t.count("/") for t in targets]
+    assert depth == sorted(depth, reverse=True)
+    with pytest.raises(ProtocolError) as info:
+        clear_op.nested_targets(root, limit=3)
+    assert info.value.code == ErrorCode.OP_FAILED
+
+
+def test_database_dir_loses_seamless_db(sandbox, data, make_ctx):
+    """seamless.db is the data: cleared, so the directory is no marker directory any more."""
+    ctx = make_ctx("seamless")
+    db = data / "db" / "proj"
+    _file(db / "seamless.db", b"d" * 4096)
+    _file(db / "seamless.db-wal", b"w" * 10)
+    result = clear(ctx, path=str(db))
+    assert result["ok"] and result["preserved"] == [] and result["removed"] == 2
+    assert tree(db) == set()
+    with pytest.raises(ProtocolError) as info:
+        clear(ctx, path=str(db))
+    assert info.value.code == ErrorCode.POLICY_REFUSED
+
+
+def test_custom_marker_is_kept(sandbox, data, make_ctx):
+    ctx = make_ctx("marker:.rhl-clearable")
+    d = data / "custom"
+    _file(d / ".rhl-clearable", b"")
+    _file(d / HS, b"")
+    _file(d / "payload" / "f")
+    result = clear(ctx, path=str(d))
+    assert result["ok"] and sorted(result["preserved"]) == sorted([HS, ".rhl-clearable"])
+    assert tree(d) == {HS, ".rhl-clearable"}
+
+
+def test_outside_policy_is_refused_and_intact(sandbox, data, make_ctx, tmp_path):
+    plain = data / "plain"
+    _file(plain / "keep-me", b"precious")
+    before = tree(plain)
+    for spec, path, why in (
+        ("seamless", plain, "required marker file"),
+        ("seamless", plain / ".." / "plain", "dot-prefixed"),
+        ("permissive", Path("/etc"), "system-root"),
+        ("permissive", Path(os.environ["HOME"]), "$HOME"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            clear(make_ctx(spec), path=str(path))
+        assert info.value.code == ErrorCode.POLICY_REFUSED and why in info.value.message, spec
+    roots = tmp_path / "roots"
+    roots.write_text(str(data / "allowed") + "\n")
+    with pytest.raises(ProtocolError) as info:
+        clear(make_ctx(f"data-roots:{roots}"), path=str(plain))
+    assert "outside configured --data-roots" in info.value.message
+    assert tree(plain) == before and (plain / "keep-me").read_bytes() == b"precious"
+
+
+def test_symlink_into_a_marked_dir_clears_the_target(sandbox, data, make_ctx):
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "proj")
+    link = data / "link-to-proj"
+    link.symlink_to(proj)
+    result = clear(ctx, path=str(link))
+    assert result["ok"] and result["path"] == str(proj.resolve())
+    assert link.is_symlink() and (proj / HS).is_file() and not (proj / "ab").exists()
+
+
+def test_missing_and_non_directories(sandbox, data, make_ctx):
+    ctx = make_ctx("permissive")
+    with pytest.raises(ProtocolError) as info:
+        clear(ctx, path=str(data / "missing"))
+    assert info.value.code == ErrorCode.NOT_FOUND
+    _file(data / "file")
+    with pytest.raises(ProtocolError) as info:
+        clear(ctx, path=str(data / "file"))
+    assert info.value.code == ErrorCode.BAD_ARGS and "not a directory" in info.value.message
+
+
+def test_running_service_blocks_clear(sandbox, data, make_ctx):
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "proj")
+    stage = proj / "STAGE-s1"
+    key = "hashserver-test-rw-proj--STAGE-s1"
+    state = sandbox.launch(key, workdir=stage)
+    assert state["status"] == "running"
+    before_stage, before_proj = tree(stage), tree(proj)
+
+    with pytest.raises(ProtocolError) as info:          # named service (#23)
+        clear(ctx, path=str(stage), key=key)
+    assert info.value.code == ErrorCode.CONFLICT
+    assert info.value.message == f"service {key} is running; stop it first"
+    with pytest.raises(ProtocolError) as info:          # any service working in it
+        clear(ctx, path=str(stage))
+    assert info.value.code == ErrorCode.CONFLICT and key in info.value.message
+    with pytest.raises(ProtocolError) as info:          # a project-level clear wipes its stages
+        clear(ctx, path=str(proj))
+    assert info.value.code == ErrorCode.CONFLICT and key in info.value.message
+    assert tree(stage) == before_stage and tree(proj) == before_proj
+
+    # a stopped service no longer blocks
+    stopped = sandbox.run_helper("rhl-stop", key)
+    assert stopped.returncode == 0, stopped.stderr
+    result = clear(ctx, path=str(stage), key=key)
+    assert result["ok"] and tree(stage) == {HS}
+
+
+def test_force_clears_under_a_running_service(sandbox, data, make_ctx):
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "forced")
+    key = "hashserver-test-rw-forced"
+    assert sandbox.launch(key, workdir=proj)["status"] == "running"
+    result = clear(ctx, path=str(proj), key=key, force=True)
+    assert result["ok"] and (proj / HS).is_file() and not (proj / "ab").exists()
+
+
+def test_stranded_markers_are_put_back(sandbox, data, make_ctx):
+    """An agent that died mid-clear left the marker in its keep folder."""
+    ctx = make_ctx("permissive")
+    d = data / "stranded"
+    _file(d / f"{clear_op.KEEP_PREFIX}dead" / HS, b"prefix")
+    _file(d / "junk")
+    result = clear(ctx, path=str(d))
+    assert result["ok"] and result["preserved"] == [HS]
+    assert tree(d) == {HS} and (d / HS).read_bytes() == b"prefix"
+
+
+def test_genuine_failures_are_not_reinterpreted(tmp_path):
+    child = tmp_path / "a"
+    _file(child / "b" / ".keep" / "x")
+    not_empty = f"rhl-clear: could not remove {child}: [Errno 39] Directory not empty: '{child}'"
+    assert clear_op._spurious_failure(not_empty, tmp_path)
+    _file(child / "leftover.bin")  # something removable is still there: a real failure
+    assert not clear_op._spurious_failure(not_empty, tmp_path)
+    (child / "leftover.bin").unlink()
+    other = f"rhl-clear: could not remove {tmp_path / 'f'}: [Errno 13] Permission denied: 'f'"
+    assert not clear_op._spurious_failure(not_empty + "\n" + other, tmp_path)
+    assert not clear_op._spurious_failure("", tmp_path)

@@ -1,0 +1,323 @@
+"""The agent's path policy decides exactly as the installed rhl-guard (plus the helpers' own checks).
+
+Every case runs the real `rhl-guard <policy flags>` with SSH_ORIGINAL_COMMAND set to
+`rhl-clear <path>` and `rhl-ps-persistent <path>`, in an environment whose HOME is a
+temporary directory. The guard's console script is copied next to two stub "helpers"
+that only print a token, so an accepted command shows that token instead of touching
+anything (the guard execs the sibling of its own absolute argv[0]). The helpers' own
+`validate_clearable_path` (the second line of defence on the guard path) is the real,
+installed function, called in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from seamless_service.agent.policy import (
+    PathPolicy,
+    check_path,
+    default_policy,
+    parse_policy,
+)
+from seamless_service.protocol import ErrorCode, ProtocolError
+from ssh_guard._state import validate_clearable_path
+
+ACCEPTED = "GUARD-ACCEPTED"
+GUARD = Path(sys.executable).parent / "rhl-guard"
+HELPERS = ("rhl-clear", "rhl-ps-persistent")
+CUSTOM = ".rhl-clearable"
+
+# (mode name, guard flags builder, agent spec builder)
+MODES = {
+    "seamless": (lambda w: ["--clear-policy", "seamless"], lambda w: "seamless"),
+    "marker": (lambda w: ["--clear-policy", f"marker:{CUSTOM}"], lambda w: f"marker:{CUSTOM}"),
+    "permissive": (lambda w: ["--permissive-paths"], lambda w: "permissive"),
+    "data_roots": (lambda w: ["--data-roots", str(w.roots_file)], lambda w: f"data-roots:{w.roots_file}"),
+}
+
+# {T}: the test tree; {H}: $HOME (inside {T}). Absolute and relative, ~, .., dot
+# segments, system roots, $HOME and ancestors, symlinks in and out of roots, markers.
+PATHS = [
+    "{T}/data/buf", "{T}/data/buf/", "{T}/data/./buf", "{T}/data/buf/STAGE-x", "{T}/data/db",
+    "{T}/data/plain", "{T}/data/custom", "{T}/data/dbdir-marker", "{T}/data/linkmarker",
+    "{T}/data/dangling", "{T}/data/with space", "{T}/data/ünï", "{T}/data/file.txt",
+    "{T}/data/missing", "{T}/data/missing/deeper", "{T}/data", "{T}/data/link_in_root",
+    "{T}/data/link_out", "{T}/data/link_etc", "{T}/data/link_dot", "{T}/data/link_home",
+    "{T}/data/loop1", "{T}/data/link_root", "{T}/outside/buf", "{T}/outside/link_into_root",
+    "{T}/.hidden/buf", "{T}/data/../data/buf", "{T}/data/buf/..", "{T}/data-other/buf",
+    "{T}/rootlink/buf", "{T}/linked-root/buf", "{T}/data/.cache", "{T}/data/buf/.HASHSERVER_PREFIX",
+    "{T}", "{H}", "{H}/", "{H}/..", "~", "~/", "~/data/buf", "~/data/plain", "~/.ssh",
+    "~/data/../data/buf", "~nosuchuser-seamless/buf", "~root", "data/buf", "buf", ".", "..", "",
+    "/", "/etc", "/etc/", "//etc", "/usr", "/var", "/var/tmp", "/etc/ssh", "/bin", "/lib",
+    "/usr/bin", "/proc", "/tmp", "/home", "/opt/", "/tmp/../etc", "/root",
+    "/nonexistent-seamless-xyz/abc",
+]
+
+
+class World:
+    def __init__(self, top: Path):
+        self.top = top
+        self.home = top / "home"
+        self.bin = top / "guardbin"
+
+    def path(self, template: str) -> str:
+        return template.replace("{T}", str(self.top)).replace("{H}", str(self.home))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["HOME"] = str(self.home)
+        env.pop("REMOTE_HTTP_LAUNCHER_DIR", None)
+        return env
+
+
+def _marker(directory: Path, name: str = ".HASHSERVER_PREFIX") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text("")
+    return directory
+
+
+def _build(top: Path) -> World:
+    w = World(top)
+    data = top / "data"
+    _marker(w.home / "data" / "buf")
+    (w.home / "data" / "plain").mkdir(parents=True)
+    _marker(data / "buf")
+    _marker(data / "buf" / "STAGE-x")
+    _marker(data / "db", "seamless.db")
+    (data / "plain").mkdir()
+    _marker(data / "custom", CUSTOM)
+    (data / "dbdir-marker" / "seamless.db").mkdir(parents=True)      # a directory is no marker
+    (data / "linkmarker").mkdir()
+    (data / "linkmarker" / "seamless.db").symlink_to(data / "db" / "seamless.db")  # followed
+    (data / "dangling").mkdir()
+    (data / "dangling" / ".HASHSERVER_PREFIX").symlink_to(top / "nowhere")
+    _marker(data / "with space")
+    _marker(data / "ünï")
+    (data / "file.txt").write_text("x")
+    (data / "link_in_root").symlink_to(data / "buf")
+    _marker(top / "outside" / "buf")
+    (data / "link_out").symlink_to(top / "outside" / "buf")
+    (data / "link_etc").symlink_to("/etc")
+    _marker(top / ".hidden" / "buf")
+    (data / "link_dot").symlink_to(top / ".hidden" / "buf")
+    (data / "link_home").symlink_to(w.home)
+    (data / "link_root").symlink_to("/")
+    (data / "loop1").symlink_to(data / "loop2")
+    (data / "loop2").symlink_to(data / "loop1")
+    (top / "outside" / "link_into_root").symlink_to(data / "buf")
+    _marker(top / "data-other" / "buf")
+    _marker(top / "linked-root" / "buf")
+    (top / "rootlink").symlink_to(top / "linked-root")
+    w.roots_file = top / "roots.txt"
+    w.roots_file.write_text(f"# data roots\n\n   {data}   \n~/data\n{top / 'rootlink'}\n")
+    # the installed guard script, beside stub helpers that only say they were reached
+    w.bin.mkdir()
+    shutil.copy2(GUARD, w.bin / "rhl-guard")
+    for helper in HELPERS:
+        stub = w.bin / helper
+        stub.write_text(f"#!/bin/sh\necho {ACCEPTED}\n")
+        stub.chmod(0o755)
+    return w
+
+
+def run_guard(w: World, flags: list[str], command: str) -> tuple[bool, str]:
+    """(accepted, rejection message) from the real rhl-guard."""
+    env = w.env()
+    env["SSH_ORIGINAL_COMMAND"] = command
+    proc = subprocess.run([str(w.bin / "rhl-guard"), *flags], env=env, cwd=w.top,
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0 and proc.stdout.strip() == ACCEPTED:
+        return True, ""
+    assert proc.returncode == 1, (command, proc.returncode, proc.stderr)
+    prefix = "rhl-guard: rejected: "
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(prefix)]
+    if lines:
+        return False, lines[0][len(prefix):]
+    # ~unknown-user and symlink loops crash the guard (RuntimeError): a refusal as well
+    assert "Traceback" in proc.stderr and "RuntimeError" in proc.stderr, proc.stderr
+    return False, "<guard crashed>"
+
+
+def helper_accepts(path: str) -> bool:
+    """The helpers' own validation (rhl-clear, rhl-ps-persistent), the installed function."""
+    try:
+        validate_clearable_path(str(Path(path).expanduser()))
+    except (SystemExit, RuntimeError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = _build(tmp_path_factory.mktemp("policy"))
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for mode, (flags, _) in MODES.items():
+            for helper in HELPERS:
+                for template in PATHS:
+                    command = f"{helper} {shlex.quote(w.path(template))}"
+                    jobs[(mode, helper, template)] = pool.submit(run_guard, w, flags(w), command)
+    w.guard = {k: f.result() for k, f in jobs.items()}
+    return w
+
+
+@pytest.fixture
+def home(world, monkeypatch):
+    monkeypatch.setenv("HOME", str(world.home))
+    return world.home
+
+
+def agent_decision(w: World, mode: str, template: str, kind: str) -> tuple[bool, str]:
+    policy = parse_policy(MODES[mode][1](w))
+    try:
+        check_path(policy, w.path(template), kind)
+    except ProtocolError as exc:
+        assert exc.code == ErrorCode.POLICY_REFUSED
+        return False, exc.message
+    return True, ""
+
+
+def test_table_is_large_enough():
+    assert len(PATHS) >= 50
+    assert len(set(PATHS)) == len(PATHS)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("template", PATHS)
+def test_clear_kind_equals_guard(world, home, mode, template):
+    w = world
+    by_clear = w.guard[(mode, "rhl-clear", template)]
+    by_ps = w.guard[(mode, "rhl-ps-persistent", template)]
+    assert by_clear == by_ps  # the guard treats both helpers' paths alike ("clear" kind)
+    guard_ok, guard_msg = by_clear
+    end_to_end = guard_ok and helper_accepts(w.path(template))
+    ok, msg = agent_decision(w, mode, template, "clear")
+    assert ok == end_to_end, (template, mode, guard_msg, msg)
+    if not guard_ok and guard_msg != "<guard crashed>":
+        assert msg == guard_msg
+    if guard_ok and not end_to_end:
+        # only a raw system root the guard resolved away (/bin -> /usr/bin) gets here
+        assert msg.startswith("refusing system-root directory"), msg
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("template", PATHS)
+def test_persistent_kind_equals_guard_except_marker_walks(world, home, mode, template):
+    w = world
+    guard_ok, guard_msg = w.guard[(mode, "rhl-ps-persistent", template)]
+    end_to_end = guard_ok and helper_accepts(w.path(template))
+    ok, msg = agent_decision(w, mode, template, "persistent")
+    if guard_msg.startswith("path does not contain required marker file"):
+        # deliberate (policy.py): absent paths and marker-less directories may be walked
+        # (the helpers' own checks still apply: /bin is refused although /usr/bin is a dir)
+        resolved = Path(w.path(template)).expanduser().resolve()
+        walkable = not resolved.exists() or resolved.is_dir()
+        assert ok == (walkable and helper_accepts(w.path(template))), (template, mode, msg)
+        if not ok:
+            assert msg == guard_msg if not walkable else msg.startswith("refusing system-root"), msg
+        return
+    assert ok == end_to_end, (template, mode, guard_msg, msg)
+    if not guard_ok and guard_msg != "<guard crashed>":
+        assert msg == guard_msg
+
+
+def test_guard_table_covers_both_outcomes_in_every_mode(world):
+    for mode in MODES:
+        outcomes = {world.guard[(mode, "rhl-clear", t)][0] for t in PATHS}
+        assert outcomes == {True, False}, mode
+
+
+def test_helper_checks_are_implied(world, home):
+    """Whatever the helpers' own validate_clearable_path refuses, the agent refuses first."""
+    permissive = parse_policy("permissive")
+    for template in PATHS:
+        path = world.path(template)
+        if not helper_accepts(path):
+            with pytest.raises(ProtocolError) as info:
+                check_path(permissive, path, "clear")
+            assert info.value.code == ErrorCode.POLICY_REFUSED
+
+
+def test_check_path_returns_resolved_path(world, home):
+    policy = parse_policy("seamless")
+    data = world.top / "data"
+    assert check_path(policy, str(data / "link_in_root"), "clear") == (data / "buf").resolve()
+    assert check_path(policy, "~/data/buf", "clear") == (world.home / "data" / "buf").resolve()
+    assert check_path(parse_policy("permissive"), str(data / "missing"), "clear") == data.resolve() / "missing"
+
+
+def test_persistent_kind_in_marker_mode(world, home):
+    policy = default_policy()
+    data = world.top / "data"
+    assert check_path(policy, str(data / "missing"), "persistent") == data.resolve() / "missing"
+    assert check_path(policy, str(data / "plain"), "persistent") == data.resolve() / "plain"
+    with pytest.raises(ProtocolError, match="required marker file"):
+        check_path(policy, str(data / "file.txt"), "persistent")
+    with pytest.raises(ProtocolError, match="required marker file"):
+        check_path(policy, str(data / "plain"), "clear")
+    # heuristics and data roots still apply to walks
+    with pytest.raises(ProtocolError, match="dot-prefixed"):
+        check_path(policy, str(world.top / ".hidden" / "nothing"), "persistent")
+    roots = parse_policy(f"data-roots:{world.roots_file}")
+    with pytest.raises(ProtocolError, match="outside configured --data-roots"):
+        check_path(roots, str(world.top / "outside" / "missing"), "persistent")
+    assert not policy.authorises(data / "plain") and policy.authorises(data / "buf")
+    assert roots.authorises(data / "plain")
+
+
+def test_unknown_kind_is_a_bug():
+    with pytest.raises(ValueError):
+        check_path(default_policy(), "/srv/x", "workdir")  # type: ignore[arg-type]
+
+
+def test_describe_and_default(world, home):
+    assert default_policy() == parse_policy("seamless") == parse_policy("  seamless ")
+    assert default_policy().describe() == {
+        "mode": "marker", "markers": ["seamless.db", ".HASHSERVER_PREFIX"], "roots": []}
+    assert parse_policy("permissive").describe() == {"mode": "permissive", "markers": [], "roots": []}
+    assert parse_policy("marker:KEEP").describe()["markers"] == ["KEEP"]
+    roots = parse_policy(f"data-roots:{world.roots_file}").describe()
+    assert roots["mode"] == "data_roots"
+    assert roots["roots"] == [str((world.top / "data").resolve()), str((world.home / "data").resolve()),
+                              str((world.top / "linked-root").resolve())]
+    assert isinstance(parse_policy("permissive"), PathPolicy)
+
+
+def _guard_config_error(w: World, flags: list[str]) -> str:
+    env = w.env()
+    env["SSH_ORIGINAL_COMMAND"] = "rhl-ps"
+    proc = subprocess.run([str(GUARD), *flags], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    prefix = "rhl-guard: configuration error: "
+    assert proc.stderr.startswith(prefix), proc.stderr
+    return proc.stderr[len(prefix):].strip()
+
+
+def test_parse_policy_errors_match_guard(world, home):
+    top = world.top
+    (top / "relative-roots.txt").write_text("# ok\n/srv/data\nsome/relative\n")
+    (top / "empty-roots.txt").write_text("# nothing\n\n   \n")
+    cases = [
+        ("marker:", ["--clear-policy", "marker:"]),
+        ("marker:a/b", ["--clear-policy", "marker:a/b"]),
+        ("marker:..", ["--clear-policy", "marker:.."]),
+        ("marker:a\\b", ["--clear-policy", "marker:a\\b"]),
+        (f"data-roots:{top / 'relative-roots.txt'}", ["--data-roots", str(top / "relative-roots.txt")]),
+        (f"data-roots:{top / 'empty-roots.txt'}", ["--data-roots", str(top / "empty-roots.txt")]),
+        (f"data-roots:{top / 'no-such-file'}", ["--data-roots", str(top / "no-such-file")]),
+    ]
+    for spec, flags in cases:
+        with pytest.raises(ValueError) as info:
+            parse_policy(spec)
+        assert str(info.value) == _guard_config_error(world, flags), spec
+    for spec in ("bogus", "", "seamless2", "clear-policy seamless", "data-roots:"):
+        with pytest.raises(ValueError):
+            parse_policy(spec)

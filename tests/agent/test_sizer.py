@@ -1,0 +1,334 @@
+"""The background directory sizer: totals, never blocking, change detection, bounds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from seamless_service.agent.sizer import Sizer, measure
+
+TIMEOUT = 60.0
+
+
+def _write(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+_clock = [0]
+
+
+def age(root: Path) -> None:
+    """Move the recent timestamps under `root` into the past (each call to new values).
+
+    A measurement whose timestamps are recent is "racily clean" and re-done at the next
+    check; ageing what a test just touched keeps the test about the change check itself.
+    Untouched paths keep their (old) timestamps, so ageing is no change of its own."""
+    _clock[0] += 10
+    past = time.time() - 10_000 - _clock[0]
+    recent = time.time() - 1_000
+    paths = [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        paths += [os.path.join(dirpath, name) for name in filenames + dirnames]
+    for path in paths:
+        if os.lstat(path).st_mtime > recent:
+            os.utime(path, (past, past), follow_symlinks=False)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    _write(root / "a.bin", 100)
+    _write(root / "sub" / "b.bin", 250)
+    _write(root / "sub" / "deep" / "d1" / "d2" / "d3" / "c.bin", 1000)
+    _write(root / ".dot" / "e", 7)
+    _write(root / "empty", 0)
+    _write(outside / "big", 10_000)
+    (root / "link_file").symlink_to(outside / "big")          # not followed, not counted
+    (root / "link_dir").symlink_to(outside)                   # not followed
+    (root / "sub" / "loop").symlink_to(root)                  # a symlink loop
+    (root / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(root / "fifo")                                  # never opened, not counted
+    age(root)
+    return root
+
+
+EXPECTED_BYTES = 100 + 250 + 1000 + 7 + 0
+EXPECTED_FILES = 5
+
+
+class GatedWalker:
+    """The real walk, behind a gate the test opens; counts the walks it starts."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.calls: list[str] = []
+
+    def __call__(self, path, stop):
+        self.calls.append(path)
+        self.entered.set()
+        assert self.gate.wait(TIMEOUT)
+        return measure(path, stop)
+
+
+@pytest.fixture
+def sizer():
+    made = []
+
+    def make(**kw):
+        kw.setdefault("recheck_interval", 0.0)
+        s = Sizer(None, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_measure_counts_regular_files_only(tree):
+    m = measure(str(tree))
+    assert (m.bytes, m.files, m.skipped) == (EXPECTED_BYTES, EXPECTED_FILES, 0)
+    assert not m.racy
+
+
+def test_measure_of_missing_or_file_raises(tree):
+    with pytest.raises(FileNotFoundError):
+        measure(str(tree / "missing"))
+    with pytest.raises(NotADirectoryError):
+        measure(str(tree / "a.bin"))
+
+
+def test_symlinked_root_is_sized_through_the_link(tree, tmp_path):
+    link = tmp_path / "link-to-root"
+    link.symlink_to(tree)
+    assert measure(str(link)).bytes == EXPECTED_BYTES
+
+
+def test_first_call_pending_then_fresh(sizer, tree):
+    s = sizer()
+    first = s.size(str(tree))
+    assert first == {"bytes": None, "files": None, "measured": None, "state": "pending"}
+    assert s.wait_idle(TIMEOUT)
+    before = time.time()
+    second = s.size(str(tree))
+    assert second["state"] == "fresh"
+    assert (second["bytes"], second["files"]) == (EXPECTED_BYTES, EXPECTED_FILES)
+    assert second["measured"] <= before
+    assert s.walks == 1
+
+
+def test_changes_are_detected_and_rewalked(sizer, tree):
+    s = sizer()
+    s.size(str(tree))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(tree))["bytes"] == EXPECTED_BYTES
+
+    # a new file one level down: the subdirectory's mtime changes
+    _write(tree / "sub" / "new.bin", 11)
+    age(tree)
+    answer = s.size(str(tree))
+    assert answer["state"] == "stale" and answer["bytes"] == EXPECTED_BYTES  # old value meanwhile
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(tree)) | {"measured": None} == {
+        "bytes": EXPECTED_BYTES + 11, "files": EXPECTED_FILES + 1, "measured": None, "state": "fresh"}
+
+    # two levels down (a hashserver prefix dir inside a STAGE dir): still seen
+    _write(tree / "sub" / "deep" / "x.bin", 13)
+    age(tree)
+    assert s.size(str(tree))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(tree))["bytes"] == EXPECTED_BYTES + 24
+
+    # a top-level file growing in place (a database file): its size is tracked
+    with open(tree / "a.bin", "ab") as handle:
+        handle.write(b"y" * 5)
+    age(tree)
+    assert s.size(str(tree))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(tree))["bytes"] == EXPECTED_BYTES + 29
+
+    # deeper than the tracked depth: not noticed until asked to refresh (documented)
+    _write(tree / "sub" / "deep" / "d1" / "d2" / "y.bin", 17)
+    age(tree)
+    walks = s.walks
+    assert s.size(str(tree)) | {"measured": None} == {
+        "bytes": EXPECTED_BYTES + 29, "files": EXPECTED_FILES + 2, "measured": None, "state": "fresh"}
+    assert s.walks == walks
+    assert s.size(str(tree), refresh=True)["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(tree))["bytes"] == EXPECTED_BYTES + 46
+
+
+def test_recent_timestamps_are_measured_again(sizer, tmp_path):
+    root = tmp_path / "fresh-tree"
+    _write(root / "sub" / "f", 3)  # timestamps are "now": the walk cannot trust them
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.walks == 1
+    assert s.size(str(root))["state"] == "stale"  # re-walk scheduled
+    assert s.wait_idle(TIMEOUT)
+    assert s.walks == 2
+    age(root)
+    s.size(str(root), refresh=True)
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["state"] == "fresh" and s.size(str(root))["bytes"] == 3
+
+
+@pytest.fixture
+def fast_tmp(tmp_path):
+    """A scratch dir on tmpfs when there is one: 20,000 creates on this VM's disk take ~10 s."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="seamless-service-sizer-", dir=shm))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_large_dir_cached_answer_served_while_refresh_pending(sizer, fast_tmp):
+    big = fast_tmp / "buffers"
+    big.mkdir()
+    (big / ".HASHSERVER_PREFIX").write_bytes(b"")
+    total = 0
+    for i in range(20_000):
+        data = b"b" * (i % 97)
+        (big / f"{i:064x}").write_bytes(data)
+        total += len(data)
+    age(big)
+    walker = GatedWalker()
+    s = sizer(walker=walker)
+    assert s.size(str(big))["state"] == "pending"
+    assert s.wait_idle(TIMEOUT)
+    cached = s.size(str(big))
+    assert cached["state"] == "fresh" and (cached["bytes"], cached["files"]) == (total, 20_001)
+
+    # unchanged: served from the cache, no walk at all
+    for _ in range(20):
+        assert s.size(str(big)) == cached
+    assert len(walker.calls) == 1
+
+    # a refresh while the worker is held: the cached value is still served at once
+    walker.gate.clear()
+    walker.entered.clear()
+    assert s.size(str(big), refresh=True) == cached | {"state": "stale"}
+    assert walker.entered.wait(TIMEOUT)          # the re-walk has started and is held
+    for _ in range(5):
+        assert s.size(str(big)) == cached | {"state": "stale"}
+        assert s.size(str(big), refresh=True) == cached | {"state": "stale"}
+    assert len(walker.calls) == 2                # queued once, not per call
+    (big / "extra").write_bytes(b"z" * 1000)
+    age(big)
+    walker.gate.set()
+    assert s.wait_idle(TIMEOUT)
+    after = s.size(str(big))
+    assert after["state"] == "fresh" and after["bytes"] == total + 1000
+    assert after["measured"] >= cached["measured"]
+
+
+def test_errors_are_reported(sizer, tree):
+    s = sizer()
+    missing, regular = str(tree / "missing"), str(tree / "a.bin")
+    assert s.size(missing)["state"] == "pending"
+    assert s.size(regular)["state"] == "pending"
+    assert s.wait_idle(TIMEOUT)
+    gone = s.size(missing)
+    assert gone["state"] == "error" and gone["bytes"] is None and "FileNotFoundError" in gone["error"]
+    assert "not a directory" in s.size(regular)["error"]
+    # a refresh retries at once; the directory now exists
+    (tree / "missing").mkdir()
+    _write(tree / "missing" / "f", 21)
+    age(tree)
+    assert s.size(missing, refresh=True)["state"] == "pending"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(missing)["bytes"] == 21
+
+
+def test_cache_is_bounded_lru(sizer, tmp_path):
+    dirs = []
+    for i in range(5):
+        d = tmp_path / f"d{i}"
+        _write(d / "f", i)
+        age(d)
+        dirs.append(str(d))
+    s = sizer(max_entries=3)
+    for d in dirs:
+        s.size(d)
+        assert s.wait_idle(TIMEOUT)
+    assert len(s) == 3
+    assert s.size(dirs[0])["state"] == "pending"   # evicted: measured again
+    assert s.size(dirs[4])["state"] == "fresh"
+
+
+def test_queue_is_bounded_and_deduplicated(sizer, tmp_path):
+    walker = GatedWalker()
+    walker.gate.clear()
+    s = sizer(walker=walker, max_queue=2)
+    dirs = []
+    for i in range(6):
+        d = tmp_path / f"q{i}"
+        _write(d / "f", 1)
+        age(d)
+        dirs.append(str(d))
+    for _ in range(3):
+        for d in dirs:
+            assert s.size(d)["state"] == "pending"   # never waits, whatever the queue holds
+    walker.gate.set()
+    assert s.wait_idle(TIMEOUT)
+    assert len(walker.calls) == len(set(walker.calls)) <= 3  # 1 running + 2 queued, no duplicates
+    # the ones that did not fit are measured when asked again
+    for d in dirs:
+        s.size(d)
+        assert s.wait_idle(TIMEOUT)
+    assert all(s.size(d)["state"] == "fresh" for d in dirs)
+
+
+def test_tolerates_files_vanishing_mid_walk(tmp_path):
+    root = tmp_path / "churn"
+    for i in range(20):
+        _write(root / f"sub{i}" / "f", 1)
+    stop = threading.Event()
+
+    def churn():
+        n = 0
+        while not stop.is_set():
+            sub = root / f"sub{n % 20}"
+            for p in list(sub.glob("*")):
+                p.unlink(missing_ok=True)
+            sub.rmdir() if n % 3 == 0 and sub.exists() else None
+            _write(sub / f"g{n}", 2)
+            n += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(200):
+            m = measure(str(root))
+            assert m.bytes >= 0 and m.files >= 0
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_close_stops_the_worker(sizer, tree):
+    s = sizer()
+    s.size(str(tree))
+    assert s.wait_idle(TIMEOUT)
+    thread = s._thread
+    assert thread is not None and thread.is_alive()
+    s.close()
+    assert not thread.is_alive()
+    assert s.wait_idle(0)
