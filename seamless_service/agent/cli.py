@@ -14,7 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from .. import __version__
-from . import lifecycle, paths
+from . import defaults, paths
 
 AGENT_HELP = """\
 Manage the seamless-service agent of this user on this machine: a small server that
@@ -88,7 +88,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                            formatter_class=_formatter)
     _policy_options(serve)
     serve.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free port)")
-    serve.add_argument("--host", default=lifecycle.HOST,
+    serve.add_argument("--host", default=defaults.HOST,
                        help="address to listen on; only 127.0.0.1 is accepted (use an SSH tunnel)")
     serve.add_argument("--log-level", default="INFO", metavar="LEVEL",
                        help="DEBUG, INFO (default), WARNING or ERROR")
@@ -98,7 +98,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start the agent in the background (or find it)",
                            description=START_HELP, formatter_class=_formatter)
     _policy_options(start)
-    start.add_argument("--timeout", type=float, default=lifecycle.START_TIMEOUT, metavar="SECONDS",
+    start.add_argument("--timeout", type=float, default=defaults.START_TIMEOUT, metavar="SECONDS",
                        help="how long to wait for the agent to serve (default 10)")
     start.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
@@ -108,7 +108,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="stop the running agent", description=STOP_HELP,
                           formatter_class=_formatter)
-    stop.add_argument("--timeout", type=float, default=lifecycle.STOP_TIMEOUT, metavar="SECONDS",
+    stop.add_argument("--timeout", type=float, default=defaults.STOP_TIMEOUT, metavar="SECONDS",
                       help="seconds to wait after SIGTERM before SIGKILL (default 10)")
     stop.add_argument("--json", action="store_true", help='print {"stopped": true|false}')
     return agent
@@ -126,6 +126,8 @@ def run_agent_command(args: argparse.Namespace) -> int:
         if parser is not None:
             parser.print_help(sys.stderr)
         return 2
+    from . import lifecycle  # here, not at import: building the parser must stay cheap
+
     base = paths.base_dir()
     try:
         if command == "serve":
@@ -153,6 +155,8 @@ def run_agent_command(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, base: Any) -> int:
+    from . import lifecycle
+
     from . import server  # imports rpyc: only `serve` pays for it
     from ..protocol.auth import HANDSHAKE_TIMEOUT
 
@@ -172,6 +176,8 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _start(args: argparse.Namespace, base: Any) -> int:
+    from . import lifecycle
+
     info = lifecycle.start_detached(base, idle_timeout=args.idle_timeout, policy_spec=args.path_policy,
                                     timeout=args.timeout)
     if args.json:
@@ -183,6 +189,8 @@ def _start(args: argparse.Namespace, base: Any) -> int:
 
 
 def _status(args: argparse.Namespace, base: Any) -> int:
+    from . import lifecycle
+
     info = lifecycle.status(base)
     if info is None:
         if args.json:
@@ -198,6 +206,8 @@ def _status(args: argparse.Namespace, base: Any) -> int:
 
 
 def _stop(args: argparse.Namespace, base: Any) -> int:
+    from . import lifecycle
+
     stopped = lifecycle.stop(base, timeout=args.timeout)
     if args.json:
         print(json.dumps({"stopped": stopped}))

@@ -25,7 +25,8 @@ class AgentContext:
     started: float = field(default_factory=time.time)
     helper_dir: Path | None = None  # folder holding the rhl-* executables; None -> search
     extras: dict[str, Any] = field(default_factory=dict)  # lazily created per-agent objects
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Reentrant: a factory may itself ask for another shared object (Watcher -> liveness).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def server_dir(self) -> Path:

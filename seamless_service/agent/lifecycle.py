@@ -34,9 +34,9 @@ from .. import __version__
 from ..protocol.auth import secret_key
 from ..protocol.version import PROTOCOL_VERSION
 from . import paths
+from .defaults import HOST, START_TIMEOUT, STOP_TIMEOUT
 from .statefiles import pid_alive, usable_pid
 
-HOST = "127.0.0.1"
 STATE_NAME = "agent.json"
 SECRET_NAME = "secret"
 LOCK_NAME = "agent.lock"
@@ -47,8 +47,6 @@ CONFIG_NAME = "config.yaml"
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_POLICY_SPEC = "seamless"
 CONFIG_KEYS = ("path_policy", "idle_timeout")
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 LOG_ROTATE_BYTES = 4 << 20
 LOCK_RETRY = 0.5   # a status probe holds agent.lock for microseconds; a starting agent retries
 

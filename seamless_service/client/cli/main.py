@@ -34,7 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     from ...agent.cli import add_agent_parser
 
     add_agent_parser(sub)
+    _add_tunnel_parser(sub)
     return parser
+
+
+def _add_tunnel_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tunnel", help="the per-user tunnel keeper (client daemon)",
+        description="The tunnel keeper is a per-user background process that keeps SSH tunnels and agent\n"
+                    "connections open between calls, so a warm command costs little more than starting\n"
+                    "Python. It starts on demand and exits after 15 idle minutes.\n\n"
+                    "examples:\n  seamless-service tunnel status\n  seamless-service tunnel stop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=("status", "stop"), help="show it, or stop it (closing its tunnels)")
+    p.add_argument("--json", action="store_true", help="machine-readable status")
+    p.set_defaults(func=_run_tunnel)
+
+
+def _run_tunnel(args: argparse.Namespace) -> int:
+    from ..daemon.client import tunnel_command
+
+    return tunnel_command([args.action] + (["--json"] if args.json else []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,405 @@
+"""Talking to the client daemon: connect (starting it on demand), run a command, status, stop.
+
+Imported by the thin entry point on every call, so it imports only stdlib socket/os/sys/
+time and msgpack (through framing); subprocess is imported only when a daemon must be
+started.
+
+Errors, both one line:
+  DaemonUnavailable  the request was never delivered (no daemon and none could be
+                     started, unsafe folder, ...): the caller may run the command itself.
+  NotRunning         (a DaemonUnavailable) no daemon, and we were told not to start one.
+  DaemonLost         the daemon took the request and then went away: the command may have
+                     run partly, so it must NOT be re-run in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+# typing costs ~3 ms to import: this module is on every CLI call's path, and with
+# postponed annotations the names are only needed by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Sequence, TextIO
+
+from ... import __version__
+from ..errors import ServiceError
+from . import INSTALL_DIR, DaemonDirError, check_dir, daemon_dir, log_path, socket_path
+from . import framing
+
+START_TIMEOUT = 10.0      # spawn -> socket answering
+CONNECT_TIMEOUT = 5.0
+REPLY_TIMEOUT = 10.0      # ping/status/stop; "run" waits as long as the command runs
+LOG_ROTATE_BYTES = 1 << 20
+RUN_ATTEMPTS = 3
+
+
+class DaemonUnavailable(ServiceError):
+    pass
+
+
+class NotRunning(DaemonUnavailable):
+    pass
+
+
+class DaemonLost(ServiceError):
+    pass
+
+
+# -- connecting --------------------------------------------------------------------------
+
+
+def _try_connect(path: str) -> socket.socket | None:
+    """A connected socket, or None when nobody listens (no socket file, or a stale one
+    left by a killed daemon: connection refused)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        sock.connect(path)
+        return sock
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except socket.timeout:
+        sock.close()
+        raise DaemonUnavailable(f"the tunnel keeper at {path} does not accept connections") from None
+    except OSError as exc:
+        sock.close()
+        raise DaemonUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from None
+
+
+def connect(*, start: bool) -> socket.socket:
+    """A socket connected to the daemon; with `start`, spawn one if none runs."""
+    folder = daemon_dir()
+    try:
+        exists = check_dir(folder, create=start)
+    except DaemonDirError as exc:
+        raise DaemonUnavailable(str(exc)) from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
+    path = socket_path(folder)
+    sock = _try_connect(path) if exists else None
+    if sock is not None:
+        return sock
+    if not start:
+        raise NotRunning("no tunnel keeper running")
+    return _start_and_connect(folder, path)
+
+
+def _open_log(folder: str) -> int:
+    path = log_path(folder)
+    try:
+        if os.path.getsize(path) > LOG_ROTATE_BYTES:
+            os.replace(path, path + ".1")
+    except OSError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _last_log_line(folder: str) -> str:
+    try:
+        with open(log_path(folder), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _start_and_connect(folder: str, path: str) -> socket.socket:
+    import subprocess
+
+    env = dict(os.environ)
+    # The daemon must import this very installation, even when it was found through
+    # PYTHONPATH or a working directory rather than site-packages.
+    root = os.path.dirname(INSTALL_DIR)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("SEAMLESS_SERVICE_NO_DAEMON", None)
+    log_fd = _open_log(folder)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seamless_service.client.daemon.server"],
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=folder, env=env,
+            start_new_session=True, close_fds=True,   # no terminal, no Ctrl-C from it
+        )
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot start the tunnel keeper: {exc.strerror or exc}") from None
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        sock = _try_connect(path)
+        if sock is not None:
+            return sock
+        code = proc.poll()
+        # Exit 0 means another daemon won the start race: keep waiting for its socket.
+        if code not in (None, 0):
+            detail = _last_log_line(folder)
+            raise DaemonUnavailable(f"the tunnel keeper failed to start{': ' + detail if detail else ''}")
+        if time.monotonic() > deadline:
+            raise DaemonUnavailable(
+                f"the tunnel keeper did not start within {START_TIMEOUT:g} s (see {log_path(folder)})")
+        time.sleep(0.02)
+
+
+def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
+    """Send one request and return the one reply (not for "run": see run())."""
+    sock = connect(start=start)
+    try:
+        sock.settimeout(REPLY_TIMEOUT)
+        try:
+            framing.send(sock, message)
+        except OSError as exc:
+            raise DaemonUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from None
+        try:
+            reply = framing.recv(sock)
+        except (OSError, framing.FrameError) as exc:
+            raise DaemonLost(f"no answer from the tunnel keeper: {exc}") from None
+        if reply is None:
+            raise DaemonLost("the tunnel keeper closed the connection without answering")
+        return reply
+    finally:
+        sock.close()
+
+
+# -- the public helpers ------------------------------------------------------------------
+
+
+def ping(*, start: bool = False) -> dict[str, Any] | None:
+    """The daemon's pid/version/started/idle_timeout, or None if none runs (and not start)."""
+    try:
+        return request({"cmd": "ping"}, start=start)
+    except NotRunning:
+        return None
+
+
+def ensure_daemon() -> dict[str, Any]:
+    """Start the daemon if needed; its ping reply."""
+    reply = ping(start=True)
+    assert reply is not None
+    return reply
+
+
+def daemon_status() -> dict[str, Any] | None:
+    """Status of the running daemon (with its pool entries), or None if none runs."""
+    try:
+        reply = request({"cmd": "status"})
+    except NotRunning:
+        return None
+    if not reply.get("ok"):
+        if reply.get("code") == "retry":   # caught it while exiting
+            return None
+        raise DaemonLost(f"tunnel keeper: {reply.get('error')}")
+    return reply
+
+
+def daemon_stop(timeout: float = 5.0) -> dict[str, Any] | None:
+    """Stop the running daemon and wait until its socket is gone; its info, or None if none
+    was running."""
+    try:
+        reply = request({"cmd": "stop"})
+    except NotRunning:
+        return None
+    if not reply.get("ok"):
+        if reply.get("code") == "retry":
+            return None
+        raise DaemonLost(f"tunnel keeper: {reply.get('error')}")
+    # Done when the process is gone, not merely its socket: it closes its connections
+    # (pool entries) after removing the socket.
+    pid = reply.get("pid")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and isinstance(pid, int) and _pid_running(pid):
+        time.sleep(0.02)
+    return reply
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)   # reap it if we started it (an API caller may have)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:      # an unreaped zombie has finished
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
+                cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The "run" request for argv, carrying what the command must see of our process."""
+    env = dict(os.environ if env is None else env)
+    if _tty(stdout) and "COLUMNS" not in env:
+        # The daemon has no terminal: tell it our width so tables and help wrap as here.
+        try:
+            size = os.get_terminal_size(stdout.fileno())
+            env["COLUMNS"], env["LINES"] = str(size.columns), str(size.lines)
+        except (OSError, ValueError, AttributeError):
+            pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return {
+        "cmd": "run", "argv": list(argv), "cwd": cwd or os.getcwd(), "env": env,
+        "stream": True, "tty": {"stdout": _tty(stdout), "stderr": _tty(stderr)},
+        "umask": umask, "version": __version__, "install": INSTALL_DIR, "prefix": sys.prefix,
+    }
+
+
+def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+        cwd: str | None = None, env: dict[str, str] | None = None, start: bool = True) -> int:
+    """Run a CLI command in the daemon, streaming its output to stdout/stderr as it comes;
+    returns its exit code.
+
+    Raises DaemonUnavailable (nothing ran: safe to run it elsewhere) or DaemonLost (it
+    may have run partly). KeyboardInterrupt closes the connection, which makes the daemon
+    cancel the command.
+    """
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    try:
+        req = run_request(argv, out, err, cwd=cwd, env=env)
+    except FileNotFoundError:
+        raise DaemonUnavailable("the current directory no longer exists") from None
+    streams = {"stdout": out, "stderr": err}
+    for attempt in range(RUN_ATTEMPTS):
+        sock = connect(start=start)
+        try:
+            sock.settimeout(None)
+            try:
+                framing.send(sock, req)
+            except OSError:
+                # Not (fully) delivered, so nothing ran; the daemon was probably exiting.
+                time.sleep(0.05)
+                continue
+            while True:
+                try:
+                    frame = framing.recv(sock)
+                except (OSError, framing.FrameError) as exc:
+                    raise DaemonLost(f"lost the tunnel keeper mid-command: {exc}") from None
+                if frame is None:
+                    raise DaemonLost("the tunnel keeper closed the connection mid-command")
+                name = frame.get("stream")
+                if name is not None:
+                    stream = streams.get(name)
+                    if stream is not None:
+                        stream.write(frame.get("data", ""))
+                        stream.flush()
+                    continue
+                if frame.get("ok"):
+                    for name in ("stdout", "stderr"):   # unstreamed replies carry it all here
+                        if frame.get(name):
+                            streams[name].write(frame[name])
+                            streams[name].flush()
+                    return int(frame.get("exit", 1))
+                code = frame.get("code")
+                if code == "retry":
+                    break
+                if code == "version":
+                    # Another install or version of seamless-service: replace that daemon.
+                    daemon_stop()
+                    break
+                raise DaemonLost(f"tunnel keeper: {frame.get('error', 'unknown error')}")
+        finally:
+            sock.close()
+        time.sleep(0.05 * (attempt + 1))
+    raise DaemonUnavailable("the tunnel keeper kept restarting")
+
+
+# -- `seamless-service tunnel ...` -------------------------------------------------------
+
+TUNNEL_USAGE = """\
+usage: seamless-service tunnel {status,stop} [--json]
+
+The tunnel keeper is a per-user background process that keeps SSH tunnels and agent
+connections open between seamless-service commands (started on demand, exits when idle).
+
+  status    show whether it runs, and the connections it holds (exit 1 if not running)
+  stop      stop it, closing its connections
+"""
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds % 60 else f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds % 3600 // 60 else f"{seconds // 3600}h"
+
+
+def format_status(info: dict[str, Any], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [
+        f"tunnel keeper: running, pid {info.get('pid')}, version {info.get('version')}",
+        f"  socket:  {info.get('socket', socket_path())}",
+        f"  up {_ago(now - float(info.get('started', now)))}, idle {_ago(float(info.get('idle_for', 0)))}, "
+        f"exits after {_ago(float(info.get('idle_timeout', 0)))} idle",
+    ]
+    if info.get("current"):
+        lines.append("  running: seamless-service " + " ".join(info["current"]))
+    entries = info.get("pool") or []
+    if not entries:
+        lines.append("  connections: none")
+    else:
+        lines.append("  connections:")
+        for entry in entries:
+            text = (f"    {entry.get('name')}  opened {_ago(now - float(entry.get('created', now)))} ago, "
+                    f"last used {_ago(now - float(entry.get('last_used', now)))} ago")
+            details = entry.get("details")
+            if isinstance(details, dict) and details:
+                text += "  " + " ".join(f"{k}={v}" for k, v in details.items())
+            elif details:
+                text += f"  {details}"
+            lines.append(text)
+    return "\n".join(lines)
+
+
+def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """`seamless-service tunnel status|stop [--json]`; returns the exit code."""
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    args = list(args)
+    if not args or args[0] in ("-h", "--help") or "-h" in args or "--help" in args:
+        (out if args else err).write(TUNNEL_USAGE)
+        return 0 if args else 2
+    action, rest = args[0], args[1:]
+    if action not in ("status", "stop") or [a for a in rest if a != "--json"]:
+        err.write(TUNNEL_USAGE.splitlines()[0] + "\n")
+        err.write(f"seamless-service tunnel: unrecognised arguments: {' '.join(args)}\n")
+        return 2
+    as_json = "--json" in rest
+    try:
+        info = daemon_status() if action == "status" else daemon_stop()
+    except ServiceError as exc:
+        err.write(f"seamless-service: {exc}\n")
+        return 1
+    if as_json:
+        import json
+
+        out.write(json.dumps({"running": info is not None, **(info or {})}, sort_keys=True) + "\n")
+    elif info is None:
+        out.write("no tunnel keeper running\n")
+    elif action == "status":
+        out.write(format_status(info) + "\n")
+    else:
+        out.write(f"stopped the tunnel keeper (pid {info.get('pid')})\n")
+    if info is None and action == "status":
+        return 1
+    return 0

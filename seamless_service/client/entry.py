@@ -1,0 +1,121 @@
+"""The `seamless-service` console entry point: a thin client of the per-user daemon.
+
+It imports only os/sys and the daemon client (socket, struct, msgpack): the command
+line itself (argparse, resolution, rendering, rpyc, paramiko, sshtunnel) is imported by
+the daemon, which keeps it and its SSH connections warm between calls.
+
+Where a command runs:
+  in this process   `agent ...` (manages the agent of this machine, typically on a server
+                    where no tunnel keeper is wanted; `agent start` leaves a long-lived
+                    process behind, which must not become the daemon's child),
+                    anything with `--local` (reads this machine's state, no SSH to save),
+                    SEAMLESS_SERVICE_NO_DAEMON=1, and any time the daemon cannot be
+                    reached or started (with a one-line notice)
+  tunnel status/stop   asks the daemon itself
+  --help, -h, no args  the daemon if one is running, else here (never starts one)
+  everything else   the daemon, started on demand; output is streamed back as it comes
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# typing costs ~3 ms to import: this module is on every CLI call's path, and with
+# postponed annotations the names are only needed by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Sequence
+
+from .daemon import client
+
+IN_PROCESS_COMMANDS = ("agent",)
+
+
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand word: the first argument that is not an option."""
+    for arg in args:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def route(args: Sequence[str]) -> str:
+    """'local', 'tunnel', 'help' (daemon if running, else local) or 'daemon'."""
+    command = _command(args)
+    if command == "tunnel":   # about the daemon itself: the same with or without NO_DAEMON
+        return "tunnel"
+    if os.environ.get("SEAMLESS_SERVICE_NO_DAEMON", "") not in ("", "0"):
+        return "local"
+    if command in IN_PROCESS_COMMANDS or "--local" in args:
+        return "local"
+    if not args or "-h" in args or "--help" in args:
+        return "help"
+    return "daemon"
+
+
+def run_in_process(args: Sequence[str]) -> int:
+    """The full CLI in this process; never a traceback unless --debug."""
+    try:
+        from .cli.main import main as cli_main
+
+        return int(cli_main(list(args)) or 0)
+    except (SystemExit, KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as exc:
+        if "--debug" in args:
+            raise
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        print(f"seamless-service: internal error: {detail}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    # The reader went away (`| head`): drop further output instead of a second
+    # BrokenPipeError at interpreter exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _dispatch(args: list[str]) -> int:
+    how = route(args)
+    if how == "local":
+        return run_in_process(args)
+    if how == "tunnel":
+        command = _command(args)
+        rest = args[args.index(command) + 1:] if command else []
+        return client.tunnel_command(rest)
+    try:
+        return client.run(args, start=(how == "daemon"))
+    except client.NotRunning:
+        return run_in_process(args)
+    except client.DaemonUnavailable as exc:
+        print(f"seamless-service: tunnel keeper unavailable ({exc}); running in this process",
+              file=sys.stderr)
+        return run_in_process(args)
+    except client.DaemonLost as exc:
+        print(f"seamless-service: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,639 @@
+"""The client daemon: real daemon processes on real unix sockets.
+
+Most tests swap the CLI main for the hook module below (SEAMLESS_SERVICE_DAEMON_MAIN,
+test-only), so a "run" can print its cwd/env, wait, raise or watch for cancellation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from seamless_service import __version__
+from seamless_service.client.daemon import client, framing, pool
+
+HOOKS = textwrap.dedent('''
+    import json, os, sys, time
+    from seamless_service.client.daemon import pool
+
+    class Thing:
+        def __init__(self, marker):
+            self.marker = marker
+        def describe(self):
+            return {"kind": "thing"}
+        def close(self):
+            touch(self.marker, "closed")
+
+    def touch(path, text):
+        # Atomic, so a test that sees the file also sees its text.
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+    def main(argv):
+        cmd, *rest = argv or ["none"]
+        deadline = time.monotonic() + 20
+        if cmd == "env":
+            print(json.dumps({"cwd": os.getcwd(), "var": os.environ.get("SSD_VAR"),
+                              "argv": sys.argv, "in_daemon": pool.in_daemon(),
+                              "tty": sys.stdout.isatty()}))
+            return 0
+        if cmd == "exit":
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            return int(rest[0])
+        if cmd == "raise":
+            raise RuntimeError("boom\\nsecond line")
+        if cmd == "sysexit":
+            sys.exit(int(rest[0]) if rest[0].isdigit() else rest[0])
+        if cmd == "bytes":
+            sys.stdout.buffer.write("h\\u00e9llo\\n".encode())
+            return 0
+        if cmd == "pool":
+            pool.get(rest[0], lambda: Thing(rest[1]))
+            return 0
+        if cmd == "wait-file":      # prints, then waits for a file: shows streaming
+            print("first", flush=True)
+            while not os.path.exists(rest[0]) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            print("second")
+            return 0
+        if cmd == "coop":           # polls pool.cancelled(), as watch loops should
+            touch(rest[0], "started")
+            while not pool.wait_cancelled(0.05):
+                if time.monotonic() > deadline:
+                    return 3
+            touch(rest[1], "cancelled")
+            return 0
+        if cmd == "spin":           # ignores cancellation: needs the injected Ctrl-C
+            touch(rest[0], "started")
+            try:
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            except KeyboardInterrupt:
+                touch(rest[1], "interrupted")
+                raise
+            return 3
+        if cmd == "big":
+            sys.stdout.write("x" * int(rest[0]))
+            return 0
+        print(f"unknown hook command {cmd}", file=sys.stderr)
+        return 2
+''')
+
+
+# -- helpers shared with test_entry.py -----------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a finished daemon may linger unreaped under some inits).
+
+    A killed multi-threaded process can show its main thread as a zombie while other
+    threads are still tearing down (and its socket still open): that counts as alive.
+    """
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X") or threads > 1
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def unused_uid() -> int:
+    for uid in range(54321, 60000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise RuntimeError("no free uid")
+
+
+def daemon_pids(folder: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"seamless_service.client.daemon.server" in cmdline and \
+                f"SEAMLESS_SERVICE_DAEMON_DIR={folder}".encode() in environ and pid_alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_daemons(folder: Path) -> None:
+    for pid in daemon_pids(folder):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class DaemonPlace:
+    """A private daemon folder (short path: unix socket paths are limited to 107 bytes)."""
+
+    def __init__(self, monkeypatch, hooks: bool, idle: float = 60):
+        self.root = Path(tempfile.mkdtemp(prefix="ssd-", dir="/tmp"))
+        self.folder = self.root / "d"
+        self.sock = self.folder / "daemon.sock"
+        self.log = self.folder / "daemon.log"
+        self.work = self.root / "work"
+        self.work.mkdir()
+        monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_DIR", str(self.folder))
+        monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_IDLE", str(idle))
+        monkeypatch.delenv("SEAMLESS_SERVICE_NO_DAEMON", raising=False)
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        if hooks:
+            (self.root / "ssd_hooks.py").write_text(HOOKS)
+            monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_MAIN", "ssd_hooks:main")
+            monkeypatch.setenv("PYTHONPATH", str(self.root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        else:
+            monkeypatch.delenv("SEAMLESS_SERVICE_DAEMON_MAIN", raising=False)
+
+    def pid(self) -> int:
+        info = client.ping()
+        assert info is not None, "no daemon answers"
+        return info["pid"]
+
+    def cleanup(self) -> None:
+        kill_daemons(self.folder)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def place(monkeypatch):
+    p = DaemonPlace(monkeypatch, hooks=True)
+    yield p
+    p.cleanup()
+
+
+def run(argv, cwd=None, env=None, start=True):
+    out, err = io.StringIO(), io.StringIO()
+    code = client.run(argv, stdout=out, stderr=err, cwd=cwd, env=env, start=start)
+    return code, out.getvalue(), err.getvalue()
+
+
+def raw_connect(path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    return s
+
+
+def thin_client(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# -- framing -------------------------------------------------------------------------------
+
+
+def test_frames_round_trip_and_end_cleanly():
+    a, b = socket.socketpair()
+    with a, b:
+        framing.send(a, {"cmd": "ping", "n": [1, 2, {"x": b"\x00"}]})
+        framing.send(a, {"second": "é"})
+        assert framing.recv(b) == {"cmd": "ping", "n": [1, 2, {"x": b"\x00"}]}
+        assert framing.recv(b) == {"second": "é"}
+        a.shutdown(socket.SHUT_WR)
+        assert framing.recv(b) is None
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (struct.pack(">I", 10) + b"abc", framing.FrameTruncated, "after 3 of 10 bytes"),
+    (b"\x00\x00", framing.FrameTruncated, "frame header"),
+    (struct.pack(">I", framing.MAX_FRAME + 1), framing.FrameTooLarge, "exceeds the limit"),
+    (struct.pack(">I", 3) + b"\xc1\xc1\xc1", framing.FrameError, "not valid msgpack"),
+    (struct.pack(">I", 2) + msgpack.packb([1]), framing.FrameError, "not a map"),
+])
+def test_bad_frames_raise_one_line_errors(data, error, message):
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(error) as info:
+            framing.recv(b)
+        assert message in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+# -- pool ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_pool():
+    pool.close_all()
+    yield
+    pool.close_all()
+
+
+class Closable:
+    def __init__(self):
+        self.closed = 0
+
+    def close(self):
+        self.closed += 1
+
+    def describe(self):
+        return {"state": "open"}
+
+
+def test_pool_creates_one_object_per_name_under_concurrency(clean_pool):
+    made = []
+    barrier = threading.Barrier(16)
+
+    def factory():
+        time.sleep(0.05)   # a slow connect widens any race
+        obj = Closable()
+        made.append(obj)
+        return obj
+
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(pool.get("host-a", factory))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert len(results) == 16 and all(r is made[0] for r in results)
+
+
+def test_pool_creates_different_names_in_parallel(clean_pool):
+    both = threading.Barrier(2, timeout=5)   # breaks if creation were serialised across names
+
+    def factory():
+        both.wait()
+        return Closable()
+
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, pool.get(n, factory)))
+               for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results) == {"a", "b"} and results["a"] is not results["b"]
+
+
+def test_pool_drop_describe_close_all(clean_pool):
+    def failing():
+        raise OSError("unreachable")
+
+    with pytest.raises(OSError):
+        pool.get("bad", failing)
+    assert pool.peek("bad") is None          # a failed factory leaves nothing behind
+    a = pool.get("a", Closable)
+    b = pool.get("b", Closable)
+    rows = pool.describe()
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[0]["details"] == {"state": "open"} and rows[0]["created"] <= rows[0]["last_used"]
+    assert pool.drop("a") is True and a.closed == 1
+    assert pool.drop("a") is False
+    assert pool.get("a", Closable) is not a
+    pool.close_all()
+    assert b.closed == 1 and pool.names() == []
+    assert pool.in_daemon() is False and pool.cancelled() is False
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+def test_started_on_demand_with_private_folder_and_socket(place):
+    place.folder.mkdir(mode=0o755)
+    os.chmod(place.folder, 0o755)           # too loose: must be tightened, not used as is
+    assert client.ping() is None            # nothing runs, and ping does not start one
+    info = client.ensure_daemon()
+    assert info["ok"] and info["version"] == __version__ and pid_alive(info["pid"])
+    assert info["idle_timeout"] == 60
+    assert stat.S_IMODE(place.folder.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(place.sock.stat().st_mode)
+    assert stat.S_IMODE(place.sock.stat().st_mode) == 0o600
+    for name in ("daemon.log", "daemon.lock"):
+        assert stat.S_IMODE((place.folder / name).stat().st_mode) == 0o600
+    assert client.ensure_daemon()["pid"] == info["pid"]
+
+
+def test_run_applies_cwd_env_argv_per_call_and_restores(place):
+    one, two = place.work / "one", place.work / "two"
+    one.mkdir()
+    two.mkdir()
+    code, out, err = run(["env"], cwd=str(one), env={**os.environ, "SSD_VAR": "first"})
+    assert (code, err) == (0, "")
+    seen = json.loads(out)
+    assert seen == {"cwd": str(one), "var": "first", "argv": ["seamless-service", "env"],
+                    "in_daemon": True, "tty": False}
+    env = dict(os.environ)
+    env.pop("SSD_VAR", None)
+    code, out, _ = run(["env"], cwd=str(two), env=env)
+    seen = json.loads(out)
+    assert code == 0 and seen["cwd"] == str(two) and seen["var"] is None   # nothing leaked
+
+
+def test_exit_codes_exceptions_and_bytes_output(place):
+    assert run(["exit", "7"]) == (7, "to stdout\n", "to stderr\n")
+    code, out, err = run(["raise"])
+    assert code == 1 and out == ""
+    assert err == "seamless-service: internal error: RuntimeError: boom\n"
+    assert run(["sysexit", "4"])[0] == 4
+    assert run(["sysexit", "bad thing"]) == (1, "", "bad thing\n")
+    assert run(["bytes"]) == (0, "héllo\n", "")
+    code, _, err = run(["exit", "0"], cwd=str(place.work / "gone"))
+    assert code == 1 and "cannot enter working directory" in err
+    assert run(["exit", "0"])[0] == 0       # still serving after all that
+
+
+def test_unstreamed_reply_carries_all_output(place):
+    client.ensure_daemon()
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": ["exit", "5"], "cwd": "/", "env": {"A": "b"}})
+        assert framing.recv(s) == {"ok": True, "exit": 5, "stdout": "to stdout\n", "stderr": "to stderr\n"}
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": ["big", str(300_000)], "cwd": "/", "env": {}, "stream": True})
+        frames = []
+        while True:
+            frame = framing.recv(s)
+            frames.append(frame)
+            if "stream" not in frame:
+                break
+    assert frames[-1] == {"ok": True, "exit": 0}
+    assert "".join(f["data"] for f in frames[:-1]) == "x" * 300_000
+    assert len(frames) > 2                  # big output comes in several frames
+
+
+def test_malformed_requests_get_errors_and_daemon_keeps_serving(place):
+    pid = client.ensure_daemon()["pid"]
+    with raw_connect(place.sock) as s:
+        s.sendall(struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1")
+        reply = framing.recv(s)
+        assert reply["ok"] is False and "not valid msgpack" in reply["error"]
+        s.sendall(struct.pack(">I", 2) + msgpack.packb([1]))
+        assert "not a map" in framing.recv(s)["error"]
+        framing.send(s, {"cmd": "frobnicate"})
+        assert framing.recv(s) == {"ok": False, "error": "unknown cmd 'frobnicate'"}
+        framing.send(s, {"cmd": "ping"})      # same connection, still in sync
+        assert framing.recv(s)["pid"] == pid
+    for bad in ({"cmd": "run", "argv": "ps", "cwd": "/", "env": {}},
+                {"cmd": "run", "argv": [], "cwd": "relative", "env": {}},
+                {"cmd": "run", "argv": [], "cwd": "/", "env": {"A": 1}}):
+        with raw_connect(place.sock) as s:
+            framing.send(s, bad)
+            reply = framing.recv(s)
+            assert reply["ok"] is False and reply["error"].startswith("run: ")
+    with raw_connect(place.sock) as s:
+        s.sendall(struct.pack(">I", 0xFFFFFFFF))
+        assert "exceeds the limit" in framing.recv(s)["error"]
+        assert framing.recv(s) is None        # cannot resync: connection closed
+    with raw_connect(place.sock) as s:
+        s.sendall(struct.pack(">I", 100) + b"\x81")   # half a frame, then gone
+    assert client.ping()["pid"] == pid
+    assert run(["exit", "0"])[0] == 0
+
+
+def test_version_mismatch_is_refused_and_client_replaces_daemon(place, monkeypatch):
+    pid = client.ensure_daemon()["pid"]
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": [], "cwd": "/", "env": {}, "version": "0.0.0"})
+        reply = framing.recv(s)
+    assert reply["ok"] is False and reply["code"] == "version"
+    monkeypatch.setattr(client, "__version__", "0.0.0")
+    # Every daemon it starts runs the real version, so this client can never be served:
+    # it must give up (and let the caller run in-process) rather than loop forever.
+    with pytest.raises(client.DaemonUnavailable):
+        run(["exit", "0"])
+    assert wait_for(lambda: not pid_alive(pid))
+
+
+def test_concurrent_clients_each_see_their_own_cwd_and_env(place):
+    client.ensure_daemon()
+    dirs = []
+    for i in range(8):
+        d = place.work / f"c{i}"
+        d.mkdir()
+        dirs.append(d)
+    results = {}
+
+    def one(i):
+        results[i] = run(["env"], cwd=str(dirs[i]), env={**os.environ, "SSD_VAR": str(i)})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == list(range(8))
+    for i, (code, out, _) in results.items():
+        seen = json.loads(out)
+        assert code == 0 and seen["cwd"] == str(dirs[i]) and seen["var"] == str(i)
+
+
+def test_ping_and_status_answer_while_a_command_runs(place):
+    gate = place.work / "gate"
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", run(["wait-file", str(gate)])))
+    t.start()
+    assert wait_for(lambda: (client.daemon_status() or {}).get("current") == ["wait-file", str(gate)])
+    assert client.ping()["ok"]
+    gate.touch()
+    t.join(20)
+    assert box["r"] == (0, "first\nsecond\n", "")
+
+
+def test_status_lists_pool_entries_and_stop_closes_them(place):
+    marker = place.work / "closed"
+    assert run(["pool", "hostA", str(marker)])[0] == 0
+    status = client.daemon_status()
+    assert [e["name"] for e in status["pool"]] == ["hostA"]
+    assert status["pool"][0]["details"] == {"kind": "thing"}
+    text = client.format_status(status)
+    assert f"pid {status['pid']}" in text and "hostA" in text and "kind=thing" in text
+    info = client.daemon_stop()
+    assert info["pid"] == status["pid"]
+    assert not place.sock.exists()
+    assert marker.read_text() == "closed"
+    assert wait_for(lambda: not pid_alive(status["pid"]))
+    assert client.daemon_stop() is None and client.daemon_status() is None
+
+
+def test_sigterm_exits_cleanly_removing_socket(place):
+    marker = place.work / "closed"
+    run(["pool", "h", str(marker)])
+    pid = place.pid()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not pid_alive(pid))
+    assert not place.sock.exists() and marker.read_text() == "closed"
+    assert "exiting: SIGTERM" in place.log.read_text()
+
+
+def test_idle_exit_removes_socket_but_a_long_command_counts_as_activity(monkeypatch):
+    place = DaemonPlace(monkeypatch, hooks=True, idle=0.5)
+    try:
+        pid = client.ensure_daemon()["pid"]
+        gate = place.work / "gate"
+        threading.Timer(1.5, gate.touch).start()     # the command outlives the idle time
+        assert run(["wait-file", str(gate)]) == (0, "first\nsecond\n", "")
+        assert wait_for(lambda: not place.sock.exists() and not pid_alive(pid))
+        assert "exiting: idle" in place.log.read_text()
+    finally:
+        place.cleanup()
+
+
+def test_killed_daemon_leaves_stale_socket_that_is_replaced(place):
+    pid = client.ensure_daemon()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(pid))
+    assert place.sock.exists()                      # stale: nobody listens
+    assert client.ping() is None
+    assert run(["exit", "0"])[0] == 0               # starts a fresh daemon
+    new = place.pid()
+    assert new != pid and pid_alive(new)
+
+
+def test_simultaneous_starts_leave_one_daemon(place):
+    procs = [subprocess.Popen([sys.executable, "-m", "seamless_service.client.daemon.server"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(3)]
+    assert wait_for(lambda: client.ping() is not None)
+    winner = place.pid()
+    losers = [p for p in procs if p.pid != winner]
+    for p in losers:
+        assert p.wait(15) == 0                      # "already running" is not an error
+    assert [p.pid for p in procs].count(winner) == 1
+    assert daemon_pids(place.folder) == [winner]
+    # A later start while it runs also leaves it alone.
+    late = subprocess.run([sys.executable, "-m", "seamless_service.client.daemon.server"],
+                          capture_output=True, text=True, timeout=15)
+    assert late.returncode == 0 and place.pid() == winner
+    assert "another tunnel keeper is already running" in late.stderr
+
+
+def _connect_as(uid: int, path: Path) -> str:
+    """In a forked child running as `uid`: connect and ping; how it went, as a word."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # child: no pytest machinery here, just syscalls, then _exit
+        result = "?"
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(str(path))
+                s.sendall(framing.encode({"cmd": "ping"}))
+                result = "closed" if s.recv(100) == b"" else "answered"
+            except PermissionError:
+                result = "denied"
+            except (ConnectionResetError, BrokenPipeError):   # dropped before or while we wrote
+                result = "closed"
+        except BaseException as exc:
+            result = f"error {exc!r}"
+        os.write(w, result.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        result = f.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_other_uid_is_kept_out(place):
+    pid = client.ensure_daemon()["pid"]
+    uid = unused_uid()
+    os.chmod(place.root, 0o711)          # the test's temp root: let the stranger reach d/
+    # First wall: the 0700 daemon folder.
+    assert _connect_as(uid, place.sock) == "denied"
+    # Second wall: with folder and socket opened up, SO_PEERCRED still drops the stranger.
+    os.chmod(place.folder, 0o711)
+    os.chmod(place.sock, 0o666)
+    try:
+        assert _connect_as(uid, place.sock) == "closed"
+    finally:
+        os.chmod(place.root, 0o700)
+        os.chmod(place.folder, 0o700)
+        os.chmod(place.sock, 0o600)
+    assert f"refused a connection from uid {uid}" in place.log.read_text()
+    assert client.ping()["pid"] == pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_folder_owned_by_someone_else_is_refused(place):
+    place.folder.mkdir(mode=0o700)
+    os.chown(place.folder, unused_uid(), -1)
+    with pytest.raises(client.DaemonUnavailable) as info:
+        client.ensure_daemon()
+    assert "owned by uid" in str(info.value) and "\n" not in str(info.value)
+    assert not place.sock.exists()
+
+
+def test_output_streams_while_the_command_runs(place):
+    client.ensure_daemon()
+    gate = place.work / "gate"
+    proc = thin_client("wait-file", str(gate))
+    try:
+        assert proc.stdout.readline() == "first\n"      # before the command finished
+        assert proc.poll() is None
+        gate.touch()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err) == (0, "second\n", "")
+
+
+@pytest.mark.parametrize("mode, marker_text", [("coop", "cancelled"), ("spin", "interrupted")])
+def test_ctrl_c_on_thin_client_cancels_command_and_frees_the_daemon(place, mode, marker_text):
+    client.ensure_daemon()
+    started, marker = place.work / "started", place.work / "marker"
+    proc = thin_client(mode, str(started), str(marker))
+    try:
+        assert wait_for(started.exists, timeout=15)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    # coop: saw pool.cancelled(); spin: got the KeyboardInterrupt the daemon injected.
+    assert wait_for(lambda: marker.exists(), timeout=10)
+    assert marker.read_text() == marker_text
+    assert run(["exit", "0"])[0] == 0                # the run lock was released
+    assert client.daemon_status()["current"] is None

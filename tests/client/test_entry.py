@@ -1,0 +1,146 @@
+"""The thin `seamless-service` entry point with the real CLI behind it, as a user runs it:
+a separate process per call, a real daemon started on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seamless_service import __version__
+from seamless_service.client import entry
+from seamless_service.client.daemon import client
+from tests.client.test_daemon import DaemonPlace, pid_alive, unused_uid, wait_for
+
+# What the thin path must never import: the whole point is not paying for these per call.
+HEAVY = ("argparse", "seamless_service.client.cli", "seamless_service.client.cli.main",
+         "rpyc", "paramiko", "sshtunnel", "tabulate", "yaml", "seamless_service.agent")
+
+
+@pytest.fixture
+def place(monkeypatch):
+    p = DaemonPlace(monkeypatch, hooks=False)
+    yield p
+    p.cleanup()
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seamless_service.client.entry", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def requests_served() -> int:
+    return client.daemon_status()["requests"]
+
+
+def test_version_goes_through_a_daemon_started_on_demand_and_reused(place):
+    assert not place.sock.exists()
+    first = cli("--version")
+    assert (first.returncode, first.stdout, first.stderr) == (0, f"seamless-service {__version__}\n", "")
+    pid = place.pid()
+    before = requests_served()
+    second = cli("--version")
+    assert second.stdout == f"seamless-service {__version__}\n"
+    assert requests_served() == before + 2     # the --version run, then our own status
+    assert place.pid() == pid
+
+
+def test_bad_subcommand_gives_usage_and_exit_2_through_the_daemon(place):
+    client.ensure_daemon()
+    before = requests_served()
+    result = cli("frobnicate")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: seamless-service")
+    assert "invalid choice: 'frobnicate'" in result.stderr
+    assert requests_served() == before + 2
+
+
+def test_no_daemon_env_runs_in_process(place):
+    result = cli("--version", env={"SEAMLESS_SERVICE_NO_DAEMON": "1"})
+    assert (result.returncode, result.stdout) == (0, f"seamless-service {__version__}\n")
+    assert not place.sock.exists()
+
+
+def test_help_never_starts_a_daemon_but_uses_a_running_one(place):
+    result = cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: seamless-service")
+    assert not place.sock.exists()
+    bare = cli()
+    assert bare.returncode == 2 and "usage: seamless-service" in bare.stdout
+    assert not place.sock.exists()
+    client.ensure_daemon()
+    before = requests_served()
+    via_daemon = cli("--help")
+    assert via_daemon.stdout == result.stdout
+    assert requests_served() == before + 2
+
+
+def test_tunnel_status_and_stop(place):
+    none = cli("tunnel", "status")
+    assert (none.returncode, none.stdout) == (1, "no tunnel keeper running\n")
+    assert not place.sock.exists()             # status does not start one
+    pid = client.ensure_daemon()["pid"]
+    status = cli("tunnel", "status")
+    assert status.returncode == 0
+    assert f"tunnel keeper: running, pid {pid}, version {__version__}" in status.stdout
+    assert "connections: none" in status.stdout
+    as_json = json.loads(cli("tunnel", "status", "--json").stdout)
+    assert as_json["running"] is True and as_json["pid"] == pid and as_json["pool"] == []
+    stop = cli("tunnel", "stop")
+    assert (stop.returncode, stop.stdout) == (0, f"stopped the tunnel keeper (pid {pid})\n")
+    assert not place.sock.exists() and wait_for(lambda: not pid_alive(pid))
+    again = cli("tunnel", "stop")
+    assert (again.returncode, again.stdout) == (0, "no tunnel keeper running\n")
+    bad = cli("tunnel", "restart")
+    assert bad.returncode == 2 and "unrecognised arguments" in bad.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_unusable_daemon_folder_falls_back_in_process_with_a_notice(place):
+    place.folder.mkdir(mode=0o700)
+    os.chown(place.folder, unused_uid(), -1)
+    result = cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"seamless-service {__version__}\n")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seamless-service: tunnel keeper unavailable (refusing")
+    assert lines[0].endswith("running in this process")
+
+
+def test_thin_path_imports_nothing_heavy(place, tmp_path):
+    client.ensure_daemon()
+    report = tmp_path / "modules.json"
+    code = (
+        "import json, sys\n"
+        "from seamless_service.client.entry import main\n"
+        "rc = main(['--version'])\n"
+        f"json.dump({{'rc': rc, 'modules': sorted(sys.modules)}}, open({str(report)!r}, 'w'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout == f"seamless-service {__version__}\n"
+    seen = json.loads(report.read_text())
+    assert seen["rc"] == 0
+    assert [m for m in seen["modules"] if m in HEAVY or m.split(".")[0] in HEAVY] == []
+    assert "seamless_service.client.daemon.client" in seen["modules"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["ps", "--cluster", "x"], "daemon"),
+    (["--version"], "daemon"),
+    (["--debug", "ps"], "daemon"),
+    (["ps", "--local"], "local"),
+    (["agent", "status"], "local"),
+    (["--debug", "agent", "start"], "local"),
+    (["tunnel", "status"], "tunnel"),
+    (["--help"], "help"),
+    (["ps", "-h"], "help"),
+    ([], "help"),
+])
+def test_routing(args, expected, monkeypatch):
+    monkeypatch.delenv("SEAMLESS_SERVICE_NO_DAEMON", raising=False)
+    assert entry.route(args) == expected
+    monkeypatch.setenv("SEAMLESS_SERVICE_NO_DAEMON", "1")
+    assert entry.route(args) == ("tunnel" if expected == "tunnel" else "local")
