@@ -21,7 +21,7 @@ from seamless_service.client.agent_conn import (
 )
 from seamless_service.protocol import ErrorCode
 from seamless_service.protocol import auth as pauth
-from tests.agent.test_server import end_agent, spawn_agent
+from tests.support.agent import end_agent, spawn_agent
 
 HANDSHAKE_TIMEOUT = 1.0  # the agent under test gives a new connection this long to authenticate
 

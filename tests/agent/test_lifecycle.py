@@ -20,7 +20,7 @@ from seamless_service.client.agent_conn import AgentAuthError, AgentConnection
 from seamless_service.protocol import ErrorCode
 from seamless_service.protocol import auth as pauth
 from seamless_service.protocol.version import PROTOCOL_VERSION
-from tests.agent.test_server import spawn_agent
+from tests.support.agent import spawn_agent
 
 
 @pytest.fixture
