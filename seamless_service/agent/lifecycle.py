@@ -507,6 +507,17 @@ def start_detached(base: Path | None = None, *, idle_timeout: float | None = Non
         return _wait_ready(base, proc, timeout)
 
 
+def _disk_full_hint(base: Path | None) -> str | None:
+    """A readable cause when the agent could not even write its log: a full disk."""
+    try:
+        stats = os.statvfs(agent_dir(base))
+    except OSError:
+        return None
+    if stats.f_bavail == 0 or (stats.f_favail == 0 and stats.f_files > 0):
+        return f"no space left on the device holding {agent_dir(base)}; free some space and retry"
+    return None
+
+
 def _wait_ready(base: Path | None, proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -517,7 +528,7 @@ def _wait_ready(base: Path | None, proc: subprocess.Popen, timeout: float) -> di
         if code is not None:
             if info is not None:  # another agent won the lock: use it
                 return _result(info, reused=True)
-            detail = _last_log_line(base) or "no output"
+            detail = _disk_full_hint(base) or _last_log_line(base) or "no output"
             raise LifecycleError(f"the agent exited with code {code} before serving: {detail}",
                                  exit_code=2 if code == 2 else 1)
         if time.monotonic() >= deadline:
