@@ -105,13 +105,31 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running agent", description=STATUS_HELP,
                             formatter_class=_formatter)
     status.add_argument("--json", action="store_true", help="print the state as one JSON line")
+    _remote_host_options(status)
 
     stop = sub.add_parser("stop", help="stop the running agent", description=STOP_HELP,
                           formatter_class=_formatter)
     stop.add_argument("--timeout", type=float, default=defaults.STOP_TIMEOUT, metavar="SECONDS",
                       help="seconds to wait after SIGTERM before SIGKILL (default 10)")
     stop.add_argument("--json", action="store_true", help='print {"stopped": true|false}')
+    _remote_host_options(stop)
+    try:
+        from ..deploy.cli import add_deploy_parser
+    except ImportError:  # a server-only install may lack the deploy module's imports
+        return agent
+    add_deploy_parser(sub, _formatter)
     return agent
+
+
+def _remote_host_options(parser: argparse.ArgumentParser) -> None:
+    """An optional HOST: act on that server's agent over SSH instead of this machine's."""
+    parser.add_argument("host", nargs="?", metavar="HOST",
+                        help="a remote host (ssh alias): act on its agent over SSH")
+    try:
+        from ..deploy.cli import add_ssh_options
+    except ImportError:
+        return
+    add_ssh_options(parser)
 
 
 def _error(message: str) -> None:
@@ -126,6 +144,10 @@ def run_agent_command(args: argparse.Namespace) -> int:
         if parser is not None:
             parser.print_help(sys.stderr)
         return 2
+    if getattr(args, "host", None) or command == "deploy":
+        from ..deploy.cli import run_remote
+
+        return run_remote(args)
     from . import lifecycle  # here, not at import: building the parser must stay cheap
 
     base = paths.base_dir()
