@@ -123,7 +123,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _remote_host_options(parser: argparse.ArgumentParser) -> None:
     """An optional HOST: act on that server's agent over SSH instead of this machine's."""
-    parser.add_argument("host", nargs="?", metavar="HOST",
+    parser.add_argument("remote_host", nargs="?", metavar="HOST",
                         help="a remote host (ssh alias): act on its agent over SSH")
     try:
         from ..deploy.cli import add_ssh_options
@@ -144,7 +144,7 @@ def run_agent_command(args: argparse.Namespace) -> int:
         if parser is not None:
             parser.print_help(sys.stderr)
         return 2
-    if getattr(args, "host", None) or command == "deploy":
+    if getattr(args, "remote_host", None) or command == "deploy":
         from ..deploy.cli import run_remote
 
         return run_remote(args)

@@ -28,7 +28,7 @@ examples:
 def add_deploy_parser(sub: Any, formatter: Any) -> None:
     deploy = sub.add_parser("deploy", help="install/upgrade and start the agent on a remote host",
                             description=DEPLOY_HELP, formatter_class=formatter)
-    deploy.add_argument("host", metavar="HOST", help="ssh host alias or name")
+    deploy.add_argument("remote_host", metavar="HOST", help="ssh host alias or name")
     add_ssh_options(deploy)
     deploy.add_argument("--python", metavar="PATH",
                         help="Python >= 3.10 on the host for the agent's environment (default: search)")
@@ -53,7 +53,7 @@ def run_remote(args: argparse.Namespace) -> int:
     try:
         if args.agent_command == "deploy":
             progress = None if args.json else _print_progress
-            endpoint = bootstrap.deploy(args.host, python=args.python, force_offline=args.offline,
+            endpoint = bootstrap.deploy(args.remote_host, python=args.python, force_offline=args.offline,
                                         progress=progress, **common)
             if args.json:
                 data = endpoint.to_json()
@@ -61,18 +61,18 @@ def run_remote(args: argparse.Namespace) -> int:
                 print(json.dumps(data, sort_keys=True))
             return 0
         if args.agent_command == "status":
-            info = bootstrap.status(args.host, **common)
+            info = bootstrap.status(args.remote_host, **common)
             if args.json:
                 print(json.dumps(info, sort_keys=True))
             else:
                 print(_describe(info))
             return 0 if info.get("running") else 1
         if args.agent_command == "stop":
-            stopped = bootstrap.stop(args.host, **common)
+            stopped = bootstrap.stop(args.remote_host, **common)
             if args.json:
                 print(json.dumps({"stopped": stopped}))
             else:
-                print(f"agent on {args.host} stopped" if stopped else f"no agent was running on {args.host}")
+                print(f"agent on {args.remote_host} stopped" if stopped else f"no agent was running on {args.remote_host}")
             return 0
     except DeployError as exc:
         print(f"seamless-service agent: {exc}", file=sys.stderr)
