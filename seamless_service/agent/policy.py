@@ -57,7 +57,7 @@ from __future__ import annotations
 import os
 import pathlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 from ..protocol import ErrorCode, ProtocolError
 
@@ -88,13 +88,15 @@ class PathPolicy:
             "roots": [root.as_posix() for root in self.roots],
         }
 
-    def holds_marker(self, directory: Path) -> bool:
-        """True if a marker is a regular file (symlinks followed, like the guard) in `directory`."""
-        return any(_is_file(directory / name) for name in self.marker_names)
+    def holds_marker(self, directory: Path, is_file: Callable[[Path], bool] | None = None) -> bool:
+        """True if a marker is a regular file (symlinks followed, like the guard) in `directory`.
+        `is_file` lets a caller that checks the same files anyway share its stat calls."""
+        check = is_file or _is_file
+        return any(check(directory / name) for name in self.marker_names)
 
-    def authorises(self, directory: Path) -> bool:
+    def authorises(self, directory: Path, is_file: Callable[[Path], bool] | None = None) -> bool:
         """May the persistent op report `directory` on its own account (see module doc)?"""
-        return self.mode != "marker" or self.holds_marker(directory)
+        return self.mode != "marker" or self.holds_marker(directory, is_file)
 
 
 def _is_file(path: Path) -> bool:

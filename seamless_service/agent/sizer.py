@@ -173,6 +173,7 @@ class Sizer:
                  max_age: float = MAX_AGE, recheck_interval: float = RECHECK_INTERVAL,
                  walker: Callable[[str, threading.Event], Measurement] | None = None):
         self.max_entries = max_entries
+        self._realpaths: dict[str, tuple[float, str]] = {}
         self.max_age = max_age
         self.recheck_interval = recheck_interval
         self.walks = 0                      # completed walks (successful or failed)
@@ -189,7 +190,7 @@ class Sizer:
 
     def size(self, path: str, refresh: bool = False) -> dict[str, Any]:
         """Cached size of directory `path`; never waits for a walk."""
-        key = os.path.realpath(path)
+        key = self._realpath(path)
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
@@ -207,6 +208,19 @@ class Sizer:
                 return _result(entry, "pending" if scheduled else "error")
             return _result(entry, "stale")
         return _result(entry, "error" if entry.error else "fresh")
+
+    def _realpath(self, path: str) -> str:
+        # realpath lstats every component; a poll asks for the same directories each time,
+        # so remember the answer briefly (a symlink swapped under a data dir shows 10 s late).
+        now = time.monotonic()
+        hit = self._realpaths.get(path)
+        if hit is not None and now - hit[0] < 10.0:
+            return hit[1]
+        real = os.path.realpath(path)
+        if len(self._realpaths) > 8192:
+            self._realpaths.clear()
+        self._realpaths[path] = (now, real)
+        return real
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no walk is queued or running (tests, shutdown); False on timeout."""

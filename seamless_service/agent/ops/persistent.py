@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
 from ..context import AgentContext
+from ..listing import DirListings, Listing
 from ..policy import PathPolicy, check_path, default_policy, expand_path
 from ..sizer import Sizer
 
@@ -41,9 +43,13 @@ MAX_ROWS = 100_000      # a level-8 walk of a huge tree must not build an unboun
 MAX_VISITED = 200_000   # nor walk without end (marker-less directories give no rows)
 
 
+def _iso(mtime: float) -> str:
+    return _dt.datetime.fromtimestamp(mtime).isoformat(timespec="seconds")
+
+
 def _mtime(path: Path) -> str | None:
     try:
-        return _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds")
+        return _iso(path.stat().st_mtime)
     except OSError:
         return None
 
@@ -58,38 +64,21 @@ def _error_row(shown: Path, message: str) -> dict[str, Any]:
     return row
 
 
-def _row(real: Path, shown: Path, filename: str | None, marker: str | None) -> dict[str, Any]:
-    """One row as rhl-ps-persistent's `_row`, with its aborts turned into error rows."""
-    if not real.exists():
-        return _base(shown, "absent")
-    if not real.is_dir():
-        return _error_row(shown, f"not a directory: {shown}")
-    target = real / filename if filename else real
-    if filename:
-        populated = target.exists()
-    else:
-        try:
-            with os.scandir(real) as entries:
-                populated = any(entry.name != marker for entry in entries)
-        except OSError as exc:
-            return _error_row(shown, f"could not read {shown}: {exc}")
-    if not populated:
-        return _base(shown, "empty")
-    if filename:
-        try:
-            st = target.stat()
-        except OSError as exc:
-            return _error_row(shown, f"could not stat {shown / filename}: {exc}")
-        return _base(shown, "populated", st.st_size, _mtime(target))
-    return _base(shown, "populated", None, _mtime(real))
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:  # missing, or a symlink loop: `exists()` is false for the helper too
+        return None
 
 
 class _Walk:
-    def __init__(self, policy: PathPolicy, level: int, filename: str | None, marker: str | None):
+    def __init__(self, policy: PathPolicy, level: int, filename: str | None, marker: str | None,
+                 listings: DirListings):
         self.policy = policy
         self.filename = filename
         self.marker = marker
         self.level = level
+        self.listings = listings
         # rows carry the real path privately, for sizing; stripped before returning
         self.rows: list[tuple[dict[str, Any], Path]] = []
         self.visited = 0
@@ -100,34 +89,68 @@ class _Walk:
                                 f"more than {MAX_ROWS} rows; ask for a lower level or fewer paths")
         self.rows.append((row, real))
 
+    def row(self, real: Path, shown: Path, st: os.stat_result, listing: Listing | None,
+            error: OSError | None, has_marker: bool) -> dict[str, Any]:
+        """One row as rhl-ps-persistent's `_row`, with its aborts turned into error rows."""
+        if not stat.S_ISDIR(st.st_mode):
+            return _error_row(shown, f"not a directory: {shown}")
+        if self.filename:
+            target = _stat(real / self.filename)
+            if target is None:
+                return _base(shown, "empty")
+            return _base(shown, "populated", target.st_size, _iso(target.st_mtime))
+        if listing is None:
+            return _error_row(shown, f"could not read {shown}: {error}")
+        populated = listing.count > (1 if has_marker else 0)
+        if not populated:
+            return _base(shown, "empty")
+        return _base(shown, "populated", None, _iso(st.st_mtime))
+
     def walk(self, real: Path, shown: Path, level: int, authorised: bool) -> None:
         self.visited += 1
         if self.visited > MAX_VISITED:
             raise ProtocolError(ErrorCode.OP_FAILED,
                                 f"more than {MAX_VISITED} directories to walk; ask for a lower level")
-        exists = real.exists()
+        st = _stat(real)
+        if st is None:
+            self.add(_base(shown, "absent"), real)
+            return
+        listing: Listing | None = None
+        error: OSError | None = None
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                listing = self.listings.get(str(real), st)
+            except OSError as exc:
+                error = exc
+        # One stat per marker file per directory, shared by the policy and the marker rule.
+        seen: dict[Path, os.stat_result | None] = {}
+
+        def marker_stat(path: Path) -> os.stat_result | None:
+            if path not in seen:
+                seen[path] = _stat(path)
+            return seen[path]
+
+        def is_file(path: Path) -> bool:
+            found = marker_stat(path)
+            return found is not None and stat.S_ISREG(found.st_mode)
+
         # under a marker policy, a directory is reported only inside an authorised subtree
-        authorised = authorised or (exists and self.policy.authorises(real))
+        authorised = authorised or self.policy.authorises(real, is_file)
         emitted = False
-        if self.marker is None or not exists or (real / self.marker).exists():
-            if authorised or not exists:
-                row = _row(real, shown, self.filename, self.marker)
-                self.add(row, real)
-                emitted = row["state"] == "error"
-        if level == 0 or not exists:
+        has_marker = self.marker is not None and marker_stat(real / self.marker) is not None
+        if (self.marker is None or has_marker) and authorised:
+            row = self.row(real, shown, st, listing, error, has_marker)
+            self.add(row, real)
+            emitted = row["state"] == "error"
+        if level == 0:
             return
-        if not real.is_dir():
-            # the helper dies here ("not a directory"); report it once as a row instead
+        if listing is None:
+            # the helper dies here ("not a directory" / unreadable); report it once as a row
             if not emitted:
-                self.add(_error_row(shown, f"not a directory: {shown}"), real)
+                message = f"not a directory: {shown}" if error is None else f"could not read {shown}: {error}"
+                self.add(_error_row(shown, message), real)
             return
-        try:
-            children = sorted(child.name for child in real.iterdir() if child.is_dir())
-        except OSError as exc:
-            if not emitted:
-                self.add(_error_row(shown, f"could not read {shown}: {exc}"), real)
-            return
-        for name in children:
+        for name in listing.subdirs:
             self.walk(real / name, shown / name, level - 1, authorised)
 
 
@@ -158,7 +181,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     policy = ctx.policy or default_policy()
     # check every path first: one refused path fails the op before anything is walked
     checked = [(check_path(policy, raw, "persistent"), expand_path(raw)) for raw in args["paths"]]
-    walk = _Walk(policy, args["level"], args["file"], args["marker"])
+    walk = _Walk(policy, args["level"], args["file"], args["marker"], ctx.shared("listings", DirListings))
     for resolved, shown in checked:
         # a root the marker rule accepted only for walking is not authorised by itself
         walk.walk(resolved, shown, args["level"], authorised=False)
