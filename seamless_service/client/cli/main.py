@@ -14,9 +14,13 @@ See and manage Seamless services (hashserver, database, jobserver, daskserver) o
 this machine and on remote servers, through a lightweight per-server agent.
 
 examples:
-  seamless-service ps --local               services on this machine, no configuration needed
-  seamless-service ps --local --json        the same as NDJSON rows
-  seamless-service agent status             is an agent running for this user here?
+  seamless-service ps --local                       services on this machine, no configuration needed
+  seamless-service ps --cluster mycluster           a cluster's services and data directories
+  seamless-service ps --all-clusters --watch        every cluster, redrawn on each change
+  seamless-service logs --service hashserver --tail 20
+  seamless-service stop --cluster mycluster --project myproj
+  seamless-service resolve --service database --workdir .
+  seamless-service agent deploy mycluster-ssh       install/start the agent on a server
 """
 
 
@@ -28,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seamless-service {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import ps_cmd
+    from . import ps_cmd, service_cmds
 
     ps_cmd.add_parser(sub)
+    service_cmds.add_parsers(sub)
     from ...agent.cli import add_agent_parser
 
     add_agent_parser(sub)

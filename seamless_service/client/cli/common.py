@@ -1,0 +1,103 @@
+"""Flags and helpers shared by the subcommands: selection, transport, one-op calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import ConnectionFailed, OpError
+from ..sconfig import SERVICES
+
+TRANSPORTS = ("auto", "agent", "ssh", "local")
+DEFAULT_TIMEOUT = 30.0
+
+
+def add_selection_args(parser: argparse.ArgumentParser, *, service_required: bool = False,
+                       services: tuple[str, ...] = SERVICES) -> None:
+    """The selection flags of seamless-config's `seamless-service-*` commands (service/_args.py)."""
+    group = parser.add_argument_group("selection (defaults come from seamless.yaml in the current directory)")
+    group.add_argument("--service", choices=services, required=service_required,
+                       help="the service" + (" (required)" if service_required else ""))
+    group.add_argument("--cluster", help="cluster name from ~/.seamless/clusters.yaml")
+    group.add_argument("--project", help="project; SEAMLESS_CACHE selects the Seamless cache")
+    group.add_argument("--subproject", help="subproject (may contain '/')")
+    group.add_argument("--stage", help="stage (`stage NAME:` blocks of seamless.yaml apply)")
+    group.add_argument("--substage", help="substage (jobserver/daskserver)")
+    # default None, not "rw": cluster-wide commands filter on --mode only when it was given
+    # (Selection.from_args turns None into "rw" for resolution, as seamless-config's default).
+    group.add_argument("--mode", choices=("ro", "rw"), default=None,
+                       help="read-only or read-write hashserver/database (default rw)")
+    group.add_argument("--queue", help="queue (daskserver, pure-daskserver)")
+    group.add_argument("--frontend-name", dest="frontend_name", metavar="HOSTNAME",
+                       help="use the frontend whose `hostname` is HOSTNAME")
+
+
+def add_transport_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--transport", choices=TRANSPORTS, default="auto",
+                       help="agent: persistent agent over an SSH tunnel; ssh: one `ssh HOST rhl-*` "
+                            "per call; local: this machine; auto (default): local for this machine, "
+                            "else agent, falling back to ssh")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"connection timeout (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--ssh-config", dest="ssh_config", metavar="PATH",
+                       help="ssh client configuration file to use instead of ~/.ssh/config")
+
+
+def _notice(message: str) -> None:
+    print(f"seamless-service: {message}", file=sys.stderr, flush=True)
+
+
+def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
+    """A transport to `ssh_host` (None: this machine), chosen by --transport."""
+    kind = getattr(args, "transport", None) or "auto"
+    try:
+        from ..transports import open_transport
+    except ImportError:
+        # transports.py is not part of this build yet: this machine still works in-process.
+        if ssh_host is None:
+            from ..local import LocalTransport
+
+            return LocalTransport()
+        raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from None
+    return open_transport(
+        ssh_host, kind,
+        ssh_config=getattr(args, "ssh_config", None),
+        timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT,
+        notice=_notice,
+    )
+
+
+def open_local() -> Any:
+    """The in-process transport on this machine's launcher state (client files live here)."""
+    from ..local import LocalTransport
+
+    return LocalTransport()
+
+
+def _label(transport: Any) -> str | None:
+    """Host shown in error messages; none for this machine."""
+    host = getattr(transport, "host", None)
+    return None if host in (None, "localhost") else host
+
+
+def call_batch(transport: Any, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One round trip; the raw results ({"ok", "value"|"error"}), in order."""
+    return transport.batch(ops)
+
+
+def call_one(transport: Any, op: str, args: dict[str, Any]) -> Any:
+    """The value of one op, or OpError (code, message, host)."""
+    from ..local import unwrap
+
+    return unwrap(call_batch(transport, [(op, args)])[0], host=_label(transport))
+
+
+def error_of(result: dict[str, Any], transport: Any) -> OpError | None:
+    """The OpError of a failed raw result, else None."""
+    if result.get("ok"):
+        return None
+    error = result.get("error") or {}
+    return OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")),
+                   _label(transport))

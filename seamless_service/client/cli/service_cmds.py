@@ -1,0 +1,498 @@
+"""`seamless-service resolve | inspect | logs | stop | rm | clear`.
+
+Same flags and the same output as seamless-config's `seamless-service-*` commands, with
+one op (or one batch) per host instead of one `ssh HOST rhl-*` per query. Deliberate
+differences (anchor §6), besides those of resolution (client/sconfig.py):
+
+* #1   per-service commands reach a remote cluster's frontend (ssh_hostname or hostname),
+       never run locally by accident.
+* #12  `stop/rm --cluster` honour --project/--subproject/--stage/--substage/--mode/--queue.
+* #13  `stop --cluster` stops only rows that are running or starting; a row without a
+       usable pid is reported (`invalid pid`) instead of aborting the whole batch.
+* #19  a client file marked stale keeps mode 0600 and is replaced atomically (unique temp).
+* #20  only keys known not to run any more are marked stale; `missing state` is said so.
+* #23  `clear` refuses while the service (or any service inside the directory) runs, and
+       asks for --yes (or a yes on a terminal).
+* #38  `rm` refuses to remove the state of a running service unless --force; the refused
+       key keeps both its files.
+* `stop` exit status: 1 if any key could not be stopped (permission denied, invalid pid,
+  pid belongs to another process, error), not only for permission denied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import OpError, ServiceError, UsageError
+from ..sconfig import PERSISTENT_SERVICES, Resolved, Selection, cluster_hosts, resolve_service
+from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
+
+PROG = "seamless-service"
+LOG_PAGE = 4 << 20           # bytes per `logs` read when printing a whole log
+FOLLOW_INTERVAL = 0.5        # seconds between polls of `logs --follow`
+MAX_KEYS_PER_OP = 512        # protocol.schema MAX_KEYS
+CLUSTER_FILTERS = ("project", "subproject", "stage", "substage", "mode", "queue")
+NOT_STOPPED_OK = ("missing state",)  # not stopped, but nothing failed either (rhl-stop: exit 0)
+
+RESOLVE_HELP = """\
+Print the key, host, workdir, log path and meta of one service as one JSON line (sorted
+keys), exactly as seamless-service-resolve does. Like it, the current directory's
+seamless.yaml is NOT read unless --workdir is given (so pass --cluster and --project, or
+--workdir .). `ssh_hostname` is the host the service runs on (null: this machine).
+
+examples:
+  seamless-service resolve --service hashserver --workdir .
+  seamless-service resolve --service database --cluster mycluster --project myproj --stage s1
+"""
+
+INSPECT_HELP = """\
+Print the launcher state file of one service (pid, port, status, workdir, command, ...)
+as indented JSON with sorted keys, like seamless-service-inspect.
+
+examples:
+  seamless-service inspect --service hashserver
+  seamless-service inspect --service jobserver --cluster mycluster --project myproj
+"""
+
+LOGS_HELP = """\
+Print the log (stdout and stderr) of one service, like seamless-service-logs. The log
+stays readable after the service stopped or its state was removed.
+
+examples:
+  seamless-service logs --service database --tail 20
+  seamless-service logs --service hashserver --follow      (Ctrl-C to stop)
+"""
+
+STOP_HELP = """\
+Stop services and mark their local client files stale. With --service: that service.
+With --cluster and no --service: every running or starting service of the cluster that
+matches --project/--subproject/--stage/--substage/--mode/--queue. Prints `<key>: <outcome>`
+per service; exit status 1 if any could not be stopped.
+
+examples:
+  seamless-service stop --service hashserver
+  seamless-service stop --cluster mycluster --project myproj
+"""
+
+RM_HELP = """\
+Remove launcher state files: the server side (on the service's host) and the client side
+(on this machine); neither --client nor --server means both. The state of a running
+service is not removed (its process would be orphaned) unless --force. Logs are kept.
+With --cluster and no --service: every service of the cluster that matches the filters.
+
+examples:
+  seamless-service rm --service database --stage s1
+  seamless-service rm --client --cluster mycluster --project myproj
+"""
+
+CLEAR_HELP = """\
+Delete all data of a hashserver or database directory (the project directory also holds
+every STAGE-* directory below it). Refused while a service using it runs: stop it first.
+The .HASHSERVER_PREFIX layout marker is kept. Asks for confirmation on a terminal;
+elsewhere (and through the tunnel keeper) pass --yes.
+
+examples:
+  seamless-service clear --service hashserver --stage s1 --yes
+  seamless-service clear --service database --project myproj --cluster mycluster --yes
+"""
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    def parser(name: str, help_: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=text,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = parser("resolve", "print a service's key, host and workdir (JSON)", RESOLVE_HELP)
+    add_selection_args(p, service_required=True)
+    p.add_argument("--workdir", metavar="DIR", help="read DIR/seamless.yaml (and its inherited parents)")
+    p.set_defaults(func=run_resolve)
+
+    p = parser("inspect", "print a service's launcher state", INSPECT_HELP)
+    add_selection_args(p, service_required=True)
+    add_transport_args(p)
+    p.set_defaults(func=run_inspect)
+
+    p = parser("logs", "print a service's log", LOGS_HELP)
+    add_selection_args(p, service_required=True)
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended (Ctrl-C ends)")
+    add_transport_args(p)
+    p.set_defaults(func=run_logs)
+
+    p = parser("stop", "stop services", STOP_HELP)
+    add_selection_args(p)
+    add_transport_args(p)
+    p.set_defaults(func=run_stop)
+
+    p = parser("rm", "remove launcher state files", RM_HELP)
+    add_selection_args(p)
+    p.add_argument("--client", action="store_true", help="only the client file(s) on this machine")
+    p.add_argument("--server", action="store_true", help="only the server state file(s)")
+    p.add_argument("--force", action="store_true",
+                   help="also remove the state of running services (orphans their processes)")
+    add_transport_args(p)
+    p.set_defaults(func=run_rm)
+
+    p = parser("clear", "delete a hashserver's or database's data", CLEAR_HELP)
+    add_selection_args(p)
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_transport_args(p)
+    p.set_defaults(func=run_clear)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Any]:
+    transport = open_for(host, args)
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    return resolve_service(Selection.from_args(args), from_cwd=True)
+
+
+def _where(host: str | None) -> str:
+    return host or "this machine"
+
+
+def _chunks(keys: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(keys), MAX_KEYS_PER_OP):
+        yield keys[i:i + MAX_KEYS_PER_OP]
+
+
+def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """#12: the filters a cluster-wide command honours (only those given)."""
+    filters = {"cluster": args.cluster}
+    for name in CLUSTER_FILTERS:
+        value = getattr(args, name, None)
+        if value is not None:
+            filters[name] = value
+    return filters
+
+
+def _cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+    rows = call_one(transport, "ps", {"side": side, **_cluster_filters(args)})["rows"]
+    # error rows (malformed files) and stems that are not keys cannot be acted on by key
+    return [r for r in rows if r.get("status") != "error" and r.get("valid_key", True)]
+
+
+def _write_bytes(data: bytes) -> None:
+    if not data:
+        return
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        sys.stdout.flush()
+        return
+    out.write(data)
+    out.flush()
+
+
+# ---------------------------------------------------------------- resolve, inspect, logs
+
+
+def run_resolve(args: argparse.Namespace) -> int:
+    # Defect #3 kept on purpose: like seamless-service-resolve, read seamless.yaml only from
+    # --workdir; reading the cwd too would change the output for the same inputs.
+    resolved = resolve_service(Selection.from_args(args), from_cwd=False)
+    print(json.dumps(resolved.resolve_json(), sort_keys=True))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    resolved = _resolve(args)
+    with _transport(resolved.ssh_host, args) as transport:
+        value = call_one(transport, "inspect", {"key": resolved.key})
+    print(json.dumps(value["data"], indent=2, sort_keys=True))
+    return 0
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("--tail must be >= 0")
+    resolved = _resolve(args)
+    key = resolved.key
+    with _transport(resolved.ssh_host, args) as transport:
+        if args.tail is not None:
+            value = call_one(transport, "logs", {"key": key, "tail": args.tail, "max_bytes": 8 << 20})
+            _write_bytes(value["data"])
+            if value["truncated"]:
+                _err(f"showed only the last {len(value['data'])} bytes of those {args.tail} lines")
+            offset = value["next_offset"]
+        else:
+            offset = _print_whole_log(transport, key)
+        if args.follow:
+            return _follow(transport, key, offset)
+    return 0
+
+
+def _print_whole_log(transport: Any, key: str) -> int:
+    """Print the log as it is now, in pages; return the offset after it."""
+    offset, end = 0, None
+    while True:
+        value = call_one(transport, "logs", {"key": key, "offset": offset, "max_bytes": LOG_PAGE})
+        _write_bytes(value["data"])
+        offset = value["next_offset"]
+        end = value["size"] if end is None else end
+        if not value["data"] or offset >= end or not value["truncated"]:
+            return offset
+
+
+def _sleep(seconds: float) -> bool:
+    """Sleep; True if the command was cancelled meanwhile (the daemon's caller went away)."""
+    from ..daemon import pool
+
+    if pool.in_daemon():
+        return pool.wait_cancelled(seconds)
+    time.sleep(seconds)
+    return False
+
+
+def _follow(transport: Any, key: str, offset: int) -> int:
+    try:
+        while True:
+            if _sleep(FOLLOW_INTERVAL):
+                return 0
+            while True:
+                try:
+                    value = call_one(transport, "logs", {"key": key, "offset": offset, "max_bytes": LOG_PAGE})
+                except OpError as exc:
+                    if exc.code == "not_found":  # between a removal and a relaunch: keep waiting
+                        break
+                    raise
+                if value["reset"]:
+                    _err(f"the log of {key} was truncated or replaced; following it from its start")
+                _write_bytes(value["data"])
+                offset = value["next_offset"]
+                if not value["truncated"]:
+                    break
+    except KeyboardInterrupt:
+        return 0
+
+
+# ---------------------------------------------------------------- stop
+
+
+def client_file(key: str) -> Path:
+    from ...agent import paths
+
+    return paths.client_dir() / f"{key}.json"
+
+
+def mark_client_stale(key: str) -> None:
+    """Set `"status": "stale"` in this machine's client file of `key`, if there is one.
+
+    The launcher deletes such a file on its next run instead of reusing it. Written like
+    seamless-config (json.dumps, key order kept) but #19: the temp file has a unique name
+    and the result keeps mode 0600. Problems are reported, never fatal.
+    """
+    path = client_file(key)
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        _err(f"malformed client state {path}: {exc}")
+        return
+    except OSError as exc:
+        _err(f"could not mark {path} stale: {exc.strerror or exc}")
+        return
+    if not isinstance(data, dict) or data.get("status") == "stale":
+        return
+    data["status"] = "stale"
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")  # 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data))
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        _err(f"could not mark {path} stale: {exc.strerror or exc}")
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _stop_line(result: dict[str, Any]) -> str:
+    line = f"{result['key']}: {result['outcome']}"
+    extra = []
+    if result.get("detail"):
+        extra.append(str(result["detail"]))
+    if result.get("group_killed"):
+        extra.append(f"{result['group_killed']} leftover process(es) of its group killed")
+    return line + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _report_stop(results: list[dict[str, Any]], host: str | None) -> int:
+    """Print `<key>: <outcome>` lines; mark stopped keys' client files stale; the exit status."""
+    rc = 0
+    for result in results:
+        print(_stop_line(result), flush=True)
+    for result in results:
+        if result.get("stopped"):
+            mark_client_stale(result["key"])
+        elif result.get("outcome") in NOT_STOPPED_OK:
+            _err(f"{result['key']}: no state file on {_where(host)}; its client file was left as it is")
+        else:
+            rc = 1
+    return rc
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    if args.service:
+        resolved = _resolve(args)
+        with _transport(resolved.ssh_host, args) as transport:
+            value = call_one(transport, "stop", {"keys": [resolved.key]})
+        return _report_stop(value["results"], resolved.ssh_host)
+    if not args.cluster:
+        raise UsageError("--service or --cluster is required")
+    rc = 0
+    for host in cluster_hosts(args.cluster, args.frontend_name):
+        try:
+            with _transport(host, args) as transport:
+                rows = _cluster_rows(transport, args, "server")
+                # #13/#17: only what may still run; stale/failed rows are never re-signalled
+                keys = [r["key"] for r in rows if r.get("status") in ("running", "starting")]
+                results: list[dict[str, Any]] = []
+                for chunk in _chunks(keys):
+                    results += call_one(transport, "stop", {"keys": chunk})["results"]
+        except ServiceError as exc:
+            _err(str(exc))
+            rc = 1
+            continue
+        rc = max(rc, _report_stop(results, host))
+    return rc
+
+
+# ---------------------------------------------------------------- rm
+
+
+def _report_rm(results: list[dict[str, Any]], side: str) -> tuple[int, set[str]]:
+    """Print like rhl-rm; return (exit status, keys refused because they run)."""
+    rc, refused = 0, set()
+    for result in results:
+        key, outcome = result["key"], result.get("outcome", "")
+        for path in result.get("removed") or []:
+            print(f"removed {path}", flush=True)
+        if outcome == "not found":
+            print(f"{key}: not found", flush=True)
+        elif outcome.startswith("refused"):
+            refused.add(key)
+            rc = 1
+            _err(f"{key}: {outcome.replace('or force)', 'or pass --force)')}; nothing removed")
+        elif outcome != "removed":
+            rc = 1
+            _err(f"{key}: {side} state: {outcome}")
+        if result.get("warning"):
+            _err(f"{key}: warning: {result['warning']}")
+    return rc, refused
+
+
+def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool) -> tuple[int, set[str]]:
+    rc, refused = 0, set()
+    flags = {"server": True} if side == "server" else {"client": True}
+    for chunk in _chunks(keys):
+        value = call_one(transport, "rm", {"keys": chunk, "force": force, **flags})
+        chunk_rc, chunk_refused = _report_rm(value["results"], side)
+        rc, refused = max(rc, chunk_rc), refused | chunk_refused
+    return rc, refused
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    both = not (args.client or args.server)
+    do_client, do_server = args.client or both, args.server or both
+    if args.service:
+        resolved = _resolve(args)
+        keys = [resolved.key]
+        hosts_keys = [(resolved.ssh_host, keys)] if do_server else []
+    elif args.cluster:
+        hosts_keys = [(host, None) for host in cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
+    else:
+        raise UsageError("--service or --cluster is required")
+
+    rc, refused = 0, set()
+    for host, host_keys in hosts_keys:
+        try:
+            with _transport(host, args) as transport:
+                if host_keys is None:
+                    host_keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
+                if host_keys:
+                    host_rc, host_refused = _rm_on(transport, host_keys, side="server", force=args.force)
+                    rc, refused = max(rc, host_rc), refused | host_refused
+        except ServiceError as exc:
+            _err(str(exc))
+            rc = 1
+    if do_client:
+        # Client files live on this machine, whatever host the service runs on.
+        with contextlib.closing(open_local()) as local:
+            if args.service:
+                client_keys = keys
+            else:
+                client_keys = [r["key"] for r in _cluster_rows(local, args, "client")]
+            client_keys = [k for k in client_keys if k not in refused]  # #38: refused keys keep both files
+            if client_keys:
+                rc = max(rc, _rm_on(local, client_keys, side="client", force=False)[0])
+    return rc
+
+
+# ---------------------------------------------------------------- clear
+
+
+def _confirm(question: str) -> bool:
+    from ..daemon import pool
+
+    if pool.in_daemon() or not sys.stdin or not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run_clear(args: argparse.Namespace) -> int:
+    if args.service not in PERSISTENT_SERVICES:
+        raise UsageError("--service must be hashserver or database")
+    resolved = _resolve(args)
+    if not resolved.workdir or resolved.workdir == "/tmp":
+        raise UsageError("service has no clearable persistent workdir")
+    path = resolved.local_workdir()
+    where = f"{resolved.ssh_host}:{path}" if resolved.ssh_host else path
+    if not args.yes:
+        from ..daemon import pool
+
+        can_ask = not pool.in_daemon() and sys.stdin is not None and sys.stdin.isatty()
+        if not can_ask:
+            raise UsageError(f"clear deletes all data in {where}: pass --yes to confirm")
+        if not _confirm(f"Delete all data of {resolved.key} in {where}?"):
+            _err("nothing cleared")
+            return 1
+    with _transport(resolved.ssh_host, args) as transport:
+        value = call_one(transport, "clear", {"path": path, "key": resolved.key})
+    if value.get("stdout"):
+        sys.stdout.write(value["stdout"])
+        sys.stdout.flush()
+    if value.get("stderr"):
+        sys.stderr.write(value["stderr"])
+        sys.stderr.flush()
+    return 0 if value.get("ok") else 1

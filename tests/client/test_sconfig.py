@@ -1,0 +1,378 @@
+"""Resolution through seamless-config: `seamless-service resolve` against the real
+`seamless-service-resolve` (both run as subprocesses, same HOME and cwd), the deliberate
+differences (#1, #2, #27, #32, #35), one-line errors (#28, #29), and the cluster helpers.
+
+Also home of the helpers the other CLI tests share (`cli`, `anchor`, `seamless_home`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from seamless_service.client import sconfig
+from seamless_service.client.errors import UsageError
+from seamless_service.client.sconfig import Selection, resolve_service
+
+# Runs `seamless-service ARGS` in-process in a fresh interpreter. Until the lead wires
+# service_cmds into cli/main.py, the subcommands are added to its parser here.
+SHIM = textwrap.dedent("""
+    import argparse, sys
+    from seamless_service.client.cli import main as m
+    build = m.build_parser
+    def patched():
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "resolve" not in sub.choices:
+            from seamless_service.client.cli import service_cmds
+            service_cmds.add_parsers(sub)
+        return parser
+    m.build_parser = patched
+    sys.exit(m.main(sys.argv[1:]))
+""")
+
+CLUSTERS = """\
+local_cluster: lc
+lc:
+  type: local
+  workers: 2
+  frontends:
+    - hashserver: {bufferdir: ~/buf}
+      database: {database_dir: ~/db}
+      jobserver: {conda: x, network_interface: 127.0.0.1, port_start: 60300, port_end: 60399}
+rc:
+  type: local
+  frontends:
+    - hostname: rc.invalid
+      ssh_hostname: rc-ssh
+      hashserver: {bufferdir: /srv/rc/buf}
+      database: {database_dir: /srv/rc/db}
+r2:
+  frontends:
+    - hostname: login.r2.invalid
+      hashserver: {bufferdir: /srv/r2/buf}
+xtra:
+  type: local
+  frontends:
+    - hostname: xtra.invalid
+      hashserver: {bufferdir: /srv/xtra/buf}
+lh:
+  type: local
+  frontends:
+    - hashserver: {bufferdir: ~/lhbuf}
+"""
+
+PROJECT = """\
+- project: myproj
+- cluster: lc
+- stage s1:
+  - cluster: xtra
+  - project: other
+"""
+
+
+@dataclass
+class Home:
+    sandbox: object
+    home: Path
+    proj: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = self.sandbox.env()
+        env.pop("SEAMLESS_CACHE", None)
+        env.update(extra)
+        return env
+
+
+def make_home(sandbox, monkeypatch) -> Home:
+    """The sandbox HOME with ~/.seamless/clusters.yaml and a project folder with seamless.yaml."""
+    monkeypatch.delenv("SEAMLESS_CACHE", raising=False)
+    (sandbox.home / ".seamless").mkdir()
+    (sandbox.home / ".seamless" / "clusters.yaml").write_text(CLUSTERS)
+    proj = sandbox.root / "proj"
+    proj.mkdir()
+    (proj / "seamless.yaml").write_text(PROJECT)
+    return Home(sandbox, sandbox.home, proj)
+
+
+@pytest.fixture
+def seamless_home(sandbox, monkeypatch) -> Home:
+    return make_home(sandbox, monkeypatch)
+
+
+def cli(home: Home, *argv: str, cwd: Path | None = None, env: dict | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """`seamless-service ARGV` as a subprocess."""
+    return subprocess.run([sys.executable, "-c", SHIM, *argv], cwd=cwd or home.proj,
+                          env=env or home.env(), capture_output=True, text=True, timeout=timeout)
+
+
+def anchor(home: Home, command: str, *argv: str, cwd: Path | None = None, env: dict | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess:
+    """seamless-config's own `seamless-service-COMMAND ARGV`."""
+    exe = str(Path(sys.executable).parent / f"seamless-service-{command}")
+    return subprocess.run([exe, *argv], cwd=cwd or home.proj, env=env or home.env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("seamless-service: ")
+    return lines[0]
+
+
+# ---------------------------------------------------------------- same output as the anchor
+
+SAME = [
+    ["--service", "hashserver", "--workdir", "."],
+    ["--service", "database", "--workdir", ".", "--stage", "fingertip"],
+    ["--service", "database", "--workdir", ".", "--mode", "ro", "--subproject", "sub/a", "--stage", "s2"],
+    ["--service", "jobserver", "--workdir", ".", "--stage", "s2", "--substage", "gpu"],
+    ["--service", "hashserver", "--cluster", "lc", "--project", "other"],
+    ["--service", "hashserver", "--cluster", "rc", "--project", "p", "--mode", "ro"],
+    ["--service", "database", "--workdir", ".", "--cluster", "rc", "--subproject", "s"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME, ids=lambda a: " ".join(a))
+def test_resolve_equals_anchor(seamless_home, argv):
+    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout  # byte for byte: one JSON line, sorted keys
+    assert json.loads(ours.stdout)["key"]
+
+
+def test_resolve_seamless_cache_equals_anchor(seamless_home, tmp_path):
+    cache = tmp_path / "cache"
+    env = seamless_home.env(SEAMLESS_CACHE=str(cache))
+    for argv in (["--service", "hashserver", "--workdir", "."],
+                 ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"],
+                 ["--service", "hashserver", "--project", "SEAMLESS_CACHE", "--mode", "ro"]):
+        ours, theirs = cli(seamless_home, "resolve", *argv, env=env), anchor(seamless_home, "resolve", *argv, env=env)
+        assert theirs.returncode == 0, theirs.stderr
+        assert ours.stdout == theirs.stdout, argv
+        assert json.loads(ours.stdout)["workdir"].startswith(str(cache))
+
+
+def test_resolve_cache_root_from_state_file(seamless_home, tmp_path):
+    # No SEAMLESS_CACHE: the root comes from the local state file of the cache hashserver.
+    root = tmp_path / "cacheroot"
+    seamless_home.sandbox.write_state("hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--STAGE-x",
+                                      {"workdir": f"{root}/__TOPLEVEL__/STAGE-x", "status": "stale"})
+    argv = ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.stdout == theirs.stdout
+    assert json.loads(ours.stdout)["workdir"] == f"{root}/__TOPLEVEL__/STAGE-x"
+
+
+def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
+    # #33: the anchor looks for a key without the subproject and misses this state file.
+    root = tmp_path / "cacheroot"
+    seamless_home.sandbox.write_state("database-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--sub--STAGE-x",
+                                      {"workdir": f"{root}/__TOPLEVEL__/sub/STAGE-x", "status": "stale"})
+    monkeypatch.chdir(seamless_home.proj)
+    got = resolve_service(Selection(service="database", project="SEAMLESS_CACHE", subproject="sub", stage="x"))
+    assert got.workdir == f"{root}/__TOPLEVEL__/sub/STAGE-x"
+    assert got.ssh_host is None
+    theirs = anchor(seamless_home, "resolve", "--service", "database", "--project", "SEAMLESS_CACHE",
+                    "--subproject", "sub", "--stage", "x")
+    assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
+
+
+# ---------------------------------------------------------------- deliberate differences
+
+
+def test_remote_cluster_host_without_ssh_hostname_1(seamless_home):
+    argv = ["--service", "hashserver", "--cluster", "r2", "--project", "p"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    assert json.loads(theirs.stdout)["ssh_hostname"] is None  # #1: would run locally
+    got = json.loads(ours.stdout)
+    assert got["ssh_hostname"] == "login.r2.invalid"
+    assert {k: v for k, v in got.items() if k != "ssh_hostname"} == \
+        {k: v for k, v in json.loads(theirs.stdout).items() if k != "ssh_hostname"}
+
+
+def test_stage_block_applies_2(seamless_home):
+    argv = ["--service", "hashserver", "--workdir", ".", "--stage", "s1"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    # seamless-config loads seamless.yaml before selecting the stage: the block is ignored.
+    assert json.loads(theirs.stdout)["key"] == "hashserver-lc-rw-myproj--STAGE-s1"
+    got = json.loads(ours.stdout)
+    assert got["key"] == "hashserver-xtra-rw-other--STAGE-s1"
+    assert (got["cluster"], got["project"], got["ssh_hostname"]) == ("xtra", "other", "xtra.invalid")
+    assert got["workdir"] == "/srv/xtra/buf/other/STAGE-s1"
+    # command-line flags still win over the stage block
+    flags = cli(seamless_home, "resolve", *argv, "--cluster", "lc", "--project", "mine")
+    assert json.loads(flags.stdout)["key"] == "hashserver-lc-rw-mine--STAGE-s1"
+
+
+def test_jobserver_mode_is_what_the_key_says_32(seamless_home):
+    argv = ["--service", "jobserver", "--workdir", ".", "--mode", "ro"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    assert json.loads(theirs.stdout)["mode"] == "ro"
+    got = json.loads(ours.stdout)
+    assert got["mode"] == "rw" and got["key"] == json.loads(theirs.stdout)["key"] == "jobserver-lc-rw-myproj"
+
+
+def test_seamless_cache_with_real_cluster_27(seamless_home, tmp_path):
+    env = seamless_home.env(SEAMLESS_CACHE=str(tmp_path / "cache"))
+    argv = ["--service", "hashserver", "--cluster", "rc", "--project", "p"]
+    theirs = anchor(seamless_home, "resolve", *argv, env=env)
+    assert theirs.returncode == 1 and "KeyError" in theirs.stderr
+    ours = cli(seamless_home, "resolve", *argv, env=env)
+    assert ours.returncode == 0, ours.stderr
+    assert json.loads(ours.stdout)["key"] == "hashserver-rc-rw-p"
+    bad = cli(seamless_home, "resolve", "--service", "hashserver", "--cluster", "nope", "--project", "p", env=env)
+    assert "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)" in assert_one_line_error(bad, 2)
+
+
+def test_cwd_not_read_without_workdir_3(seamless_home):
+    # Kept for compatibility: same inputs, same outcome (but one line, exit 2, no traceback).
+    theirs = anchor(seamless_home, "resolve", "--service", "hashserver")
+    assert theirs.returncode == 1 and "Traceback" in theirs.stderr
+    line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver"), 2)
+    assert "no cluster selected" in line and "--workdir" in line
+
+
+# ---------------------------------------------------------------- errors (#28, #29)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--service", "hashserver", "--cluster", "nope", "--project", "p"], "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)"),
+    (["--service", "hashserver", "--cluster", "lc"], "no project selected"),
+    (["--service", "jobserver", "--cluster", "rc", "--project", "p"], "No frontend of cluster 'rc' can support a jobserver"),
+    (["--service", "hashserver", "--cluster", "a--b", "--project", "p"], "cluster cannot contain '--'"),
+    (["--service", "hashserver", "--project", "SEAMLESS_CACHE"], "requires an existing launcher JSON"),
+])
+def test_resolve_errors_are_one_line(seamless_home, argv, expected):
+    assert expected in assert_one_line_error(cli(seamless_home, "resolve", *argv), 2)
+    theirs = anchor(seamless_home, "resolve", *argv)
+    assert theirs.returncode != 0
+
+
+def test_no_configuration_at_all(sandbox, tmp_path):
+    home = Home(sandbox, sandbox.home, tmp_path)  # no ~/.seamless, no seamless.yaml
+    line = assert_one_line_error(cli(home, "resolve", "--service", "hashserver", "--cluster", "x", "--project", "p"), 2)
+    assert "unknown cluster 'x' (no clusters defined" in line
+    assert "no cluster selected" in assert_one_line_error(cli(home, "inspect", "--service", "hashserver"), 2)
+
+
+def test_empty_clusters_yaml_29(seamless_home):
+    (seamless_home.home / ".seamless" / "clusters.yaml").write_text("")
+    theirs = anchor(seamless_home, "resolve", "--service", "hashserver", "--workdir", ".")
+    assert "TypeError" in theirs.stderr
+    line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver", "--workdir", "."), 2)
+    assert "~/.seamless/clusters.yaml is empty" in line
+
+
+def test_malformed_configuration(seamless_home):
+    (seamless_home.proj / "seamless.yaml").write_text("project: notalist\n")
+    line = assert_one_line_error(cli(seamless_home, "stop", "--service", "hashserver"), 2)
+    assert "expected a YAML list of commands" in line
+    (seamless_home.home / ".seamless" / "clusters.yaml").write_text("local_cluster: ghost\n")
+    line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver", "--cluster", "x",
+                                     "--project", "p"), 2)
+    assert "local_cluster 'ghost' is not a defined cluster" in line
+
+
+# ---------------------------------------------------------------- in-process API
+
+
+def test_cluster_helpers(seamless_home, monkeypatch):
+    monkeypatch.chdir(seamless_home.proj)
+    assert sconfig.known_clusters() == ["lc", "rc", "r2", "xtra", "lh"]
+    assert sconfig.local_cluster() == "lc"
+    assert sconfig.cluster_host("lc") is None
+    assert sconfig.cluster_host("rc") == "rc-ssh"
+    assert sconfig.cluster_host("r2") == "login.r2.invalid"
+    assert sconfig.cluster_hosts("rc") == ["rc-ssh"]
+    home = str(seamless_home.home)
+    assert sconfig.cluster_roots("lc") == {"hashserver": f"{home}/buf", "database": f"{home}/db"}
+    assert sconfig.cluster_roots("rc") == {"hashserver": "/srv/rc/buf", "database": "/srv/rc/db"}
+    assert sconfig.cluster_roots("xtra") == {"hashserver": "/srv/xtra/buf"}
+    assert sconfig.cluster_has_service("lc", "jobserver") and not sconfig.cluster_has_service("rc", "jobserver")
+    with pytest.raises(UsageError, match=r"unknown cluster 'zz' \(known: lc, rc, r2, xtra, lh\)"):
+        sconfig.cluster_host("zz")
+    with pytest.raises(UsageError, match="no frontend with hostname 'other.invalid'"):
+        sconfig.cluster_host("rc", "other.invalid")
+    assert sconfig.cluster_host("rc", "rc.invalid") == "rc-ssh"
+
+
+def test_localhost_frontend_is_this_machine_35(seamless_home, monkeypatch):
+    # A `type: local` cluster that is not local_cluster gets hostname "localhost": one rule
+    # for per-service and cluster-wide commands (this machine), and ~ expanded accordingly.
+    monkeypatch.chdir(seamless_home.proj)
+    assert sconfig.cluster_host("lh") is None
+    assert resolve_service(Selection(service="hashserver", cluster="lh", project="p")).ssh_host is None
+    assert sconfig.cluster_roots("lh") == {"hashserver": f"{seamless_home.home}/lhbuf"}
+
+
+def test_clusters_from_seamless_yaml(seamless_home, monkeypatch):
+    (seamless_home.proj / "seamless.yaml").write_text(PROJECT + textwrap.dedent("""\
+        - clusters:
+            inline:
+              frontends:
+                - hostname: inline.invalid
+                  hashserver: {bufferdir: /srv/inline}
+        """))
+    monkeypatch.chdir(seamless_home.proj)
+    assert sconfig.known_clusters()[-1] == "inline"
+    assert sconfig.cluster_host("inline") == "inline.invalid"
+    monkeypatch.chdir(seamless_home.sandbox.root)
+    assert "inline" not in sconfig.known_clusters()
+
+
+def test_callers_seamless_config_state_is_kept(seamless_home, monkeypatch):
+    """A Seamless runtime in the same process keeps its selection and clusters."""
+    import seamless_config.cluster as cluster
+    from seamless_config import select
+
+    monkeypatch.chdir(seamless_home.proj)
+    before = (select.get_selected_cluster(), select.get_selected_project(), select.get_stage(),
+              dict(cluster._clusters), cluster.get_local_cluster())
+    select.select_stage("runtime-stage")
+    try:
+        got = resolve_service(Selection(service="hashserver"))
+        assert got.key == "hashserver-lc-rw-myproj"  # the caller's stage did not leak in
+        assert select.get_stage() == "runtime-stage"
+        assert select.get_selected_project() == before[1]
+        assert dict(cluster._clusters) == before[3]
+    finally:
+        select.select_stage(before[2])
+
+
+def test_state_does_not_leak_between_calls(seamless_home, monkeypatch):
+    monkeypatch.chdir(seamless_home.proj)
+    assert resolve_service(Selection(service="hashserver", project="first", subproject="sub")).key == \
+        "hashserver-lc-rw-first--sub"
+    # a second call without --subproject must not inherit it (as a long-lived daemon would)
+    assert resolve_service(Selection(service="hashserver")).key == "hashserver-lc-rw-myproj"
+    monkeypatch.chdir(seamless_home.sandbox.root)
+    with pytest.raises(UsageError, match="no cluster selected"):
+        resolve_service(Selection(service="hashserver"))
+
+
+def test_resolved_fields(seamless_home, monkeypatch):
+    monkeypatch.chdir(seamless_home.proj)
+    got = resolve_service(Selection(service="database", stage="s2", mode="ro"))
+    assert got.key == "database-lc-ro-myproj--STAGE-s2"
+    assert got.workdir == "~/db/myproj/STAGE-s2"
+    assert got.local_workdir() == f"{seamless_home.home}/db/myproj/STAGE-s2"
+    assert got.log_path == "~/.remote-http-launcher/server/database-lc-ro-myproj--STAGE-s2.log"
+    assert got.meta == {"service": "database", "cluster": "lc", "mode": "ro", "project": "myproj",
+                        "subproject": None, "stage": "s2", "substage": None, "queue": None}
+    import argparse
+
+    sel = Selection.from_args(argparse.Namespace(service="hashserver", cluster=None, mode=None, extra=1))
+    assert sel.mode == "rw" and sel.service == "hashserver" and sel.project is None

@@ -1,0 +1,310 @@
+"""`seamless-service inspect | logs | stop | rm | clear` on real toy services, launched by the
+real remote-http-launcher under the keys resolution gives, compared with seamless-config's
+`seamless-service-*` commands on identically prepared state."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from seamless_service.client.sconfig import Selection, resolve_service
+from tests.client.test_sconfig import SHIM, Home, anchor, assert_one_line_error, cli, make_home
+from tests.support.services import wait_for
+
+
+@pytest.fixture
+def seamless_home(sandbox, monkeypatch) -> Home:
+    return make_home(sandbox, monkeypatch)
+
+
+def resolve(home: Home, **sel) -> tuple[str, str]:
+    """(key, expanded workdir) of a service in the project folder."""
+    cwd = os.getcwd()
+    os.chdir(home.proj)
+    try:
+        got = resolve_service(Selection(**sel))
+    finally:
+        os.chdir(cwd)
+    return got.key, got.local_workdir()
+
+
+def launch(home: Home, **sel) -> tuple[str, dict]:
+    key, workdir = resolve(home, **sel)
+    state = home.sandbox.launch(key, workdir=workdir)
+    assert state["status"] == "running", state
+    return key, state
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def server_status(home: Home, key: str) -> str | None:
+    rows = home.sandbox.helper_ndjson("rhl-ps", "--json")
+    return next((r["status"] for r in rows if r["key"] == key), None)
+
+
+def client_path(home: Home, key: str) -> Path:
+    return home.sandbox.client_dir / f"{key}.json"
+
+
+# ---------------------------------------------------------------- inspect, logs, stop
+
+
+def test_inspect_logs_stop_like_anchor(seamless_home):
+    home = seamless_home
+    ours_key, ours_state = launch(home, service="hashserver", stage="a")
+    their_key, their_state = launch(home, service="hashserver", stage="b")
+    sel_a, sel_b = ["--service", "hashserver", "--stage", "a"], ["--service", "hashserver", "--stage", "b"]
+
+    for command, extra in (("inspect", []), ("logs", ["--tail", "2"]), ("logs", [])):
+        ours = cli(home, command, *sel_a, *extra)
+        theirs = anchor(home, command, *sel_a, *extra)
+        assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+        assert ours.stdout == theirs.stdout, command
+    assert json.loads(cli(home, "inspect", *sel_a).stdout)["pid"] == ours_state["pid"]
+    assert len(cli(home, "logs", *sel_a, "--tail", "2").stdout.splitlines()) == 2
+
+    ours = cli(home, "stop", *sel_a)
+    theirs = anchor(home, "stop", *sel_b)
+    assert (ours.returncode, ours.stdout) == (0, f"{ours_key}: stopped\n"), ours.stderr
+    assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: stopped\n")
+    for key, state in ((ours_key, ours_state), (their_key, their_state)):
+        wait_for(lambda: not alive(state["pid"]))
+        assert server_status(home, key) == "stale"
+        data = json.loads(client_path(home, key).read_text())
+        assert list(data) == ["hostname", "port", "status"] and data["status"] == "stale"
+    # #19: ours stays 0600 and leaves no temp file behind
+    assert client_path(home, ours_key).stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in home.sandbox.client_dir.iterdir()) == sorted(
+        [f"{ours_key}.json", f"{their_key}.json"])
+    # The log outlives the service, for both
+    assert cli(home, "logs", *sel_a).stdout == anchor(home, "logs", *sel_a).stdout != ""
+
+
+def test_stop_missing_state_does_not_mark_client_20(seamless_home):
+    home = seamless_home
+    key, _ = resolve(home, service="database", stage="gone")
+    home.sandbox.write_state(key, {"hostname": "127.0.0.1", "port": 1}, side="client")
+    ours = cli(home, "stop", "--service", "database", "--stage", "gone")
+    assert (ours.returncode, ours.stdout) == (0, f"{key}: missing state\n")
+    assert "no state file on this machine" in ours.stderr
+    assert "status" not in json.loads(client_path(home, key).read_text())
+    theirs = anchor(home, "stop", "--service", "database", "--stage", "gone")
+    assert theirs.stdout == ours.stdout
+    assert json.loads(client_path(home, key).read_text())["status"] == "stale"  # the anchor's #20
+
+
+def test_logs_follow_until_ctrl_c(seamless_home, tmp_path):
+    home = seamless_home
+    key, state = launch(home, service="database")
+    out = tmp_path / "follow.out"
+    with out.open("wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-c", SHIM, "logs", "--service", "database", "--tail", "1",
+                                 "--follow"], cwd=home.proj, env=home.env(), stdout=handle,
+                                stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: out.read_bytes().endswith(b"\n"), timeout=30)
+        urllib.request.urlopen(f"http://127.0.0.1:{state['port']}/follow-marker", timeout=10).read()
+        wait_for(lambda: b"/follow-marker" in out.read_bytes(), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 2 and b"/follow-marker" in lines[1]
+
+
+def test_logs_errors(seamless_home):
+    home = seamless_home
+    line = assert_one_line_error(cli(home, "logs", "--service", "hashserver", "--stage", "none"), 1)
+    assert "no log file for 'hashserver-lc-rw-myproj--STAGE-none'" in line
+    assert "--tail must be >= 0" in assert_one_line_error(cli(home, "logs", "--service", "hashserver",
+                                                              "--tail", "-1"), 2)
+    assert "no state file" in assert_one_line_error(cli(home, "inspect", "--service", "hashserver"), 1)
+
+
+# ---------------------------------------------------------------- stop --cluster
+
+
+def test_stop_cluster_filters_and_pidless_rows_12_13(seamless_home):
+    home = seamless_home
+    k1, s1 = launch(home, service="hashserver", cluster="lc", project="p1")
+    k1ro, s1ro = launch(home, service="hashserver", cluster="lc", project="p1", mode="ro")
+    k2, s2 = launch(home, service="hashserver", cluster="lc", project="p2")
+    starting = "database-lc-rw-p2"  # early `starting`: no pid yet (#13)
+    starting_path = home.sandbox.write_state(starting, {"workdir": "/tmp", "status": "starting"})
+    home.sandbox.write_state("database-lc-ro-p1", {"workdir": "/tmp", "dry_run": True, "command": "x"})
+    stale_before = home.sandbox.write_state("database-lc-rw-p1", {"workdir": "/tmp", "status": "stale", "pid": 1})
+
+    ours = cli(home, "stop", "--cluster", "lc", "--project", "p1")
+    # no --mode: both modes (the ps order is the key order: -ro- before -rw-)
+    assert (ours.returncode, ours.stdout) == (0, f"{k1ro}: stopped\n{k1}: stopped\n"), ours.stderr
+    wait_for(lambda: not alive(s1["pid"]) and not alive(s1ro["pid"]))
+    assert alive(s2["pid"]) and server_status(home, k2) == "running"  # #12: p2 untouched
+    assert json.loads(stale_before.read_text())["status"] == "stale"  # stale rows not re-signalled
+
+    ours = cli(home, "stop", "--cluster", "lc", "--project", "p2")
+    assert ours.returncode == 1  # the starting row could not be stopped ...
+    lines = ours.stdout.splitlines()
+    assert f"{k2}: stopped" in lines  # ... but it did not block the others (#13)
+    assert any(line.startswith(f"{starting}: invalid pid") for line in lines)
+    wait_for(lambda: not alive(s2["pid"]))
+    assert json.loads(starting_path.read_text()) == {"workdir": "/tmp", "status": "starting"}
+
+    nothing = cli(home, "stop", "--cluster", "lc", "--project", "p1", "--mode", "ro")
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert "--service or --cluster is required" in assert_one_line_error(cli(home, "stop"), 2)
+
+
+# ---------------------------------------------------------------- rm
+
+
+def test_rm_running_refused_then_sides(seamless_home):
+    home = seamless_home
+    key, state = launch(home, service="hashserver", stage="r")
+    sel = ["--service", "hashserver", "--stage", "r"]
+    server_file = home.sandbox.server_dir / f"{key}.json"
+
+    refused = cli(home, "rm", *sel)
+    assert refused.returncode == 1 and "refused: service is running" in refused.stderr
+    assert refused.stdout == ""
+    assert server_file.exists() and client_path(home, key).exists() and alive(state["pid"])
+
+    client = cli(home, "rm", "--client", *sel)
+    assert (client.returncode, client.stdout) == (0, f"removed {client_path(home, key)}\n")
+    assert server_file.exists() and not client_path(home, key).exists()
+
+    assert cli(home, "stop", *sel).returncode == 0
+    server = cli(home, "rm", "--server", *sel)
+    assert (server.returncode, server.stdout) == (0, f"removed {server_file}\n")
+    assert (home.sandbox.server_dir / f"{key}.log").exists()  # logs are kept
+
+    ours, theirs = cli(home, "rm", *sel), anchor(home, "rm", *sel)
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout == f"{key}: not found\n{key}: not found\n"
+
+
+def test_rm_force_removes_running_state(seamless_home):
+    home = seamless_home
+    key, state = launch(home, service="database", stage="f")
+    forced = cli(home, "rm", "--server", "--force", "--service", "database", "--stage", "f")
+    assert forced.returncode == 0 and "still running" in forced.stderr
+    assert not (home.sandbox.server_dir / f"{key}.json").exists()
+    os.killpg(state["pid"], signal.SIGKILL)  # the orphan --force made
+
+
+def test_rm_cluster_honours_filters_12(seamless_home):
+    home = seamless_home
+    for project in ("q1", "q2"):
+        for side in ("server", "client"):
+            home.sandbox.write_state(f"hashserver-lc-rw-{project}",
+                                     {"status": "stale", "pid": 1, "port": 5} if side == "server"
+                                     else {"hostname": "127.0.0.1", "port": 5}, side=side)
+    home.sandbox.write_state("hashserver-rc-rw-q1", {"hostname": "rc.invalid", "port": 5}, side="client")
+    ours = cli(home, "rm", "--cluster", "lc", "--project", "q1")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == (f"removed {home.sandbox.server_dir}/hashserver-lc-rw-q1.json\n"
+                           f"removed {home.sandbox.client_dir}/hashserver-lc-rw-q1.json\n")
+    names = sorted(p.name for p in home.sandbox.client_dir.iterdir())
+    assert names == ["hashserver-lc-rw-q2.json", "hashserver-rc-rw-q1.json"]
+    assert (home.sandbox.server_dir / "hashserver-lc-rw-q2.json").exists()
+    # the anchor ignores --project in cluster mode (#12): q2 goes too
+    assert anchor(home, "rm", "--cluster", "lc", "--project", "q1").returncode == 0
+    assert not (home.sandbox.server_dir / "hashserver-lc-rw-q2.json").exists()
+
+
+# ---------------------------------------------------------------- clear
+
+
+def _buffers(path: Path) -> Path:
+    (path / "ab").mkdir(parents=True)
+    (path / ".HASHSERVER_PREFIX").write_text("")
+    (path / "ab" / ("ab" + "0" * 62)).write_bytes(b"x" * 100)
+    (path / "cd").mkdir()
+    return path
+
+
+def test_clear_refused_while_running_then_keeps_marker_23(seamless_home):
+    home = seamless_home
+    key, workdir = resolve(home, service="hashserver", stage="c")
+    path = _buffers(Path(workdir))
+    state = home.sandbox.launch(key, workdir=path)
+    sel = ["--service", "hashserver", "--stage", "c"]
+
+    running = cli(home, "clear", *sel, "--yes")
+    assert f"service {key} is running; stop it first" in assert_one_line_error(running, 1)
+    assert (path / "ab").is_dir()
+
+    assert cli(home, "stop", *sel).returncode == 0
+    wait_for(lambda: not alive(state["pid"]))
+    unconfirmed = cli(home, "clear", *sel)
+    assert "pass --yes to confirm" in assert_one_line_error(unconfirmed, 2)
+    assert (path / "ab").is_dir()
+
+    cleared = cli(home, "clear", *sel, "--yes")
+    assert (cleared.returncode, cleared.stdout) == (0, f"removed 2 item(s) from {path}\n"), cleared.stderr
+    assert sorted(os.listdir(path)) == [".HASHSERVER_PREFIX"]
+
+    # the anchor on an identical directory: same line format, but it also deletes the marker
+    their_path = _buffers(Path(resolve(home, service="hashserver", stage="d")[1]))
+    theirs = anchor(home, "clear", "--service", "hashserver", "--stage", "d")
+    assert re.fullmatch(rf"removed 3 item\(s\) from {re.escape(str(their_path))}\n", theirs.stdout)
+    assert os.listdir(their_path) == []
+
+
+def test_clear_usage_errors(seamless_home):
+    home = seamless_home
+    for service in ("jobserver", None):
+        argv = ["clear", "--yes"] + (["--service", service] if service else [])
+        assert "--service must be hashserver or database" in assert_one_line_error(cli(home, *argv), 2)
+    (home.home / ".seamless" / "clusters.yaml").write_text(
+        "local_cluster: t\nt:\n  frontends:\n    - hostname: x\n      hashserver: {bufferdir: /tmp}\n")
+    line = assert_one_line_error(cli(home, "clear", "--service", "hashserver", "--cluster", "t",
+                                     "--project", "p", "--yes"), 1)
+    # /tmp/p is not /tmp, so it goes to the agent, whose path policy refuses it (no marker)
+    assert "does not contain required marker file" in line and "/tmp/p" in line
+
+
+# ---------------------------------------------------------------- bad input, hosts down
+
+
+def test_unreachable_host_is_one_line(seamless_home, tmp_path):
+    home = seamless_home
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host downhost\n  HostName 127.0.0.1\n  Port {port}\n  BatchMode yes\n"
+                          f"  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        handle.write("down:\n  frontends:\n    - hostname: down.invalid\n      ssh_hostname: downhost\n"
+                     "      hashserver: {bufferdir: /srv/down}\n")
+    common = ["--cluster", "down", "--project", "p", "--ssh-config", str(ssh_config), "--timeout", "10"]
+    for argv in (["inspect", "--service", "hashserver"], ["logs", "--service", "hashserver"],
+                 ["stop", "--service", "hashserver"], ["rm", "--server", "--service", "hashserver"],
+                 ["clear", "--service", "hashserver", "--yes"], ["stop"]):
+        result = cli(home, *argv, *common)
+        assert "downhost" in assert_one_line_error(result, 1), argv
+
+
+def test_unknown_cluster_everywhere(seamless_home):
+    home = seamless_home
+    for argv in (["inspect", "--service", "hashserver"], ["stop"], ["rm"], ["stop", "--service", "database"]):
+        line = assert_one_line_error(cli(home, *argv, "--cluster", "nope"), 2)
+        assert "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)" in line, argv

@@ -1,0 +1,134 @@
+"""The same commands against a REAL remote host (tests/support/sshd.py through the `remote`
+fixture of tests/client/conftest.py: deployed agent, toy services launched as the remote
+user), compared with seamless-config's per-call-ssh commands on the same host.
+
+seamless-config calls plain `ssh HOST`, which reads the real user's ~/.ssh/config (OpenSSH
+ignores $HOME); a wrapper `ssh` first on the sandbox PATH adds `-F <fixture ssh_config>`,
+so the anchor reaches the fixture through a real config alias. Our commands get the same
+file through --ssh-config. Shared remote state (RUNNING_KEYS, ODD_STATES) is only read;
+tests that change state use keys of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
+
+
+def _home(sandbox, monkeypatch, remote, *, ssh_hostname: bool = True) -> Home:
+    home = make_home(sandbox, monkeypatch)
+    frontend = f"    - hostname: {remote.alias}\n"
+    if ssh_hostname:
+        frontend += f"      ssh_hostname: {remote.alias}\n"
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        handle.write("clu:\n  type: local\n  frontends:\n" + frontend +
+                     "      hashserver: {bufferdir: ~/data/buffers}\n"
+                     "      database: {database_dir: ~/data/db}\n")
+    wrapper = sandbox.bin / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {remote.ssh_config} "$@"\n')
+    wrapper.chmod(0o755)
+    return home
+
+
+@pytest.fixture
+def rhome(sandbox, monkeypatch, remote) -> Home:
+    return _home(sandbox, monkeypatch, remote)
+
+
+def ours(home: Home, remote, *argv: str):
+    return cli(home, *argv, "--ssh-config", str(remote.ssh_config))
+
+
+def remote_status(remote, key: str) -> str | None:
+    rows = remote.helper_rows("rhl-ps", "--json")
+    return next((r["status"] for r in rows if r["key"] == key), None)
+
+
+SHARED = ["--service", "hashserver", "--cluster", "clu", "--project", "projA"]
+
+
+def test_remote_resolve_inspect_logs_like_anchor(rhome, remote):
+    assert cli(rhome, "resolve", *SHARED).stdout == anchor(rhome, "resolve", *SHARED).stdout
+    for command, extra in (("inspect", []), ("logs", ["--tail", "2"]), ("logs", [])):
+        mine, theirs = ours(rhome, remote, command, *SHARED, *extra), anchor(rhome, command, *SHARED, *extra)
+        assert mine.returncode == theirs.returncode == 0, (mine.stderr, theirs.stderr)
+        assert mine.stdout == theirs.stdout != "", command
+    assert json.loads(ours(rhome, remote, "inspect", *SHARED).stdout)["status"] == "running"
+
+
+def test_remote_host_without_ssh_hostname_1(sandbox, monkeypatch, remote):
+    home = _home(sandbox, monkeypatch, remote, ssh_hostname=False)
+    mine = ours(home, remote, "inspect", *SHARED)
+    assert mine.returncode == 0, mine.stderr
+    assert json.loads(mine.stdout)["status"] == "running"
+    theirs = anchor(home, "inspect", *SHARED)  # #1: ran rhl-inspect on this machine
+    assert theirs.returncode == 1 and "no state file" in theirs.stderr
+
+
+def test_remote_stop_rm_like_anchor(rhome, remote, sandbox):
+    mine_key, their_key = "hashserver-clu-rw-mine--STAGE-a", "hashserver-clu-rw-mine--STAGE-b"
+    try:
+        for key in (mine_key, their_key):
+            remote.launch(key)
+            sandbox.write_state(key, {"hostname": "127.0.0.1", "port": 1}, side="client")
+            os.chmod(sandbox.client_dir / f"{key}.json", 0o600)
+        sel = ["--service", "hashserver", "--cluster", "clu", "--project", "mine"]
+        stopped = ours(rhome, remote, "stop", *sel, "--stage", "a")
+        theirs = anchor(rhome, "stop", *sel, "--stage", "b")
+        assert (stopped.returncode, stopped.stdout) == (0, f"{mine_key}: stopped\n"), stopped.stderr
+        assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: stopped\n"), theirs.stderr
+        for key in (mine_key, their_key):
+            assert remote_status(remote, key) == "stale"
+            assert json.loads((sandbox.client_dir / f"{key}.json").read_text())["status"] == "stale"
+        assert (sandbox.client_dir / f"{mine_key}.json").stat().st_mode & 0o777 == 0o600  # #19
+
+        removed = ours(rhome, remote, "rm", "--server", *sel, "--stage", "a")
+        theirs = anchor(rhome, "rm", "--server", *sel, "--stage", "b")
+        assert removed.returncode == theirs.returncode == 0, (removed.stderr, theirs.stderr)
+        assert removed.stdout == f"removed {remote.state_dir}/{mine_key}.json\n"
+        assert theirs.stdout == f"removed {remote.state_dir}/{their_key}.json\n"
+        assert remote_status(remote, mine_key) is None and remote_status(remote, their_key) is None
+        client = ours(rhome, remote, "rm", "--client", *sel, "--stage", "a")
+        assert client.stdout == f"removed {sandbox.client_dir}/{mine_key}.json\n"  # on this machine
+    finally:
+        for key in (mine_key, their_key):
+            remote.kill_service(key)
+
+
+def test_remote_stop_cluster_honours_project_12(rhome, remote):
+    keys = ["database-clu-rw-mine2", "hashserver-clu-rw-mine2"]
+    try:
+        for key in keys:
+            remote.launch(key)
+        result = ours(rhome, remote, "stop", "--cluster", "clu", "--project", "mine2")
+        assert (result.returncode, result.stdout) == (0, "".join(f"{k}: stopped\n" for k in keys)), result.stderr
+        assert [remote_status(remote, k) for k in keys] == ["stale", "stale"]
+        # the shared services of project projA kept running
+        assert remote_status(remote, "hashserver-clu-rw-projA") == "running"
+        refused = ours(rhome, remote, "rm", "--cluster", "clu", "--project", "projA", "--server")
+        assert refused.returncode == 1 and "refused: service is running" in refused.stderr  # #38
+        assert remote_status(remote, "hashserver-clu-rw-projA") == "running"
+    finally:
+        for key in keys:
+            remote.kill_service(key)
+
+
+def test_remote_clear_keeps_marker(rhome, remote):
+    for name in ("mineclear", "theirclear"):
+        remote.write(f"data/buffers/{name}/.HASHSERVER_PREFIX", "")
+        remote.write(f"data/buffers/{name}/ab/cdef0123", "buffer")
+    sel = ["--service", "hashserver", "--cluster", "clu"]
+    path = remote.home / "data/buffers/mineclear"
+    unconfirmed = ours(rhome, remote, "clear", *sel, "--project", "mineclear")
+    assert f"{remote.alias}:~/data/buffers/mineclear" in assert_one_line_error(unconfirmed, 2)
+    cleared = ours(rhome, remote, "clear", *sel, "--project", "mineclear", "--yes")
+    assert (cleared.returncode, cleared.stdout) == (0, f"removed 1 item(s) from {path}\n"), cleared.stderr
+    assert sorted(os.listdir(path)) == [".HASHSERVER_PREFIX"]
+    theirs = anchor(rhome, "clear", *sel, "--project", "theirclear")
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout.startswith("removed 2 item(s) from ")  # the anchor deletes the marker too
+    assert os.listdir(remote.home / "data/buffers/theirclear") == []
