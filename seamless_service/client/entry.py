@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         print("", file=sys.stderr)
-        return 130
+        # Ctrl-C is how a user ends `--watch` (or `logs --follow`): that is success.
+        return 0 if ("--watch" in args or "--follow" in args) else 130
     except BrokenPipeError:
         _silence_stdout()
         return 0

@@ -11,7 +11,19 @@ _FIELD = {
     "SERVICE": "service", "PROJECT": "project", "STAGE": "stage", "PROCESS": "process",
     "PORT": "port", "PERSISTENT": "persistent", "SIZE": "size", "CLUSTER": "cluster",
     "KEY": "key", "HEALTH": "health", "MODE": "mode", "HOST": "host",
+    "SUBPROJECT": "subproject", "SUBSTAGE": "substage",
 }
+
+
+def columns_for(*, wide: bool = False, health: bool = False) -> list[str]:
+    """The table's columns: seamless-service-ps's, plus CLUSTER and KEY with --wide (#34)
+    and HEALTH with --health."""
+    columns = list(BASE_COLUMNS)
+    if wide:
+        columns = ["CLUSTER"] + columns + ["KEY"]
+    if health:
+        columns.append("HEALTH")
+    return columns
 
 
 def human_size(n: Any) -> str:
@@ -21,40 +33,44 @@ def human_size(n: Any) -> str:
     if not isinstance(n, (int, float)) or isinstance(n, bool):
         return str(n)
     value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "PB":
+    unit = "B"
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if value < 999.5 or unit == "PB":
             break
         value /= 1000
-    else:
-        unit = "PB"
     if unit == "B":
         return f"{int(value)} B"
-    return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
+
+
+def _size_cell(row: dict[str, Any]) -> str:
+    value = row.get("size")
+    if value is None and row.get("size_state") == "pending":
+        return "pending"  # the agent's sizer is still walking this directory
+    return human_size(value)
 
 
 def _cell(row: dict[str, Any], column: str) -> str:
-    value = row.get(_FIELD[column])
     if column == "SIZE":
-        return human_size(value)
+        return _size_cell(row)
+    value = row.get(_FIELD[column])
     if column == "PORT":
-        # seamless-config hides port 0 (truthiness, #34); a port of 0 is still shown here.
-        return "-" if value is None else str(value)
-    if column == "HEALTH":
-        if value is None:
-            return "-"
-        return "ok" if value.get("healthy") else (value.get("problem") or "unhealthy")
+        # seamless-config hides port 0 (truthiness, #34); a port of 0 is shown here.
+        return "-" if value is None or value == "" else str(value)
     if value is None or value == "":
         return "-"
     return str(value)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = BASE_COLUMNS) -> str:
+    """A plain table; with no rows, the header line alone (as seamless-service-ps)."""
     from tabulate import tabulate  # lazy: ~0.1 s import, not needed for --json
 
-    body = [[_cell(row, c) for c in columns] for row in rows]
-    if not body:
-        return "  ".join(columns)
-    return tabulate(body, headers=list(columns), tablefmt="plain", disable_numparse=True)
+    body = [list(columns)] + [[_cell(row, c) for c in columns] for row in rows]
+    # The header goes in as the first row: as `headers=` tabulate pads every header by two
+    # extra spaces. Cells are left-aligned, two spaces apart; no trailing spaces.
+    text = tabulate(body, tablefmt="plain", disable_numparse=True, stralign="left")
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def ndjson(rows: Iterable[dict[str, Any]]) -> str:

@@ -1,8 +1,10 @@
 """The ps row model: agent rows -> the rows `seamless-service-ps` prints, and merging them.
 
 A row has the fields of `seamless-service-ps --json` (service, cluster, project, stage,
-process, port, persistent, size, key[, path]) plus ours: mode, subproject, substage and,
-when asked, health. `size` stays in bytes (JSON); the table shows it in human units.
+process, port, persistent, size, key[, path]) plus ours: mode, subproject, substage, host
+(where the row was read: the ssh host, null = this machine; for client rows the client
+file's ssh host), size_state (fresh/stale/pending/error for directory sizes) and, when
+asked, health / health_error. `size` stays in bytes (JSON); the table shows human units.
 
 Deliberate differences from seamless-config (anchor §6):
 * #4: rows never collapse. Process rows are identified by their key; ro/rw, subproject and
@@ -16,7 +18,7 @@ Deliberate differences from seamless-config (anchor §6):
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from ..protocol.keys import (
     PROJECT_TOPLEVEL,
@@ -27,6 +29,8 @@ from ..protocol.keys import (
 )
 
 ROW_FIELDS = ("service", "cluster", "project", "stage", "process", "port", "persistent", "size", "key")
+# Filters compared with persistent rows (they have no mode, substage or queue).
+PERSISTENT_FILTERS = ("service", "cluster", "project", "subproject", "stage")
 
 
 def display_project(project: Any, cluster: Any) -> Any:
@@ -35,23 +39,30 @@ def display_project(project: Any, cluster: Any) -> Any:
     return project
 
 
-def _meta_for(row: dict[str, Any], cluster: str | None) -> dict[str, Any]:
-    """The row's meta; with a known cluster, the key reading for that cluster (no mis-split)."""
+def _meta_for(row: dict[str, Any], clusters: Collection[str]) -> dict[str, Any]:
+    """The row's meta; for a key without meta, the reading whose cluster is one we asked
+    about (a cluster named `a-rw-b` is not mis-split, #30), else the first reading."""
     meta = row_meta(row)
-    if cluster is not None and meta.get("cluster") != cluster and not row.get("meta"):
+    if clusters and meta.get("cluster") not in clusters and not row.get("meta"):
         for reading in key_readings(row.get("key")):
-            if reading.get("cluster") == cluster:
+            if reading.get("cluster") in clusters:
                 return reading
     return meta
 
 
-def process_row(agent_row: dict[str, Any], *, cluster: str | None = None) -> dict[str, Any]:
-    """A display row from one `ps` row (server or client side) of the agent."""
-    meta = _meta_for(agent_row, cluster)
+def process_row(agent_row: dict[str, Any], *, cluster: str | None = None,
+                clusters: Collection[str] = (), host: str | None = None) -> dict[str, Any]:
+    """A display row from one `ps` row (server or client side) of the agent.
+
+    `cluster`/`clusters`: the cluster(s) whose host was asked, to read keys right.
+    `host`: where the row was read (server rows); client rows carry their own ssh host."""
+    known = set(clusters) | ({cluster} if cluster else set())
+    meta = _meta_for(agent_row, known)
     status = agent_row.get("status")
     # Client rows carry `process` from the agent (the local server's status when it is known,
     # fixing #6/#40); server rows have a derived status.
     process = agent_row.get("process") or status or ("client" if agent_row.get("port") is not None else None)
+    client_side = "process" in agent_row
     row = {
         "service": meta.get("service"),
         "cluster": meta.get("cluster"),
@@ -65,6 +76,7 @@ def process_row(agent_row: dict[str, Any], *, cluster: str | None = None) -> dic
         "mode": meta.get("mode"),
         "subproject": meta.get("subproject"),
         "substage": meta.get("substage"),
+        "host": agent_row.get("ssh_host") if client_side else host,
     }
     if agent_row.get("error"):
         row["error"] = agent_row["error"]
@@ -78,6 +90,7 @@ def _path_parts(path: str, root: str | None) -> list[str]:
         try:
             return list(path_obj.relative_to(root_obj).parts)
         except ValueError:
+            # a `~/...` root comes back expanded: find the root's tail inside the path
             root_parts = root_obj.parts[1:] if root_obj.parts[:1] == ("~",) else root_obj.parts
             parts = path_obj.parts
             for i in range(len(parts) - len(root_parts) + 1):
@@ -87,22 +100,30 @@ def _path_parts(path: str, root: str | None) -> list[str]:
     return [name] if name else []
 
 
+def labels_from_path(path: str, root: str | None) -> tuple[str | None, str | None, str | None]:
+    """(project, subproject, stage) of a data directory below `root`:
+    `<root>/proj[/sub/...][/STAGE-s]`."""
+    parts = _path_parts(path, root)
+    stage = None
+    project_parts = parts
+    for i, part in enumerate(parts):
+        if part.startswith("STAGE-"):
+            stage = part[len("STAGE-"):]
+            project_parts = parts[:i]
+            break
+    if not project_parts:
+        return None, None, stage
+    return project_parts[0], "/".join(project_parts[1:]) or None, stage
+
+
 def persistent_row(prow: dict[str, Any], service: str, cluster: str | None, *,
                    root: str | None = None, project: str | None = None,
-                   subproject: str | None = None, stage: str | None = None) -> dict[str, Any]:
-    """A display row from one `persistent` row. Project/stage come from the path below
-    `root`, unless the caller knows them (a resolved workdir)."""
+                   subproject: str | None = None, stage: str | None = None,
+                   host: str | None = None) -> dict[str, Any]:
+    """A display row from one `persistent` row. Project/subproject/stage come from the path
+    below `root`, unless the caller knows them (a resolved workdir)."""
     if project is None and stage is None:
-        parts = _path_parts(prow.get("path") or "", root)
-        project_parts = parts
-        for i, part in enumerate(parts):
-            if part.startswith("STAGE-"):
-                stage = part[len("STAGE-"):]
-                project_parts = parts[:i]
-                break
-        if project_parts:
-            project = project_parts[0]
-            subproject = "/".join(project_parts[1:]) or None
+        project, subproject, stage = labels_from_path(prow.get("path") or "", root)
     size = prow.get("bytes") if prow.get("bytes") is not None else prow.get("size")
     row = {
         "service": service,
@@ -118,10 +139,29 @@ def persistent_row(prow: dict[str, Any], service: str, cluster: str | None, *,
         "mode": None,
         "subproject": subproject,
         "substage": None,
+        "host": host,
+        "size_state": prow.get("bytes_state"),
     }
     if prow.get("error"):
         row["error"] = prow["error"]
     return row
+
+
+def persistent_matches(row: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Filters on a persistent row's derived fields (seamless-config: service/cluster/
+    project/stage; ours adds subproject). `SEAMLESS_CACHE` and `__TOPLEVEL__` both select
+    the cache's top level."""
+    for name in PERSISTENT_FILTERS:
+        wanted = filters.get(name)
+        if wanted is None:
+            continue
+        actual = row.get(name)
+        if name == "project" and wanted in (SEAMLESS_CACHE_ALIAS, PROJECT_TOPLEVEL):
+            if actual == SEAMLESS_CACHE_ALIAS and row.get("cluster") == SEAMLESS_CACHE_CLUSTER:
+                continue
+        if actual != wanted:
+            return False
+    return True
 
 
 def _place(row: dict[str, Any]) -> tuple:
@@ -144,6 +184,7 @@ def merge_rows(process_rows: Iterable[dict[str, Any]], persistent_rows: Iterable
                     target["persistent"] = prow.get("persistent")
                     target["size"] = prow.get("size")
                     target["path"] = prow.get("path")
+                    target["size_state"] = prow.get("size_state")
         elif (_place(prow), prow.get("path")) not in seen_extra:
             seen_extra.add((_place(prow), prow.get("path")))
             extra.append(dict(prow))
@@ -151,6 +192,35 @@ def merge_rows(process_rows: Iterable[dict[str, Any]], persistent_rows: Iterable
 
 
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as printed by --json: seamless-service-ps fields first, ours after; no Nones
-    dropped (scripts may rely on every field being present)."""
-    return dict(row)
+    """The row as printed by --json: every field, None included (scripts may rely on every
+    field of seamless-service-ps being present); private `_` fields dropped."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def health_summary(entry: dict[str, Any]) -> tuple[str, str | None]:
+    """("ok", None) or (the first failing check, the agent's message) for one `health`
+    entry: "pid dead", "port closed", "http failed" / "http 503", or the status."""
+    if entry.get("healthy"):
+        return "ok", None
+    error = entry.get("error")
+    status = entry.get("status")
+    if status not in (None, "running"):
+        return str(status), error
+    if not entry.get("pid_alive"):
+        return "pid dead", error
+    if entry.get("port_open") is False:
+        return "port closed", error
+    if entry.get("http_status"):
+        return f"http {entry['http_status']}", error
+    return "http failed", error
+
+
+def attach_health(rows: Iterable[dict[str, Any]], services: dict[str, dict[str, Any]]) -> None:
+    """Give each running row of one host its health ("ok" or the failing check)."""
+    for row in rows:
+        entry = services.get(row.get("key"))
+        if entry is None or row.get("process") != "running":
+            continue
+        row["health"], error = health_summary(entry)
+        if error:
+            row["health_error"] = error

@@ -1,7 +1,8 @@
-"""Rows for `ps --local`: this machine's server-side launcher state, through the agent ops.
+"""`ps --local`: this machine's server-side launcher state, with no configuration at all.
 
 With no configuration there are no cluster roots to walk, so persistent information comes
-from the workdirs recorded in the hashserver and database state files themselves.
+from the workdirs recorded in the hashserver and database state files themselves: a second
+(in-process) batch, since the workdirs are known only once the state files were read.
 """
 
 from __future__ import annotations
@@ -9,71 +10,62 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..local import unwrap
-from ..rows import merge_rows, persistent_row, process_row
-
-PERSISTENT_SPEC = {
-    # service -> (file, marker) as seamless-config asks rhl-ps-persistent
-    "hashserver": (None, ".HASHSERVER_PREFIX"),
-    "database": ("seamless.db", "seamless.db"),
-}
+from ..ps_query import PERSISTENT_OPTS, HostQuery, Outcome, Part, ps_args, settle_sizes
+from ..rows import persistent_row
 
 
-def ps_args(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"side": "server"}
-    for name in ("service", "cluster", "project", "subproject", "stage", "substage", "mode", "queue", "status"):
-        value = getattr(args, name, None)
-        if value is not None:
-            out[name] = value
-    return out
+class LocalServerQuery(HostQuery):
+    """Server rows of this machine (+ their data dirs with --persistent, health with --health)."""
 
+    def __init__(self, args: argparse.Namespace):
+        parts = [Part("process", ps_args(args, side="server"))]
+        if getattr(args, "health", False):
+            parts.append(Part("health", {}))
+        super().__init__(None, "this machine", parts)
+        self.persistent = bool(args.persistent)
 
-def local_rows(transport: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    (result,) = transport.batch([("ps", ps_args(args))])
-    agent_rows = unwrap(result, host=transport.host)["rows"]
-    rows = [process_row(r) for r in agent_rows]
-    if args.persistent:
-        rows = merge_rows(rows, _persistent_rows(transport, agent_rows, rows))
-    if getattr(args, "health", False):
-        _attach_health(transport, rows)
-    return rows
+    def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
+            settle: bool = False) -> Outcome:
+        out = super().run(transport, wait=wait, settle=False)
+        if self.persistent and not out.failed:
+            self._workdir_rows(transport, out, settle=settle)
+        return out
 
+    def _workdir_rows(self, transport: Any, out: Outcome, *, settle: bool) -> None:
+        asked: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for row in out.process:
+            opts = PERSISTENT_OPTS.get(row.get("service") or "")
+            workdir = row.get("_workdir")
+            if opts is None or not isinstance(workdir, str) or not workdir:
+                continue
+            args: dict[str, Any] = {"paths": [workdir], "level": 0}
+            if opts.get("file"):
+                args["file"] = opts["file"]
+            asked.append((row, args))
+        if not asked:
+            return
+        self._attach(transport, out, asked)
+        if settle and any(row.get("size_state") == "pending" for row, _ in asked):
+            settle_sizes(transport, lambda: self._attach(transport, out, asked))
 
-def _persistent_rows(transport: Any, agent_rows: list[dict], rows: list[dict]) -> list[dict]:
-    ops, owners = [], []
-    for agent_row, row in zip(agent_rows, rows):
-        spec = PERSISTENT_SPEC.get(row.get("service"))
-        workdir = agent_row.get("workdir")
-        if spec is None or not isinstance(workdir, str) or not workdir:
-            continue
-        file, marker = spec
-        args: dict[str, Any] = {"paths": [workdir], "level": 0}
-        if file:
-            args["file"] = file
-        ops.append(("persistent", args))
-        owners.append(row)
-    if not ops:
-        return []
-    out = []
-    # One batch: every directory is one op, so a path the policy refuses fails alone.
-    for owner, result in zip(owners, transport.batch(ops)):
-        if result.get("ok"):
+    def _attach(self, transport: Any, out: Outcome, asked: list) -> list[dict[str, Any]]:
+        """Ask for the workdirs and put their data on their rows; returns those rows."""
+        # One batch: every directory is one op, so a path the policy refuses fails alone.
+        for (owner, _), result in zip(asked, transport.batch([("persistent", a) for _, a in asked])):
+            if not result.get("ok"):
+                error = result.get("error") or {}
+                owner["persistent_error"] = error.get("message")
+                continue
             for prow in result["value"]["rows"]:
-                out.append(persistent_row(prow, owner["service"], owner["cluster"],
-                                          project=owner.get("project"), subproject=owner.get("subproject"),
-                                          stage=owner.get("stage")))
-        else:
-            err = result.get("error", {})
-            owner["persistent_error"] = err.get("message")
-    return out
+                prow = persistent_row(prow, owner["service"], owner["cluster"], project=owner.get("project"),
+                                      subproject=owner.get("subproject"), stage=owner.get("stage"))
+                for name in ("persistent", "size", "path", "size_state"):
+                    owner[name] = prow.get(name)
+        return [owner for owner, _ in asked]
 
+    def read_process(self, part: Part, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = super().read_process(part, rows)
+        for display, raw in zip(out, rows):
+            display["_workdir"] = raw.get("workdir")  # private: dropped from --json output
+        return out
 
-def _attach_health(transport: Any, rows: list[dict]) -> None:
-    keys = [r["key"] for r in rows if r.get("process") == "running" and r.get("key")]
-    if not keys:
-        return
-    (result,) = transport.batch([("health", {"keys": keys})])
-    services = {s["key"]: s for s in unwrap(result, host=transport.host)["services"]}
-    for row in rows:
-        if row.get("key") in services:
-            row["health"] = services[row["key"]]

@@ -1,0 +1,710 @@
+"""`seamless-service ps` against `seamless-service-ps` on the same real state: a local
+cluster with services launched through remote-http-launcher (keys from
+seamless-service-resolve) and data directories with markers and files. Rows must be equal
+except for the documented improvements, which are asserted precisely.
+
+`World.build(root)` makes a sandbox HOME with `~/.seamless/clusters.yaml` (local_cluster
+`loc`, bufferdir and database_dir in the sandbox, plus a cluster `dead` whose frontend
+cannot be reached), a project directory with seamless.yaml, and data directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from seamless_service.client import ps_query
+from tests.support.services import VENV_BIN, LauncherSandbox
+
+HS = ".HASHSERVER_PREFIX"
+DB = "seamless.db"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when we return: nothing listens there
+
+
+def _file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+@dataclass
+class World:
+    box: LauncherSandbox
+    proj: Path
+    buf: Path
+    db: Path
+    keys: dict[str, str] = field(default_factory=dict)   # name -> key
+    sizes: dict[str, int] = field(default_factory=dict)  # data dir -> bytes in it
+    more_clusters: dict[str, Any] = field(default_factory=dict)  # written to clusters.yaml too
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, root: Path, *, dead_cluster: bool = True) -> "World":
+        box = LauncherSandbox(root / "rhl")
+        data = root / "data"
+        world = cls(box, root / "proj", data / "buf", data / "db")
+        world.proj.mkdir(parents=True)
+        (world.proj / "seamless.yaml").write_text(yaml.safe_dump([{"project": "myproj"}, {"cluster": "loc"}]))
+        world.write_clusters(dead=dead_cluster)
+        world._data()
+        return world
+
+    def write_clusters(self, *, dead: bool) -> None:
+        clusters: dict[str, Any] = {
+            "local_cluster": "loc",
+            "loc": {"type": "local", "frontends": [{
+                "hashserver": {"bufferdir": str(self.buf), "network_interface": "127.0.0.1",
+                               "port_start": 61000, "port_end": 61099},
+                "database": {"database_dir": str(self.db), "network_interface": "127.0.0.1",
+                             "port_start": 61100, "port_end": 61199},
+            }]},
+        }
+        if dead:
+            clusters["dead"] = {"type": "local", "frontends": [{
+                "hostname": "dead.example.org", "ssh_hostname": "deadhost",
+                "hashserver": {"bufferdir": "/srv/buf"}, "database": {"database_dir": "/srv/db"},
+            }]}
+            ssh_dir = self.box.home / ".ssh"
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            (ssh_dir / "config").write_text(
+                f"Host deadhost\n  HostName 127.0.0.1\n  Port {closed_port()}\n"
+                "  BatchMode yes\n  ConnectTimeout 5\n  StrictHostKeyChecking yes\n")
+        clusters.update(self.more_clusters)
+        folder = self.box.home / ".seamless"
+        folder.mkdir(exist_ok=True)
+        (folder / "clusters.yaml").write_text(yaml.safe_dump(clusters, sort_keys=False))
+
+    @contextlib.contextmanager
+    def without_dead_cluster(self) -> Iterator[None]:
+        self.write_clusters(dead=False)
+        try:
+            yield
+        finally:
+            self.write_clusters(dead=True)
+
+    def _data(self) -> None:
+        """Data dirs: the roots have no marker (#11); a subproject with a stage (#10)."""
+        layout = {
+            self.buf / "myproj": [(HS, 0), ("ab/ab" + "0" * 62, 1000), ("cd/cd" + "1" * 62, 2345)],
+            self.buf / "myproj" / "STAGE-s1": [(HS, 0), ("ef/ef" + "2" * 62, 500)],
+            self.buf / "myproj" / "sub": [(HS, 0), ("12/12" + "3" * 62, 300)],
+            self.buf / "myproj" / "sub" / "STAGE-x": [(HS, 0), ("34/34" + "4" * 62, 200)],
+            self.buf / "nomarker": [("file", 77)],
+            self.db / "myproj": [(DB, 8192)],
+            self.db / "myproj" / "STAGE-s1": [(DB, 4096)],
+        }
+        for folder, files in layout.items():
+            for name, size in files:
+                _file(folder / name, size)
+        # a directory's size is everything below it (a project dir includes its stages)
+        for folder in layout:
+            self.sizes[str(folder)] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+    def resolve(self, service: str, *args: str) -> dict[str, Any]:
+        result = subprocess.run([str(VENV_BIN / "seamless-service-resolve"), "--service", service,
+                                 "--workdir", ".", *args], cwd=self.proj, env=self.box.env(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def launch(self, name: str, service: str, *args: str, meta: dict | None = None,
+               key: str | None = None, workdir: str | None = None) -> str:
+        """Launch a toy service under the key seamless-service-resolve gives (or `key`)."""
+        if key is None:
+            resolved = self.resolve(service, *args)
+            key, workdir = resolved["key"], resolved["workdir"]
+        state = self.box.launch(key, workdir or self.box.root / "work" / key, meta=meta)
+        assert state["status"] == "running", state
+        self.keys[name] = key
+        return key
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = self.box.env()
+        env["SEAMLESS_SERVICE_NO_DAEMON"] = "1"
+        env.pop("SEAMLESS_CACHE", None)
+        env.update(extra)
+        return env
+
+    # ------------------------------------------------------------------ running ps
+
+    def old_ps(self, *argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+        """seamless-config's seamless-service-ps on the same state."""
+        return subprocess.run([str(VENV_BIN / "seamless-service-ps"), *argv], cwd=cwd or self.proj,
+                              env=self.env(**env), capture_output=True, text=True, timeout=120)
+
+    def old_json(self, *argv: str, **env: str) -> list[dict[str, Any]]:
+        result = self.old_ps(*argv, "--json", **env)
+        assert result.returncode == 0, result.stderr
+        return ndjson(result.stdout)
+
+    def new_ps(self, *argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+        """`seamless-service ps` as a user runs it (its own process, no daemon)."""
+        return subprocess.run([sys.executable, "-m", "seamless_service.client.entry", "ps", *argv],
+                              cwd=cwd or self.proj, env=self.env(**env), capture_output=True, text=True,
+                              timeout=120)
+
+    @contextlib.contextmanager
+    def inside(self, **env: str) -> Iterator[None]:
+        """This process sees the sandbox (HOME, PATH) and stands in the project directory."""
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        wanted = self.env(**env)  # built from os.environ: before clearing it
+        os.environ.clear()
+        os.environ.update(wanted)
+        os.chdir(self.proj)
+        try:
+            yield
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+    def ps(self, *argv: str, cwd: Path | None = None, **env: str) -> tuple[int, str, str]:
+        """`seamless-service ps ARGV` in this process (fast): (exit code, stdout, stderr)."""
+        from seamless_service.client.cli.main import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with self.inside(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if cwd is not None:
+                os.chdir(cwd)
+            code = main(["ps", *argv])
+        return code, out.getvalue(), err.getvalue()
+
+    def ps_json(self, *argv: str, **env: str) -> list[dict[str, Any]]:
+        code, out, err = self.ps(*argv, "--json", **env)
+        assert code == 0, err
+        return ndjson(out)
+
+
+def ndjson(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# ====================================================================== fixtures
+
+JOB_META = {"service": "jobserver", "cluster": "loc", "mode": "rw", "project": "myproj", "subproject": None,
+            "stage": "s1", "substage": None, "queue": None}
+COMPARED = ("service", "cluster", "project", "stage", "process", "port", "persistent", "path")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[World]:
+    """hashserver rw + ro (stopped) + subproject, a staged database, two jobservers that
+    differ only in substage; shared, read-only for the tests of this module."""
+    w = World.build(tmp_path_factory.mktemp("ps"))
+    try:
+        w.launch("rw", "hashserver")
+        w.launch("ro", "hashserver", "--mode", "ro")
+        w.launch("sub", "hashserver", "--subproject", "sub")
+        w.launch("db", "database", "--stage", "s1")
+        w.launch("job", "", key="jobserver-loc-rw-myproj--STAGE-s1", meta=JOB_META)
+        w.launch("jobgpu", "", key="jobserver-loc-rw-myproj--STAGE-s1SUBSTAGE-gpu",
+                 meta=dict(JOB_META, substage="gpu"))
+        stop = w.box.run_helper("rhl-stop", w.keys["ro"])
+        assert stop.returncode == 0, stop.stderr
+        yield w
+    finally:
+        w.box.kill_all()
+
+
+@pytest.fixture
+def small(tmp_path) -> Iterator[World]:
+    """A world of its own, for tests that change the state."""
+    w = World.build(tmp_path, dead_cluster=False)
+    yield w
+    w.box.kill_all()
+
+
+def by_key(rows: list[dict]) -> dict[str, dict]:
+    return {r["key"]: r for r in rows if r["key"]}
+
+
+def by_path(rows: list[dict]) -> dict[str, dict]:
+    """Persistent-only rows (no process) by path."""
+    return {r["path"]: r for r in rows if r["key"] is None}
+
+
+def pick(row: dict, fields=COMPARED) -> dict:
+    return {f: row.get(f) for f in fields}
+
+
+# ====================================================================== cluster view
+
+
+def test_cluster_view_equals_seamless_service_ps_except_the_documented_fixes(world):
+    old = world.old_json("--cluster", "loc")
+    new = world.ps_json("--cluster", "loc")
+    K = world.keys
+    old_keys, new_keys = by_key(old), by_key(new)
+    # #4: seamless-service-ps keeps one row per (service, cluster, project, stage)
+    assert set(old_keys) <= set(new_keys)
+    assert set(new_keys) - set(old_keys) == {K["rw"], K["sub"], K["jobgpu"]}
+    for key, o in old_keys.items():
+        n = new_keys[key]
+        assert pick(n) == pick(o), key
+        if o["service"] == "hashserver" and o["path"]:
+            assert (o["size"], n["size"]) == (None, world.sizes[o["path"]])      # #9
+        else:
+            assert n["size"] == o["size"], key
+    # the rows that no longer collapse carry their own process and the shared data dir
+    assert pick(new_keys[K["rw"]], ("process", "path", "size", "mode")) == {
+        "process": "running", "path": str(world.buf / "myproj"),
+        "size": world.sizes[str(world.buf / "myproj")], "mode": "rw"}
+    assert new_keys[K["jobgpu"]]["substage"] == "gpu"
+
+    old_dirs, new_dirs = by_path(old), by_path(new)
+    sub, stage_x = str(world.buf / "myproj" / "sub"), str(world.buf / "myproj" / "sub" / "STAGE-x")
+    # #10: the subproject dir is project "myproj/sub" there, joined to its service here ...
+    assert old_dirs[sub]["project"] == "myproj/sub"
+    assert pick(new_keys[K["sub"]], ("project", "subproject", "path", "size")) == {
+        "project": "myproj", "subproject": "sub", "path": sub, "size": 300 + 200}
+    # ... and its stage directory is listed at all
+    assert stage_x not in old_dirs
+    assert pick(new_dirs[stage_x], ("project", "subproject", "stage", "persistent", "size")) == {
+        "project": "myproj", "subproject": "sub", "stage": "x", "persistent": "populated", "size": 200}
+    assert set(new_dirs) == (set(old_dirs) - {sub}) | {stage_x}
+    for path in set(old_dirs) - {sub}:
+        assert pick(new_dirs[path]) == pick(old_dirs[path]), path
+        assert new_dirs[path]["size"] == (old_dirs[path]["size"] if old_dirs[path]["service"] == "database"
+                                          else world.sizes[path])
+    # #11: roots without a marker, and marker-less dirs, give no row, in both
+    for rows in (old, new):
+        paths = {r.get("path") for r in rows}
+        assert not paths & {str(world.buf), str(world.db), str(world.buf / "nomarker")}
+
+
+def test_marker_less_root_works_under_the_seamless_marker_policy(world):
+    """#11: behind `rhl-guard --clear-policy seamless`, seamless-service-ps's persistent query
+    on the bufferdir root is refused; the agent (same policy) walks it and lists marked dirs."""
+    command = f"rhl-ps-persistent --json --level 2 --marker {HS} {world.buf}"
+    guarded = subprocess.run([str(VENV_BIN / "rhl-guard"), "--clear-policy", "seamless"],
+                             env=world.env(SSH_ORIGINAL_COMMAND=command), capture_output=True, text=True,
+                             timeout=60)
+    assert guarded.returncode == 1 and "marker" in guarded.stderr
+    rows = world.ps_json("--cluster", "loc", "--server", "--persistent", "--service", "hashserver")
+    assert str(world.buf / "myproj" / "STAGE-s1") in by_path(rows)
+
+
+def test_table_has_the_same_columns_and_human_sizes(world):
+    old = world.old_ps("--cluster", "loc")
+    code, out, err = world.ps("--cluster", "loc")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].split() == old.stdout.splitlines()[0].split()
+    row = next(line.split() for line in out.splitlines() if line.split()[-2:] == ["4.3", "kB"])
+    assert row[:2] == ["hashserver", "myproj"] and row[-3] == "populated"   # 4345 bytes
+    assert len(out.splitlines()) == len(world.ps_json("--cluster", "loc")) + 1
+
+
+def test_wide_adds_cluster_and_key_columns(world):
+    """#34: rows of several clusters are told apart."""
+    code, out, _ = world.ps("--cluster", "loc", "--wide")
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0][0] == "CLUSTER" and lines[0][-1] == "KEY"
+    assert {line[0] for line in lines[1:]} == {"loc"}
+    assert {line[-1] for line in lines[1:]} - {"-"} == set(world.keys.values())
+
+
+def test_the_cli_process_prints_what_the_in_process_call_prints(world):
+    """The real console entry (own process, no daemon) on the same state."""
+    result = world.new_ps("--cluster", "loc", "--json")
+    assert result.returncode == 0, result.stderr
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "size_state"} for r in rows]  # noqa: E731
+    assert strip(ndjson(result.stdout)) == strip(world.ps_json("--cluster", "loc"))
+
+
+# ====================================================================== client view
+
+
+def test_default_persistent_rows_are_labelled_and_merged(world):
+    """#5: seamless-service-ps walks the project workdir, so its rows have no project and never
+    join the process rows; here the same directories are joined to their services."""
+    old = world.old_json("--persistent")
+    new = world.ps_json("--persistent")
+    K = world.keys
+    assert all(r["persistent"] is None for r in by_key(old).values())
+    assert {r["project"] for r in by_path(old).values() if r["service"] == "database"} == {None}
+    n = by_key(new)
+    assert pick(n[K["rw"]], ("path", "size", "project")) == {
+        "path": str(world.buf / "myproj"), "size": world.sizes[str(world.buf / "myproj")], "project": "myproj"}
+    assert pick(n[K["db"]], ("path", "size", "stage")) == {
+        "path": str(world.db / "myproj" / "STAGE-s1"), "size": 4096, "stage": "s1"}
+    # the same directories, no more, no fewer
+    assert {r["path"] for r in old if r.get("path")} == {r["path"] for r in new if r.get("path")}
+    assert by_path(new)[str(world.db / "myproj")]["project"] == "myproj"
+
+
+def test_stage_persistent_lists_the_stage_directories(world):
+    """#5: with --stage, seamless-service-ps prints no persistent row at all."""
+    old = world.old_json("--stage", "s1", "--persistent")
+    new = world.ps_json("--stage", "s1", "--persistent")
+    assert [r for r in old if r.get("path")] == []
+    assert {r["path"] for r in new if r.get("path")} == {
+        str(world.buf / "myproj" / "STAGE-s1"), str(world.db / "myproj" / "STAGE-s1")}
+    assert by_key(new)[world.keys["db"]]["path"] == str(world.db / "myproj" / "STAGE-s1")
+
+
+def test_client_rows_carry_the_local_status_and_status_filters_them(world):
+    """#6/#40: client rows of services on this machine show their real status, so --status
+    works in the client view (seamless-service-ps: always "client", --status running: nothing)."""
+    K = world.keys
+    old = world.old_json()
+    assert {r["process"] for r in old} == {"client"}
+    assert world.old_json("--status", "running") == []
+    new = by_key(world.ps_json())
+    assert set(new) == set(K.values())
+    assert {k: r["process"] for k, r in new.items()} == {k: "stale" if k == K["ro"] else "running"
+                                                        for k in K.values()}
+    running = world.ps_json("--status", "running")
+    assert {r["key"] for r in running} == set(K.values()) - {K["ro"]}
+    assert {r["key"] for r in world.ps_json("--status", "stale")} == {K["ro"]}
+
+
+def test_subproject_filters_and_client_cluster_view(world):
+    rows = world.ps_json("--client", "--cluster", "loc", "--subproject", "sub", "--persistent")
+    assert [r["key"] for r in rows if r["key"]] == [world.keys["sub"]]
+    assert {r["path"] for r in rows} == {str(world.buf / "myproj" / "sub"),
+                                        str(world.buf / "myproj" / "sub" / "STAGE-x")}
+
+
+# ====================================================================== --status, --all-clusters
+
+
+def test_status_drops_persistent_only_rows(world):
+    """#37: with --status, seamless-service-ps still prints data dirs that have no process."""
+    old = world.old_json("--cluster", "loc", "--status", "running", "--persistent")
+    new = world.ps_json("--cluster", "loc", "--status", "running", "--persistent")
+    assert by_path(old) and not by_path(new)
+    assert {r["process"] for r in new} == {"running"}
+    assert by_key(new)[world.keys["rw"]]["path"] == str(world.buf / "myproj")
+
+
+def test_all_clusters_applies_status(world):
+    """#7: seamless-service-ps --all-clusters ignores --status."""
+    with world.without_dead_cluster():
+        old = world.old_json("--all-clusters", "--status", "running")
+        code, out, err = world.ps("--all-clusters", "--status", "running", "--json")
+    assert world.keys["ro"] in by_key(old)                     # the stale one
+    assert (code, err) == (0, "")
+    assert {r["key"] for r in ndjson(out)} == set(world.keys.values()) - {world.keys["ro"]}
+
+
+def test_a_dead_cluster_is_one_line_and_the_others_still_show(world):
+    """#8: seamless-service-ps aborts the whole listing (exit 255, no rows)."""
+    old = world.old_ps("--all-clusters", "--json")
+    assert old.returncode == 255 and old.stdout == ""
+    code, out, err = world.ps("--all-clusters", "--json")
+    assert code == 1
+    assert set(by_key(ndjson(out))) == set(world.keys.values())
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seamless-service: cluster dead: ")
+    # a table is printed too, then the same one line
+    code, out, err = world.ps("--all-clusters")
+    assert code == 1 and out.splitlines()[0].split()[0] == "SERVICE" and len(err.splitlines()) == 1
+
+
+def test_hosts_are_asked_in_parallel():
+    """#8: every host's batch is in flight at once (a serial loop would break the barrier)."""
+    barrier = threading.Barrier(3, timeout=30)
+
+    class Transport:
+        def __init__(self, host):
+            self.host = host
+
+        def batch(self, ops):
+            barrier.wait()  # returns only when all three hosts are being asked together
+            return [{"ok": True, "value": {"rows": [{"key": f"hashserver-{self.host}-rw-p", "status": "running",
+                                                     "port": 1, "meta": {}}], "token": "t"}}]
+
+    queries = [ps_query.HostQuery(h, f"cluster {h}", [ps_query.Part("process", {"side": "server"}, cluster=h)])
+               for h in ("a", "b", "c")]
+    outcomes = ps_query.run_all(queries, Transport)
+    assert [o.process[0]["cluster"] for o in outcomes] == ["a", "b", "c"]
+    assert [o.process[0]["host"] for o in outcomes] == ["a", "b", "c"]
+
+
+class Recording:
+    """A real transport that also records every batch sent through it."""
+
+    def __init__(self, inner):
+        self.inner, self.host, self.batches = inner, inner.host, []
+
+    def batch(self, ops):
+        self.batches.append([(op, dict(args)) for op, args in ops])
+        return self.inner.batch(ops)
+
+
+def _parse(*argv: str):
+    from seamless_service.client.cli.main import build_parser
+
+    return build_parser().parse_args(["ps", *argv])
+
+
+def test_one_batch_per_host(world):
+    """`ps --cluster C --persistent` is ONE batch: ps + one persistent op per data root; the
+    only follow-up walks the subproject directories the first walk found (#10)."""
+    from seamless_service.client.local import LocalTransport
+
+    with world.inside():
+        [query] = ps_query.plan_queries(_parse("--cluster", "loc", "--persistent")).list()
+    transport = Recording(LocalTransport())
+    try:
+        ps_query.run_all([query], lambda host: transport)
+    finally:
+        transport.inner.close()
+    first = transport.batches[0]
+    assert [op for op, _ in first] == ["ps", "persistent", "persistent"]
+    assert first[0][1] == {"side": "server", "cluster": "loc"}
+    assert first[1][1] == {"paths": [str(world.buf)], "level": 2, "marker": HS}
+    assert first[2][1] == {"paths": [str(world.db)], "level": 2, "file": DB, "marker": DB}
+    assert transport.batches[1:] == [[("persistent", {"paths": [str(world.buf / "myproj" / "sub")],
+                                                      "level": 1, "marker": HS})]]
+
+
+def test_clusters_sharing_a_host_share_one_batch(small):
+    """--all-clusters: one batch per host, so rows of a shared host appear once (a
+    `type: local` cluster on localhost is this machine too, #35)."""
+    small.more_clusters["twin"] = {"type": "local", "frontends": [{
+        "hostname": "localhost", "hashserver": {"bufferdir": str(small.buf)}}]}
+    small.write_clusters(dead=True)
+    with small.inside():
+        plan = ps_query.plan_queries(_parse("--all-clusters", "--persistent", "--status", "running"))
+    queries = plan.list()
+    assert [q.host for q in queries] == [None, "deadhost"]
+    local = queries[0]
+    assert [(p.op, p.cluster) for p in local.parts] == [
+        ("ps", None), ("persistent", "loc"), ("persistent", "loc"), ("persistent", "twin")]
+    assert local.parts[0].args == {"side": "server", "status": "running"}   # #7
+    assert local.parts[0].clusters == ("loc", "twin")
+    assert local.label == "cluster loc, cluster twin"
+
+
+# ====================================================================== single-state tests
+
+
+def test_port_zero_is_shown(small):
+    """#34: seamless-service-ps shows port 0 as '-'."""
+    small.box.write_state("hashserver-loc-rw-zero", {"status": "failed", "port": 0, "pid": 1})
+    old = small.old_ps("--cluster", "loc", "--server")
+    assert old.stdout.splitlines()[1].split()[4] == "-"
+    code, out, _ = small.ps("--cluster", "loc", "--server", "--wide")
+    assert code == 0
+    assert out.splitlines()[1].split()[:6] == ["loc", "hashserver", "zero", "-", "failed", "0"]
+
+
+def test_client_row_of_a_dead_local_service_says_stale(small):
+    """#40: seamless-service-ps lists it as `client` until someone runs stop."""
+    key = small.launch("rw", "hashserver")
+    pid = json.loads((small.box.server_dir / f"{key}.json").read_text())["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    from tests.support.services import wait_for
+
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+             open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", timeout=30)
+    assert [r["process"] for r in small.old_json()] == ["client"]
+    assert [r["process"] for r in small.ps_json()] == ["stale"]
+
+
+def test_health_column_names_the_failing_check(small):
+    key = small.launch("rw", "hashserver")
+    code, out, _ = small.ps("--cluster", "loc", "--server", "--health")
+    assert code == 0 and out.splitlines()[0].split()[-1] == "HEALTH"
+    assert out.splitlines()[1].split()[-1] == "ok"
+    pid = json.loads((small.box.server_dir / f"{key}.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, port accepting, but no HTTP answer
+    try:
+        [row] = small.ps_json("--cluster", "loc", "--server", "--health")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert row["health"] == "http failed" and "healthcheck" in row["health_error"]
+
+
+def test_seamless_cache_alias(small):
+    """SEAMLESS_CACHE: the alias in --project and in the rows, as seamless-service-ps; the
+    cache's data directory is joined to its hashserver here (#5)."""
+    cache = small.box.root / "cache"
+    key = "hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__"
+    _file(cache / "__TOPLEVEL__" / HS, 0)
+    _file(cache / "__TOPLEVEL__" / "ab" / ("ab" + "5" * 62), 1500)
+    small.launch("cache", "", key=key, workdir=str(cache / "__TOPLEVEL__"))
+    env = {"SEAMLESS_CACHE": str(cache)}
+    old = small.old_json("--project", "SEAMLESS_CACHE", "--persistent", **env)
+    new = small.ps_json("--project", "SEAMLESS_CACHE", "--persistent", **env)
+    assert [r["project"] for r in old] == ["SEAMLESS_CACHE"]
+    assert old[0]["persistent"] is None  # #5: its data row has no project, so the filter drops it
+    [row] = new
+    assert pick(row, ("key", "project", "cluster", "path", "size")) == {
+        "key": key, "project": "SEAMLESS_CACHE", "cluster": "__SEAMLESS_CACHE__",
+        "path": str(cache / "__TOPLEVEL__"), "size": 1500}
+
+
+# ====================================================================== usage
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--server"], "--server requires --cluster"),
+    (["--watch", "0"], "--watch SECONDS"),
+    (["--watch", "61"], "--watch SECONDS"),
+    (["--cluster", "nope"], "unknown cluster 'nope'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(small, argv, message):
+    code, out, err = small.ps(*argv)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_conflicting_sides_are_refused_by_the_parser(small):
+    result = small.new_ps("--client", "--server")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+# ====================================================================== a remote cluster
+
+
+def _as_user(server, relpath: str, text: str) -> None:
+    """A file in the remote user's HOME, owned by that user (as the user would have it)."""
+    import pwd
+
+    pw = pwd.getpwnam(server.user)
+    path = server.home / relpath
+    folder = server.home
+    for part in Path(relpath).parent.parts:
+        folder = folder / part
+        if not folder.exists():
+            folder.mkdir(mode=0o755)
+            os.chown(folder, pw.pw_uid, pw.pw_gid)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    os.replace(tmp, path)  # as the launcher writes state files: never half a file
+
+
+@pytest.fixture(scope="module")
+def rem_cluster(tmp_path_factory) -> Iterator[tuple[World, Any]]:
+    """Cluster `rem` on a real sshd (a throwaway user with its own launcher state and data
+    dirs), next to the local cluster and the dead one. The agent is deployed on first use."""
+    from tests.support.sshd import SshServer, sshd_available
+
+    reason = sshd_available()
+    if reason:
+        pytest.skip(reason)
+    server = SshServer.start(alias="ps-remote")
+    w = World.build(tmp_path_factory.mktemp("remote"))
+    try:
+        w.more_clusters["rem"] = {"type": "local", "frontends": [{
+            "hostname": "rem.example.org", "ssh_hostname": server.alias,
+            "hashserver": {"bufferdir": "~/buf"}, "database": {"database_dir": "~/db"},
+        }]}
+        w.write_clusters(dead=True)
+        _as_user(server, ".remote-http-launcher/server/hashserver-rem-rw-proj.json",
+                 json.dumps({"status": "failed", "port": 7, "workdir": "~/buf/proj"}))
+        _as_user(server, f"buf/proj/{HS}", "")
+        _as_user(server, "buf/proj/ab/ab" + "0" * 62, "x" * 1234)
+        yield w, server
+    finally:
+        server.close()
+        w.box.kill_all()
+
+
+def _link_helpers(server) -> None:
+    """~/miniforge3/bin/rhl-* -> the deployed agent venv's (the ssh transport's PATH prefix
+    looks there, as on a cluster where the helpers come from the user's conda base)."""
+    import pwd
+
+    pw = pwd.getpwnam(server.user)
+    venv_bin = server.home / ".local/share/seamless-service/agent-venv/bin"
+    _as_user(server, "miniforge3/bin/.keep", "")
+    for helper in sorted(venv_bin.glob("rhl-*")):
+        link = server.home / "miniforge3/bin" / helper.name
+        if not link.exists():
+            link.symlink_to(helper)
+            os.lchown(link, pw.pw_uid, pw.pw_gid)
+
+
+def test_remote_cluster_through_the_agent(rem_cluster):
+    w, server = rem_cluster
+    cfg = str(server.ssh_config)
+    code, out, err = w.ps("--cluster", "rem", "--ssh-config", cfg, "--json")
+    assert code == 0, err
+    rows = ndjson(out)
+    # (a root that does not exist, ~/db, is an `absent` row, as in seamless-service-ps)
+    assert [pick(r, ("path", "persistent")) for r in by_path(rows).values()] == [
+        {"path": str(server.home / "db"), "persistent": "absent"}]
+    assert [pick(r, ("key", "process", "port", "project", "persistent", "path", "size", "host"))
+            for r in by_key(rows).values()] == [{
+        "key": "hashserver-rem-rw-proj", "process": "failed", "port": 7, "project": "proj",
+        "persistent": "populated", "path": str(server.home / "buf" / "proj"), "size": 1234,
+        "host": server.alias}]
+    # every cluster at once: the remote one, the local one, and one line for the dead one
+    code, out, err = w.ps("--all-clusters", "--persistent", "--ssh-config", cfg, "--json")
+    assert code == 1
+    rows = ndjson(out)
+    assert {r["cluster"] for r in rows} == {"rem", "loc"}
+    assert by_key(rows)["hashserver-rem-rw-proj"]["path"] == str(server.home / "buf" / "proj")
+    assert [line.split(": ")[1] for line in err.splitlines()] == ["cluster dead"]
+
+
+def test_remote_watch_shows_a_new_service(rem_cluster):
+    w, server = rem_cluster
+    from tests.client.test_watch import Output, interrupt
+
+    proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
+                             "--server", "--wide", "--ssh-config", str(server.ssh_config), "--watch", "5"],
+                            cwd=w.proj, env=w.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = Output(proc.stdout.fileno())
+    try:
+        out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=120)
+        _as_user(server, ".remote-http-launcher/server/database-rem-rw-proj.json",
+                 json.dumps({"status": "failed", "port": 8}))
+        text = out.wait_for(lambda t: "database-rem-rw-proj" in t, timeout=60)
+    finally:
+        code, err = interrupt(proc)
+    assert code == 0 and "Traceback" not in err, err
+    assert "database-rem-rw-proj" in text.split("\n\n")[-1]
+
+
+def test_remote_cluster_through_plain_ssh(rem_cluster):
+    """--transport ssh (the rhl-* helpers over ssh, for hosts where the agent cannot run):
+    the same rows, without directory sizes; --watch falls back to asking every SECONDS."""
+    w, server = rem_cluster
+    cfg = str(server.ssh_config)
+    code, _, err = w.ps("--cluster", "rem", "--server", "--ssh-config", cfg)  # deploys if not yet
+    assert code == 0, err
+    _link_helpers(server)
+    agent = by_key(w.ps_json("--cluster", "rem", "--ssh-config", cfg))
+    plain = by_key(w.ps_json("--cluster", "rem", "--ssh-config", cfg, "--transport", "ssh"))
+    assert set(plain) == set(agent) and "hashserver-rem-rw-proj" in plain
+    for key, row in plain.items():
+        assert pick(row, COMPARED + ("host",)) == pick(agent[key], COMPARED + ("host",))
+    key = "hashserver-rem-rw-proj"
+    assert (plain[key]["size"], agent[key]["size"]) == (None, 1234)   # rhl-ps-persistent: no du
+    from tests.client.test_watch import Output, interrupt
+
+    proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
+                             "--server", "--wide", "--ssh-config", cfg, "--transport", "ssh", "--watch", "1"],
+                            cwd=w.proj, env=w.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = Output(proc.stdout.fileno())
+    try:
+        out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=60)
+        _as_user(server, ".remote-http-launcher/server/jobserver-rem-rw-proj.json",
+                 json.dumps({"status": "failed", "port": 9}))
+        out.wait_for(lambda t: "jobserver-rem-rw-proj" in t, timeout=60)
+    finally:
+        code, err = interrupt(proc)
+    assert code == 0 and err == "", err   # no `wait` there, and no error line for it
