@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 from .daemon import client
 
-IN_PROCESS_COMMANDS = ("agent",)
+IN_PROCESS_COMMANDS = ("agent", "demo")  # server-side or this-machine-only: no tunnel keeper
 
 
 def _command(args: Sequence[str]) -> str | None:

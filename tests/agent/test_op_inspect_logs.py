@@ -98,7 +98,7 @@ def test_invalid_key_is_refused_before_any_op(world):
 def test_logs_whole_file_matches_rhl_logs(world):
     box, ctx = world
     theirs = helper_bytes(box, "rhl-logs", KEY)
-    assert theirs.returncode == 0 and b"toy-service: serving on port" in theirs.stdout
+    assert theirs.returncode == 0 and b"demo-service: serving on port" in theirs.stdout
     value = call(ctx, "logs", key=KEY)
     assert value["data"] == theirs.stdout
     assert (value["offset"], value["next_offset"], value["size"]) == (0, len(theirs.stdout), len(theirs.stdout))

@@ -36,7 +36,10 @@ class LauncherSandbox:
         for d in (self.home, self.bin, self.configs):
             d.mkdir(parents=True, exist_ok=True)
         toy = self.bin / TOY_NAME
-        toy.write_text(f"#!{sys.executable}\n" + (HERE / "toy_service.py").read_text())
+        # A script file (not `python -m`), so the process's argv names the service binary
+        # as a real launched service's does: the agent's pid-identity checks rely on that.
+        toy.write_text(f"#!{sys.executable}\nimport sys\nfrom seamless_service.demo.service import main\n"
+                       "sys.exit(main())\n")
         toy.chmod(0o755)
         self.tools_yaml = self.root / "tools.yaml"
         self.tools_yaml.write_text(yaml.safe_dump({

@@ -14,6 +14,7 @@ See and manage Seamless services (hashserver, database, jobserver, daskserver) o
 this machine and on remote servers, through a lightweight per-server agent.
 
 examples:
+  seamless-service demo start                       three real demo services on this machine
   seamless-service ps --local                       services on this machine, no configuration needed
   seamless-service ps --cluster mycluster           a cluster's services and data directories
   seamless-service ps --all-clusters --watch        every cluster, redrawn on each change
@@ -32,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seamless-service {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import ps_cmd, service_cmds
+    from . import demo_cmd, ps_cmd, service_cmds
 
     ps_cmd.add_parser(sub)
     service_cmds.add_parsers(sub)
+    demo_cmd.add_parser(sub)
     from ...agent.cli import add_agent_parser
 
     add_agent_parser(sub)

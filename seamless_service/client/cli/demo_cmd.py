@@ -1,0 +1,29 @@
+"""`seamless-service demo start|stop`: real demo services on this machine, for a first look."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = """\
+Start (or stop and remove) three small demo services on this machine, launched through
+remote-http-launcher like real Seamless services: a "hashserver" and a "database" with data
+directories, and a "jobserver" in a stage. They answer HTTP on 127.0.0.1 only.
+
+examples:
+  seamless-service demo start
+  seamless-service ps --local --persistent --health
+  seamless-service demo stop
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="start/stop demo services on this machine", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("start", "stop"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...demo import launch
+
+    return launch.start() if args.action == "start" else launch.stop()
