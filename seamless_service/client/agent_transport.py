@@ -1,0 +1,432 @@
+"""The `agent` transport: batches go to the host's agent over an SSH tunnel, with repair.
+
+    with AgentTransport("cluster-frontend") as t:
+        results = t.batch([("ps", {}), ("hello", {})])     # raw results, like LocalTransport
+
+First use: the endpoint (remote port + secret) comes from the client cache (deploy/cache.py);
+without one, or when it names another version, `deploy(host)` installs/starts the agent and
+caches its endpoint. Every connection is checked with `hello` (version and protocol).
+
+Repair, at most once per call, with a one-line notice ("seamless-service: reconnected to
+HOST (agent restarted)"):
+* the SSH connection died (sshd restarted, network) -> a new SSH connection;
+* the agent is gone (nothing on its port) or refuses the cached secret (it restarted with
+  a new one) -> `deploy(host)` again, which starts it and refreshes the cached secret;
+* the agent runs another version or protocol -> `deploy(host)`, which replaces it.
+A broken connection noticed BEFORE a request is sent is repaired for any op. A failure
+AFTER sending is retried only when every op of the batch is read-only: `stop`, `rm` and
+`clear` may have run, so they are never sent twice; the caller gets ConnectionFailed
+saying so.
+
+Errors are client/errors.py's, one line naming the host, with paramiko's real cause (host
+key unknown/changed, refused, auth) rather than a generic tunnel message. `AgentUnavailable`
+means SSH works but the agent cannot run or be reached there (no usable Python, a key
+forced through rhl-guard, forwarding forbidden): transports.py then falls back to `ssh`.
+
+Import-light: paramiko and rpyc are imported on first connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from .. import __version__
+from ..protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
+from .errors import ConnectionFailed, OpError, ProtocolMismatch
+
+DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
+READ_ONLY_OPS = frozenset({"hello", "ps", "persistent", "inspect", "logs", "health", "wait"})
+# Seconds an op may legitimately take on the agent beyond DEFAULT_TIMEOUT.
+_OP_ALLOWANCE = {
+    "stop": 20.0,            # rhl-stop: SIGINT, 5 s, SIGTERM, 5 s, SIGKILL
+    "clear": 3600.0,         # deleting a million-file buffer directory (agent's own limit)
+    "rm": 10.0,
+}
+
+Notice = Callable[[str], None]
+
+
+class AgentUnavailable(ConnectionFailed):
+    """SSH works, but the agent cannot run on this host or cannot be reached there.
+
+    `guarded` is True when the key is forced through rhl-guard (only rhl-* helpers run).
+    """
+
+    def __init__(self, host: str, message: str, *, guarded: bool = False):
+        super().__init__(host, message)
+        self.guarded = guarded
+
+
+def print_notice(message: str) -> None:
+    """Default notice: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+def _strip_host(host: str, message: str) -> str:
+    prefix = f"{host}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+class AgentTransport:
+    """Raw batches to one host's agent through an SSH tunnel. Thread-safe."""
+
+    name = "agent"
+
+    def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, accept_new_host_key: bool = False,
+                 notice: Notice | None = None, connect_timeout: float | None = None,
+                 via: str = "channel", keep_session: bool = True):
+        if not host or host.startswith("-"):
+            raise ValueError(f"not a host name: {host!r}")
+        self.host = host
+        self.ssh_config = ssh_config
+        self.timeout = float(timeout)
+        self.accept_new_host_key = accept_new_host_key
+        self.notice = notice if notice is not None else print_notice
+        self.connect_timeout = connect_timeout
+        self.via = via
+        self.keep_session = keep_session
+        self._tunnel: Any = None          # tunnel.Tunnel
+        self._conn: Any = None            # agent_conn.AgentConnection
+        self._endpoint: Any = None        # deploy.cache.AgentEndpoint (holds the secret)
+        self._agent_info: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self.calls = 0
+        self.repairs = 0
+        self.deploys = 0
+        self.connected_once = False
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Run `ops` in one round trip; one raw result ({"ok", "value"|"error"}) per op.
+
+        Raises ConnectionFailed / AuthFailed / AgentUnavailable (host or agent out of
+        reach, even after one repair), ProtocolMismatch, or OpError for a request the
+        agent refused as a whole (too large, malformed).
+        """
+        if self._closed:
+            raise ConnectionFailed(self.host, "the transport is closed")
+        ops = [(str(name), dict(args or {})) for name, args in ops]
+        try:
+            request = encode_request(ops)
+        except ProtocolError as exc:
+            raise OpError(exc.code, exc.message, self.host) from None
+        names = [name for name, _ in ops]
+        read_only = all(name in READ_ONLY_OPS for name in names)
+        limit = self._call_limit(ops)
+        repaired = False
+        self.calls += 1
+        while True:
+            conn, why = self._connection(allow_repair=not repaired)
+            if why is not None:
+                repaired = True
+            try:
+                reply = conn.call(request, timeout=limit)
+            except Exception as exc:  # AgentConnectionError: lost, timed out, refused the call
+                cause = _reason(exc)
+                self._drop(conn)
+                self.last_error = cause
+                if "did not answer within" in cause:  # agent_conn's timeout wording
+                    # A silent network looks exactly like this while paramiko still calls
+                    # the transport active: the repair must start from a new SSH connection.
+                    self._reset_tunnel()
+                if not read_only:
+                    what = ", ".join(sorted(set(names) - READ_ONLY_OPS))
+                    raise ConnectionFailed(
+                        self.host, f"the connection to the agent broke during {what}: {cause}; the request "
+                        "may have reached the agent, so it was not sent again (check with ps)") from None
+                if repaired:
+                    raise ConnectionFailed(self.host, f"the agent connection failed again after a repair: "
+                                           f"{cause}") from None
+                continue  # the next _connection() repairs, once
+            try:
+                return decode_reply(reply, expected=len(ops))
+            except ProtocolError as exc:
+                if exc.code == "version_mismatch":
+                    # Refused as a whole before anything ran: safe to resend after a redeploy.
+                    if not repaired:
+                        with self._lock:
+                            self._drop(conn)
+                            self._endpoint = None  # forces deploy, which replaces the agent
+                        repaired = True
+                        self._connection(allow_repair=True, reason="agent upgraded")
+                        continue
+                    raise ProtocolMismatch(f"{self.host}: {exc.message}") from None
+                raise OpError(exc.code, exc.message, self.host) from None
+
+    def connect(self) -> "AgentTransport":
+        """Connect now (deploying if needed) instead of on the first call."""
+        self._connection(allow_repair=True)
+        return self
+
+    def close(self) -> None:
+        """Close the agent connection and the SSH tunnel. Never raises."""
+        with self._lock:
+            self._closed = True
+            self._close_conn()
+            if self._tunnel is not None:
+                self._tunnel.close()
+                self._tunnel = None
+
+    def describe(self) -> dict[str, Any]:
+        """State for `tunnel status` / debugging. Never the secret."""
+        endpoint = self._endpoint
+        conn = self._conn
+        info: dict[str, Any] = {
+            "transport": self.name, "host": self.host, "via": self.via,
+            "connected": conn is not None and not conn.closed,
+            "calls": self.calls, "repairs": self.repairs, "deploys": self.deploys,
+            "last_error": self.last_error,
+        }
+        if endpoint is not None:
+            info.update(remote_port=endpoint.remote_port, agent_pid=endpoint.pid, version=endpoint.version)
+        if self._agent_info:
+            info["agent_version"] = self._agent_info.get("version")
+            info["protocol"] = self._agent_info.get("protocol")
+        if self._tunnel is not None:
+            info["tunnel"] = self._tunnel.describe()
+        return info
+
+    @property
+    def tunnel(self) -> Any:
+        """The current tunnel.Tunnel (None before the first connection)."""
+        return self._tunnel
+
+    def __enter__(self) -> "AgentTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AgentTransport({self.host!r})"
+
+    # ------------------------------------------------------------------ connection
+
+    def _call_limit(self, ops: list[tuple[str, dict[str, Any]]]) -> float:
+        extra = 0.0
+        for name, args in ops:
+            if name in ("wait", "health"):
+                value = args.get("timeout")
+                extra += float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+                    30.0 if name == "wait" else 2.0)
+            else:
+                extra += _OP_ALLOWANCE.get(name, 0.0)
+        return self.timeout + extra
+
+    def _usable(self) -> bool:
+        conn, tunnel = self._conn, self._tunnel
+        if conn is None or tunnel is None or conn.closed or not tunnel.alive:
+            return False
+        chan = conn.sock
+        # The agent's side closed (killed, restarted): sshd has sent EOF/close already.
+        return not (getattr(chan, "closed", False) or getattr(chan, "eof_received", False))
+
+    def _connection(self, *, allow_repair: bool, reason: str | None = None) -> tuple[Any, str | None]:
+        """(a usable AgentConnection, why it was repaired or None)."""
+        with self._lock:
+            if self._closed:
+                raise ConnectionFailed(self.host, "the transport is closed")
+            if reason is None and self._usable():
+                return self._conn, None
+            first = not self.connected_once
+            if not first and not allow_repair:
+                raise ConnectionFailed(self.host, f"the connection to the agent is broken: {self.last_error}")
+            why = self._open(reason)
+            if not first:
+                self.repairs += 1
+                self.notice(f"seamless-service: reconnected to {self.host} ({why})")
+            self.connected_once = True
+            return self._conn, (None if first else why)
+
+    def _open(self, reason: str | None) -> str:
+        """Make self._conn usable: tunnel, endpoint, agent connection, hello. Returns why
+        (for the notice). At most one deploy per agent problem, plus the first-use deploy."""
+        self._close_conn()
+        why = reason
+        tunnel = self._tunnel
+        if tunnel is None or not tunnel.alive:
+            had_tunnel = tunnel is not None
+            self._open_tunnel()
+            if had_tunnel and why is None:
+                why = "SSH connection re-established"
+        from ..deploy import cache
+
+        endpoint = self._endpoint or cache.load(self.host)
+        deployed = False
+        if endpoint is None or endpoint.version != __version__:
+            endpoint = self._deploy("first use" if endpoint is None else f"upgrading from {endpoint.version}")
+            deployed = True
+        try:
+            conn = self._connect_agent(endpoint)
+        except ConnectionFailed:
+            raise
+        except _AgentGone as gone:
+            if deployed:
+                raise AgentUnavailable(self.host, f"the agent was started but cannot be reached: {gone}") from None
+            endpoint = self._deploy("agent restarted")
+            deployed = True
+            why = why or "agent restarted"
+            try:
+                conn = self._connect_agent(endpoint)
+            except _AgentGone as again:
+                raise AgentUnavailable(self.host, f"the agent was restarted but cannot be reached: {again}") from None
+        info = self._hello(conn)
+        if not self._compatible(info):
+            conn.close()
+            if deployed:
+                return self._accept_version(info, endpoint, why)
+            endpoint = self._deploy(f"agent version {info.get('version')} replaced")
+            deployed = True
+            why = why or "agent upgraded"
+            try:
+                conn = self._connect_agent(endpoint)
+            except _AgentGone as again:
+                raise AgentUnavailable(self.host, f"the upgraded agent cannot be reached: {again}") from None
+            info = self._hello(conn)
+            if not self._compatible(info):
+                conn.close()
+                return self._accept_version(info, endpoint, why)
+        self._conn, self._endpoint, self._agent_info = conn, endpoint, info
+        return why or "connection re-established"
+
+    def _accept_version(self, info: dict[str, Any], endpoint: Any, why: str | None) -> str:
+        """A freshly deployed agent that still differs: usable if only the version differs."""
+        if info.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"{self.host}: the agent speaks protocol {info.get('protocol')} (version {info.get('version')}), "
+                f"this client protocol {PROTOCOL_VERSION} (version {__version__}); upgrade seamless-service "
+                "on this machine or stop the other agent with `seamless-service agent stop HOST`")
+        conn = self._connect_agent(endpoint)
+        self._conn, self._endpoint, self._agent_info = conn, endpoint, info
+        return why or "connection re-established"
+
+    @staticmethod
+    def _compatible(info: dict[str, Any]) -> bool:
+        return info.get("protocol") == PROTOCOL_VERSION and info.get("version") == __version__
+
+    def _open_tunnel(self) -> None:
+        from .tunnel import Tunnel
+
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        tunnel = Tunnel(self.host, ssh_config=self.ssh_config, accept_new_host_key=self.accept_new_host_key,
+                        connect_timeout=self.connect_timeout, keep_session=self.keep_session)
+        tunnel.open()  # AuthFailed / ConnectionFailed with paramiko's real cause
+        self._tunnel = tunnel
+
+    def _connect_agent(self, endpoint: Any) -> Any:
+        from .agent_conn import AgentConnectionError
+        from .tunnel import AgentUnreachable, ForwardingRefused
+
+        try:
+            return self._tunnel.connect_agent(
+                endpoint.remote_port, endpoint.secret, timeout=self.connect_timeout,
+                call_timeout=self.timeout, via=self.via)
+        except ForwardingRefused as exc:
+            raise AgentUnavailable(self.host, _strip_host(self.host, str(exc))) from None
+        except AgentUnreachable as exc:
+            raise _AgentGone(_strip_host(self.host, str(exc))) from None
+        except AgentConnectionError as exc:  # incl. AgentAuthError: restarted with a new secret
+            if not self._tunnel.alive:
+                raise ConnectionFailed(self.host, f"the SSH connection was lost: {exc}") from None
+            raise _AgentGone(str(exc)) from None
+
+    def _hello(self, conn: Any) -> dict[str, Any]:
+        try:
+            results = conn.batch([("hello", {})], timeout=self.timeout)
+        except ProtocolError as exc:
+            if exc.code == "version_mismatch":
+                return {"protocol": None, "version": None, "error": exc.message}
+            conn.close()
+            raise ProtocolMismatch(f"{self.host}: the agent refused hello: {exc.message}") from None
+        except Exception as exc:  # AgentConnectionError
+            conn.close()
+            raise ConnectionFailed(self.host, f"the agent did not answer hello: {_reason(exc)}") from None
+        result = results[0]
+        if not result.get("ok") or not isinstance(result.get("value"), dict):
+            return {"protocol": None, "version": None}
+        return result["value"]
+
+    def _deploy(self, why: str) -> Any:
+        """deploy(host): install/start the agent, refresh the cached endpoint."""
+        from ..deploy import DeployError, SshError
+        from ..deploy import bootstrap
+
+        announced = []
+
+        def progress(step: str, message: str) -> None:
+            # Said once the host is known to take an agent (past SSH and SFTP), so a host
+            # that cannot (rhl-guard) gets only the fallback's notice.
+            if why == "first use" and step != "connect" and not announced:
+                announced.append(step)
+                self.notice(f"seamless-service: starting the agent on {self.host} (first use)")
+
+        try:
+            endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
+                                        accept_new_host_key=self.accept_new_host_key,
+                                        timeout=self.connect_timeout, progress=progress)
+        except SshError as exc:
+            guard = self._guard_message()
+            if guard is not None:
+                raise AgentUnavailable(self.host, "the SSH key allows only rhl-* helpers (rhl-guard)",
+                                       guarded=True) from None
+            from .tunnel import map_ssh_error
+
+            if self._tunnel is not None and self._tunnel.alive:
+                # We are logged in, so the host is reachable: what failed is the agent's setup.
+                raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}") from None
+            raise map_ssh_error(self.host, exc) from None
+        except DeployError as exc:
+            guard = self._guard_message()
+            raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}",
+                                   guarded=guard is not None) from None
+        self.deploys += 1
+        self._endpoint = endpoint
+        return endpoint
+
+    def _guard_message(self) -> str | None:
+        """The rhl-guard refusal our kept session got instead of running `cat`, if any."""
+        tunnel = self._tunnel
+        if tunnel is None:
+            return None
+        deadline = time.monotonic() + 0.3
+        output = tunnel.forced_command_output()
+        while output is None and time.monotonic() < deadline and tunnel.keep_session:
+            time.sleep(0.02)  # the refusal may still be on its way (one round trip)
+            output = tunnel.forced_command_output()
+        if output and "rhl-guard" in output:
+            return output.splitlines()[0][:200]
+        return None
+
+    def _reset_tunnel(self) -> None:
+        with self._lock:
+            if self._tunnel is not None:
+                self._tunnel.close()
+
+    def _drop(self, conn: Any) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._close_conn()
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class _AgentGone(Exception):
+    """Internal: the agent's port is closed or its handshake failed (redeploy may help)."""

@@ -1,0 +1,352 @@
+"""The public Python API: `Host` (one server) and `Fleet` (many, asked in parallel).
+
+    from seamless_service import Host, Fleet, ServiceError
+
+    with Host("cluster-frontend") as host:
+        for row in host.ps(status="running"):
+            print(row["key"], row["port"])
+        ps, persistent, hello = host.batch([          # ONE round trip
+            ("ps", {}),
+            ("persistent", {"paths": ["/data/buffers"], "level": 2, "marker": ".HASHSERVER_PREFIX"}),
+            ("hello", {}),
+        ])
+
+    with Fleet(["frontend-a", "frontend-b", "frontend-c"]) as fleet:
+        result = fleet.ps(service="hashserver")
+        result.rows      # every row, tagged with "host"
+        result.errors    # {"frontend-c": ConnectionFailed(...)} for hosts that failed
+
+`Host.local()` is this machine (no SSH). Remote hosts are reached through the `auto`
+transport by default: the host's agent over an SSH tunnel (deployed on first use), or plain
+`ssh` + `rhl-*` helpers where the agent cannot run (see client/transports.py). Every value
+has the same shape whichever transport answered.
+
+Errors (client/errors.py, re-exported by `seamless_service`): ServiceError >
+ConnectionFailed > AuthFailed; ProtocolMismatch; OpError (carries the agent's `code`);
+UsageError. Messages are one line and name the host.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import ConnectionFailed, OpError, ServiceError, UsageError
+
+Op = tuple[str, dict[str, Any]]
+Notice = Callable[[str], None]
+DEFAULT_TIMEOUT = 30.0
+
+
+class Rows(list):
+    """A list of rows; `token` (from `ps`) can be passed to `Host.wait` to wait for a change."""
+
+    token: str | None = None
+
+
+def _args(**kwargs: Any) -> dict[str, Any]:
+    # None means "not given", as in the op schemas: left out, defaults apply on the agent.
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _keys(keys: str | Iterable[str]) -> list[str]:
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def _result_value(result: dict[str, Any], host: str) -> Any:
+    if result.get("ok"):
+        return result.get("value")
+    error = result.get("error") or {}
+    return OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")), host)
+
+
+class Host:
+    """One server (its agent, or its `rhl-*` helpers over ssh), or this machine.
+
+    Nothing connects until the first call. Thread-safe: calls from several threads share
+    one connection. Use as a context manager, or call `close()`, to close the tunnel.
+    """
+
+    def __init__(self, name: str | None, *, transport: str = "auto", ssh_config: str | os.PathLike | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, notice: Notice | None = None,
+                 accept_new_host_key: bool = False):
+        """`name`: an ssh host alias (`[user@]alias`, resolved through the ssh config), or
+        None for this machine. `transport`: "auto" (default), "agent", "ssh" or "local".
+        `ssh_config`: another ssh config file (like `ssh -F`). `timeout`: seconds per call
+        (ops that wait, such as `wait` or `stop`, get their own time on top). `notice`:
+        called with one-line messages about repairs and fallbacks (default: stderr).
+        `accept_new_host_key`: add an unknown host key to known_hosts (first contact only;
+        a changed key is always refused)."""
+        if name is None and transport not in ("auto", "local"):
+            raise UsageError(f"this machine is reached with the local transport, not {transport!r}")
+        self.name = name if name is not None else "localhost"
+        self._host = name
+        self._kind = "local" if name is None else transport
+        self._ssh_config = ssh_config
+        self._timeout = timeout
+        self._notice = notice
+        self._accept_new = accept_new_host_key
+        self._transport: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def local(cls, **kwargs: Any) -> "Host":
+        """This machine: ops run in-process on its launcher state, no SSH."""
+        return cls(None, transport="local", **kwargs)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def transport(self) -> Any:
+        """The underlying transport (opened on first use)."""
+        with self._lock:
+            if self._closed:
+                raise UsageError(f"{self.name}: this Host is closed")
+            if self._transport is None:
+                from .transports import open_transport
+
+                self._transport = open_transport(self._host, self._kind, ssh_config=self._ssh_config,
+                                                 timeout=self._timeout, notice=self._notice,
+                                                 accept_new_host_key=self._accept_new)
+            return self._transport
+
+    def raw_batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+        """The transport's raw results ({"ok", "value" | "error"}), one per op."""
+        return self.transport.batch([(name, dict(args or {})) for name, args in ops])
+
+    def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """Run `ops` ([(op, args), ...]) in ONE round trip (over ssh: as few sessions as the
+        host allows). Returns one item per op, in order: its value, or an OpError instance
+        for an op that failed (one failing op never fails its neighbours).
+
+        Raises ConnectionFailed/AuthFailed/ProtocolMismatch when the host cannot answer.
+        """
+        return [_result_value(result, self.name) for result in self.raw_batch(ops)]
+
+    def _one(self, op: str, args: dict[str, Any]) -> Any:
+        (value,) = self.batch([(op, args)])
+        if isinstance(value, OpError):
+            raise value
+        return value
+
+    # ------------------------------------------------------------------ ops
+
+    def ps(self, *, side: str = "server", status: str | None = None, no_status: bool = False,
+           host: str | None = None, **filters: str | None) -> Rows:
+        """Service rows, like `rhl-ps --json` (side="server") or `rhl-ps --client --json`
+        (side="client"), with the agent's status corrections. Filters: status, and
+        service/cluster/project/stage/subproject/substage/mode/queue matched against each
+        row's meta (or its key); `host` keeps client rows whose ssh_host is that."""
+        value = self._one("ps", _args(side=side, status=status, no_status=no_status or None, host=host, **filters))
+        rows = Rows(value.get("rows") or [])
+        rows.token = value.get("token")
+        return rows
+
+    def persistent(self, paths: str | Iterable[str], *, level: int = 0, file: str | None = None,
+                   marker: str | None = None, sizes: bool = True, refresh: bool = False) -> list[dict[str, Any]]:
+        """Data directories under `paths`, like `rhl-ps-persistent --json`: path, state
+        (absent/empty/populated), size, modified, plus `bytes` measured by the agent (None
+        over ssh, where `bytes_state` is "unavailable")."""
+        value = self._one("persistent", _args(paths=_keys(paths), level=level, file=file, marker=marker,
+                                              sizes=sizes, refresh=refresh or None))
+        return value.get("rows") or []
+
+    def inspect(self, key: str) -> dict[str, Any]:
+        """One server state file: {"key", "data": the JSON object, "mtime"}."""
+        return self._one("inspect", {"key": key})
+
+    def logs(self, key: str, tail: int | None = None, offset: int | None = None,
+             max_bytes: int | None = None) -> dict[str, Any]:
+        """A service's log: {"key", "data": bytes, "offset", "next_offset", "size",
+        "truncated", "reset"}. `tail=N`: the last N lines; `offset=K`: from byte K on (pass
+        the previous `next_offset` to follow a log)."""
+        return self._one("logs", _args(key=key, tail=tail, offset=offset, max_bytes=max_bytes))
+
+    def stop(self, keys: str | Iterable[str]) -> dict[str, Any]:
+        """Stop services (through the host's rhl-stop, after safety checks):
+        {"results": [{"key", "outcome", "stopped", "signalled", "status", "pid"}, ...], ...}.
+        Never sent twice: if the connection breaks mid-call, ConnectionFailed says so."""
+        return self._one("stop", {"keys": _keys(keys)})
+
+    def rm(self, keys: str | Iterable[str], *, client: bool = False, server: bool = False,
+           force: bool = False) -> dict[str, Any]:
+        """Remove state files (neither side given: both), refusing to orphan a running
+        service unless `force`: {"results": [{"key", "removed", "outcome"}, ...], ...}."""
+        return self._one("rm", _args(keys=_keys(keys), client=client or None, server=server or None,
+                                     force=force or None))
+
+    def clear(self, path: str, key: str | None = None, *, force: bool = False) -> dict[str, Any]:
+        """Empty a data directory (rhl-clear), refused while a service runs there unless
+        `force`: {"path", "removed", "ok", "exit_status", "stdout", "stderr", ...}."""
+        return self._one("clear", _args(path=path, key=key, force=force or None))
+
+    def health(self, keys: str | Iterable[str] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        """Pid alive, port open, HTTP handshake of running services (agent only)."""
+        return self._one("health", _args(keys=None if keys is None else _keys(keys), timeout=timeout))
+
+    def wait(self, token: str | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Long-poll until the launcher state changes or `timeout` passes (agent only):
+        {"changed": bool, "token"}. Pass the token of the previous `ps` or `wait`."""
+        return self._one("wait", _args(token=token, timeout=timeout))
+
+    def hello(self) -> dict[str, Any]:
+        """Who answers: version, protocol, ops, ... plus "transport" (agent, ssh or local)."""
+        value = dict(self._one("hello", {}))
+        value.setdefault("transport", self._transport_kind())
+        return value
+
+    def _transport_kind(self) -> str:
+        transport = self.transport
+        kind = getattr(transport, "kind", None) or getattr(transport, "name", None)
+        return str(kind or self._kind)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def describe(self) -> dict[str, Any]:
+        """The transport's state (connected, repairs, ...); never a secret."""
+        transport = self._transport
+        describe = getattr(transport, "describe", None) if transport is not None else None
+        return {"host": self.name, "transport": self._kind, **(describe() if callable(describe) else {})}
+
+    def close(self) -> None:
+        """Close the tunnel (inside the client daemon, the pooled connection stays open)."""
+        with self._lock:
+            self._closed = True
+            transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, transport={self._kind!r})"
+
+
+@dataclass
+class FleetResult:
+    """What a fleet-wide call gathered.
+
+    `rows`: for ps, every host's rows in host order, each tagged with `"host"` (the fleet
+    host name; for client-side rows this replaces the helper's `host`, which equals their
+    `hostname`). `results`: for batch, host -> one item per op (value or OpError).
+    `errors`: host -> the ServiceError of each host that could not answer.
+    `timings`: host -> (start, end) of its request (time.monotonic()).
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, list[Any]] = field(default_factory=dict)
+    errors: dict[str, ServiceError] = field(default_factory=dict)
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every host answered."""
+        return not self.errors
+
+
+class Fleet:
+    """Many hosts, asked in parallel (one thread per host, kept between calls), results merged."""
+
+    def __init__(self, hosts: Iterable[str | Host], *, transport: str = "auto",
+                 ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 notice: Notice | None = None, accept_new_host_key: bool = False):
+        """`hosts`: ssh aliases or Host objects (a Host passed in stays the caller's to close).
+        The other arguments apply to the hosts given by name."""
+        self.hosts: list[Host] = []
+        self._owned: list[Host] = []
+        for item in hosts:
+            if isinstance(item, Host):
+                self.hosts.append(item)
+            else:
+                host = Host(item, transport=transport, ssh_config=ssh_config, timeout=timeout, notice=notice,
+                            accept_new_host_key=accept_new_host_key)
+                self.hosts.append(host)
+                self._owned.append(host)
+        names = [host.name for host in self.hosts]
+        if len(set(names)) != len(names):
+            raise UsageError(f"a host appears twice in the fleet: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        # Threads are kept between calls (a poll every second must not start N threads each time).
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.hosts) - 1),
+                                                thread_name_prefix="fleet")
+            return self._pool
+
+    def _each(self, work: Callable[[Host], Any]) -> tuple[dict[str, Any], FleetResult]:
+        result = FleetResult()
+        values: dict[str, Any] = {}
+        if not self.hosts:
+            return values, result
+        lock = threading.Lock()
+
+        def one(host: Host) -> None:
+            start = time.monotonic()
+            try:
+                value = work(host)
+            except ServiceError as exc:
+                with lock:
+                    result.errors[host.name] = exc
+            except Exception as exc:  # noqa: BLE001 - one host's bug must not hide the others' rows
+                with lock:
+                    result.errors[host.name] = ConnectionFailed(host.name, f"{type(exc).__name__}: {exc}")
+            else:
+                with lock:
+                    values[host.name] = value
+            finally:
+                with lock:
+                    result.timings[host.name] = (start, time.monotonic())
+
+        # Every host but the first goes to a worker thread; the caller's thread asks the
+        # first meanwhile (so one host costs no thread hop at all).
+        futures = [self._executor().submit(one, host) for host in self.hosts[1:]] if len(self.hosts) > 1 else []
+        one(self.hosts[0])
+        for future in futures:
+            future.result()
+        return values, result
+
+    def ps(self, **filters: Any) -> FleetResult:
+        """`Host.ps(**filters)` on every host at once; rows tagged with "host"."""
+        values, result = self._each(lambda host: host.ps(**filters))
+        for host in self.hosts:
+            for row in values.get(host.name, []):
+                tagged = dict(row)
+                tagged["host"] = host.name
+                result.rows.append(tagged)
+        return result
+
+    def batch(self, ops: Sequence[Op]) -> FleetResult:
+        """`Host.batch(ops)` on every host at once: `result.results[host]` per host."""
+        values, result = self._each(lambda host: host.batch(ops))
+        result.results = {host.name: values[host.name] for host in self.hosts if host.name in values}
+        return result
+
+    def close(self) -> None:
+        """Close the hosts this fleet opened by name, and its threads."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for host in self._owned:
+            host.close()
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Fleet({[host.name for host in self.hosts]!r})"

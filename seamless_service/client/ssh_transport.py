@@ -1,0 +1,715 @@
+"""The `ssh` transport: the fallback that runs the host's `rhl-*` helpers over plain `ssh`.
+
+For hosts where the agent cannot run, typically because the key is forced through
+`rhl-guard` (only `rhl-*` helpers, one per session). Every op becomes helper calls and
+returns THE SAME value shapes as the agent's ops, so callers never care which transport
+answered:
+
+  ps          rhl-ps --json [--no-status] (+ rhl-ps --client --json for side="client");
+              filters applied here with protocol.keys.row_matches; the agent's status
+              corrections re-derived from the rows (#15 unusable pids such as 0, -1, 4.7 are
+              not alive; #16 a `starting` row whose pid is dead is `failed`); `token` None
+  persistent  rhl-ps-persistent --json PATHS --level N [--file F] [--marker M];
+              no sizes: bytes None, bytes_measured None, bytes_state "unavailable"
+  inspect     rhl-inspect KEY --with-mtime
+  logs        rhl-logs KEY [--tail N]; offset/whole-file reads are sliced here; a tail
+              read cannot know the file size: offset, next_offset and size are None
+  stop        rhl-ps --json first (#13/#14/#17: missing state, unusable pid, not running
+              are never passed to rhl-stop), then one rhl-stop for the rest
+  rm          rhl-ps --json first (#38: the server state of a live service is kept unless
+              force), then rhl-rm
+  clear       rhl-ps --json first (#23: refused while a service runs in that directory,
+              unless force), then rhl-clear
+  health      not available (OP_FAILED: needs the agent)
+  wait        not available (OP_FAILED: needs the agent)
+  hello       rhl-ps --help (proves the host and its helpers answer); value has
+              "transport": "ssh"
+
+Not reproducible without the agent (documented differences): no directory sizes; no
+process identity check (uid, program, start time) before signalling, so a reused pid of
+another of the user's programs could be signalled; no process-group clean-up after stop;
+no marker preservation nor bottom-up clearing in clear; a zombie counts as alive (rhl-ps
+probes with kill 0); a malformed state file fails the whole listing (rhl-ps aborts).
+
+Each call is the real `ssh` binary: `ssh [-F CONFIG] -o BatchMode=yes -o ConnectTimeout=N
+-T HOST 'PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH' rhl-... args`, every argument
+shell-quoted (shlex.join; defect #31), with the PATH prefix seamless-config uses (rhl-guard
+drops leading VAR= words, which is harmless). Several helpers needed by one batch run in
+ONE ssh session (a small `sh -s` script on stdin, outputs split by a random marker) —
+except through rhl-guard, which allows exactly one helper per session: its refusal is
+detected and the helpers then run one call each (remembered for this transport).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import secrets
+import shlex
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterable
+
+from ..protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
+from ..protocol.keys import is_valid_key, row_matches
+from .errors import AuthFailed, ConnectionFailed
+
+SSH = "ssh"
+PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
+DEFAULT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10
+GUARD_REJECTED = b"rhl-guard: rejected"
+MUTATING = frozenset({"stop", "rm", "clear"})
+SUPPORTED = ("clear", "hello", "inspect", "logs", "persistent", "ps", "rm", "stop")
+KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
+LIVE = ("running", "starting")
+_ALLOWANCE = {"rhl-stop": 20.0, "rhl-clear": 3600.0}
+
+Argv = tuple[str, ...]
+
+
+@dataclass
+class HelperResult:
+    """What one helper printed on the host, and its exit status."""
+
+    argv: Argv
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def error_line(self) -> str:
+        lines = [line.strip() for line in self.stderr.decode("utf-8", errors="replace").splitlines() if line.strip()]
+        if not lines:
+            return f"{self.argv[0]} exited with status {self.code}"
+        return lines[-1]
+
+
+# --------------------------------------------------------------------------- errors
+
+_NOT_FOUND = ("no state file for", "no log file for", "path does not exist")
+_POLICY = ("rhl-guard: rejected", "path must be absolute", "refusing to operate on system directory",
+           "path must not contain", "refusing system-root")
+
+
+def _strip_prog(line: str) -> str:
+    """`rhl-inspect: no state file for 'k'` -> `no state file for 'k'` (the agent's wording)."""
+    match = re.match(r"^rhl(?:-[a-z-]+)?: (?!rejected)(.*)$", line)
+    return match.group(1) if match else line
+
+
+def helper_error(op: str, result: HelperResult, host: str) -> ProtocolError:
+    """A failed helper as the agent's error code + one line."""
+    line = result.error_line()
+    if result.code == 127 or "command not found" in line or line.endswith(": not found"):
+        return ProtocolError(ErrorCode.HELPER_FAILED,
+                             f"{result.argv[0]} is not installed on {host} (not on PATH, nor in "
+                             "~/miniforge3/bin or ~/miniconda3/bin); install remote-http-launcher there")
+    if any(marker in line for marker in _POLICY):
+        return ProtocolError(ErrorCode.POLICY_REFUSED, _strip_prog(line))
+    if any(marker in line for marker in _NOT_FOUND):
+        return ProtocolError(ErrorCode.NOT_FOUND, _strip_prog(line))
+    if "not a directory" in line and op == "clear":
+        return ProtocolError(ErrorCode.BAD_ARGS, _strip_prog(line))
+    return ProtocolError(ErrorCode.HELPER_FAILED, f"{op}: {line}")
+
+
+def _ssh_failure(host: str, stderr: bytes, code: int) -> ConnectionFailed:
+    text = stderr.decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("@@@")]
+    line = lines[-1] if lines else f"ssh exited with status {code}"
+    if line.startswith("ssh: "):
+        line = line[len("ssh: "):]
+    if ("Permission denied" in text or "Host key verification failed" in text
+            or "IDENTIFICATION HAS CHANGED" in text or "No matching host key" in text):
+        if "IDENTIFICATION HAS CHANGED" in text:
+            line = "host key CHANGED (known_hosts holds another key); refusing to connect"
+        return AuthFailed(host, f"ssh: {line}")
+    return ConnectionFailed(host, f"ssh: {line}")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _ndjson(result: HelperResult) -> list[dict[str, Any]]:
+    rows = []
+    for line in result.text.splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ProtocolError(ErrorCode.HELPER_FAILED,
+                                    f"{result.argv[0]} printed something that is not JSON: {line[:120]!r}") from None
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def correct_server_row(row: dict[str, Any], *, check_pid: bool) -> dict[str, Any]:
+    """Re-derive status/live as the agent does (statefiles.derive_status), using the
+    liveness rhl-ps measured: only what the rows tell can be corrected."""
+    from ..agent.statefiles import derive_status
+
+    raw = dict(row)
+    raw.pop("key", None)
+    if "json_status" in row:
+        raw["status"] = row["json_status"]
+    else:
+        raw.pop("status", None)
+    seen_live = row.get("live") is True
+    status, live = derive_status(raw, check_pid=check_pid, probe=lambda pid: seen_live)
+    row["status"], row["live"] = status, live
+    if not is_valid_key(row.get("key")):
+        row["valid_key"] = False
+    return row
+
+
+def _is_live(row: dict[str, Any] | None) -> bool:
+    return row is not None and row.get("status") in LIVE and row.get("live") is True
+
+
+def _home_from_rows(rows: Iterable[dict[str, Any]]) -> str | None:
+    """The host user's HOME, read off a state file's `log` path (no extra ssh call)."""
+    for row in rows:
+        log = row.get("log")
+        if isinstance(log, str) and "/.remote-http-launcher/server/" in log:
+            return log.split("/.remote-http-launcher/server/")[0] or None
+    return None
+
+
+def _expand(path: str, home: str | None) -> str:
+    if home and (path == "~" or path.startswith("~/")):
+        path = home + path[1:]
+    return posixpath.normpath(path)
+
+
+def _inside(workdir: Any, directory: str, home: str | None) -> bool:
+    if not isinstance(workdir, str) or not workdir:
+        return False
+    work = _expand(workdir, home)
+    return work == directory or work.startswith(directory.rstrip("/") + "/")
+
+
+def _check_absolute(path: str) -> None:
+    # Also keeps option-like words ("-x") away from the helpers.
+    if not (path.startswith("/") or path == "~" or path.startswith("~/")):
+        raise ProtocolError(ErrorCode.POLICY_REFUSED, f"path must be absolute after ~ expansion: {path}")
+
+
+# --------------------------------------------------------------------------- ops
+# Each op is a generator: it yields a list of helper argvs to run (all in one round when
+# possible) and receives {argv: HelperResult}; it returns the op's value or raises
+# ProtocolError.
+
+OpGen = Generator[list[Argv], dict[Argv, HelperResult], Any]
+PS_JSON: Argv = ("rhl-ps", "--json")
+
+
+def _server_rows(result: HelperResult, host: str, *, check_pid: bool, op: str) -> list[dict[str, Any]]:
+    if result.code != 0:
+        raise helper_error(op, result, host)
+    return [correct_server_row(row, check_pid=check_pid) for row in _ndjson(result)]
+
+
+def op_ps(args: dict[str, Any], host: str) -> OpGen:
+    side = args.get("side") or "server"
+    if args.get("host") and side != "client":
+        raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
+    check_pid = not args.get("no_status")
+    server_argv: Argv = PS_JSON if check_pid else PS_JSON + ("--no-status",)
+    if side == "client":
+        client_argv: Argv = ("rhl-ps", "--client", "--json")
+        got = yield [client_argv, server_argv]
+        if got[client_argv].code != 0:
+            raise helper_error("ps", got[client_argv], host)
+        try:
+            servers = {row.get("key"): row for row in
+                       _server_rows(got[server_argv], host, check_pid=check_pid, op="ps")}
+        except ProtocolError:
+            servers = {}  # as the agent: an unreadable server side leaves process "client"
+        rows = []
+        for row in _ndjson(got[client_argv]):
+            row["process"] = _client_process(row, servers)
+            if not is_valid_key(row.get("key")):
+                row["valid_key"] = False
+            rows.append(row)
+        if args.get("host"):
+            rows = [row for row in rows if row.get("ssh_host") == args["host"]]
+        status_field = "process"
+    else:
+        got = yield [server_argv]
+        rows = _server_rows(got[server_argv], host, check_pid=check_pid, op="ps")
+        status_field = "status"
+    wanted = args.get("status")
+    if wanted:
+        rows = [row for row in rows if row.get(status_field) == wanted]
+    filters = {name: args.get(name) for name in KEY_FILTERS}
+    return {"rows": [row for row in rows if row_matches(row, filters)], "token": None}
+
+
+def _client_process(row: dict[str, Any], servers: dict[Any, dict[str, Any]]) -> str:
+    """As agent/ops/ps.py: the client file's own status, else the same machine's server row
+    when it points at that very instance, else "client"."""
+    raw = row.get("status")
+    if isinstance(raw, str):
+        return raw
+    server = servers.get(row.get("key")) if is_valid_key(row.get("key")) else None
+    if server is None:
+        return "client"
+    target = row.get("tunneled-port", row.get("port"))
+    if target is None or server.get("port") != target:
+        return "client"
+    return server["status"]
+
+
+def op_persistent(args: dict[str, Any], host: str) -> OpGen:
+    for path in args["paths"]:
+        _check_absolute(path)
+    argv: Argv = ("rhl-ps-persistent", "--json", *args["paths"], "--level", str(args["level"]))
+    if args.get("file"):
+        argv += ("--file", args["file"])
+    if args.get("marker"):
+        argv += ("--marker", args["marker"])
+    got = yield [argv]
+    if got[argv].code != 0:
+        raise helper_error("persistent", got[argv], host)
+    rows = _ndjson(got[argv])
+    for row in rows:
+        row["bytes"] = row["bytes_measured"] = None
+        row["bytes_state"] = "unavailable"
+    return {"rows": rows}
+
+
+def op_inspect(args: dict[str, Any], host: str) -> OpGen:
+    key = args["key"]
+    argv: Argv = ("rhl-inspect", key, "--with-mtime")
+    got = yield [argv]
+    if got[argv].code != 0:
+        raise helper_error("inspect", got[argv], host)
+    try:
+        payload = json.loads(got[argv].text)
+        return {"key": key, "data": payload["data"], "mtime": payload["mtime"]}
+    except (ValueError, KeyError, TypeError):
+        raise ProtocolError(ErrorCode.HELPER_FAILED, "inspect: rhl-inspect printed something unexpected") from None
+
+
+def op_logs(args: dict[str, Any], host: str) -> OpGen:
+    key, tail, offset = args["key"], args.get("tail"), args.get("offset")
+    max_bytes = int(args.get("max_bytes") or 1 << 20)
+    if tail is not None and offset is not None:
+        raise ProtocolError(ErrorCode.BAD_ARGS, "logs: give 'tail' or 'offset', not both")
+    argv: Argv = ("rhl-logs", key) + (("--tail", str(tail)) if tail is not None else ())
+    got = yield [argv]
+    if got[argv].code != 0:
+        raise helper_error("logs", got[argv], host)
+    data = got[argv].stdout
+    value = {"key": key, "reset": False}
+    if tail is not None:
+        truncated = len(data) > max_bytes
+        data = data[-max_bytes:] if truncated else data
+        value.update(data=data, offset=None, next_offset=None, size=None, truncated=truncated)
+        return value
+    size = len(data)
+    if offset is not None:
+        if offset > size:
+            offset, value["reset"] = 0, True
+        chunk = data[offset:offset + max_bytes]
+        value.update(data=chunk, offset=offset, next_offset=offset + len(chunk), size=size,
+                     truncated=offset + len(chunk) < size)
+        return value
+    start = max(0, size - max_bytes)
+    value.update(data=data[start:], offset=start, next_offset=size, size=size, truncated=start > 0)
+    return value
+
+
+_STOP_OUTCOMES = {  # rhl-stop outcome -> (stopped, signalled), as agent/ops/stop.py
+    "stopped": (True, True),
+    "kill required": (True, True),
+    "already gone": (True, False),
+    "permission denied": (False, False),
+    "missing state": (False, False),
+}
+
+
+def _outcome_lines(stdout: str, keys: set[str]) -> dict[str, str]:
+    found = {}
+    for line in stdout.splitlines():
+        key, sep, outcome = line.partition(": ")
+        if sep and key in keys:
+            found[key] = outcome.strip()
+    return found
+
+
+def op_stop(args: dict[str, Any], host: str) -> OpGen:
+    from ..agent.statefiles import usable_pid
+
+    keys: list[str] = args["keys"]
+    got = yield [PS_JSON]
+    if got[PS_JSON].code != 0:
+        error = helper_error("stop", got[PS_JSON], host)
+        raise ProtocolError(error.code, f"stop: cannot check the services first: {error.message}")
+    rows = {row.get("key"): row for row in _server_rows(got[PS_JSON], host, check_pid=True, op="stop")}
+    plans: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        if key in plans:
+            continue
+        row = rows.get(key)
+        plan: dict[str, Any] = {"key": key, "outcome": None, "stopped": False, "signalled": False,
+                                "status": row.get("status") if row else None, "pid": None}
+        plans[key] = plan
+        if row is None:
+            plan["outcome"] = "missing state"
+            continue
+        plan["pid"] = usable_pid(row.get("pid"))
+        if row.get("dry_run") or row.get("json_status") not in LIVE:
+            plan["outcome"], plan["stopped"] = "not running", True
+        elif plan["pid"] is None:
+            plan["outcome"] = "invalid pid"
+            plan["detail"] = f"pid {row.get('pid')!r} cannot name a process"
+        elif row.get("live") is not True:
+            plan["outcome"], plan["stopped"] = "not running", True
+    to_stop = [key for key, plan in plans.items() if plan["outcome"] is None]
+    exit_status: int | None = None
+    stderr = ""
+    if to_stop:
+        argv: Argv = ("rhl-stop", *to_stop)
+        done = yield [argv]
+        result = done[argv]
+        exit_status, stderr = result.code, result.stderr.decode("utf-8", errors="replace")
+        outcomes = _outcome_lines(result.text, set(to_stop))
+        for key in to_stop:
+            plan = plans[key]
+            outcome = outcomes.get(key)
+            if outcome is None:
+                plan["outcome"] = f"error: rhl-stop gave no outcome ({result.error_line()})"
+                continue
+            plan["outcome"] = outcome
+            plan["stopped"], plan["signalled"] = _STOP_OUTCOMES.get(outcome, (False, False))
+    results = []
+    for key in keys:
+        plan = dict(plans[key])
+        if plan.get("detail") is None:
+            plan.pop("detail", None)
+        results.append(plan)
+    return {"results": results, "exit_status": exit_status, "stderr": stderr}
+
+
+_COULD_NOT = re.compile(r"^rhl-rm: could not remove (.+?\.json): (.*)$")
+REFUSED_RUNNING = "refused: service is running (stop it first, or force)"
+
+
+def _key_of(path: str) -> str:
+    name = posixpath.basename(path)
+    return name[: -len(".json")] if name.endswith(".json") else name
+
+
+def op_rm(args: dict[str, Any], host: str) -> OpGen:
+    keys: list[str] = args["keys"]
+    client, server, force = args["client"], args["server"], args["force"]
+    do_server = server or not client
+    flags = ["--client"] if client and not server else ["--server"] if server and not client else []
+    rows: dict[Any, dict[str, Any]] = {}
+    if do_server:
+        got = yield [PS_JSON]
+        if got[PS_JSON].code != 0 and not force:
+            error = helper_error("rm", got[PS_JSON], host)
+            raise ProtocolError(error.code, f"rm: cannot check whether the services run ({error.message}); "
+                                "use force to remove anyway")
+        if got[PS_JSON].code == 0:
+            rows = {row.get("key"): row for row in _server_rows(got[PS_JSON], host, check_pid=True, op="rm")}
+    outcomes: dict[str, dict[str, Any]] = {}
+    to_remove: list[str] = []
+    for key in keys:
+        if key in outcomes or key in to_remove:
+            continue
+        row = rows.get(key)
+        live_pid = row.get("pid") if do_server and _is_live(row) else None
+        if live_pid is not None and not force:
+            outcomes[key] = {"outcome": REFUSED_RUNNING, "pid": live_pid}
+            continue
+        if live_pid is not None:
+            outcomes[key] = {"warning": f"service process {live_pid} is still running; its state is gone"}
+        to_remove.append(key)
+    exit_status: int | None = None
+    stderr = ""
+    removed: dict[str, list[str]] = {key: [] for key in to_remove}
+    if to_remove:
+        argv: Argv = ("rhl-rm", *flags, *to_remove)
+        done = yield [argv]
+        result = done[argv]
+        exit_status, stderr = result.code, result.stderr.decode("utf-8", errors="replace")
+        wanted = set(to_remove)
+        for line in result.text.splitlines():
+            if line.startswith("removed "):
+                path = line[len("removed "):]
+                if _key_of(path) in wanted:
+                    removed[_key_of(path)].append(path)
+            elif line.endswith(": not found") and line[: -len(": not found")] in wanted:
+                outcomes.setdefault(line[: -len(": not found")], {})["outcome"] = "not found"
+        for line in stderr.splitlines():
+            match = _COULD_NOT.match(line.strip())
+            if match and _key_of(match.group(1)) in wanted:
+                outcomes.setdefault(_key_of(match.group(1)), {})["outcome"] = (
+                    f"error: could not remove {match.group(1)}: {match.group(2)}")
+        for key in to_remove:
+            entry = outcomes.setdefault(key, {})
+            if "outcome" not in entry:
+                if removed[key]:
+                    entry["outcome"] = "removed"
+                else:
+                    why = "an earlier error stopped it" if exit_status else "no output for this key"
+                    entry["outcome"] = f"error: rhl-rm did not process this key ({why})"
+    results = []
+    for key in keys:
+        entry = outcomes[key]
+        item: dict[str, Any] = {"key": key, "removed": list(removed.get(key, [])), "outcome": entry["outcome"]}
+        if "pid" in entry:
+            item["pid"] = entry["pid"]
+        if "warning" in entry and entry["outcome"] == "removed":
+            item["warning"] = entry["warning"]
+        results.append(item)
+    return {"results": results, "exit_status": exit_status, "stderr": stderr}
+
+
+_REMOVED = re.compile(r"^removed (\d+) item\(s\) from (.*)$", re.MULTILINE)
+
+
+def op_clear(args: dict[str, Any], host: str) -> OpGen:
+    path, key = args["path"], args.get("key")
+    _check_absolute(path)
+    shown = path
+    if not args["force"]:
+        got = yield [PS_JSON]
+        if got[PS_JSON].code != 0:
+            error = helper_error("clear", got[PS_JSON], host)
+            raise ProtocolError(error.code, f"clear: cannot check whether a service runs there "
+                                f"({error.message}); use force to clear anyway")
+        rows = _server_rows(got[PS_JSON], host, check_pid=True, op="clear")
+        home = _home_from_rows(rows)
+        directory = shown = _expand(path, home)
+        by_key = {row.get("key"): row for row in rows}
+        if key is not None and _is_live(by_key.get(key)):
+            raise ProtocolError(ErrorCode.CONFLICT, f"service {key} is running; stop it first")
+        for row in rows:
+            if _is_live(row) and _inside(row.get("workdir"), directory, home):
+                raise ProtocolError(ErrorCode.CONFLICT,
+                                    f"service {row.get('key')} is running in {row.get('workdir')}; stop it first")
+    argv: Argv = ("rhl-clear", path)
+    done = yield [argv]
+    result = done[argv]
+    stdout = result.text
+    match = _REMOVED.search(stdout)
+    if result.code != 0 and match is None:
+        raise helper_error("clear", result, host)
+    return {
+        "path": match.group(2).strip() if match else shown,
+        "removed": int(match.group(1)) if match else 0,
+        "exit_status": result.code,
+        "helper_exit_status": result.code,
+        "ok": result.code == 0,
+        "stdout": stdout,
+        "stderr": result.stderr.decode("utf-8", errors="replace"),
+        "preserved": [],
+    }
+
+
+def op_hello(args: dict[str, Any], host: str, transport: "SshTransport") -> OpGen:
+    argv: Argv = ("rhl-ps", "--help")
+    got = yield [argv]
+    if got[argv].code != 0:
+        raise helper_error("hello", got[argv], host)
+    return {"transport": "ssh", "host": host, "version": None, "protocol": PROTOCOL_VERSION,
+            "ops": list(SUPPORTED), "guarded": transport.guarded}
+
+
+def op_unavailable(name: str, host: str) -> OpGen:
+    raise ProtocolError(ErrorCode.OP_FAILED,
+                        f"{name} needs the agent; {host} is reached through the ssh fallback (rhl-* helpers only)")
+    yield []  # pragma: no cover - makes this a generator
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class SshTransport:
+    """Raw batches answered by `rhl-*` helpers over the real `ssh` client. Stateless between
+    calls except for `guarded` (whether rhl-guard forces one helper per session)."""
+
+    name = "ssh"
+
+    def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: int = CONNECT_TIMEOUT,
+                 guarded: bool | None = None, notice: Callable[[str], None] | None = None,
+                 ssh_binary: str = SSH):
+        if not host or host.startswith("-"):
+            raise ValueError(f"not a host name: {host!r}")
+        self.host = host
+        self.ssh_config = ssh_config
+        self.timeout = float(timeout)
+        self.connect_timeout = int(connect_timeout)
+        self.guarded = guarded
+        self.notice = notice
+        self.ssh_binary = ssh_binary
+        self.calls = 0
+        self.ssh_sessions = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """One raw result per op, as the agent would give. Raises ConnectionFailed/AuthFailed
+        when ssh itself fails (host down, key refused)."""
+        self.calls += 1
+        results: list[dict[str, Any] | None] = [None] * len(ops)
+        segment: list[tuple[int, OpGen]] = []
+        for index, (name, args) in enumerate(ops):
+            try:
+                gen = self._op(str(name), args)
+            except ProtocolError as exc:
+                results[index] = error_result(exc)
+                continue
+            segment.append((index, gen))
+            if name in MUTATING:
+                # A mutation ends a segment: later ops must see its effect, as on the agent.
+                self._drive(segment, results)
+                segment = []
+        self._drive(segment, results)
+        return [r if r is not None else error_result(ProtocolError(ErrorCode.INTERNAL, "no result"))
+                for r in results]
+
+    def close(self) -> None:
+        """Nothing to close: every call is its own ssh process."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"transport": self.name, "host": self.host, "guarded": self.guarded, "calls": self.calls,
+                "ssh_sessions": self.ssh_sessions, "last_error": self.last_error}
+
+    def __enter__(self) -> "SshTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SshTransport({self.host!r})"
+
+    # ------------------------------------------------------------------ ops
+
+    def _op(self, name: str, args: Any) -> OpGen:
+        checked = validate_args(name, args if args is not None else {})
+        if name == "ps":
+            return op_ps(checked, self.host)
+        if name == "persistent":
+            return op_persistent(checked, self.host)
+        if name == "inspect":
+            return op_inspect(checked, self.host)
+        if name == "logs":
+            return op_logs(checked, self.host)
+        if name == "stop":
+            return op_stop(checked, self.host)
+        if name == "rm":
+            return op_rm(checked, self.host)
+        if name == "clear":
+            return op_clear(checked, self.host)
+        if name == "hello":
+            return op_hello(checked, self.host, self)
+        return op_unavailable(name, self.host)
+
+    def _drive(self, segment: list[tuple[int, OpGen]], results: list[Any]) -> None:
+        """Run the generators of one segment, batching each round's helper calls."""
+        pending: dict[int, tuple[OpGen, list[Argv]]] = {}
+        for index, gen in segment:
+            self._advance(index, gen, None, pending, results)
+        while pending:
+            wanted: list[Argv] = list(dict.fromkeys(argv for _, asks in pending.values() for argv in asks))
+            got = self.run_helpers(wanted)
+            for index, (gen, asks) in list(pending.items()):
+                del pending[index]
+                self._advance(index, gen, {argv: got[argv] for argv in asks}, pending, results)
+
+    @staticmethod
+    def _advance(index: int, gen: OpGen, reply: dict[Argv, HelperResult] | None,
+                 pending: dict[int, tuple[OpGen, list[Argv]]], results: list[Any]) -> None:
+        try:
+            asks = gen.send(reply) if reply is not None else next(gen)
+        except StopIteration as done:
+            results[index] = ok_result(done.value)
+        except ProtocolError as exc:
+            results[index] = error_result(exc)
+        else:
+            pending[index] = (gen, asks)
+
+    # ------------------------------------------------------------------ ssh
+
+    def ssh_argv(self, remote_command: str) -> list[str]:
+        """The local argv of one ssh call running `remote_command` on the host."""
+        argv = [self.ssh_binary]
+        if self.ssh_config is not None:
+            argv += ["-F", os.fspath(self.ssh_config)]
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}", "-T",
+                 self.host, remote_command]
+        return argv
+
+    def _limit(self, argvs: Iterable[Argv]) -> float:
+        return self.timeout + self.connect_timeout + sum(_ALLOWANCE.get(argv[0], 0.0) for argv in argvs)
+
+    def _ssh(self, remote_command: str, *, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        try:
+            proc = subprocess.run(self.ssh_argv(remote_command), input=stdin if stdin is not None else None,
+                                  stdin=subprocess.DEVNULL if stdin is None else None,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.last_error = f"ssh did not finish within {timeout:g} s"
+            raise ConnectionFailed(self.host, f"ssh did not finish within {timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from None
+        finally:
+            self.ssh_sessions += 1
+        if proc.returncode == 255:
+            failure = _ssh_failure(self.host, proc.stderr, proc.returncode)
+            self.last_error = str(failure)
+            raise failure
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def run_helper(self, argv: Argv) -> HelperResult:
+        """One helper, one ssh session."""
+        command = f"{PATH_PREFIX} {shlex.join(argv)}"
+        code, out, err = self._ssh(command, stdin=None, timeout=self._limit([argv]))
+        return HelperResult(argv, code, out, err)
+
+    def run_helpers(self, argvs: list[Argv]) -> dict[Argv, HelperResult]:
+        """Run every helper of `argvs`: in one ssh session unless rhl-guard forbids it."""
+        if len(argvs) == 1 or self.guarded:
+            return {argv: self.run_helper(argv) for argv in argvs}
+        marker = "@@seamless-service-" + secrets.token_hex(8)
+        script = ['PATH="$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"; export PATH']
+        for argv in argvs:
+            script.append(f"{shlex.join(argv)} </dev/null; "
+                          f"printf '\\n%s %d\\n' '{marker}' \"$?\"; printf '\\n%s\\n' '{marker}' >&2")
+        code, out, err = self._ssh("sh -s", stdin=("\n".join(script) + "\n").encode(), timeout=self._limit(argvs))
+        if code != 0 and GUARD_REJECTED in err:
+            # rhl-guard allows one rhl-* helper per session and refused `sh`: one call each.
+            self.guarded = True
+            if self.notice is not None:
+                self.notice(f"seamless-service: {self.host} allows only rhl-* helpers (rhl-guard): "
+                            "one ssh session per helper")
+            return {argv: self.run_helper(argv) for argv in argvs}
+        return self._split(argvs, marker, code, out, err)
+
+    def _split(self, argvs: list[Argv], marker: str, code: int, out: bytes, err: bytes) -> dict[Argv, HelperResult]:
+        mark = marker.encode()
+        outs = re.split(b"\n" + re.escape(mark) + rb" (\d+)\n", out)
+        errs = re.split(b"\n" + re.escape(mark) + b"\n", err)
+        # re.split with one group: [seg0, code0, seg1, code1, ..., tail]
+        if len(outs) != 2 * len(argvs) + 1 or len(errs) != len(argvs) + 1:
+            reason = err.decode("utf-8", errors="replace").strip().splitlines()[-1:] or [f"exit status {code}"]
+            raise ConnectionFailed(self.host, f"the helpers' output could not be read ({reason[0]})")
+        results = {}
+        for i, argv in enumerate(argvs):
+            results[argv] = HelperResult(argv, int(outs[2 * i + 1]), outs[2 * i], errs[i])
+        return results

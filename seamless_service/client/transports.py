@@ -1,0 +1,334 @@
+"""Choosing, falling back and keeping transports: `open_transport(host, kind)`.
+
+    transport = open_transport("cluster-frontend")          # kind="auto"
+    results = transport.batch([("ps", {}), ("hello", {})])  # raw results
+    transport.close()
+
+Kinds (all return the same raw results, see agent/ops/*):
+  local   host None: ops run in-process on this machine (client/local.py), no SSH at all
+  agent   the host's agent over an SSH tunnel (client/agent_transport.py), deployed on first use
+  ssh     per-call `ssh HOST rhl-* --json` (client/ssh_transport.py), for hosts where the
+          agent cannot run
+  auto    agent; if the agent cannot run on the host (the key is forced through rhl-guard,
+          port forwarding is refused, no usable Python, ...), ssh, with a one-line notice.
+          The choice is remembered (in this process and in the client cache, for
+          CHOICE_TTL_GUARDED when rhl-guard was the reason, else CHOICE_TTL) so later calls
+          go straight to ssh. `forget_choice(host)` or kind="agent" tries the agent again.
+
+Inside the client daemon (daemon/pool.py: in_daemon()), transports live in the pool under
+`transport:{kind}:{host}`, so one SSH connection and one authenticated rpyc connection per
+host persist between CLI calls. What open_transport returns there is a lease: close() leaves
+the pooled transport open, and a fatal error (ConnectionFailed, ProtocolMismatch, after the
+transport's own repair) drops it from the pool, so the next call starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+from .errors import ConnectionFailed, ProtocolMismatch, UsageError
+
+KINDS = ("auto", "agent", "ssh", "local")
+CHOICE_FILE = "transport-choice.json"
+CHOICE_TTL_GUARDED = 24 * 3600.0   # rhl-guard on a key does not go away by itself
+CHOICE_TTL = 15 * 60.0             # other reasons (no Python, install failed) may be fixed soon
+
+Notice = Callable[[str], None]
+
+
+class Transport(Protocol):
+    """What every transport offers."""
+
+    name: str
+    host: str
+
+    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os.PathLike | None = None,
+                   timeout: float | None = None, notice: Notice | None = None,
+                   accept_new_host_key: bool = False) -> Any:
+    """A transport to `host` (None: this machine). See the module docstring for `kind`.
+
+    Nothing connects here: the first batch() does (and may deploy the agent).
+    Raises UsageError for an unknown kind or a host given with kind="local".
+    """
+    if kind not in KINDS:
+        raise UsageError(f"unknown transport {kind!r}; choose one of {', '.join(KINDS)}")
+    if host is None or kind == "local":
+        if host is not None:
+            raise UsageError(f"the local transport runs on this machine; it takes no host (got {host!r})")
+        return _pooled("transport:local", _make_local)
+    if not host or host.startswith("-"):
+        raise UsageError(f"not a host name: {host!r}")
+    opts = {"ssh_config": ssh_config, "timeout": timeout, "notice": notice,
+            "accept_new_host_key": accept_new_host_key}
+    if kind == "agent":
+        return _agent(host, **opts)
+    if kind == "ssh":
+        return _ssh(host, **opts)
+    remembered = remembered_choice(host)
+    if remembered is not None:
+        return _ssh(host, guarded=remembered.get("guarded") or None, **opts)
+    return AutoTransport(host, _agent(host, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
+                         notice=notice)
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def _make_local() -> Any:
+    from .local import LocalTransport
+
+    return LocalTransport()
+
+
+def _key(kind: str, host: str, ssh_config: Any) -> str:
+    # The same alias under another ssh config is another host.
+    return f"transport:{kind}:{host}" + (f"|{os.fspath(ssh_config)}" if ssh_config is not None else "")
+
+
+def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
+           accept_new_host_key: bool) -> Any:
+    from .agent_transport import DEFAULT_TIMEOUT, AgentTransport
+
+    def factory() -> AgentTransport:
+        return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
+                              accept_new_host_key=accept_new_host_key, notice=notice)
+
+    return _pooled(_key("agent", host, ssh_config), factory, notice=notice)
+
+
+def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
+         accept_new_host_key: bool, guarded: bool | None = None) -> Any:
+    from .ssh_transport import DEFAULT_TIMEOUT, SshTransport
+
+    def factory() -> SshTransport:
+        return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
+                            guarded=guarded, notice=notice)
+
+    leased = _pooled(_key("ssh", host, ssh_config), factory, notice=notice)
+    if guarded and getattr(leased, "guarded", None) is None:
+        leased.guarded = guarded
+    return leased
+
+
+def _pooled(name: str, factory: Callable[[], Any], *, notice: Notice | None = None) -> Any:
+    from .daemon import pool
+
+    if not pool.in_daemon():
+        return factory()
+    return PooledTransport(name, pool.get(name, factory), notice=notice)
+
+
+class PooledTransport:
+    """A lease on a transport held by the client daemon's pool (see the module docstring)."""
+
+    def __init__(self, pool_name: str, inner: Any, *, notice: Notice | None = None):
+        self.pool_name = pool_name
+        self.inner = inner
+        self._notice = notice
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("pool_name", "inner", "_notice"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
+
+    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        from .daemon import pool
+
+        if self._notice is not None and hasattr(self.inner, "notice"):
+            self.inner.notice = self._notice  # this CLI call's notices go to this caller
+        try:
+            return self.inner.batch(ops)
+        except (ConnectionFailed, ProtocolMismatch):
+            pool.drop(self.pool_name)
+            raise
+
+    def describe(self) -> dict[str, Any]:
+        describe = getattr(self.inner, "describe", None)
+        return describe() if callable(describe) else {"transport": self.name}
+
+    def close(self) -> None:
+        """Leave the pooled transport open: the daemon keeps it for the next call."""
+
+    def __enter__(self) -> "PooledTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- auto
+
+
+class AutoTransport:
+    """The agent, or — if the agent cannot run on the host — the ssh fallback."""
+
+    name = "auto"
+
+    def __init__(self, host: str, agent: Any, make_ssh: Callable[[bool | None], Any], *,
+                 notice: Notice | None = None):
+        self.host = host
+        self._agent = agent
+        self._make_ssh = make_ssh
+        self._ssh: Any = None
+        self._notice = notice
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> Any:
+        """The transport answering now (the agent's until a fallback happened)."""
+        return self._ssh if self._ssh is not None else self._agent
+
+    @property
+    def kind(self) -> str:
+        return "ssh" if self._ssh is not None else "agent"
+
+    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        from .agent_transport import AgentUnavailable
+
+        ssh = self._ssh
+        if ssh is not None:
+            return ssh.batch(ops)
+        try:
+            return self._agent.batch(ops)
+        except AgentUnavailable as exc:
+            # Raised while connecting, before anything was sent: answering through ssh
+            # instead sends nothing twice. An agent that worked before and now fails is
+            # a transient problem, not a reason to switch.
+            if getattr(self._agent, "connected_once", False):
+                raise
+            return self._fall_back(exc).batch(ops)
+
+    def _fall_back(self, exc: Any) -> Any:
+        with self._lock:
+            if self._ssh is None:
+                reason = str(exc)
+                prefix = f"{self.host}: "
+                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+                (self._notice if self._notice is not None else _print)(f"seamless-service: {self.host}: {reason}; "
+                                         "using ssh with the rhl-* helpers instead")
+                remember_choice(self.host, "ssh", reason=reason, guarded=bool(getattr(exc, "guarded", False)))
+                self._ssh = self._make_ssh(True if getattr(exc, "guarded", False) else None)
+                self._release_agent()
+            return self._ssh
+
+    def _release_agent(self) -> None:
+        agent = self._agent
+        if isinstance(agent, PooledTransport):
+            from .daemon import pool
+
+            pool.drop(agent.pool_name)
+        else:
+            agent.close()
+
+    def describe(self) -> dict[str, Any]:
+        describe = getattr(self.active, "describe", None)
+        info = describe() if callable(describe) else {}
+        return {**info, "chosen_by": "auto"}
+
+    def close(self) -> None:
+        for transport in (self._agent, self._ssh):
+            if transport is not None:
+                transport.close()
+
+    def __enter__(self) -> "AutoTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _print(message: str) -> None:
+    from .agent_transport import print_notice
+
+    print_notice(message)
+
+
+# --------------------------------------------------------------------------- remembered choices
+
+_memory: dict[str, dict[str, Any]] = {}
+_memory_lock = threading.Lock()
+
+
+def _choice_path() -> Any:
+    from ..deploy.cache import cache_root
+
+    return cache_root() / CHOICE_FILE
+
+
+def _load_choices() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(_choice_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remembered_choice(host: str) -> dict[str, Any] | None:
+    """The remembered fallback for `host` ({"kind": "ssh", "reason", "guarded", "since"}),
+    or None if there is none or it expired."""
+    with _memory_lock:
+        entry = _memory.get(host)
+    if entry is None:
+        entry = _load_choices().get(host)
+    if not isinstance(entry, dict) or entry.get("kind") != "ssh":
+        return None
+    ttl = CHOICE_TTL_GUARDED if entry.get("guarded") else CHOICE_TTL
+    since = entry.get("since")
+    if not isinstance(since, (int, float)) or time.time() - since > ttl:
+        return None
+    with _memory_lock:
+        _memory[host] = entry
+    return entry
+
+
+def remember_choice(host: str, kind: str, *, reason: str, guarded: bool) -> None:
+    """Remember that `host` is answered by `kind`; best effort on disk (0600, atomic)."""
+    from ..deploy.cache import write_private
+
+    entry = {"kind": kind, "reason": reason[:300], "guarded": guarded, "since": time.time()}
+    with _memory_lock:
+        _memory[host] = entry
+        choices = _load_choices()
+        choices[host] = entry
+        try:
+            write_private(_choice_path(), json.dumps(choices, sort_keys=True).encode())
+        except OSError:
+            pass  # the in-process memory still spares this process further attempts
+
+
+def forget_choice(host: str) -> bool:
+    """Forget a remembered fallback, so the next call tries the agent again."""
+    from ..deploy.cache import write_private
+
+    with _memory_lock:
+        had = _memory.pop(host, None) is not None
+        choices = _load_choices()
+        if host in choices:
+            had = True
+            del choices[host]
+            try:
+                write_private(_choice_path(), json.dumps(choices, sort_keys=True).encode())
+            except OSError:
+                pass
+    return had

@@ -1,0 +1,435 @@
+"""An SSH tunnel to a host's agent: one verified SSH connection, rpyc over a forwarded channel.
+
+    tunnel = Tunnel("cluster-frontend").open()
+    conn = tunnel.connect_agent(endpoint.remote_port, endpoint.secret)   # an AgentConnection
+    conn.batch([("ps", {})])
+    tunnel.close()
+
+The SSH connection is deploy/ssh.py's: same ssh config (HostName, User, IdentityFile,
+ProxyJump, ...), same known_hosts verification (unknown or changed keys are refused), same
+one-line errors. On top of it:
+
+* **rpyc runs directly over a paramiko `direct-tcpip` channel** to the agent's port on the
+  host's 127.0.0.1 (`via="channel"`, the default). No local listener exists at all, so no
+  other local process can even try the agent's port, and each byte crosses one hop fewer
+  than through a local forward.
+* `forward()` offers a classic local forward too (127.0.0.1 only, never 0.0.0.0), for
+  callers that need a TCP port (`via="forward"`).
+
+Why not sshtunnel (which DESIGN names): `SSHTunnelForwarder` always builds and
+authenticates its own paramiko Transport; it cannot take the one deploy/ssh.py verified
+(host-key policy, ProxyJump, IdentitiesOnly, accept-new) without overriding three private
+methods; its errors hide the cause ("Could not establish session to SSH gateway"); its
+forward handler copies 16 KB per select() and sets no TCP_NODELAY; it binds 0.0.0.0 by
+default and its stop() can hang. Measured on loopback (hello / 200 KB reply, p50):
+through sshtunnel with our transport injected 0.73 / 3.3 ms, through our local forward
+0.55 / 2.8 ms, over the channel 0.41 / 2.4 ms (benchmarks/bench_tunnel.py) — so the
+channel is the default, and nothing here imports sshtunnel (~55 ms of import saved).
+The cipher is deploy/ssh.py's choice (paramiko prefers aes128-ctr + hmac-sha2-256);
+aes128-gcm brings the 200 KB reply to ~1.9 ms.
+
+Latency traps handled (shared/reference/rpc-stack.md): TCP_NODELAY on the transport
+socket and on every local socket; and a **session channel kept open** on the connection
+(`cat`, which exits when its stdin closes, so nothing is left running on the host), because
+sshd sets TCP_NODELAY on its side of the connection only once a session starts: without
+it a reply over 64 KB stalls ~45 ms (benchmarks/bench_tunnel.py shows both figures).
+SSH keepalives come from the ssh config (ServerAliveInterval, default 30 s).
+
+That session has a second use: a key whose authorized_keys line forces a command (e.g.
+`rhl-guard`) runs it instead of `cat`; `forced_command_output()` returns what it said, so
+a failing deploy can be explained ("only rhl-* helpers are allowed") without another login.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from .agent_conn import (
+    DEFAULT_CALL_TIMEOUT,
+    AgentConnection,
+    AgentConnectionError,
+    client_handshake,
+)
+from .errors import AuthFailed, ConnectionFailed
+
+CHANNEL_TIMEOUT = 10.0      # opening one forwarded channel
+SESSION_COMMAND = "cat"     # exits as soon as its stdin (our end of the session) closes
+FORWARD_CHUNK = 65536
+FORWARD_POLL = 1.0          # pump threads notice close() within this many seconds
+
+
+class AgentUnreachable(ConnectionFailed):
+    """The SSH connection works, but nothing accepts connections on the agent's port."""
+
+
+class ForwardingRefused(ConnectionFailed):
+    """The SSH server refuses port forwarding for this account or key."""
+
+
+def set_nodelay(sock: Any) -> bool:
+    """TCP_NODELAY on a real TCP socket; False for anything else (a ProxyJump channel...)."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+    except OSError:
+        return False
+
+
+def has_nodelay(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except (OSError, AttributeError):
+        return False
+
+
+def map_ssh_error(host: str, exc: BaseException) -> ConnectionFailed:
+    """deploy/ssh.py's errors as client errors (the deploy message already says why)."""
+    from ..deploy import AuthFailed as SshAuthFailed, HostKeyChanged, HostKeyUnknown
+
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, (SshAuthFailed, HostKeyChanged, HostKeyUnknown)):
+        return AuthFailed(host, message)
+    return ConnectionFailed(host, message)
+
+
+class Tunnel:
+    """One SSH connection to `host` (an ssh alias, `[user@]alias`) with channels to its agent.
+
+    Thread-safe: channels may be opened from several threads; `open()` and `close()` are
+    serialised.
+    """
+
+    def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
+                 accept_new_host_key: bool = False, connect_timeout: float | None = None,
+                 keep_session: bool = True):
+        self.host = host
+        self.ssh_config = ssh_config
+        self.accept_new_host_key = accept_new_host_key
+        self.connect_timeout = connect_timeout
+        self.keep_session = keep_session
+        self.opened_at: float | None = None
+        self._conn: Any = None          # deploy.ssh.SSHConnection
+        self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
+        self._forwards: list[LocalForward] = []
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> "Tunnel":
+        """Connect (host key verified, authenticated); a no-op while the connection is alive.
+
+        Raises AuthFailed (unknown/changed host key, key refused) or ConnectionFailed.
+        """
+        with self._lock:
+            if self.alive:
+                return self
+            self._close_locked()
+            from ..deploy import DeployError
+            from ..deploy import ssh as dssh
+
+            try:
+                conn = dssh.connect(self.host, ssh_config=self.ssh_config,
+                                    accept_new_host_key=self.accept_new_host_key,
+                                    timeout=self.connect_timeout)
+            except DeployError as exc:
+                raise map_ssh_error(self.host, exc) from None
+            transport = conn.get_transport()
+            set_nodelay(transport.sock)  # deploy/ssh.py does it too; it is what matters here
+            self._conn = conn
+            self.opened_at = time.time()
+            if self.keep_session:
+                self._open_session()
+            return self
+
+    def _open_session(self) -> None:
+        """Start SESSION_COMMAND so that sshd turns TCP_NODELAY on (see the module doc)."""
+        import paramiko
+
+        try:
+            chan = self._conn.get_transport().open_session(timeout=self._timeout())
+            chan.exec_command(SESSION_COMMAND)
+        except (paramiko.SSHException, OSError, EOFError):
+            # Not fatal: forwarding still works, only large replies may stall. A server
+            # that refuses sessions outright (MaxSessions 0) is rare.
+            self._session = None
+            return
+        self._session = chan
+
+    def _timeout(self) -> float:
+        return self.connect_timeout if self.connect_timeout is not None else CHANNEL_TIMEOUT
+
+    @property
+    def transport(self) -> Any:
+        """The paramiko Transport, or None when not connected."""
+        conn = self._conn
+        return conn.get_transport() if conn is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the SSH connection is up (paramiko notices a closed TCP connection
+        at once; a silent network needs the keepalive or a call timeout)."""
+        transport = self.transport
+        return transport is not None and transport.is_active()
+
+    def forced_command_output(self) -> str | None:
+        """If the kept session ended on its own (a forced command ran instead of `cat`),
+        its stderr and stdout; else None."""
+        chan = self._session
+        if chan is None or not chan.exit_status_ready():
+            return None
+        out = []
+        try:
+            while chan.recv_stderr_ready():
+                out.append(chan.recv_stderr(65536))
+            while chan.recv_ready():
+                out.append(chan.recv(65536))
+        except (OSError, EOFError):
+            pass
+        return b"".join(out).decode(errors="replace").strip()
+
+    def close(self) -> None:
+        """Close forwards, channels and the SSH connection. Never raises, never hangs."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        for forward in self._forwards:
+            forward.close()
+        self._forwards = []
+        if self._session is not None:
+            try:
+                self._session.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel must not raise
+                pass
+            self._session = None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
+
+    def __enter__(self) -> "Tunnel":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ channels
+
+    def open_channel(self, remote_port: int, *, timeout: float | None = None) -> Any:
+        """A `direct-tcpip` channel to 127.0.0.1:`remote_port` on the host.
+
+        AgentUnreachable if nothing listens there, ForwardingRefused if the server forbids
+        forwarding, ConnectionFailed if the SSH connection is gone.
+        """
+        import paramiko
+
+        transport = self.transport
+        if transport is None or not transport.is_active():
+            raise ConnectionFailed(self.host, "the SSH connection is closed")
+        limit = timeout if timeout is not None else self._timeout()
+        try:
+            return transport.open_channel("direct-tcpip", ("127.0.0.1", int(remote_port)),
+                                          ("127.0.0.1", 0), timeout=limit)
+        except paramiko.ChannelException as exc:
+            if exc.code == 1:  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                raise ForwardingRefused(
+                    self.host, f"the SSH server refuses port forwarding ({exc.text}); "
+                    "the agent cannot be reached through SSH") from None
+            # SSH_OPEN_CONNECT_FAILED: sshd's connect() to the port was refused
+            raise AgentUnreachable(self.host, f"nothing listens on the agent's port {remote_port} "
+                                   f"({exc.text or 'connect failed'})") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if not transport.is_active():
+                raise ConnectionFailed(self.host, f"the SSH connection was lost: {reason}") from None
+            raise ConnectionFailed(self.host, f"cannot open a channel to the agent's port: {reason}") from None
+
+    def connect_agent(self, remote_port: int, secret: str, *, timeout: float | None = None,
+                      call_timeout: float = DEFAULT_CALL_TIMEOUT, via: str = "channel") -> AgentConnection:
+        """An authenticated AgentConnection to the agent on the host's 127.0.0.1:`remote_port`.
+
+        `via="channel"`: rpyc over the SSH channel itself; `via="forward"`: through a local
+        forward on 127.0.0.1 (one more hop; kept for callers that need a port).
+        Raises AgentUnreachable / ForwardingRefused / ConnectionFailed for the channel, and
+        agent_conn.AgentAuthError / AgentConnectionError for the agent's handshake.
+        """
+        limit = timeout if timeout is not None else self._timeout()
+        where = f"the agent on {self.host} (port {remote_port})"
+        if via == "forward":
+            forward = self.forward(remote_port)
+            conn = AgentConnection.connect("127.0.0.1", forward.local_port, secret,
+                                           timeout=limit, call_timeout=call_timeout)
+            conn.where = where
+            return conn
+        if via != "channel":
+            raise ValueError(f"via must be 'channel' or 'forward', not {via!r}")
+        chan = self.open_channel(remote_port, timeout=limit)
+        return agent_connection_over(chan, secret, where=where, timeout=limit, call_timeout=call_timeout)
+
+    def forward(self, remote_port: int, *, local_port: int = 0) -> "LocalForward":
+        """A local forward 127.0.0.1:`local_port` (0: a free port) -> host's 127.0.0.1:`remote_port`.
+
+        Reused if one to that remote port exists; closed with the tunnel.
+        """
+        with self._lock:
+            for forward in self._forwards:
+                if forward.remote_port == remote_port and not forward.closed and (
+                        local_port in (0, forward.local_port)):
+                    return forward
+            forward = LocalForward(self, remote_port, local_port=local_port)
+            self._forwards.append(forward)
+            return forward
+
+    # ------------------------------------------------------------------ introspection
+
+    def describe(self) -> dict[str, Any]:
+        """What the tunnel is, for `seamless-service tunnel status` (never a secret)."""
+        transport = self.transport
+        info: dict[str, Any] = {"host": self.host, "alive": self.alive, "opened_at": self.opened_at,
+                                "session_channel": self._session is not None and not self._session.closed}
+        if transport is not None:
+            sock = transport.sock
+            info["nodelay"] = has_nodelay(sock) if isinstance(sock, socket.socket) else None
+            try:
+                info["peer"] = "%s:%s" % transport.getpeername()[:2]
+            except (OSError, TypeError, ValueError):
+                pass
+            info["cipher"] = getattr(transport, "remote_cipher", None)
+        info["forwards"] = [f.describe() for f in self._forwards if not f.closed]
+        return info
+
+    def __repr__(self) -> str:
+        return f"Tunnel({self.host!r}, alive={self.alive})"
+
+
+def agent_connection_over(stream: Any, secret: str, *, where: str, timeout: float,
+                          call_timeout: float = DEFAULT_CALL_TIMEOUT) -> AgentConnection:
+    """Authenticate and open rpyc over any connected socket-like object (a paramiko Channel
+    has recv/sendall/settimeout/fileno/shutdown/close like a socket, which is all that
+    the handshake and rpyc's SocketStream use)."""
+    from .agent_conn import _open_rpyc
+
+    try:
+        client_handshake(stream, secret, timeout=timeout, where=where)
+        stream.settimeout(None)  # rpyc polls with its own timeouts
+        rpyc_conn = _open_rpyc(stream)
+    except AgentConnectionError:
+        stream.close()
+        raise
+    except (OSError, EOFError) as exc:
+        stream.close()
+        raise AgentConnectionError(f"cannot open a session with {where}: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - rpyc errors come in many types
+        stream.close()
+        raise AgentConnectionError(f"cannot open a session with {where}: {type(exc).__name__}: {exc}") from None
+    return AgentConnection(rpyc_conn, stream, where, call_timeout)
+
+
+class LocalForward:
+    """127.0.0.1:local_port on this machine -> 127.0.0.1:remote_port on the host.
+
+    Bound to 127.0.0.1 only. Every accepted socket gets TCP_NODELAY; each connection is
+    one `direct-tcpip` channel pumped by one thread (64 KB at a time).
+    """
+
+    def __init__(self, tunnel: Tunnel, remote_port: int, *, local_port: int = 0):
+        self.tunnel = tunnel
+        self.remote_port = int(remote_port)
+        self.closed = False
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(("127.0.0.1", local_port))
+            self._listener.listen(16)
+        except OSError as exc:
+            self._listener.close()
+            raise ConnectionFailed(tunnel.host, f"cannot listen on 127.0.0.1:{local_port}: "
+                                   f"{exc.strerror or exc}") from None
+        self.local_port = self._listener.getsockname()[1]
+        self._accepted: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"forward-{tunnel.host}-{self.local_port}")
+        self._thread.start()
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._listener.getsockname()[:2] if not self.closed else ("127.0.0.1", self.local_port)
+
+    def sockets(self) -> list[socket.socket]:
+        """The listening socket and the accepted ones still open (for checks and tests)."""
+        with self._lock:
+            return [self._listener, *self._accepted]
+
+    def _accept_loop(self) -> None:
+        while not self.closed:
+            try:
+                readable, _, _ = select.select([self._listener], [], [], FORWARD_POLL)
+                if not readable:
+                    continue
+                sock, _ = self._listener.accept()
+            except (OSError, ValueError):
+                return  # listener closed
+            set_nodelay(sock)
+            try:
+                chan = self.tunnel.open_channel(self.remote_port)
+            except ConnectionFailed:
+                sock.close()  # the client sees EOF and reports the agent unreachable
+                continue
+            with self._lock:
+                self._accepted.add(sock)
+            threading.Thread(target=self._pump, args=(sock, chan), daemon=True,
+                             name=f"forward-pump-{self.local_port}").start()
+
+    def _pump(self, sock: socket.socket, chan: Any) -> None:
+        try:
+            while not self.closed:
+                readable, _, _ = select.select([sock, chan], [], [], FORWARD_POLL)
+                if sock in readable:
+                    data = sock.recv(FORWARD_CHUNK)
+                    if not data:
+                        break
+                    chan.sendall(data)
+                if chan in readable:
+                    data = chan.recv(FORWARD_CHUNK)
+                    if not data:
+                        break
+                    sock.sendall(data)
+        except (OSError, EOFError):
+            pass
+        finally:
+            with self._lock:
+                self._accepted.discard(sock)
+            for closer in (chan.close, sock.close):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"local": f"127.0.0.1:{self.local_port}", "remote_port": self.remote_port,
+                "connections": len(self._accepted)}
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            accepted = list(self._accepted)
+        for sock in accepted:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

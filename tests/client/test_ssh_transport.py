@@ -1,0 +1,171 @@
+"""client/ssh_transport.py (real `ssh` + the host's rhl-* helpers) and the auto fallback:
+same values as the agent on the same remote state, rhl-guard, quoting, mutations."""
+
+from __future__ import annotations
+
+import pytest
+
+from seamless_service.client.agent_transport import AgentTransport
+from seamless_service.client.errors import AuthFailed, ConnectionFailed
+from seamless_service.client.ssh_transport import SshTransport
+from seamless_service.client.transports import AutoTransport, open_transport, remembered_choice
+from tests.client.conftest import BUFFER_DIRS, RUNNING_KEYS, Notices, Remote
+
+SIZE_FIELDS = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
+
+
+@pytest.fixture
+def agent(remote: Remote):
+    with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=Notices()) as t:
+        yield t
+
+
+@pytest.fixture
+def ssh(remote: Remote):
+    return SshTransport(remote.alias, ssh_config=remote.ssh_config, notice=Notices())
+
+
+def values(transport, ops) -> list:
+    results = transport.batch(ops)
+    for (name, _), result in zip(ops, results):
+        assert result["ok"], f"{name}: {result}"
+    return [r["value"] for r in results]
+
+
+def persistent_ops(remote: Remote) -> list:
+    return [
+        ("persistent", {"paths": [str(remote.data / "buffers"), str(remote.data / "with space"),
+                                  str(remote.data / "we;ird $(touch PWNED) 'q'")],
+                        "level": 2, "marker": ".HASHSERVER_PREFIX"}),
+        ("persistent", {"paths": [str(remote.data / "db")], "level": 2, "file": "seamless.db",
+                        "marker": "seamless.db"}),
+    ]
+
+
+def mine(remote: Remote, rows: list[dict]) -> list[str]:
+    """The paths of the rows of this module's data directories (other test modules share
+    the remote host and may add their own)."""
+    wanted = {str(remote.home / d) for d in BUFFER_DIRS}
+    return [r["path"] for r in rows if r["path"] in wanted]
+
+
+def _without_sizes(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in SIZE_FIELDS} for row in rows]
+
+
+def test_same_values_as_the_agent(remote: Remote, agent: AgentTransport, ssh: SshTransport):
+    ops = [("ps", {}), ("ps", {"side": "client"}), ("ps", {"service": "hashserver", "status": "running"}),
+           *persistent_ops(remote),
+           ("inspect", {"key": RUNNING_KEYS[0]}), ("logs", {"key": "big"}), ("logs", {"key": "big", "tail": 5}),
+           ("logs", {"key": "big", "offset": 1000, "max_bytes": 5000})]
+    by_agent = values(agent, ops)
+    by_ssh = values(ssh, ops)
+    assert ssh.ssh_sessions == 1  # every helper of the batch in ONE ssh session
+    ps_a, client_a, filtered_a, pers_a, db_a, inspect_a, logs_a, tail_a, offset_a = by_agent
+    ps_s, client_s, filtered_s, pers_s, db_s, inspect_s, logs_s, tail_s, offset_s = by_ssh
+    # ps: field by field, including the agent's corrected status of the pid-0 row
+    assert ps_s["rows"] == ps_a["rows"] and ps_s["token"] is None
+    assert {r["key"]: r["status"] for r in ps_s["rows"]}["hashserver-clu-rw-zeropid"] == "stale"
+    assert client_s["rows"] == client_a["rows"]
+    assert {r["key"]: r["process"] for r in client_s["rows"]}[RUNNING_KEYS[0]] == "running"
+    assert [r["key"] for r in filtered_s["rows"]] == [RUNNING_KEYS[0]] == [r["key"] for r in filtered_a["rows"]]
+    # persistent: same rows; sizes only from the agent
+    assert _without_sizes(pers_s["rows"]) == _without_sizes(pers_a["rows"])
+    assert mine(remote, pers_s["rows"]) == mine(remote, pers_a["rows"]) == [str(remote.home / d) for d in BUFFER_DIRS]
+    assert all(r["bytes"] is None and r["bytes_state"] == "unavailable" for r in pers_s["rows"])
+    assert _without_sizes(db_s["rows"]) == _without_sizes(db_a["rows"]) and db_s["rows"][0]["size"] == 4096
+    # inspect and logs
+    assert inspect_s == inspect_a
+    assert logs_s == logs_a and len(logs_s["data"]) == 200 * 1024
+    assert offset_s == offset_a and offset_s["truncated"] is True
+    assert tail_s["data"] == tail_a["data"] and tail_s["data"].count(b"\n") == 5
+    assert tail_s["size"] is None  # documented: a tail over ssh does not know the size
+
+
+def test_path_with_space_and_metacharacters_is_quoted(remote: Remote, ssh: SshTransport):
+    weird = remote.data / "we;ird $(touch PWNED) 'q'"
+    (value,) = values(ssh, [("persistent", {"paths": [str(weird), str(remote.data / "with space")],
+                                            "level": 1, "marker": ".HASHSERVER_PREFIX"})])
+    assert [r["path"] for r in value["rows"]] == [str(weird / "projD"), str(remote.data / "with space/projC")]
+    assert all(r["state"] == "populated" for r in value["rows"])
+    assert not list(remote.home.rglob("PWNED")), "a shell expanded the path"
+
+
+def test_guarded_key_falls_back_to_ssh_with_a_notice(remote: Remote, agent: AgentTransport):
+    notices = Notices()
+    transport = open_transport(remote.guard_alias, ssh_config=remote.ssh_config, notice=notices)
+    assert isinstance(transport, AutoTransport)
+    (ps,) = values(transport, [("ps", {})])
+    assert transport.kind == "ssh"
+    assert len(notices) == 1 and "rhl-guard" in notices[0] and "using ssh" in notices[0]
+    assert notices[0].startswith(f"seamless-service: {remote.guard_alias}: ")
+    (expected,) = values(agent, [("ps", {})])
+    assert ps["rows"] == expected["rows"]  # same user, same state, other door
+    # remembered: the next transport goes straight to ssh, knowing the guard
+    assert remembered_choice(remote.guard_alias)["guarded"] is True
+    again = open_transport(remote.guard_alias, ssh_config=remote.ssh_config, notice=Notices())
+    assert isinstance(again, SshTransport) and again.guarded is True
+
+
+def test_guard_allows_one_helper_per_session(remote: Remote):
+    notices = Notices()
+    ssh = SshTransport(remote.guard_alias, ssh_config=remote.ssh_config, notice=notices)
+    ps, pers, inspect = values(ssh, [("ps", {}), persistent_ops(remote)[0], ("inspect", {"key": RUNNING_KEYS[0]})])
+    assert ssh.guarded is True and any("rhl-guard" in n for n in notices)
+    assert ssh.ssh_sessions == 4  # the refused script, then one session per helper
+    assert {r["key"] for r in ps["rows"]} >= set(RUNNING_KEYS)
+    assert mine(remote, pers["rows"]) == [str(remote.home / d) for d in BUFFER_DIRS]
+    assert inspect["key"] == RUNNING_KEYS[0]
+    # the guard's own policy still applies: outside --data-roots is refused
+    (result,) = ssh.batch([("persistent", {"paths": [str(remote.home / "elsewhere")]})])
+    assert not result["ok"] and result["error"]["code"] == "policy_refused"
+    assert "data-roots" in result["error"]["message"]
+
+
+def test_stop_rm_and_clear_through_ssh(remote: Remote, ssh: SshTransport):
+    key = "hashserver-clu-rw-sshstop"
+    workdir = remote.data / "work" / key
+    remote.launch(key)
+    try:
+        rm_live, clear_live = ssh.batch([("rm", {"keys": [key]}), ("clear", {"path": str(workdir)})])
+        assert rm_live["value"]["results"][0]["outcome"].startswith("refused: service is running")
+        assert clear_live["error"]["code"] == "conflict" and key in clear_live["error"]["message"]
+        (stop,) = values(ssh, [("stop", {"keys": [key, "no-such-key"]})])
+        first, missing = stop["results"]
+        assert first["outcome"] == "stopped" and first["stopped"] and first["signalled"]
+        assert missing["outcome"] == "missing state" and not missing["stopped"]
+        # a mutation ends a segment: the ps after the stop sees its effect
+        stop_again, ps = values(ssh, [("stop", {"keys": [key]}), ("ps", {})])
+        assert stop_again["results"][0]["outcome"] == "not running"
+        assert {r["key"]: r["status"] for r in ps["rows"]}[key] == "stale"
+        cleared, removed = values(ssh, [("clear", {"path": str(workdir)}), ("rm", {"keys": [key], "server": True})])
+        assert cleared["ok"] and cleared["path"] == str(workdir)
+        assert removed["results"][0]["outcome"] == "removed"
+        assert not (remote.state_dir / f"{key}.json").exists()
+    finally:
+        remote.kill_service(key)
+
+
+def test_agent_only_ops_and_bad_args_are_op_errors(ssh: SshTransport):
+    health, wait, bad, missing = ssh.batch([("health", {}), ("wait", {"timeout": 1}),
+                                            ("inspect", {"key": "../etc"}), ("inspect", {"key": "nope"})])
+    assert health["error"]["code"] == wait["error"]["code"] == "op_failed"
+    assert "needs the agent" in health["error"]["message"]
+    assert bad["error"]["code"] == "invalid_key"
+    assert missing["error"]["code"] == "not_found" and "nope" in missing["error"]["message"]
+
+
+def test_hello_says_ssh(remote: Remote, ssh: SshTransport):
+    (hello,) = values(ssh, [("hello", {})])
+    assert hello["transport"] == "ssh" and "ps" in hello["ops"] and "health" not in hello["ops"]
+
+
+def test_ssh_failures_map_to_client_errors(sshd, tmp_path):
+    config = sshd.write_ssh_config(tmp_path / "cfg", known_hosts=tmp_path / "nothing")
+    with pytest.raises(AuthFailed) as info:
+        SshTransport(sshd.alias, ssh_config=config).batch([("ps", {})])
+    assert str(info.value).startswith(f"{sshd.alias}: ssh: ")
+    sshd.stop()
+    with pytest.raises(ConnectionFailed) as info:
+        SshTransport(sshd.alias, ssh_config=sshd.ssh_config).batch([("ps", {})])
+    assert not isinstance(info.value, AuthFailed) and "refused" in str(info.value)
