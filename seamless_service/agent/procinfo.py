@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from .statefiles import kill0
 
 PROC = Path("/proc")
 # The start time is derived from /proc/uptime and clock ticks; allow for rounding and a
@@ -178,7 +179,7 @@ def check_service(pid: int, state: dict[str, Any], state_mtime: float | None) ->
     Without /proc only liveness is checked, and a live pid is taken for the service.
     """
     if not supported():
-        alive = _kill0(pid)
+        alive = kill0(pid)
         return ServiceProcess(pid, alive, alive)
     info = read_proc(pid)
     if info is None or info.zombie:
@@ -186,17 +187,6 @@ def check_service(pid: int, state: dict[str, Any], state_mtime: float | None) ->
     problem = identity_problem(info, state, state_mtime)
     return ServiceProcess(pid, True, problem is None, problem, info)
 
-
-def _kill0(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
 
 
 def group_members(pgid: int) -> list[int]:

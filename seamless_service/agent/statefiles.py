@@ -63,6 +63,11 @@ def pid_alive(pid: int) -> bool:
     Unlike the helpers, a zombie counts as dead: an orphaned service that exited stays a
     zombie until its parent reaps it, and "stale" should show as soon as it stopped.
     """
+    return kill0(pid) and not _is_zombie(pid)
+
+
+def kill0(pid: int) -> bool:
+    """The bare kill(pid, 0) probe, as the helpers do it (a zombie still counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -71,7 +76,7 @@ def pid_alive(pid: int) -> bool:
         return True
     except OverflowError:
         return False
-    return not _is_zombie(pid)
+    return True
 
 
 def _is_zombie(pid: int) -> bool:

@@ -52,6 +52,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable
 
+from ..agent.ops.rm import REFUSED_RUNNING, read_rm_output, rm_results
 from ..protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
 from ..protocol.keys import is_valid_key, row_matches
 from .errors import AuthFailed, ConnectionFailed
@@ -399,15 +400,6 @@ def op_stop(args: dict[str, Any], host: str) -> OpGen:
     return {"results": results, "exit_status": exit_status, "stderr": stderr}
 
 
-_COULD_NOT = re.compile(r"^rhl-rm: could not remove (.+?\.json): (.*)$")
-REFUSED_RUNNING = "refused: service is running (stop it first, or force)"
-
-
-def _key_of(path: str) -> str:
-    name = posixpath.basename(path)
-    return name[: -len(".json")] if name.endswith(".json") else name
-
-
 def op_rm(args: dict[str, Any], host: str) -> OpGen:
     keys: list[str] = args["keys"]
     client, server, force = args["client"], args["server"], args["force"]
@@ -443,37 +435,8 @@ def op_rm(args: dict[str, Any], host: str) -> OpGen:
         done = yield [argv]
         result = done[argv]
         exit_status, stderr = result.code, result.stderr.decode("utf-8", errors="replace")
-        wanted = set(to_remove)
-        for line in result.text.splitlines():
-            if line.startswith("removed "):
-                path = line[len("removed "):]
-                if _key_of(path) in wanted:
-                    removed[_key_of(path)].append(path)
-            elif line.endswith(": not found") and line[: -len(": not found")] in wanted:
-                outcomes.setdefault(line[: -len(": not found")], {})["outcome"] = "not found"
-        for line in stderr.splitlines():
-            match = _COULD_NOT.match(line.strip())
-            if match and _key_of(match.group(1)) in wanted:
-                outcomes.setdefault(_key_of(match.group(1)), {})["outcome"] = (
-                    f"error: could not remove {match.group(1)}: {match.group(2)}")
-        for key in to_remove:
-            entry = outcomes.setdefault(key, {})
-            if "outcome" not in entry:
-                if removed[key]:
-                    entry["outcome"] = "removed"
-                else:
-                    why = "an earlier error stopped it" if exit_status else "no output for this key"
-                    entry["outcome"] = f"error: rhl-rm did not process this key ({why})"
-    results = []
-    for key in keys:
-        entry = outcomes[key]
-        item: dict[str, Any] = {"key": key, "removed": list(removed.get(key, [])), "outcome": entry["outcome"]}
-        if "pid" in entry:
-            item["pid"] = entry["pid"]
-        if "warning" in entry and entry["outcome"] == "removed":
-            item["warning"] = entry["warning"]
-        results.append(item)
-    return {"results": results, "exit_status": exit_status, "stderr": stderr}
+        removed = read_rm_output(to_remove, result.text, stderr, exit_status, outcomes)
+    return {"results": rm_results(keys, outcomes, removed), "exit_status": exit_status, "stderr": stderr}
 
 
 _REMOVED = re.compile(r"^removed (\d+) item\(s\) from (.*)$", re.MULTILINE)

@@ -94,29 +94,45 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
                 outcomes.setdefault(key, {})["outcome"] = f"error: {exc.message}"
         else:
             exit_status, stderr = proc.returncode, proc.stderr
-            wanted = set(to_remove)
-            for line in proc.stdout.splitlines():
-                if line.startswith("removed "):
-                    path = line[len("removed "):]
-                    if _key_of(path) in wanted:
-                        removed[_key_of(path)].append(path)
-                elif line.endswith(": not found") and line[: -len(": not found")] in wanted:
-                    outcomes.setdefault(line[: -len(": not found")], {})["outcome"] = "not found"
-            for line in stderr.splitlines():
-                match = _COULD_NOT.match(line.strip())
-                if match and _key_of(match.group(1)) in wanted:
-                    outcomes.setdefault(_key_of(match.group(1)), {})["outcome"] = (
-                        f"error: could not remove {match.group(1)}: {match.group(2)}")
-            for key in to_remove:
-                entry = outcomes.setdefault(key, {})
-                if "outcome" in entry:
-                    continue
-                if removed[key]:
-                    entry["outcome"] = "removed"
-                else:
-                    why = "an earlier error stopped it" if exit_status else "no output for this key"
-                    entry["outcome"] = f"error: {HELPER} did not process this key ({why})"
+            removed = read_rm_output(to_remove, proc.stdout, stderr, exit_status, outcomes)
 
+    return {"results": rm_results(keys, outcomes, removed), "exit_status": exit_status, "stderr": stderr}
+
+
+def read_rm_output(to_remove: list[str], stdout: str, stderr: str, exit_status: int | None,
+                   outcomes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Parse what `rhl-rm` printed (`removed <path>`, `<key>: not found`, `could not remove`)
+    into per-key outcomes; return the removed paths per key. Shared with the ssh transport,
+    which runs the same helper remotely."""
+    removed: dict[str, list[str]] = {key: [] for key in to_remove}
+    wanted = set(to_remove)
+    for line in stdout.splitlines():
+        if line.startswith("removed "):
+            path = line[len("removed "):]
+            if _key_of(path) in wanted:
+                removed[_key_of(path)].append(path)
+        elif line.endswith(": not found") and line[: -len(": not found")] in wanted:
+            outcomes.setdefault(line[: -len(": not found")], {})["outcome"] = "not found"
+    for line in stderr.splitlines():
+        match = _COULD_NOT.match(line.strip())
+        if match and _key_of(match.group(1)) in wanted:
+            outcomes.setdefault(_key_of(match.group(1)), {})["outcome"] = (
+                f"error: could not remove {match.group(1)}: {match.group(2)}")
+    for key in to_remove:
+        entry = outcomes.setdefault(key, {})
+        if "outcome" in entry:
+            continue
+        if removed[key]:
+            entry["outcome"] = "removed"
+        else:
+            why = "an earlier error stopped it" if exit_status else "no output for this key"
+            entry["outcome"] = f"error: {HELPER} did not process this key ({why})"
+    return removed
+
+
+def rm_results(keys: list[str], outcomes: dict[str, dict[str, Any]],
+               removed: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The op's per-key results, in argument order."""
     results = []
     for key in keys:
         entry = outcomes[key]
@@ -126,4 +142,4 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         if "warning" in entry and entry["outcome"] == "removed":  # only if the state is really gone
             result["warning"] = entry["warning"]
         results.append(result)
-    return {"results": results, "exit_status": exit_status, "stderr": stderr}
+    return results
