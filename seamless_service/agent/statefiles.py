@@ -182,16 +182,18 @@ class StateCache:
     def __init__(self, ctx: object = None):
         self._entries: dict[str, tuple[tuple[int, int, int, int], Any]] = {}
 
-    def read(self, path: Path) -> dict[str, Any] | None:
-        """As read_state(path), from the cache when the file is unchanged."""
+    def read(self, path: Path, st: os.stat_result | None = None) -> dict[str, Any] | None:
+        """As read_state(path), from the cache when the file is unchanged. `st`: a stat of
+        the file the caller just took (saves one)."""
         name = str(path)
-        try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            self._entries.pop(name, None)
-            return None
-        except OSError as exc:
-            raise StateFileError(f"could not read {path}: {exc}") from None
+        if st is None:
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                self._entries.pop(name, None)
+                return None
+            except OSError as exc:
+                raise StateFileError(f"could not read {path}: {exc}") from None
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         hit = self._entries.get(name)
         if hit is not None and hit[0] == sig:
@@ -212,11 +214,11 @@ class StateCache:
 
 
 def server_row(path: Path, *, check_pid: bool = True, cache: StateCache | None = None,
-               probe: Any = None) -> dict[str, Any]:
+               probe: Any = None, st: os.stat_result | None = None) -> dict[str, Any]:
     """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
     key = path.stem
     try:
-        data = cache.read(path) if cache is not None else read_state(path)
+        data = cache.read(path, st) if cache is not None else read_state(path)
     except StateFileError as exc:
         return error_row(key, str(exc))
     if data is None:  # vanished between listing and reading: report it, do not guess

@@ -53,14 +53,21 @@ class Watcher:
 
     def token(self) -> str:
         """The current change token (a hex string)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[str, dict[str, list[tuple[Path, os.stat_result]]]]:
+        """(token, {"server": [(path, stat)], "client": [...]}): one listing and one stat per
+        file, which `ps` reuses for its rows instead of listing and stat-ing again."""
         digest = hashlib.sha256()
         pids: dict[str, tuple[_Signature, int | None]] = {}
+        seen: dict[str, list[tuple[Path, os.stat_result]]] = {"server": [], "client": []}
         for role, directory in self._dirs:
             for path in statefiles.list_state_files(directory):
                 try:
                     st = os.stat(path)
                 except OSError:
                     continue  # vanished since the listing: its absence changes the digest
+                seen[role].append((path, st))
                 sig: _Signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 digest.update(f"{role}/{path.name}\0{sig}\0".encode("utf-8", "surrogateescape"))
                 if role == "server":
@@ -68,7 +75,7 @@ class Watcher:
                     alive = self._probe(pid) if pid is not None else None
                     digest.update(f"alive={alive}\0".encode())
         self._pids = pids
-        return digest.hexdigest()[:TOKEN_HEX]
+        return digest.hexdigest()[:TOKEN_HEX], seen
 
     def wait(self, token: str | None, timeout: float) -> tuple[bool, str]:
         """(changed, current token): at once if `token` is absent or stale, else when the

@@ -49,7 +49,7 @@ from ...protocol import ErrorCode, ProtocolError
 from ...protocol.keys import is_valid_key, row_matches
 from .. import statefiles
 from ..context import AgentContext
-from ..watch import current_token
+from ..watch import watcher
 
 KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
 CLIENT_UNKNOWN = "client"  # `process` of a client row whose service liveness is unknown here
@@ -62,14 +62,14 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         # Same refusal as `rhl-ps --host` without `--client`.
         raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
     check_pid = not args.get("no_status", False)
-    token = current_token(ctx)  # before reading: see module docstring
+    token, seen = watcher(ctx).scan()  # before reading: see module docstring
     if side == "client":
         rows = client_rows(ctx, check_pid=check_pid)
         if host:
             rows = [row for row in rows if row.get("ssh_host") == host]
         status_field = "process"
     else:
-        rows = server_rows(ctx, check_pid=check_pid)
+        rows = server_rows(ctx, check_pid=check_pid, entries=seen["server"])
         status_field = "status"
     wanted = args.get("status")
     if wanted:
@@ -87,12 +87,16 @@ def liveness(ctx: AgentContext) -> statefiles.LivenessCache:
     return ctx.shared("liveness", statefiles.LivenessCache)
 
 
-def server_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
-    """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections)."""
+def server_rows(ctx: AgentContext, *, check_pid: bool = True,
+                entries: list[tuple[Path, os.stat_result]] | None = None) -> list[dict[str, Any]]:
+    """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections).
+    `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.scan)."""
     rows = []
     cache, probe = state_cache(ctx), liveness(ctx).alive
-    for path in statefiles.list_state_files(ctx.server_dir):
-        row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe)
+    if entries is None:
+        entries = [(path, None) for path in statefiles.list_state_files(ctx.server_dir)]
+    for path, st in entries:
+        row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe, st=st)
         if _vanished(row, path):
             continue
         rows.append(_mark_key(row))
