@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import sys
 import tempfile
 import threading
@@ -55,16 +54,7 @@ def quiet(message: str) -> None:
 
 
 def write_as(server: SshServer, relpath: str, data: bytes) -> None:
-    pw = pwd.getpwnam(server.user)
-    path = server.home / relpath
-    folder = server.home
-    for part in Path(relpath).parent.parts:
-        folder = folder / part
-        if not folder.exists():
-            folder.mkdir(mode=0o755)
-            os.chown(folder, pw.pw_uid, pw.pw_gid)
-    path.write_bytes(data)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
+    server.write_file(relpath, data)
 
 
 def make_state(server: SshServer) -> None:

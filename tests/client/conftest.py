@@ -109,20 +109,7 @@ class Remote:
     # -- files, owned by the remote user as if they had made them
 
     def write(self, relpath: str, data: str | bytes, mode: int = 0o644) -> Path:
-        pw = pwd.getpwnam(self.server.user)
-        path = self.home / relpath
-        folder = self.home
-        for part in Path(relpath).parent.parts:
-            folder = folder / part
-            if not folder.exists():
-                folder.mkdir(mode=0o755)
-                os.chown(folder, pw.pw_uid, pw.pw_gid)
-        if isinstance(data, str):
-            data = data.encode()
-        path.write_bytes(data)
-        path.chmod(mode)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-        return path
+        return self.server.write_file(relpath, data, mode)
 
     def mkdir(self, relpath: str) -> Path:
         pw = pwd.getpwnam(self.server.user)

@@ -579,20 +579,7 @@ def test_conflicting_sides_are_refused_by_the_parser(small):
 
 def _as_user(server, relpath: str, text: str) -> None:
     """A file in the remote user's HOME, owned by that user (as the user would have it)."""
-    import pwd
-
-    pw = pwd.getpwnam(server.user)
-    path = server.home / relpath
-    folder = server.home
-    for part in Path(relpath).parent.parts:
-        folder = folder / part
-        if not folder.exists():
-            folder.mkdir(mode=0o755)
-            os.chown(folder, pw.pw_uid, pw.pw_gid)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    os.replace(tmp, path)  # as the launcher writes state files: never half a file
+    server.write_file(relpath, text)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,18 +81,7 @@ def deployed() -> Iterator[Deployed]:
 
 def write_as_user(server: SshServer, relpath: str, text: str, mode: int = 0o644) -> Path:
     """Create a file in the test user's HOME, owned by that user (as a user would have it)."""
-    pw = pwd.getpwnam(server.user)
-    path = server.home / relpath
-    folder = server.home
-    for part in Path(relpath).parent.parts:
-        folder = folder / part
-        if not folder.exists():
-            folder.mkdir(mode=0o755)
-            os.chown(folder, pw.pw_uid, pw.pw_gid)
-    path.write_text(text)
-    path.chmod(mode)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
+    return server.write_file(relpath, text, mode)
 
 
 # The user's own pip config wins over /etc/pip.conf: every index points at a closed port

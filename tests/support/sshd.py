@@ -369,6 +369,26 @@ class SshServer:
         path.chmod(0o600)
         return path
 
+    def write_file(self, relpath: str, data: str | bytes, mode: int = 0o644) -> Path:
+        """A file in the test user's HOME, owned by that user as if they had made it
+        (folders created 0755 as needed); written atomically, as the launcher writes state."""
+        import pwd
+
+        pw = pwd.getpwnam(self.user)
+        path = self.home / relpath
+        folder = self.home
+        for part in Path(relpath).parent.parts:
+            folder = folder / part
+            if not folder.exists():
+                folder.mkdir(mode=0o755)
+                os.chown(folder, pw.pw_uid, pw.pw_gid)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.chmod(mode)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        os.replace(tmp, path)
+        return path
+
     def ssh_argv(self, cmd: str | Sequence[str], *, config: Path | None = None) -> list[str]:
         """argv for the real `ssh` client; a list command is shell-quoted for the remote shell."""
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
