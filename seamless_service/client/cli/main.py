@@ -83,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug or an unmapped error: still one line
+        if args.debug:
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"seamless-service: unexpected error: {type(exc).__name__}"
+              + (f": {detail}" if detail else "") + " (run with --debug for a traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,43 @@
+"""The CLI's last line of defence: even an unexpected error is one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from seamless_service.client.cli import main as cli_main
+
+
+def boom(args: argparse.Namespace) -> int:
+    raise RuntimeError("disk on fire\nsecond line")
+
+
+@pytest.fixture
+def broken_ps(monkeypatch):
+    real = cli_main.build_parser
+
+    def build() -> argparse.ArgumentParser:
+        parser = real()
+        parser._subparsers._group_actions[0].choices["ps"].set_defaults(func=boom)
+        return parser
+
+    monkeypatch.setattr(cli_main, "build_parser", build)
+
+
+def test_unexpected_error_is_one_line(broken_ps, capsys):
+    assert cli_main.main(["ps", "--local"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "RuntimeError: disk on fire" in err and "--debug" in err
+
+
+def test_debug_shows_the_traceback(broken_ps):
+    with pytest.raises(RuntimeError):
+        cli_main.main(["--debug", "ps", "--local"])
+
+
+def test_usage_error_exit_code(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["ps", "--status", "sleeping"])
+    assert info.value.code == 2
