@@ -122,20 +122,28 @@ class AgentConnection:
         except OSError as exc:
             hint = " (is the agent running?)" if isinstance(exc, ConnectionRefusedError) else ""
             raise AgentConnectionError(f"cannot connect to {where}: {_reason(exc)}{hint}") from None
+        _set_nodelay(sock)
+        return cls.over(sock, secret, where=where, timeout=timeout, call_timeout=call_timeout)
+
+    @classmethod
+    def over(cls, stream: Any, secret: str, *, where: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+             call_timeout: float = DEFAULT_CALL_TIMEOUT) -> "AgentConnection":
+        """Authenticate and open rpyc over any connected socket-like object: a TCP socket,
+        or a paramiko Channel (recv/sendall/settimeout/fileno/shutdown/close are all that
+        the handshake and rpyc's SocketStream use). The stream is closed on failure."""
         try:
-            _set_nodelay(sock)
-            client_handshake(sock, secret, timeout=timeout, where=where)
-            sock.settimeout(None)  # rpyc polls with its own timeouts
-            rpyc_conn = _open_rpyc(sock)
-            return cls(rpyc_conn, sock, where, call_timeout)
+            client_handshake(stream, secret, timeout=timeout, where=where)
+            stream.settimeout(None)  # rpyc polls with its own timeouts
+            rpyc_conn = _open_rpyc(stream)
+            return cls(rpyc_conn, stream, where, call_timeout)
         except AgentError:
-            sock.close()
+            stream.close()
             raise
         except (OSError, EOFError) as exc:
-            sock.close()
+            stream.close()
             raise AgentConnectionError(f"cannot open a session with {where}: {_reason(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - rpyc errors come in many types
-            sock.close()
+            stream.close()
             raise AgentConnectionError(f"cannot open a session with {where}: {type(exc).__name__}: {exc}") from None
 
     def call(self, request: bytes, *, timeout: float | None = None) -> bytes:

@@ -276,31 +276,34 @@ class AgentTransport:
         except _AgentGone as gone:
             if deployed:
                 raise AgentUnavailable(self.host, f"the agent was started but cannot be reached: {gone}") from None
-            endpoint = self._deploy("agent restarted")
+            endpoint, conn = self._redeploy_and_connect("agent restarted",
+                                                        "the agent was restarted but cannot be reached")
             deployed = True
             why = why or "agent restarted"
-            try:
-                conn = self._connect_agent(endpoint)
-            except _AgentGone as again:
-                raise AgentUnavailable(self.host, f"the agent was restarted but cannot be reached: {again}") from None
         info = self._hello(conn)
         if not self._compatible(info):
             conn.close()
             if deployed:
                 return self._accept_version(info, endpoint, why)
-            endpoint = self._deploy(f"agent version {info.get('version')} replaced")
+            endpoint, conn = self._redeploy_and_connect(f"agent version {info.get('version')} replaced",
+                                                        "the upgraded agent cannot be reached")
             deployed = True
             why = why or "agent upgraded"
-            try:
-                conn = self._connect_agent(endpoint)
-            except _AgentGone as again:
-                raise AgentUnavailable(self.host, f"the upgraded agent cannot be reached: {again}") from None
             info = self._hello(conn)
             if not self._compatible(info):
                 conn.close()
                 return self._accept_version(info, endpoint, why)
         self._conn, self._endpoint, self._agent_info = conn, endpoint, info
         return why or "connection re-established"
+
+    def _redeploy_and_connect(self, reason: str, unreachable: str) -> tuple[Any, Any]:
+        """Deploy (restart/upgrade) the agent, then connect; AgentUnavailable if it still
+        cannot be reached — the one repair a call is allowed has been spent."""
+        endpoint = self._deploy(reason)
+        try:
+            return endpoint, self._connect_agent(endpoint)
+        except _AgentGone as again:
+            raise AgentUnavailable(self.host, f"{unreachable}: {again}") from None
 
     def _accept_version(self, info: dict[str, Any], endpoint: Any, why: str | None) -> str:
         """A freshly deployed agent that still differs: usable if only the version differs."""

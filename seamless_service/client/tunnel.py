@@ -49,12 +49,7 @@ import threading
 import time
 from typing import Any
 
-from .agent_conn import (
-    DEFAULT_CALL_TIMEOUT,
-    AgentConnection,
-    AgentConnectionError,
-    client_handshake,
-)
+from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
 from .errors import AuthFailed, ConnectionFailed
 
 CHANNEL_TIMEOUT = 10.0      # opening one forwarded channel
@@ -273,7 +268,7 @@ class Tunnel:
         if via != "channel":
             raise ValueError(f"via must be 'channel' or 'forward', not {via!r}")
         chan = self.open_channel(remote_port, timeout=limit)
-        return agent_connection_over(chan, secret, where=where, timeout=limit, call_timeout=call_timeout)
+        return AgentConnection.over(chan, secret, where=where, timeout=limit, call_timeout=call_timeout)
 
     def forward(self, remote_port: int, *, local_port: int = 0) -> "LocalForward":
         """A local forward 127.0.0.1:`local_port` (0: a free port) -> host's 127.0.0.1:`remote_port`.
@@ -311,27 +306,6 @@ class Tunnel:
         return f"Tunnel({self.host!r}, alive={self.alive})"
 
 
-def agent_connection_over(stream: Any, secret: str, *, where: str, timeout: float,
-                          call_timeout: float = DEFAULT_CALL_TIMEOUT) -> AgentConnection:
-    """Authenticate and open rpyc over any connected socket-like object (a paramiko Channel
-    has recv/sendall/settimeout/fileno/shutdown/close like a socket, which is all that
-    the handshake and rpyc's SocketStream use)."""
-    from .agent_conn import _open_rpyc
-
-    try:
-        client_handshake(stream, secret, timeout=timeout, where=where)
-        stream.settimeout(None)  # rpyc polls with its own timeouts
-        rpyc_conn = _open_rpyc(stream)
-    except AgentConnectionError:
-        stream.close()
-        raise
-    except (OSError, EOFError) as exc:
-        stream.close()
-        raise AgentConnectionError(f"cannot open a session with {where}: {exc or type(exc).__name__}") from None
-    except Exception as exc:  # noqa: BLE001 - rpyc errors come in many types
-        stream.close()
-        raise AgentConnectionError(f"cannot open a session with {where}: {type(exc).__name__}: {exc}") from None
-    return AgentConnection(rpyc_conn, stream, where, call_timeout)
 
 
 class LocalForward:
