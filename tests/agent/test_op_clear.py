@@ -11,7 +11,6 @@ import pytest
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.ops import clear as clear_op
 from seamless_service.agent.ops import handler
-from seamless_service.agent.policy import parse_policy
 from seamless_service.protocol import ErrorCode, ProtocolError, validate_args
 
 HS = ".HASHSERVER_PREFIX"
@@ -51,20 +50,6 @@ def tree(path: Path) -> set[str]:
 @pytest.fixture
 def data(tmp_path):
     return tmp_path / "data"
-
-
-@pytest.fixture
-def make_ctx(sandbox):
-    made = []
-
-    def make(spec: str = "seamless") -> AgentContext:
-        ctx = AgentContext(base=sandbox.base, policy=parse_policy(spec))
-        made.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in made:
-        ctx.close()
 
 
 def clear(ctx: AgentContext, **args) -> dict:

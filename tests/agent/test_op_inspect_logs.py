@@ -13,16 +13,9 @@ from seamless_service.agent.context import AgentContext
 from seamless_service.agent.ops.logs import read_tail
 from seamless_service.protocol import ErrorCode, ProtocolError, decode_reply, encode_request
 from tests.support.services import LauncherSandbox
+from tests.support.agent import call
 
 KEY = "hashserver-c1-rw-proj"
-
-
-def call(ctx: AgentContext, op: str, **args):
-    reply = dispatch.handle(ctx, encode_request([(op, args)]))
-    [result] = decode_reply(reply, expected=1)
-    if not result["ok"]:
-        raise ProtocolError(result["error"]["code"], result["error"]["message"])
-    return result["value"]
 
 
 def helper_bytes(box: LauncherSandbox, *argv: str) -> subprocess.CompletedProcess:

@@ -47,20 +47,6 @@ def layout(sandbox, tmp_path):
     return {"buffers": buffers, "db": database, "top": tmp_path / "data"}
 
 
-@pytest.fixture
-def make_ctx(sandbox):
-    made = []
-
-    def make(spec: str = "seamless") -> AgentContext:
-        ctx = AgentContext(base=sandbox.base, policy=parse_policy(spec))
-        made.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in made:
-        ctx.close()
-
-
 def persistent(ctx: AgentContext, **args) -> list[dict]:
     return handler("persistent")(ctx, validate_args("persistent", args))["rows"]
 

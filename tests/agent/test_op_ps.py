@@ -17,6 +17,7 @@ from seamless_service.agent.context import AgentContext
 from seamless_service.agent.watch import current_token
 from seamless_service.protocol import ErrorCode, ProtocolError, decode_reply, encode_request
 from tests.support.services import LauncherSandbox
+from tests.support.agent import call
 
 HASH = "hashserver-c1-rw-proj"
 DB = "database-c1-ro-proj--STAGE-s1"
@@ -31,14 +32,6 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
-
-
-def call(ctx: AgentContext, op: str, **args):
-    reply = dispatch.handle(ctx, encode_request([(op, args)]))
-    [result] = decode_reply(reply, expected=1)
-    if not result["ok"]:
-        raise ProtocolError(result["error"]["code"], result["error"]["message"])
-    return result["value"]
 
 
 @pytest.fixture(scope="module")

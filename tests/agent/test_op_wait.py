@@ -9,18 +9,9 @@ import time
 
 import pytest
 
-from seamless_service.agent import dispatch
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.watch import current_token
-from seamless_service.protocol import ProtocolError, decode_reply, encode_request
-
-
-def call(ctx: AgentContext, op: str, **args):
-    reply = dispatch.handle(ctx, encode_request([(op, args)]))
-    [result] = decode_reply(reply, expected=1)
-    if not result["ok"]:
-        raise ProtocolError(result["error"]["code"], result["error"]["message"])
-    return result["value"]
+from tests.support.agent import call
 
 
 def later(delay: float, action) -> threading.Event:

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.services import wait_for
 from tests.support.sshd import SshServer, _keygen, sshd_available
 
 REASON = sshd_available()
@@ -253,14 +254,7 @@ def _alive(pid: int) -> bool:
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
+    return wait_for(predicate, timeout=timeout, interval=interval)
 
 
 # Remote state shared by the session (keys that tests compare; tests that change state

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from seamless_service.agent import lifecycle
+from seamless_service.agent import dispatch, lifecycle
+from seamless_service.agent.context import AgentContext
+from seamless_service.protocol import ProtocolError, decode_reply, encode_request
 
 START_TIMEOUT = 15.0
 
@@ -42,3 +44,13 @@ def end_agent(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(5)
+
+
+def call(ctx: AgentContext, op: str, **args):
+    """One op through the agent's real dispatch (msgpack in, msgpack out): its value, or
+    the ProtocolError it answered with."""
+    reply = dispatch.handle(ctx, encode_request([(op, args)]))
+    [result] = decode_reply(reply, expected=1)
+    if not result["ok"]:
+        raise ProtocolError(result["error"]["code"], result["error"]["message"])
+    return result["value"]
