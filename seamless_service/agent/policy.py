@@ -88,20 +88,20 @@ class PathPolicy:
             "roots": [root.as_posix() for root in self.roots],
         }
 
-    def holds_marker(self, directory: Path, is_file: Callable[[Path], bool] | None = None) -> bool:
+    def holds_marker(self, directory: str | Path, is_file: Callable[[str], bool] | None = None) -> bool:
         """True if a marker is a regular file (symlinks followed, like the guard) in `directory`.
         `is_file` lets a caller that checks the same files anyway share its stat calls."""
         check = is_file or _is_file
-        return any(check(directory / name) for name in self.marker_names)
+        return any(check(os.path.join(directory, name)) for name in self.marker_names)
 
-    def authorises(self, directory: Path, is_file: Callable[[Path], bool] | None = None) -> bool:
+    def authorises(self, directory: str | Path, is_file: Callable[[str], bool] | None = None) -> bool:
         """May the persistent op report `directory` on its own account (see module doc)?"""
         return self.mode != "marker" or self.holds_marker(directory, is_file)
 
 
-def _is_file(path: Path) -> bool:
+def _is_file(path: str) -> bool:
     try:
-        return path.is_file()
+        return os.path.isfile(path)
     except (OSError, ValueError):
         return False
 

@@ -125,10 +125,13 @@ class StateFileError(Exception):
     """A state file that cannot be used; the message says why, as rhl-ps would."""
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
+StatePath = str | Path  # hot paths pass plain strings: pathlib costs more than the stat
+
+
+def read_state(path: StatePath) -> dict[str, Any] | None:
     """The JSON object in `path`, None if it does not exist; StateFileError if unusable."""
     try:
-        with path.open("r", encoding="utf-8") as handle:
+        with open(path, "r", encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
         return None
@@ -182,10 +185,10 @@ class StateCache:
     def __init__(self, ctx: object = None):
         self._entries: dict[str, tuple[tuple[int, int, int, int], Any]] = {}
 
-    def read(self, path: Path, st: os.stat_result | None = None) -> dict[str, Any] | None:
+    def read(self, path: StatePath, st: os.stat_result | None = None) -> dict[str, Any] | None:
         """As read_state(path), from the cache when the file is unchanged. `st`: a stat of
         the file the caller just took (saves one)."""
-        name = str(path)
+        name = os.fspath(path)
         if st is None:
             try:
                 st = os.stat(name)
@@ -213,10 +216,16 @@ class StateCache:
         return value
 
 
-def server_row(path: Path, *, check_pid: bool = True, cache: StateCache | None = None,
+def key_of(path: StatePath) -> str:
+    """The key a state file stands for: its name without `.json` (Path.stem, without pathlib)."""
+    name = os.path.basename(os.fspath(path))
+    return name[:-5] if name.endswith(".json") and len(name) > 5 else Path(name).stem
+
+
+def server_row(path: StatePath, *, check_pid: bool = True, cache: StateCache | None = None,
                probe: Any = None, st: os.stat_result | None = None) -> dict[str, Any]:
     """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
-    key = path.stem
+    key = key_of(path)
     try:
         data = cache.read(path, st) if cache is not None else read_state(path)
     except StateFileError as exc:
@@ -235,9 +244,9 @@ def server_row(path: Path, *, check_pid: bool = True, cache: StateCache | None =
     return row
 
 
-def client_row(path: Path, *, cache: StateCache | None = None) -> dict[str, Any]:
+def client_row(path: StatePath, *, cache: StateCache | None = None) -> dict[str, Any]:
     """One `rhl-ps --client --json` row for `path`."""
-    key = path.stem
+    key = key_of(path)
     try:
         data = cache.read(path) if cache is not None else read_state(path)
     except StateFileError as exc:
@@ -260,12 +269,15 @@ def error_row(key: str, message: str) -> dict[str, Any]:
 
 def list_state_files(directory: Path) -> list[Path]:
     """`*.json` in `directory`, sorted by name, as the helpers list them."""
+    return [directory / name for name in state_file_names(directory)]
+
+
+def state_file_names(directory: StatePath) -> list[str]:
+    """The names of the `*.json` files in `directory`, sorted; [] if it cannot be listed."""
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
     except OSError:
         return []
     # As the helpers' glob("*.json") on Python 3.11 (which does match dot files); temp files
     # end in .tmp and are never listed.
-    return [directory / n for n in sorted(names) if n.endswith(".json")]
+    return sorted(name for name in names if name.endswith(".json"))

@@ -27,7 +27,6 @@ import hashlib
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from . import statefiles
@@ -55,26 +54,29 @@ class Watcher:
         """The current change token (a hex string)."""
         return self.scan()[0]
 
-    def scan(self) -> tuple[str, dict[str, list[tuple[Path, os.stat_result]]]]:
+    def scan(self) -> tuple[str, dict[str, list[tuple[str, os.stat_result]]]]:
         """(token, {"server": [(path, stat)], "client": [...]}): one listing and one stat per
-        file, which `ps` reuses for its rows instead of listing and stat-ing again."""
-        digest = hashlib.sha256()
+        file, which `ps` reuses for its rows instead of listing and stat-ing again. Paths are
+        plain strings: on a poll of hundreds of files pathlib would cost more than the stats."""
+        parts: list[str] = []
         pids: dict[str, tuple[_Signature, int | None]] = {}
-        seen: dict[str, list[tuple[Path, os.stat_result]]] = {"server": [], "client": []}
+        seen: dict[str, list[tuple[str, os.stat_result]]] = {"server": [], "client": []}
         for role, directory in self._dirs:
-            for path in statefiles.list_state_files(directory):
+            for name in statefiles.state_file_names(directory):
+                path = os.path.join(directory, name)
                 try:
                     st = os.stat(path)
                 except OSError:
                     continue  # vanished since the listing: its absence changes the digest
                 seen[role].append((path, st))
                 sig: _Signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                digest.update(f"{role}/{path.name}\0{sig}\0".encode("utf-8", "surrogateescape"))
+                parts.append(f"{role}/{name}\0{sig[0]},{sig[1]},{sig[2]},{sig[3]}\0")
                 if role == "server":
-                    pid = self._pid(str(path), sig, pids)
+                    pid = self._pid(path, sig, pids)
                     alive = self._probe(pid) if pid is not None else None
-                    digest.update(f"alive={alive}\0".encode())
+                    parts.append(f"alive={alive}\0")
         self._pids = pids
+        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:TOKEN_HEX], seen
 
     def wait(self, token: str | None, timeout: float) -> tuple[bool, str]:
@@ -104,12 +106,12 @@ class Watcher:
         if cached is not None and cached[0] == sig:
             pid = cached[1]
         else:
-            pid = _read_pid(Path(path))
+            pid = _read_pid(path)
         out[path] = (sig, pid)
         return pid
 
 
-def _read_pid(path: Path) -> int | None:
+def _read_pid(path: str) -> int | None:
     """The usable pid of a server file, or None (unusable, unreadable, no pid)."""
     try:
         data = statefiles.read_state(path)

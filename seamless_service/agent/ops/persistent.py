@@ -30,7 +30,6 @@ import datetime as _dt
 import os
 import stat
 import time
-from pathlib import Path
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
@@ -47,31 +46,27 @@ def _iso(mtime: float) -> str:
     return _dt.datetime.fromtimestamp(mtime).isoformat(timespec="seconds")
 
 
-def _mtime(path: Path) -> str | None:
-    try:
-        return _iso(path.stat().st_mtime)
-    except OSError:
-        return None
+def _base(shown: str, state: str, size: int | None = None, modified: str | None = None) -> dict[str, Any]:
+    return {"path": shown, "state": state, "size": size, "modified": modified}
 
 
-def _base(shown: Path, state: str, size: int | None = None, modified: str | None = None) -> dict[str, Any]:
-    return {"path": shown.as_posix(), "state": state, "size": size, "modified": modified}
-
-
-def _error_row(shown: Path, message: str) -> dict[str, Any]:
+def _error_row(shown: str, message: str) -> dict[str, Any]:
     row = _base(shown, "error")
     row["error"] = message
     return row
 
 
-def _stat(path: Path) -> os.stat_result | None:
+def _stat(path: str) -> os.stat_result | None:
     try:
         return os.stat(path)
-    except OSError:  # missing, or a symlink loop: `exists()` is false for the helper too
+    except (OSError, ValueError):  # missing, or a symlink loop: `exists()` is false for the helper too
         return None
 
 
 class _Walk:
+    """One walk. Paths are plain strings joined with os.path.join: a poll walks every
+    project directory, and pathlib objects would cost more than the stat calls themselves."""
+
     def __init__(self, policy: PathPolicy, level: int, filename: str | None, marker: str | None,
                  listings: DirListings):
         self.policy = policy
@@ -80,22 +75,22 @@ class _Walk:
         self.level = level
         self.listings = listings
         # rows carry the real path privately, for sizing; stripped before returning
-        self.rows: list[tuple[dict[str, Any], Path]] = []
+        self.rows: list[tuple[dict[str, Any], str]] = []
         self.visited = 0
 
-    def add(self, row: dict[str, Any], real: Path) -> None:
+    def add(self, row: dict[str, Any], real: str) -> None:
         if len(self.rows) >= MAX_ROWS:
             raise ProtocolError(ErrorCode.OP_FAILED,
                                 f"more than {MAX_ROWS} rows; ask for a lower level or fewer paths")
         self.rows.append((row, real))
 
-    def row(self, real: Path, shown: Path, st: os.stat_result, listing: Listing | None,
+    def row(self, real: str, shown: str, st: os.stat_result, listing: Listing | None,
             error: OSError | None, has_marker: bool) -> dict[str, Any]:
         """One row as rhl-ps-persistent's `_row`, with its aborts turned into error rows."""
         if not stat.S_ISDIR(st.st_mode):
             return _error_row(shown, f"not a directory: {shown}")
         if self.filename:
-            target = _stat(real / self.filename)
+            target = _stat(os.path.join(real, self.filename))
             if target is None:
                 return _base(shown, "empty")
             return _base(shown, "populated", target.st_size, _iso(target.st_mtime))
@@ -106,7 +101,7 @@ class _Walk:
             return _base(shown, "empty")
         return _base(shown, "populated", None, _iso(st.st_mtime))
 
-    def walk(self, real: Path, shown: Path, level: int, authorised: bool) -> None:
+    def walk(self, real: str, shown: str, level: int, authorised: bool) -> None:
         self.visited += 1
         if self.visited > MAX_VISITED:
             raise ProtocolError(ErrorCode.OP_FAILED,
@@ -119,25 +114,25 @@ class _Walk:
         error: OSError | None = None
         if stat.S_ISDIR(st.st_mode):
             try:
-                listing = self.listings.get(str(real), st)
+                listing = self.listings.get(real, st)
             except OSError as exc:
                 error = exc
         # One stat per marker file per directory, shared by the policy and the marker rule.
-        seen: dict[Path, os.stat_result | None] = {}
+        seen: dict[str, os.stat_result | None] = {}
 
-        def marker_stat(path: Path) -> os.stat_result | None:
+        def marker_stat(path: str) -> os.stat_result | None:
             if path not in seen:
                 seen[path] = _stat(path)
             return seen[path]
 
-        def is_file(path: Path) -> bool:
+        def is_file(path: str) -> bool:
             found = marker_stat(path)
             return found is not None and stat.S_ISREG(found.st_mode)
 
         # under a marker policy, a directory is reported only inside an authorised subtree
         authorised = authorised or self.policy.authorises(real, is_file)
         emitted = False
-        has_marker = self.marker is not None and marker_stat(real / self.marker) is not None
+        has_marker = self.marker is not None and marker_stat(os.path.join(real, self.marker)) is not None
         if (self.marker is None or has_marker) and authorised:
             row = self.row(real, shown, st, listing, error, has_marker)
             self.add(row, real)
@@ -151,10 +146,10 @@ class _Walk:
                 self.add(_error_row(shown, message), real)
             return
         for name in listing.subdirs:
-            self.walk(real / name, shown / name, level - 1, authorised)
+            self.walk(os.path.join(real, name), os.path.join(shown, name), level - 1, authorised)
 
 
-def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], Path]], filename: str | None,
+def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], str]], filename: str | None,
                sizes: bool, refresh: bool) -> None:
     sizer: Sizer | None = ctx.shared("sizer", Sizer) if sizes else None
     for row, real in rows:
@@ -163,13 +158,12 @@ def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], Path]], filen
             continue
         if filename:
             # the file's own size: one stat, always current
-            try:
-                st = (real / filename).stat()
-            except OSError:
+            target = _stat(os.path.join(real, filename))
+            if target is None:
                 continue
-            row["bytes"], row["bytes_measured"], row["bytes_state"] = st.st_size, time.time(), "fresh"
+            row["bytes"], row["bytes_measured"], row["bytes_state"] = target.st_size, time.time(), "fresh"
             continue
-        measured = sizer.size(str(real), refresh=refresh)
+        measured = sizer.size(real, refresh=refresh)
         row["bytes"] = measured["bytes"]
         row["bytes_measured"] = measured["measured"]
         row["bytes_state"] = measured["state"]
@@ -184,6 +178,6 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     walk = _Walk(policy, args["level"], args["file"], args["marker"], ctx.shared("listings", DirListings))
     for resolved, shown in checked:
         # a root the marker rule accepted only for walking is not authorised by itself
-        walk.walk(resolved, shown, args["level"], authorised=False)
+        walk.walk(str(resolved), shown.as_posix(), args["level"], authorised=False)
     _add_sizes(ctx, walk.rows, args["file"], args["sizes"], args["refresh"])
     return {"rows": [row for row, _ in walk.rows]}

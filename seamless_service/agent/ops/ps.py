@@ -74,8 +74,9 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     wanted = args.get("status")
     if wanted:
         rows = [row for row in rows if row.get(status_field) == wanted]
-    filters = {name: args.get(name) for name in KEY_FILTERS}
-    rows = [row for row in rows if row_matches(row, filters)]
+    filters = {name: args[name] for name in KEY_FILTERS if args.get(name) is not None}
+    if filters:
+        rows = [row for row in rows if row_matches(row, filters)]
     return {"rows": rows, "token": token}
 
 
@@ -88,13 +89,14 @@ def liveness(ctx: AgentContext) -> statefiles.LivenessCache:
 
 
 def server_rows(ctx: AgentContext, *, check_pid: bool = True,
-                entries: list[tuple[Path, os.stat_result]] | None = None) -> list[dict[str, Any]]:
+                entries: list[tuple[str, os.stat_result]] | None = None) -> list[dict[str, Any]]:
     """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections).
     `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.scan)."""
     rows = []
     cache, probe = state_cache(ctx), liveness(ctx).alive
     if entries is None:
-        entries = [(path, None) for path in statefiles.list_state_files(ctx.server_dir)]
+        entries = [(os.path.join(ctx.server_dir, name), None)
+                   for name in statefiles.state_file_names(ctx.server_dir)]
     for path, st in entries:
         row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe, st=st)
         if _vanished(row, path):
@@ -138,7 +140,7 @@ def _client_process(ctx: AgentContext, row: dict[str, Any], *, check_pid: bool) 
     return server["status"]
 
 
-def _vanished(row: dict[str, Any], path: Path) -> bool:
+def _vanished(row: dict[str, Any], path: str | Path) -> bool:
     # statefiles turns a file that disappeared mid-listing into an error row; os.replace
     # never makes a name disappear, so only an unlink (rm) does: the service is gone.
     return row.get("status") == "error" and not os.path.lexists(path)
