@@ -34,7 +34,7 @@ from .. import __version__
 from ..protocol.auth import secret_key
 from ..protocol.version import PROTOCOL_VERSION
 from . import paths
-from .defaults import HOST, START_TIMEOUT, STOP_TIMEOUT
+from .defaults import HOST, START_TIMEOUT, STOP_TIMEOUT  # noqa: F401 - HOST re-exported (server.py)
 from .statefiles import pid_alive, usable_pid
 
 STATE_NAME = "agent.json"

@@ -28,7 +28,6 @@ raise, and so on. It is not an extension point: do not set it in normal use.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import importlib
 import io
