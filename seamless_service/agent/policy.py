@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ..protocol import ErrorCode, ProtocolError
+from .paths import join
 
 Path = pathlib.Path
 Kind = Literal["clear", "persistent"]
@@ -92,7 +93,7 @@ class PathPolicy:
         """True if a marker is a regular file (symlinks followed, like the guard) in `directory`.
         `is_file` lets a caller that checks the same files anyway share its stat calls."""
         check = is_file or _is_file
-        return any(check(os.path.join(directory, name)) for name in self.marker_names)
+        return any(check(join(str(directory), name)) for name in self.marker_names)
 
     def authorises(self, directory: str | Path, is_file: Callable[[str], bool] | None = None) -> bool:
         """May the persistent op report `directory` on its own account (see module doc)?"""

@@ -17,6 +17,7 @@ helper gives it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -216,6 +217,7 @@ class StateCache:
         return value
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same file names on every poll
 def key_of(path: StatePath) -> str:
     """The key a state file stands for: its name without `.json` (Path.stem, without pathlib)."""
     name = os.path.basename(os.fspath(path))

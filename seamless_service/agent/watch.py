@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from . import statefiles
+from .paths import join
 from .context import AgentContext
 
 POLL_INTERVAL = 0.1   # seconds between two stat passes while waiting
@@ -43,7 +44,7 @@ class Watcher:
 
     def __init__(self, ctx: AgentContext):
         self._probe = ctx.shared("liveness", statefiles.LivenessCache).alive
-        self._dirs = (("server", ctx.server_dir), ("client", ctx.client_dir))
+        self._dirs = (("server", str(ctx.server_dir)), ("client", str(ctx.client_dir)))
         # path -> (signature, pid or None). Replaced wholesale by each scan, so concurrent
         # scans from several threads never see a half-updated map (last writer wins, and
         # both writers computed valid entries).
@@ -63,7 +64,7 @@ class Watcher:
         seen: dict[str, list[tuple[str, os.stat_result]]] = {"server": [], "client": []}
         for role, directory in self._dirs:
             for name in statefiles.state_file_names(directory):
-                path = os.path.join(directory, name)
+                path = join(directory, name)
                 try:
                     st = os.stat(path)
                 except OSError:

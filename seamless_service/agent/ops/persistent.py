@@ -35,6 +35,7 @@ from typing import Any
 from ...protocol import ErrorCode, ProtocolError
 from ..context import AgentContext
 from ..listing import DirListings, Listing
+from ..paths import join
 from ..policy import PathPolicy, check_path, default_policy, expand_path
 from ..sizer import Sizer
 
@@ -64,7 +65,7 @@ def _stat(path: str) -> os.stat_result | None:
 
 
 class _Walk:
-    """One walk. Paths are plain strings joined with os.path.join: a poll walks every
+    """One walk. Paths are plain strings (paths.join): a poll walks every
     project directory, and pathlib objects would cost more than the stat calls themselves."""
 
     def __init__(self, policy: PathPolicy, level: int, filename: str | None, marker: str | None,
@@ -90,7 +91,7 @@ class _Walk:
         if not stat.S_ISDIR(st.st_mode):
             return _error_row(shown, f"not a directory: {shown}")
         if self.filename:
-            target = _stat(os.path.join(real, self.filename))
+            target = _stat(join(real, self.filename))
             if target is None:
                 return _base(shown, "empty")
             return _base(shown, "populated", target.st_size, _iso(target.st_mtime))
@@ -132,7 +133,7 @@ class _Walk:
         # under a marker policy, a directory is reported only inside an authorised subtree
         authorised = authorised or self.policy.authorises(real, is_file)
         emitted = False
-        has_marker = self.marker is not None and marker_stat(os.path.join(real, self.marker)) is not None
+        has_marker = self.marker is not None and marker_stat(join(real, self.marker)) is not None
         if (self.marker is None or has_marker) and authorised:
             row = self.row(real, shown, st, listing, error, has_marker)
             self.add(row, real)
@@ -146,7 +147,7 @@ class _Walk:
                 self.add(_error_row(shown, message), real)
             return
         for name in listing.subdirs:
-            self.walk(os.path.join(real, name), os.path.join(shown, name), level - 1, authorised)
+            self.walk(join(real, name), join(shown, name), level - 1, authorised)
 
 
 def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], str]], filename: str | None,
@@ -158,7 +159,7 @@ def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], str]], filena
             continue
         if filename:
             # the file's own size: one stat, always current
-            target = _stat(os.path.join(real, filename))
+            target = _stat(join(real, filename))
             if target is None:
                 continue
             row["bytes"], row["bytes_measured"], row["bytes_state"] = target.st_size, time.time(), "fresh"

@@ -41,6 +41,7 @@ is set. All filters combine with AND.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from ...protocol import ErrorCode, ProtocolError
 from ...protocol.keys import is_valid_key, row_matches
 from .. import statefiles
 from ..context import AgentContext
+from ..paths import join
 from ..watch import watcher
 
 KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
@@ -95,7 +97,7 @@ def server_rows(ctx: AgentContext, *, check_pid: bool = True,
     rows = []
     cache, probe = state_cache(ctx), liveness(ctx).alive
     if entries is None:
-        entries = [(os.path.join(ctx.server_dir, name), None)
+        entries = [(join(str(ctx.server_dir), name), None)
                    for name in statefiles.state_file_names(ctx.server_dir)]
     for path, st in entries:
         row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe, st=st)
@@ -147,6 +149,13 @@ def _vanished(row: dict[str, Any], path: str | Path) -> bool:
 
 
 def _mark_key(row: dict[str, Any]) -> dict[str, Any]:
-    if not is_valid_key(row.get("key")):
+    key = row.get("key")
+    if not (isinstance(key, str) and _valid_key_cached(key)):
         row["valid_key"] = False
     return row
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _valid_key_cached(key: str) -> bool:
+    # the same few hundred file names on every poll: the regex runs once per name
+    return is_valid_key(key)
