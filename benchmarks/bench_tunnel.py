@@ -6,7 +6,7 @@ Prints p50/p99 of:
   * a 200 KB reply (logs of a 200 KB log) — the regression benchmark for the NODELAY /
     session-channel trap of shared/reference/rpc-stack.md — with the kept session channel
     (default) and WITHOUT it (the trap: sshd leaves Nagle on, ~40 ms stalls), and through
-    a local 127.0.0.1 forward instead of the direct channel;
+    the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;
   * Fleet.ps over 1 host vs 4 hosts (warm connections, hosts asked in parallel);
   * the first call from nothing with the agent installed but stopped (SSH + agent start +
@@ -163,9 +163,9 @@ def main() -> int:
         transports.append(forward)
         forward.batch([("hello", {})])
         p50, p99 = median_ms(lambda: forward.batch([("logs", {"key": "big"})]), runs)
-        row("200 KB reply through a local 127.0.0.1 forward", p50, p99)
+        row("200 KB reply through the sshtunnel forward (127.0.0.1)", p50, p99)
         p50, p99 = median_ms(lambda: forward.batch([("hello", {})]), runs)
-        row("small call (hello) through a local 127.0.0.1 forward", p50, p99)
+        row("small call (hello) through the sshtunnel forward", p50, p99)
 
         trap = AgentTransport(main_alias, ssh_config=config, notice=quiet, keep_session=False)
         transports.append(trap)

@@ -13,20 +13,18 @@ one-line errors. On top of it:
   host's 127.0.0.1 (`via="channel"`, the default). No local listener exists at all, so no
   other local process can even try the agent's port, and each byte crosses one hop fewer
   than through a local forward.
-* `forward()` offers a classic local forward too (127.0.0.1 only, never 0.0.0.0), for
-  callers that need a TCP port (`via="forward"`).
+* `forward()` offers a classic local forward too (`via="forward"`), for callers that need
+  a TCP port: sshtunnel's forwarder on this same verified connection, bound to 127.0.0.1
+  only, with TCP_NODELAY and 64 KB copies (client/forward.py lists what it overrides).
 
-Why not sshtunnel (which DESIGN names): `SSHTunnelForwarder` always builds and
-authenticates its own paramiko Transport; it cannot take the one deploy/ssh.py verified
-(host-key policy, ProxyJump, IdentitiesOnly, accept-new) without overriding three private
-methods; its errors hide the cause ("Could not establish session to SSH gateway"); its
-forward handler copies 16 KB per select() and sets no TCP_NODELAY; it binds 0.0.0.0 by
-default and its stop() can hang. Measured on loopback (hello / 200 KB reply, p50):
-through sshtunnel with our transport injected 0.73 / 3.3 ms, through our local forward
-0.55 / 2.8 ms, over the channel 0.41 / 2.4 ms (benchmarks/bench_tunnel.py) — so the
-channel is the default, and nothing here imports sshtunnel (~55 ms of import saved).
-The cipher is deploy/ssh.py's choice (paramiko prefers aes128-ctr + hmac-sha2-256);
-aes128-gcm brings the 200 KB reply to ~1.9 ms.
+Why the channel and not sshtunnel's forward (which DESIGN names) by default: a local
+forward is a listener that every local process can reach (the agent's secret still guards
+it), and it adds a hop (client socket -> handler thread -> channel) with a thread hand-off
+per message. Measured on loopback in two runs of benchmarks/bench_tunnel.py, p50 of a
+small call: 0.38-0.40 ms over the channel, 0.44-0.48 ms through the sshtunnel forward
+(the target is <= 0.5 ms); 200 KB replies take 1.3-1.7 ms either way. sshtunnel is imported only
+when a forward is asked for (~55 ms of import). The cipher is deploy/ssh.py's choice:
+AES-GCM first (paramiko's own preference, aes128-ctr + hmac-sha2-256, is slower).
 
 Latency traps handled (shared/reference/rpc-stack.md): TCP_NODELAY on the transport
 socket and on every local socket; and a **session channel kept open** on the connection
@@ -43,19 +41,19 @@ a failing deploy can be explained ("only rhl-* helpers are allowed") without ano
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
 from .errors import AuthFailed, ConnectionFailed
 
+if TYPE_CHECKING:
+    from .forward import LocalForward
+
 CHANNEL_TIMEOUT = 10.0      # opening one forwarded channel
 SESSION_COMMAND = "cat"     # exits as soon as its stdin (our end of the session) closes
-FORWARD_CHUNK = 65536
-FORWARD_POLL = 1.0          # pump threads notice close() within this many seconds
 
 
 class AgentUnreachable(ConnectionFailed):
@@ -112,7 +110,7 @@ class Tunnel:
         self.opened_at: float | None = None
         self._conn: Any = None          # deploy.ssh.SSHConnection
         self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
-        self._forwards: list[LocalForward] = []
+        self._forwards: list[LocalForward] = []  # client/forward.py
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -253,7 +251,7 @@ class Tunnel:
         """An authenticated AgentConnection to the agent on the host's 127.0.0.1:`remote_port`.
 
         `via="channel"`: rpyc over the SSH channel itself; `via="forward"`: through a local
-        forward on 127.0.0.1 (one more hop; kept for callers that need a port).
+        sshtunnel forward on 127.0.0.1 (one more hop; for callers that need a port).
         Raises AgentUnreachable / ForwardingRefused / ConnectionFailed for the channel, and
         agent_conn.AgentAuthError / AgentConnectionError for the agent's handshake.
         """
@@ -280,6 +278,8 @@ class Tunnel:
                 if forward.remote_port == remote_port and not forward.closed and (
                         local_port in (0, forward.local_port)):
                     return forward
+            from .forward import LocalForward
+
             forward = LocalForward(self, remote_port, local_port=local_port)
             self._forwards.append(forward)
             return forward
@@ -304,106 +304,3 @@ class Tunnel:
 
     def __repr__(self) -> str:
         return f"Tunnel({self.host!r}, alive={self.alive})"
-
-
-
-
-class LocalForward:
-    """127.0.0.1:local_port on this machine -> 127.0.0.1:remote_port on the host.
-
-    Bound to 127.0.0.1 only. Every accepted socket gets TCP_NODELAY; each connection is
-    one `direct-tcpip` channel pumped by one thread (64 KB at a time).
-    """
-
-    def __init__(self, tunnel: Tunnel, remote_port: int, *, local_port: int = 0):
-        self.tunnel = tunnel
-        self.remote_port = int(remote_port)
-        self.closed = False
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self._listener.bind(("127.0.0.1", local_port))
-            self._listener.listen(16)
-        except OSError as exc:
-            self._listener.close()
-            raise ConnectionFailed(tunnel.host, f"cannot listen on 127.0.0.1:{local_port}: "
-                                   f"{exc.strerror or exc}") from None
-        self.local_port = self._listener.getsockname()[1]
-        self._accepted: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                        name=f"forward-{tunnel.host}-{self.local_port}")
-        self._thread.start()
-
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self._listener.getsockname()[:2] if not self.closed else ("127.0.0.1", self.local_port)
-
-    def sockets(self) -> list[socket.socket]:
-        """The listening socket and the accepted ones still open (for checks and tests)."""
-        with self._lock:
-            return [self._listener, *self._accepted]
-
-    def _accept_loop(self) -> None:
-        while not self.closed:
-            try:
-                readable, _, _ = select.select([self._listener], [], [], FORWARD_POLL)
-                if not readable:
-                    continue
-                sock, _ = self._listener.accept()
-            except (OSError, ValueError):
-                return  # listener closed
-            set_nodelay(sock)
-            try:
-                chan = self.tunnel.open_channel(self.remote_port)
-            except ConnectionFailed:
-                sock.close()  # the client sees EOF and reports the agent unreachable
-                continue
-            with self._lock:
-                self._accepted.add(sock)
-            threading.Thread(target=self._pump, args=(sock, chan), daemon=True,
-                             name=f"forward-pump-{self.local_port}").start()
-
-    def _pump(self, sock: socket.socket, chan: Any) -> None:
-        try:
-            while not self.closed:
-                readable, _, _ = select.select([sock, chan], [], [], FORWARD_POLL)
-                if sock in readable:
-                    data = sock.recv(FORWARD_CHUNK)
-                    if not data:
-                        break
-                    chan.sendall(data)
-                if chan in readable:
-                    data = chan.recv(FORWARD_CHUNK)
-                    if not data:
-                        break
-                    sock.sendall(data)
-        except (OSError, EOFError):
-            pass
-        finally:
-            with self._lock:
-                self._accepted.discard(sock)
-            for closer in (chan.close, sock.close):
-                try:
-                    closer()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    def describe(self) -> dict[str, Any]:
-        return {"local": f"127.0.0.1:{self.local_port}", "remote_port": self.remote_port,
-                "connections": len(self._accepted)}
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        with self._lock:
-            accepted = list(self._accepted)
-        for sock in accepted:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

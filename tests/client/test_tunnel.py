@@ -6,7 +6,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+import sshtunnel
 
+from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.client.tunnel import AgentUnreachable, Tunnel, has_nodelay
 from seamless_service.deploy import cache
@@ -47,6 +49,9 @@ def test_local_forward_binds_loopback_only_and_carries_200kb(remote: Remote, tun
     conn = tunnel.connect_agent(endpoint.remote_port, endpoint.secret, via="forward")
     try:
         (forward,) = tunnel._forwards
+        # sshtunnel's forwarder, on the Tunnel's own (host-key verified) transport
+        assert isinstance(forward._forwarder, sshtunnel.SSHTunnelForwarder)
+        assert forward._forwarder._transport is tunnel.transport
         host, port = forward.local_address
         assert host == "127.0.0.1"  # never 0.0.0.0 (sshtunnel's default)
         listener = forward.sockets()[0]
@@ -57,6 +62,58 @@ def test_local_forward_binds_loopback_only_and_carries_200kb(remote: Remote, tun
         assert has_nodelay(conn.sock)
         accepted = forward.sockets()[1:]
         assert accepted and all(has_nodelay(sock) for sock in accepted)
+    finally:
+        conn.close()
+
+
+def test_closing_the_forward_ends_its_connections_but_keeps_the_ssh_connection(remote: Remote, tunnel: Tunnel):
+    endpoint = _endpoint(remote)
+    forward = tunnel.forward(endpoint.remote_port)
+    port = forward.local_port
+    conn = AgentConnection.connect("127.0.0.1", port, endpoint.secret)
+    try:
+        assert conn.batch([("hello", {})])[0]["ok"]
+        forward.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with pytest.raises(AgentConnectionError):
+            conn.batch([("hello", {})])
+    finally:
+        conn.close()
+    # sshtunnel's stop() would close the transport it was given; ours must stay up
+    assert tunnel.alive
+    again = tunnel.connect_agent(endpoint.remote_port, endpoint.secret, via="forward")
+    try:
+        assert again.batch([("hello", {})])[0]["ok"]
+    finally:
+        again.close()
+
+
+def test_a_forward_to_a_dead_port_is_silent_and_gives_eof(tunnel: Tunnel, capfd):
+    with socket.socket() as probe:  # a port nothing listens on (bound, not listening)
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+        forward = tunnel.forward(dead)
+        with socket.create_connection(("127.0.0.1", forward.local_port), timeout=5) as client:
+            client.settimeout(5)
+            assert client.recv(1) == b""  # the channel could not open: the client sees EOF
+    # sshtunnel logs that failure at ERROR level; nothing may reach the user's terminal
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert tunnel.alive
+
+
+def test_the_forward_never_reads_keys_or_config_of_its_own(remote: Remote, tunnel: Tunnel, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("sshtunnel looked for keys or authenticated by itself")
+
+    monkeypatch.setattr(sshtunnel.SSHTunnelForwarder, "get_agent_keys", staticmethod(refuse))
+    monkeypatch.setattr(sshtunnel.SSHTunnelForwarder, "read_private_key_file", staticmethod(refuse))
+    monkeypatch.setattr(sshtunnel.SSHTunnelForwarder, "_get_transport", refuse)
+    endpoint = _endpoint(remote)
+    conn = tunnel.connect_agent(endpoint.remote_port, endpoint.secret, via="forward")
+    try:
+        assert conn.batch([("hello", {})])[0]["ok"]
     finally:
         conn.close()
 
