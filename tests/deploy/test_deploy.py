@@ -67,6 +67,15 @@ def test_deploy_from_nothing_installs_and_starts(deployed: Deployed):
     print(f"deploy from nothing took {deployed.seconds:.1f} s")
 
 
+def test_the_agent_venv_holds_only_the_agent_dependencies(deployed: Deployed):
+    """The server install pulls neither the client side nor numpy/aiohttp (issue: agent)."""
+    site = next((deployed.venv / "lib").glob("python3*/site-packages"))
+    installed = {path.name.split("-")[0].lower().replace("_", "-")
+                 for path in site.glob("*.dist-info")}
+    assert {"seamless-service", "rpyc", "msgpack", "pyyaml", "remote-http-launcher"} <= installed
+    assert not installed & {"numpy", "aiohttp", "paramiko", "sshtunnel", "seamless-config"}, installed
+
+
 def test_status_reports_the_running_agent(deployed: Deployed):
     info = bootstrap.status(deployed.server.alias, ssh_config=deployed.server.ssh_config)
     assert info["installed"] == __version__
