@@ -11,14 +11,29 @@ from typing import Any
 from ..agent.context import AgentContext
 from ..agent.dispatch import handle
 from ..protocol import ProtocolError, decode_reply, encode_request
-from .errors import OpError, ProtocolMismatch
+from .errors import OpError, ProtocolMismatch, UsageError
+
+
+def local_context() -> AgentContext:
+    """This machine's context, under the path policy configured for the agent here
+    (`<launcher dir>/agent/config.yaml`): running an op in-process must not be a way
+    around a stricter policy the operator set. UsageError if that config is bad."""
+    from ..agent import lifecycle, paths
+
+    base = paths.base_dir()
+    try:
+        _, spec = lifecycle.resolve_options(base)
+        policy = lifecycle.load_policy(spec)
+    except lifecycle.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return AgentContext(base=base, policy=policy)
 
 
 class LocalTransport:
     name = "local"
 
     def __init__(self, ctx: AgentContext | None = None):
-        self.ctx = ctx or AgentContext()
+        self.ctx = ctx or local_context()
         self.host = "localhost"
 
     def call(self, request: bytes) -> bytes:
