@@ -102,7 +102,7 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
                               accept_new_host_key=accept_new_host_key, notice=notice)
 
-    return _pooled(_key("agent", host, ssh_config), factory, notice=notice)
+    return _pooled(_key("agent", host, ssh_config), factory, notice=notice, timeout=timeout or DEFAULT_TIMEOUT)
 
 
 def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
@@ -113,27 +113,30 @@ def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | 
         return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
                             guarded=guarded, notice=notice)
 
-    leased = _pooled(_key("ssh", host, ssh_config), factory, notice=notice)
+    leased = _pooled(_key("ssh", host, ssh_config), factory, notice=notice, timeout=timeout or DEFAULT_TIMEOUT)
     if guarded and getattr(leased, "guarded", None) is None:
         leased.guarded = guarded
     return leased
 
 
-def _pooled(name: str, factory: Callable[[], Any], *, notice: Notice | None = None) -> Any:
+def _pooled(name: str, factory: Callable[[], Any], *, notice: Notice | None = None,
+            timeout: float | None = None) -> Any:
     from .daemon import pool
 
     if not pool.in_daemon():
         return factory()
-    return PooledTransport(name, pool.get(name, factory), notice=notice)
+    return PooledTransport(name, pool.get(name, factory), notice=notice, timeout=timeout)
 
 
 class PooledTransport:
     """A lease on a transport held by the client daemon's pool (see the module docstring)."""
 
-    def __init__(self, pool_name: str, inner: Any, *, notice: Notice | None = None):
+    def __init__(self, pool_name: str, inner: Any, *, notice: Notice | None = None,
+                 timeout: float | None = None):
         self.pool_name = pool_name
         self.inner = inner
         self._notice = notice
+        self._timeout = timeout
 
     @property
     def name(self) -> str:
@@ -147,7 +150,7 @@ class PooledTransport:
         return getattr(self.inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("pool_name", "inner", "_notice"):
+        if name in ("pool_name", "inner", "_notice", "_timeout"):
             object.__setattr__(self, name, value)
         else:
             setattr(self.inner, name, value)
@@ -157,6 +160,10 @@ class PooledTransport:
 
         if self._notice is not None and hasattr(self.inner, "notice"):
             self.inner.notice = self._notice  # this CLI call's notices go to this caller
+        if self._timeout is not None and hasattr(self.inner, "timeout"):
+            # The pooled transport was made by an earlier command; this one's --timeout
+            # applies to its own calls (the daemon runs one command at a time).
+            self.inner.timeout = float(self._timeout)
         try:
             return self.inner.batch(ops)
         except (ConnectionFailed, ProtocolMismatch):

@@ -189,6 +189,13 @@ def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypa
         assert tunnel.alive
         second = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
         assert second.inner is first.inner and second.inner.tunnel is tunnel
+        # Each command's --timeout applies to its own calls on the shared connection.
+        slow = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices(),
+                              timeout=77.0)
+        slow.batch([("hello", {})])
+        assert slow.inner is first.inner and first.inner.timeout == 77.0
+        second.batch([("hello", {})])
+        assert first.inner.timeout == 30.0  # back to the default for a call that gave none
         (entry,) = [e for e in pool.describe() if e["name"] == name]
         assert entry["details"]["connected"] is True
         # A fatal error (repair impossible: the host is gone) drops it from the pool.

@@ -41,3 +41,28 @@ def test_usage_error_exit_code(capsys):
     with pytest.raises(SystemExit) as info:
         cli_main.main(["ps", "--status", "sleeping"])
     assert info.value.code == 2
+
+
+def test_debug_after_the_subcommand_works_too(broken_ps):
+    with pytest.raises(RuntimeError):
+        cli_main.main(["ps", "--local", "--debug"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ps", "--status", "sleeping"], "argument --status: invalid choice: 'sleeping'"),
+    (["ps", "--watch", "abc"], "argument --watch"),
+    (["ps", "--transport", "carrier-pigeon"], "argument --transport"),
+    (["ps", "--timeout", "0"], "argument --timeout: must be more than 0"),
+    (["ps", "--timeout", "-5"], "argument --timeout: must be more than 0"),
+    (["logs", "--tail"], "argument --tail"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+    (["agent", "start", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, needle, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err  # not argparse's usage block
+    assert needle in captured.err and "--help'" in captured.err
+    assert captured.out == ""

@@ -39,10 +39,22 @@ def add_transport_args(parser: argparse.ArgumentParser) -> None:
                        help="agent: persistent agent over an SSH tunnel; ssh: one `ssh HOST rhl-*` "
                             "per call; local: this machine; auto (default): local for this machine, "
                             "else agent, falling back to ssh")
-    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"connection timeout (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"seconds to wait for a host to answer a call (default {DEFAULT_TIMEOUT:g})")
     group.add_argument("--ssh-config", dest="ssh_config", metavar="PATH",
                        help="ssh client configuration file to use instead of ~/.ssh/config")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for --timeout: a number of seconds above 0 (0 or less would either
+    never wait or, silently, fall back to the default)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, not {text}")
+    return value
 
 
 def _notice(message: str) -> None:

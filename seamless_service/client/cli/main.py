@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ... import __version__
 from ..errors import ServiceError
@@ -25,8 +25,16 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: argparse prints the whole usage block (a dozen
+    lines for `ps`) before the error; a user needs the error and where to look."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="seamless-service", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,7 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_parser(sub)
     _add_tunnel_parser(sub)
+    _accept_debug_everywhere(parser)
     return parser
+
+
+def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after the subcommand too (`seamless-service ps --debug`): SUPPRESS keeps a
+    subcommand from resetting the flag when it was given before the subcommand instead."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if "--debug" not in child._option_string_actions:
+                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show a traceback on errors")
+                _accept_debug_everywhere(child)
 
 
 def _add_tunnel_parser(sub: argparse._SubParsersAction) -> None:
