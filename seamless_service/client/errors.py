@@ -35,6 +35,7 @@ class OpError(ServiceError):
     def __init__(self, code: str, message: str, host: str | None = None):
         super().__init__(f"{host}: {message}" if host else message)
         self.code = code
+        self.message = message
         self.host = host
 
 

@@ -230,11 +230,11 @@ def test_rm_cluster_honours_filters_12(seamless_home):
 # ---------------------------------------------------------------- clear
 
 
-def _buffers(path: Path) -> Path:
-    (path / "ab").mkdir(parents=True)
+def _buffers(path: Path, fresh: bool = True) -> Path:
+    (path / "ab").mkdir(parents=True, exist_ok=not fresh)
     (path / ".HASHSERVER_PREFIX").write_text("")
     (path / "ab" / ("ab" + "0" * 62)).write_bytes(b"x" * 100)
-    (path / "cd").mkdir()
+    (path / "cd").mkdir(exist_ok=not fresh)
     return path
 
 
@@ -246,8 +246,12 @@ def test_clear_refused_while_running_then_keeps_marker_23(seamless_home):
     sel = ["--service", "hashserver", "--stage", "c"]
 
     running = cli(home, "clear", *sel, "--yes")
-    assert f"service {key} is running; stop it first" in assert_one_line_error(running, 1)
+    assert f"service {key} is running; stop it first (or pass --force)" in assert_one_line_error(running, 1)
     assert (path / "ab").is_dir()
+    forced = cli(home, "clear", *sel, "--yes", "--force")  # the user insists: cleared under it
+    assert (forced.returncode, forced.stdout) == (0, f"removed 2 item(s) from {path}\n"), forced.stderr
+    assert alive(state["pid"]) and sorted(os.listdir(path)) == [".HASHSERVER_PREFIX"]
+    _buffers(path, fresh=False)
 
     assert cli(home, "stop", *sel).returncode == 0
     wait_for(lambda: not alive(state["pid"]))

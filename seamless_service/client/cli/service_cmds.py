@@ -11,8 +11,8 @@ differences (anchor §6), besides those of resolution (client/sconfig.py):
        usable pid is reported (`invalid pid`) instead of aborting the whole batch.
 * #19  a client file marked stale keeps mode 0600 and is replaced atomically (unique temp).
 * #20  only keys known not to run any more are marked stale; `missing state` is said so.
-* #23  `clear` refuses while the service (or any service inside the directory) runs, and
-       asks for --yes (or a yes on a terminal).
+* #23  `clear` refuses while the service (or any service inside the directory) runs
+       unless --force, and needs --yes.
 * #38  `rm` refuses to remove the state of a running service unless --force; the refused
        key keeps both its files.
 * `stop` exit status: 1 if any key could not be stopped (permission denied, invalid pid,
@@ -95,9 +95,9 @@ examples:
 
 CLEAR_HELP = """\
 Delete all data of a hashserver or database directory (the project directory also holds
-every STAGE-* directory below it). Refused while a service using it runs: stop it first.
-The .HASHSERVER_PREFIX layout marker is kept. Asks for confirmation on a terminal;
-elsewhere (and through the tunnel keeper) pass --yes.
+every STAGE-* directory below it). The .HASHSERVER_PREFIX layout marker is kept. Needs
+--yes, since the data is gone for good. Refused while a service using the directory runs:
+stop it first (--force clears anyway, under the running service's feet).
 
 examples:
   seamless-service clear --service hashserver --stage s1 --yes
@@ -143,7 +143,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = parser("clear", "delete a hashserver's or database's data", CLEAR_HELP)
     add_selection_args(p)
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("-y", "--yes", action="store_true", help="confirm: delete the data (required)")
+    p.add_argument("--force", action="store_true",
+                   help="clear even while a service using the directory runs")
     add_transport_args(p)
     p.set_defaults(func=run_clear)
 
@@ -458,18 +460,6 @@ def run_rm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- clear
 
 
-def _confirm(question: str) -> bool:
-    from ..daemon import pool
-
-    if pool.in_daemon() or not sys.stdin or not sys.stdin.isatty():
-        return False
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
 def run_clear(args: argparse.Namespace) -> int:
     if args.service not in PERSISTENT_SERVICES:
         raise UsageError("--service must be hashserver or database")
@@ -479,16 +469,16 @@ def run_clear(args: argparse.Namespace) -> int:
     path = resolved.local_workdir()
     where = f"{resolved.ssh_host}:{path}" if resolved.ssh_host else path
     if not args.yes:
-        from ..daemon import pool
-
-        can_ask = not pool.in_daemon() and sys.stdin is not None and sys.stdin.isatty()
-        if not can_ask:
-            raise UsageError(f"clear deletes all data in {where}: pass --yes to confirm")
-        if not _confirm(f"Delete all data of {resolved.key} in {where}?"):
-            _err("nothing cleared")
-            return 1
+        # No interactive prompt: commands run inside the tunnel keeper, which has no
+        # terminal, and a prompt that only sometimes appears is worse than a clear rule.
+        raise UsageError(f"clear deletes all data in {where}: pass --yes to confirm")
     with _transport(resolved.ssh_host, args) as transport:
-        value = call_one(transport, "clear", {"path": path, "key": resolved.key})
+        try:
+            value = call_one(transport, "clear", {"path": path, "key": resolved.key, "force": args.force})
+        except OpError as exc:
+            if exc.code == "conflict":  # a service runs there: say how to go ahead anyway
+                raise OpError(exc.code, f"{exc.message} (or pass --force)", exc.host) from None
+            raise
     if value.get("stdout"):
         sys.stdout.write(value["stdout"])
         sys.stdout.flush()
