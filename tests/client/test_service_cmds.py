@@ -167,6 +167,7 @@ def test_stop_cluster_filters_and_pidless_rows_12_13(seamless_home):
 
     nothing = cli(home, "stop", "--cluster", "lc", "--project", "p1", "--mode", "ro")
     assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert nothing.stderr == "seamless-service: this machine: no running service matched; nothing stopped\n"
     assert "--service or --cluster is required" in assert_one_line_error(cli(home, "stop"), 2)
 
 
@@ -312,3 +313,16 @@ def test_unknown_cluster_everywhere(seamless_home):
     for argv in (["inspect", "--service", "hashserver"], ["stop"], ["rm"], ["stop", "--service", "database"]):
         line = assert_one_line_error(cli(home, *argv, "--cluster", "nope"), 2)
         assert "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)" in line, argv
+
+
+def test_rm_keeps_client_files_when_the_server_side_cannot_be_checked_38(seamless_home):
+    home = seamless_home
+    key = "hashserver-rc-rw-p"
+    client_file = home.sandbox.write_state(key, {"hostname": "rc.invalid", "port": 60101}, side="client")
+    kept = cli(home, "rm", "--cluster", "rc", "--transport", "ssh", "--timeout", "5")
+    assert kept.returncode == 1 and kept.stdout == ""
+    assert "client files kept: could not check the server side on rc-ssh" in kept.stderr
+    assert client_file.exists()  # the service may still run: its connection file stays
+    forced = cli(home, "rm", "--cluster", "rc", "--transport", "ssh", "--timeout", "5", "--force")
+    assert forced.returncode == 1  # the host is still unreachable ...
+    assert not client_file.exists()  # ... but the user insisted on the client side

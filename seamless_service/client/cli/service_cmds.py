@@ -375,6 +375,8 @@ def run_stop(args: argparse.Namespace) -> int:
                 rows = _cluster_rows(transport, args, "server")
                 # #13/#17: only what may still run; stale/failed rows are never re-signalled
                 keys = [r["key"] for r in rows if r.get("status") in ("running", "starting")]
+                if not keys:  # say so: silence would read as "stopped what you asked for"
+                    _err(f"{_where(host)}: no running service matched; nothing stopped")
                 results: list[dict[str, Any]] = []
                 for chunk in _chunks(keys):
                     results += call_one(transport, "stop", {"keys": chunk})["results"]
@@ -432,7 +434,7 @@ def run_rm(args: argparse.Namespace) -> int:
     else:
         raise UsageError("--service or --cluster is required")
 
-    rc, refused = 0, set()
+    rc, refused, unchecked = 0, set(), []
     for host, host_keys in hosts_keys:
         try:
             with _transport(host, args) as transport:
@@ -444,6 +446,13 @@ def run_rm(args: argparse.Namespace) -> int:
         except ServiceError as exc:
             _err(str(exc))
             rc = 1
+            unchecked.append(_where(host))
+    if do_client and unchecked and not args.force:
+        # #38 again: whether those services run is unknown, so their client files (the
+        # only way back to a running service) stay.
+        _err(f"client files kept: could not check the server side on {', '.join(unchecked)} "
+             "(pass --force to remove them anyway)")
+        do_client = False
     if do_client:
         # Client files live on this machine, whatever host the service runs on.
         with contextlib.closing(open_local()) as local:
