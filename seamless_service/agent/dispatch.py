@@ -2,6 +2,11 @@
 
 One failing op never fails its neighbours; a bug in an op becomes an `internal` error
 result, logged with its traceback on the agent side only.
+
+The reply size (MAX_REPLY_BYTES, which clients also enforce) is budgeted per op: each
+result is packed as soon as its op returns and the Python object dropped, so memory holds
+one op's result plus the reply so far, never a whole batch of big results. A result that
+does not fit becomes that op's own `too_large` error; the other results are kept.
 """
 
 from __future__ import annotations
@@ -13,15 +18,23 @@ from ..protocol import ErrorCode, ProtocolError, validate_args
 from ..protocol.codec import (
     MAX_REPLY_BYTES,
     decode_request,
+    encode_packed_reply,
     encode_reply,
     error_result,
     ok_result,
+    pack_result,
     parse_op_entry,
 )
 from .context import AgentContext
 from .ops import handler
 
 log = logging.getLogger("seamless_service.agent")
+
+# Room kept free for each op not yet answered. Any result up to this size (every error,
+# hello, and the report of a stop/rm/clear that has already acted) therefore always fits,
+# however much the ops before it took; a too_large replacement is far smaller still. For
+# the largest batch (256 ops) this holds back 4 MiB of the 64 MiB reply.
+RESERVED_PER_OP = 16 << 10
 
 
 def run_op(ctx: AgentContext, entry: Any) -> dict:
@@ -39,18 +52,43 @@ def run_op(ctx: AgentContext, entry: Any) -> dict:
         return error_result(ProtocolError(ErrorCode.INTERNAL, f"agent error: {type(exc).__name__}: {exc}"))
 
 
-def handle(ctx: AgentContext, data: bytes) -> bytes:
+def run_packed(ctx: AgentContext, entry: Any) -> bytes:
+    """Run one op and return its result already packed; the result object dies here."""
+    try:
+        return pack_result(run_op(ctx, entry))
+    except Exception as exc:  # noqa: BLE001 - e.g. a value msgpack cannot encode: this op alone fails
+        log.exception("could not encode an op's result")
+        return pack_result(error_result(
+            ProtocolError(ErrorCode.INTERNAL, f"agent error: could not encode the result: {exc}")))
+
+
+def too_large(index: int, entry: Any, n_ops: int, size: int, room: int, limit: int) -> bytes:
+    name = entry.get("op") if isinstance(entry, dict) else None
+    label = repr(name[:64]) if isinstance(name, str) else "?"
+    return pack_result(error_result(ProtocolError(ErrorCode.TOO_LARGE, (
+        f"op {index + 1} of {n_ops} ({label}): its result of {size} bytes does not fit in the reply "
+        f"({max(room, 0)} of the reply's {limit} bytes were left for it); the op ran but its result was "
+        f"dropped. Ask for less (e.g. a smaller max_bytes or tail, fewer keys or paths) or split "
+        f"the batch"))))
+
+
+def handle(ctx: AgentContext, data: bytes, *, max_reply_bytes: int = MAX_REPLY_BYTES) -> bytes:
     try:
         request = decode_request(data)
     except ProtocolError as exc:
         return encode_reply(error=exc)
-    results = [run_op(ctx, entry) for entry in request.ops]
-    try:
-        reply = encode_reply(results)
-    except Exception as exc:  # noqa: BLE001 - e.g. a value msgpack cannot encode
-        log.exception("could not encode reply")
-        return encode_reply(error=ProtocolError(ErrorCode.INTERNAL, f"could not encode reply: {exc}"))
-    if len(reply) > MAX_REPLY_BYTES:
-        return encode_reply(error=ProtocolError(
-            ErrorCode.TOO_LARGE, f"reply of {len(reply)} bytes exceeds {MAX_REPLY_BYTES}; ask for less per batch"))
-    return reply
+    n_ops = len(request.ops)
+    pieces: list[bytes] = []
+    used = len(encode_packed_reply([b""] * n_ops))  # the envelope itself: map and array headers
+    # Invariant: used + RESERVED_PER_OP * (ops still to answer) <= max_reply_bytes. So a
+    # result may take whatever is left beyond the room reserved for the later ops, and a
+    # replacement (< RESERVED_PER_OP) always fits: the reply never exceeds the limit, and
+    # every op runs - mutating ones included - and gets its result or its own error.
+    for index, entry in enumerate(request.ops):
+        piece = run_packed(ctx, entry)
+        room = max_reply_bytes - used - RESERVED_PER_OP * (n_ops - index - 1)
+        if len(piece) > room:
+            piece = too_large(index, entry, n_ops, len(piece), room, max_reply_bytes)
+        used += len(piece)
+        pieces.append(piece)  # (a replaced big result was freed when `piece` was rebound)
+    return encode_packed_reply(pieces)

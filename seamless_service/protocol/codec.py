@@ -151,6 +151,24 @@ def encode_reply(results: list[dict] | None = None, *, error: ProtocolError | No
     return _pack({"v": PROTOCOL_VERSION, "results": results or []})
 
 
+def pack_result(result: dict) -> bytes:
+    """One result, packed exactly as encode_reply packs it inside the reply."""
+    return _pack(result)
+
+
+def encode_packed_reply(packed_results: list[bytes]) -> bytes:
+    """The reply `encode_reply(results)` gives, built from each result's `pack_result` bytes.
+
+    msgpack is context-free (an array is its header followed by its packed items), so the
+    bytes are identical; this lets the agent pack each result as soon as it is produced and
+    drop the Python object, instead of holding every result of a batch until the end.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    head = (packer.pack_map_header(2) + packer.pack("v") + packer.pack(PROTOCOL_VERSION)
+            + packer.pack("results") + packer.pack_array_header(len(packed_results)))
+    return b"".join([head, *packed_results])
+
+
 def decode_reply(data: bytes, expected: int | None = None) -> list[dict]:
     """Decode a reply into its result list. A request-level error is raised as ProtocolError."""
     # Replies are deep-checked only by msgpack's own stack limit: walking every row of a
