@@ -9,8 +9,9 @@ Where a command runs:
                     where no tunnel keeper is wanted; `agent start` leaves a long-lived
                     process behind, which must not become the daemon's child),
                     anything with `--local` (reads this machine's state, no SSH to save),
-                    SEAMLESS_SERVICE_NO_DAEMON=1, and any time the daemon cannot be
-                    reached or started (with a one-line notice)
+                    SEAMLESS_SERVICE_NO_DAEMON=1, any time the daemon cannot be
+                    reached or started (with a one-line notice), and, without a notice,
+                    when the daemon is busy with another command (see BUSY_WAIT)
   tunnel status/stop   asks the daemon itself
   --help, -h, no args  the daemon if one is running, else here (never starts one)
   everything else   the daemon, started on demand; output is streamed back as it comes
@@ -30,6 +31,20 @@ if TYPE_CHECKING:
 from .daemon import client
 
 IN_PROCESS_COMMANDS = ("agent", "demo")  # server-side or this-machine-only: no tunnel keeper
+
+# The daemon runs one command at a time (cwd, environment and sys.stdout are per process).
+# A command that finds it still busy after BUSY_WAIT seconds runs here instead: it pays the
+# imports and its own SSH handshake (~0.7 s) but never hangs behind a `ps --watch` or
+# `logs --follow` in another terminal. The short wait lets it queue behind a short command,
+# which is cheaper than a cold start.
+#
+# Long-running commands themselves (--watch, --follow) still go to the daemon, on purpose:
+# they get its warm connections (a watch shows its first frame at once), Ctrl-C reaches
+# them through the daemon's cancellation, and the connections they open stay warm for the
+# commands after them. The cost, other commands running cold while a watch holds the
+# daemon, is bounded by the busy fallback. Running every watch here instead would make
+# the common case (one watch, nothing else) pay a cold start and a second SSH connection.
+BUSY_WAIT = 0.2
 
 
 def _command(args: Sequence[str]) -> str | None:
@@ -93,8 +108,8 @@ def _dispatch(args: list[str]) -> int:
         rest = args[args.index(command) + 1:] if command else []
         return client.tunnel_command(rest)
     try:
-        return client.run(args, start=(how == "daemon"))
-    except client.NotRunning:
+        return client.run(args, start=(how == "daemon"), busy_wait=BUSY_WAIT)
+    except (client.NotRunning, client.DaemonBusy):
         return run_in_process(args)
     except client.DaemonUnavailable as exc:
         print(f"seamless-service: tunnel keeper unavailable ({exc}); running in this process",

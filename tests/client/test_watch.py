@@ -249,7 +249,8 @@ def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path
             code, err = interrupt(proc)
         assert "Traceback" not in err, err
         assert code == 0  # Ctrl-C ends a watch: success, also through the tunnel keeper
-        # the daemon runs one command at a time: a watch still running would block this one
+        # the daemon runs one command at a time: had the watch outlived Ctrl-C, this one would
+        # be turned away ("busy") and run in its own process; see test_daemon_busy.py
         after = subprocess.run([*argv, "--cluster", "loc", "--server", "--json"], cwd=world.proj, env=env,
                                capture_output=True, text=True, timeout=60)
         assert after.returncode == 0, after.stderr

@@ -8,6 +8,8 @@ Errors, both one line:
   DaemonUnavailable  the request was never delivered (no daemon and none could be
                      started, unsafe folder, ...): the caller may run the command itself.
   NotRunning         (a DaemonUnavailable) no daemon, and we were told not to start one.
+  DaemonBusy         (a DaemonUnavailable) the daemon is running another command and this
+                     one was not to wait for its turn (run(busy_wait=...)); nothing ran.
   DaemonLost         the daemon took the request and then went away: the command may have
                      run partly, so it must NOT be re-run in-process.
 """
@@ -42,6 +44,10 @@ class DaemonUnavailable(ServiceError):
 
 
 class NotRunning(DaemonUnavailable):
+    pass
+
+
+class DaemonBusy(DaemonUnavailable):
     pass
 
 
@@ -263,13 +269,18 @@ def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
 
 
 def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None,
-        cwd: str | None = None, env: dict[str, str] | None = None, start: bool = True) -> int:
+        cwd: str | None = None, env: dict[str, str] | None = None, start: bool = True,
+        busy_wait: float | None = None) -> int:
     """Run a CLI command in the daemon, streaming its output to stdout/stderr as it comes;
     returns its exit code.
 
-    Raises DaemonUnavailable (nothing ran: safe to run it elsewhere) or DaemonLost (it
-    may have run partly). KeyboardInterrupt closes the connection, which makes the daemon
-    cancel the command.
+    The daemon runs one command at a time. By default this one waits for its turn however
+    long that takes; with `busy_wait`, if the daemon is still running another command after
+    that many seconds, DaemonBusy is raised instead (nothing ran).
+
+    Raises DaemonUnavailable (nothing ran: safe to run it elsewhere; DaemonBusy is one) or
+    DaemonLost (it may have run partly). KeyboardInterrupt closes the connection, which
+    makes the daemon cancel the command.
     """
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
@@ -277,6 +288,8 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
         req = run_request(argv, out, err, cwd=cwd, env=env)
     except FileNotFoundError:
         raise DaemonUnavailable("the current directory no longer exists") from None
+    if busy_wait is not None:
+        req["wait"] = max(0.0, float(busy_wait))
     streams = {"stdout": out, "stderr": err}
     for attempt in range(RUN_ATTEMPTS):
         sock = connect(start=start)
@@ -311,6 +324,8 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
                 code = frame.get("code")
                 if code == "retry":
                     break
+                if code == "busy":
+                    raise DaemonBusy(frame.get("error") or "the tunnel keeper is busy")
                 if code == "version":
                     # Another install or version of seamless-service: replace that daemon.
                     daemon_stop()

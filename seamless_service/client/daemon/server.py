@@ -11,15 +11,19 @@ Requests (framing.py maps):
   {"cmd": "stop"}    -> {"ok": true, ...}, then a clean exit (pool entries closed)
   {"cmd": "run", "argv": [...], "cwd": str, "env": {...}, optional "stream": bool,
    "tty": {"stdout": bool, "stderr": bool}, "umask": int, "version": str, "install": str,
-   "prefix": str}
+   "prefix": str, optional "wait": seconds}
       runs the CLI's main(argv) inside this process with the caller's cwd, environment,
-      umask and argv, capturing stdout/stderr. Without "stream":
+      umask and argv, capturing stdout/stderr. Commands run one at a time; with "wait", a
+      command that cannot start within that many seconds (another one holds the daemon,
+      e.g. a `ps --watch`) is not queued but answered with code "busy". Without "stream":
         -> {"ok": true, "exit": N, "stdout": str, "stderr": str}
       with "stream": true, output is sent while the command runs:
         -> {"stream": "stdout"|"stderr", "data": str} ... then {"ok": true, "exit": N}
 Errors: {"ok": false, "error": "<one line>"} plus a "code" the client acts on: "retry"
 (daemon shutting down: start a fresh one), "version" (the client is another install or
-version: stop this daemon and start a fresh one). A bad request never stops the daemon.
+version: stop this daemon and start a fresh one), "busy" (only with "wait": another command
+is running and nothing of this one ran; the thin client then runs it in its own process).
+A bad request never stops the daemon.
 
 TEST ONLY: SEAMLESS_SERVICE_DAEMON_MAIN="module:function", read at daemon start, replaces
 the CLI main that "run" calls, so tests can run commands that print their cwd/env, sleep,
@@ -427,6 +431,10 @@ def _validate_run(req: dict[str, Any]) -> str | None:
             isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
             for k, v in env.items()):
         return "run: 'env' must map variable names to strings"
+    wait = req.get("wait")
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
+                             or not 0 <= wait < float("inf")):
+        return "run: 'wait' must be a number of seconds"
     return None
 
 
@@ -449,8 +457,11 @@ class Daemon:
         # process-global, and so is state the CLI keeps in modules (seamless-config's
         # resolution caches its loaded configuration at module level). Pool entries survive
         # between runs; that is where sharing pays, not in running commands side by side.
+        # A command never queues behind a long one, though: a client that sends "wait" gets
+        # "busy" when the lock is not free in time, and runs the command itself (see _run).
         self.run_lock = threading.Lock()
         self.current: _RunSession | None = None
+        self.busy_replies = 0                     # runs turned away with "busy" (status)
         self._activity = threading.Lock()
         self._active = 0
         self._last_activity = time.monotonic()
@@ -643,7 +654,8 @@ class Daemon:
             current = self.current
             reply.update({
                 "socket": self.sock_path, "connections": active, "idle_for": idle_for,
-                "requests": self.requests, "current": None if current is None else current.argv,
+                "requests": self.requests, "busy_replies": self.busy_replies,
+                "current": None if current is None else current.argv,
                 "pool": pool.describe(),
             })
             return self._send_quietly(conn, reply)
@@ -682,6 +694,11 @@ class Daemon:
         session.start()
         acquired = False
         code: int | None = None
+        # Without "wait" (API callers) a run queues for its turn as long as it takes; the thin
+        # client waits only a moment: behind a `ps --watch` or `logs --follow` it would wait
+        # until that ends, so it is told "busy" and runs the command itself instead.
+        wait = req.get("wait")
+        deadline = None if wait is None else time.monotonic() + float(wait)
         try:
             while not acquired:
                 if session.cancelled:
@@ -689,7 +706,14 @@ class Daemon:
                 if self.stopping is not None:
                     session.reply({"ok": False, "code": "retry", "error": "the tunnel keeper is shutting down"})
                     return
-                acquired = self.run_lock.acquire(timeout=0.1)
+                step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+                acquired = self.run_lock.acquire(timeout=step)
+                if not acquired and deadline is not None and time.monotonic() >= deadline:
+                    with self._activity:
+                        self.busy_replies += 1
+                    session.reply({"ok": False, "code": "busy",
+                                   "error": "the tunnel keeper is running another command"})
+                    return
             if self.stopping is not None:
                 session.reply({"ok": False, "code": "retry", "error": "the tunnel keeper is shutting down"})
                 return
