@@ -97,6 +97,9 @@ def test_tunnel_status_and_stop(place):
     assert (again.returncode, again.stdout) == (0, "no tunnel keeper running\n")
     bad = cli("tunnel", "restart")
     assert bad.returncode == 2 and "unrecognised arguments" in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "--help'" in bad.stderr  # one line, like every usage error
+    help_ = cli("tunnel", "--help")
+    assert help_.returncode == 0 and "examples:\n  seamless-service tunnel status" in help_.stdout
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")

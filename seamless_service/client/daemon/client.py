@@ -347,6 +347,12 @@ connections open between seamless-service commands (started on demand, exits whe
 
   status    show whether it runs, and the connections it holds (exit 1 if not running)
   stop      stop it, closing its connections
+  --json    machine-readable output
+
+examples:
+  seamless-service tunnel status
+  seamless-service tunnel status --json
+  seamless-service tunnel stop
 """
 
 
@@ -396,8 +402,8 @@ def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: Te
         return 0 if args else 2
     action, rest = args[0], args[1:]
     if action not in ("status", "stop") or [a for a in rest if a != "--json"]:
-        err.write(TUNNEL_USAGE.splitlines()[0] + "\n")
-        err.write(f"seamless-service tunnel: unrecognised arguments: {' '.join(args)}\n")
+        err.write(f"seamless-service tunnel: error: unrecognised arguments: {' '.join(args)} "
+                  "(see 'seamless-service tunnel --help')\n")
         return 2
     as_json = "--json" in rest
     try:
