@@ -81,6 +81,16 @@ class AgentService(rpyc.Service):
         channel.compress = False
         return super()._connect(channel, config)
 
+    # rpyc answers dir(), repr() and str() of remote objects with the real object's: they
+    # would list private attribute names, the module path and a memory address.
+    def __dir__(self) -> list[str]:
+        return ["call"]
+
+    def __repr__(self) -> str:
+        return "<seamless-service agent>"
+
+    __str__ = __repr__
+
     def _rpyc_getattr(self, name: str) -> Any:
         # Replaces rpyc's attribute check for the root object: one name, nothing else
         # (not even rpyc's own exposed_get_service_name).
