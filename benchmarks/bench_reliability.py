@@ -103,7 +103,10 @@ def memory(server: SshServer, endpoint, calls: int) -> dict:
     return {"before": before, "after": after, "calls": calls, "seconds": seconds}
 
 
-def main() -> None:
+MAX_RSS_GROWTH_MB = 5.0  # "no growth beyond a few MB" over the calls
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--polls", type=int, default=500)
@@ -126,7 +129,18 @@ def main() -> None:
               f"{m['calls']:,} calls ({(m['after'] - m['before']) / 1024:+.1f} MB; "
               f"{m['calls'] / m['seconds']:.0f} calls/s on one connection)")
         bootstrap.stop(server.alias, ssh_config=server.ssh_config)
+    # A figure is not a test, but a script run by hand or in a pipeline should still say
+    # when a goal was missed: exit 1 on any error or on memory growth beyond a few MB.
+    missed = []
+    if r["errors"]:
+        missed.append(f"{len(r['errors'])} errors under load (goal: 0)")
+    growth = (m["after"] - m["before"]) / 1024
+    if growth > MAX_RSS_GROWTH_MB:
+        missed.append(f"agent RSS grew {growth:.1f} MB (goal: <= {MAX_RSS_GROWTH_MB:g})")
+    for line in missed:
+        print(f"MISSED: {line}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
