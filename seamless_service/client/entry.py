@@ -13,7 +13,8 @@ Where a command runs:
                     reached or started (with a one-line notice), and, without a notice,
                     when the daemon is busy with another command (see BUSY_WAIT)
   tunnel status/stop   asks the daemon itself
-  --help, -h, no args  the daemon if one is running, else here (never starts one)
+  --help, -h, no args  here, from a constant (cli/toplevel_help.py): no parser, no daemon
+  SUBCOMMAND --help    the daemon if one is running, else here (never starts one)
   everything else   the daemon, started on demand; output is streamed back as it comes
 """
 
@@ -27,8 +28,6 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Sequence
-
-from .daemon import client
 
 IN_PROCESS_COMMANDS = ("agent", "demo")  # server-side or this-machine-only: no tunnel keeper
 
@@ -100,6 +99,13 @@ def _silence_stdout() -> None:
 
 
 def _dispatch(args: list[str]) -> int:
+    if args in ([], ["-h"], ["--help"]):
+        from .cli.toplevel_help import TOP_HELP
+
+        sys.stdout.write(TOP_HELP)
+        return 0 if args else 2  # no command at all is a usage error, as argparse says
+    from .daemon import client  # socket, msgpack: only for the commands that use the daemon
+
     how = route(args)
     if how == "local":
         return run_in_process(args)

@@ -66,17 +66,21 @@ def test_no_daemon_env_runs_in_process(place):
 
 
 def test_help_never_starts_a_daemon_but_uses_a_running_one(place):
-    result = cli("--help")
-    assert result.returncode == 0 and result.stdout.startswith("usage: seamless-service")
+    result = cli("ps", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: seamless-service ps")
     assert not place.sock.exists()
     bare = cli()
     assert bare.returncode == 2 and "usage: seamless-service" in bare.stdout
+    top = cli("--help")
+    assert top.returncode == 0 and top.stdout == bare.stdout
     assert not place.sock.exists()
     client.ensure_daemon()
     before = requests_served()
-    via_daemon = cli("--help")
+    via_daemon = cli("ps", "--help")
     assert via_daemon.stdout == result.stdout
     assert requests_served() == before + 2
+    cli("--help")  # the top-level help is a constant: it does not even ask the daemon
+    assert requests_served() == before + 3  # only our own status call
 
 
 def test_tunnel_status_and_stop(place):
@@ -147,3 +151,28 @@ def test_routing(args, expected, monkeypatch):
     assert entry.route(args) == expected
     monkeypatch.setenv("SEAMLESS_SERVICE_NO_DAEMON", "1")
     assert entry.route(args) == ("tunnel" if expected == "tunnel" else "local")
+
+
+def test_top_level_help_constant_is_argparse_own_output(monkeypatch):
+    from seamless_service.client.cli.main import build_parser
+    from seamless_service.client.cli.toplevel_help import TOP_HELP
+
+    monkeypatch.setenv("COLUMNS", "80")
+    # If this fails, the parser changed: regenerate cli/toplevel_help.py from build_parser().
+    assert TOP_HELP == build_parser().format_help()
+
+
+def test_top_level_help_builds_no_parser_and_starts_nothing(tmp_path):
+    report = tmp_path / "modules.json"
+    code = (
+        "import json, sys\n"
+        "from seamless_service.client.entry import main\n"
+        "rc = main(['--help'])\n"
+        f"json.dump({{'rc': rc, 'modules': sorted(sys.modules)}}, open({str(report)!r}, 'w'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("usage: seamless-service [-h]") and "examples:" in result.stdout
+    seen = json.loads(report.read_text())
+    assert seen["rc"] == 0
+    assert not {"argparse", "seamless_service.client.daemon.client", "seamless_service.client.sconfig",
+                "socket"} & set(seen["modules"])
