@@ -22,7 +22,7 @@ MAX_TAIL_LINES = 100_000
 MAX_LOG_BYTES = 8 << 20   # one logs reply carries at most 8 MiB of log
 MAX_WAIT_SECONDS = 60.0
 MAX_LEVEL = 8
-STATUSES = ("running", "starting", "failed", "stale", "error")
+STATUSES = ("running", "starting", "failed", "stale", "error", "client")
 
 
 @dataclass(frozen=True)

@@ -519,6 +519,13 @@ def test_client_row_of_a_dead_local_service_says_stale(small):
              open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", timeout=30)
     assert [r["process"] for r in small.old_json()] == ["client"]
     assert [r["process"] for r in small.ps_json()] == ["stale"]
+    # A connection file of a service on another machine: its liveness is unknown here,
+    # and `--status client` selects exactly such rows.
+    remote = "hashserver-loc-rw-elsewhere"
+    small.box.write_state(remote, {"hostname": "far.invalid", "port": 60123}, side="client")
+    assert {r["key"]: r["process"] for r in small.ps_json()} == {key: "stale", remote: "client"}
+    assert [r["key"] for r in small.ps_json("--status", "client")] == [remote]
+    assert [r["key"] for r in small.ps_json("--status", "stale")] == [key]
 
 
 def test_health_column_names_the_failing_check(small):

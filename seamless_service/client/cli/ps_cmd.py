@@ -17,7 +17,8 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #37  --status drops persistent-only rows (they have no process).
 * #40  client rows of services on this machine show the service's real status.
 * --subproject/--substage/--mode/--queue also filter process rows (as for stop/rm --cluster);
-  --status accepts only the statuses rows can have; a failed host or op exits 1.
+  --status accepts only the statuses rows can have (`client`: a connection file whose
+  service lives on another machine, liveness unknown here); a failed host or op exits 1.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ examples:
   seamless-service ps --cluster mycluster --watch
 """
 
-STATUSES = ("running", "starting", "failed", "stale", "error")
+STATUSES = ("running", "starting", "failed", "stale", "error", "client")
 MAX_WATCH = 60.0  # the agent's longest `wait`
 
 
