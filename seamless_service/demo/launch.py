@@ -30,7 +30,13 @@ BIN_DIR = Path(sys.executable).parent
 
 
 def demo_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"seamless-service-demo-{os.getuid()}"
+    """Where the demo keeps its data: per user and per launcher state folder (which lives
+    under HOME), so two sandboxes of one user never clear each other's demo data."""
+    import hashlib
+
+    launcher_dir = str(Path("~/.remote-http-launcher").expanduser())
+    tag = hashlib.sha256(launcher_dir.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"seamless-service-demo-{os.getuid()}-{tag}"
 
 
 def _env() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,12 @@ def test_demo_start_ps_stop(sandbox):
     assert not demo_root().exists()
     empty = run(sandbox, "ps", "--local", "--json")
     assert empty.returncode == 0 and empty.stdout == ""
+
+
+def test_demo_data_is_per_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "a"))
+    first = demo_root()
+    monkeypatch.setenv("HOME", str(tmp_path / "b"))
+    second = demo_root()
+    assert first != second and first.parent == second.parent
+    assert str(os.getuid()) in first.name
