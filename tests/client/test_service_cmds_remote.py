@@ -16,6 +16,7 @@ import os
 
 import pytest
 
+from tests.client.conftest import ODD_STATES, RUNNING_KEYS
 from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
 
 
@@ -132,3 +133,55 @@ def test_remote_clear_keeps_marker(rhome, remote):
     assert theirs.returncode == 0, theirs.stderr
     assert theirs.stdout.startswith("removed 2 item(s) from ")  # the anchor deletes the marker too
     assert os.listdir(remote.home / "data/buffers/theirclear") == []
+
+
+# ---------------------------------------------------------------- ps, side by side
+
+PS_FIELDS = ("key", "service", "cluster", "project", "stage", "process", "port", "persistent", "path", "size")
+ZEROPID = "hashserver-clu-rw-zeropid"                      # ODD_STATES: pid 0
+SUBSTAGE = "jobserver-clu-rw-projB--STAGE-s2SUBSTAGE-gpu"  # ODD_STATES: a substage key
+
+
+def _ps_rows(result) -> dict[str, dict]:
+    """Rows by key (data-directory rows by path). Only the shared fixture's services are
+    kept: keys other tests launch and kill may be zombies for a while, which the anchor
+    counts as alive (a difference of its own, tested elsewhere)."""
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    known = set(RUNNING_KEYS) | set(ODD_STATES)
+    return {r["key"] or r["path"]: {f: r.get(f) for f in PS_FIELDS} for r in rows
+            if r["key"] is None or r["key"] in known}
+
+
+@pytest.mark.parametrize("argv", [
+    ["--cluster", "clu"],
+    ["--cluster", "clu", "--server"],
+    ["--cluster", "clu", "--persistent"],
+    ["--cluster", "clu", "--status", "running"],
+    ["--cluster", "clu", "--project", "projA"],
+    ["--cluster", "clu", "--service", "hashserver"],
+])
+def test_remote_ps_json_like_anchor_except_the_documented_fixes(rhome, remote, argv):
+    """seamless-service-ps (a fresh ssh per helper) and ours (one agent batch) on the same
+    sshd, cluster config and state: the same rows and fields, but for #9 (buffer
+    directories have a size), #15 (pid 0 is not alive) and #30 (SUBSTAGE is not the stage)."""
+    theirs = _ps_rows(anchor(rhome, "ps", *argv, "--json"))
+    mine = _ps_rows(ours(rhome, remote, "ps", *argv, "--json"))
+    assert theirs, "the anchor listed nothing: the comparison would prove nothing"
+    if "--status" in argv:  # #15: the anchor counts pid 0 as a running process
+        assert theirs.pop(ZEROPID)["process"] == "running" and ZEROPID not in mine
+    assert set(mine) == set(theirs)
+    for name, old in theirs.items():
+        new = dict(mine[name])
+        if name == ZEROPID:
+            assert (old["process"], new.pop("process")) == ("running", "stale")      # #15
+            old = {k: v for k, v in old.items() if k != "process"}
+        if name == SUBSTAGE:
+            assert (old["stage"], new.pop("stage")) == ("s2SUBSTAGE-gpu", "s2")      # #30
+            old = {k: v for k, v in old.items() if k != "stage"}
+        if old["service"] == "hashserver" and old["persistent"] in ("populated", "empty"):
+            size = new.pop("size")                                                    # #9
+            assert old["size"] is None and isinstance(size, int)
+            assert (size > 0) == (old["persistent"] == "populated"), (name, size)
+            old = {k: v for k, v in old.items() if k != "size"}
+        assert new == old, name
