@@ -1,26 +1,48 @@
 """The agent's half of the mutual challenge-response (see protocol/auth.py), as an rpyc
 `authenticator=` callable: it runs on each raw accepted socket before rpyc speaks.
 
+Before the handshake, a connection opened by another local user (peercred.py) is closed
+at once: it never takes a handshake slot, so other users cannot lock the owner out by
+holding silent connections.
+
 A refused connection is logged with the peer address and the reason only: never the
-secret, never the client's answer.
+secret, never the client's answer. At most REFUSAL_LOG_LIMIT such lines a minute, then
+one summary line: a flood cannot fill the disk with agent.log (rotated only at start).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+from typing import NoReturn
 
 from rpyc.utils.authenticators import AuthenticationError
 
 from ..protocol import auth as pauth
+from .peercred import peer_uid
 
 log = logging.getLogger("seamless_service.agent.auth")
 
 # Connections allowed to be mid-handshake at once. Each holds a thread for up to the
 # handshake timeout; past this, new ones are refused at once instead of piling up threads.
+#
+# The count is global, not per peer: every peer address is 127.0.0.1 (every legitimate
+# connection through SSH comes from the user's own sshd), and once other users' connections
+# are refused by uid, whoever is left is the owner, or a peer whose uid we could not tell.
+# What keeps such a flood from locking the owner out is EVICT_AFTER: when all slots are
+# taken, a new connection takes the slot of the oldest pending handshake if that one has
+# been pending this long (a real client answers within one round trip; a silent one has
+# nothing to lose). So silent connections can hold every slot only by being renewed more
+# than MAX_PENDING / EVICT_AFTER times a second, and a slow client is only cut short when
+# the slots are actually needed, never by a shorter timeout.
 MAX_PENDING = 32
+EVICT_AFTER = 1.0
+
+REFUSAL_LOG_LIMIT = 10      # refusal lines per REFUSAL_LOG_WINDOW; past that, one summary line
+REFUSAL_LOG_WINDOW = 60.0
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -52,15 +74,90 @@ def recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+class RefusalLog:
+    """Logs refused connections: the first `limit` of each `window` seconds one by one, the
+    rest as one summary line at the end of the window. A sustained flood thus writes about
+    limit + 1 lines a minute instead of one per connection."""
+
+    def __init__(self, logger: logging.Logger = log, *, limit: int = REFUSAL_LOG_LIMIT,
+                 window: float = REFUSAL_LOG_WINDOW):
+        self.logger = logger
+        self.limit = int(limit)
+        self.window = float(window)
+        self._lock = threading.Lock()
+        self._window_start = -float("inf")
+        self._logged = 0
+        self._suppressed = 0
+        self._timer: threading.Timer | None = None
+
+    def refused(self, peer: str, reason: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.window:
+                summary = self._take_summary()  # normally done by the timer already
+                self._window_start, self._logged = now, 0
+            else:
+                summary = 0
+            emit = self._logged < self.limit
+            if emit:
+                self._logged += 1
+            else:
+                self._suppressed += 1
+                if self._timer is None:
+                    self._timer = threading.Timer(self._window_start + self.window - now, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+        self._summarise(summary)
+        if emit:
+            self.logger.warning("refused connection from %s: %s", peer, reason)
+
+    def flush(self) -> None:
+        """Write the summary line of the current window now, if anything was left out."""
+        with self._lock:
+            summary = self._take_summary()
+        self._summarise(summary)
+
+    def _take_summary(self) -> int:
+        count, self._suppressed = self._suppressed, 0
+        if self._timer is not None:
+            self._timer.cancel()  # harmless when called from the timer itself
+            self._timer = None
+        return count
+
+    def _summarise(self, count: int) -> None:
+        if count:
+            self.logger.warning("%d more refused connections in the last minute (not logged one by one)", count)
+
+
+class _Slot:
+    """One connection in the middle of its handshake."""
+
+    __slots__ = ("sock", "since", "evicted")
+
+    def __init__(self, sock: socket.socket, since: float):
+        self.sock = sock
+        self.since = since
+        self.evicted = False
+
+
 class SecretAuthenticator:
     """rpyc authenticator: the peer must prove it knows the agent secret; then we prove it too."""
 
     def __init__(self, secret: str, *, timeout: float = pauth.HANDSHAKE_TIMEOUT,
-                 max_pending: int = MAX_PENDING):
+                 max_pending: int = MAX_PENDING, evict_after: float = EVICT_AFTER,
+                 refusals: RefusalLog | None = None):
         pauth.secret_key(secret)  # fail at start-up, not at the first connection
         self._secret = secret
         self.timeout = float(timeout)
-        self._pending = threading.BoundedSemaphore(max_pending)
+        self.max_pending = int(max_pending)
+        self.evict_after = float(evict_after)
+        self.refusals = refusals if refusals is not None else RefusalLog()
+        # Our own user, and root: some SSH servers (e.g. Dropbear) open forwarded
+        # connections from a root process, and root could read the secret anyway, so a
+        # root peer goes through the handshake like the owner rather than being refused.
+        self._own_uids = frozenset({os.getuid(), os.geteuid(), 0})
+        self._lock = threading.Lock()
+        self._pending: dict[_Slot, None] = {}  # insertion order = age order
 
     def __repr__(self) -> str:  # never show the secret, even in a debugger or a log line
         return f"SecretAuthenticator(timeout={self.timeout:g})"
@@ -68,25 +165,62 @@ class SecretAuthenticator:
     def __call__(self, sock: socket.socket) -> tuple[socket.socket, None]:
         set_nodelay(sock)
         peer = _peer(sock)
-        if not self._pending.acquire(blocking=False):
-            log.warning("refused connection from %s: too many connections authenticating at once", peer)
-            raise AuthenticationError("too many connections authenticating at once")
+        owner = peer_uid(sock)  # None: cannot tell; the handshake decides alone
+        if owner is not None and owner not in self._own_uids:
+            _decoy_greeting(sock)
+            self._refuse(peer, f"opened by another user (uid {owner})")
+        slot = self._take_slot(sock)
+        if slot is None:
+            self._refuse(peer, "too many connections authenticating at once")
+        reason = None
         try:
-            self._handshake(sock)
+            try:
+                self._handshake(sock)
+            finally:
+                self._release(slot)
         except AuthenticationError as exc:
-            log.warning("refused connection from %s: %s", peer, exc)
-            raise
+            reason = str(exc)
         except (OSError, ValueError) as exc:  # timeouts, resets, EOF, malformed frames
-            log.warning("refused connection from %s: %s", peer, _describe(exc))
-            raise AuthenticationError(_describe(exc)) from None
+            reason = _describe(exc)
         finally:
-            self._pending.release()
             try:
                 sock.settimeout(None)  # rpyc serves the connection in blocking mode
             except OSError:
                 pass
+        if slot.evicted:  # read after _release: no eviction can happen any more
+            reason = (f"handshake still unfinished after {self.evict_after:g} s while every slot "
+                      "was taken: its slot was needed by a new connection")
+        if reason is not None:
+            self._refuse(peer, reason)
         log.debug("authenticated connection from %s", peer)
         return sock, None
+
+    def _refuse(self, peer: str, reason: str) -> NoReturn:
+        self.refusals.refused(peer, reason)
+        raise AuthenticationError(reason)
+
+    def _take_slot(self, sock: socket.socket) -> _Slot | None:
+        with self._lock:
+            now = time.monotonic()
+            if len(self._pending) >= self.max_pending:
+                oldest = next(iter(self._pending), None)
+                if oldest is None or now - oldest.since < self.evict_after:
+                    return None
+                # Its thread is still in _handshake (it leaves _pending under this lock
+                # first), so the socket is open: shutdown wakes its recv with EOF.
+                oldest.evicted = True
+                del self._pending[oldest]
+                try:
+                    oldest.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            slot = _Slot(sock, now)
+            self._pending[slot] = None
+            return slot
+
+    def _release(self, slot: _Slot) -> None:
+        with self._lock:
+            self._pending.pop(slot, None)
 
     def _handshake(self, sock: socket.socket) -> None:
         deadline = time.monotonic() + self.timeout
@@ -99,6 +233,17 @@ class SecretAuthenticator:
         if not pauth.verify(expected, proof):
             raise AuthenticationError("wrong proof of the agent secret")
         sock.sendall(pauth.response(self._secret, "agent", server_nonce, client_nonce))
+
+
+def _decoy_greeting(sock: socket.socket) -> None:
+    """A greeting whose answer is never read: another user's copy of our client then
+    reports "refused" (an authentication error) rather than a broken connection. Nothing
+    is read from the peer and no proof is computed; the caller closes at once."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(pauth.server_hello(pauth.make_nonce()))
+    except OSError:
+        pass
 
 
 def _peer(sock: socket.socket) -> str:

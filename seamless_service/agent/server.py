@@ -24,7 +24,7 @@ from .. import __version__
 from ..protocol.auth import HANDSHAKE_TIMEOUT, make_secret
 from ..protocol.version import PROTOCOL_VERSION
 from . import lifecycle
-from .auth import SecretAuthenticator
+from .auth import RefusalLog, SecretAuthenticator
 from .context import AgentContext
 from .service import Activity, AgentService, server_config
 
@@ -56,6 +56,26 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(numeric)
 
 
+class QuietConnectionLines(logging.Filter):
+    """Drops rpyc's own INFO lines about a connection before it is authenticated.
+
+    rpyc logs "accepted <peer> with fd N" for every connection and "<peer> failed to
+    authenticate... rejecting connection" for every refusal. Our authenticator already logs
+    each refusal (rate-limited, with the reason), so these only let a flood of refused
+    connections grow agent.log without limit. Lines about authenticated connections
+    (authenticated successfully, welcome, goodbye) and everything else are kept. If rpyc
+    changes its wording, the lines simply come back.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if message.startswith("accepted ") and " with fd " in message:
+            return False
+        return not message.endswith("failed to authenticate... rejecting connection")
+
+
 class Agent:
     """One serving agent; `run()` blocks until it stops."""
 
@@ -71,6 +91,7 @@ class Agent:
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
         self._server: ThreadedServer | None = None
+        self._refusals = RefusalLog()
 
     # -- stopping: from a signal handler or the idle watchdog; the accept loop notices it
     def request_stop(self, reason: str) -> None:
@@ -138,6 +159,7 @@ class Agent:
             self._stopped.set()
             if self._server is not None:
                 self._server.close()
+            self._refusals.flush()  # the count of refusals not yet logged one by one
             if ctx is not None:
                 try:
                     ctx.close()
@@ -148,14 +170,18 @@ class Agent:
 
     def _make_server(self, ctx: AgentContext, secret: str) -> ThreadedServer:
         service = AgentService(ctx, self.activity)
+        rpyc_log = logging.getLogger("seamless_service.agent.rpyc")
+        if not any(isinstance(f, QuietConnectionLines) for f in rpyc_log.filters):
+            rpyc_log.addFilter(QuietConnectionLines())
         try:
             return ThreadedServer(
                 service,
                 hostname=self.host,
                 port=self.port,
-                authenticator=SecretAuthenticator(secret, timeout=self.handshake_timeout),
+                authenticator=SecretAuthenticator(secret, timeout=self.handshake_timeout,
+                                                  refusals=self._refusals),
                 protocol_config=server_config(),
-                logger=logging.getLogger("seamless_service.agent.rpyc"),
+                logger=rpyc_log,
                 listener_timeout=LISTENER_POLL,
                 auto_register=False,
             )
