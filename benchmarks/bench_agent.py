@@ -5,7 +5,9 @@ Prints, for 10, 200 and 1,000 state files: the median latency of `ps`, and of on
 `ps`+`persistent`, through a real agent over rpyc on loopback, next to running
 `rhl-ps --json` plus `rhl-ps-persistent --json` as subprocesses (what a poll costs on the
 server without the agent); then the cached `persistent` size answer on a 100,000-file
-buffer directory next to `du -sb` on it.
+buffer directory next to `du -sb` on it, and, at level 0 and level 1 with a poll every
+50 ms, static next to while a thread adds a buffer file every 50 ms (so nearly every poll
+sees a changed directory).
 
 Targets: batch poll of 200 services < 5 ms median, >= 20x faster than the two helpers;
 cached size answer < 5 ms whatever the directory size.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -102,12 +106,51 @@ def bench_big_dir(files: int, runs: int) -> dict:
             time.sleep(0.2)
         cached_ms, cached_p99 = median_ms(lambda: conn.batch([("persistent", args)]), runs)
         du_ms, _ = median_ms(lambda: run_helper_cmd(["du", "-sb", str(buf)], dict(os.environ)), 3, warmup=1)
+        levels = {level: {"paths": [str(buf)], "level": level} for level in (0, 1)}
+        conn.batch([("persistent", levels[1])])  # the first level-1 listing (synchronous, once)
+        time.sleep(2.5)                           # settled, as for level 0 above
+        # paced polls cost more than back-to-back ones (idle CPU, cold caches): compare
+        # the growing directory with the static one polled at the same pace
+        static = {level: paced(conn, buf, levels[level], runs, grow=False) for level in (0, 1)}
+        growing = {level: paced(conn, buf, levels[level], runs, grow=True) for level in (0, 1)}
         return {"files": files, "first_ms": first_ms, "first_state": first.get("bytes_state"),
-                "cached": cached_ms, "cached_p99": cached_p99, "du": du_ms, "bytes": row.get("bytes")}
+                "cached": cached_ms, "cached_p99": cached_p99, "du": du_ms, "bytes": row.get("bytes"),
+                "static": static, "growing": growing}
     finally:
         conn.close()
         lifecycle.stop(base)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def paced(conn, buf: Path, args: dict, runs: int, grow: bool, every: float = 0.05) -> tuple[float, float, int]:
+    """(median, p99, files added) of the `persistent` answer, one poll per `every` s; with
+    `grow`, while a thread adds one buffer file every `every` s (each poll sees a change)."""
+    stop = threading.Event()
+    added = [0]
+
+    def add() -> None:
+        while grow and not stop.wait(every):
+            with open(buf / f"{time.time_ns():064x}", "wb") as handle:
+                handle.write(b"z" * 1000)
+            added[0] += 1
+
+    adder = threading.Thread(target=add, daemon=True)
+    adder.start()
+    try:
+        samples = []
+        for i in range(runs + 2):
+            time.sleep(every)
+            t0 = time.perf_counter()
+            row = conn.batch([("persistent", args)])[0]["value"]["rows"][0]
+            if i >= 2:  # warm-up
+                samples.append((time.perf_counter() - t0) * 1000)
+            assert row["state"] == "populated", row
+    finally:
+        stop.set()
+        adder.join()
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+    return statistics.median(samples), p99, added[0]
 
 
 def main() -> None:
@@ -127,6 +170,10 @@ def main() -> None:
     print(f"buffer dir of {b['files']:,} files ({b['bytes']:,} bytes): first answer {b['first_ms']:.1f} ms "
           f"({b['first_state']}, never waits for the walk); cached answer median {b['cached']:.2f} ms "
           f"(p99 {b['cached_p99']:.2f}); du -sb {b['du']:.0f} ms -> {b['du'] / b['cached']:.0f}x")
+    for level, (median, p99, added) in b["growing"].items():
+        s_median, s_p99, _ = b["static"][level]
+        print(f"  level {level}, a poll every 50 ms: static median {s_median:.2f} ms (p99 {s_p99:.2f}); "
+              f"while growing (+1 file / 50 ms, {added} added) median {median:.2f} ms (p99 {p99:.2f})")
 
 
 if __name__ == "__main__":

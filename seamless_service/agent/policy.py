@@ -250,3 +250,29 @@ def _walk_only(resolved: Path) -> bool:
         return not resolved.exists() or resolved.is_dir()
     except OSError:
         return False
+
+
+def size_refusal(policy: PathPolicy | None, resolved: str, authorised_in: tuple[str, ...] = ()) -> str | None:
+    """Why the persistent op may not report the size of the directory whose real path is
+    `resolved` (symlinks resolved), or None if it may.
+
+    The walk follows symlinked subdirectories as rhl-ps-persistent does, so a row may stand
+    for a tree the client could not ask about directly (a link to /usr/share or $HOME);
+    its rows are the helper's, but sizing it means a background walk of that tree and
+    telling its size. The rules are those of `check_path(policy, resolved, "persistent")`
+    (the always-on heuristics; under data-roots, inside a root) and, under a marker
+    policy, the directory must lie inside one of `authorised_in`: the real paths of the
+    marker-holding directories the walk passed on its way to it. The message names no
+    path: the row shows the walked path, and the link's target is none of the client's
+    business."""
+    policy = policy or default_policy()
+    try:
+        check_path(policy, resolved, "persistent")
+    except ProtocolError as exc:
+        suffix = ": " + resolved
+        return exc.message[:-len(suffix)] if exc.message.endswith(suffix) else exc.message
+    if policy.mode == "marker":
+        real = Path(resolved)
+        if not any(_is_relative_to(real, Path(auth)) for auth in authorised_in):
+            return f"not inside a directory holding a marker file ({', '.join(policy.marker_names)})"
+    return None

@@ -18,7 +18,15 @@ Deliberate differences:
   policy authorises get a row (agent/policy.py explains the rule and why);
 * every row also has `bytes` (directory total from the background sizer, or the file
   size with `file`), `bytes_measured` (epoch or None) and `bytes_state`
-  (fresh/stale/pending/error, None when not measured: absent rows, `sizes=false`).
+  (fresh/stale/pending/error, None when not measured: absent rows, `sizes=false`);
+* a directory is sized only if the policy would let a client ask for it directly
+  (`policy.size_refusal`, on its real path). The walk follows symlinked subdirectories
+  as the helper does, so a row may stand for /usr/share or $HOME: such a row keeps its
+  helper fields but gets `bytes_state: "refused"` and a `bytes_error` saying why, and
+  that tree is never walked by the sizer;
+* a large directory that changed since its last listing is answered from that listing
+  while it is relisted in the background (agent/listing.py): its subdirectory rows may
+  lag one relisting behind (a subdirectory gone since is left out, not `absent`).
 
 Any refused path fails the whole op with POLICY_REFUSED naming that path, before any
 walk: a client learns nothing about the other paths of a request it should not send.
@@ -36,7 +44,7 @@ from ...protocol import ErrorCode, ProtocolError
 from ..context import AgentContext
 from ..listing import DirListings, Listing
 from ..paths import join
-from ..policy import PathPolicy, check_path, default_policy, expand_path
+from ..policy import PathPolicy, check_path, default_policy, expand_path, size_refusal
 from ..sizer import Sizer
 
 MAX_ROWS = 100_000      # a level-8 walk of a huge tree must not build an unbounded reply
@@ -64,6 +72,21 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
+def _realpath(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return path
+
+
+def _inside(path: str, directory: str) -> bool:
+    """`path` is `directory` or below it (both real, normalised paths)."""
+    return path == directory or path.startswith(directory if directory.endswith("/") else directory + "/")
+
+
+_Row = tuple[dict[str, Any], str, str, tuple[str, ...], str]
+
+
 class _Walk:
     """One walk. Paths are plain strings (paths.join): a poll walks every
     project directory, and pathlib objects would cost more than the stat calls themselves."""
@@ -75,18 +98,20 @@ class _Walk:
         self.marker = marker
         self.level = level
         self.listings = listings
-        # rows carry the real path privately, for sizing; stripped before returning
-        self.rows: list[tuple[dict[str, Any], str]] = []
+        # rows carry privately, for sizing (stripped before returning): the walked path, its
+        # real path, the real paths of the marker directories that authorised it, the root
+        self.rows: list[_Row] = []
         self.visited = 0
+        self.root = ""  # the checked (resolved) root being walked
 
-    def add(self, row: dict[str, Any], real: str) -> None:
+    def add(self, row: dict[str, Any], real: str, resolved: str = "", auth: tuple[str, ...] = ()) -> None:
         if len(self.rows) >= MAX_ROWS:
             raise ProtocolError(ErrorCode.OP_FAILED,
                                 f"more than {MAX_ROWS} rows; ask for a lower level or fewer paths")
-        self.rows.append((row, real))
+        self.rows.append((row, real, resolved or real, auth, self.root))
 
     def row(self, real: str, shown: str, st: os.stat_result, listing: Listing | None,
-            error: OSError | None, has_marker: bool) -> dict[str, Any]:
+            error: OSError | None) -> dict[str, Any]:
         """One row as rhl-ps-persistent's `_row`, with its aborts turned into error rows."""
         if not stat.S_ISDIR(st.st_mode):
             return _error_row(shown, f"not a directory: {shown}")
@@ -95,25 +120,41 @@ class _Walk:
             if target is None:
                 return _base(shown, "empty")
             return _base(shown, "populated", target.st_size, _iso(target.st_mtime))
-        if listing is None:
+        if error is not None:
             return _error_row(shown, f"could not read {shown}: {error}")
-        populated = listing.count > (1 if has_marker else 0)
+        # the helper's test: any entry not named like the marker. A current full listing
+        # answers it; otherwise (deepest level, or a stale large listing) a scan that stops
+        # after at most 2 entries does.
+        populated = listing.populated(self.marker) if listing is not None and not listing.stale else None
+        if populated is None:
+            try:
+                populated = self.listings.populated(real, st, self.marker)
+            except OSError as exc:
+                return _error_row(shown, f"could not read {shown}: {exc}")
         if not populated:
             return _base(shown, "empty")
         return _base(shown, "populated", None, _iso(st.st_mtime))
 
-    def walk(self, real: str, shown: str, level: int, authorised: bool) -> None:
+    def walk(self, real: str, shown: str, level: int, authorised: bool, resolved: str = "",
+             auth: tuple[str, ...] = (), stale_parent: bool = False) -> None:
+        """`real`: the path walked (the checked root plus names); `resolved`: its real path;
+        `auth`: real paths of the authorising (marker) directories on the way;
+        `stale_parent`: the parent's listing may be outdated."""
         self.visited += 1
         if self.visited > MAX_VISITED:
             raise ProtocolError(ErrorCode.OP_FAILED,
                                 f"more than {MAX_VISITED} directories to walk; ask for a lower level")
+        resolved = resolved or real
         st = _stat(real)
+        if stale_parent and (st is None or not stat.S_ISDIR(st.st_mode)):
+            return  # gone (or no directory any more) since the parent's listing: no child now
         if st is None:
             self.add(_base(shown, "absent"), real)
             return
         listing: Listing | None = None
         error: OSError | None = None
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode) and level > 0:
+            # below the deepest level only: the subdirectories to walk into
             try:
                 listing = self.listings.get(real, st)
             except OSError as exc:
@@ -130,13 +171,19 @@ class _Walk:
             found = marker_stat(path)
             return found is not None and stat.S_ISREG(found.st_mode)
 
-        # under a marker policy, a directory is reported only inside an authorised subtree
-        authorised = authorised or self.policy.authorises(real, is_file)
+        # under a marker policy, a directory is reported only inside an authorised subtree.
+        # Past a symlink out of that subtree it is checked even so: its own marker makes its
+        # real path an authorised subtree, which sizing needs (`_add_sizes`).
+        if not authorised or (self.policy.mode == "marker" and resolved != real
+                              and not any(_inside(resolved, a) for a in auth)):
+            if self.policy.authorises(real, is_file):
+                authorised = True
+                auth = auth + (resolved,)
         emitted = False
         has_marker = self.marker is not None and marker_stat(join(real, self.marker)) is not None
         if (self.marker is None or has_marker) and authorised:
-            row = self.row(real, shown, st, listing, error, has_marker)
-            self.add(row, real)
+            row = self.row(real, shown, st, listing, error)
+            self.add(row, real, resolved, auth)
             emitted = row["state"] == "error"
         if level == 0:
             return
@@ -146,14 +193,36 @@ class _Walk:
                 message = f"not a directory: {shown}" if error is None else f"could not read {shown}: {error}"
                 self.add(_error_row(shown, message), real)
             return
+        assert listing.subdirs is not None
         for name in listing.subdirs:
-            self.walk(join(real, name), join(shown, name), level - 1, authorised)
+            child = join(real, name)
+            # the real path follows from the parent's unless the entry is a symlink (known
+            # from the listing for free); a stale listing may predate a swap: resolve
+            if listing.stale or name in listing.links:
+                child_resolved = _realpath(child)
+            else:
+                child_resolved = join(resolved, name)
+            self.walk(child, join(shown, name), level - 1, authorised, child_resolved, auth, listing.stale)
 
 
-def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], str]], filename: str | None,
+def _refusal(policy: PathPolicy, root: str, real: str, resolved: str, auth: tuple[str, ...]) -> str | None:
+    """Why directory `real` (walked from the checked `root`) may not be sized, or None.
+
+    Fast path, with no system call: a directory reached from the checked root through
+    plain subdirectories only (its real path is the walked path) and without dot-named
+    ones inherits the root's acceptance (a descendant of an accepted root is neither
+    $HOME, an ancestor of it, a system root nor outside the root's data root), and under a
+    marker policy it lies inside the marker directory that authorised its row. Anything
+    else (a symlink on the way, a dot segment) gets the policy's full check."""
+    if resolved == real and real.startswith(root) and "/." not in real[len(root):]:
+        return None
+    return size_refusal(policy, resolved, auth)
+
+
+def _add_sizes(ctx: AgentContext, policy: PathPolicy, rows: list[_Row], filename: str | None,
                sizes: bool, refresh: bool) -> None:
     sizer: Sizer | None = ctx.shared("sizer", Sizer) if sizes else None
-    for row, real in rows:
+    for row, real, resolved, auth, root in rows:
         row["bytes"] = row["bytes_measured"] = row["bytes_state"] = None
         if sizer is None or row["state"] not in ("empty", "populated"):
             continue
@@ -164,7 +233,13 @@ def _add_sizes(ctx: AgentContext, rows: list[tuple[dict[str, Any], str]], filena
                 continue
             row["bytes"], row["bytes_measured"], row["bytes_state"] = target.st_size, time.time(), "fresh"
             continue
-        measured = sizer.size(real, refresh=refresh)
+        reason = _refusal(policy, root, real, resolved, auth)
+        if reason is not None:
+            row["bytes_state"] = "refused"
+            row["bytes_error"] = f"not sized: {reason}"
+            continue
+        # the real path just checked (the sizer would resolve `real` again, racing a swap)
+        measured = sizer.size(resolved, refresh=refresh)
         row["bytes"] = measured["bytes"]
         row["bytes_measured"] = measured["measured"]
         row["bytes_state"] = measured["state"]
@@ -179,6 +254,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     walk = _Walk(policy, args["level"], args["file"], args["marker"], ctx.shared("listings", DirListings))
     for resolved, shown in checked:
         # a root the marker rule accepted only for walking is not authorised by itself
-        walk.walk(str(resolved), shown.as_posix(), args["level"], authorised=False)
-    _add_sizes(ctx, walk.rows, args["file"], args["sizes"], args["refresh"])
-    return {"rows": [row for row, _ in walk.rows]}
+        walk.root = str(resolved)
+        walk.walk(walk.root, shown.as_posix(), args["level"], authorised=False)
+    _add_sizes(ctx, policy, walk.rows, args["file"], args["sizes"], args["refresh"])
+    return {"rows": [row[0] for row in walk.rows]}
