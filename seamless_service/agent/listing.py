@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import stat
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
+
+from .background import KeyedWorker, WorkerStopped
 
 LARGE = 5_000          # entries; a changed directory listed larger than this is relisted in the background
 THROTTLE = 4.0         # a directory is relisted in the background at most every THROTTLE x its last relist time
@@ -47,7 +49,7 @@ YIELD_EVERY = 1024     # entries (~0.5 ms) between stop checks and GIL yields of
 YIELD_FOR = 0.0002     # seconds it pauses there (~0.25 s per million entries)
 
 
-class ListingStopped(Exception):
+class ListingStopped(WorkerStopped):
     """The listing cache is closing; a background relist was abandoned."""
 
 
@@ -77,6 +79,14 @@ class _Cached:
     not_before: float = 0.0   # monotonic; no background relist before this
 
 
+def _dir_sig(path: str, st: os.stat_result | None) -> tuple[os.stat_result, tuple[int, int, int]]:
+    """(stat, signature) of directory `path`; OSError (NotADirectoryError) otherwise."""
+    st = st if st is not None else os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(path)
+    return st, _sig(st)
+
+
 def _sig(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -95,11 +105,7 @@ class DirListings:
         self.throttle = throttle
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
-        self._queued: set[str] = set()     # queued or being relisted
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = KeyedWorker("seamless-service-lister", self._lock, self._relist, max_queue=max_queue)
         # introspection (tests, benchmarks)
         self.entries_read = 0       # directory entries read by all scans
         self.full_scans = 0         # synchronous full listings (a poll waited for them)
@@ -112,10 +118,7 @@ class DirListings:
     def get(self, path: str, st: os.stat_result | None = None) -> Listing:
         """The full listing of directory `path` (possibly `stale`, see module doc); OSError if
         it cannot be listed."""
-        st = st if st is not None else os.stat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(path)
-        sig = _sig(st)
+        st, sig = _dir_sig(path, st)
         with self._lock:
             hit = self._cache.get(path)
             if hit is not None and hit.listing.subdirs is not None:
@@ -138,10 +141,7 @@ class DirListings:
     def populated(self, path: str, st: os.stat_result | None = None, ignore: str | None = None) -> bool:
         """Does directory `path` hold an entry not named `ignore`? Reads at most 2 entries
         (or answers from a listing still valid). OSError if it cannot be listed."""
-        st = st if st is not None else os.stat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(path)
-        sig = _sig(st)
+        st, sig = _dir_sig(path, st)
         with self._lock:
             hit = self._cache.get(path)
             if hit is not None and hit.sig == sig and hit.settled:
@@ -162,7 +162,7 @@ class DirListings:
         """What the cache holds for `path` (tests, diagnostics)."""
         with self._lock:
             hit = self._cache.get(path)
-            pending = path in self._queued
+            pending = path in self._worker.queued
         if hit is None:
             return None if not pending else {"pending": True}
         lst = hit.listing
@@ -171,22 +171,11 @@ class DirListings:
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no background relist is queued or running; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._queued, timeout)
+        return self._worker.wait_idle(timeout)
 
     def close(self) -> None:
         """Stop the background worker (an unfinished relist is abandoned)."""
-        self._stop.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass  # the worker sees the stop flag after its current item
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=10)
-        with self._idle:
-            self._queued.clear()
-            self._idle.notify_all()
+        self._worker.close()
 
     # -- internals --------------------------------------------------------------------
 
@@ -230,49 +219,35 @@ class DirListings:
     def _store(self, path: str, sig: tuple[int, int, int], listing: Listing, settled: bool,
                not_before: float = 0.0) -> None:
         with self._lock:
-            self._cache[path] = _Cached(sig, listing, settled, not_before)
-            self._cache.move_to_end(path)
-            while len(self._cache) > self.MAX_ENTRIES:
-                self._cache.popitem(last=False)
+            self._store_locked(path, sig, listing, settled, not_before)
+
+    def _store_locked(self, path: str, sig: tuple[int, int, int], listing: Listing, settled: bool,
+                      not_before: float = 0.0) -> None:
+        self._cache[path] = _Cached(sig, listing, settled, not_before)
+        self._cache.move_to_end(path)
+        while len(self._cache) > self.MAX_ENTRIES:
+            self._cache.popitem(last=False)
 
     def _request(self, path: str, hit: _Cached) -> bool:
         """Queue a background relist of `path` (lock held). False if it cannot be queued
         (closing, queue full): the caller then lists synchronously."""
-        if path in self._queued or time.monotonic() < hit.not_before:
+        if path in self._worker.queued or time.monotonic() < hit.not_before:
             return True  # pending, or relisted a moment ago: the previous listing stands
-        if self._stop.is_set():
-            return False
-        try:
-            self._queue.put_nowait(path)
-        except queue.Full:
-            return False
-        self._queued.add(path)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="seamless-service-lister", daemon=True)
-            self._thread.start()
-        return True
+        return self._worker.submit_locked(path)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            path = self._queue.get()
-            if path is None or self._stop.is_set():
-                break
-            started = time.monotonic()
-            try:
-                st = os.stat(path)
-                listing = self._scan(path, st, full=True, stop=self._stop)
-            except ListingStopped:
-                break
-            except (OSError, ValueError):
-                # gone or unreadable: forget it; the next poll lists (or reports) it synchronously
-                with self._idle:
-                    self._cache.pop(path, None)
-                    self._queued.discard(path)
-                    self._idle.notify_all()
-                continue
-            took = time.monotonic() - started
-            self._store(path, _sig(st), listing, _settled(st), time.monotonic() + self.throttle * took)
-            with self._idle:
-                self.background_scans += 1
-                self._queued.discard(path)
-                self._idle.notify_all()
+    def _relist(self, path: str, stop: threading.Event) -> Callable[[], None]:
+        """The worker's job: list `path` in full (no lock held); the commit stores it."""
+        started = time.monotonic()
+        try:
+            st = os.stat(path)
+            listing = self._scan(path, st, full=True, stop=stop)
+        except (OSError, ValueError):
+            # gone or unreadable: forget it; the next poll lists (or reports) it synchronously
+            return lambda: self._cache.pop(path, None)
+        took = time.monotonic() - started
+
+        def commit() -> None:
+            self._store_locked(path, _sig(st), listing, _settled(st), time.monotonic() + self.throttle * took)
+            self.background_scans += 1
+
+        return commit

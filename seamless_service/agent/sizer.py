@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import collections
 import os
-import queue
 import stat
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from .background import KeyedWorker, WorkerStopped
 
 MAX_ENTRIES = 4096
 MAX_QUEUE = 1024
@@ -53,7 +54,7 @@ STOP_CHECK_EVERY = 4096     # entries between checks of the stop flag during a w
 _SEP = "\0"                 # joins tracked relative paths (cannot occur in a file name)
 
 
-class WalkStopped(Exception):
+class WalkStopped(WorkerStopped):
     """The sizer is closing; the walk was abandoned."""
 
 
@@ -179,12 +180,8 @@ class Sizer:
         self.walks = 0                      # completed walks (successful or failed)
         self._walker = walker or measure
         self._cache: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
-        self._queued: set[str] = set()      # queued or being walked
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = KeyedWorker("seamless-service-sizer", self._lock, self._walk, max_queue=max_queue)
 
     # -- public -----------------------------------------------------------------------
 
@@ -195,7 +192,7 @@ class Sizer:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-            busy = key in self._queued
+            busy = key in self._worker.queued
         if entry is None:
             if not busy:
                 self._schedule(key)
@@ -224,22 +221,11 @@ class Sizer:
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no walk is queued or running (tests, shutdown); False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._queued, timeout)
+        return self._worker.wait_idle(timeout)
 
     def close(self) -> None:
         """Stop the worker (an unfinished walk is abandoned)."""
-        self._stop.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass  # the worker sees the stop flag after its current item
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=10)
-        with self._idle:
-            self._queued.clear()
-            self._idle.notify_all()
+        self._worker.close()
 
     def __len__(self) -> int:
         with self._lock:
@@ -264,43 +250,31 @@ class Sizer:
         return changed
 
     def _schedule(self, key: str) -> bool:
+        # False when closing or the queue is full: the next call asks again, and the
+        # answer stays pending/stale meanwhile
         with self._lock:
-            if self._stop.is_set():
-                return False
-            if key in self._queued:
-                return True
-            try:
-                self._queue.put_nowait(key)
-            except queue.Full:
-                return False  # the next call asks again; the answer stays pending/stale
-            self._queued.add(key)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="seamless-service-sizer", daemon=True)
-                self._thread.start()
-            return True
+            return self._worker.submit_locked(key)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            key = self._queue.get()
-            if key is None or self._stop.is_set():
-                break
-            started = time.time()
-            try:
-                entry = _Entry(self._walker(key, self._stop), started)
-            except WalkStopped:
-                break
-            except OSError as exc:
-                entry = _Entry(None, started, error=f"{type(exc).__name__}: {exc.strerror or exc}")
-            except Exception as exc:  # noqa: BLE001 - a walker bug must not kill the worker
-                entry = _Entry(None, started, error=f"{type(exc).__name__}: {exc}")
-            with self._idle:
-                self._cache[key] = entry
-                self._cache.move_to_end(key)
-                while len(self._cache) > self.max_entries:
-                    self._cache.popitem(last=False)
-                self._queued.discard(key)
-                self.walks += 1
-                self._idle.notify_all()
+    def _walk(self, key: str, stop: threading.Event) -> Callable[[], None]:
+        """The worker's job: walk `key` (no lock held); the returned commit stores it."""
+        started = time.time()
+        try:
+            entry = _Entry(self._walker(key, stop), started)
+        except WorkerStopped:
+            raise
+        except OSError as exc:
+            entry = _Entry(None, started, error=f"{type(exc).__name__}: {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - a walker bug must not kill the worker
+            entry = _Entry(None, started, error=f"{type(exc).__name__}: {exc}")
+
+        def commit() -> None:
+            self._cache[key] = entry
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+            self.walks += 1
+
+        return commit
 
 
 def _result(entry: _Entry | None, state: str) -> dict[str, Any]:

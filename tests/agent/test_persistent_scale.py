@@ -15,35 +15,12 @@ from pathlib import Path
 import pytest
 
 from seamless_service.agent.listing import DirListings
-from seamless_service.agent.ops import handler
 from seamless_service.agent.policy import parse_policy, size_refusal
-from seamless_service.protocol import validate_args
+from tests.agent.test_op_persistent import du, helper_rows, persistent, strip
 
 HS = ".HASHSERVER_PREFIX"
-EXTRA = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
 TIMEOUT = 60.0
 BIG = 20_000
-
-
-def persistent(ctx, **args) -> list[dict]:
-    return handler("persistent")(ctx, validate_args("persistent", args))["rows"]
-
-
-def helper_rows(sandbox, paths, level=0, file=None, marker=None) -> list[dict]:
-    argv = ["rhl-ps-persistent", "--json", *map(str, paths), "--level", str(level)]
-    if file:
-        argv += ["--file", file]
-    if marker:
-        argv += ["--marker", marker]
-    return sandbox.helper_ndjson(*argv)
-
-
-def strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in EXTRA} for row in rows]
-
-
-def du(path: Path) -> int:
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs)
 
 
 def make_buffer_dir(path: Path, files: int, marker: bool = True) -> None:

@@ -327,7 +327,7 @@ def test_close_stops_the_worker(sizer, tree):
     s = sizer()
     s.size(str(tree))
     assert s.wait_idle(TIMEOUT)
-    thread = s._thread
+    thread = s._worker._thread
     assert thread is not None and thread.is_alive()
     s.close()
     assert not thread.is_alive()

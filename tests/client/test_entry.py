@@ -117,18 +117,23 @@ def test_unusable_daemon_folder_falls_back_in_process_with_a_notice(place):
     assert lines[0].endswith("running in this process")
 
 
-def test_thin_path_imports_nothing_heavy(place, tmp_path):
-    client.ensure_daemon()
+def run_and_list_modules(argv: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the thin client's main(argv) in a fresh interpreter; (the process, {"rc", "modules"})."""
     report = tmp_path / "modules.json"
     code = (
         "import json, sys\n"
         "from seamless_service.client.entry import main\n"
-        "rc = main(['--version'])\n"
+        f"rc = main({argv!r})\n"
         f"json.dump({{'rc': rc, 'modules': sorted(sys.modules)}}, open({str(report)!r}, 'w'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    return result, json.loads(report.read_text())
+
+
+def test_thin_path_imports_nothing_heavy(place, tmp_path):
+    client.ensure_daemon()
+    result, seen = run_and_list_modules(["--version"], tmp_path)
     assert result.stdout == f"seamless-service {__version__}\n"
-    seen = json.loads(report.read_text())
     assert seen["rc"] == 0
     assert [m for m in seen["modules"] if m in HEAVY or m.split(".")[0] in HEAVY] == []
     assert "seamless_service.client.daemon.client" in seen["modules"]
@@ -163,16 +168,8 @@ def test_top_level_help_constant_is_argparse_own_output(monkeypatch):
 
 
 def test_top_level_help_builds_no_parser_and_starts_nothing(tmp_path):
-    report = tmp_path / "modules.json"
-    code = (
-        "import json, sys\n"
-        "from seamless_service.client.entry import main\n"
-        "rc = main(['--help'])\n"
-        f"json.dump({{'rc': rc, 'modules': sorted(sys.modules)}}, open({str(report)!r}, 'w'))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    result, seen = run_and_list_modules(["--help"], tmp_path)
     assert result.stdout.startswith("usage: seamless-service [-h]") and "examples:" in result.stdout
-    seen = json.loads(report.read_text())
     assert seen["rc"] == 0
     assert not {"argparse", "seamless_service.client.daemon.client", "seamless_service.client.sconfig",
                 "socket"} & set(seen["modules"])

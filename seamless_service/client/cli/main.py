@@ -8,21 +8,7 @@ from typing import NoReturn, Sequence
 
 from ... import __version__
 from ..errors import ServiceError
-
-DESCRIPTION = """\
-See and manage Seamless services (hashserver, database, jobserver, daskserver) on
-this machine and on remote servers, through a lightweight per-server agent.
-
-examples:
-  seamless-service demo start                       three real demo services on this machine
-  seamless-service ps --local                       services on this machine, no configuration needed
-  seamless-service ps --cluster mycluster           a cluster's services and data directories
-  seamless-service ps --all-clusters --watch        every cluster, redrawn on each change
-  seamless-service logs --service hashserver --tail 20
-  seamless-service stop --cluster mycluster --project myproj
-  seamless-service resolve --service database --workdir .
-  seamless-service agent deploy mycluster-ssh       install/start the agent on a server
-"""
+from .toplevel_help import DESCRIPTION  # one text: the thin client prints it without argparse
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,14 +1,13 @@
-"""The top-level `seamless-service --help` text, as a constant.
+"""The top-level `seamless-service --help` text, as constants.
 
 `seamless-service --help` (and no arguments) is the first thing a newcomer runs; building
 the real parser imports every subcommand module (resolution, rendering: ~60 ms), so the
-thin client prints this instead. It is argparse's own output for build_parser() at 80
-columns; tests/client/test_entry.py checks that the two stay equal.
+thin client prints TOP_HELP instead. It is argparse's own output for build_parser() at 80
+columns (cli/main.py takes DESCRIPTION from here); tests/client/test_entry.py checks that
+the two stay equal.
 """
 
-TOP_HELP = """\
-usage: seamless-service [-h] [--version] [--debug] COMMAND ...
-
+DESCRIPTION = """\
 See and manage Seamless services (hashserver, database, jobserver, daskserver) on
 this machine and on remote servers, through a lightweight per-server agent.
 
@@ -21,6 +20,9 @@ examples:
   seamless-service stop --cluster mycluster --project myproj
   seamless-service resolve --service database --workdir .
   seamless-service agent deploy mycluster-ssh       install/start the agent on a server
+"""
+
+TOP_HELP = 'usage: seamless-service [-h] [--version] [--debug] COMMAND ...\n\n' + DESCRIPTION + """\
 
 positional arguments:
   COMMAND
