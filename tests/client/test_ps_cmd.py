@@ -659,14 +659,15 @@ def test_remote_watch_shows_a_new_service(rem_cluster):
     from tests.client.test_watch import Output, interrupt
 
     proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
-                             "--server", "--wide", "--ssh-config", str(server.ssh_config), "--watch", "5"],
+                             "--server", "--wide", "--ssh-config", str(server.ssh_config), "--watch", "60"],
                             cwd=w.proj, env=w.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = Output(proc.stdout.fileno())
     try:
         out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=120)
         _as_user(server, ".remote-http-launcher/server/database-rem-rw-proj.json",
                  json.dumps({"status": "failed", "port": 8}))
-        text = out.wait_for(lambda t: "database-rem-rw-proj" in t, timeout=60)
+        # well within the 60 s between timed redraws: the agent's `wait` reported the change
+        text = out.wait_for(lambda t: "database-rem-rw-proj" in t, timeout=30)
     finally:
         code, err = interrupt(proc)
     assert code == 0 and "Traceback" not in err, err

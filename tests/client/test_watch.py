@@ -88,13 +88,15 @@ def interrupt(proc: subprocess.Popen) -> tuple[int, str]:
 def test_watch_in_a_pipe_prints_a_new_frame_when_a_service_starts(sandbox):
     first = sandbox.launch("hashserver-c1-rw-first")
     assert first["status"] == "running"
-    proc, out = start_watch(sandbox, "--watch", "5", tty=False)
+    # 60 s between redraws if nothing changed: a row seen well before that (wait_for gives
+    # up after 30 s) was drawn because the agent's `wait` reported the change, not by a timer
+    proc, out = start_watch(sandbox, "--watch", "60", tty=False)
     try:
         text = out.wait_for(lambda t: "hashserver-c1-rw-first" in t)
         assert CLEAR not in text                       # no ANSI codes into a pipe
         # while nothing changes, nothing more is printed (one frame per change)
         sandbox.launch("database-c1-rw-second")
-        text = out.wait_for(lambda t: "database-c1-rw-second" in t)
+        text = out.wait_for(lambda t: "database-c1-rw-second" in t, timeout=20)
     finally:
         code, err = interrupt(proc)
     assert code == 0 and "Traceback" not in err, err
