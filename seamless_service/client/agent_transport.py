@@ -39,6 +39,8 @@ from ..protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_req
 from .errors import ConnectionFailed, OpError, ProtocolMismatch
 
 DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
+# deploy steps that take seconds to minutes: shown as notices when a first use installs
+SLOW_DEPLOY_STEPS = frozenset({"venv", "build", "wheels", "upload", "install"})
 READ_ONLY_OPS = frozenset({"hello", "ps", "persistent", "inspect", "logs", "health", "wait"})
 # Seconds an op may legitimately take on the agent beyond DEFAULT_TIMEOUT.
 _OP_ALLOWANCE = {
@@ -377,6 +379,9 @@ class AgentTransport:
             if why == "first use" and step != "connect" and not announced:
                 announced.append(step)
                 self.notice(f"seamless-service: starting the agent on {self.host} (first use)")
+            if step in SLOW_DEPLOY_STEPS:
+                # seconds to minutes (a venv, wheels, an upload, pip): say what is going on
+                self.notice(f"seamless-service: {self.host}: {message}")
 
         try:
             endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,

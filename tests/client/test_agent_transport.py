@@ -42,6 +42,10 @@ def test_first_call_deployed_the_agent_automatically(remote: Remote):
     (hello,) = remote.first_call_results
     assert hello["ok"] and hello["value"]["version"] == __version__
     assert any("starting the agent" in n and "first use" in n for n in remote.first_call_notices)
+    # the slow steps of an install from nothing are said as they happen (issue: progress)
+    said = [n for n in remote.first_call_notices if n.startswith(f"seamless-service: {remote.alias}: ")]
+    assert any("creating the agent environment" in n for n in said), remote.first_call_notices
+    assert any(": installing " in n for n in said), remote.first_call_notices
     endpoint = cache.load(remote.alias)
     assert endpoint is not None and endpoint.version == __version__
     status = remote.agent_status()
