@@ -565,3 +565,29 @@ def test_stop_ends_the_agent_and_forgets_it(deployed: Deployed):
     endpoint, events = deploy_recorded(server)  # leave the shared host deployed
     assert not steps(events) & INSTALL_STEPS and endpoint.pid != pid
     deployed.endpoint = endpoint
+
+
+def test_ssh_agent_keys_are_used_unless_identities_only(sshd: SshServer, tmp_path, monkeypatch):
+    """The user's key lives only in a real ssh-agent: we log in with it, as OpenSSH would,
+    and not when the config says IdentitiesOnly (then only the files listed count)."""
+    other = tmp_path / "id_other"  # a key the server does not know
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(sshd.identity)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        via_agent = sshd.write_ssh_config(tmp_path / "cfg-agent", identity=other,
+                                          extra={"IdentitiesOnly": "no"})
+        with ssh.connect(sshd.alias, ssh_config=via_agent) as conn:
+            assert ssh.run(conn, ["id", "-un"], timeout=30)[1].strip() == sshd.user
+        only_files = sshd.write_ssh_config(tmp_path / "cfg-files", identity=other)  # IdentitiesOnly yes
+        with pytest.raises(AuthFailed):
+            ssh.connect(sshd.alias, ssh_config=only_files)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
