@@ -30,6 +30,7 @@ Whoever connects to the local port still has to pass the agent's challenge-respo
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import socket
@@ -45,7 +46,7 @@ CHUNK = 65536
 POLL = 1.0  # a pump notices close() within this many seconds
 LOOPBACK = "127.0.0.1"
 # sshtunnel insists on a password or a key before it will start; it never uses this one,
-# because it never authenticates (see _VerifiedForwarder._connect_to_gateway).
+# because it never authenticates (see Forwarder._connect_to_gateway in _forwarder_class).
 _UNUSED_PASSWORD = "unused: the transport is authenticated already"
 
 log = logging.getLogger("seamless_service.client.forward")
@@ -76,7 +77,7 @@ class LocalForward:
         self._accepted: set[socket.socket] = set()
         self._lock = threading.Lock()
         try:
-            self._forwarder = _VerifiedForwarder(self, transport, local_port)
+            self._forwarder = _forwarder_class()(self, transport, local_port)
             self._forwarder.start()
         except (sshtunnel.BaseSSHTunnelForwarderError, OSError, ValueError) as exc:
             raise ConnectionFailed(tunnel.host, f"cannot listen on {LOOPBACK}:{local_port}: "
@@ -145,6 +146,7 @@ class LocalForward:
             pass  # a reset on either side ends the connection; the caller sees EOF
 
 
+@functools.lru_cache(maxsize=None)
 def _forwarder_class() -> type:
     """sshtunnel.SSHTunnelForwarder with the overrides described in the module doc
     (built on first use: importing sshtunnel costs ~55 ms that the default path never pays)."""
@@ -201,13 +203,3 @@ def _forwarder_class() -> type:
             return Handler
 
     return Forwarder
-
-
-def _VerifiedForwarder(owner: LocalForward, transport: Any, local_port: int) -> Any:
-    global _forwarder_cls
-    if _forwarder_cls is None:
-        _forwarder_cls = _forwarder_class()
-    return _forwarder_cls(owner, transport, local_port)
-
-
-_forwarder_cls: type | None = None

@@ -228,17 +228,10 @@ def _pid_running(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)   # reap it if we started it (an API caller may have)
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:      # an unreaped zombie has finished
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    # only on `tunnel stop`, never on a command's path: the import costs nothing there
+    from ...agent.statefiles import pid_alive
+
+    return pid_alive(pid)         # kill(pid, 0), and an unreaped zombie has finished
 
 
 def _tty(stream: TextIO) -> bool:
