@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.conftest import private_xdg_cache
 from tests.support.services import wait_for
 from tests.support.sshd import SshServer, _keygen, sshd_available
 
@@ -53,11 +54,7 @@ def require_sshd() -> None:
 
 @pytest.fixture(scope="session")
 def client_cache(tmp_path_factory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("xdg-cache-client")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_CACHE_HOME", str(path))
-    yield path
-    patch.undo()
+    yield from private_xdg_cache(tmp_path_factory, "xdg-cache-client")
 
 
 class Notices(list):

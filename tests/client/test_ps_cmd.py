@@ -654,14 +654,21 @@ def test_remote_cluster_through_the_agent(rem_cluster):
     assert [line.split(": ")[1] for line in err.splitlines()] == ["cluster dead"]
 
 
-def test_remote_watch_shows_a_new_service(rem_cluster):
-    w, server = rem_cluster
-    from tests.client.test_watch import Output, interrupt
+def _remote_watch(w: World, server: Any, *extra: str) -> tuple[subprocess.Popen, Any]:
+    """`ps --cluster rem --server --wide ... --watch` in a subprocess; (process, its Output)."""
+    from tests.client.test_watch import Output
 
     proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
-                             "--server", "--wide", "--ssh-config", str(server.ssh_config), "--watch", "60"],
+                             "--server", "--wide", "--ssh-config", str(server.ssh_config), *extra],
                             cwd=w.proj, env=w.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = Output(proc.stdout.fileno())
+    return proc, Output(proc.stdout.fileno())
+
+
+def test_remote_watch_shows_a_new_service(rem_cluster):
+    w, server = rem_cluster
+    from tests.client.test_watch import interrupt
+
+    proc, out = _remote_watch(w, server, "--watch", "60")
     try:
         out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=120)
         _as_user(server, ".remote-http-launcher/server/database-rem-rw-proj.json",
@@ -689,12 +696,9 @@ def test_remote_cluster_through_plain_ssh(rem_cluster):
         assert pick(row, COMPARED + ("host",)) == pick(agent[key], COMPARED + ("host",))
     key = "hashserver-rem-rw-proj"
     assert (plain[key]["size"], agent[key]["size"]) == (None, 1234)   # rhl-ps-persistent: no du
-    from tests.client.test_watch import Output, interrupt
+    from tests.client.test_watch import interrupt
 
-    proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
-                             "--server", "--wide", "--ssh-config", cfg, "--transport", "ssh", "--watch", "1"],
-                            cwd=w.proj, env=w.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = Output(proc.stdout.fileno())
+    proc, out = _remote_watch(w, server, "--transport", "ssh", "--watch", "1")
     try:
         out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=60)
         _as_user(server, ".remote-http-launcher/server/jobserver-rem-rw-proj.json",

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import private_xdg_cache
 from tests.support.sshd import SshServer, sshd_available
 
 REASON = sshd_available()
@@ -30,11 +31,7 @@ def _require_sshd() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def client_cache(tmp_path_factory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("xdg-cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_CACHE_HOME", str(path))
-    yield path
-    patch.undo()
+    yield from private_xdg_cache(tmp_path_factory, "xdg-cache")
 
 
 @pytest.fixture
