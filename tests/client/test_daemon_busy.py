@@ -99,6 +99,18 @@ def test_a_bad_wait_is_refused(place):
         assert framing.recv(s)["exit"] == 0
 
 
+def test_a_bad_umask_is_refused_and_the_daemon_keeps_serving(place):
+    client.ensure_daemon()
+    for bad in ("022", -1, 1 << 40, 0o1000, True):
+        with raw_connect(place.sock) as s:
+            framing.send(s, {"cmd": "run", "argv": ["exit", "0"], "cwd": "/", "env": {}, "umask": bad})
+            assert framing.recv(s) == {"ok": False,
+                                       "error": "run: 'umask' must be a file mode mask between 0 and 0o777"}
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": ["exit", "0"], "cwd": "/", "env": {}, "umask": 0o022})
+        assert framing.recv(s)["exit"] == 0
+
+
 def test_ps_answers_at_once_while_a_watch_holds_the_tunnel_keeper(tmp_path, monkeypatch):
     """The review case: `ps --watch` in one terminal, `ps --json` in another."""
     from tests.client.test_ps_cmd import World

@@ -346,7 +346,7 @@ class _RunSession:
         saved_streams = (sys.stdout, sys.stderr, sys.stdin)
         saved_argv = sys.argv
         saved_umask = os.umask(0o077)
-        os.umask(req["umask"] if isinstance(req.get("umask"), int) else saved_umask)
+        os.umask(req["umask"] if req.get("umask") is not None else saved_umask)
         try:
             os.environ.clear()
             os.environ.update(req["env"])
@@ -431,6 +431,9 @@ def _validate_run(req: dict[str, Any]) -> str | None:
             isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
             for k, v in env.items()):
         return "run: 'env' must map variable names to strings"
+    umask = req.get("umask")
+    if umask is not None and (isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777):
+        return "run: 'umask' must be a file mode mask between 0 and 0o777"
     wait = req.get("wait")
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
                              or not 0 <= wait < float("inf")):
