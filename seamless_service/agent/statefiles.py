@@ -27,6 +27,15 @@ from typing import Any
 # Linux pid_max can be at most 2**22; anything larger cannot be a process.
 PID_LIMIT = 1 << 22
 
+Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+def stat_signature(st: os.stat_result) -> Signature:
+    """What tells one version of a file from another without reading it: writers here go
+    through os.replace (new inode) and any in-place write moves ctime, so an unchanged
+    signature means unchanged content short of a rewrite that keeps all four to the ns."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 def usable_pid(value: object) -> int | None:
     """The pid as an int if it can name a real process, else None."""
@@ -184,7 +193,7 @@ class StateCache:
     MAX_ENTRIES = 100_000
 
     def __init__(self, ctx: object = None):
-        self._entries: dict[str, tuple[tuple[int, int, int, int], Any]] = {}
+        self._entries: dict[str, tuple[Signature, Any]] = {}
 
     def read(self, path: StatePath, st: os.stat_result | None = None) -> dict[str, Any] | None:
         """As read_state(path), from the cache when the file is unchanged. `st`: a stat of
@@ -198,7 +207,7 @@ class StateCache:
                 return None
             except OSError as exc:
                 raise StateFileError(f"could not read {path}: {exc}") from None
-        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        sig = stat_signature(st)
         hit = self._entries.get(name)
         if hit is not None and hit[0] == sig:
             value = hit[1]

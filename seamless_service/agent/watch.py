@@ -36,7 +36,7 @@ from .context import AgentContext
 POLL_INTERVAL = 0.1   # seconds between two stat passes while waiting
 TOKEN_HEX = 32        # 128 bits of the digest: collisions are not a practical concern
 
-_Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+_Signature = statefiles.Signature
 
 
 class Watcher:
@@ -70,7 +70,7 @@ class Watcher:
                 except OSError:
                     continue  # vanished since the listing: its absence changes the digest
                 seen[role].append((path, st))
-                sig: _Signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                sig = statefiles.stat_signature(st)
                 parts.append(f"{role}/{name}\0{sig[0]},{sig[1]},{sig[2]},{sig[3]}\0")
                 if role == "server":
                     pid = self._pid(path, sig, pids)

@@ -4,6 +4,13 @@ Inside the client daemon, entries live between CLI calls: that is the point of t
 In an ordinary process the same registry works for the life of that process, so CLI code
 can always write `pool.get(name, factory)` without knowing where it runs.
 
+Every command the daemon runs has its caller's environment, so an entry may serve a
+command only if what it depends on is that command's too (client/inputs.py). Callers put
+the environment values it depends on into the name, as a `family` + variant tag: callers
+that differ get entries of their own, at most MAX_VARIANTS per family (the least recently
+used is closed). An object that read files says whether they changed since through an
+optional `stale()` method: a stale entry is closed and made again on the next get().
+
 Also here: the cancellation flag of the command the daemon is running. When the thin
 client goes away (Ctrl-C), the daemon sets it; long-running commands (watch loops, fan-out
 workers) should poll `cancelled()` and stop. Outside the daemon it is always False,
@@ -20,10 +27,13 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
+MAX_VARIANTS = 4   # entries per family (one host, many callers' environments): bounded, LRU
+
 
 @dataclass
 class _Entry:
     obj: Any
+    family: str = ""
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
 
@@ -35,29 +45,74 @@ _in_daemon = False
 _cancel = threading.Event()
 
 
-def get(name: str, factory: Callable[[], T]) -> T:
+def get(name: str, factory: Callable[[], T], *, family: str | None = None) -> T:
     """The object registered under `name`, made by `factory()` on first use.
 
     Concurrent calls for one name create one object (the others wait for it); different
     names are created in parallel (the factory runs outside the registry lock, since
     opening a tunnel takes ~100 ms). A factory that raises leaves nothing behind.
+
+    An object whose `stale()` returns True is closed and replaced. `family` groups the
+    names that are variants of one thing (one host under different environments); a
+    family keeps at most MAX_VARIANTS entries, closing the least recently used.
     """
+    obj = _fresh(name)
+    if obj is not None:
+        return obj
     with _lock:
-        entry = _entries.get(name)
-        if entry is not None:
-            entry.last_used = time.time()
-            return entry.obj
         name_lock = _name_locks.setdefault(name, threading.Lock())
     with name_lock:
-        with _lock:
-            entry = _entries.get(name)
-            if entry is not None:
-                entry.last_used = time.time()
-                return entry.obj
+        obj = _fresh(name)
+        if obj is not None:
+            return obj
         obj = factory()
         with _lock:
-            _entries[name] = _Entry(obj)
+            _entries[name] = _Entry(obj, family or name)
+            evicted = _over_limit(family or name, keep=name)
+        for old_name, old in evicted:
+            _close(old_name, old.obj)
         return obj
+
+
+def _fresh(name: str) -> Any | None:
+    """The entry's object if there is one and it is not stale (a stale one is closed)."""
+    with _lock:
+        entry = _entries.get(name)
+    if entry is None:
+        return None
+    if _is_stale(name, entry.obj):
+        with _lock:
+            mine = _entries.get(name) is entry
+            if mine:
+                del _entries[name]
+        if mine:  # another thread may have found it stale first: close once
+            _close(name, entry.obj)
+        return None
+    entry.last_used = time.time()
+    return entry.obj
+
+
+def _is_stale(name: str, obj: Any) -> bool:
+    stale = getattr(obj, "stale", None)
+    if not callable(stale):
+        return False
+    try:
+        return bool(stale())
+    except Exception as exc:  # cannot tell: do not trust it
+        print(f"seamless-service daemon: checking {name} failed: {exc}", file=sys.__stderr__)
+        return True
+
+
+def _over_limit(family: str, *, keep: str) -> list[tuple[str, _Entry]]:
+    """Remove (under _lock) the least recently used entries of `family` beyond MAX_VARIANTS."""
+    members = sorted(((e.last_used, n) for n, e in _entries.items() if e.family == family and n != keep))
+    extra = len(members) + 1 - MAX_VARIANTS
+    evicted = [(n, _entries.pop(n)) for _, n in members[:max(extra, 0)]]
+    for n, _ in evicted:
+        lock = _name_locks.get(n)
+        if lock is not None and not lock.locked():
+            del _name_locks[n]   # the variant is gone: its lock need not outlive it
+    return evicted
 
 
 def peek(name: str) -> Any | None:
@@ -100,6 +155,8 @@ def describe() -> list[dict[str, Any]]:
     out = []
     for name, entry in items:
         row: dict[str, Any] = {"name": name, "created": entry.created, "last_used": entry.last_used}
+        if entry.family != name:
+            row["family"] = entry.family
         describe_obj = getattr(entry.obj, "describe", None)
         if callable(describe_obj):
             try:
