@@ -206,6 +206,12 @@ class AgentTransport:
         """The current tunnel.Tunnel (None before the first connection)."""
         return self._tunnel
 
+    def stale(self) -> bool:
+        """True once the ssh config, known_hosts or keys the tunnel was opened with changed
+        (the tunnel keeper's pool then replaces this transport: daemon/pool.py)."""
+        tunnel = self._tunnel
+        return tunnel is not None and tunnel.stale()
+
     def __enter__(self) -> "AgentTransport":
         return self
 

@@ -6,22 +6,35 @@ so the local cluster gets exactly the rows and errors a remote one would.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from ..agent.context import AgentContext
 from ..agent.dispatch import handle
 from ..protocol import ProtocolError, decode_reply, encode_request
 from .errors import OpError, ProtocolMismatch, UsageError
+from .inputs import FileSnapshot
 
 
-def local_context() -> AgentContext:
+def local_context(read: FileSnapshot | None = None) -> AgentContext:
     """This machine's context, under the path policy configured for the agent here
     (`<launcher dir>/agent/config.yaml`): running an op in-process must not be a way
-    around a stricter policy the operator set. UsageError if that config is bad."""
+    around a stricter policy the operator set. UsageError if that config is bad.
+
+    `read`, if given, gets the files the context is made from (config.yaml, a data-roots
+    file), each stat-ed before it is read: an edit in between shows as a change later."""
     from ..agent import lifecycle, paths
 
-    base = paths.base_dir()
+    read = FileSnapshot() if read is None else read
+    # Absolute: a relative REMOTE_HTTP_LAUNCHER_DIR means the cwd of the command that made
+    # this context, not of a later one that reuses it (in the tunnel keeper's pool).
+    base = Path(os.path.abspath(paths.base_dir()))
+    read.add([paths.agent_dir(base) / lifecycle.CONFIG_NAME])
     try:
+        spec = lifecycle.load_config(base).get("path_policy", lifecycle.DEFAULT_POLICY_SPEC)
+        if spec.startswith("data-roots:"):
+            read.add([os.path.expanduser(spec.split(":", 1)[1])])
         _, spec = lifecycle.resolve_options(base)
         policy = lifecycle.load_policy(spec)
     except lifecycle.ConfigError as exc:
@@ -33,8 +46,17 @@ class LocalTransport:
     name = "local"
 
     def __init__(self, ctx: AgentContext | None = None):
-        self.ctx = ctx or local_context()
+        self._inputs = FileSnapshot()
+        self.ctx = ctx or local_context(self._inputs)
         self.host = "localhost"
+
+    def stale(self) -> bool:
+        """True once a file this transport's policy came from has changed (pool.py)."""
+        return self._inputs.changed()
+
+    def describe(self) -> dict[str, Any]:
+        """For `tunnel status`: which launcher folder this transport reads."""
+        return {"transport": self.name, "base": str(self.ctx.base)}
 
     def call(self, request: bytes) -> bytes:
         return handle(self.ctx, request)

@@ -16,10 +16,18 @@ Kinds (all return the same raw results, see agent/ops/*):
           go straight to ssh. `forget_choice(host)` or kind="agent" tries the agent again.
 
 Inside the client daemon (daemon/pool.py: in_daemon()), transports live in the pool under
-`transport:{kind}:{host}`, so one SSH connection and one authenticated rpyc connection per
-host persist between CLI calls. What open_transport returns there is a lease: close() leaves
-the pooled transport open, and a fatal error (ConnectionFailed, ProtocolMismatch, after the
-transport's own repair) drops it from the pool, so the next call starts afresh.
+`transport:{kind}:{host}[|ssh config]#{tag}`, so one SSH connection and one authenticated
+rpyc connection per host persist between CLI calls. What open_transport returns there is a
+lease: close() leaves the pooled transport open, and a fatal error (ConnectionFailed,
+ProtocolMismatch, after the transport's own repair) drops it from the pool, so the next
+call starts afresh.
+
+The daemon runs each command with its caller's environment, so a pooled transport serves
+only callers whose inputs are its own (client/inputs.py): the tag is a hash of the
+environment values it depends on (LOCAL_ENV: the launcher folder and HOME; REMOTE_ENV:
+HOME, the user name, SSH_AUTH_SOCK, XDG_CACHE_HOME), and the files it read (agent
+config.yaml, ~/.ssh/config, known_hosts, identity files) are checked by its `stale()`
+on every use: an edited file means a new transport on the next command.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .errors import ConnectionFailed, ProtocolMismatch, UsageError
@@ -36,6 +45,11 @@ KINDS = ("auto", "agent", "ssh", "local")
 CHOICE_FILE = "transport-choice.json"
 CHOICE_TTL_GUARDED = 24 * 3600.0   # rhl-guard on a key does not go away by itself
 CHOICE_TTL = 15 * 60.0             # other reasons (no Python, install failed) may be fixed soon
+# What a pooled remote transport depends on in the environment, besides its files: HOME
+# (where ~/.ssh/config, known_hosts and default keys are), the user name paramiko logs in
+# with when the config names none (getpass.getuser's variables), the ssh-agent it asks for
+# keys, and the client cache holding the agent endpoints and remembered choices.
+REMOTE_ENV = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK", "XDG_CACHE_HOME")
 
 Notice = Callable[[str], None]
 
@@ -64,9 +78,13 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     if host is None or kind == "local":
         if host is not None:
             raise UsageError(f"the local transport runs on this machine; it takes no host (got {host!r})")
-        return _pooled("transport:local", _make_local)
+        return _pooled("transport:local", _make_local, inputs=_local_inputs)
     if not host or host.startswith("-"):
         raise UsageError(f"not a host name: {host!r}")
+    if ssh_config is not None:
+        # Absolute now: a relative --ssh-config means the caller's cwd, and a pooled
+        # transport reconnects later, from another command's cwd.
+        ssh_config = os.path.abspath(os.path.expanduser(os.fspath(ssh_config)))
     opts = {"ssh_config": ssh_config, "timeout": timeout, "notice": notice,
             "accept_new_host_key": accept_new_host_key}
     if kind == "agent":
@@ -89,6 +107,20 @@ def _make_local() -> Any:
     return LocalTransport()
 
 
+def _local_inputs() -> tuple[str, str | None]:
+    """What the local transport depends on in the environment: the launcher folder it reads
+    (REMOTE_HTTP_LAUNCHER_DIR, else under HOME; absolute) and HOME (`~` in the path policy)."""
+    from ..agent import paths
+
+    return os.path.abspath(paths.base_dir()), os.environ.get("HOME")
+
+
+def _remote_inputs() -> Any:
+    from .inputs import env_values
+
+    return env_values(REMOTE_ENV)
+
+
 def _key(kind: str, host: str, ssh_config: Any) -> str:
     # The same alias under another ssh config is another host.
     return f"transport:{kind}:{host}" + (f"|{os.fspath(ssh_config)}" if ssh_config is not None else "")
@@ -102,7 +134,8 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
                               accept_new_host_key=accept_new_host_key, notice=notice)
 
-    return _pooled(_key("agent", host, ssh_config), factory, notice=notice, timeout=timeout or DEFAULT_TIMEOUT)
+    return _pooled(_key("agent", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
+                   timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key)
 
 
 def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
@@ -113,30 +146,38 @@ def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | 
         return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
                             guarded=guarded, notice=notice)
 
-    leased = _pooled(_key("ssh", host, ssh_config), factory, notice=notice, timeout=timeout or DEFAULT_TIMEOUT)
+    leased = _pooled(_key("ssh", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
+                     timeout=timeout or DEFAULT_TIMEOUT)
     if guarded and getattr(leased, "guarded", None) is None:
         leased.guarded = guarded
     return leased
 
 
-def _pooled(name: str, factory: Callable[[], Any], *, notice: Notice | None = None,
-            timeout: float | None = None) -> Any:
+def _pooled(family: str, factory: Callable[[], Any], *, inputs: Callable[[], Any], notice: Notice | None = None,
+            timeout: float | None = None, accept_new_host_key: bool | None = None) -> Any:
+    """factory() outside the daemon; inside, a lease on the pooled transport made for
+    callers with this caller's `inputs()` (see the module docstring)."""
     from .daemon import pool
 
     if not pool.in_daemon():
         return factory()
-    return PooledTransport(name, pool.get(name, factory), notice=notice, timeout=timeout)
+    from .inputs import variant
+
+    name = f"{family}#{variant(inputs())}"
+    return PooledTransport(name, pool.get(name, factory, family=family), notice=notice, timeout=timeout,
+                           accept_new_host_key=accept_new_host_key)
 
 
 class PooledTransport:
     """A lease on a transport held by the client daemon's pool (see the module docstring)."""
 
     def __init__(self, pool_name: str, inner: Any, *, notice: Notice | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, accept_new_host_key: bool | None = None):
         self.pool_name = pool_name
         self.inner = inner
         self._notice = notice
         self._timeout = timeout
+        self._accept_new = accept_new_host_key
 
     @property
     def name(self) -> str:
@@ -150,7 +191,7 @@ class PooledTransport:
         return getattr(self.inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("pool_name", "inner", "_notice", "_timeout"):
+        if name in ("pool_name", "inner", "_notice", "_timeout", "_accept_new"):
             object.__setattr__(self, name, value)
         else:
             setattr(self.inner, name, value)
@@ -164,6 +205,10 @@ class PooledTransport:
             # The pooled transport was made by an earlier command; this one's --timeout
             # applies to its own calls (the daemon runs one command at a time).
             self.inner.timeout = float(self._timeout)
+        if self._accept_new is not None and hasattr(self.inner, "accept_new_host_key"):
+            # Likewise: only a caller who said --accept-new-host-key may have a new host key
+            # written to known_hosts when the pooled transport reconnects.
+            self.inner.accept_new_host_key = self._accept_new
         try:
             return self.inner.batch(ops)
         except (ConnectionFailed, ProtocolMismatch):
@@ -273,8 +318,13 @@ def _print(message: str) -> None:
 
 # --------------------------------------------------------------------------- remembered choices
 
-_memory: dict[str, dict[str, Any]] = {}
+# The choice file, parsed, kept while its stat signature holds (a command in the tunnel
+# keeper must see another process's remember/forget at once, and a caller with another
+# XDG_CACHE_HOME its own file); plus the choices this process could not write, per file.
+_parsed: dict[str, tuple[Any, dict[str, dict[str, Any]]]] = {}
+_unwritten: dict[tuple[str, str], dict[str, Any]] = {}
 _memory_lock = threading.Lock()
+_write_lock = threading.Lock()   # read-modify-write of the file: one thread at a time
 
 
 def _choice_path() -> Any:
@@ -283,29 +333,43 @@ def _choice_path() -> Any:
     return cache_root() / CHOICE_FILE
 
 
-def _load_choices() -> dict[str, dict[str, Any]]:
+def _load_choices(path: Any = None) -> dict[str, dict[str, Any]]:
+    """The choice file's contents (a copy); {} if it is missing or unreadable."""
+    from .inputs import file_state
+
+    name = str(path if path is not None else _choice_path())
+    state = file_state(name)
+    with _memory_lock:
+        hit = _parsed.get(name)
+    if hit is not None and hit[0] == state:
+        return dict(hit[1])
     try:
-        data = json.loads(_choice_path().read_text())
+        data = json.loads(Path(name).read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    with _memory_lock:
+        if len(_parsed) > 16:
+            _parsed.clear()   # one per XDG_CACHE_HOME seen: a handful at most
+        _parsed[name] = (state, data)
+    return dict(data)
 
 
 def remembered_choice(host: str) -> dict[str, Any] | None:
     """The remembered fallback for `host` ({"kind": "ssh", "reason", "guarded", "since"}),
     or None if there is none or it expired."""
-    with _memory_lock:
-        entry = _memory.get(host)
+    path = _choice_path()
+    entry = _load_choices(path).get(host)
     if entry is None:
-        entry = _load_choices().get(host)
+        with _memory_lock:
+            entry = _unwritten.get((str(path), host))
     if not isinstance(entry, dict) or entry.get("kind") != "ssh":
         return None
     ttl = CHOICE_TTL_GUARDED if entry.get("guarded") else CHOICE_TTL
     since = entry.get("since")
     if not isinstance(since, (int, float)) or time.time() - since > ttl:
         return None
-    with _memory_lock:
-        _memory[host] = entry
     return entry
 
 
@@ -314,28 +378,31 @@ def remember_choice(host: str, kind: str, *, reason: str, guarded: bool) -> None
     from ..deploy.cache import write_private
 
     entry = {"kind": kind, "reason": reason[:300], "guarded": guarded, "since": time.time()}
-    with _memory_lock:
-        _memory[host] = entry
-        choices = _load_choices()
+    path = _choice_path()
+    with _write_lock:
+        choices = _load_choices(path)
         choices[host] = entry
         try:
-            write_private(_choice_path(), json.dumps(choices, sort_keys=True).encode())
+            write_private(path, json.dumps(choices, sort_keys=True).encode())
         except OSError:
-            pass  # the in-process memory still spares this process further attempts
+            with _memory_lock:  # still spares this process further attempts
+                _unwritten[(str(path), host)] = entry
 
 
 def forget_choice(host: str) -> bool:
     """Forget a remembered fallback, so the next call tries the agent again."""
     from ..deploy.cache import write_private
 
+    path = _choice_path()
     with _memory_lock:
-        had = _memory.pop(host, None) is not None
-        choices = _load_choices()
+        had = _unwritten.pop((str(path), host), None) is not None
+    with _write_lock:
+        choices = _load_choices(path)
         if host in choices:
             had = True
             del choices[host]
             try:
-                write_private(_choice_path(), json.dumps(choices, sort_keys=True).encode())
+                write_private(path, json.dumps(choices, sort_keys=True).encode())
             except OSError:
                 pass
     return had

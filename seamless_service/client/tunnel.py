@@ -111,6 +111,7 @@ class Tunnel:
         self._conn: Any = None          # deploy.ssh.SSHConnection
         self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
         self._forwards: list[LocalForward] = []  # client/forward.py
+        self._read: Any = None          # inputs.FileSnapshot of the files the connection read
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -126,16 +127,19 @@ class Tunnel:
             self._close_locked()
             from ..deploy import DeployError
             from ..deploy import ssh as dssh
+            from .inputs import FileSnapshot
 
+            read = FileSnapshot()
             try:
                 conn = dssh.connect(self.host, ssh_config=self.ssh_config,
                                     accept_new_host_key=self.accept_new_host_key,
-                                    timeout=self.connect_timeout)
+                                    timeout=self.connect_timeout, on_read=read.add)
             except DeployError as exc:
                 raise map_ssh_error(self.host, exc) from None
             transport = conn.get_transport()
             set_nodelay(transport.sock)  # deploy/ssh.py does it too; it is what matters here
             self._conn = conn
+            self._read = read
             self.opened_at = time.time()
             if self.keep_session:
                 self._open_session()
@@ -170,6 +174,12 @@ class Tunnel:
         at once; a silent network needs the keepalive or a call timeout)."""
         transport = self.transport
         return transport is not None and transport.is_active()
+
+    def stale(self) -> bool:
+        """True once a file the open connection was made from (ssh config, known_hosts,
+        keys) has changed: it may no longer be the connection that config asks for."""
+        read = self._read
+        return read is not None and read.changed()
 
     def forced_command_output(self) -> str | None:
         """If the kept session ended on its own (a forced command ran instead of `cat`),

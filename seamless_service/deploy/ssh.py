@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import paramiko
 
@@ -38,6 +38,8 @@ from . import AuthFailed, HostKeyChanged, HostKeyUnknown, RemoteTimeout, SshErro
 DEFAULT_CONFIG = "~/.ssh/config"
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+# What paramiko's look_for_keys tries when the config names no IdentityFile.
+DEFAULT_IDENTITIES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE = 30  # seconds; like ServerAliveInterval, so NATs/firewalls keep the session
 MAX_JUMPS = 8  # guards against a ProxyJump loop in the config
@@ -66,6 +68,11 @@ class HostSettings:
     keepalive: int = KEEPALIVE
     accept_new: bool = False
 
+    def files(self) -> list[str]:
+        """The files a login with these settings reads: keys and known_hosts."""
+        keys = self.identity_files or [os.path.expanduser(p) for p in DEFAULT_IDENTITIES]
+        return [*keys, *self.user_known_hosts, *self.global_known_hosts]
+
     @property
     def known_hosts_name(self) -> str:
         """The name OpenSSH files this host's key under in known_hosts."""
@@ -74,16 +81,18 @@ class HostSettings:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
+def config_path(ssh_config: str | os.PathLike | None = None) -> Path:
+    """The ssh config file load_config reads: `ssh_config`, else ~/.ssh/config."""
+    return Path(ssh_config if ssh_config is not None else DEFAULT_CONFIG).expanduser()
+
+
 def load_config(ssh_config: str | os.PathLike | None = None) -> paramiko.SSHConfig:
     """Parse the ssh config. An explicit file must exist; a missing ~/.ssh/config is empty."""
-    if ssh_config is not None:
-        path = Path(ssh_config).expanduser()
-        if not path.is_file():
+    path = config_path(ssh_config)
+    if not path.is_file():
+        if ssh_config is not None:
             raise SshError(f"ssh config file {path} does not exist")
-    else:
-        path = Path(DEFAULT_CONFIG).expanduser()
-        if not path.is_file():
-            return paramiko.SSHConfig()
+        return paramiko.SSHConfig()
     try:
         return paramiko.SSHConfig.from_path(str(path))
     except Exception as exc:  # paramiko raises assorted types for syntax it does not know
@@ -348,21 +357,27 @@ def _open_socket(s: HostSettings, timeout: float) -> socket.socket:
 
 
 def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
-            timeout: float | None = None, _config: paramiko.SSHConfig | None = None,
-            _port: int | None = None, _depth: int = 0) -> SSHConnection:
+            timeout: float | None = None, on_read: Callable[[list[str]], None] | None = None,
+            _config: paramiko.SSHConfig | None = None, _port: int | None = None, _depth: int = 0) -> SSHConnection:
     """Open an authenticated SSH connection to `host` (`[user@]alias`), or raise SshError.
 
     `timeout` bounds each phase (TCP connect, banner, key exchange, auth); default
-    ConnectTimeout from the config, else 15 s.
+    ConnectTimeout from the config, else 15 s. `on_read(paths)`, if given, is told about
+    every local file the connection depends on (the config, known_hosts, keys, also of
+    jump hosts) before it is read, so a caller can tell later whether any changed.
     """
     if _depth > MAX_JUMPS:
         raise SshError(f"ProxyJump chain for {host} is longer than {MAX_JUMPS} hops (a loop in the ssh config?)")
+    if _config is None and on_read is not None:
+        on_read([str(config_path(ssh_config))])
     config = _config if _config is not None else load_config(ssh_config)
     s = resolve(host, config, port=_port)
+    if on_read is not None:
+        on_read(s.files())
     timeout = timeout if timeout is not None else s.connect_timeout
     conn = SSHConnection(s)
     try:
-        sock = _proxy_socket(conn, config, accept_new_host_key, timeout, _depth)
+        sock = _proxy_socket(conn, config, accept_new_host_key, timeout, _depth, on_read)
         if sock is None:
             sock = _open_socket(s, timeout)
         _handshake(conn, sock, accept_new_host_key or s.accept_new, timeout)
@@ -373,7 +388,7 @@ def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_ne
 
 
 def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: bool,
-                  timeout: float, depth: int):
+                  timeout: float, depth: int, on_read: Callable[[list[str]], None] | None = None):
     """A socket-like object through ProxyJump hops or ProxyCommand, or None for direct."""
     s = conn.settings
     if s.proxy_jump:
@@ -387,12 +402,14 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
         sock = None
         for i, (hop, hop_port) in enumerate(hops):
             if i == 0:
-                jump = connect(hop, accept_new_host_key=accept_new, timeout=timeout,
+                jump = connect(hop, accept_new_host_key=accept_new, timeout=timeout, on_read=on_read,
                                _config=config, _port=hop_port, _depth=depth + 1)
                 conn.jumps.append(jump)
             else:
                 jump = SSHConnection(resolve(hop, config, port=hop_port))
                 conn.jumps.append(jump)  # before the handshake, so close() cleans up a failure
+                if on_read is not None:
+                    on_read(jump.settings.files())
                 _handshake(jump, sock, accept_new or jump.settings.accept_new, timeout)
             if i + 1 < len(hops):
                 nxt = resolve(hops[i + 1][0], config, port=hops[i + 1][1])
