@@ -183,10 +183,13 @@ def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypa
     from seamless_service.client.transports import PooledTransport, open_transport
 
     monkeypatch.setattr(pool, "_in_daemon", True)  # as inside the client daemon
-    name = f"transport:agent:{remote.alias}|{remote.ssh_config}"
+    family = f"transport:agent:{remote.alias}|{remote.ssh_config}"
+    name = family
     try:
         first = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
-        assert isinstance(first, PooledTransport) and first.pool_name == name
+        # the name is the family plus a tag of the caller's environment (transports.REMOTE_ENV)
+        assert isinstance(first, PooledTransport) and first.pool_name.startswith(family + "#")
+        name = first.pool_name
         assert {r["key"] for r in _ps(first)} >= set(RUNNING_KEYS)
         tunnel = first.inner.tunnel
         first.close()  # one CLI call ends: the pooled tunnel stays open for the next

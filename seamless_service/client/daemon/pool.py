@@ -66,9 +66,16 @@ def get(name: str, factory: Callable[[], T], *, family: str | None = None) -> T:
         if obj is not None:
             return obj
         obj = factory()
+        family = family or name
         with _lock:
-            _entries[name] = _Entry(obj, family or name)
-            evicted = _over_limit(family or name, keep=name)
+            _entries[name] = _Entry(obj, family)
+            siblings = [(n, e) for n, e in _entries.items() if e.family == family and n != name]
+        # A new variant is the moment to close siblings whose files changed: no caller may
+        # use them again, and nothing else would close them before the keeper exits.
+        stale = [(n, e) for n, e in siblings if _is_stale(n, e.obj)]
+        with _lock:
+            evicted = [(n, _entries.pop(n)) for n, e in stale if _entries.get(n) is e]
+            evicted += _over_limit(family, keep=name)
         for old_name, old in evicted:
             _close(old_name, old.obj)
         return obj
