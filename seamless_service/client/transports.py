@@ -24,10 +24,10 @@ call starts afresh.
 
 The daemon runs each command with its caller's environment, so a pooled transport serves
 only callers whose inputs are its own (client/inputs.py): the tag is a hash of the
-environment values it depends on (LOCAL_ENV: the launcher folder and HOME; REMOTE_ENV:
-HOME, the user name, SSH_AUTH_SOCK, XDG_CACHE_HOME), and the files it read (agent
-config.yaml, ~/.ssh/config, known_hosts, identity files) are checked by its `stale()`
-on every use: an edited file means a new transport on the next command.
+environment values it depends on (local: the absolute launcher folder and HOME; remote:
+REMOTE_ENV), and the files it read (agent config.yaml and a data-roots file; ssh config,
+known_hosts, keys) are checked by its `stale()` on every use: an edited file means a new
+transport on the next command (daemon/pool.py).
 """
 
 from __future__ import annotations
