@@ -121,7 +121,7 @@ def _dispatch(args: list[str]) -> int:
         print(f"seamless-service: tunnel keeper unavailable ({exc}); running in this process",
               file=sys.stderr)
         return run_in_process(args)
-    except client.DaemonLost as exc:
+    except (client.DaemonLost, client.DaemonImpostor) as exc:
         print(f"seamless-service: {exc}", file=sys.stderr)
         return 1
 

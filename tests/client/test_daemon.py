@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client.daemon import client, framing, pool
+from tests.support.otheruser import unused_uid
 
 HOOKS = textwrap.dedent('''
     import json, os, sys, time
@@ -128,15 +128,6 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
-
-
-def unused_uid() -> int:
-    for uid in range(54321, 60000):
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            return uid
-    raise RuntimeError("no free uid")
 
 
 def daemon_pids(folder: Path) -> list[int]:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from seamless_service.demo import launch
 from seamless_service.demo.launch import DEMO_KEYS, demo_root
+from tests.support.otheruser import as_user, local_user, unused_uid
 
 CLI = [sys.executable, "-m", "seamless_service"]
 
@@ -19,10 +25,33 @@ def run(sandbox, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_demo_start_ps_stop(sandbox):
+@pytest.fixture
+def box(sandbox, tmp_path, monkeypatch):
+    """The sandbox, with an XDG cache of its own (where the demo records its data folder)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    yield sandbox
+    # A failed test must not leave demo services or data behind.
+    if any((sandbox.server_dir / f"{key}.json").exists() for key in DEMO_KEYS):
+        run(sandbox, "demo", "stop")
+    root = demo_root()
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def private_dir(path: Path) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_demo_start_ps_stop(box):
+    sandbox = box
     started = run(sandbox, "demo", "start")
     assert started.returncode == 0, started.stderr
     assert all(f"started {key}" in started.stdout for key in DEMO_KEYS)
+    root = demo_root()
+    assert root is not None and private_dir(root) and root != _old_predictable_root()
+    assert all(private_dir(folder) for folder in (root / "db", root / "db" / "tour", root / "configs"))
+    assert stat.S_IMODE(os.stat(root / "db" / "tour" / "seamless.db").st_mode) == 0o600
 
     listing = run(sandbox, "ps", "--local", "--persistent", "--json")
     assert listing.returncode == 0, listing.stderr
@@ -46,15 +75,91 @@ def test_demo_start_ps_stop(sandbox):
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert not any((sandbox.server_dir / f"{key}.json").exists() for key in DEMO_KEYS)
-    assert not demo_root().exists()
+    assert not root.exists() and demo_root() is None
     empty = run(sandbox, "ps", "--local", "--json")
     assert empty.returncode == 0 and empty.stdout == ""
 
 
-def test_demo_data_is_per_home(tmp_path, monkeypatch):
+def test_demo_data_is_per_home(box, tmp_path, monkeypatch):
+    """Two sandboxes of one user (one XDG cache, different HOME) never share demo data."""
     monkeypatch.setenv("HOME", str(tmp_path / "a"))
-    first = demo_root()
+    first = launch._prepare()
     monkeypatch.setenv("HOME", str(tmp_path / "b"))
-    second = demo_root()
+    second = launch._prepare()
     assert first != second and first.parent == second.parent
     assert str(os.getuid()) in first.name
+    assert launch._remove_root(print) == 0 and not second.exists() and demo_root() is None
+    monkeypatch.setenv("HOME", str(tmp_path / "a"))
+    assert demo_root() == first and (first / "db" / "tour" / "seamless.db").is_file()
+    assert launch._remove_root(print) == 0 and not first.exists()
+
+
+def test_a_link_in_our_own_data_folder_is_replaced_not_written_through(box, tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"keep me\n")
+    root = launch._prepare()
+    db = root / "db" / "tour" / "seamless.db"
+    db.unlink()
+    db.symlink_to(victim)
+    assert launch._prepare() == root                     # the same folder, reused
+    assert victim.read_bytes() == b"keep me\n" and not db.is_symlink() and db.stat().st_size > 20_000
+    shutil.rmtree(root / "configs")
+    (root / "configs").symlink_to(tmp_path)               # a linked folder is refused, not entered
+    lines = []
+    assert launch.start(echo=lambda *a, **k: lines.append(a[0])) == 1
+    assert lines == [f"seamless-service demo: cannot use {root / 'configs'}: it is a symbolic link; "
+                     "'seamless-service demo stop' forgets that folder, then start again"]
+    assert launch._remove_root(print) == 0 and not root.exists() and tmp_path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_a_recorded_folder_that_is_no_longer_ours_is_refused_and_left_alone(box):
+    root = launch._prepare()
+    stranger = unused_uid()
+    os.chown(root, stranger, -1)    # e.g. our folder was cleaned from /tmp and someone took its name
+    started = run(box, "demo", "start")
+    assert started.returncode == 1 and started.stdout == ""
+    assert started.stderr == (f"seamless-service demo: refusing {root}: owned by uid {stranger}, not by you; "
+                              "'seamless-service demo stop' forgets that folder, then start again\n")
+    stopped = run(box, "demo", "stop")
+    assert stopped.returncode == 1
+    assert stopped.stderr.splitlines()[-1] == f"seamless-service demo: left {root} alone: refusing {root}: owned by uid {stranger}, not by you"
+    assert root.exists() and demo_root() is None        # forgotten, not removed
+    os.chown(root, 0, -1)
+    shutil.rmtree(root)
+
+
+def _old_predictable_root() -> Path:
+    """Where demo data used to go: a name any local user can compute for any other."""
+    import hashlib
+    import tempfile
+
+    launcher_dir = str(Path("~/.remote-http-launcher").expanduser())
+    tag = hashlib.sha256(launcher_dir.encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"seamless-service-demo-{os.getuid()}-{tag}"
+
+
+def test_a_folder_planted_by_another_user_cannot_redirect_the_demo_data(box, tmp_path):
+    """Another user pre-creates the demo folder (0777) with seamless.db a link to one of
+    our files: `demo start` must neither write through the link nor use that folder."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    planted = _old_predictable_root()
+
+    def plant() -> dict:
+        os.umask(0)
+        (planted / "db" / "tour").mkdir(parents=True, mode=0o777)
+        os.symlink(victim, planted / "db" / "tour" / "seamless.db")
+        return {"planted": True}
+
+    with local_user() as attacker:
+        try:
+            assert as_user(attacker.pw_uid, attacker.pw_gid, plant) == {"planted": True}
+            started = run(box, "demo", "start")
+            stopped = run(box, "demo", "stop")
+            assert victim.read_bytes() == b"keep me\n"   # not overwritten through the link
+            assert started.returncode == 0, started.stderr
+            assert stopped.returncode == 0, stopped.stderr
+            assert os.readlink(planted / "db" / "tour" / "seamless.db") == str(victim)  # not ours to remove
+        finally:
+            shutil.rmtree(planted, ignore_errors=True)

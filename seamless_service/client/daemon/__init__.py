@@ -14,9 +14,10 @@ call, so it imports nothing but os and stat.
 
 Folder: $SEAMLESS_SERVICE_DAEMON_DIR if set, else $XDG_RUNTIME_DIR/seamless-service when
 that runtime dir is usable, else $XDG_CACHE_HOME (default ~/.cache)/seamless-service/run.
-It must be a real directory owned by this user with mode 0700: the socket inside is the
-only thing keeping other users away from our SSH connections (SO_PEERCRED is checked
-too, as a second wall).
+It must be a real directory owned by this user with mode 0700, checked on every connect:
+the socket inside is what keeps other users away from our SSH connections, and the
+client sends it our whole environment. Both ends check SO_PEERCRED too, as a second wall
+(a socket planted while the folder was open, or a folder swapped after the check).
 """
 
 from __future__ import annotations
@@ -81,36 +82,88 @@ def log_path(folder: str | None = None) -> str:
     return os.path.join(folder or daemon_dir(), LOG_NAME)
 
 
+def _make_private(folder: str) -> None:
+    """Create `folder` and every missing folder above it with mode 0700.
+
+    os.makedirs gives only the last folder its mode: ~/.cache/seamless-service would be
+    0755 until the first cache write tightened it. Nothing but ours belongs in them."""
+    missing = []
+    path = folder
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass   # made meanwhile by a racing start; the checks below judge the result
+
+
+def uid_name(uid: int) -> str:
+    """'uid N (name)', for messages about someone else's file."""
+    import pwd   # only on a refusal
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _foreign_socket(folder: str) -> str:
+    """', and <socket> in it belongs to uid N (name)' when someone else's socket is there."""
+    try:
+        st = os.lstat(socket_path(folder))
+    except OSError:
+        return ""
+    if st.st_uid == os.getuid():
+        return ""
+    return f", and {SOCKET_NAME} in it belongs to {uid_name(st.st_uid)}"
+
+
 def check_dir(folder: str, *, create: bool) -> bool:
     """Make sure `folder` is safe to use; return False if it does not exist (and not create).
 
-    Safe means: a real directory (not a symlink), owned by us, mode 0700. A looser mode on
-    our own folder is tightened; a folder owned by someone else is refused, because its
-    owner could plant a socket that impersonates the daemon or read what we send.
+    Called on every connect, not only when the folder is made. Safe means: a real
+    directory (not a symlink), owned by us, writable by nobody else. A folder that others
+    could write in is refused, never tightened: they may already have planted a socket
+    that impersonates the keeper (reading the environment we send, answering with fake
+    output). Mode bits that only let others read or enter it (an old 0755) are tightened
+    to 0700. Raises DaemonDirError with one readable line.
     """
     try:
         st = os.lstat(folder)
     except FileNotFoundError:
         if not create:
             return False
-        # Parents (e.g. ~/.cache/seamless-service) are made private too: nothing else
-        # belongs in them.
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.lstat(folder)
+        try:
+            _make_private(folder)
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise DaemonDirError(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
     except OSError as exc:
         raise DaemonDirError(f"cannot use daemon folder {folder}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise DaemonDirError(f"refusing daemon folder {folder}: not a directory (or a symlink)")
     if st.st_uid != os.getuid():
         raise DaemonDirError(
-            f"refusing daemon folder {folder}: owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+            f"refusing daemon folder {folder}: owned by {uid_name(st.st_uid)}, not by you (uid {os.getuid()}); "
+            "set SEAMLESS_SERVICE_DAEMON_DIR to a private folder of yours"
         )
-    if stat.S_IMODE(st.st_mode) != 0o700:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise DaemonDirError(
+            f"refusing daemon folder {folder}: mode {mode:o} lets other users write in it{_foreign_socket(folder)}; "
+            "remove it, or set SEAMLESS_SERVICE_DAEMON_DIR to a private folder (mode 700) of yours"
+        )
+    if mode != 0o700:
         try:
             os.chmod(folder, 0o700)
         except OSError as exc:
             raise DaemonDirError(
-                f"refusing daemon folder {folder}: mode {stat.S_IMODE(st.st_mode):o} and cannot chmod 700 ({exc.strerror})"
+                f"refusing daemon folder {folder}: mode {mode:o} and cannot chmod 700 ({exc.strerror})"
             ) from None
     path = socket_path(folder)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:

@@ -4,7 +4,7 @@ Imported by the thin entry point on every call, so it imports only stdlib socket
 time and msgpack (through framing); subprocess is imported only when a daemon must be
 started.
 
-Errors, both one line:
+Errors, each one line:
   DaemonUnavailable  the request was never delivered (no daemon and none could be
                      started, unsafe folder, ...): the caller may run the command itself.
   NotRunning         (a DaemonUnavailable) no daemon, and we were told not to start one.
@@ -12,6 +12,9 @@ Errors, both one line:
                      one was not to wait for its turn (run(busy_wait=...)); nothing ran.
   DaemonLost         the daemon took the request and then went away: the command may have
                      run partly, so it must NOT be re-run in-process.
+  DaemonImpostor     another user's process listens on our keeper socket: nothing was
+                     sent to it (our environment holds tokens); the command is refused
+                     rather than run here, so that the user looks into it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 from ... import __version__
 from ..errors import ServiceError
-from . import INSTALL_DIR, DaemonDirError, check_dir, daemon_dir, log_path, socket_path
+from . import INSTALL_DIR, DaemonDirError, check_dir, daemon_dir, log_path, socket_path, uid_name
 from . import framing
 
 START_TIMEOUT = 10.0      # spawn -> socket answering
@@ -55,6 +58,10 @@ class DaemonLost(ServiceError):
     pass
 
 
+class DaemonImpostor(ServiceError):
+    pass
+
+
 # -- connecting --------------------------------------------------------------------------
 
 
@@ -65,7 +72,11 @@ def _try_connect(path: str) -> socket.socket | None:
     sock.settimeout(CONNECT_TIMEOUT)
     try:
         sock.connect(path)
+        _check_peer(sock, path)
         return sock
+    except DaemonImpostor:
+        sock.close()
+        raise
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
@@ -75,6 +86,20 @@ def _try_connect(path: str) -> socket.socket | None:
     except OSError as exc:
         sock.close()
         raise DaemonUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from None
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a socket served by another user, before anything is sent on it.
+
+    The folder checks are not enough: a socket planted while the folder was open to
+    others survives a later chmod, and the folder can be swapped between the check and
+    the connect where its parent is writable by others."""
+    uid = framing.peer_uid(sock)
+    if uid is not None and uid != os.getuid():
+        raise DaemonImpostor(
+            f"refusing the tunnel keeper socket {path}: it is served by {uid_name(uid)}, not by you "
+            f"(uid {os.getuid()}), so nothing was sent to it; remove that socket, or set "
+            "SEAMLESS_SERVICE_DAEMON_DIR to a private folder of yours")
 
 
 def connect(*, start: bool) -> socket.socket:
@@ -125,7 +150,10 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
     root = os.path.dirname(INSTALL_DIR)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("SEAMLESS_SERVICE_NO_DAEMON", None)
-    log_fd = _open_log(folder)
+    try:
+        log_fd = _open_log(folder)
+    except OSError as exc:   # e.g. the folder was removed since check_dir made it
+        raise DaemonUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from None
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "seamless_service.client.daemon.server"],

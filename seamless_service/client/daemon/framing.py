@@ -1,9 +1,10 @@
 """Length-prefixed msgpack frames: 4-byte big-endian length, then one msgpack map.
 
-Both the thin client and the daemon use this over a unix stream socket. A frame is a map
-with str keys; anything else (a short read, an oversized length, bytes that are not
-msgpack, a list instead of a map) raises `FrameError` with a one-line message, so the
-daemon can answer `{"ok": false, "error": ...}` and keep serving.
+Both the thin client and the daemon use this over a unix stream socket, and peer_uid to
+know who is at the other end. A frame is a map with str keys; anything else (a short
+read, an oversized length, bytes that are not msgpack, a list instead of a map) raises
+`FrameError` with a one-line message, so the daemon can answer `{"ok": false, "error":
+...}` and keep serving.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ class FrameTooLarge(FrameError):
 
 class FrameTruncated(FrameError):
     """The peer closed the connection in the middle of a frame."""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a connected unix socket (SO_PEERCRED),
+    or None where the platform cannot tell. Both ends check it: the daemon serves only
+    its own user, and the client sends its environment only to its own user's daemon."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -39,7 +39,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ from typing import Any, Callable
 from ... import __version__
 from . import INSTALL_DIR as INSTALL, DaemonDirError, check_dir, daemon_dir, lock_path, socket_path
 from . import framing, pool
+from .framing import peer_uid
 
 DEFAULT_IDLE = 15 * 60.0
 DEFAULT_MAIN = "seamless_service.client.cli.main:main"
@@ -96,16 +96,6 @@ def load_main(spec: str) -> Callable[[list[str]], Any]:
     if not module_name or not func_name:
         raise ValueError(f"{spec!r} is not 'module:function'")
     return getattr(importlib.import_module(module_name), func_name)
-
-
-def peer_uid(conn: socket.socket) -> int | None:
-    """The connecting process's uid, or None where the platform cannot tell (then the 0700
-    folder and 0600 socket are the only wall)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
 
 
 def one_line(exc: BaseException) -> str:
