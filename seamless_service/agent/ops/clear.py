@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
+from ...protocol.wiresafe import display_text
 from .. import statefiles
 from ..context import AgentContext
 from ..helpers import run_helper
@@ -279,12 +280,12 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         result.returncode == 1 and match is not None and _spurious_failure(result.stderr, directory))
     exit_status = 0 if top_ok and (not nested_errors or nested_spurious) else (result.returncode or 1)
     return {
-        "path": str(directory),
+        "path": display_text(str(directory)),  # resolved through symlinks: any bytes
         "removed": int(match.group(1)) if match else 0,
         "exit_status": exit_status,
         "helper_exit_status": result.returncode,
         "ok": exit_status == 0,
         "stdout": result.stdout,
-        "stderr": stderr,
+        "stderr": display_text(stderr),
         "preserved": kept,
     }

@@ -24,6 +24,8 @@ Deliberate differences:
   as the helper does, so a row may stand for /usr/share or $HOME: such a row keeps its
   helper fields but gets `bytes_state: "refused"` and a `bytes_error` saying why, and
   that tree is never walked by the sizer;
+* a directory name that is not UTF-8 is shown escaped (`\\xNN`) in its row's `path`
+  (and in messages), so that one odd name cannot make the answer unsendable;
 * a large directory that changed since its last listing is answered from that listing
   while it is relisted in the background (agent/listing.py): its subdirectory rows may
   lag one relisting behind (a subdirectory gone since is left out, not `absent`).
@@ -41,6 +43,7 @@ import time
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
+from ...protocol.wiresafe import display_text
 from ..context import AgentContext
 from ..listing import DirListings, Listing
 from ..paths import join
@@ -257,4 +260,12 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         walk.root = str(resolved)
         walk.walk(walk.root, shown.as_posix(), args["level"], authorised=False)
     _add_sizes(ctx, policy, walk.rows, args["file"], args["sizes"], args["refresh"])
-    return {"rows": [row[0] for row in walk.rows]}
+    return {"rows": [_sendable(row[0]) for row in walk.rows]}
+
+
+def _sendable(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its texts (path, error) UTF-8-encodable: names come from the disk."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            row[name] = display_text(value)
+    return row
