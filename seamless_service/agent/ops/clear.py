@@ -31,7 +31,15 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   directories, deepest first (`nested_targets`), then on the directory itself: every
   call then meets only children without removable subdirectories. (One helper run per
   such directory: a project with 5 stages costs 6 runs; more than MAX_NESTED_CLEARS is
-  refused up front.) The `removed` count is the final call's: top-level entries.
+  refused up front.)
+* The count (found here too): rhl-clear counts the top-level entries it removed
+  entirely, so after the bottom-up runs (or whenever a top-level directory keeps a dot
+  directory) it said `removed 0 item(s)` while it had deleted files further down. The op
+  counts what rhl-clear may remove (files, symlinks and directories at every depth,
+  dot directories and what is in them excepted, as rhl-clear skips them) before and
+  after, and reports the difference: `removed`, and the same number in the
+  `removed N item(s) from PATH` line of `stdout` (rhl-clear's own count of its final
+  run is `helper_removed`).
 * #22 — rhl-clear exits 1 with "Directory not empty" when a dot directory sits two or
   more levels deep, although all it may remove is gone. Failures whose every stderr
   line is such an error, for a directory that now holds nothing but (nested) dot
@@ -39,8 +47,8 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   `helper_exit_status`; stderr is passed on unchanged). Thanks to the bottom-up runs,
   files beside such a directory are removed too.
 
-The value: {path, removed, exit_status, helper_exit_status, ok, stdout, stderr,
-preserved}. A helper failure is a value (ok false, exit_status != 0) rather than an op
+The value: {path, removed, helper_removed, exit_status, helper_exit_status, ok, stdout,
+stderr, preserved}. A helper failure is a value (ok false, exit_status != 0) rather than an op
 error, so a client can print what rhl-clear printed (stdout of the final run; stderr of
 all runs).
 """
@@ -228,6 +236,32 @@ def _spurious_failure(stderr: str, directory: Path) -> bool:
     return True
 
 
+def removable_count(directory: Path) -> int:
+    """How many entries below `directory` rhl-clear may remove: files, symlinks and
+    directories at every depth, except dot directories and their content (rhl-clear
+    neither enters nor removes them; the markers set aside sit in one). Symlinks are
+    counted, never followed. Unreadable directories count as themselves only."""
+    count = 0
+    stack = [str(directory)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir and entry.name.startswith("."):
+                        continue
+                    count += 1
+                    if is_dir:
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return count
+
+
 def _clear_nested(ctx: AgentContext, directory: Path) -> tuple[list[str], bool]:
     """Empty the nested directories bottom-up; (their stderr lines, all failures spurious)."""
     errors: list[str] = []
@@ -262,8 +296,10 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     _recover_leftovers(directory)
     keep, kept = _set_aside(directory, preserved_markers(policy))
     try:
+        before = removable_count(directory)
         nested_errors, nested_spurious = _clear_nested(ctx, directory)
         result = run_helper("rhl-clear", [str(directory)], helper_dir=ctx.helper_dir, timeout=CLEAR_TIMEOUT)
+        removed = max(before - removable_count(directory), 0)
     finally:
         if keep is not None:
             try:
@@ -279,13 +315,17 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     top_ok = result.returncode == 0 or (
         result.returncode == 1 and match is not None and _spurious_failure(result.stderr, directory))
     exit_status = 0 if top_ok and (not nested_errors or nested_spurious) else (result.returncode or 1)
+    stdout = result.stdout
+    if match is not None:  # the true count in the helper's own line (what the CLI prints)
+        stdout = stdout[:match.start()] + f"removed {removed} item(s) from " + stdout[match.end():]
     return {
         "path": display_text(str(directory)),  # resolved through symlinks: any bytes
-        "removed": int(match.group(1)) if match else 0,
+        "removed": removed,
+        "helper_removed": int(match.group(1)) if match else None,
         "exit_status": exit_status,
         "helper_exit_status": result.returncode,
         "ok": exit_status == 0,
-        "stdout": result.stdout,
+        "stdout": display_text(stdout),
         "stderr": display_text(stderr),
         "preserved": kept,
     }
