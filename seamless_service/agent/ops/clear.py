@@ -47,6 +47,10 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   `helper_exit_status`; stderr is passed on unchanged). Thanks to the bottom-up runs,
   files beside such a directory are removed too.
 
+Afterwards the agent's cached listings and sizes of the cleared directory (and below)
+are dropped and the directory re-measured, so the next `persistent` says `empty`, 0 B,
+`fresh`; directories above it are re-walked at their next check.
+
 The value: {path, removed, helper_removed, exit_status, helper_exit_status, ok, stdout,
 stderr, preserved}. A helper failure is a value (ok false, exit_status != 0) rather than an op
 error, so a client can print what rhl-clear printed (stdout of the final run; stderr of
@@ -68,7 +72,9 @@ from ...protocol.wiresafe import display_text
 from .. import statefiles
 from ..context import AgentContext
 from ..helpers import run_helper
+from ..listing import DirListings
 from ..policy import PathPolicy, check_path, default_policy
+from ..sizer import Sizer
 
 HASHSERVER_MARKER = ".HASHSERVER_PREFIX"
 DATA_MARKERS = frozenset({"seamless.db"})  # markers that are the data itself: cleared
@@ -281,6 +287,14 @@ def _clear_nested(ctx: AgentContext, directory: Path) -> tuple[list[str], bool]:
     return errors, spurious
 
 
+def _forget_cached(ctx: AgentContext, directory: Path, *, quiet: bool) -> None:
+    """Drop the agent's cached listings and sizes of what was cleared, so that the next
+    `persistent` says `empty`, 0 B, fresh rather than the old size for a while.
+    `quiet`: no service ran there (checked), so nothing writes while it is re-measured."""
+    ctx.shared("listings", DirListings).forget_below(str(directory))
+    ctx.shared("sizer", Sizer).forget_below(str(directory), quiet=quiet)
+
+
 # -- the op ------------------------------------------------------------------------------
 
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +324,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
                     f"cleared, but could not restore markers {kept} from {keep}: {exc}",
                 ) from None
 
+    _forget_cached(ctx, directory, quiet=not args["force"])
     match = _REMOVED_RE.search(result.stdout)
     stderr = "".join(line + "\n" for line in nested_errors) + result.stderr
     top_ok = result.returncode == 0 or (
