@@ -19,7 +19,8 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   `seamless.db` is **not** preserved: for a database directory the marker *is* the data
   being cleared. Consequence: a cleared database directory has no marker until the
   database starts again and recreates `seamless.db`, so until then a second `clear` of it
-  is refused and `persistent` (under the seamless policy) gives it no row.
+  is refused. `persistent` still lists it (`empty`, 0 B: an empty directory asked about
+  with `file` and a marker keeps its row, see ops/persistent.py).
   If the agent dies between the two renames, the markers wait in
   `.seamless-service-keep-*`; the next `clear` of that directory puts them back first —
   if the policy still lets it in: under a marker policy a directory whose only marker is
