@@ -25,6 +25,7 @@ from ..protocol.codec import (
     pack_result,
     parse_op_entry,
 )
+from ..protocol.wiresafe import make_sendable
 from .context import AgentContext
 from .ops import handler
 
@@ -35,6 +36,8 @@ log = logging.getLogger("seamless_service.agent")
 # however much the ops before it took; a too_large replacement is far smaller still. For
 # the largest batch (256 ops) this holds back 4 MiB of the 64 MiB reply.
 RESERVED_PER_OP = 16 << 10
+# A result is cut below this depth when it must be made sendable (msgpack packs 511).
+MAX_RESULT_NESTING = 256
 
 
 def run_op(ctx: AgentContext, entry: Any) -> dict:
@@ -54,9 +57,17 @@ def run_op(ctx: AgentContext, entry: Any) -> dict:
 
 def run_packed(ctx: AgentContext, entry: Any) -> bytes:
     """Run one op and return its result already packed; the result object dies here."""
+    result = run_op(ctx, entry)
     try:
-        return pack_result(run_op(ctx, entry))
-    except Exception as exc:  # noqa: BLE001 - e.g. a value msgpack cannot encode: this op alone fails
+        return pack_result(result)
+    except Exception:  # noqa: BLE001 - a value msgpack cannot encode
+        # Ops keep what they read from disk sendable themselves (an error row for a state
+        # file holding such a value); a value that still slips through is sent as text
+        # rather than failing the whole op. Logged: it points at an op to fix.
+        log.exception("an op's result held a value msgpack cannot encode; sent as text")
+    try:
+        return pack_result(make_sendable(result, max_depth=MAX_RESULT_NESTING)[0])
+    except Exception as exc:  # noqa: BLE001 - this op alone fails
         log.exception("could not encode an op's result")
         return pack_result(error_result(
             ProtocolError(ErrorCode.INTERNAL, f"agent error: could not encode the result: {exc}")))

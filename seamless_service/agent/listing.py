@@ -169,6 +169,14 @@ class DirListings:
         return {"count": lst.count, "full": lst.subdirs is not None, "subdirs": lst.subdirs,
                 "settled": hit.settled, "pending": pending}
 
+    def forget_below(self, path: str) -> None:
+        """Drop the listings of `path` and of every directory below it (just cleared): a
+        large one would otherwise be answered from its old listing while relisted."""
+        inside = path.rstrip("/") + "/"
+        with self._lock:
+            for known in [k for k in self._cache if k == path or k.startswith(inside)]:
+                del self._cache[known]
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until no background relist is queued or running; False on timeout."""
         return self._worker.wait_idle(timeout)

@@ -41,8 +41,9 @@ Kinds:
     but the path the client sent;
   - an existing *directory* without a marker is accepted **for walking only**: the
     persistent op reports (and sizes) a directory only when it, or a directory above it
-    within the walk, holds a policy marker (`PathPolicy.authorises`). A marker-less
-    directory gets no row, just as `rhl-ps-persistent --marker M` gives no row to a
+    within the walk, holds a policy marker (`PathPolicy.authorises`), or, asked with
+    `file` and a marker (a cleared database), when it is empty, which reveals nothing.
+    Otherwise a marker-less directory gets no row, just as `rhl-ps-persistent --marker M` gives no row to a
     directory without M. Why "or above it": a directory the guard accepts is walked by
     rhl-ps-persistent without checking its subdirectories, so walking from the root must
     give the same rows for an authorised subtree as asking for that subtree directly. The

@@ -17,6 +17,11 @@ directory mtime). A check re-stats exactly those paths; no listing. A change bel
 depth, or beyond the caps, is caught by `max_age` (or an explicit refresh). A check runs
 at most every `recheck_interval` seconds per directory.
 
+After a `clear`, `forget_below(path)` drops what is known of the cleared directory and
+everything below it, marks the directories above it (whose totals included it) for a
+re-walk, and re-measures the cleared directory at once (inline, given up beyond
+SMALL_ENTRIES entries): the next poll says 0 B, fresh, not the old size.
+
 "Racily clean" guard (as git does it): a timestamp that was already within
 `racy_window` of the walk's start may hide a later change in the same timestamp tick
 (kernel timestamps are coarse), so such a measurement is re-done at the next check.
@@ -32,6 +37,7 @@ bounded by `max_entries`; each entry keeps its tracked paths as one joined strin
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import stat
 import threading
@@ -51,11 +57,16 @@ RECHECK_INTERVAL = 1.0      # at most one change check per directory per interva
 RACY_WINDOW = 2.0           # seconds; covers 1 s timestamp granularity with margin
 ERROR_RETRY = 60.0          # a failed walk is retried after this long
 STOP_CHECK_EVERY = 4096     # entries between checks of the stop flag during a walk
+SMALL_ENTRIES = 256         # a cleared directory is re-measured inline up to this many entries
 _SEP = "\0"                 # joins tracked relative paths (cannot occur in a file name)
 
 
 class WalkStopped(WorkerStopped):
     """The sizer is closing; the walk was abandoned."""
+
+
+class TooManyEntries(Exception):
+    """An inline walk met more entries than it may read; the background worker takes over."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class Measurement:
     tracked: str          # relative paths whose stat values make up the signature
     signature: int        # hash of those stat values at walk time
     racy: bool            # a tracked timestamp was too close to the walk's start
+    entries: int = 0      # directory entries the walk read (all kinds)
 
 
 @dataclass(frozen=True)
@@ -103,8 +115,10 @@ def signature_of(root: str, tracked: str) -> int | None:
 
 
 def measure(root: str, stop: threading.Event | None = None, *, track_depth: int = TRACK_DEPTH,
-            max_tracked: int = MAX_TRACKED, racy_window: float = RACY_WINDOW) -> Measurement:
-    """Walk `root` (symlinks not followed below it); OSError if the root itself is unusable."""
+            max_tracked: int = MAX_TRACKED, racy_window: float = RACY_WINDOW,
+            max_entries: int | None = None) -> Measurement:
+    """Walk `root` (symlinks not followed below it); OSError if the root itself is unusable,
+    TooManyEntries once more than `max_entries` entries were read."""
     start_ns = time.time_ns()
     racy_ns = start_ns - int(racy_window * 1e9)
     top = os.stat(root)
@@ -133,6 +147,8 @@ def measure(root: str, stop: threading.Event | None = None, *, track_depth: int 
         with iterator:
             for entry in iterator:
                 seen_entries += 1
+                if max_entries is not None and seen_entries > max_entries:
+                    raise TooManyEntries(root)
                 if stop is not None and seen_entries % STOP_CHECK_EVERY == 0 and stop.is_set():
                     raise WalkStopped()
                 try:
@@ -164,7 +180,7 @@ def measure(root: str, stop: threading.Event | None = None, *, track_depth: int 
             tracked.append("f:" + name)
             values.append(_stat_values(st, True))
             racy = racy or st.st_mtime_ns >= racy_ns
-    return Measurement(total, files, skipped, _SEP.join(tracked), hash(tuple(values)), racy)
+    return Measurement(total, files, skipped, _SEP.join(tracked), hash(tuple(values)), racy, seen_entries)
 
 
 class Sizer:
@@ -205,6 +221,44 @@ class Sizer:
                 return _result(entry, "pending" if scheduled else "error")
             return _result(entry, "stale")
         return _result(entry, "error" if entry.error else "fresh")
+
+    def forget_below(self, path: str, *, quiet: bool = True) -> None:
+        """`path` was just emptied (a clear): drop what is known of it and of the directories
+        below it, mark those above it (their totals included it) for a re-walk, and
+        measure `path` itself at once if it is small now. `quiet`: nothing else writes
+        there (clear refuses while a service runs in it), so the timestamps the clear
+        itself just set are trusted (no racy re-walk at the next check)."""
+        self._realpaths.clear()
+        key = os.path.realpath(path)
+        inside = key.rstrip("/") + "/"
+        with self._lock:
+            for known in list(self._cache):
+                if known == key or known.startswith(inside):
+                    del self._cache[known]
+                elif inside.startswith(known.rstrip("/") + "/"):
+                    entry = self._cache[known]
+                    if entry.measurement is not None:  # racy: re-walked at its next check
+                        stale = dataclasses.replace(entry.measurement, racy=True)
+                        self._cache[known] = _Entry(stale, entry.measured, entry.error, 0.0)
+        self._measure_small(key, racy_window=0.0 if quiet else RACY_WINDOW)
+
+    def _measure_small(self, key: str, racy_window: float) -> _Entry | None:
+        """Walk `key` inline if it holds at most SMALL_ENTRIES entries; store and return the
+        entry (None: larger, unusable, or the sizer has a custom walker)."""
+        if self._walker is not measure:
+            return None
+        started = time.time()
+        try:
+            measurement = measure(key, max_entries=SMALL_ENTRIES, racy_window=racy_window)
+        except (OSError, TooManyEntries):
+            return None
+        entry = _Entry(measurement, started, checked=time.monotonic())
+        with self._lock:
+            self._cache[key] = entry
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return entry
 
     def _realpath(self, path: str) -> str:
         # realpath lstats every component; a poll asks for the same directories each time,
@@ -268,6 +322,9 @@ class Sizer:
             entry = _Entry(None, started, error=f"{type(exc).__name__}: {exc}")
 
         def commit() -> None:
+            current = self._cache.get(key)
+            if current is not None and current.measured > started:
+                return  # measured inline meanwhile (forget_below after a clear): newer
             self._cache[key] = entry
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:

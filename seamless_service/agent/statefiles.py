@@ -10,6 +10,11 @@ deliberate corrections of the helpers' defects (anchor §6):
   `starting` forever); its `live` is false.
 * #36: a malformed, non-object or unreadable file does not abort the listing: it becomes a
   row with `status: "error"` and an `error` message; every other row is still returned.
+  So does a file the agent could not send on (protocol.wiresafe: an integer beyond 64
+  bits such as a pid of 99999999999999999999, a lone-surrogate string, nesting deeper
+  than 32 levels), a file over MAX_STATE_BYTES, and JSON that Python cannot parse at all
+  (an integer of more than 4300 digits, arrays nested ~1000 deep). A file name that is
+  not UTF-8 is shown escaped (`\\xNN`) as the row's key.
 
 Everything else, including the field set, `json_status`, `live` and `meta: {}`, is as the
 helper gives it.
@@ -24,8 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..protocol.wiresafe import display_text, unsendable
+
 # Linux pid_max can be at most 2**22; anything larger cannot be a process.
 PID_LIMIT = 1 << 22
+# The launcher writes a few kB; a larger file is not its state, and reading it whole on
+# every poll (and sending it on in each ps row) would cost without limit.
+MAX_STATE_BYTES = 1 << 20
 
 Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
@@ -141,17 +151,42 @@ StatePath = str | Path  # hot paths pass plain strings: pathlib costs more than 
 def read_state(path: StatePath) -> dict[str, Any] | None:
     """The JSON object in `path`, None if it does not exist; StateFileError if unusable."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_STATE_BYTES:
+                raise StateFileError(f"state file of {size} bytes is larger than the "
+                                     f"{MAX_STATE_BYTES} bytes a state file may hold: {_shown(path)}")
+            text = handle.read(MAX_STATE_BYTES + 1).decode("utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as exc:
-        raise StateFileError(f"malformed JSON in {path}: {exc}") from None
+        raise StateFileError(f"malformed JSON in {_shown(path)}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise StateFileError(f"could not read {path}: {exc}") from None
+        raise StateFileError(f"could not read {_shown(path)}: {display_text(str(exc))}") from None
+    except (ValueError, RecursionError) as exc:
+        # json's own limits: an integer of more than 4300 digits; nesting that exhausts
+        # the parser's recursion (RecursionError)
+        why = "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc).split("; use ")[0]
+        raise StateFileError(f"malformed JSON in {_shown(path)}: {why}") from None
     if not isinstance(data, dict):
-        raise StateFileError(f"state file must contain a JSON object: {path}")
+        raise StateFileError(f"state file must contain a JSON object: {_shown(path)}")
     return data
+
+
+def read_sendable(path: StatePath) -> dict[str, Any] | None:
+    """As read_state, and StateFileError if the object holds a value the agent cannot send
+    (protocol.wiresafe): for readers whose answer carries the file's fields (rows)."""
+    data = read_state(path)
+    if data is not None:
+        why = unsendable(data)
+        if why is not None:
+            raise StateFileError(f"state file holds a value the agent cannot send ({why}): {_shown(path)}")
+    return data
+
+
+def _shown(path: StatePath) -> str:
+    return display_text(os.fspath(path))
 
 
 def derive_status(data: dict[str, Any], *, check_pid: bool = True,
@@ -206,14 +241,14 @@ class StateCache:
                 self._entries.pop(name, None)
                 return None
             except OSError as exc:
-                raise StateFileError(f"could not read {path}: {exc}") from None
+                raise StateFileError(f"could not read {_shown(path)}: {display_text(str(exc))}") from None
         sig = stat_signature(st)
         hit = self._entries.get(name)
         if hit is not None and hit[0] == sig:
             value = hit[1]
         else:
             try:
-                value = read_state(path)
+                value = read_sendable(path)
             except StateFileError as exc:
                 value = exc
             if value is None:
@@ -229,7 +264,7 @@ class StateCache:
 @functools.lru_cache(maxsize=1 << 16)  # the same file names on every poll
 def key_of(path: StatePath) -> str:
     """The key a state file stands for: its name without `.json` (Path.stem, without pathlib)."""
-    name = os.path.basename(os.fspath(path))
+    name = display_text(os.path.basename(os.fspath(path)))  # a non-UTF-8 name: escaped
     return name[:-5] if name.endswith(".json") and len(name) > 5 else Path(name).stem
 
 
@@ -238,11 +273,11 @@ def server_row(path: StatePath, *, check_pid: bool = True, cache: StateCache | N
     """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
     key = key_of(path)
     try:
-        data = cache.read(path, st) if cache is not None else read_state(path)
+        data = cache.read(path, st) if cache is not None else read_sendable(path)
     except StateFileError as exc:
         return error_row(key, str(exc))
     if data is None:  # vanished between listing and reading: report it, do not guess
-        return error_row(key, f"state file vanished while reading: {path}")
+        return error_row(key, f"state file vanished while reading: {_shown(path)}")
     row = dict(data)  # shallow copy: cached objects are never mutated
     row["key"] = key
     if "status" in data and data["status"] is not None:
@@ -259,11 +294,11 @@ def client_row(path: StatePath, *, cache: StateCache | None = None) -> dict[str,
     """One `rhl-ps --client --json` row for `path`."""
     key = key_of(path)
     try:
-        data = cache.read(path) if cache is not None else read_state(path)
+        data = cache.read(path) if cache is not None else read_sendable(path)
     except StateFileError as exc:
         return error_row(key, str(exc))
     if data is None:
-        return error_row(key, f"state file vanished while reading: {path}")
+        return error_row(key, f"state file vanished while reading: {_shown(path)}")
     row = dict(data)
     row["key"] = key
     row["host"] = data.get("hostname")

@@ -43,10 +43,17 @@ def human_size(n: Any) -> str:
     return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
 
 
+STALE_MARK = "*"  # after a size that is not fresh (explained in `ps --help`)
+
+
 def _size_cell(row: dict[str, Any]) -> str:
     value = row.get("size")
-    if value is None and row.get("size_state") == "pending":
+    state = row.get("size_state")
+    if value is None and state == "pending":
         return "pending"  # the agent's sizer is still walking this directory
+    if value is not None and state == "stale":
+        # measured before the directory last changed; a re-walk is on its way
+        return human_size(value) + STALE_MARK
     return human_size(value)
 
 

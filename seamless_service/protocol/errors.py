@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .wiresafe import display_text
+
 
 class ErrorCode:
     # request-level (the whole batch is refused)
@@ -34,7 +36,8 @@ class ProtocolError(Exception):
         self.message = message
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        # messages quote paths and file contents, which need not be UTF-8: always sendable
+        return {"code": self.code, "message": display_text(str(self.message))}
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code!r}, {self.message!r})"

@@ -66,9 +66,11 @@ def test_clear_hashserver_dir_keeps_marker_and_succeeds(sandbox, data, make_ctx)
     assert "Directory not empty" in result["stderr"]  # ... interpreted, not hidden
     assert result["preserved"] == [HS]
     assert result["path"] == str(proj.resolve())
-    # ab, cd, STAGE-s1, deep, .dotfile, link removed; a stays (holds a/b/.keep)
-    assert result["removed"] == 6
-    assert result["stdout"].strip() == f"removed 6 item(s) from {proj.resolve()}"
+    # every entry removed, at any depth: ab + 1 file, cd + 1 file, STAGE-s1 + its marker,
+    # 2 prefix dirs and 2 files, deep/x/y/z/f (5), .dotfile, link, a/z.bin; a, a/b and
+    # a/b/c stay (they hold dot directories). rhl-clear's final run counts 6 top-level ones.
+    assert result["removed"] == 18 and result["helper_removed"] == 6
+    assert result["stdout"].strip() == f"removed 18 item(s) from {proj.resolve()}"
     assert "No such file" not in result["stderr"]
     assert tree(proj) == {HS, ".keepme", ".keepme/inside", "a", "a/b", "a/b/.keep", "a/b/.keep/x",
                           "a/b/c", "a/b/c/.keep", "a/b/c/.keep/y"}
@@ -76,6 +78,33 @@ def test_clear_hashserver_dir_keeps_marker_and_succeeds(sandbox, data, make_ctx)
     # the directory still passes the marker policy: a second clear is accepted (#21)
     again = clear(ctx, path=str(proj))
     assert again["ok"] and again["removed"] == 0 and (proj / HS).is_file()
+
+
+def test_count_includes_nested_removals(sandbox, data, make_ctx):
+    """Issue 8 item 5: files deleted inside a directory that itself stays (it holds a dot
+    directory) were not counted: `removed 0 item(s)` after deleting them."""
+    ctx = make_ctx("seamless")
+    proj = data / "buffers" / "nested"
+    _file(proj / HS, b"")
+    _file(proj / "a" / "b" / ".keep" / "x", b"kept")
+    _file(proj / "a" / "f1", b"1")
+    _file(proj / "a" / "b" / "f2", b"2")
+    _file(proj / "a" / "c" / "d" / "f3", b"3")
+    result = clear(ctx, path=str(proj))
+    assert tree(proj) == {HS, "a", "a/b", "a/b/.keep", "a/b/.keep/x"}
+    # f1, f2, f3, c, c/d were deleted; the helper's own final count is 0
+    assert result["ok"] and result["helper_removed"] == 0
+    assert result["removed"] == 5
+    assert result["stdout"].strip() == f"removed 5 item(s) from {proj.resolve()}"
+
+
+def test_removable_count_follows_rhl_clear(tmp_path):
+    root = hashserver_dir(tmp_path / "proj")
+    # the 18 entries a clear removes, a, a/b and a/b/c, and the top marker; the dot dirs
+    # .keepme and .keep (and what is in them) do not count, as rhl-clear skips them
+    assert clear_op.removable_count(root) == 18 + 3 + 1
+    os.rename(root / HS, tmp_path / "aside")
+    assert clear_op.removable_count(root) == 18 + 3
 
 
 def test_plain_rhl_clear_loses_the_marker(sandbox, data):

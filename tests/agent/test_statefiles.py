@@ -78,7 +78,10 @@ def test_huge_pid_is_unusable_not_a_crash(sandbox):
     sandbox.write_state("huge", data)
     result = sandbox.run_helper("rhl-ps", "--json")
     assert result.returncode == 1 and "OverflowError" in result.stderr  # the defect we fix (#15)
-    assert statefiles.server_row(sandbox.server_dir / "huge.json")["status"] == "stale"
+    # derived alone it is stale, but a row carrying it could not be sent (msgpack holds 64
+    # bits): the row is an error row like any other unusable file (issue 8, item 3)
+    row = statefiles.server_row(sandbox.server_dir / "huge.json")
+    assert row["status"] == "error" and ".pid: an integer beyond the 64-bit range" in row["error"]
 
 
 def _write_cases(sandbox) -> None:

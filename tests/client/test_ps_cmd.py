@@ -707,3 +707,66 @@ def test_remote_cluster_through_plain_ssh(rem_cluster):
     finally:
         code, err = interrupt(proc)
     assert code == 0 and err == "", err   # no `wait` there, and no error line for it
+
+
+def test_local_and_cluster_views_agree_about_one_directory(small):
+    """Issue 8 item 8: `ps --local --persistent` did not pass the marker, so a hashserver
+    dir holding only `.HASHSERVER_PREFIX` was `populated` there and `empty` in the cluster
+    view; a database dir without seamless.db had no row in the cluster view at all."""
+    hs = small.launch("hs", "hashserver", "--stage", "s1")
+    db = small.launch("db", "database", "--stage", "s1")
+    import shutil
+
+    shutil.rmtree(small.buf / "myproj" / "STAGE-s1" / "ef")       # only the marker is left
+    (small.db / "myproj" / "STAGE-s1" / DB).unlink()              # a cleared database
+    local = by_key(small.ps_json("--local", "--persistent"))
+    cluster = by_key(small.ps_json("--cluster", "loc", "--persistent"))
+    for key in (hs, db):
+        assert (local[key]["persistent"], local[key]["size"]) == ("empty", 0), local[key]
+        assert pick(cluster[key], ("persistent", "size", "path")) == pick(local[key], ("persistent", "size", "path"))
+
+
+def test_remote_clear_then_ps_says_empty_fresh(rem_cluster):
+    """Issue 8 item 8, end to end: a real clear through the real agent over sshd, then at
+    once `ps --persistent`: `empty`, 0 B, fresh (it said the old size for a while), and the
+    cleared database keeps its row (it disappeared: seamless.db is its marker)."""
+    import shutil
+    import time
+
+    from seamless_service.client.cli.main import main
+
+    w, server = rem_cluster
+    cfg = str(server.ssh_config)
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with w.inside(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([*argv, "--ssh-config", cfg])
+        return code, out.getvalue(), err.getvalue()
+
+    def clr_rows() -> dict[str, dict]:
+        code, out, err = cli("ps", "--cluster", "rem", "--persistent", "--json")
+        assert code == 0, err
+        return {r["service"]: r for r in ndjson(out) if r.get("project") == "clr"}
+
+    _as_user(server, f"buf/clr/{HS}", "")
+    _as_user(server, "buf/clr/ab/ab" + "7" * 62, "x" * 5000)
+    _as_user(server, f"db/clr/{DB}", "d" * 8192)
+    try:
+        deadline = time.monotonic() + 60
+        while (rows := clr_rows())["hashserver"]["size"] != 5000:   # the sizer has walked it
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)
+        assert (rows["database"]["persistent"], rows["database"]["size"]) == ("populated", 8192)
+        for service in ("hashserver", "database"):
+            code, out, err = cli("clear", "--service", service, "--cluster", "rem", "--project", "clr", "--yes")
+            assert code == 0, err
+        rows = clr_rows()
+        for service in ("hashserver", "database"):
+            assert pick(rows[service], ("persistent", "size", "size_state")) == {
+                "persistent": "empty", "size": 0, "size_state": "fresh"}, rows[service]
+        code, out, _ = cli("ps", "--cluster", "rem", "--persistent")
+        assert [line.split()[-2:] for line in out.splitlines() if " clr " in line] == [["0", "B"], ["0", "B"]]
+    finally:
+        shutil.rmtree(server.home / "buf" / "clr", ignore_errors=True)
+        shutil.rmtree(server.home / "db", ignore_errors=True)

@@ -69,6 +69,17 @@ def test_pending_size_is_said():
     assert text.splitlines()[1].split()[-1] == "pending"
 
 
+def test_a_size_that_is_not_fresh_is_marked():
+    """Issue 8 item 8: a stale size (measured before the directory last changed) looked
+    exactly like a fresh one in the table."""
+    rows = [_row(persistent="populated", size=235_000, size_state="stale"),
+            _row(persistent="populated", size=235_000, size_state="fresh"),
+            _row(persistent="empty", size=0, size_state="fresh"),
+            _row(persistent="populated", size=4096, size_state="unavailable")]  # ssh transport: a file size
+    assert [line.rsplit("  ", 1)[-1] for line in table(rows).splitlines()[1:]] == [
+        "235 kB*", "235 kB", "0 B", "4.1 kB"]
+
+
 def test_ndjson_is_byte_for_byte_seamless_service_ps_ndjson(capsys):
     rows = [_row(), _row(key=None, path="/x", size=5)]
     old._emit_json(rows)

@@ -19,7 +19,8 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   `seamless.db` is **not** preserved: for a database directory the marker *is* the data
   being cleared. Consequence: a cleared database directory has no marker until the
   database starts again and recreates `seamless.db`, so until then a second `clear` of it
-  is refused and `persistent` (under the seamless policy) gives it no row.
+  is refused. `persistent` still lists it (`empty`, 0 B: an empty directory asked about
+  with `file` and a marker keeps its row, see ops/persistent.py).
   If the agent dies between the two renames, the markers wait in
   `.seamless-service-keep-*`; the next `clear` of that directory puts them back first —
   if the policy still lets it in: under a marker policy a directory whose only marker is
@@ -31,7 +32,15 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   directories, deepest first (`nested_targets`), then on the directory itself: every
   call then meets only children without removable subdirectories. (One helper run per
   such directory: a project with 5 stages costs 6 runs; more than MAX_NESTED_CLEARS is
-  refused up front.) The `removed` count is the final call's: top-level entries.
+  refused up front.)
+* The count (found here too): rhl-clear counts the top-level entries it removed
+  entirely, so after the bottom-up runs (or whenever a top-level directory keeps a dot
+  directory) it said `removed 0 item(s)` while it had deleted files further down. The op
+  counts what rhl-clear may remove (files, symlinks and directories at every depth,
+  dot directories and what is in them excepted, as rhl-clear skips them) before and
+  after, and reports the difference: `removed`, and the same number in the
+  `removed N item(s) from PATH` line of `stdout` (rhl-clear's own count of its final
+  run is `helper_removed`).
 * #22 — rhl-clear exits 1 with "Directory not empty" when a dot directory sits two or
   more levels deep, although all it may remove is gone. Failures whose every stderr
   line is such an error, for a directory that now holds nothing but (nested) dot
@@ -39,8 +48,12 @@ Fixes of anchor §6, while the deletion itself stays rhl-clear's:
   `helper_exit_status`; stderr is passed on unchanged). Thanks to the bottom-up runs,
   files beside such a directory are removed too.
 
-The value: {path, removed, exit_status, helper_exit_status, ok, stdout, stderr,
-preserved}. A helper failure is a value (ok false, exit_status != 0) rather than an op
+Afterwards the agent's cached listings and sizes of the cleared directory (and below)
+are dropped and the directory re-measured, so the next `persistent` says `empty`, 0 B,
+`fresh`; directories above it are re-walked at their next check.
+
+The value: {path, removed, helper_removed, exit_status, helper_exit_status, ok, stdout,
+stderr, preserved}. A helper failure is a value (ok false, exit_status != 0) rather than an op
 error, so a client can print what rhl-clear printed (stdout of the final run; stderr of
 all runs).
 """
@@ -56,10 +69,13 @@ from pathlib import Path
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
+from ...protocol.wiresafe import display_text
 from .. import statefiles
 from ..context import AgentContext
 from ..helpers import run_helper
+from ..listing import DirListings
 from ..policy import PathPolicy, check_path, default_policy
+from ..sizer import Sizer
 
 HASHSERVER_MARKER = ".HASHSERVER_PREFIX"
 DATA_MARKERS = frozenset({"seamless.db"})  # markers that are the data itself: cleared
@@ -227,6 +243,32 @@ def _spurious_failure(stderr: str, directory: Path) -> bool:
     return True
 
 
+def removable_count(directory: Path) -> int:
+    """How many entries below `directory` rhl-clear may remove: files, symlinks and
+    directories at every depth, except dot directories and their content (rhl-clear
+    neither enters nor removes them; the markers set aside sit in one). Symlinks are
+    counted, never followed. Unreadable directories count as themselves only."""
+    count = 0
+    stack = [str(directory)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir and entry.name.startswith("."):
+                        continue
+                    count += 1
+                    if is_dir:
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return count
+
+
 def _clear_nested(ctx: AgentContext, directory: Path) -> tuple[list[str], bool]:
     """Empty the nested directories bottom-up; (their stderr lines, all failures spurious)."""
     errors: list[str] = []
@@ -246,6 +288,14 @@ def _clear_nested(ctx: AgentContext, directory: Path) -> tuple[list[str], bool]:
     return errors, spurious
 
 
+def _forget_cached(ctx: AgentContext, directory: Path, *, quiet: bool) -> None:
+    """Drop the agent's cached listings and sizes of what was cleared, so that the next
+    `persistent` says `empty`, 0 B, fresh rather than the old size for a while.
+    `quiet`: no service ran there (checked), so nothing writes while it is re-measured."""
+    ctx.shared("listings", DirListings).forget_below(str(directory))
+    ctx.shared("sizer", Sizer).forget_below(str(directory), quiet=quiet)
+
+
 # -- the op ------------------------------------------------------------------------------
 
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +311,10 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     _recover_leftovers(directory)
     keep, kept = _set_aside(directory, preserved_markers(policy))
     try:
+        before = removable_count(directory)
         nested_errors, nested_spurious = _clear_nested(ctx, directory)
         result = run_helper("rhl-clear", [str(directory)], helper_dir=ctx.helper_dir, timeout=CLEAR_TIMEOUT)
+        removed = max(before - removable_count(directory), 0)
     finally:
         if keep is not None:
             try:
@@ -273,18 +325,23 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
                     f"cleared, but could not restore markers {kept} from {keep}: {exc}",
                 ) from None
 
+    _forget_cached(ctx, directory, quiet=not args["force"])
     match = _REMOVED_RE.search(result.stdout)
     stderr = "".join(line + "\n" for line in nested_errors) + result.stderr
     top_ok = result.returncode == 0 or (
         result.returncode == 1 and match is not None and _spurious_failure(result.stderr, directory))
     exit_status = 0 if top_ok and (not nested_errors or nested_spurious) else (result.returncode or 1)
+    stdout = result.stdout
+    if match is not None:  # the true count in the helper's own line (what the CLI prints)
+        stdout = stdout[:match.start()] + f"removed {removed} item(s) from " + stdout[match.end():]
     return {
-        "path": str(directory),
-        "removed": int(match.group(1)) if match else 0,
+        "path": display_text(str(directory)),  # resolved through symlinks: any bytes
+        "removed": removed,
+        "helper_removed": int(match.group(1)) if match else None,
         "exit_status": exit_status,
         "helper_exit_status": result.returncode,
         "ok": exit_status == 0,
-        "stdout": result.stdout,
-        "stderr": stderr,
+        "stdout": display_text(stdout),
+        "stderr": display_text(stderr),
         "preserved": kept,
     }

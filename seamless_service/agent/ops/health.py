@@ -107,7 +107,7 @@ def check(row: dict[str, Any], path: Path, timeout: float) -> dict[str, Any]:
         try:
             with socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.01)):
                 entry["port_open"] = True
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a host name idna cannot encode, a NUL
             entry["port_open"] = False
             errors.append(f"connect to {host}:{port}: {exc}")
 
@@ -138,7 +138,7 @@ def _http_get(host: str, port: int, path: str, deadline: float) -> tuple[bool, i
         response = conn.getresponse()
         response.read(65536)  # drain a little so the server is not reset mid-write
         status = response.status
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         return False, None, f"GET {path} on {host}:{port}: {type(exc).__name__}: {exc}"
     finally:
         conn.close()

@@ -6,6 +6,10 @@ mtime is always returned, since it costs nothing and a client needs it to tell t
 versions of a file apart.
 
 Returns `{"key", "data": <the JSON object, in file order>, "mtime": <float seconds>}`.
+A value msgpack cannot carry (an integer beyond 64 bits, a lone-surrogate string, nesting
+deeper than 32 levels; protocol.wiresafe) is sent as text instead, and the answer then
+has `"unsendable": ["<where>: <what was replaced>", ...]`: inspect is how one looks at a
+broken file, so it shows the file rather than failing.
 A missing file is NOT_FOUND (`no state file for '<key>'`, the helper's wording); a
 malformed, non-object or unreadable file is OP_FAILED with the helper's message (without
 its `rhl-inspect: ` program prefix).
@@ -17,6 +21,7 @@ import os
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
+from ...protocol.wiresafe import make_sendable
 from .. import statefiles
 from ..context import AgentContext
 
@@ -38,9 +43,17 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         if data is None or after is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no state file for {key!r}")
         if before == after:
-            return {"key": key, "data": data, "mtime": after[3]}
-    # The file keeps changing under us; the last complete read is still a valid answer.
-    return {"key": key, "data": data, "mtime": after[3]}
+            break
+    # (else: the file keeps changing under us; the last complete read is still a valid answer)
+    return _answer(key, data, after[3])
+
+
+def _answer(key: str, data: dict[str, Any], mtime: float) -> dict[str, Any]:
+    sendable, notes = make_sendable(data)
+    answer = {"key": key, "data": sendable, "mtime": mtime}
+    if notes:
+        answer["unsendable"] = notes
+    return answer
 
 
 def _stat(path: os.PathLike) -> tuple[int, int, int, float] | None:

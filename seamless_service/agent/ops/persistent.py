@@ -24,6 +24,14 @@ Deliberate differences:
   as the helper does, so a row may stand for /usr/share or $HOME: such a row keeps its
   helper fields but gets `bytes_state: "refused"` and a `bytes_error` saying why, and
   that tree is never walked by the sizer;
+* with `file` and a marker (the database: `--file seamless.db --marker seamless.db`), a
+  directory that lacks the marker but holds nothing at all still gets a row: `empty`,
+  `bytes` 0, fresh. The helper gives it none, so a cleared database (its marker is its
+  data) vanished from `ps --persistent` instead of saying `empty`. It is reported under
+  any policy: an empty directory below a path the policy lets the client walk has
+  nothing in it to reveal;
+* a directory name that is not UTF-8 is shown escaped (`\\xNN`) in its row's `path`
+  (and in messages), so that one odd name cannot make the answer unsendable;
 * a large directory that changed since its last listing is answered from that listing
   while it is relisted in the background (agent/listing.py): its subdirectory rows may
   lag one relisting behind (a subdirectory gone since is left out, not `absent`).
@@ -41,6 +49,7 @@ import time
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
+from ...protocol.wiresafe import display_text
 from ..context import AgentContext
 from ..listing import DirListings, Listing
 from ..paths import join
@@ -103,6 +112,7 @@ class _Walk:
         self.rows: list[_Row] = []
         self.visited = 0
         self.root = ""  # the checked (resolved) root being walked
+        self.bare: set[str] = set()  # walked paths of marker-less empty `file` rows
 
     def add(self, row: dict[str, Any], real: str, resolved: str = "", auth: tuple[str, ...] = ()) -> None:
         if len(self.rows) >= MAX_ROWS:
@@ -134,6 +144,15 @@ class _Walk:
         if not populated:
             return _base(shown, "empty")
         return _base(shown, "populated", None, _iso(st.st_mtime))
+
+    def _bare(self, real: str, st: os.stat_result) -> bool:
+        """An empty directory that `file` rows report although it lacks the marker."""
+        if self.filename is None or self.marker is None or not stat.S_ISDIR(st.st_mode):
+            return False
+        try:
+            return not self.listings.populated(real, st, None)
+        except OSError:
+            return False
 
     def walk(self, real: str, shown: str, level: int, authorised: bool, resolved: str = "",
              auth: tuple[str, ...] = (), stale_parent: bool = False) -> None:
@@ -181,10 +200,16 @@ class _Walk:
                 auth = auth + (resolved,)
         emitted = False
         has_marker = self.marker is not None and marker_stat(join(real, self.marker)) is not None
+        bare = not has_marker and self._bare(real, st)
         if (self.marker is None or has_marker) and authorised:
             row = self.row(real, shown, st, listing, error)
             self.add(row, real, resolved, auth)
             emitted = row["state"] == "error"
+        elif bare:
+            # a data directory whose marker is its data (a cleared database): `empty`, 0 B
+            row = _base(shown, "empty")
+            self.add(row, real, resolved, auth)
+            self.bare.add(real)
         if level == 0:
             return
         if listing is None:
@@ -220,11 +245,14 @@ def _refusal(policy: PathPolicy, root: str, real: str, resolved: str, auth: tupl
 
 
 def _add_sizes(ctx: AgentContext, policy: PathPolicy, rows: list[_Row], filename: str | None,
-               sizes: bool, refresh: bool) -> None:
+               sizes: bool, refresh: bool, bare: set[str] = frozenset()) -> None:
     sizer: Sizer | None = ctx.shared("sizer", Sizer) if sizes else None
     for row, real, resolved, auth, root in rows:
         row["bytes"] = row["bytes_measured"] = row["bytes_state"] = None
         if sizer is None or row["state"] not in ("empty", "populated"):
+            continue
+        if real in bare:  # found empty just now: nothing to walk, nothing to refuse
+            row["bytes"], row["bytes_measured"], row["bytes_state"] = 0, time.time(), "fresh"
             continue
         if filename:
             # the file's own size: one stat, always current
@@ -256,5 +284,13 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         # a root the marker rule accepted only for walking is not authorised by itself
         walk.root = str(resolved)
         walk.walk(walk.root, shown.as_posix(), args["level"], authorised=False)
-    _add_sizes(ctx, policy, walk.rows, args["file"], args["sizes"], args["refresh"])
-    return {"rows": [row[0] for row in walk.rows]}
+    _add_sizes(ctx, policy, walk.rows, args["file"], args["sizes"], args["refresh"], walk.bare)
+    return {"rows": [_sendable(row[0]) for row in walk.rows]}
+
+
+def _sendable(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its texts (path, error) UTF-8-encodable: names come from the disk."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            row[name] = display_text(value)
+    return row

@@ -10,7 +10,8 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #7   --status works with --all-clusters.
 * #8   --all-clusters asks every cluster in parallel; a dead or broken cluster is one line
        on stderr, the other clusters' rows are still printed, and the exit code is 1.
-* #9   buffer directories have real sizes (JSON: bytes; table: 42 MB).
+* #9   buffer directories have real sizes (JSON: bytes; table: 42 MB; 42 MB* while the
+       size is being re-measured after a change).
 * #10  stage directories under a subproject are listed, labelled project + subproject.
 * #11  cluster roots without a marker work under the agent's seamless marker policy.
 * #34  --wide adds CLUSTER and KEY columns; port 0 shows as 0.
@@ -41,6 +42,11 @@ seamless-service-ps:
   --client --cluster C      this machine's client files of cluster C
   --all-clusters            every configured cluster, asked in parallel
   --local                   this machine's services, no configuration needed
+
+SIZE is the data directory's total (the database file's size for a database). A size
+marked with a trailing * is not fresh: it was measured before the directory last changed
+and is being measured again (JSON: "size_state": "stale"). "pending" means not measured
+yet.
 
 examples:
   seamless-service ps --cluster mycluster

@@ -3,6 +3,8 @@
 With no configuration there are no cluster roots to walk, so persistent information comes
 from the workdirs recorded in the hashserver and database state files themselves: a second
 (in-process) batch, since the workdirs are known only once the state files were read.
+Each workdir is asked with the options the cluster view uses (PERSISTENT_OPTS, marker
+included) at level 0, so both views say the same about one directory.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..ps_query import PERSISTENT_OPTS, HostQuery, Outcome, Part, ps_args, settle_sizes
+from ..ps_query import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
 from ..rows import persistent_row
 
 
@@ -34,13 +36,13 @@ class LocalServerQuery(HostQuery):
     def _workdir_rows(self, transport: Any, out: Outcome, *, settle: bool) -> None:
         asked: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for row in out.process:
-            opts = PERSISTENT_OPTS.get(row.get("service") or "")
+            service = row.get("service") or ""
             workdir = row.get("_workdir")
-            if opts is None or not isinstance(workdir, str) or not workdir:
+            if service not in PERSISTENT_OPTS or not isinstance(workdir, str) or not workdir:
                 continue
-            args: dict[str, Any] = {"paths": [workdir], "level": 0}
-            if opts.get("file"):
-                args["file"] = opts["file"]
+            # the options the cluster view sends (marker included: a hashserver dir holding
+            # only its marker is `empty` in both views), for this one directory (level 0)
+            args = dict(persistent_part(service, None, workdir, None, follow=False).args, level=0)
             asked.append((row, args))
         if not asked:
             return

@@ -224,6 +224,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     with _transport(resolved.ssh_host, args) as transport:
         value = call_one(transport, "inspect", {"key": resolved.key})
     print(json.dumps(value["data"], indent=2, sort_keys=True))
+    for note in value.get("unsendable") or ():
+        # the agent sent these values as text: the file holds what msgpack cannot carry
+        _err(f"note: state file value {note}")
     return 0
 
 
