@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +44,18 @@ class AgentContext:
     def agent_dir(self) -> Path:
         return paths.agent_dir(self.base)
 
+    def state_id(self) -> str:
+        """An opaque name for the launcher state this context reads: the same whichever
+        door reached it (two ssh aliases of one server, or a cluster whose frontend is this
+        machine), different for another machine, boot, user's state or directory. A client
+        asking several hosts uses it to show rows of one state once."""
+        try:
+            st = os.stat(self.base)
+            where = f"{st.st_dev}:{st.st_ino}"
+        except OSError:  # nothing launched here yet: its path names it
+            where = os.path.abspath(self.base)
+        return hashlib.sha256(f"{_machine()}\0{where}".encode()).hexdigest()[:32]
+
     def shared(self, name: str, factory: Any) -> Any:
         """The per-agent singleton `name`, made by `factory(self)` on first use."""
         obj = self.extras.get(name)
@@ -57,3 +73,15 @@ class AgentContext:
             if closer is not None:
                 closer()
         self.extras.clear()
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """This machine and boot: the hostname (cloned VMs may share it) and the kernel's
+    boot id (absent off Linux), so a directory's (device, inode) names one directory."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}\0{boot}"

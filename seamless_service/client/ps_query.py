@@ -32,6 +32,8 @@ from .rows import (
     attach_health,
     labels_from_path,
     merge_rows,
+    one_per_directory,
+    one_per_state,
     persistent_matches,
     persistent_row,
     process_row,
@@ -75,6 +77,7 @@ class Outcome:
     process: list[dict[str, Any]] = field(default_factory=list)
     persistent: list[dict[str, Any]] = field(default_factory=list)
     token: str | None = None
+    state: str | None = None        # the launcher state the host's `ps` read (agent only)
     changed: bool = True
     errors: list[str] = field(default_factory=list)   # one line each, without program prefix
     failed: bool = False                              # the host could not be asked at all
@@ -124,6 +127,7 @@ class HostQuery:
                 out.process.extend(self.read_process(part, value.get("rows") or []))
                 if out.token is None:
                     out.token = value.get("token")
+                out.state = out.state or value.get("state")
             elif part.kind == "persistent":
                 asked.append((part, part.args))
                 out.persistent.extend(self.read_persistent(part, value.get("rows") or []))
@@ -136,6 +140,16 @@ class HostQuery:
         return out
 
     # -- reading results ---------------------------------------------------------------
+
+    def clusters(self) -> set[str]:
+        """The clusters this host's process rows were asked for."""
+        found: set[str] = set()
+        for part in self.parts:
+            if part.kind == "process":
+                found.update(part.clusters)
+                if part.cluster:
+                    found.add(part.cluster)
+        return found
 
     def read_process(self, part: Part, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [process_row(r, cluster=part.cluster, clusters=part.clusters, host=self.host) for r in rows]
@@ -169,13 +183,13 @@ class HostQuery:
         if not follow:
             return []
         results = transport.batch([("persistent", args) for _, args in follow])
-        known = {(r.get("service"), r.get("path")) for r in out.persistent}
+        known = {_reading(r) for r in out.persistent}
         for (part, _), result in zip(follow, results):
             if not result.get("ok"):
                 out.errors.append(self._message("persistent", result))
                 continue
             for row in self.read_persistent(part, (result.get("value") or {}).get("rows") or []):
-                if (row.get("service"), row.get("path")) not in known:
+                if _reading(row) not in known:
                     out.persistent.append(row)
         return follow
 
@@ -190,14 +204,20 @@ class HostQuery:
                 if not result.get("ok"):
                     return None  # keep what we had; the error was reported the first time
                 for row in self.read_persistent(part, (result.get("value") or {}).get("rows") or []):
-                    if (row.get("service"), row.get("path")) not in seen:
-                        seen.add((row.get("service"), row.get("path")))
+                    if _reading(row) not in seen:
+                        seen.add(_reading(row))
                         rows.append(row)
             return rows
 
         rows = settle_sizes(transport, ask)
         if rows is not None:
             out.persistent = rows
+
+
+def _reading(row: dict[str, Any]) -> tuple:
+    """One directory as read for one cluster: two clusters sharing a data root each keep
+    their reading here (which one shows is decided with the process rows, in assemble)."""
+    return row.get("cluster"), row.get("service"), row.get("path")
 
 
 def _pending(rows: Iterable[dict[str, Any]]) -> bool:
@@ -287,11 +307,14 @@ def filters_of(args: argparse.Namespace) -> dict[str, Any]:
 def assemble(outcomes: Iterable[Outcome], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Process rows (host order, file order), joined with persistent rows (#5), then the
     persistent rows no process row claimed (dropped with --status: they have no process,
-    #37)."""
+    #37). Hosts that are one server (same agent state: two ssh aliases, or clusters sharing
+    a frontend) give each row once, under the cluster its key names."""
     outcomes = list(outcomes)
     filters = filters_of(args)
-    process = [row for o in outcomes for row in o.process]
-    persistent = [row for o in outcomes for row in o.persistent if persistent_matches(row, filters)]
+    states = [o.state or ("query", i) for i, o in enumerate(outcomes)]
+    process = one_per_state((state, o.query.clusters(), o.process) for state, o in zip(states, outcomes))
+    persistent = one_per_directory(((state, row) for state, o in zip(states, outcomes) for row in o.persistent
+                                    if persistent_matches(row, filters)), process)
     rows = merge_rows(process, persistent)
     if getattr(args, "status", None):
         rows = [row for row in rows if row.get("process") is not None]

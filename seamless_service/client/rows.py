@@ -18,7 +18,7 @@ Deliberate differences from seamless-config (anchor §6):
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Hashable, Iterable
 
 from ..protocol.keys import (
     PROJECT_TOPLEVEL,
@@ -166,6 +166,51 @@ def persistent_matches(row: dict[str, Any], filters: dict[str, Any]) -> bool:
 
 def _place(row: dict[str, Any]) -> tuple:
     return (row.get("service"), row.get("cluster"), row.get("project"), row.get("subproject"), row.get("stage"))
+
+
+def one_per_state(sources: Iterable[tuple[Hashable, Collection[str], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Process rows of several hosts, each `(state, clusters asked there, rows)`: a key read
+    from one launcher state under several names (two clusters whose frontends are one
+    server, two ssh aliases of it) is ONE row, in the place of its first reading, labelled
+    with the cluster its key names among all clusters asked of that state (#30: a key that
+    reads several ways takes the reading of a cluster asked about). A key naming no cluster
+    asked about keeps its own reading, as seamless-service-ps shows it."""
+    sources = list(sources)
+    asked: dict[Hashable, set[str]] = {}
+    readings: dict[tuple[Hashable, str], list[dict[str, Any]]] = {}
+    for state, clusters, rows in sources:
+        asked.setdefault(state, set()).update(clusters)
+        for row in rows:
+            if row.get("key") is not None:
+                readings.setdefault((state, row["key"]), []).append(row)
+    out: list[dict[str, Any]] = []
+    done: set[tuple[Hashable, str]] = set()
+    for state, _, rows in sources:
+        for row in rows:
+            ident = (state, row.get("key"))
+            if row.get("key") is None:
+                out.append(row)
+            elif ident not in done:
+                done.add(ident)
+                same = readings[ident]
+                out.append(next((r for r in same if r.get("cluster") in asked[state]), same[0]))
+    return out
+
+
+def one_per_directory(sources: Iterable[tuple[Hashable, dict[str, Any]]],
+                      process_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Persistent rows, each `(state, row)`: a data directory read several times from one
+    machine (two clusters with the same data root) keeps the readings whose labels place
+    it with a process row (each service using it shows it), else only its first one."""
+    places = {_place(row) for row in process_rows}
+    readings: dict[tuple, list[dict[str, Any]]] = {}
+    for state, row in sources:
+        ident = (state, row.get("service"), row.get("path")) if row.get("path") else (id(row),)
+        readings.setdefault(ident, []).append(row)
+    out: list[dict[str, Any]] = []
+    for same in readings.values():
+        out.extend([row for row in same if _place(row) in places] or same[:1])
+    return out
 
 
 def merge_rows(process_rows: Iterable[dict[str, Any]], persistent_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,8 +14,10 @@ answered:
   inspect     rhl-inspect KEY --with-mtime
   logs        rhl-logs KEY [--tail N]; offset/whole-file reads are sliced here; a tail
               read cannot know the file size: offset, next_offset and size are None
-  stop        rhl-ps --json first (#13/#14/#17: missing state, unusable pid, not running
-              are never passed to rhl-stop), then one rhl-stop for the rest
+  stop        rhl-ps --json first (#13/#14/#17: missing state, unusable pids and live
+              pids of stale/failed rows are never passed to rhl-stop), then one rhl-stop
+              for the rest (a pid rhl-ps found dead: rhl-stop's `already gone`, marked
+              stale; a `failed` row's pid is not probed by rhl-ps: `not running`)
   rm          rhl-ps --json first (#38: the server state of a live service is kept unless
               force), then rhl-rm
   clear       rhl-ps --json first (#23: refused while a service runs in that directory,
@@ -366,13 +368,19 @@ def op_stop(args: dict[str, Any], host: str) -> OpGen:
         if row is None:
             plan["outcome"] = "missing state"
             continue
-        plan["pid"] = usable_pid(row.get("pid"))
-        if row.get("dry_run") or row.get("json_status") not in LIVE:
+        pid = plan["pid"] = usable_pid(row.get("pid"))
+        live_status = row.get("json_status") in LIVE
+        if row.get("dry_run") or (pid is None and not live_status):
             plan["outcome"], plan["stopped"] = "not running", True
-        elif plan["pid"] is None:
+        elif pid is None:
             plan["outcome"] = "invalid pid"
             plan["detail"] = f"pid {row.get('pid')!r} cannot name a process"
-        elif row.get("live") is not True:
+        elif row.get("live") is False:
+            # dead when rhl-ps looked: rhl-stop says `already gone` and marks the file
+            # stale, the only way to write it from here
+            pass
+        elif not live_status or row.get("live") is not True:
+            # stale/failed with a live (or, for failed, unprobed) pid: maybe reused (#17)
             plan["outcome"], plan["stopped"] = "not running", True
     to_stop = [key for key, plan in plans.items() if plan["outcome"] is None]
     exit_status: int | None = None

@@ -307,3 +307,21 @@ def test_rows_are_json_like_the_helper(world):
     # every value is JSON-encodable (the CLI prints rows as NDJSON, like rhl-ps)
     for row in call(ctx, "ps")["rows"] + call(ctx, "ps", side="client")["rows"]:
         json.dumps(row, sort_keys=True)
+
+
+def test_state_names_the_launcher_state_whatever_the_door(world, tmp_path):
+    """`state` is the same for two contexts on one base (two ssh aliases reach one agent
+    state; a symlinked path is the same directory) and differs for another base, so a
+    client asking several hosts can show one server's rows once."""
+    box, ctx = world
+    state = call(ctx, "ps")["state"]
+    assert call(ctx, "ps", side="client")["state"] == state
+    link = tmp_path / "link"
+    link.symlink_to(box.base)
+    assert call(AgentContext(base=link), "ps")["state"] == state
+    other = tmp_path / "other-base"
+    other.mkdir()
+    assert call(AgentContext(base=other), "ps")["state"] != state
+    # a base that does not exist yet is named by its path
+    missing = call(AgentContext(base=tmp_path / "none"), "ps")["state"]
+    assert missing == call(AgentContext(base=tmp_path / "none"), "ps")["state"] != state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -255,3 +256,72 @@ CMD = "hashserver --status-file /h/.remote-http-launcher/server/k.json --timeout
 ])
 def test_runs_command(argv, comm, expected):
     assert procinfo.runs_command(_info(argv, comm), CMD) is expected
+
+
+def _kill_behind_its_back(pid: int) -> None:
+    """SIGKILL a launched service's group, then wait until its pid is gone (reaped), as
+    when a service dies without the launcher knowing."""
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_dead_pid_is_already_gone_and_marked_stale_like_rhl_stop(sandbox, tmp_path):
+    """rhl-stop's outcome (`already gone`) and file (`"status": "stale"`, the same bytes)
+    for every row whose pid no longer exists, without signalling anything; the file keeps
+    its mode (rhl-stop's rewrite takes the umask, #19)."""
+    running = sandbox.launch("toy-died")
+    starting = sandbox.launch("toy-boot")
+    _kill_behind_its_back(running["pid"])
+    _kill_behind_its_back(starting["pid"])
+    sandbox.write_state("toy-boot", {**starting, "status": "starting"})  # died while starting
+    dead = _dead_pid()
+    sandbox.write_state("toy-failed", {"command": "seamless-toy-service", "status": "failed", "pid": dead})
+    sandbox.write_state("toy-stale", {"command": "seamless-toy-service", "status": "stale", "pid": dead})
+    for key in ("toy-boot", "toy-failed", "toy-stale"):
+        (sandbox.server_dir / f"{key}.json").chmod(0o600)
+    keys = ["toy-died", "toy-boot", "toy-failed", "toy-stale"]
+    before = {k: (sandbox.server_dir / f"{k}.json").read_bytes() for k in keys}
+
+    copy_dir, copy_env = copy_state(sandbox, tmp_path)
+    alone = rhl_stop(copy_env, *keys)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout == "".join(f"{k}: already gone\n" for k in keys)
+
+    value = call("stop", keys=keys)
+    assert value["exit_status"] is None, "rhl-stop was run for pids that are gone"
+    for key, result in zip(keys, value["results"]):
+        assert (result["key"], result["outcome"], result["stopped"], result["signalled"]) == (
+            key, "already gone", True, False)
+    for key in keys:
+        path = sandbox.server_dir / f"{key}.json"
+        assert path.read_bytes() == (copy_dir / f"{key}.json").read_bytes(), key
+        assert json.loads(path.read_text()) == {**json.loads(before[key]), "status": "stale"}
+        assert path.stat().st_mode & 0o777 == 0o600, key
+        assert server_row(path)["status"] == "stale"
+    assert sorted(p.name for p in sandbox.server_dir.iterdir() if p.suffix != ".log") == sorted(
+        f"{k}.json" for k in keys)  # no temp file left behind
+    # the already-stale file was not rewritten at all
+    assert (sandbox.server_dir / "toy-stale.json").read_bytes() == before["toy-stale"]
+
+
+def test_a_relaunch_meanwhile_is_not_marked_stale(sandbox):
+    """The file is marked only if it still names the pid found dead: a launch between the
+    check and the write (another pid) keeps its own state."""
+    from seamless_service.agent.ops import stop as stop_op
+
+    dead = _dead_pid()
+    path = sandbox.write_state("toy-again", {"command": "seamless-toy-service", "status": "running", "pid": dead})
+    ctx = AgentContext(base=sandbox.base)
+    plan = stop_op.plan_key(ctx, "toy-again")
+    assert (plan.outcome, plan.raw_pid) == ("already gone", dead)
+    relaunched = {"command": "seamless-toy-service", "status": "running", "pid": os.getpid()}
+    path.write_text(json.dumps(relaunched))
+    assert stop_op._mark_gone(ctx, plan) is None
+    assert json.loads(path.read_text()) == relaunched
+

@@ -66,3 +66,14 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, needle, capsys):
     assert captured.err.count("\n") == 1, captured.err  # not argparse's usage block
     assert needle in captured.err and "--help'" in captured.err
     assert captured.out == ""
+
+
+def test_transport_notices_are_not_prefixed_twice(capsys):
+    """The transports' notices already begin with the program name (e.g. the first use of
+    a second ssh alias printed `seamless-service: seamless-service: starting the agent`)."""
+    from seamless_service.client.cli.common import _notice
+
+    _notice("seamless-service: starting the agent on h (first use)")
+    _notice("h: something")
+    assert capsys.readouterr().err.splitlines() == [
+        "seamless-service: starting the agent on h (first use)", "seamless-service: h: something"]

@@ -12,6 +12,8 @@ from seamless_service.client.rows import (
     health_summary,
     labels_from_path,
     merge_rows,
+    one_per_directory,
+    one_per_state,
     persistent_matches,
     persistent_row,
     process_row,
@@ -197,3 +199,42 @@ def test_public_row_drops_private_fields_only():
     public = public_row(row)
     assert "_workdir" not in public and set(ROW_FIELDS) <= set(public)
     assert public["persistent"] is None  # None-valued fields stay: scripts may rely on them
+
+
+def _rows(host_clusters, keys):
+    return [process_row(server_row(k), clusters=host_clusters, host="h") for k in keys]
+
+
+def test_one_server_under_two_names_gives_each_row_once_under_its_own_cluster():
+    """Two hosts that are one launcher state (same `state`): each key once, in its first
+    place, labelled with the cluster its key names among the clusters asked of that state
+    (#30: the key reads as cluster `a` or `a-rw-x`; `a-rw-x` was asked, through the second
+    name); keys of clusters nobody asked about keep their own reading."""
+    keys = ["hashserver-b-rw-p", "hashserver-a-rw-x-rw-p", "hashserver-zz-rw-q"]
+    one = _rows({"b"}, keys)
+    two = _rows({"a-rw-x"}, keys)
+    assert one[1]["cluster"] == "a" and two[1]["cluster"] == "a-rw-x"
+    rows = one_per_state([("S", {"b"}, one), ("S", {"a-rw-x"}, two)])
+    assert [(r["key"], r["cluster"]) for r in rows] == [
+        ("hashserver-b-rw-p", "b"), ("hashserver-a-rw-x-rw-p", "a-rw-x"), ("hashserver-zz-rw-q", "zz")]
+    assert rows[1]["project"] == "p"
+    # other states keep their rows, even with the same keys (another server's services)
+    rows = one_per_state([("S", {"a"}, one), ("T", {"a"}, _rows({"a"}, keys[:1]))])
+    assert [r["key"] for r in rows] == keys + keys[:1]
+
+
+def test_a_shared_data_directory_shows_once_unless_several_services_use_it():
+    process = _rows({"a", "b"}, ["hashserver-a-rw-p", "hashserver-b-rw-p"])
+    dirs = {c: persistent_row({"path": "/d/p", "state": "populated"}, "hashserver", c, root="/d")
+            for c in ("a", "b", "c")}
+    lonely = {c: persistent_row({"path": "/d/q", "state": "empty"}, "hashserver", c, root="/d")
+              for c in ("a", "b", "c")}
+    sources = [("S", row) for row in (*dirs.values(), *lonely.values())]
+    rows = one_per_directory(sources, process)
+    # /d/p: the readings of a and b (each joins its service), not c's; /d/q: the first only
+    assert [(r["path"], r["cluster"]) for r in rows] == [("/d/p", "a"), ("/d/p", "b"), ("/d/q", "a")]
+    merged = merge_rows(process, rows)
+    assert [(r["key"], r["path"]) for r in merged] == [
+        ("hashserver-a-rw-p", "/d/p"), ("hashserver-b-rw-p", "/d/p"), (None, "/d/q")]
+    # another machine's directory with the same path is its own
+    assert len(one_per_directory([("S", dirs["c"]), ("T", dirs["c"])], [])) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,69 @@ def test_logs_errors(seamless_home):
     assert "no state file" in assert_one_line_error(cli(home, "inspect", "--service", "hashserver"), 1)
 
 
+def kill_behind_its_back(pid: int) -> None:
+    """The service dies without the launcher knowing: its state file still says running."""
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+
+
+def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_anchor(seamless_home):
+    """rhl-stop's `already gone` (seamless-service-stop prints it), the server file marked
+    stale, the client file too; before, ours said `not running` and left `running`."""
+    home = seamless_home
+    sel = ["--service", "hashserver", "--stage"]
+    launched = {stage: launch(home, service="hashserver", stage=stage) for stage in ("a", "b")}
+    for stage, (key, state) in launched.items():
+        home.sandbox.write_state(key, {"hostname": "127.0.0.1", "port": state["port"]}, side="client")
+        client_path(home, key).chmod(0o600)
+        kill_behind_its_back(state["pid"])
+    (ours_key, _), (their_key, _) = launched["a"], launched["b"]
+    ours = cli(home, "stop", *sel, "a")
+    theirs = anchor(home, "stop", *sel, "b")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (0, f"{ours_key}: already gone\n", "")
+    assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: already gone\n")
+    for key, _ in launched.values():
+        assert server_status(home, key) == "stale"
+        assert json.loads((home.sandbox.server_dir / f"{key}.json").read_text())["status"] == "stale"
+        assert json.loads(client_path(home, key).read_text())["status"] == "stale"
+    assert (home.sandbox.server_dir / f"{ours_key}.json").stat().st_mode & 0o777 == 0o600  # #19
+    assert client_path(home, ours_key).stat().st_mode & 0o777 == 0o600
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stop_cluster_reports_and_marks_dead_rows_like_anchor(seamless_home, tmp_path):
+    """A cluster-wide stop passes the stale/failed/dead rows too, as seamless-service-stop
+    does (run on an identical copy of the state): same lines, same files."""
+    home = seamless_home
+    keys = []
+    for project in ("d1", "d2"):
+        key, state = launch(home, service="hashserver", cluster="lc", project=project)
+        home.sandbox.write_state(key, {"hostname": "127.0.0.1", "port": state["port"]}, side="client")
+        kill_behind_its_back(state["pid"])
+        keys.append(key)
+    dead = _dead_pid()
+    for key, status in (("database-lc-rw-d1", "failed"), ("database-lc-rw-d2", "stale")):
+        home.sandbox.write_state(key, {"workdir": "/tmp", "status": status, "pid": dead})
+        keys.append(key)
+    keys.sort()  # rhl-ps order
+    copy = tmp_path / "copy-home"
+    shutil.copytree(home.home, copy, symlinks=True)
+    theirs = anchor(home, "stop", "--cluster", "lc", env=home.env(HOME=str(copy)))
+    ours = cli(home, "stop", "--cluster", "lc")
+    assert theirs.returncode == ours.returncode == 0, (theirs.stderr, ours.stderr)
+    assert ours.stdout == theirs.stdout == "".join(f"{k}: already gone\n" for k in keys)
+    for side in ("server", "client"):
+        for path in sorted((home.sandbox.base / side).glob("*.json")):
+            mine = json.loads(path.read_text())
+            assert mine["status"] == "stale", path
+            assert mine == json.loads((copy / ".remote-http-launcher" / side / path.name).read_text()), path
+
+
 # ---------------------------------------------------------------- stop --cluster
 
 
@@ -151,8 +215,11 @@ def test_stop_cluster_filters_and_pidless_rows_12_13(seamless_home):
     stale_before = home.sandbox.write_state("database-lc-rw-p1", {"workdir": "/tmp", "status": "stale", "pid": 1})
 
     ours = cli(home, "stop", "--cluster", "lc", "--project", "p1")
-    # no --mode: both modes (the ps order is the key order: -ro- before -rw-)
-    assert (ours.returncode, ours.stdout) == (0, f"{k1ro}: stopped\n{k1}: stopped\n"), ours.stderr
+    # no --mode: both modes (the ps order is the key order: -ro- before -rw-); every row of
+    # the cluster, as seamless-service-stop: the dry-run one and the stale one (whose pid 1
+    # lives, but is not the service) are reported, not signalled
+    assert (ours.returncode, ours.stdout) == (0, "database-lc-ro-p1: not running\ndatabase-lc-rw-p1: not running\n"
+                                              f"{k1ro}: stopped\n{k1}: stopped\n"), ours.stderr
     wait_for(lambda: not alive(s1["pid"]) and not alive(s1ro["pid"]))
     assert alive(s2["pid"]) and server_status(home, k2) == "running"  # #12: p2 untouched
     assert json.loads(stale_before.read_text())["status"] == "stale"  # stale rows not re-signalled
@@ -165,9 +232,9 @@ def test_stop_cluster_filters_and_pidless_rows_12_13(seamless_home):
     wait_for(lambda: not alive(s2["pid"]))
     assert json.loads(starting_path.read_text()) == {"workdir": "/tmp", "status": "starting"}
 
-    nothing = cli(home, "stop", "--cluster", "lc", "--project", "p1", "--mode", "ro")
+    nothing = cli(home, "stop", "--cluster", "lc", "--project", "p3")
     assert (nothing.returncode, nothing.stdout) == (0, "")
-    assert nothing.stderr == "seamless-service: this machine: no running service matched; nothing stopped\n"
+    assert nothing.stderr == "seamless-service: this machine: no service matched; nothing stopped\n"
     assert "--service or --cluster is required" in assert_one_line_error(cli(home, "stop"), 2)
 
 

@@ -186,3 +186,43 @@ def test_remote_ps_json_like_anchor_except_the_documented_fixes(rhome, remote, a
             assert (size > 0) == (old["persistent"] == "populated"), (name, size)
             old = {k: v for k, v in old.items() if k != "size"}
         assert new == old, name
+
+
+def _kill_remote(remote, key: str) -> int:
+    """The remote service dies without the launcher knowing (its file still says running)."""
+    pid = json.loads((remote.state_dir / f"{key}.json").read_text())["pid"]
+    remote.kill_service(key)
+    from tests.support.services import wait_for
+
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+    return pid
+
+
+def test_remote_stop_of_a_dead_service_like_anchor(rhome, remote, sandbox):
+    """Through the agent: `already gone` and the remote file marked stale, per service and
+    cluster-wide, as seamless-service-stop (rhl-stop over ssh) says and does."""
+    mine, theirs_key = "hashserver-clu-rw-dead--STAGE-a", "hashserver-clu-rw-dead--STAGE-b"
+    cluster_keys = ["database-clu-rw-dead2", "hashserver-clu-rw-dead2"]
+    try:
+        for key in (mine, theirs_key, *cluster_keys):
+            remote.launch(key)
+            _kill_remote(remote, key)
+            assert remote_status(remote, key) == "stale"  # derived; the file says running
+        sel = ["--service", "hashserver", "--cluster", "clu", "--project", "dead"]
+        stopped = ours(rhome, remote, "stop", *sel, "--stage", "a")
+        theirs = anchor(rhome, "stop", *sel, "--stage", "b")
+        assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, f"{mine}: already gone\n", "")
+        assert (theirs.returncode, theirs.stdout) == (0, f"{theirs_key}: already gone\n")
+        for key in (mine, theirs_key):
+            assert json.loads((remote.state_dir / f"{key}.json").read_text())["status"] == "stale"
+
+        result = ours(rhome, remote, "stop", "--cluster", "clu", "--project", "dead2")
+        assert (result.returncode, result.stdout) == (0, "".join(f"{k}: already gone\n" for k in cluster_keys))
+        for key in cluster_keys:
+            assert json.loads((remote.state_dir / f"{key}.json").read_text())["status"] == "stale"
+        # a second cluster stop reports them again (seamless-service-stop does), nothing else
+        again = ours(rhome, remote, "stop", "--cluster", "clu", "--project", "dead2")
+        assert again.stdout == result.stdout
+    finally:
+        for key in (mine, theirs_key, *cluster_keys):
+            remote.kill_service(key)

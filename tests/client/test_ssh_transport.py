@@ -3,6 +3,9 @@ same values as the agent on the same remote state, rhl-guard, quoting, mutations
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from seamless_service.client.agent_transport import AgentTransport
@@ -10,6 +13,7 @@ from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.client.ssh_transport import SshTransport
 from seamless_service.client.transports import AutoTransport, open_transport, remembered_choice
 from tests.client.conftest import BUFFER_DIRS, RUNNING_KEYS, Notices, Remote
+from tests.support.services import wait_for
 
 SIZE_FIELDS = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
 
@@ -136,7 +140,7 @@ def test_stop_rm_and_clear_through_ssh(remote: Remote, ssh: SshTransport):
         assert missing["outcome"] == "missing state" and not missing["stopped"]
         # a mutation ends a segment: the ps after the stop sees its effect
         stop_again, ps = values(ssh, [("stop", {"keys": [key]}), ("ps", {})])
-        assert stop_again["results"][0]["outcome"] == "not running"
+        assert stop_again["results"][0]["outcome"] == "already gone"  # as rhl-stop says it
         assert {r["key"]: r["status"] for r in ps["rows"]}[key] == "stale"
         cleared, removed = values(ssh, [("clear", {"path": str(workdir)}), ("rm", {"keys": [key], "server": True})])
         assert cleared["ok"] and cleared["path"] == str(workdir)
@@ -169,3 +173,23 @@ def test_ssh_failures_map_to_client_errors(sshd, tmp_path):
     with pytest.raises(ConnectionFailed) as info:
         SshTransport(sshd.alias, ssh_config=sshd.ssh_config).batch([("ps", {})])
     assert not isinstance(info.value, AuthFailed) and "refused" in str(info.value)
+
+
+def test_stop_of_a_dead_service_through_ssh(remote: Remote, ssh: SshTransport):
+    """A service that died behind the launcher's back: rhl-stop's `already gone`, and its
+    file marked stale (by rhl-stop: the ssh transport cannot write files); a `failed` row,
+    whose pid rhl-ps does not probe, is not passed (#17)."""
+    key, failed = "hashserver-clu-rw-sshdead", "hashserver-clu-rw-sshfailed"
+    try:
+        state = remote.launch(key)
+        remote.kill_service(key)
+        wait_for(lambda: not os.path.exists(f"/proc/{state['pid']}"), timeout=30)
+        remote.write(f".remote-http-launcher/server/{failed}.json", json.dumps({"status": "failed", "pid": 1}))
+        (stop,) = values(ssh, [("stop", {"keys": [key, failed]})])
+        dead, not_run = stop["results"]
+        assert (dead["outcome"], dead["stopped"], dead["signalled"]) == ("already gone", True, False)
+        assert json.loads((remote.state_dir / f"{key}.json").read_text())["status"] == "stale"
+        assert (not_run["outcome"], not_run["stopped"]) == ("not running", True)
+        assert json.loads((remote.state_dir / f"{failed}.json").read_text())["status"] == "failed"
+    finally:
+        remote.kill_service(key)

@@ -5,9 +5,12 @@ Args (protocol.schema OPS["ps"]): `side` ("server" | "client"), `no_status` (lik
 `ssh_host` equals it), `status`, and the key filters service/cluster/project/stage/
 subproject/substage/mode/queue.
 
-Returns `{"rows": [...], "token": str}`. The token (agent/watch.py) is taken *before* the
-files are read, so a client that follows with `wait(token)` never misses a change that
-raced with this listing (at worst it gets one extra, harmless wake-up).
+Returns `{"rows": [...], "token": str, "state": str}`. The token (agent/watch.py) is taken
+*before* the files are read, so a client that follows with `wait(token)` never misses a
+change that raced with this listing (at worst it gets one extra, harmless wake-up).
+`state` names the launcher state read (AgentContext.state_id): a client that reached one
+server under two names (two ssh aliases, two clusters) sees the same value twice and shows
+its rows once.
 
 Rows are the helper's rows, field for field (statefiles.server_row / client_row), with
 these deliberate differences:
@@ -79,7 +82,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     filters = {name: args[name] for name in KEY_FILTERS if args.get(name) is not None}
     if filters:
         rows = [row for row in rows if row_matches(row, filters)]
-    return {"rows": rows, "token": token}
+    return {"rows": rows, "token": token, "state": ctx.state_id()}
 
 
 def state_cache(ctx: AgentContext) -> statefiles.StateCache:

@@ -6,11 +6,19 @@ remote-http-launcher's. But its defects must not reach users, so every key is ch
 first and only keys that pass go to ONE `rhl-stop k1 k2 ...` call:
 
 * #13: one key with a missing/invalid pid (dry-run, early `starting`) makes rhl-stop abort
-  the whole batch. Such keys never reach it: they get "invalid pid" / "not running".
+  the whole batch. Such keys never reach it: they get "invalid pid" (running/starting) or
+  "not running" (stale, failed, dry-run: nothing of theirs runs).
 * #14/#15: pid <= 0 (signals the process group, or everyone) and huge pids are "invalid pid".
-* #17: rows already stale/failed, dead pids, and live pids that fail the identity check of
-  agent.procinfo (uid, program, start time) are never signalled: "not running" or
-  "pid belongs to another process".
+* #17: dead pids, live pids of rows already stale/failed (their number may have been handed
+  to another process since), and live pids that fail the identity check of agent.procinfo
+  (uid, program, start time) are never signalled: "already gone", "not running" or "pid
+  belongs to another process".
+* A dead pid (or a zombie) gets rhl-stop's own outcome for it, `already gone`, and its
+  state file is marked stale as rhl-stop marks it (the same json.dumps of the same object
+  with `"status": "stale"`), but without signalling anything: the file is rewritten here,
+  atomically through a unique temp file, keeping its mode (#19). rhl-stop would send SIGINT
+  to the dead number first (a zombie: ten seconds of SIGINT, SIGTERM, then `kill
+  required`).
 * #20: a key without a state file is "missing state" with `stopped: false`, never success.
 * #17, second half: rhl-stop signals only the pid. After it reports the service gone, and
   only if the pid was verified as the service and is its process-group leader (the launcher
@@ -23,13 +31,19 @@ Per key: `{"key", "outcome", "stopped", "signalled", "status", "pid"}` plus `det
 `group_killed` when there is something to say. `stopped` is true when the service is known
 not to be running afterwards (rhl-stop's stopped / already gone / kill required, or a row
 that was already not running); `signalled` is true when a signal was delivered to it.
-The state file of a key that was not passed to rhl-stop is left exactly as it is.
+Besides the `already gone` rewrite, the state file of a key that was not passed to
+rhl-stop is left exactly as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ...protocol import ProtocolError
@@ -48,6 +62,8 @@ HELPER_OUTCOMES = {
     "missing state": (False, False),
 }
 GONE = ("stopped", "kill required", "already gone")
+ALREADY_GONE = "already gone"  # rhl-stop's word for a pid that no longer exists
+LIVE = ("running", "starting")
 
 
 @dataclass
@@ -59,6 +75,7 @@ class _Plan:
     pid: int | None = None
     detail: str | None = None
     group_leader: bool = False     # pid verified as the service and leader of its group
+    raw_pid: Any = None            # the pid as the file holds it (to see a relaunch)
 
 
 def _state_mtime(path: os.PathLike) -> float | None:
@@ -83,20 +100,24 @@ def plan_key(ctx: AgentContext, key: str) -> _Plan:
         return plan
     mtime = _state_mtime(path)
     plan.status, _ = derive_status(data)
-    raw_pid = data.get("pid")
-    if data.get("dry_run") or data.get("status") not in ("running", "starting"):
-        # stale, failed, dry-run, or no status: nothing of ours runs (and a pid here may
-        # already belong to someone else).
-        plan.outcome, plan.stopped = "not running", True
-        plan.pid = usable_pid(raw_pid)
-        return plan
+    raw_pid = plan.raw_pid = data.get("pid")
     pid = plan.pid = usable_pid(raw_pid)
+    live_status = data.get("status") in LIVE
+    if data.get("dry_run") or (pid is None and not live_status):
+        # dry-run, or stale/failed/no status without a pid: nothing of ours runs
+        plan.outcome, plan.stopped = "not running", True
+        return plan
     if pid is None:
         plan.outcome = "invalid pid"
         plan.detail = f"pid {raw_pid!r} cannot name a process"
         return plan
     proc = procinfo.check_service(pid, data, mtime)
     if not proc.alive:
+        # rhl-stop's outcome and file for a pid that no longer exists (marked in run())
+        plan.outcome, plan.stopped = ALREADY_GONE, True
+        return plan
+    if not live_status:
+        # stale/failed with a live pid: the number may name another process by now (#17)
         plan.outcome, plan.stopped = "not running", True
         return plan
     if not proc.is_service:
@@ -105,6 +126,42 @@ def plan_key(ctx: AgentContext, key: str) -> _Plan:
         return plan
     plan.group_leader = proc.info is not None and proc.info.pgrp == pid
     return plan
+
+
+def write_state_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `json.dumps(data)` as rhl-stop writes it (key order kept, no
+    trailing newline), but through a unique temp file in the same directory and keeping
+    the file's mode (#19: rhl-stop's fixed `<key>.tmp` races and takes the umask)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(json.dumps(data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _mark_gone(ctx: AgentContext, plan: _Plan) -> str | None:
+    """Mark the state of a service whose pid is gone stale, as rhl-stop does; the reason
+    if that failed. A file that changed meanwhile (removed, or relaunched under another
+    pid) is left alone: it no longer describes the process that is gone."""
+    path = ctx.server_dir / f"{plan.key}.json"
+    try:
+        data = read_state(path)
+        if data is None or data.get("pid") != plan.raw_pid or data.get("status") == "stale":
+            return None
+        data["status"] = "stale"
+        write_state_json(path, data)
+    except (StateFileError, OSError) as exc:
+        return f"could not mark {plan.key} stale: {exc}"
+    return None
 
 
 def _parse_helper_output(stdout: str, keys: set[str]) -> dict[str, str]:
@@ -134,6 +191,11 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         if key not in plans:
             plans[key] = plan_key(ctx, key)
     to_stop = [key for key, plan in plans.items() if plan.outcome is None]
+    for plan in plans.values():
+        if plan.outcome == ALREADY_GONE:
+            problem = _mark_gone(ctx, plan)
+            if problem:  # rhl-stop exits 1 then too
+                plan.outcome, plan.stopped = f"error: {problem}", False
 
     exit_status: int | None = None
     stderr = ""

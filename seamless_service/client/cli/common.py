@@ -58,7 +58,9 @@ def positive_seconds(text: str) -> float:
 
 
 def _notice(message: str) -> None:
-    print(f"seamless-service: {message}", file=sys.stderr, flush=True)
+    # The transports' notices already name the program; a bare message gets the prefix.
+    prefix = "seamless-service: "
+    print(message if message.startswith(prefix) else prefix + message, file=sys.stderr, flush=True)
 
 
 def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:

@@ -10,6 +10,9 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #7   --status works with --all-clusters.
 * #8   --all-clusters asks every cluster in parallel; a dead or broken cluster is one line
        on stderr, the other clusters' rows are still printed, and the exit code is 1.
+       Clusters that reach one server (a shared ssh_hostname, or two ssh aliases: the
+       agent's `ps` names the launcher state it read) show each row once, under the
+       cluster its key names; a data root they share is not listed once per cluster.
 * #9   buffer directories have real sizes (JSON: bytes; table: 42 MB; 42 MB* while the
        size is being re-measured after a change).
 * #10  stage directories under a subproject are listed, labelled project + subproject.

@@ -7,8 +7,11 @@ differences (anchor §6), besides those of resolution (client/sconfig.py):
 * #1   per-service commands reach a remote cluster's frontend (ssh_hostname or hostname),
        never run locally by accident.
 * #12  `stop/rm --cluster` honour --project/--subproject/--stage/--substage/--mode/--queue.
-* #13  `stop --cluster` stops only rows that are running or starting; a row without a
-       usable pid is reported (`invalid pid`) instead of aborting the whole batch.
+* #13  `stop --cluster` passes every row of the cluster, as seamless-service-stop does, but
+       a row without a usable pid is reported (`invalid pid` / `not running`) instead of
+       aborting the whole batch, and only live pids that are still the service are
+       signalled (#17); a dead pid is `already gone` and its state marked stale, as
+       rhl-stop says and does.
 * #19  a client file marked stale keeps mode 0600 and is replaced atomically (unique temp).
 * #20  only keys known not to run any more are marked stale; `missing state` is said so.
 * #23  `clear` refuses while the service (or any service inside the directory) runs
@@ -24,9 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,9 +74,11 @@ examples:
 
 STOP_HELP = """\
 Stop services and mark their local client files stale. With --service: that service.
-With --cluster and no --service: every running or starting service of the cluster that
-matches --project/--subproject/--stage/--substage/--mode/--queue. Prints `<key>: <outcome>`
-per service; exit status 1 if any could not be stopped.
+With --cluster and no --service: every service of the cluster that matches
+--project/--subproject/--stage/--substage/--mode/--queue. Prints `<key>: <outcome>` per
+service, with rhl-stop's words (stopped, already gone, kill required, permission denied,
+missing state; `not running` for a row that names no process); exit status 1 if any could
+not be stopped.
 
 examples:
   seamless-service stop --service hashserver
@@ -307,7 +310,8 @@ def mark_client_stale(key: str) -> None:
 
     The launcher deletes such a file on its next run instead of reusing it. Written like
     seamless-config (json.dumps, key order kept) but #19: the temp file has a unique name
-    and the result keeps mode 0600. Problems are reported, never fatal.
+    and the file keeps its mode (0600, as the launcher made it). Problems are reported,
+    never fatal.
     """
     path = client_file(key)
     if not path.is_file():
@@ -323,19 +327,12 @@ def mark_client_stale(key: str) -> None:
     if not isinstance(data, dict) or data.get("status") == "stale":
         return
     data["status"] = "stale"
-    tmp = None
+    from ...agent.ops.stop import write_state_json
+
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")  # 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data))
-        os.replace(tmp, path)
-        tmp = None
+        write_state_json(path, data)
     except OSError as exc:
         _err(f"could not mark {path} stale: {exc.strerror or exc}")
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _stop_line(result: dict[str, Any]) -> str:
@@ -375,11 +372,11 @@ def run_stop(args: argparse.Namespace) -> int:
     for host in cluster_hosts(args.cluster, args.frontend_name):
         try:
             with _transport(host, args) as transport:
-                rows = _cluster_rows(transport, args, "server")
-                # #13/#17: only what may still run; stale/failed rows are never re-signalled
-                keys = [r["key"] for r in rows if r.get("status") in ("running", "starting")]
+                # Every row, as seamless-service-stop: the stop op signals only live pids that
+                # are still the service (#13/#17) and marks dead ones stale (`already gone`).
+                keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
                 if not keys:  # say so: silence would read as "stopped what you asked for"
-                    _err(f"{_where(host)}: no running service matched; nothing stopped")
+                    _err(f"{_where(host)}: no service matched; nothing stopped")
                 results: list[dict[str, Any]] = []
                 for chunk in _chunks(keys):
                     results += call_one(transport, "stop", {"keys": chunk})["results"]
