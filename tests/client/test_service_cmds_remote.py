@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from tests.client.conftest import ODD_STATES, RUNNING_KEYS
+from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
 from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
 
 
@@ -185,3 +185,41 @@ def test_remote_ps_json_like_anchor_except_the_documented_fixes(rhome, remote, a
             assert (size > 0) == (old["persistent"] == "populated"), (name, size)
             old = {k: v for k, v in old.items() if k != "size"}
         assert new == old, name
+
+
+# ---------------------------------------------------------------- #11 through rhl-guard
+
+
+def test_ps_persistent_through_guarded_keys_like_the_agent_11(sandbox, monkeypatch, remote, g11):
+    """`ps --cluster X --persistent` on a host whose key is forced through rhl-guard (the
+    auto fallback to `ssh HOST rhl-*`): with `--clear-policy seamless` the roots hold no
+    marker, and the marked data directories of the host's services are still listed (one
+    notice per root: others cannot be found); with `--data-roots FILE` the whole roots are.
+    The same data rows as the agent path on the same state, and exit 0."""
+    home = make_home(sandbox, monkeypatch)
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        for cluster, alias in (("g11a", remote.alias), ("g11s", remote.seamless_guard_alias),
+                               ("g11d", remote.guard_alias)):
+            handle.write(f"{cluster}:\n  type: local\n  frontends:\n    - hostname: {alias}\n"
+                         f"      ssh_hostname: {alias}\n"
+                         f"      hashserver: {{bufferdir: ~/{G11}/buffers}}\n"
+                         f"      database: {{database_dir: ~/{G11}/db}}\n")
+
+    def data_rows(cluster: str) -> tuple[list[dict], str]:
+        result = ours(home, remote, "ps", "--cluster", cluster, "--persistent", "--json")
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        return [{f: r.get(f) for f in PS_FIELDS if f not in ("size", "cluster")} for r in rows
+                if r["key"] is None], result.stderr
+
+    by_agent, _ = data_rows("g11a")
+    orphan = str(g11 / "buffers/orphan")
+    assert {r["path"] for r in by_agent} == {str(g11 / f) for f in G11_MARKED}
+    marker_guard, err = data_rows("g11s")
+    assert marker_guard == [r for r in by_agent if r["path"] != orphan]
+    notes = [line for line in err.splitlines() if "rhl-guard forbids listing" in line]
+    assert sorted(n.split("forbids listing ")[1].split(" (")[0] for n in notes) == [f"~/{G11}/buffers", f"~/{G11}/db"]
+    assert "Traceback" not in err
+    assert "seamless-service: seamless-service:" not in err  # the CLI printed the notices' prefix twice
+    data_roots_guard, err = data_rows("g11d")
+    assert data_roots_guard == by_agent and "forbids listing" not in err
