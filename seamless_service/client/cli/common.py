@@ -58,7 +58,9 @@ def positive_seconds(text: str) -> float:
 
 
 def _notice(message: str) -> None:
-    print(f"seamless-service: {message}", file=sys.stderr, flush=True)
+    # the transports' notices already name the program (they also reach Python API users)
+    prefix = "" if message.startswith("seamless-service: ") else "seamless-service: "
+    print(prefix + message, file=sys.stderr, flush=True)
 
 
 def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
