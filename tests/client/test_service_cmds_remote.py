@@ -223,3 +223,21 @@ def test_ps_persistent_through_guarded_keys_like_the_agent_11(sandbox, monkeypat
     assert "seamless-service: seamless-service:" not in err  # the CLI printed the notices' prefix twice
     data_roots_guard, err = data_rows("g11d")
     assert data_roots_guard == by_agent and "forbids listing" not in err
+
+
+def test_ps_with_strict_host_key_checking_no_and_dev_null(sandbox, monkeypatch, remote, tmp_path):
+    """A config entry with `StrictHostKeyChecking no` + `UserKnownHostsFile /dev/null`
+    (cluster frontends, containers, CI): `ssh` connects, and so does `ps`, saying once that
+    the key was accepted unchecked."""
+    alias = remote.alias + "-nocheck"
+    config = tmp_path / "ssh_config"
+    config.write_text(remote.ssh_config.read_text() + "\n" + remote.server.config_block(
+        alias=alias, extra={"UserKnownHostsFile": "/dev/null", "StrictHostKeyChecking": "no"}))
+    home = make_home(sandbox, monkeypatch)
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        handle.write(f"clu:\n  type: local\n  frontends:\n    - hostname: {alias}\n      ssh_hostname: {alias}\n")
+    result = cli(home, "ps", "--cluster", "clu", "--server", "--json", "--ssh-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(line)["key"] for line in result.stdout.splitlines()} >= set(RUNNING_KEYS)
+    unchecked = [line for line in result.stderr.splitlines() if "accepted unchecked" in line]
+    assert len(unchecked) == 1 and unchecked[0].startswith(f"seamless-service: {alias}: host key "), result.stderr
