@@ -374,8 +374,9 @@ G11_MARKED = {"buffers/projG": ".HASHSERVER_PREFIX", "buffers/projG/STAGE-s3": "
 
 @pytest.fixture(scope="session")
 def g11(remote: Remote) -> Path:
-    """The G11 layout on the remote host; its root. The services keep running for the
-    session (closing the sshd fixture ends them)."""
+    """The G11 layout on the remote host; its root. The services are launched, then
+    stopped with the real rhl-stop: their state (and workdir) stays, and other tests that
+    count running services are not disturbed."""
     root = remote.home / G11
     for folder, marker in G11_MARKED.items():
         remote.write(f"{G11}/{folder}/{marker}", b"x" * 4096 if marker == "seamless.db" else "")
@@ -384,6 +385,8 @@ def g11(remote: Remote) -> Path:
     remote.mkdir(f"{G11}/buffers/nomarker/sub")
     for key, folder in G11_SERVICES.items():
         remote.launch(key, workdir=root / folder)
+    stopped = remote.ssh([str(remote.venv / "bin/rhl-stop"), *G11_SERVICES])
+    assert stopped.returncode == 0, stopped.stderr
     return root
 
 

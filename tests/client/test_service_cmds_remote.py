@@ -16,6 +16,7 @@ import os
 
 import pytest
 
+from seamless_service.client.transports import forget_choice
 from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
 from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
 
@@ -212,16 +213,21 @@ def test_ps_persistent_through_guarded_keys_like_the_agent_11(sandbox, monkeypat
         return [{f: r.get(f) for f in PS_FIELDS if f not in ("size", "cluster")} for r in rows
                 if r["key"] is None], result.stderr
 
-    by_agent, _ = data_rows("g11a")
+    try:
+        by_agent, _ = data_rows("g11a")
+        marker_guard, marker_err = data_rows("g11s")
+        data_roots_guard, err = data_rows("g11d")
+    finally:
+        # the CLI remembered the fallback in the shared client cache: other tests want it fresh
+        for alias in (remote.guard_alias, remote.seamless_guard_alias):
+            forget_choice(alias)
     orphan = str(g11 / "buffers/orphan")
     assert {r["path"] for r in by_agent} == {str(g11 / f) for f in G11_MARKED}
-    marker_guard, err = data_rows("g11s")
     assert marker_guard == [r for r in by_agent if r["path"] != orphan]
-    notes = [line for line in err.splitlines() if "rhl-guard forbids listing" in line]
+    notes = [line for line in marker_err.splitlines() if "rhl-guard forbids listing" in line]
     assert sorted(n.split("forbids listing ")[1].split(" (")[0] for n in notes) == [f"~/{G11}/buffers", f"~/{G11}/db"]
-    assert "Traceback" not in err
-    assert "seamless-service: seamless-service:" not in err  # the CLI printed the notices' prefix twice
-    data_roots_guard, err = data_rows("g11d")
+    assert "Traceback" not in marker_err
+    assert "seamless-service: seamless-service:" not in marker_err  # the CLI printed the notices' prefix twice
     assert data_roots_guard == by_agent and "forbids listing" not in err
 
 
