@@ -335,7 +335,8 @@ class AgentTransport:
             self._tunnel.close()
             self._tunnel = None
         tunnel = Tunnel(self.host, ssh_config=self.ssh_config, accept_new_host_key=self.accept_new_host_key,
-                        connect_timeout=self.connect_timeout, keep_session=self.keep_session)
+                        connect_timeout=self.connect_timeout, keep_session=self.keep_session,
+                        notice=self._say)
         tunnel.open()  # AuthFailed / ConnectionFailed with paramiko's real cause
         self._tunnel = tunnel
 
@@ -392,7 +393,7 @@ class AgentTransport:
         try:
             endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
                                         accept_new_host_key=self.accept_new_host_key,
-                                        timeout=self.connect_timeout, progress=progress)
+                                        timeout=self.connect_timeout, progress=progress, notice=self._say)
         except SshError as exc:
             guard = self._guard_message()
             if guard is not None:
@@ -411,6 +412,10 @@ class AgentTransport:
         self.deploys += 1
         self._endpoint = endpoint
         return endpoint
+
+    def _say(self, message: str) -> None:
+        # looked up at call time: in the tunnel keeper, `notice` is this call's caller's
+        self.notice(message)
 
     def _guard_message(self) -> str | None:
         """The rhl-guard refusal our kept session got instead of running `cat`, if any."""

@@ -10,6 +10,8 @@ answered:
               corrections re-derived from the rows (#15 unusable pids such as 0, -1, 4.7 are
               not alive; #16 a `starting` row whose pid is dead is `failed`); `token` None
   persistent  rhl-ps-persistent --json PATHS --level N [--file F] [--marker M];
+              behind a marker-policy rhl-guard, a root without a marker is replaced by
+              the marked directories the services' workdirs name (#11, see _marked_rows);
               no sizes: bytes None, bytes_measured None, bytes_state "unavailable"
   inspect     rhl-inspect KEY --with-mtime
   logs        rhl-logs KEY [--tail N]; offset/whole-file reads are sliced here; a tail
@@ -65,6 +67,7 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10
 GUARD_REJECTED = b"rhl-guard: rejected"
 MUTATING = frozenset({"stop", "rm", "clear"})
+READ_ONLY_HELPERS = frozenset({"rhl-ps", "rhl-ps-persistent", "rhl-inspect", "rhl-logs"})
 SUPPORTED = ("clear", "hello", "inspect", "logs", "persistent", "ps", "rm", "stop")
 KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
 LIVE = ("running", "starting")
@@ -270,22 +273,162 @@ def _client_process(row: dict[str, Any], servers: dict[Any, dict[str, Any]]) -> 
     return server["status"]
 
 
-def op_persistent(args: dict[str, Any], host: str) -> OpGen:
-    for path in args["paths"]:
-        _check_absolute(path)
-    argv: Argv = ("rhl-ps-persistent", "--json", *args["paths"], "--level", str(args["level"]))
+def _persistent_argv(paths: Iterable[str], level: int, args: dict[str, Any]) -> Argv:
+    argv: Argv = ("rhl-ps-persistent", "--json", *paths, "--level", str(level))
     if args.get("file"):
         argv += ("--file", args["file"])
     if args.get("marker"):
         argv += ("--marker", args["marker"])
+    return argv
+
+
+def op_persistent(args: dict[str, Any], host: str, transport: "SshTransport | None" = None) -> OpGen:
+    for path in args["paths"]:
+        _check_absolute(path)
+    argv = _persistent_argv(args["paths"], args["level"], args)
     got = yield [argv]
-    if got[argv].code != 0:
-        raise helper_error("persistent", got[argv], host)
-    rows = _ndjson(got[argv])
+    result = got[argv]
+    if result.code == 0:
+        rows = _ndjson(result)
+    elif _marker_refusal(result) is not None:
+        rows = yield from _marked_rows(args, host, transport, result)
+    else:
+        raise helper_error("persistent", result, host)
     for row in rows:
         row["bytes"] = row["bytes_measured"] = None
         row["bytes_state"] = "unavailable"
     return {"rows": rows}
+
+
+# #11 behind `rhl-guard --clear-policy seamless|marker:NAME`. The guard accepts an
+# rhl-ps-persistent path only if it holds a marker file, and a cluster's bufferdir or
+# database root holds none: the root cannot be listed. The agent walks such a root and
+# reports the directories at or below a marked one (agent/policy.py). Through the guard,
+# the only directory names the helpers reveal are the services' workdirs in their state
+# (seamless launches hashserver/database in ROOT/PROJECT[/SUBPROJECT]/STAGE-x, their data
+# directory), so those are asked for instead, each walked down to the root's level: a
+# marked one gives exactly the agent's rows for its subtree. A marked directory that no
+# state file names (its service removed) cannot be found: a notice says so, once per root.
+
+_MARKER_REFUSED = re.compile(r"path does not contain required marker file \(([^)]*)\): (.*)$")
+
+
+def _marker_refusal(result: HelperResult) -> tuple[str, str] | None:
+    """(markers, path) if rhl-guard refused a path for lacking a marker file."""
+    line = result.error_line()
+    if not line.startswith("rhl-guard: rejected: "):
+        return None
+    match = _MARKER_REFUSED.search(line)
+    return (match.group(1), match.group(2)) if match else None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A directory to ask rhl-ps-persistent about instead of a refused root."""
+
+    root: int          # index of the requested path it stands for
+    path: str          # as sent to the helper and shown in rows (`~` expanded when known)
+    level: int         # the requested level minus its depth below the root
+    requested: bool    # the requested path itself (its refusal fails the op, as on the agent)
+
+
+def _below(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def _candidates(paths: list[str], level: int, state_rows: list[dict[str, Any]]) -> list[_Candidate]:
+    home = _home_from_rows(state_rows)
+    workdirs = [_expand(row["workdir"], home) for row in state_rows if isinstance(row.get("workdir"), str)
+                and row["workdir"].startswith(("/", "~"))]
+    found: dict[tuple[int, str], _Candidate] = {}
+    for index, raw in enumerate(paths):
+        root = _expand(raw, home)
+        found.setdefault((index, root), _Candidate(index, root, level, True))
+        for workdir in workdirs:
+            if _below(workdir, root):
+                parts = workdir[len(root.rstrip("/")) + 1:].split("/")
+                for depth in range(1, min(len(parts), level) + 1):
+                    path = root.rstrip("/") + "/" + "/".join(parts[:depth])
+                    found.setdefault((index, path), _Candidate(index, path, level - depth, False))
+    return list(found.values())
+
+
+def _front(pending: list[_Candidate]) -> list[_Candidate]:
+    """The candidates with no pending ancestor (of the same root): asked first."""
+    return [c for c in pending if not any(o.root == c.root and _below(c.path, o.path) for o in pending)]
+
+
+def _marked_rows(args: dict[str, Any], host: str, transport: "SshTransport | None",
+                 refused: HelperResult) -> OpGen:
+    """The rows of `args` from marked candidate directories, `refused` being the guard's
+    refusal of the request as it was."""
+    got = yield [PS_JSON]
+    state = got[PS_JSON]
+    state_rows = _ndjson(state) if state.code == 0 else []  # no state: the roots alone
+    pending = _candidates(args["paths"], args["level"], state_rows)
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    refused_roots: dict[int, str] = {}
+    # the path the guard named is not asked again
+    first = _refused_candidate(refused, [c for c in pending if c.requested], host)
+    refused_roots[first.root] = (_marker_refusal(refused) or ("", ""))[0]
+    pending.remove(first)
+    while pending:
+        front = _front(pending)
+        accepted: list[_Candidate] = []
+        for level in sorted({c.level for c in front}, reverse=True):
+            group = [c for c in front if c.level == level]
+            while group:
+                argv = _persistent_argv([c.path for c in group], level, args)
+                got = yield [argv]
+                result = got[argv]
+                if result.code == 0:
+                    accepted += group
+                    _collect(found, group, _ndjson(result))
+                    break
+                dropped = _refused_candidate(result, group, host)
+                if dropped.requested:
+                    refused_roots[dropped.root] = (_marker_refusal(result) or ("", ""))[0]
+                group.remove(dropped)
+        pending = [c for c in pending if c not in front
+                   and not any(a.root == c.root and _below(c.path, a.path) for a in accepted)]
+    for index, markers in refused_roots.items():
+        _note_unlisted(transport, host, args["paths"][index], markers)
+    ordered = sorted(found.items(), key=lambda item: (item[0][0], tuple(item[0][1].split("/"))))
+    return [row for _, row in ordered]
+
+
+def _refused_candidate(result: HelperResult, group: list[_Candidate], host: str) -> _Candidate:
+    """The candidate rhl-guard refused (its message names it); a refused requested path
+    for another reason than a missing marker fails the op, as on the agent."""
+    line = result.error_line()
+    refusal = _marker_refusal(result)
+    named = posixpath.normpath(refusal[1]) if refusal else next(
+        (c.path for c in group if line.endswith(": " + c.path)), None)
+    match = next((c for c in group if c.path == named), None)
+    if match is None and len(group) == 1:
+        match = group[0]
+    if match is None or (refusal is None and (match.requested or not line.startswith("rhl-guard: rejected"))):
+        raise helper_error("persistent", result, host)
+    return match
+
+
+def _collect(found: dict[tuple[int, str], dict[str, Any]], group: list[_Candidate], rows: list[dict[str, Any]]) -> None:
+    """Rows of one helper call, under the requested path each belongs to (first one wins)."""
+    for row in rows:
+        path = row.get("path")
+        if not isinstance(path, str):
+            continue
+        for candidate in group:
+            if path == candidate.path or _below(path, candidate.path):
+                found.setdefault((candidate.root, path), row)
+
+
+def _note_unlisted(transport: "SshTransport | None", host: str, root: str, markers: str) -> None:
+    if transport is None or transport.notice is None or root in transport.noted_roots:
+        return
+    transport.noted_roots.add(root)
+    transport.notice(f"seamless-service: {host}: rhl-guard forbids listing {root} (it holds no marker file: "
+                     f"{markers}); shown are the marked directories the services' state names, not others there")
 
 
 def op_inspect(args: dict[str, Any], host: str) -> OpGen:
@@ -529,6 +672,7 @@ class SshTransport:
         self.calls = 0
         self.ssh_sessions = 0
         self.last_error: str | None = None
+        self.noted_roots: set[str] = set()  # roots whose #11 notice was given (op_persistent)
 
     # ------------------------------------------------------------------ public
 
@@ -576,7 +720,7 @@ class SshTransport:
         if name == "ps":
             return op_ps(checked, self.host)
         if name == "persistent":
-            return op_persistent(checked, self.host)
+            return op_persistent(checked, self.host, self)
         if name == "inspect":
             return op_inspect(checked, self.host)
         if name == "logs":
@@ -594,11 +738,19 @@ class SshTransport:
     def _drive(self, segment: list[tuple[int, OpGen]], results: list[Any]) -> None:
         """Run the generators of one segment, batching each round's helper calls."""
         pending: dict[int, tuple[OpGen, list[Argv]]] = {}
+        # What a read-only helper said earlier in the segment answers a later round too (no
+        # mutation lies between: a mutation ends the segment): e.g. the `rhl-ps --json` that
+        # a persistent op asks for after a refused root, when a ps op asked it already.
+        seen: dict[Argv, HelperResult] = {}
         for index, gen in segment:
             self._advance(index, gen, None, pending, results)
         while pending:
             wanted: list[Argv] = list(dict.fromkeys(argv for _, asks in pending.values() for argv in asks))
-            got = self.run_helpers(wanted)
+            missing = [argv for argv in wanted if argv not in seen]
+            got = {argv: seen[argv] for argv in wanted if argv in seen}
+            if missing:
+                got.update(self.run_helpers(missing))
+            seen.update({argv: result for argv, result in got.items() if argv[0] in READ_ONLY_HELPERS})
             for index, (gen, asks) in list(pending.items()):
                 del pending[index]
                 self._advance(index, gen, {argv: got[argv] for argv in asks}, pending, results)

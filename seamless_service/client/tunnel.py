@@ -6,8 +6,8 @@
     tunnel.close()
 
 The SSH connection is deploy/ssh.py's: same ssh config (HostName, User, IdentityFile,
-ProxyJump, ...), same known_hosts verification (unknown or changed keys are refused), same
-one-line errors. On top of it:
+ProxyJump, ...), same known_hosts verification (OpenSSH's StrictHostKeyChecking rules; a
+changed key is always refused), same one-line errors. On top of it:
 
 * **rpyc runs directly over a paramiko `direct-tcpip` channel** to the agent's port on the
   host's 127.0.0.1 (`via="channel"`, the default). No local listener exists at all, so no
@@ -44,7 +44,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
 from .errors import AuthFailed, ConnectionFailed
@@ -101,10 +101,11 @@ class Tunnel:
 
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
                  accept_new_host_key: bool = False, connect_timeout: float | None = None,
-                 keep_session: bool = True):
+                 keep_session: bool = True, notice: Callable[[str], None] | None = None):
         self.host = host
         self.ssh_config = ssh_config
         self.accept_new_host_key = accept_new_host_key
+        self.notice = notice  # hears of a host key accepted unchecked (deploy/ssh.py); None: stderr
         self.connect_timeout = connect_timeout
         self.keep_session = keep_session
         self.opened_at: float | None = None
@@ -133,7 +134,7 @@ class Tunnel:
             try:
                 conn = dssh.connect(self.host, ssh_config=self.ssh_config,
                                     accept_new_host_key=self.accept_new_host_key,
-                                    timeout=self.connect_timeout, on_read=read.add)
+                                    timeout=self.connect_timeout, on_read=read.add, notice=self.notice)
             except DeployError as exc:
                 raise map_ssh_error(self.host, exc) from None
             transport = conn.get_transport()

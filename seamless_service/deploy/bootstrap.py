@@ -48,8 +48,10 @@ def _version() -> str:
 
 @contextlib.contextmanager
 def _session(host: str, ssh_config: str | os.PathLike | None, accept_new_host_key: bool,
-             timeout: float | None) -> Iterator[tuple[ssh.SSHConnection, paramiko.SFTPClient]]:
-    conn = ssh.connect(host, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, timeout=timeout)
+             timeout: float | None, notice: ssh.Notice | None = None
+             ) -> Iterator[tuple[ssh.SSHConnection, paramiko.SFTPClient]]:
+    conn = ssh.connect(host, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, timeout=timeout,
+                       notice=notice)
     try:
         try:
             sftp = conn.open_sftp()
@@ -119,7 +121,8 @@ def _read_secret(sftp: paramiko.SFTPClient, path: str, host: str) -> str:
 
 def deploy(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
            python: str | None = None, force_offline: bool = False, progress: Progress | None = None,
-           idle_timeout: float | None = None, timeout: float | None = None) -> AgentEndpoint:
+           idle_timeout: float | None = None, timeout: float | None = None,
+           notice: ssh.Notice | None = None) -> AgentEndpoint:
     """Make sure our agent version runs on `host` and return how to reach it (also cached).
 
     `python`: interpreter on the host for the agent venv (a per-host setting; default:
@@ -129,7 +132,7 @@ def deploy(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new
     progress = progress or _noop
     ours = _version()
     progress("connect", f"connecting to {host}")
-    with _session(host, ssh_config, accept_new_host_key, timeout) as (conn, sftp):
+    with _session(host, ssh_config, accept_new_host_key, timeout, notice) as (conn, sftp):
         lay = install.layout(sftp)
         current = install.installed_version(conn, lay)
         install.ensure_installed(conn, sftp, lay, version=ours, current=current, python=python,
@@ -160,9 +163,9 @@ def deploy(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new
 
 
 def status(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
-           timeout: float | None = None) -> dict[str, Any]:
+           timeout: float | None = None, notice: ssh.Notice | None = None) -> dict[str, Any]:
     """What the host says: {"host", "installed": version|None, "running": bool, ...agent state}."""
-    with _session(host, ssh_config, accept_new_host_key, timeout) as (conn, sftp):
+    with _session(host, ssh_config, accept_new_host_key, timeout, notice) as (conn, sftp):
         lay = install.layout(sftp)
         installed = install.installed_version(conn, lay)
         result: dict[str, Any] = {"host": host, "installed": installed, "venv": lay.venv, "running": False}
@@ -178,9 +181,9 @@ def status(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new
 
 
 def stop(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
-         timeout: float | None = None) -> bool:
+         timeout: float | None = None, notice: ssh.Notice | None = None) -> bool:
     """Stop the host's agent and forget its cached endpoint; True if an agent was running."""
-    with _session(host, ssh_config, accept_new_host_key, timeout) as (conn, sftp):
+    with _session(host, ssh_config, accept_new_host_key, timeout, notice) as (conn, sftp):
         lay = install.layout(sftp)
         if install.installed_version(conn, lay) is None:
             cache.remove(host)

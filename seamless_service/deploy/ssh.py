@@ -3,13 +3,26 @@
 Honoured from the ssh config (default ~/.ssh/config; `ssh_config=` for another file, like
 `ssh -F`): HostName, Port, User, IdentityFile, IdentitiesOnly, ProxyJump, ProxyCommand,
 UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias, ConnectTimeout,
-ServerAliveInterval, and StrictHostKeyChecking=accept-new (the user's explicit choice).
+ServerAliveInterval, and StrictHostKeyChecking.
 
 Host keys are checked here, not by paramiko: paramiko's lookup ignores wildcards,
 `@revoked` and duplicate lines, and its auto-add policy would also accept keys of a host
-whose key CHANGED. Rules: a known matching key passes; a different key for a known host
-is always refused; an unknown host is refused unless `accept_new_host_key=True`, which
-appends the new key to the first UserKnownHostsFile.
+whose key CHANGED. The rules are OpenSSH's in batch mode (ssh_config(5), checked against
+the real `ssh` in tests/deploy/test_host_keys.py):
+
+* a known matching key passes; a key marked @revoked is refused;
+* a CHANGED key (known_hosts holds another key for the host) is refused under every
+  StrictHostKeyChecking value. Under `no`/`off` OpenSSH still logs in, but disables port
+  forwarding "to avoid man-in-the-middle attacks", and the agent's tunnel is port
+  forwarding (the deploy serves the tunnel and reads the agent's secret);
+* an unknown key: `yes` and `ask` (the default; nothing may prompt) refuse; `accept-new`
+  (also `accept_new_host_key=True`, the --accept-new-host-key flag) and `no`/`off`
+  accept it and append it to the first UserKnownHostsFile. With `UserKnownHostsFile
+  none` there is nowhere to add it and OpenSSH refuses; `/dev/null` takes it (every key
+  is then unknown, and accepted, at every connection).
+
+An accepted key is said in one line (`notice`), once per host, key and decision in this
+process (the tunnel keeper is one process, so once per keeper life).
 
 Nothing ever prompts (no passwords, no passphrases): like BatchMode=yes.
 """
@@ -26,6 +39,8 @@ import re
 import select
 import shlex
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +81,7 @@ class HostSettings:
     proxy_command: str | None = None
     connect_timeout: float = CONNECT_TIMEOUT
     keepalive: int = KEEPALIVE
-    accept_new: bool = False
+    strict_host_key_checking: str = "ask"   # yes | accept-new | no | ask (normalised)
 
     def files(self) -> list[str]:
         """The files a login with these settings reads: keys and known_hosts."""
@@ -106,6 +121,21 @@ def _split_user(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+# ssh_config(5) StrictHostKeyChecking values -> the four behaviours
+STRICT_VALUES = {"yes": "yes", "true": "yes", "accept-new": "accept-new", "no": "no", "off": "no",
+                 "false": "no", "ask": "ask"}
+
+
+def _strict(value: str | None, alias: str) -> str:
+    if value is None:
+        return "ask"  # OpenSSH's default
+    mode = STRICT_VALUES.get(value.strip().lower())
+    if mode is None:
+        raise SshError(f"bad value in the ssh config for {alias}: StrictHostKeyChecking {value!r} "
+                       f"(use one of {', '.join(STRICT_VALUES)})")
+    return mode
+
+
 def _yes(value: str | None) -> bool:
     return (value or "").strip().lower() in ("yes", "true")
 
@@ -142,8 +172,8 @@ def resolve(host: str, config: paramiko.SSHConfig, *, port: int | None = None) -
             proxy_command=None if not proxy_command or proxy_command.lower() == "none" else proxy_command,
             connect_timeout=float(cfg.get("connecttimeout", CONNECT_TIMEOUT)),
             keepalive=int(cfg.get("serveraliveinterval", KEEPALIVE)),
-            # OpenSSH's own "accept-new": the user already chose it for this host.
-            accept_new=cfg.get("stricthostkeychecking", "").lower() == "accept-new",
+            # the user's own choice for this host, as OpenSSH applies it
+            strict_host_key_checking=_strict(cfg.get("stricthostkeychecking"), alias),
         )
     except ValueError as exc:
         raise SshError(f"bad value in the ssh config for {alias}: {exc}") from None
@@ -249,12 +279,32 @@ def _append_known_host(path: str, name: str, key: paramiko.PKey) -> None:
         fh.write(f"{prefix}{name} {key.get_name()} {key.get_base64()}\n")
 
 
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Called by paramiko for every connection (the client holds no keys of its own)."""
+Notice = Callable[[str], None]
+_noted: set[tuple[str, ...]] = set()   # (host, key, decision) already said in this process
+_noted_lock = threading.Lock()
 
-    def __init__(self, settings: HostSettings, accept_new: bool):
+
+def _print_notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _say_once(notice: Notice | None, what: tuple[str, ...], message: str) -> None:
+    with _noted_lock:
+        if what in _noted:
+            return
+        _noted.add(what)
+    (notice if notice is not None else _print_notice)(message)
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko for every connection (the client holds no keys of its own).
+
+    `mode`: the StrictHostKeyChecking behaviour (yes | accept-new | no | ask)."""
+
+    def __init__(self, settings: HostSettings, mode: str, notice: Notice | None = None):
         self.settings = settings
-        self.accept_new = accept_new
+        self.mode = mode
+        self.notice = notice
         self.verified = False
         self.known = read_known_hosts(settings.user_known_hosts + settings.global_known_hosts,
                                       settings.known_hosts_name)
@@ -272,25 +322,45 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 self.verified = True
                 return
             where = (same_type or [(None, f) for _, _, f in self.known.keys])[0][1]
+            why = ("; StrictHostKeyChecking no lets ssh log in, but OpenSSH then disables port forwarding, "
+                   "which the agent's tunnel is" if self.mode == "no" else "")
             raise HostKeyChanged(
                 f"host key CHANGED for {s.alias} ({name}): the server sent {shown} but {where} holds a "
-                f"different key; refusing to connect (possible man-in-the-middle). If the change is "
+                f"different key; refusing to connect (possible man-in-the-middle{why}). If the change is "
                 f"expected, remove the old key with `ssh-keygen -R '{name}' -f {where}` and deploy again"
             )
-        if not self.accept_new:
+        if self.mode in ("yes", "ask"):
             files = ", ".join(s.user_known_hosts) or "none configured"
+            setting = "; StrictHostKeyChecking yes" if self.mode == "yes" else ""
             raise HostKeyUnknown(
                 f"host key for {s.alias} is not in known_hosts; verify it and run "
                 f"`seamless-service agent deploy {s.alias} --accept-new-host-key` "
-                f"(server key: {shown}; known_hosts: {files})"
+                f"(server key: {shown}; known_hosts: {files}{setting})"
             )
         if not s.user_known_hosts:
+            # OpenSSH too: with nowhere to record it, "Host key verification failed"
             raise HostKeyUnknown(f"cannot accept the host key of {s.alias}: UserKnownHostsFile is none")
-        try:
-            _append_known_host(s.user_known_hosts[0], name, key)
-        except OSError as exc:
-            raise SshError(f"cannot add the host key of {s.alias} to {s.user_known_hosts[0]}: {exc.strerror}") from None
+        self._accept(key, shown)
         self.verified = True
+
+    def _accept(self, key: paramiko.PKey, shown: str) -> None:
+        """Record an unknown key as OpenSSH does and say so; a failure to record it is said
+        too, and (as for OpenSSH) does not stop the connection."""
+        s = self.settings
+        target = s.user_known_hosts[0]
+        setting = f"StrictHostKeyChecking {self.mode}"
+        try:
+            _append_known_host(target, s.known_hosts_name, key)
+        except OSError as exc:
+            kept = f"could not be added to {target} ({exc.strerror or exc})"
+        else:
+            kept = "" if os.path.realpath(target) == os.devnull else f"added to {target}"
+        if kept.startswith("added"):
+            message = f"seamless-service: {s.alias}: host key {shown} {kept} ({setting})"
+        else:
+            where = f"UserKnownHostsFile {target}" if not kept else kept
+            message = f"seamless-service: {s.alias}: host key {shown} accepted unchecked ({setting}, {where})"
+        _say_once(self.notice, (s.alias, s.known_hosts_name, shown, self.mode, target), message)
 
     def prefer_known_types(self, transport: paramiko.Transport) -> None:
         """Ask the server for a key type we know, like OpenSSH, so a host with an ed25519
@@ -358,11 +428,14 @@ def _open_socket(s: HostSettings, timeout: float) -> socket.socket:
 
 def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
             timeout: float | None = None, on_read: Callable[[list[str]], None] | None = None,
+            notice: Notice | None = None,
             _config: paramiko.SSHConfig | None = None, _port: int | None = None, _depth: int = 0) -> SSHConnection:
     """Open an authenticated SSH connection to `host` (`[user@]alias`), or raise SshError.
 
     `timeout` bounds each phase (TCP connect, banner, key exchange, auth); default
-    ConnectTimeout from the config, else 15 s. `on_read(paths)`, if given, is told about
+    ConnectTimeout from the config, else 15 s. `accept_new_host_key` is
+    StrictHostKeyChecking accept-new for this call; `notice` (default: stderr) hears of a
+    host key accepted without being known. `on_read(paths)`, if given, is told about
     every local file the connection depends on (the config, known_hosts, keys, also of
     jump hosts) before it is read, so a caller can tell later whether any changed.
     """
@@ -377,18 +450,26 @@ def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_ne
     timeout = timeout if timeout is not None else s.connect_timeout
     conn = SSHConnection(s)
     try:
-        sock = _proxy_socket(conn, config, accept_new_host_key, timeout, _depth, on_read)
+        sock = _proxy_socket(conn, config, accept_new_host_key, timeout, _depth, on_read, notice)
         if sock is None:
             sock = _open_socket(s, timeout)
-        _handshake(conn, sock, accept_new_host_key or s.accept_new, timeout)
+        _handshake(conn, sock, host_key_mode(s, accept_new_host_key), timeout, notice)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+def host_key_mode(settings: HostSettings, accept_new_host_key: bool) -> str:
+    """The StrictHostKeyChecking behaviour for a connection: the config's, unless the
+    caller asked for accept-new (like `ssh -o StrictHostKeyChecking=accept-new`, which
+    takes precedence over the config file)."""
+    return "accept-new" if accept_new_host_key else settings.strict_host_key_checking
+
+
 def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: bool,
-                  timeout: float, depth: int, on_read: Callable[[list[str]], None] | None = None):
+                  timeout: float, depth: int, on_read: Callable[[list[str]], None] | None = None,
+                  notice: Notice | None = None):
     """A socket-like object through ProxyJump hops or ProxyCommand, or None for direct."""
     s = conn.settings
     if s.proxy_jump:
@@ -402,7 +483,7 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
         sock = None
         for i, (hop, hop_port) in enumerate(hops):
             if i == 0:
-                jump = connect(hop, accept_new_host_key=accept_new, timeout=timeout, on_read=on_read,
+                jump = connect(hop, accept_new_host_key=accept_new, timeout=timeout, on_read=on_read, notice=notice,
                                _config=config, _port=hop_port, _depth=depth + 1)
                 conn.jumps.append(jump)
             else:
@@ -410,7 +491,7 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
                 conn.jumps.append(jump)  # before the handshake, so close() cleans up a failure
                 if on_read is not None:
                     on_read(jump.settings.files())
-                _handshake(jump, sock, accept_new or jump.settings.accept_new, timeout)
+                _handshake(jump, sock, host_key_mode(jump.settings, accept_new), timeout, notice)
             if i + 1 < len(hops):
                 nxt = resolve(hops[i + 1][0], config, port=hops[i + 1][1])
             else:
@@ -431,9 +512,9 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
     return None
 
 
-def _handshake(conn: SSHConnection, sock, accept_new: bool, timeout: float) -> None:
+def _handshake(conn: SSHConnection, sock, mode: str, timeout: float, notice: Notice | None = None) -> None:
     s = conn.settings
-    policy = _HostKeyPolicy(s, accept_new)
+    policy = _HostKeyPolicy(s, mode, notice)
     conn.set_missing_host_key_policy(policy)
 
     def transport_factory(sock, disabled_algorithms=None):

@@ -9,7 +9,8 @@ Nothing here is autouse: tests that want a remote host ask for one.
   as the throwaway user, hand-written odd state files, a 200 KB log, data directories
   (one with a space, one with shell metacharacters), the rhl-* helpers linked into
   ~/miniforge3/bin (what the ssh transport's PATH prefix looks at), and a second client
-  key forced through `rhl-guard --data-roots FILE` (alias `<alias>-guard`).
+  key forced through `rhl-guard --data-roots FILE` (alias `<alias>-guard`) and a third
+  through `rhl-guard --clear-policy seamless` (alias `<alias>-guard-seamless`).
 - `second_remote` (session): another deployed server (fan-out), deployed in parallel with
   the first.
 - `sshd`: a fresh server, never deployed (host-key and refusal cases).
@@ -83,6 +84,11 @@ class Remote:
     @property
     def guard_alias(self) -> str:
         return self.server.alias + "-guard"
+
+    @property
+    def seamless_guard_alias(self) -> str:
+        """The alias of the key forced through `rhl-guard --clear-policy seamless`."""
+        return self.server.alias + "-guard-seamless"
 
     @property
     def ssh_config(self) -> Path:
@@ -176,10 +182,12 @@ class Remote:
 
     # -- services launched for real, as the remote user
 
-    def launch(self, key: str, *extra_args: str, timeout: float = 60) -> dict[str, Any]:
-        """Launch the toy service under `key` with remote-http-launcher, over ssh."""
+    def launch(self, key: str, *extra_args: str, timeout: float = 60,
+               workdir: Path | None = None) -> dict[str, Any]:
+        """Launch the toy service under `key` with remote-http-launcher, over ssh (in
+        `workdir`, default data/work/KEY)."""
         config = {
-            "workdir": str(self.data / "work" / key),
+            "workdir": str(workdir or self.data / "work" / key),
             "key": key,
             "command": "seamless-toy-service --status-file {status_file}" + "".join(f" {a}" for a in extra_args),
             "network_interface": "127.0.0.1",
@@ -228,16 +236,16 @@ class Remote:
                 link.symlink_to(self.venv / "bin" / name)
                 os.lchown(link, pw.pw_uid, pw.pw_gid)
 
-    def add_guarded_key(self) -> None:
-        """A second client key whose authorized_keys line forces rhl-guard, and its alias."""
-        roots = self.write("guard/data-roots", f"{self.data}\n")
-        identity = self.server.client_dir / "id_guard"
-        pub = _keygen(identity, f"guard-{self.alias}")
+    def add_guarded_key(self, alias: str, policy: str) -> None:
+        """Another client key whose authorized_keys line forces `rhl-guard POLICY`, and its
+        alias in the ssh config."""
+        identity = self.server.client_dir / f"id_{alias}"
+        pub = _keygen(identity, f"guard-{alias}")
         guard = self.venv / "bin" / "rhl-guard"
-        line = f'command="{guard} --data-roots {roots}",no-port-forwarding {pub}\n'
+        line = f'command="{guard} {policy}",no-port-forwarding {pub}\n'
         with open(self.server.server_dir / "authorized_keys", "a") as fh:
             fh.write(line)
-        block = self.server.config_block(alias=self.guard_alias, identity=identity)
+        block = self.server.config_block(alias=alias, identity=identity)
         with open(self.ssh_config, "a") as fh:
             fh.write("\n" + block)
 
@@ -282,7 +290,9 @@ def _make_remote_state(remote: Remote) -> None:
         remote.write(f"{folder}/.HASHSERVER_PREFIX", "")
         remote.write(f"{folder}/ab/cdef0123", "buffer")
     remote.write("data/db/projA/seamless.db", b"x" * 4096)
-    remote.add_guarded_key()
+    roots = remote.write("guard/data-roots", f"{remote.data}\n")
+    remote.add_guarded_key(remote.guard_alias, f"--data-roots {roots}")
+    remote.add_guarded_key(remote.seamless_guard_alias, "--clear-policy seamless")
 
 
 def _first_contact(remote: Remote) -> None:
@@ -347,6 +357,37 @@ def remote(_deployed_pair) -> Remote:
 @pytest.fixture(scope="session")
 def second_remote(_deployed_pair) -> Remote:
     return _deployed_pair[1]
+
+
+# A cluster's data roots laid out as seamless does (workdir = ROOT/PROJECT[/STAGE-x]), with
+# real services launched there: roots without a marker, a project directory without one
+# (only its stage has), a marked stage below a marked project with no service of its own, a
+# marker-less directory, and an orphan (marked, but no state file names it). For #11 behind
+# `rhl-guard --clear-policy seamless`.
+G11 = "data/g11"
+G11_SERVICES = {"hashserver-g11-rw-projG": "buffers/projG", "hashserver-g11-rw-projH--STAGE-s1": "buffers/projH/STAGE-s1",
+                "database-g11-rw-projG": "db/projG"}
+G11_MARKED = {"buffers/projG": ".HASHSERVER_PREFIX", "buffers/projG/STAGE-s3": ".HASHSERVER_PREFIX",
+              "buffers/projH/STAGE-s1": ".HASHSERVER_PREFIX", "buffers/orphan": ".HASHSERVER_PREFIX",
+              "db/projG": "seamless.db"}
+
+
+@pytest.fixture(scope="session")
+def g11(remote: Remote) -> Path:
+    """The G11 layout on the remote host; its root. The services are launched, then
+    stopped with the real rhl-stop: their state (and workdir) stays, and other tests that
+    count running services are not disturbed."""
+    root = remote.home / G11
+    for folder, marker in G11_MARKED.items():
+        remote.write(f"{G11}/{folder}/{marker}", b"x" * 4096 if marker == "seamless.db" else "")
+        if marker != "seamless.db":
+            remote.write(f"{G11}/{folder}/ab/cdef0123", "buffer")
+    remote.mkdir(f"{G11}/buffers/nomarker/sub")
+    for key, folder in G11_SERVICES.items():
+        remote.launch(key, workdir=root / folder)
+    stopped = remote.ssh([str(remote.venv / "bin/rhl-stop"), *G11_SERVICES])
+    assert stopped.returncode == 0, stopped.stderr
+    return root
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import os
 
 import pytest
 
-from tests.client.conftest import ODD_STATES, RUNNING_KEYS
+from seamless_service.client.transports import forget_choice
+from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
 from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
 
 
@@ -226,3 +227,64 @@ def test_remote_stop_of_a_dead_service_like_anchor(rhome, remote, sandbox):
     finally:
         for key in (mine, theirs_key, *cluster_keys):
             remote.kill_service(key)
+
+
+# ---------------------------------------------------------------- #11 through rhl-guard
+
+
+def test_ps_persistent_through_guarded_keys_like_the_agent_11(sandbox, monkeypatch, remote, g11):
+    """`ps --cluster X --persistent` on a host whose key is forced through rhl-guard (the
+    auto fallback to `ssh HOST rhl-*`): with `--clear-policy seamless` the roots hold no
+    marker, and the marked data directories of the host's services are still listed (one
+    notice per root: others cannot be found); with `--data-roots FILE` the whole roots are.
+    The same data rows as the agent path on the same state, and exit 0."""
+    home = make_home(sandbox, monkeypatch)
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        for cluster, alias in (("g11a", remote.alias), ("g11s", remote.seamless_guard_alias),
+                               ("g11d", remote.guard_alias)):
+            handle.write(f"{cluster}:\n  type: local\n  frontends:\n    - hostname: {alias}\n"
+                         f"      ssh_hostname: {alias}\n"
+                         f"      hashserver: {{bufferdir: ~/{G11}/buffers}}\n"
+                         f"      database: {{database_dir: ~/{G11}/db}}\n")
+
+    def data_rows(cluster: str) -> tuple[list[dict], str]:
+        result = ours(home, remote, "ps", "--cluster", cluster, "--persistent", "--json")
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        return [{f: r.get(f) for f in PS_FIELDS if f not in ("size", "cluster")} for r in rows
+                if r["key"] is None], result.stderr
+
+    try:
+        by_agent, _ = data_rows("g11a")
+        marker_guard, marker_err = data_rows("g11s")
+        data_roots_guard, err = data_rows("g11d")
+    finally:
+        # the CLI remembered the fallback in the shared client cache: other tests want it fresh
+        for alias in (remote.guard_alias, remote.seamless_guard_alias):
+            forget_choice(alias)
+    orphan = str(g11 / "buffers/orphan")
+    assert {r["path"] for r in by_agent} == {str(g11 / f) for f in G11_MARKED}
+    assert marker_guard == [r for r in by_agent if r["path"] != orphan]
+    notes = [line for line in marker_err.splitlines() if "rhl-guard forbids listing" in line]
+    assert sorted(n.split("forbids listing ")[1].split(" (")[0] for n in notes) == [f"~/{G11}/buffers", f"~/{G11}/db"]
+    assert "Traceback" not in marker_err
+    assert "seamless-service: seamless-service:" not in marker_err  # the CLI printed the notices' prefix twice
+    assert data_roots_guard == by_agent and "forbids listing" not in err
+
+
+def test_ps_with_strict_host_key_checking_no_and_dev_null(sandbox, monkeypatch, remote, tmp_path):
+    """A config entry with `StrictHostKeyChecking no` + `UserKnownHostsFile /dev/null`
+    (cluster frontends, containers, CI): `ssh` connects, and so does `ps`, saying once that
+    the key was accepted unchecked."""
+    alias = remote.alias + "-nocheck"
+    config = tmp_path / "ssh_config"
+    config.write_text(remote.ssh_config.read_text() + "\n" + remote.server.config_block(
+        alias=alias, extra={"UserKnownHostsFile": "/dev/null", "StrictHostKeyChecking": "no"}))
+    home = make_home(sandbox, monkeypatch)
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        handle.write(f"clu:\n  type: local\n  frontends:\n    - hostname: {alias}\n      ssh_hostname: {alias}\n")
+    result = cli(home, "ps", "--cluster", "clu", "--server", "--json", "--ssh-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(line)["key"] for line in result.stdout.splitlines()} >= set(RUNNING_KEYS)
+    unchecked = [line for line in result.stderr.splitlines() if "accepted unchecked" in line]
+    assert len(unchecked) == 1 and unchecked[0].startswith(f"seamless-service: {alias}: host key "), result.stderr

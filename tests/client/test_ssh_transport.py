@@ -12,7 +12,7 @@ from seamless_service.client.agent_transport import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.client.ssh_transport import SshTransport
 from seamless_service.client.transports import AutoTransport, open_transport, remembered_choice
-from tests.client.conftest import BUFFER_DIRS, RUNNING_KEYS, Notices, Remote
+from tests.client.conftest import BUFFER_DIRS, G11, RUNNING_KEYS, Notices, Remote
 from tests.support.services import wait_for
 
 SIZE_FIELDS = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
@@ -193,3 +193,53 @@ def test_stop_of_a_dead_service_through_ssh(remote: Remote, ssh: SshTransport):
         assert json.loads((remote.state_dir / f"{failed}.json").read_text())["status"] == "failed"
     finally:
         remote.kill_service(key)
+
+
+# --------------------------------------------------------------------------- #11 behind the seamless marker policy
+
+def g11_ops(root, *, tilde: bool = False) -> list:
+    base = "~/" + G11 if tilde else str(root)
+    return [("persistent", {"paths": [f"{base}/buffers"], "level": 2, "marker": ".HASHSERVER_PREFIX"}),
+            ("persistent", {"paths": [f"{base}/db"], "level": 2, "file": "seamless.db", "marker": "seamless.db"})]
+
+
+@pytest.mark.parametrize("tilde", [False, True])
+def test_seamless_marker_guard_lists_the_marked_directories_of_a_marker_less_root(
+        remote: Remote, agent: AgentTransport, g11, tilde: bool):
+    """#11 on the ssh fallback: `rhl-guard --clear-policy seamless` refuses rhl-ps-persistent
+    on a root without a marker. The fallback asks for the marked directories its services
+    work in instead (the guard accepts those), and gives the agent's rows for them; a
+    marked directory no state file names cannot be found without listing the root, which
+    the guard forbids: one notice line per root says so."""
+    notices = Notices()
+    ssh = SshTransport(remote.seamless_guard_alias, ssh_config=remote.ssh_config, guarded=True, notice=notices)
+    buffers, db = values(ssh, g11_ops(g11, tilde=tilde))
+    agent_buffers, agent_db = values(agent, g11_ops(g11, tilde=tilde))
+    orphan = str(g11 / "buffers/orphan")
+    assert [r["path"] for r in agent_buffers["rows"]] == [str(g11 / f) for f in (
+        "buffers/orphan", "buffers/projG", "buffers/projG/STAGE-s3", "buffers/projH/STAGE-s1")]
+    expected = [r for r in agent_buffers["rows"] if r["path"] != orphan]
+    assert _without_sizes(buffers["rows"]) == _without_sizes(expected)
+    assert _without_sizes(db["rows"]) == _without_sizes(agent_db["rows"]) and db["rows"][0]["size"] == 4096
+    # one line per root the guard would not list, once per transport (not at every poll)
+    values(ssh, [("ps", {}), *g11_ops(g11, tilde=tilde)])
+    assert len(notices) == 2, notices
+    prefix = f"seamless-service: {remote.seamless_guard_alias}: rhl-guard forbids listing "
+    base = "~/" + G11 if tilde else str(g11)  # the root as the client named it
+    assert all(n.startswith(prefix) for n in notices), notices
+    assert sorted(n[len(prefix):].split(" (")[0] for n in notices) == [f"{base}/buffers", f"{base}/db"]
+    assert all("(it holds no marker file: seamless.db, .HASHSERVER_PREFIX)" in n for n in notices)
+    # the ps op's `rhl-ps --json` also gave the persistent ops their workdirs: no second call
+    sessions = ssh.ssh_sessions
+    ps, again, _ = values(ssh, [("ps", {}), *g11_ops(g11, tilde=tilde)])
+    assert _without_sizes(again["rows"]) == _without_sizes(buffers["rows"])
+    # rhl-ps; buffers: the root, projG + projH (projH refused), projG, projH/STAGE-s1; db: the root, projG
+    assert ssh.ssh_sessions - sessions == 1 + 4 + 2
+
+
+def test_marker_guard_still_refuses_what_it_refuses(remote: Remote, g11):
+    """The guard's heuristics are not worked around: $HOME stays refused, as by the agent."""
+    ssh = SshTransport(remote.seamless_guard_alias, ssh_config=remote.ssh_config, guarded=True, notice=Notices())
+    (result,) = ssh.batch([("persistent", {"paths": [str(remote.home)], "level": 2, "marker": "seamless.db"})])
+    assert not result["ok"] and result["error"]["code"] == "policy_refused"
+    assert "$HOME" in result["error"]["message"]
