@@ -8,7 +8,9 @@ answered:
   ps          rhl-ps --json [--no-status] (+ rhl-ps --client --json for side="client");
               filters applied here with protocol.keys.row_matches; the agent's status
               corrections re-derived from the rows (#15 unusable pids such as 0, -1, 4.7 are
-              not alive; #16 a `starting` row whose pid is dead is `failed`); `token` None
+              not alive; #16 a `starting` row whose pid is dead is `failed`); `token` None;
+              `state` names the account ssh logs in to (user, host name and port, from
+              `ssh -G`), so two aliases of one server show their rows once
   persistent  rhl-ps-persistent --json PATHS --level N [--file F] [--marker M];
               behind a marker-policy rhl-guard, a root without a marker is replaced by
               the marked directories the services' workdirs name (#11, see _marked_rows);
@@ -46,6 +48,7 @@ detected and the helpers then run one call each (remembered for this transport).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -222,7 +225,7 @@ def _server_rows(result: HelperResult, host: str, *, check_pid: bool, op: str) -
     return [correct_server_row(row, check_pid=check_pid) for row in _ndjson(result)]
 
 
-def op_ps(args: dict[str, Any], host: str) -> OpGen:
+def op_ps(args: dict[str, Any], host: str, state: str | None = None) -> OpGen:
     side = args.get("side") or "server"
     if args.get("host") and side != "client":
         raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
@@ -255,7 +258,7 @@ def op_ps(args: dict[str, Any], host: str) -> OpGen:
     if wanted:
         rows = [row for row in rows if row.get(status_field) == wanted]
     filters = {name: args.get(name) for name in KEY_FILTERS}
-    return {"rows": [row for row in rows if row_matches(row, filters)], "token": None}
+    return {"rows": [row for row in rows if row_matches(row, filters)], "token": None, "state": state}
 
 
 def _client_process(row: dict[str, Any], servers: dict[Any, dict[str, Any]]) -> str:
@@ -718,7 +721,7 @@ class SshTransport:
     def _op(self, name: str, args: Any) -> OpGen:
         checked = validate_args(name, args if args is not None else {})
         if name == "ps":
-            return op_ps(checked, self.host)
+            return op_ps(checked, self.host, self.server_id())
         if name == "persistent":
             return op_persistent(checked, self.host, self)
         if name == "inspect":
@@ -768,6 +771,29 @@ class SshTransport:
             pending[index] = (gen, asks)
 
     # ------------------------------------------------------------------ ssh
+
+    def server_id(self) -> str | None:
+        """Which account on which server this alias reaches: the user, host name and port
+        `ssh -G` resolves it to (local, no network; asked anew each time, since the ssh
+        config may change under a pooled transport). The agent path names the launcher
+        state itself (AgentContext.state_id); here this is the best ssh can tell, and it
+        errs towards "different": two names of one server that resolve to different host
+        names still show their rows twice, never one server's rows hidden as another's.
+        None when ssh cannot tell."""
+        argv = [self.ssh_binary] + (["-F", os.fspath(self.ssh_config)] if self.ssh_config is not None else [])
+        try:
+            proc = subprocess.run([*argv, "-G", self.host], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=self.connect_timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        found = dict(line.split(" ", 1) for line in proc.stdout.decode("utf-8", "replace").splitlines()
+                     if " " in line)
+        parts = [found.get(name, "").strip().lower() for name in ("user", "hostname", "port")]
+        if not all(parts):
+            return None
+        return "ssh:" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
     def ssh_argv(self, remote_command: str) -> list[str]:
         """The local argv of one ssh call running `remote_command` on the host."""

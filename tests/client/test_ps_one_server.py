@@ -138,3 +138,14 @@ def test_a_shared_data_directory_is_not_doubled(one_server):
         ("rd-rw-x", "database"), ("rd-rw-x", "hashserver")]
     assert sorted(r["cluster"] for r in old if r.get("path") == lonely) == ["ra", "rb", "rc", "rd-rw-x"]
 
+
+
+def test_each_row_once_through_the_ssh_fallback(one_server):
+    """The ssh fallback cannot ask an agent which state it reads; the two aliases resolve
+    (`ssh -G`) to one user, host and port, so their rows are still shown once."""
+    w, _remote = one_server
+    code, out, err = w.ps("--all-clusters", "--json", "--transport", "ssh")
+    assert code == 0, err
+    rows = [r for r in ndjson(out) if r["key"]]
+    assert sorted(r["key"] for r in rows) == sorted(KEYS)
+    assert {r["key"]: r["cluster"] for r in rows} == KEYS
