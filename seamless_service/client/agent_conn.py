@@ -74,6 +74,8 @@ def client_handshake(sock: socket.socket, secret: str, *, timeout: float = pauth
         hello = _recv_exact(sock, pauth.SERVER_HELLO_BYTES, deadline, "the agent's greeting")
         try:
             server_nonce = pauth.parse_server_hello(hello)
+        except pauth.AgentBusy as exc:
+            raise AgentConnectionError(f"{where} refused the connection: {exc}") from None
         except ValueError:
             raise AgentConnectionError(f"{where} is not a seamless-service agent (unexpected greeting)") from None
         client_nonce = pauth.make_nonce()
