@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import time
 import zlib
@@ -88,6 +90,30 @@ def test_the_owner_beyond_the_connection_cap_is_told_so_and_the_agent_survives(a
             time.sleep(0.1)
     assert agent["proc"].poll() is None
     assert "connections are being served already (the agent's limit)" in "\n".join(settled_log(agent))
+
+
+def test_out_of_file_descriptors_is_back_pressure_not_the_end(agent):
+    # rpyc turned accept()'s EMFILE into the end of the server loop: the agent exited.
+    pid = agent["proc"].pid
+    spare = 6
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + spare
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+    held = []
+    try:
+        with pytest.raises(AgentConnectionError):  # at the limit: it waits in the backlog
+            for _ in range(spare + 2):
+                held.append(AgentConnection.connect("127.0.0.1", agent["port"], agent["secret"], timeout=1.5))
+        assert len(held) >= spare - 2  # (rpyc may hold an fd or two of its own)
+        time.sleep(0.5)
+        assert agent["proc"].poll() is None, "the agent exited when it ran out of file descriptors"
+        # open connections are still answered (an op needing a file may fail, in its result)
+        [result] = held[0].batch([("hello", {})])
+        assert result["ok"] or "Too many open files" in result["error"]["message"], result
+    finally:
+        for conn in held:
+            conn.close()
+    assert owner_is_served(agent) < 3.0  # accepting again once descriptors are free
+    assert "cannot accept connections for now (Too many open files)" in "\n".join(settled_log(agent))
 
 
 def authenticated_socket(agent: dict) -> socket.socket:
