@@ -234,7 +234,10 @@ class Agent:
         lock_fd = lifecycle.acquire_agent_lock(self.base)
         if lock_fd is None:
             other = lifecycle.find_running(self.base)
-            where = f" (pid {other['pid']}, port {other['port']})" if other else ""
+            orphan = None if other else lifecycle.find_orphan(self.base, grace=0)
+            where = (f" (pid {other['pid']}, port {other['port']})" if other else
+                     f" (pid {orphan['pid']}, but {orphan['problem']}: `seamless-service agent stop` "
+                     "stops it)" if orphan else "")
             raise ServeError(f"an agent is already running for {self.base}{where}")
         ctx = None
         try:

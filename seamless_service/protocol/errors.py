@@ -6,7 +6,7 @@ from __future__ import annotations
 class ErrorCode:
     # request-level (the whole batch is refused)
     MALFORMED = "malformed"              # not msgpack, or not a map, or bad envelope
-    TOO_LARGE = "too_large"              # request over MAX_REQUEST_BYTES, or one op's result too big for the reply
+    TOO_LARGE = "too_large"              # request over MAX_REQUEST_BYTES, one op's result too big for the reply, or an op not run because the reply was full
     VERSION_MISMATCH = "version_mismatch"
     # op-level (one result in the batch)
     UNKNOWN_OP = "unknown_op"
