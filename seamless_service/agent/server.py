@@ -1,4 +1,4 @@
-"""The agent's serve loop: lock, secret, rpyc ThreadedServer on 127.0.0.1, idle exit, signals.
+"""The agent's serve loop: lock, secret, rpyc server on 127.0.0.1, idle exit, signals.
 
 `serve()` runs in the main thread (signal handlers need it) until SIGTERM/SIGINT/SIGHUP,
 the idle timeout, or a fatal error; on the way out it removes agent.json and the secret
@@ -29,8 +29,8 @@ from ..protocol.auth import HANDSHAKE_TIMEOUT, make_secret
 from ..protocol.version import PROTOCOL_VERSION
 from . import lifecycle
 from .auth import RefusalLog, SecretAuthenticator, peer_address, send_now
-from .rpyc_guard import LimitedChannel
 from .context import AgentContext
+from .rpyc_guard import LimitedChannel
 from .service import Activity, AgentService, server_config
 
 log = logging.getLogger("seamless_service.agent")
