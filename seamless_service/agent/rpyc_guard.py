@@ -20,7 +20,7 @@ therefore has to stop here:
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from rpyc.core import consts
 from rpyc.core.channel import Channel
@@ -75,7 +75,7 @@ class LimitedChannel(Channel):
             self._refuse("a compressed frame is truncated")
         return out
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str) -> NoReturn:
         # Close first: rpyc answers an EOFError by sending HANDLE_CLOSE and reading the
         # reply, which would otherwise read the rest of the oversized body as frames.
         self.stream.close()
