@@ -1,13 +1,17 @@
 """The agent's half of the mutual challenge-response (see protocol/auth.py), as an rpyc
 `authenticator=` callable: it runs on each raw accepted socket before rpyc speaks.
 
-Before the handshake, a connection opened by another local user (peercred.py) is closed
-at once: it never takes a handshake slot, so other users cannot lock the owner out by
-holding silent connections.
+Two steps, so the agent's accept loop can do the cheap one before any thread exists
+(server.py): `admit()` closes a connection opened by another local user (peercred.py) at
+once and takes a handshake slot, so other users cannot lock the owner out by holding
+silent connections, nor make the agent start a thread per connection; `authenticate()`
+then runs the handshake in the connection's own thread. `__call__` does both (rpyc's
+authenticator protocol).
 
 A refused connection is logged with the peer address and the reason only: never the
-secret, never the client's answer. At most REFUSAL_LOG_LIMIT such lines a minute, then
-one summary line: a flood cannot fill the disk with agent.log (rotated only at start).
+secret, never the client's answer. At most REFUSAL_LOG_LIMIT such lines a minute (every
+other line about connections the agent could not serve counts too), then one summary
+line: a flood cannot fill the disk with agent.log (rotated only at start).
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ class RefusalLog:
         self._timer: threading.Timer | None = None
 
     def refused(self, peer: str, reason: str) -> None:
+        self.note(f"refused connection from {peer}: {reason}")
+
+    def note(self, message: str) -> None:
+        """Log `message` (one line about a connection not served) within the same budget."""
         with self._lock:
             now = time.monotonic()
             if now - self._window_start >= self.window:
@@ -109,7 +117,7 @@ class RefusalLog:
                     self._timer.start()
         self._summarise(summary)
         if emit:
-            self.logger.warning("refused connection from %s: %s", peer, reason)
+            self.logger.warning("%s", message)
 
     def flush(self) -> None:
         """Write the summary line of the current window now, if anything was left out."""
@@ -163,21 +171,34 @@ class SecretAuthenticator:
         return f"SecretAuthenticator(timeout={self.timeout:g})"
 
     def __call__(self, sock: socket.socket) -> tuple[socket.socket, None]:
-        set_nodelay(sock)
         peer = _peer(sock)
+        return self.authenticate(sock, peer, self.admit(sock, peer))
+
+    def admit(self, sock: socket.socket, peer: str, *, busy: str | None = None) -> _Slot:
+        """The checks that need no waiting: refuse (AuthenticationError, logged) a connection
+        of another user, with a decoy greeting; one finding every handshake slot taken, or
+        arriving while the caller is `busy` (the reason), with the BUSY greeting; else take
+        a slot for `authenticate`. Never blocks."""
+        set_nodelay(sock)
         owner = peer_uid(sock)  # None: cannot tell; the handshake decides alone
         if owner is not None and owner not in self._own_uids:
-            _decoy_greeting(sock)
+            send_now(sock, pauth.server_hello(pauth.make_nonce()))  # a decoy: see send_now
             self._refuse(peer, f"opened by another user (uid {owner})")
-        slot = self._take_slot(sock)
+        slot = None if busy else self._take_slot(sock)
         if slot is None:
-            self._refuse(peer, "too many connections authenticating at once")
+            send_now(sock, pauth.server_busy())
+            self._refuse(peer, busy or "too many connections authenticating at once")
+        return slot
+
+    def authenticate(self, sock: socket.socket, peer: str, slot: _Slot) -> tuple[socket.socket, None]:
+        """The handshake on an admitted connection (releases its slot); AuthenticationError
+        (logged) if the peer does not prove the secret in time."""
         reason = None
         try:
             try:
                 self._handshake(sock)
             finally:
-                self._release(slot)
+                self.release(slot)
         except AuthenticationError as exc:
             reason = str(exc)
         except (OSError, ValueError) as exc:  # timeouts, resets, EOF, malformed frames
@@ -187,7 +208,7 @@ class SecretAuthenticator:
                 sock.settimeout(None)  # rpyc serves the connection in blocking mode
             except OSError:
                 pass
-        if slot.evicted:  # read after _release: no eviction can happen any more
+        if slot.evicted:  # read after release: no eviction can happen any more
             reason = (f"handshake still unfinished after {self.evict_after:g} s while every slot "
                       "was taken: its slot was needed by a new connection")
         if reason is not None:
@@ -218,7 +239,7 @@ class SecretAuthenticator:
             self._pending[slot] = None
             return slot
 
-    def _release(self, slot: _Slot) -> None:
+    def release(self, slot: _Slot) -> None:
         with self._lock:
             self._pending.pop(slot, None)
 
@@ -235,27 +256,42 @@ class SecretAuthenticator:
         sock.sendall(pauth.response(self._secret, "agent", server_nonce, client_nonce))
 
 
-def _decoy_greeting(sock: socket.socket) -> None:
-    """A greeting whose answer is never read: another user's copy of our client then
-    reports "refused" (an authentication error) rather than a broken connection. Nothing
-    is read from the peer and no proof is computed; the caller closes at once."""
+def send_now(sock: socket.socket, data: bytes) -> None:
+    """Send a few bytes without ever blocking (the accept loop calls this), then leave the
+    socket blocking. A fresh connection's send buffer is empty, so they fit; a peer that is
+    already gone just gets nothing.
+
+    To another user's connection this sends a decoy greeting whose answer is never read:
+    their copy of our client then reports "refused" (an authentication error) rather than
+    a broken connection. No proof is computed; the caller closes at once."""
     try:
-        sock.settimeout(1.0)
-        sock.sendall(pauth.server_hello(pauth.make_nonce()))
+        sock.setblocking(False)
+        sock.send(data)
     except OSError:
         pass
+    finally:
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass
 
 
-def _peer(sock: socket.socket) -> str:
+def peer_address(sock: socket.socket) -> str | None:
+    """"host:port" of the peer; None if it is already gone (ENOTCONN after a reset)."""
     try:
         host, port = sock.getpeername()[:2]
         return f"{host}:{port}"
     except (OSError, ValueError):
-        return "unknown peer"
+        return None
+
+
+def _peer(sock: socket.socket) -> str:
+    return peer_address(sock) or "unknown peer"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "handshake timed out"
-    text = str(exc) or type(exc).__name__
-    return text
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()  # "connection reset by peer", without "[Errno 104]"
+    return str(exc) or type(exc).__name__

@@ -48,7 +48,9 @@ example:
 """
 
 STATUS_HELP = """\
-Show the running agent (pid, port, version, uptime). Exit status 1 if none runs.
+Show the running agent (pid, port, version, uptime). Exit status 1 if none runs, 3 if one
+runs but clients cannot use it (its state file is missing or corrupt, or its port does not
+answer as the agent): the message says what is wrong; `stop` stops it, `start` replaces it.
 
 example:
   seamless-service agent status --json
@@ -65,6 +67,9 @@ example:
 POLICY_HELP = ("path policy for destructive ops: 'seamless' (default), 'marker:NAME', 'permissive' "
                "or 'data-roots:FILE' (overrides path_policy in config.yaml)")
 IDLE_HELP = "exit after this many seconds without calls or connections; 0 = never (default 3600)"
+
+
+UNUSABLE = 3  # `status`: an agent runs, but clients cannot use it
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -219,6 +224,12 @@ def _status(args: argparse.Namespace, base: Any) -> int:
             print(json.dumps(None))
         _error("no agent running")
         return 1
+    if info.get("problem"):
+        if args.json:
+            print(json.dumps(info, sort_keys=True))
+        _error(f"agent pid {info['pid']} is running but clients cannot use it: {info['problem']}; "
+               "`seamless-service agent stop` stops it, `seamless-service agent start` replaces it")
+        return UNUSABLE
     if args.json:
         print(json.dumps(info, sort_keys=True))
     else:

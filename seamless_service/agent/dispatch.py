@@ -6,7 +6,10 @@ result, logged with its traceback on the agent side only.
 The reply size (MAX_REPLY_BYTES, which clients also enforce) is budgeted per op: each
 result is packed as soon as its op returns and the Python object dropped, so memory holds
 one op's result plus the reply so far, never a whole batch of big results. A result that
-does not fit becomes that op's own `too_large` error; the other results are kept.
+does not fit becomes that op's own `too_large` error; the results before it are kept.
+Once a result did not fit, the budget is spent: the ops after it are not run at all (each
+answered `too_large`, "not run"), so a batch cannot make the agent read gigabytes only to
+drop them - at most one op's work is wasted.
 """
 
 from __future__ import annotations
@@ -74,13 +77,22 @@ def run_packed(ctx: AgentContext, entry: Any) -> bytes:
 
 
 def too_large(index: int, entry: Any, n_ops: int, size: int, room: int, limit: int) -> bytes:
-    name = entry.get("op") if isinstance(entry, dict) else None
-    label = repr(name[:64]) if isinstance(name, str) else "?"
     return pack_result(error_result(ProtocolError(ErrorCode.TOO_LARGE, (
-        f"op {index + 1} of {n_ops} ({label}): its result of {size} bytes does not fit in the reply "
+        f"op {index + 1} of {n_ops} ({_label(entry)}): its result of {size} bytes does not fit in the reply "
         f"({max(room, 0)} of the reply's {limit} bytes were left for it); the op ran but its result was "
         f"dropped. Ask for less (e.g. a smaller max_bytes or tail, fewer keys or paths) or split "
         f"the batch"))))
+
+
+def not_run(index: int, entry: Any, n_ops: int, spent_by: int) -> bytes:
+    return pack_result(error_result(ProtocolError(ErrorCode.TOO_LARGE, (
+        f"op {index + 1} of {n_ops} ({_label(entry)}) was not run: the reply was already full "
+        f"(op {spent_by + 1}'s result did not fit). Send it again in another batch"))))
+
+
+def _label(entry: Any) -> str:
+    name = entry.get("op") if isinstance(entry, dict) else None
+    return repr(name[:64]) if isinstance(name, str) else "?"
 
 
 def handle(ctx: AgentContext, data: bytes, *, max_reply_bytes: int = MAX_REPLY_BYTES) -> bytes:
@@ -94,12 +106,18 @@ def handle(ctx: AgentContext, data: bytes, *, max_reply_bytes: int = MAX_REPLY_B
     # Invariant: used + RESERVED_PER_OP * (ops still to answer) <= max_reply_bytes. So a
     # result may take whatever is left beyond the room reserved for the later ops, and a
     # replacement (< RESERVED_PER_OP) always fits: the reply never exceeds the limit, and
-    # every op runs - mutating ones included - and gets its result or its own error.
+    # every op gets its result or its own error. Ops run in order until one's result does
+    # not fit; the rest are not run (a mutating op among them does not act, and says so).
+    spent_by: int | None = None
     for index, entry in enumerate(request.ops):
-        piece = run_packed(ctx, entry)
-        room = max_reply_bytes - used - RESERVED_PER_OP * (n_ops - index - 1)
-        if len(piece) > room:
-            piece = too_large(index, entry, n_ops, len(piece), room, max_reply_bytes)
+        if spent_by is not None:
+            piece = not_run(index, entry, n_ops, spent_by)
+        else:
+            piece = run_packed(ctx, entry)
+            room = max_reply_bytes - used - RESERVED_PER_OP * (n_ops - index - 1)
+            if len(piece) > room:
+                piece = too_large(index, entry, n_ops, len(piece), room, max_reply_bytes)
+                spent_by = index
         used += len(piece)
         pieces.append(piece)  # (a replaced big result was freed when `piece` was rebound)
     return encode_packed_reply(pieces)

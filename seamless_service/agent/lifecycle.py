@@ -13,6 +13,11 @@ An agent "runs" when agent.json names a live pid AND agent.lock is held (by that
 /proc/locks can tell). A SIGKILLed agent leaves agent.json behind, but its lock dies with
 it, so the next start sees a stale file and replaces it.
 
+agent.json is not trusted beyond that. An agent whose agent.json is missing, corrupt or
+names another pid still holds agent.lock: /proc/locks names it (an "orphan": `status`
+says what is wrong, `stop` stops it, `start` replaces it). And a port read from the file
+must answer the handshake with the agent's secret before `status` or `start` reports it.
+
 Import-light on purpose (no rpyc): `agent status`/`stop` and the client use this module.
 """
 
@@ -23,6 +28,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +39,7 @@ from typing import Any, Iterator
 from .. import __version__
 from ..protocol.auth import secret_key
 from ..protocol.version import PROTOCOL_VERSION
-from . import paths
+from . import paths, procinfo
 from .defaults import HOST, START_TIMEOUT, STOP_TIMEOUT  # noqa: F401 - HOST re-exported (server.py)
 from .statefiles import pid_alive, usable_pid
 
@@ -49,6 +55,10 @@ DEFAULT_POLICY_SPEC = "seamless"
 CONFIG_KEYS = ("path_policy", "idle_timeout")
 LOG_ROTATE_BYTES = 4 << 20
 LOCK_RETRY = 0.5   # a status probe holds agent.lock for microseconds; a starting agent retries
+# A lock holder younger than this may still be starting: it writes agent.json right after
+# it listens. Older, with no usable agent.json, it is an orphan.
+ORPHAN_GRACE = 3.0
+PROBE_TIMEOUT = 3.0  # the handshake that proves a port is our agent's
 
 
 class LifecycleError(Exception):
@@ -279,10 +289,73 @@ def find_running(base: Path | None = None) -> dict[str, Any] | None:
     return _with_paths(base, state)
 
 
+def _state_problem(base: Path | None, holder: int) -> str:
+    """Why agent.json does not lead to the agent `holder` (which holds agent.lock)."""
+    path = state_path(base)
+    if not path.exists():
+        return f"its state file {path} is missing"
+    state = read_state(base)
+    if state is None:
+        return f"its state file {path} is unreadable (not a JSON object)"
+    if usable_pid(state.get("pid")) != holder:
+        return f"its state file {path} names pid {state.get('pid')!r}, not {holder}"
+    return f"its state file {path} has no usable port ({state.get('port')!r})"
+
+
+def _looks_like_agent(argv: tuple[str, ...]) -> bool:
+    # `python -m seamless_service agent serve ...` or `seamless-service agent serve ...`
+    return "agent" in argv and "serve" in argv[argv.index("agent"):]
+
+
+def find_orphan(base: Path | None = None, grace: float = ORPHAN_GRACE) -> dict[str, Any] | None:
+    """An agent of ours that holds agent.lock but cannot be found through agent.json:
+    {"pid", "problem"} (plus file paths); None if there is none, or if the holder started
+    less than `grace` seconds ago (it may not have written agent.json yet)."""
+    if find_running(base) is not None or not lock_held(base):
+        return None
+    for pid in sorted(lock_holders(base) or ()):
+        proc = procinfo.read_proc(pid)
+        if pid == os.getpid() or proc is None or proc.zombie or proc.uids[:1] != (os.getuid(),):
+            continue
+        if not _looks_like_agent(proc.argv):
+            continue
+        if proc.start_time is not None and time.time() - proc.start_time < grace:
+            return None
+        return _with_paths(base, {"pid": pid, "problem": _state_problem(base, pid)})
+    return None
+
+
+def probe(info: dict[str, Any], base: Path | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if the port in `info` answers the handshake as our agent (proving it knows the
+    secret), else why not. An agent at its connection limit says so: that counts as ours."""
+    from ..client.agent_conn import AgentBusyError, AgentConnectionError, client_handshake
+
+    port = info.get("port")
+    where = f"port {port}"
+    try:
+        secret = read_secret(base)
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            client_handshake(sock, secret, timeout=timeout, where=where)
+    except AgentBusyError:
+        return None
+    except (LifecycleError, AgentConnectionError) as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    return None
+
+
 def status(base: Path | None = None) -> dict[str, Any] | None:
+    """The running agent (with "uptime"), None if none runs. An agent that runs but cannot be
+    used (an orphan, or its port does not answer as it) comes back with a "problem"."""
     info = find_running(base)
-    if info is not None and isinstance(info.get("started"), (int, float)):
+    if info is None:
+        return find_orphan(base)
+    if isinstance(info.get("started"), (int, float)):
         info["uptime"] = max(0.0, time.time() - info["started"])
+    problem = probe(info, base)
+    if problem is not None:
+        info["problem"] = f"port {info['port']} in its state file does not answer as the agent: {problem}"
     return info
 
 
@@ -310,8 +383,9 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def stop(base: Path | None = None, timeout: float = STOP_TIMEOUT) -> bool:
-    """SIGTERM the running agent, SIGKILL it if it lingers; True if an agent was stopped."""
-    info = find_running(base)
+    """SIGTERM the running agent (or an orphan, however young), SIGKILL it if it lingers;
+    True if an agent was stopped."""
+    info = find_running(base) or find_orphan(base, grace=0)
     if info is None:
         clean_stale(base)
         return False
@@ -416,6 +490,19 @@ def _start_lock(base: Path | None, timeout: float) -> Iterator[None]:
         os.close(fd)
 
 
+def _settled(base: Path | None, grace: float = ORPHAN_GRACE) -> dict[str, Any] | None:
+    """find_running(), after waiting (up to `grace`) for an agent that holds the lock but
+    has not written agent.json yet."""
+    deadline = time.monotonic() + grace
+    while True:
+        running = find_running(base)
+        if running is not None or not lock_held(base) or time.monotonic() >= deadline:
+            return running
+        if find_orphan(base, grace=grace) is not None:
+            return None
+        time.sleep(0.05)
+
+
 def _same_version(info: dict[str, Any]) -> bool:
     return info.get("version") == __version__ and info.get("protocol") == PROTOCOL_VERSION
 
@@ -487,11 +574,14 @@ def start_detached(base: Path | None = None, *, idle_timeout: float | None = Non
     ensure_agent_dir(base)
     resolve_options(base, idle_timeout=idle_timeout, policy_spec=policy_spec)  # fail fast: ConfigError
     with _start_lock(base, timeout + STOP_TIMEOUT + 5.0):
-        running = find_running(base)
+        running = _settled(base)
         if running is not None:
-            if _same_version(running) and _secret_readable(base):
+            if _same_version(running) and _secret_readable(base) and probe(running, base) is None:
                 return _result(running, reused=True)
-            stop(base)  # another release, or its secret is gone: clients could not use it
+            # another release, its secret is gone, or its port is not it: clients could not use it
+            stop(base)
+        elif find_orphan(base) is not None:
+            stop(base)  # clients cannot find it: replace it
         clean_stale(base)
         log_fd = _open_log(base)
         try:

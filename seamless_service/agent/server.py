@@ -1,4 +1,4 @@
-"""The agent's serve loop: lock, secret, rpyc ThreadedServer on 127.0.0.1, idle exit, signals.
+"""The agent's serve loop: lock, secret, rpyc server on 127.0.0.1, idle exit, signals.
 
 `serve()` runs in the main thread (signal handlers need it) until SIGTERM/SIGINT/SIGHUP,
 the idle timeout, or a fatal error; on the way out it removes agent.json and the secret
@@ -8,6 +8,7 @@ while still holding agent.lock, so no stale state file is left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -18,19 +19,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rpyc.core.stream import SocketStream
+from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import ThreadedServer
 
 from .. import __version__
+from ..protocol import auth as pauth
 from ..protocol.auth import HANDSHAKE_TIMEOUT, make_secret
 from ..protocol.version import PROTOCOL_VERSION
 from . import lifecycle
-from .auth import RefusalLog, SecretAuthenticator
+from .auth import RefusalLog, SecretAuthenticator, peer_address, send_now
 from .context import AgentContext
+from .rpyc_guard import LimitedChannel
 from .service import Activity, AgentService, server_config
 
 log = logging.getLogger("seamless_service.agent")
 
 LISTENER_POLL = 0.5   # the accept loop notices a stop request within this many seconds
+# Connections served at once (authenticated or authenticating), one thread each. The client
+# keeps one connection per host; 32 concurrent clients is the reliability benchmark.
+MAX_CONNECTIONS = 128
+BACKOFF = 0.1         # seconds the accept loop waits when out of file descriptors or threads
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A connection that died in the backlog, or a signal: just accept the next one.
+ACCEPT_RETRY = frozenset({errno.EINTR, errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 class ServeError(lifecycle.LifecycleError):
@@ -56,32 +68,134 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(numeric)
 
 
-class QuietConnectionLines(logging.Filter):
-    """Drops rpyc's own INFO lines about a connection before it is authenticated.
+class AgentServer(ThreadedServer):
+    """rpyc's ThreadedServer with an accept loop that a flood cannot stop or fill the log with.
 
-    rpyc logs "accepted <peer> with fd N" for every connection and "<peer> failed to
-    authenticate... rejecting connection" for every refusal. Our authenticator already logs
-    each refusal (rate-limited, with the reason), so these only let a flood of refused
-    connections grow agent.log without limit. Lines about authenticated connections
-    (authenticated successfully, welcome, goodbye) and everything else are kept. If rpyc
-    changes its wording, the lines simply come back.
+    rpyc's own loop looked up the peer before our authenticator (a traceback per connection
+    reset by its peer), started a thread per connection without limit, and ended the
+    server at the first accept() error (EMFILE once ~1,000 threads held sockets). Here:
+
+    * a peer already gone when accepted is closed at once, without a thread or a line;
+    * another user's connection is refused in the loop itself (auth.SecretAuthenticator
+      .admit), before a thread exists, as is one finding every handshake slot taken;
+    * at most `max_connections` are served at once (authenticated or authenticating, one
+      thread each); past that a connection gets the BUSY greeting (the client says the
+      agent is at its limit) and is closed;
+    * running out of file descriptors or threads is back-pressure: wait BACKOFF and go on
+      (waiting connections stay in the kernel's backlog), never the end of the server;
+    * every line about a connection not served goes through the refusal log's budget.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO:
-            return True
-        message = record.getMessage()
-        if message.startswith("accepted ") and " with fd " in message:
-            return False
-        return not message.endswith("failed to authenticate... rejecting connection")
+    def __init__(self, service: AgentService, *, authenticator: SecretAuthenticator,
+                 refusals: RefusalLog, max_connections: int = MAX_CONNECTIONS, **kwargs: Any):
+        super().__init__(service, authenticator=authenticator, **kwargs)
+        self.refusals = refusals
+        self.max_connections = int(max_connections)
+        self._count_lock = threading.Lock()
+        self._serving = 0
+
+    @property
+    def serving(self) -> int:
+        """Connections being served now (each holds one thread)."""
+        with self._count_lock:
+            return self._serving
+
+    def accept(self) -> None:
+        sock = self._next_socket()
+        if sock is not None:
+            self._admit(sock)
+
+    def _next_socket(self) -> socket.socket | None:
+        while self.active:
+            try:
+                sock, _address = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if not self.active:  # request_stop() shut the listener down
+                    return None
+                if exc.errno in OUT_OF_RESOURCES:
+                    self.refusals.note(f"cannot accept connections for now ({os.strerror(exc.errno)}); "
+                                       f"they wait in the backlog, retrying every {BACKOFF:g} s")
+                    time.sleep(BACKOFF)
+                    continue
+                if exc.errno in ACCEPT_RETRY:
+                    continue
+                raise EOFError(f"the listening socket failed: {exc}") from None
+            return sock
+        return None
+
+    def _admit(self, sock: socket.socket) -> None:
+        peer = peer_address(sock)
+        if peer is None:  # reset by its peer before we got to it: nobody to answer
+            _close(sock)
+            return
+        full = self.serving >= self.max_connections  # only this thread adds to the count
+        busy = f"{self.max_connections} connections are being served already (the agent's limit)" if full else None
+        try:
+            slot = self.authenticator.admit(sock, peer, busy=busy)
+        except AuthenticationError:
+            _close(sock)
+            return
+        with self._count_lock:
+            self._serving += 1
+        self.clients.add(sock)
+        try:
+            threading.Thread(target=self._serve_one, args=(sock, peer, slot), daemon=True,
+                             name=f"conn-{peer}").start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self.authenticator.release(slot)
+            send_now(sock, pauth.server_busy())
+            self._done(sock)
+            self.refusals.refused(peer, f"cannot start a thread for it ({exc}); "
+                                        f"waiting {BACKOFF:g} s before the next connection")
+            time.sleep(BACKOFF)
+
+    def _serve_one(self, sock: socket.socket, peer: str, slot: Any) -> None:
+        try:
+            try:
+                self.authenticator.authenticate(sock, peer, slot)
+            except AuthenticationError:
+                return  # logged by the authenticator
+            self._serve_rpyc(sock, peer)
+        except (EOFError, OSError):
+            pass  # the client went away (or its frame was refused, and that was logged)
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback per connection
+            self.refusals.note(f"connection from {peer} ended by an error: {type(exc).__name__}: {exc}")
+        finally:
+            self._done(sock)
+
+    def _serve_rpyc(self, sock: socket.socket, peer: str) -> None:
+        def report(why: str) -> None:
+            self.refusals.note(f"connection from {peer}: {why}")
+
+        channel = LimitedChannel(SocketStream(sock), report=report)
+        config = dict(self.protocol_config, credentials=None, endpoints=(sock.getsockname(), peer),
+                      logger=self.logger)
+        self.service._connect(channel, config).serve_all()
+
+    def _done(self, sock: socket.socket) -> None:
+        _close(sock)
+        self.clients.discard(sock)
+        with self._count_lock:
+            self._serving -= 1
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 class Agent:
     """One serving agent; `run()` blocks until it stops."""
 
     def __init__(self, base: Path, *, idle_timeout: float, policy_spec: str, port: int = 0,
-                 host: str = lifecycle.HOST, handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                 host: str = lifecycle.HOST, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
         self.base = Path(base)
+        self.max_connections = int(max_connections)
         self.idle_timeout = float(idle_timeout)
         self.policy_spec = policy_spec
         self.port = int(port)
@@ -90,7 +204,7 @@ class Agent:
         self.activity = Activity()
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
-        self._server: ThreadedServer | None = None
+        self._server: AgentServer | None = None
         self._refusals = RefusalLog()
 
     # -- stopping: from a signal handler or the idle watchdog; the accept loop notices it
@@ -120,7 +234,10 @@ class Agent:
         lock_fd = lifecycle.acquire_agent_lock(self.base)
         if lock_fd is None:
             other = lifecycle.find_running(self.base)
-            where = f" (pid {other['pid']}, port {other['port']})" if other else ""
+            orphan = None if other else lifecycle.find_orphan(self.base, grace=0)
+            where = (f" (pid {other['pid']}, port {other['port']})" if other else
+                     f" (pid {orphan['pid']}, but {orphan['problem']}: `seamless-service agent stop` "
+                     "stops it)" if orphan else "")
             raise ServeError(f"an agent is already running for {self.base}{where}")
         ctx = None
         try:
@@ -168,20 +285,19 @@ class Agent:
             lifecycle.remove_files(self.base)  # still under the lock: these files are ours
             lifecycle.release_agent_lock(lock_fd)
 
-    def _make_server(self, ctx: AgentContext, secret: str) -> ThreadedServer:
+    def _make_server(self, ctx: AgentContext, secret: str) -> AgentServer:
         service = AgentService(ctx, self.activity)
-        rpyc_log = logging.getLogger("seamless_service.agent.rpyc")
-        if not any(isinstance(f, QuietConnectionLines) for f in rpyc_log.filters):
-            rpyc_log.addFilter(QuietConnectionLines())
         try:
-            return ThreadedServer(
+            return AgentServer(
                 service,
                 hostname=self.host,
                 port=self.port,
                 authenticator=SecretAuthenticator(secret, timeout=self.handshake_timeout,
                                                   refusals=self._refusals),
+                refusals=self._refusals,
+                max_connections=self.max_connections,
                 protocol_config=server_config(),
-                logger=rpyc_log,
+                logger=logging.getLogger("seamless_service.agent.rpyc"),
                 listener_timeout=LISTENER_POLL,
                 auto_register=False,
             )

@@ -1,9 +1,10 @@
 """The rpyc service: exactly one remote method, `call(request: bytes) -> bytes`.
 
 Everything else a client could ask rpyc for (other attributes of the service, attributes
-of the bound method, classic-mode calls, pickling) is refused. Arguments that are not a
-real `bytes` object (rpyc passes lists and other objects as netrefs, live proxies into the
-client) are refused without touching them, so the agent never calls back into a client.
+of the bound method, classic-mode calls, pickling, comparisons, introspection) is refused
+(rpyc_guard.HardenedConnection). Arguments that are not a real `bytes` object (rpyc passes
+lists and other objects as netrefs, live proxies into the client) are refused while rpyc
+unboxes them, so the agent never calls back into a client.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import rpyc
 from ..protocol.auth import RPYC_CONFIG
 from . import dispatch
 from .context import AgentContext
+from .rpyc_guard import HardenedConnection
 
 EXPOSED = frozenset({"call", "exposed_call"})
 
@@ -74,22 +76,15 @@ class AgentService(rpyc.Service):
     def on_disconnect(self, conn: Any) -> None:
         self._activity.disconnected()
 
+    _protocol = HardenedConnection
+
     def _connect(self, channel: Any, config: dict = {}) -> Any:  # noqa: B006 - rpyc's signature
         # rpyc zlib-compresses every frame over 3,000 bytes (~5 ms per 180 KB reply on a fast
         # link); our replies are compact msgpack, so send them as they are. The peer reads
-        # the per-frame flag, so this needs no agreement.
+        # the per-frame flag, so this needs no agreement. (The agent's own LimitedChannel
+        # starts uncompressed; this covers any other channel.)
         channel.compress = False
         return super()._connect(channel, config)
-
-    # rpyc answers dir(), repr() and str() of remote objects with the real object's: they
-    # would list private attribute names, the module path and a memory address.
-    def __dir__(self) -> list[str]:
-        return ["call"]
-
-    def __repr__(self) -> str:
-        return "<seamless-service agent>"
-
-    __str__ = __repr__
 
     def _rpyc_getattr(self, name: str) -> Any:
         # Replaces rpyc's attribute check for the root object: one name, nothing else

@@ -30,6 +30,10 @@ class AgentConnectionError(AgentError):
     """The agent cannot be reached, the connection broke, or a call timed out."""
 
 
+class AgentBusyError(AgentConnectionError):
+    """The agent refused the connection: it serves as many as it allows."""
+
+
 class AgentAuthError(AgentConnectionError):
     """Authentication failed: wrong secret, or the peer is not our agent."""
 
@@ -74,6 +78,8 @@ def client_handshake(sock: socket.socket, secret: str, *, timeout: float = pauth
         hello = _recv_exact(sock, pauth.SERVER_HELLO_BYTES, deadline, "the agent's greeting")
         try:
             server_nonce = pauth.parse_server_hello(hello)
+        except pauth.AgentBusy as exc:
+            raise AgentBusyError(f"{where} refused the connection: {exc}") from None
         except ValueError:
             raise AgentConnectionError(f"{where} is not a seamless-service agent (unexpected greeting)") from None
         client_nonce = pauth.make_nonce()

@@ -26,6 +26,10 @@ import secrets
 import string
 
 MAGIC = b"SSAGENT\x01"            # identifies a seamless-service agent, handshake version 1
+# Sent instead of SERVER_HELLO (same length, so a client reads it whole) when the agent
+# already serves as many connections as it allows: the client can say so plainly
+# instead of "connection closed". It carries no nonce and starts no handshake.
+BUSY_MAGIC = b"SSAGBUSY"
 SECRET_BYTES = 32
 NONCE_BYTES = 32
 MAC_BYTES = hashlib.sha256().digest_size  # 32
@@ -109,8 +113,21 @@ def server_hello(server_nonce: bytes) -> bytes:
     return MAGIC + server_nonce
 
 
+class AgentBusy(ValueError):
+    """The agent answered with BUSY_MAGIC: it is at its connection limit."""
+
+
+def server_busy() -> bytes:
+    """The refusal an agent at its connection limit sends in place of its hello."""
+    return BUSY_MAGIC + bytes(NONCE_BYTES)
+
+
 def parse_server_hello(data: bytes) -> bytes:
-    """The server nonce; ValueError if `data` is not a seamless-service agent's hello."""
+    """The server nonce; AgentBusy if the agent is at its connection limit, ValueError if
+    `data` is not a seamless-service agent's hello."""
+    if data == server_busy():
+        raise AgentBusy("the agent already serves as many connections as it allows; "
+                        "close some of yours or retry in a moment")
     if len(data) != SERVER_HELLO_BYTES or not data.startswith(MAGIC):
         raise ValueError("the peer is not a seamless-service agent (unexpected greeting)")
     return data[len(MAGIC):]

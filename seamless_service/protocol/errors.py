@@ -8,7 +8,9 @@ from .wiresafe import display_text
 class ErrorCode:
     # request-level (the whole batch is refused)
     MALFORMED = "malformed"              # not msgpack, or not a map, or bad envelope
-    TOO_LARGE = "too_large"              # request over MAX_REQUEST_BYTES, or one op's result too big for the reply
+    # request over MAX_REQUEST_BYTES, one op's result too big for the reply, or an op not
+    # run because the reply was already full
+    TOO_LARGE = "too_large"
     VERSION_MISMATCH = "version_mismatch"
     # op-level (one result in the batch)
     UNKNOWN_OP = "unknown_op"

@@ -6,7 +6,6 @@ new connection needs one."""
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401 - the forked child (another uid) cannot import anything
 import json
 import os
 import re
@@ -15,61 +14,20 @@ import time
 
 import pytest
 
-from seamless_service.agent import lifecycle
 from seamless_service.agent.auth import EVICT_AFTER, MAX_PENDING, REFUSAL_LOG_LIMIT
 from seamless_service.agent.peercred import _ip, _proc_uid, peer_uid
-from seamless_service.client.agent_conn import AgentConnection
 from seamless_service.protocol import auth as pauth
-from tests.support.agent import end_agent, spawn_agent
+from tests.support.agent import end_agent, owner_is_served, settled_log, start_test_agent
+from tests.support.other_user import OTHER_UID, become_other_user, needs_root
 
-OTHER_UID = 54_321  # as in test_security: no such user needed, the kernel checks uids
 HANDSHAKE_TIMEOUT = pauth.HANDSHAKE_TIMEOUT  # the agents here use the default (5 s)
-
-
-def needs_root() -> None:
-    if os.getuid() != 0:
-        pytest.skip("needs root to switch to another uid")
 
 
 @pytest.fixture
 def agent(tmp_path):
-    base = tmp_path / "rhl"
-    (base / "server").mkdir(parents=True)
-    proc, info = spawn_agent(base)
-    info["base"] = base
-    info["secret"] = lifecycle.read_secret(base)
-    info["log"] = base / "serve.stderr"
-    info["proc"] = proc
+    info = start_test_agent(tmp_path)
     yield info
-    end_agent(proc)
-
-
-def owner_is_served(agent: dict) -> float:
-    """hello + ps with the secret; the seconds it took."""
-    start = time.monotonic()
-    with AgentConnection.connect("127.0.0.1", agent["port"], agent["secret"], timeout=10) as conn:
-        hello, ps = conn.batch([("hello", {}), ("ps", {})])
-    elapsed = time.monotonic() - start
-    assert hello["ok"] and hello["value"]["protocol"] >= 1, hello
-    assert ps["ok"], ps
-    return elapsed
-
-
-def log_lines(agent: dict) -> list[str]:
-    return agent["log"].read_text(errors="replace").splitlines()
-
-
-def settled_log(agent: dict, quiet: float = 0.5, limit: float = 10.0) -> list[str]:
-    """The log once it has stopped growing for `quiet` seconds."""
-    deadline = time.monotonic() + limit
-    lines = log_lines(agent)
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        again = log_lines(agent)
-        if again == lines:
-            break
-        lines = again
-    return lines
+    end_agent(info["proc"])
 
 
 def _drain(sock: socket.socket, deadline: float) -> tuple[int, bool]:
@@ -103,9 +61,7 @@ class ForeignFlood:
             try:
                 os.close(status_r)
                 os.close(release_w)
-                os.setgroups([])
-                os.setgid(OTHER_UID)
-                os.setuid(OTHER_UID)
+                become_other_user()
                 report: dict = {"uid": os.getuid(), "received": [], "closed": [], "eof_after": []}
                 held: list[socket.socket] = []
                 for first in range(0, count, batch):
@@ -266,9 +222,7 @@ def test_peer_uid_of_another_users_connection():
     pid = os.fork()
     if pid == 0:
         try:
-            os.setgroups([])
-            os.setgid(OTHER_UID)
-            os.setuid(OTHER_UID)
+            become_other_user()
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             os.write(ready_w, b"x")
             sock.recv(1)  # held until the parent closes its end

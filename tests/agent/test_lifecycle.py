@@ -352,3 +352,84 @@ def test_running_agent_without_a_usable_secret_is_replaced(base):
     new = lifecycle.start_detached(base, idle_timeout=60)
     assert new["pid"] != old["pid"] and new["reused"] is False
     assert_serves(new, base)
+
+
+def age_past_orphan_grace(pid: int) -> None:
+    """Wait until `pid` is older than lifecycle.ORPHAN_GRACE (younger, it may be starting)."""
+    started = lifecycle.procinfo.read_proc(pid).start_time
+    time.sleep(max(0.0, started + lifecycle.ORPHAN_GRACE + 0.2 - time.time()))
+
+
+def test_a_corrupt_or_missing_state_file_does_not_orphan_the_agent(base):
+    # Before: `status` said "no agent running", `start` failed with "already running" and
+    # `stop` said "no agent running" (exit 0), leaving the agent running unreachable.
+    first = lifecycle.start_detached(base, idle_timeout=60)
+    age_past_orphan_grace(first["pid"])
+    state = base / "agent" / "agent.json"
+    state.write_text('{"pid": 12, "po')  # truncated
+    status = cli("status")
+    assert status.returncode == 3, status
+    assert f"agent pid {first['pid']} is running but clients cannot use it" in status.stderr
+    assert "unreadable" in status.stderr and "Traceback" not in status.stderr
+    assert len(status.stderr.strip().splitlines()) == 1
+    started = cli("start", "--json")
+    assert started.returncode == 0, started.stderr
+    second = json.loads(started.stdout)
+    assert second["pid"] != first["pid"] and second["reused"] is False
+    assert wait_gone(first["pid"])
+    assert_serves(second, base)
+
+    state.unlink()  # missing: the newest agent's file is gone
+    age_past_orphan_grace(second["pid"])
+    status = cli("status", "--json")
+    assert status.returncode == 3 and "is missing" in status.stderr
+    assert json.loads(status.stdout)["pid"] == second["pid"]
+    stopped = cli("stop", "--json")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout) == {"stopped": True}
+    assert wait_gone(second["pid"])
+    assert cli("status").returncode == 1
+
+
+class NotAnAgent:
+    """A listener on a port of its own that greets every connection with junk."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n".ljust(pauth.SERVER_HELLO_BYTES))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_port_that_does_not_answer_as_the_agent_is_never_reported(base):
+    first = lifecycle.start_detached(base, idle_timeout=60)
+    foreign = NotAnAgent()
+    try:
+        state = base / "agent" / "agent.json"
+        data = json.loads(state.read_text())
+        data["port"] = foreign.port  # pid and lock are right; the port is someone else's
+        state.write_text(json.dumps(data))
+        status = cli("status")
+        assert status.returncode == 3, status
+        assert f"port {foreign.port} in its state file does not answer as the agent" in status.stderr
+        assert "not a seamless-service agent" in status.stderr
+        second = lifecycle.start_detached(base, idle_timeout=60)
+        assert second["reused"] is False and second["port"] != foreign.port
+        assert wait_gone(first["pid"])
+        assert_serves(second, base)
+        assert cli("status").returncode == 0
+    finally:
+        foreign.close()

@@ -1,6 +1,7 @@
 """The reply size is budgeted per op: a result that does not fit becomes that op's own
-`too_large` error, the other results are kept, the reply never exceeds the limit, and the
-agent never holds a whole batch of big results in memory.
+`too_large` error, the results before it are kept, the ops after it are not run (each says
+so), the reply never exceeds the limit, and the agent never holds a whole batch of big
+results in memory.
 
 Real log files and real ops through the real dispatch; only the limit is lowered (through
 `handle`'s `max_reply_bytes`) where the real 64 MiB would make a test slow.
@@ -53,20 +54,28 @@ def assert_too_large(result: dict, position: int, n: int, limit: int) -> None:
     assert "smaller max_bytes" in message and "split the batch" in message
 
 
-def test_one_oversized_result_fails_alone(sandbox, make_ctx):
+def assert_not_run(result: dict, position: int, n: int, spent_by: int) -> None:
+    assert result["ok"] is False and result["error"]["code"] == ErrorCode.TOO_LARGE
+    message = result["error"]["message"]
+    assert f"op {position} of {n} " in message and "was not run" in message, message
+    assert f"op {spent_by}'s result did not fit" in message and "another batch" in message
+
+
+def test_an_oversized_result_fails_and_the_rest_is_not_run(sandbox, make_ctx):
     write_log(sandbox, "big", 3 * MiB)
     limit = 2 * MiB
     request = encode_request([("hello", {}), logs("big", 3 * MiB), ("hello", {})])
     reply = handle(make_ctx(), request, max_reply_bytes=limit)
     assert len(reply) <= limit
     first, big, last = results_of(reply, 3)
-    assert first["ok"] and last["ok"] and first["value"]["protocol"] == PROTOCOL_VERSION
+    assert first["ok"] and first["value"]["protocol"] == PROTOCOL_VERSION
     assert_too_large(big, 2, 3, limit)
     size = int(re.search(r"its result of (\d+) bytes", big["error"]["message"]).group(1))
     assert 3 * MiB < size < 3 * MiB + 1000  # the packed size: 3 MiB of log plus its fields
+    assert_not_run(last, 3, 3, spent_by=2)
 
 
-def test_results_beyond_the_real_limit_become_too_large_in_order(sandbox, make_ctx):
+def test_results_beyond_the_real_limit_end_the_batch_in_order(sandbox, make_ctx):
     # With the real limits: ten logs results of MAX_LOG_BYTES (8 MiB) each, 80 MiB in all.
     write_log(sandbox, "big", MAX_LOG_BYTES)
     n = 10
@@ -77,12 +86,35 @@ def test_results_beyond_the_real_limit_become_too_large_in_order(sandbox, make_c
     assert fit == 7
     for result in results[:fit]:
         assert result["ok"] and len(result["value"]["data"]) == MAX_LOG_BYTES
-    for position, result in enumerate(results[fit:], start=fit + 1):
-        assert_too_large(result, position, n, MAX_REPLY_BYTES)
+    assert_too_large(results[fit], fit + 1, n, MAX_REPLY_BYTES)
+    for position, result in enumerate(results[fit + 1:], start=fit + 2):
+        assert_not_run(result, position, n, spent_by=fit + 1)
 
 
-def test_small_results_after_a_full_budget_still_go_in(sandbox, make_ctx):
-    # Errors and small results always fit: room is kept for every op still to answer.
+def bytes_read() -> int:
+    """Bytes this process has read through read() and friends (Linux /proc/self/io)."""
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_spent_budget_reads_no_more(sandbox, make_ctx):
+    # 40 logs ops of 8 MiB: 7 results fit the 64 MiB reply. Every op used to run anyway,
+    # reading 320 MiB to return 56; now reading stops at the op that did not fit.
+    write_log(sandbox, "big", MAX_LOG_BYTES)
+    ctx = make_ctx()
+    n = 40
+    request = encode_request([logs("big", MAX_LOG_BYTES)] * n)
+    before = bytes_read()
+    reply = handle(ctx, request)
+    read = bytes_read() - before
+    results = results_of(reply, n)
+    assert sum(r["ok"] for r in results) == 7
+    assert read < 8 * MAX_LOG_BYTES + 4 * MiB, f"{read / MiB:.0f} MiB read for 7 results"
+
+
+def test_ops_after_a_full_budget_are_not_run(sandbox, make_ctx):
     write_log(sandbox, "big", MiB)
     limit = 3 * MiB
     ops = [logs("big", MiB)] * 4 + [("hello", {}), ("logs", {"key": "no-such-key"}),
@@ -90,25 +122,25 @@ def test_small_results_after_a_full_budget_still_go_in(sandbox, make_ctx):
     reply = handle(make_ctx(), encode_request(ops), max_reply_bytes=limit)
     assert len(reply) <= limit
     results = results_of(reply, len(ops))
-    assert [r["ok"] for r in results[:4]] == [True, True, False, False]
+    assert [r["ok"] for r in results[:2]] == [True, True]
     assert_too_large(results[2], 3, len(ops), limit)
-    assert results[4]["ok"]
-    assert [r["error"]["code"] for r in results[5:]] == [
-        ErrorCode.NOT_FOUND, ErrorCode.UNKNOWN_OP, ErrorCode.INVALID_KEY]
+    for position, result in enumerate(results[3:], start=4):
+        assert_not_run(result, position, len(ops), spent_by=3)
 
 
-def test_stop_after_a_full_budget_runs_and_is_reported(sandbox, make_ctx):
+def test_stop_after_a_full_budget_is_not_run_and_says_so(sandbox, make_ctx):
+    # The side effect proves it: the service is still running after the batch.
     state = sandbox.launch("toy-budget")
     pid = state["pid"]
     write_log(sandbox, "big", MiB)
     ops = [logs("big", MiB)] * 4 + [("stop", {"keys": ["toy-budget"]})]
     reply = handle(make_ctx(), encode_request(ops), max_reply_bytes=3 * MiB)
     results = results_of(reply, len(ops))
-    assert [r["ok"] for r in results[:4]] == [True, True, False, False]
-    stop = results[4]
-    assert stop["ok"], stop
-    [row] = stop["value"]["results"]
-    assert row["key"] == "toy-budget" and row["outcome"] == "stopped" and row["stopped"] is True
+    assert [r["ok"] for r in results[:3]] == [True, True, False]
+    assert_not_run(results[3], 4, len(ops), spent_by=3)
+    assert_not_run(results[4], 5, len(ops), spent_by=3)
+    assert not gone(pid)
+    assert handle(make_ctx(), encode_request([("stop", {"keys": ["toy-budget"]})]))  # on its own it runs
     assert wait_for(lambda: gone(pid))
 
 

@@ -3,47 +3,13 @@ secret nor get past the handshake, and the agent keeps serving its owner."""
 
 from __future__ import annotations
 
-import json
-import os
-
-import pytest
+import rpyc.utils.factory  # noqa: F401 - imported here: the child (another uid) cannot import
 
 from seamless_service.agent import lifecycle
 from seamless_service.client.agent_conn import AgentConnection
 from seamless_service.protocol.auth import make_secret
 from tests.support.agent import end_agent, spawn_agent
-
-OTHER_UID = 54_321  # no such user needed: the kernel checks uids, not names
-
-
-def as_other_user(fn) -> dict:
-    """Run fn() in a forked child that dropped to another uid; return its JSON-able result."""
-    if os.getuid() != 0:
-        pytest.skip("needs root to switch to another uid")
-    # The child cannot read root's Python installation: import everything it uses now.
-    import encodings.idna  # noqa: F401 - socket name resolution
-    import rpyc  # noqa: F401
-    import rpyc.utils.factory  # noqa: F401
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(OTHER_UID)
-            os.setuid(OTHER_UID)
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result = {"crashed": repr(exc)}
-        os.write(write_fd, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
+from tests.support.other_user import as_other_user
 
 
 def test_second_user_is_refused(tmp_path):

@@ -181,11 +181,12 @@ def test_only_call_is_reachable(agent):
             conn.sync_request(consts.HANDLE_PICKLE, conn.root, 2)
         with pytest.raises(ValueError):
             rpyc.classic.obtain(conn.root)
-        # introspection tells nothing about the agent's insides (no attribute names, no
-        # addresses, no class paths)
-        assert dir(conn.root) == ["call"]
-        for text in (repr(conn.root), str(conn.root), repr(conn.root.call)):
-            assert "0x" not in text and "_ctx" not in text and "seamless_service" not in text, text
+        # introspection is refused: no attribute names, addresses or class paths
+        for ask in (dir, repr, str, hash):
+            with pytest.raises(ValueError, match="answers only call"):
+                ask(conn.root)
+        with pytest.raises(ValueError, match="answers only call"):
+            repr(conn.root.call)
         # still serving after all that
         assert type(conn.root.call(encode_request([("nope", {})]))) is bytes
     finally:
@@ -249,9 +250,32 @@ def test_non_bytes_arguments_are_refused_untouched(agent):
         with pytest.raises(TypeError):
             conn.root.call(b"a", b"b")
         assert Tripwire.touched == []
-        # rpyc's own bookkeeping (class inspection when a netref arrives, releasing it) is all
-        assert set(asked) <= {consts.HANDLE_INSPECT, consts.HANDLE_DEL}, asked
+        # not even rpyc's own bookkeeping: the agent refused the references while unboxing,
+        # before asking us what class they are (HANDLE_INSPECT) - it never called us back
+        assert asked == [], asked
         assert type(conn.root.call(encode_request([("nope", {})]))) is bytes
+    finally:
+        conn.close()
+
+
+def test_comparison_and_inspection_handlers_are_refused(agent):
+    # HANDLE_CMP looked its operator up on type(root): any class-level exposed_* attribute
+    # (rpyc.Service's exposed_get_service_name, our exposed_call) was reachable that way.
+    # HANDLE_INSPECT listed every method name and docstring of the service.
+    conn = raw_rpyc(agent)
+    try:
+        request = encode_request([("hello", {})])
+        for op in ("exposed_call", "exposed_get_service_name", "__eq__"):
+            with pytest.raises(ValueError, match="answers only call"):
+                conn.sync_request(consts.HANDLE_CMP, conn.root, request, op)
+        assert conn.sync_request(consts.HANDLE_INSPECT, conn.root.____id_pack__) == ()
+        for handler in (consts.HANDLE_INSTANCECHECK, consts.HANDLE_BUFFITER, consts.HANDLE_PING,
+                        consts.HANDLE_CTXEXIT):
+            with pytest.raises(Exception, match="answers only call"):
+                conn.sync_request(handler, conn.root, 1)
+        with pytest.raises(TypeError, match="answers only call"):  # only root.call is callable
+            conn.sync_request(consts.HANDLE_CALL, conn.root, (request,))
+        assert decode_reply(conn.root.call(request))[0]["ok"]
     finally:
         conn.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from seamless_service.agent import dispatch, lifecycle
 from seamless_service.agent.context import AgentContext
+from seamless_service.client.agent_conn import AgentConnection
 from seamless_service.protocol import ProtocolError, decode_reply, encode_request
 
 START_TIMEOUT = 15.0
@@ -44,6 +45,55 @@ def end_agent(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(5)
+
+
+def start_test_agent(tmp_path: Path, *args: str) -> dict:
+    """A foreground agent on a fresh base: its agent.json plus base, secret, log, proc."""
+    base = tmp_path / "rhl"
+    (base / "server").mkdir(parents=True)
+    proc, info = spawn_agent(base, *args)
+    info["base"] = base
+    info["secret"] = lifecycle.read_secret(base)
+    info["log"] = base / "serve.stderr"
+    info["proc"] = proc
+    return info
+
+
+def owner_is_served(agent: dict, timeout: float = 10) -> float:
+    """hello + ps with the secret; the seconds it took."""
+    start = time.monotonic()
+    with AgentConnection.connect("127.0.0.1", agent["port"], agent["secret"], timeout=timeout) as conn:
+        hello, ps = conn.batch([("hello", {}), ("ps", {})])
+    elapsed = time.monotonic() - start
+    assert hello["ok"] and hello["value"]["protocol"] >= 1, hello
+    assert ps["ok"], ps
+    return elapsed
+
+
+def log_lines(agent: dict) -> list[str]:
+    return agent["log"].read_text(errors="replace").splitlines()
+
+
+def settled_log(agent: dict, quiet: float = 0.5, limit: float = 10.0) -> list[str]:
+    """The log once it has stopped growing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    lines = log_lines(agent)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        again = log_lines(agent)
+        if again == lines:
+            break
+        lines = again
+    return lines
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status: "Threads", "VmRSS" or "VmHWM" (kB), ..."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise KeyError(field)
 
 
 def call(ctx: AgentContext, op: str, **args):

@@ -1,0 +1,139 @@
+"""rpyc cut down to what the agent needs: one method, `call(bytes) -> bytes`.
+
+Two things rpyc does before our service code ever sees a request, and which the agent
+therefore has to stop here:
+
+* **Frames are read whole.** rpyc's Channel reads a 4-byte length and then that many
+  bytes, so a 300 MB `call()` argument was buffered (and a small zlib frame inflated
+  without bound) before the 1 MiB request limit could be applied. `LimitedChannel`
+  checks the length in the header, and the inflated size, and closes the connection
+  before reading the body of a frame that is too large.
+* **Requests reach every rpyc handler.** `HANDLE_CMP` looks attributes up on
+  `type(root)` (class-level `exposed_*` names), `HANDLE_INSPECT` lists method names and
+  docstrings, and unboxing a reference to a client object (a netref) makes the agent ask
+  the client about it - calling back into the client before any type check could run.
+  `HardenedConnection` answers only what a client needs: the root, its `call` attribute,
+  calling that, releasing references, closing. Every other handler is refused, and a
+  reference to a client object is refused while unboxing, before anything is asked.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, NoReturn
+
+from rpyc.core import consts
+from rpyc.core.channel import Channel
+from rpyc.core.protocol import Connection
+
+from ..protocol.codec import MAX_REQUEST_BYTES
+
+# A call() frame is the request bytes plus rpyc's envelope (message type, sequence number,
+# handler, boxed object id, argument tuple: well under a hundred bytes).
+MAX_FRAME_BYTES = MAX_REQUEST_BYTES + (64 << 10)
+
+REFUSED = "this agent answers only call(request: bytes)"
+
+
+class FrameTooLarge(EOFError):
+    """A frame over the limit: the connection is closed (an EOFError ends rpyc's serve loop quietly)."""
+
+
+class LimitedChannel(Channel):
+    """A Channel that never buffers or inflates a frame larger than `limit` bytes.
+
+    `report(message)` is told (once) why the connection was closed; the caller rate-limits it.
+    """
+
+    __slots__ = ("limit", "report")
+
+    def __init__(self, stream: Any, *, limit: int = MAX_FRAME_BYTES,
+                 report: Callable[[str], None] | None = None):
+        super().__init__(stream, compress=False)  # our replies are compact msgpack; see service.py
+        self.limit = int(limit)
+        self.report = report
+
+    def recv(self) -> bytes:
+        header = self.stream.read(self.FRAME_HEADER.size)
+        length, compressed = self.FRAME_HEADER.unpack(header)
+        if length > self.limit:
+            self._refuse(f"a frame of {length} bytes exceeds the limit of {self.limit} bytes")
+        data = self.stream.read(length + len(self.FLUSHER))[:-len(self.FLUSHER)]
+        if compressed:
+            data = self._inflate(data)
+        return data
+
+    def _inflate(self, data: bytes) -> bytes:
+        inflater = zlib.decompressobj()
+        try:
+            out = inflater.decompress(data, self.limit + 1)
+        except zlib.error:
+            self._refuse("a compressed frame is corrupt")
+        if len(out) > self.limit or inflater.unconsumed_tail:
+            self._refuse(f"a compressed frame inflates beyond the limit of {self.limit} bytes")
+        if not inflater.eof:
+            self._refuse("a compressed frame is truncated")
+        return out
+
+    def _refuse(self, why: str) -> NoReturn:
+        # Close first: rpyc answers an EOFError by sending HANDLE_CLOSE and reading the
+        # reply, which would otherwise read the rest of the oversized body as frames.
+        self.stream.close()
+        if self.report is not None:
+            self.report(f"{why}; connection closed")
+        raise FrameTooLarge(why)
+
+
+class HardenedConnection(Connection):
+    """rpyc's Connection with every request handler refused except the few `call` needs.
+
+    The root (the service) must have `exposed_call` and answer `_rpyc_getattr` itself.
+    """
+
+    @classmethod
+    def _request_handlers(cls) -> dict:
+        handlers = dict.fromkeys(super()._request_handlers(), cls._handle_refused)
+        handlers.update({
+            consts.HANDLE_GETROOT: cls._handle_getroot,    # the client's first request
+            consts.HANDLE_INSPECT: cls._handle_inspect,    # the client builds its proxy class
+            consts.HANDLE_GETATTR: cls._handle_getattr,    # root.call
+            consts.HANDLE_CALL: cls._handle_call,          # root.call(request)
+            consts.HANDLE_DEL: cls._handle_del,            # the client dropped a proxy
+            consts.HANDLE_CLOSE: cls._handle_close,
+        })
+        for attribute_handler in (consts.HANDLE_SETATTR, consts.HANDLE_DELATTR, consts.HANDLE_CALLATTR):
+            handlers[attribute_handler] = cls._handle_refused_attribute
+        return handlers
+
+    # Built-in exception types only: the client rebuilds those (and nothing else) from
+    # rpyc's wire form; ValueError is what rpyc itself raises for refused pickling.
+    def _handle_refused(self, *args: Any) -> None:
+        raise ValueError(REFUSED)
+
+    def _handle_refused_attribute(self, *args: Any) -> None:
+        raise AttributeError(REFUSED)
+
+    def _handle_inspect(self, id_pack: Any) -> tuple:
+        # The client's proxy class needs no method list: every attribute goes through
+        # HANDLE_GETATTR anyway. rpyc's answer would list method names and docstrings.
+        return ()
+
+    def _handle_getattr(self, obj: Any, name: Any) -> Any:
+        if obj is not self._local_root:
+            raise AttributeError(REFUSED)
+        return super()._handle_getattr(obj, name)
+
+    def _handle_call(self, obj: Any, args: Any, kwargs: Any = ()) -> Any:
+        root = self._local_root
+        if getattr(obj, "__self__", None) is not root or \
+                getattr(obj, "__func__", None) is not getattr(type(root), "exposed_call", None):
+            raise TypeError(REFUSED)
+        return super()._handle_call(obj, args, kwargs)
+
+    def _unbox(self, package: Any) -> Any:
+        # A client object arrives as a reference; rpyc would ask the client about its class
+        # (HANDLE_INSPECT back to the client) right here, before call() could refuse it.
+        label = package[0] if type(package) is tuple and package else None
+        if label == consts.LABEL_REMOTE_REF:
+            raise TypeError("call() takes one msgpack request as bytes, not a reference to a client object")
+        return super()._unbox(package)
