@@ -27,7 +27,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client.daemon import client, framing, pool
-from tests.support.otheruser import unused_uid
+from tests.support.other_user import unused_uid
 
 HOOKS = textwrap.dedent('''
     import json, os, sys, time

@@ -14,7 +14,7 @@ import pytest
 
 from seamless_service.demo import launch
 from seamless_service.demo.launch import DEMO_KEYS, demo_root
-from tests.support.otheruser import as_user, local_user, unused_uid
+from tests.support.other_user import as_user, local_user, unused_uid
 
 CLI = [sys.executable, "-m", "seamless_service"]
 

@@ -14,7 +14,7 @@ from seamless_service import __version__
 from seamless_service.client import entry
 from seamless_service.client.daemon import client
 from tests.client.test_daemon import DaemonPlace, pid_alive, wait_for
-from tests.support.otheruser import unused_uid
+from tests.support.other_user import unused_uid
 
 # What the thin path must never import: the whole point is not paying for these per call.
 HEAVY = ("argparse", "seamless_service.client.cli", "seamless_service.client.cli.main",
