@@ -25,7 +25,8 @@ answered:
   rm          rhl-ps --json first (#38: the server state of a live service is kept unless
               force), then rhl-rm
   clear       rhl-ps --json first (#23: refused while a service runs in that directory,
-              unless force), then rhl-clear
+              unless force), then rhl-clear; `removed` is the helper's own count (top-level
+              entries removed entirely, `removed_counts: "top-level"`), said on stderr
   health      not available (OP_FAILED: needs the agent)
   wait        not available (OP_FAILED: needs the agent)
   hello       rhl-ps --help (proves the host and its helpers answer); value has
@@ -623,14 +624,23 @@ def op_clear(args: dict[str, Any], host: str) -> OpGen:
     match = _REMOVED.search(stdout)
     if result.code != 0 and match is None:
         raise helper_error("clear", result, host)
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    if match:
+        # The agent counts every entry removed, at any depth; through plain ssh (rhl-guard
+        # allows nothing but rhl-clear) only the helper's own count exists: top-level
+        # entries it removed entirely. Its line is passed on as seamless-service-clear
+        # shows it, with a note, so "removed 0" is not read as "nothing was deleted".
+        stderr += (f"seamless-service: {host}: through the ssh fallback this count is rhl-clear's own: "
+                   "top-level entries removed entirely, not the files removed below them\n")
     return {
         "path": match.group(2).strip() if match else shown,
         "removed": int(match.group(1)) if match else 0,
+        "removed_counts": "top-level",
         "exit_status": result.code,
         "helper_exit_status": result.code,
         "ok": result.code == 0,
         "stdout": stdout,
-        "stderr": result.stderr.decode("utf-8", errors="replace"),
+        "stderr": stderr,
         "preserved": [],
     }
 

@@ -142,8 +142,15 @@ def test_stop_rm_and_clear_through_ssh(remote: Remote, ssh: SshTransport):
         stop_again, ps = values(ssh, [("stop", {"keys": [key]}), ("ps", {})])
         assert stop_again["results"][0]["outcome"] == "already gone"  # as rhl-stop says it
         assert {r["key"]: r["status"] for r in ps["rows"]}[key] == "stale"
+        remote.write(str((workdir / "nested" / "f").relative_to(remote.home)), "x")
+        remote.write(str((workdir / "nested" / ".keep" / "g").relative_to(remote.home)), "y")
         cleared, removed = values(ssh, [("clear", {"path": str(workdir)}), ("rm", {"keys": [key], "server": True})])
         assert cleared["ok"] and cleared["path"] == str(workdir)
+        # rhl-clear keeps nested/ (it holds a dot directory) and so counts it as nothing
+        # removed, although nested/f is gone: the count is said to be the helper's
+        assert not (workdir / "nested" / "f").exists() and cleared["removed"] == 0
+        assert cleared["removed_counts"] == "top-level"
+        assert "count is rhl-clear's own" in cleared["stderr"]
         assert removed["results"][0]["outcome"] == "removed"
         assert not (remote.state_dir / f"{key}.json").exists()
     finally:
