@@ -18,7 +18,7 @@ from seamless_service.agent.auth import EVICT_AFTER, MAX_PENDING, REFUSAL_LOG_LI
 from seamless_service.agent.peercred import _ip, _proc_uid, peer_uid
 from seamless_service.protocol import auth as pauth
 from tests.support.agent import end_agent, owner_is_served, settled_log, start_test_agent
-from tests.support.other_user import OTHER_UID, become_other_user, needs_root
+from tests.support.other_user import OTHER_UID, HeldChild, become_other_user, needs_root
 
 HANDSHAKE_TIMEOUT = pauth.HANDSHAKE_TIMEOUT  # the agents here use the default (5 s)
 
@@ -53,51 +53,33 @@ class ForeignFlood:
     (reads until EOF, sends nothing). The child keeps its last batch open until close()."""
 
     def __init__(self, port: int, count: int, batch: int, watch: float = 3.0):
-        needs_root()
-        status_r, status_w = os.pipe()
-        release_r, release_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: plain syscalls only, then _exit
-            try:
-                os.close(status_r)
-                os.close(release_w)
-                become_other_user()
-                report: dict = {"uid": os.getuid(), "received": [], "closed": [], "eof_after": []}
-                held: list[socket.socket] = []
-                for first in range(0, count, batch):
-                    for sock in held:
-                        sock.close()
-                    opened = []
-                    for _ in range(min(batch, count - first)):
-                        opened.append((socket.create_connection(("127.0.0.1", port), timeout=10),
-                                       time.monotonic()))
-                    held = [sock for sock, _ in opened]
-                    if first == 0:
-                        os.write(status_w, b"open\n")  # the first batch is connected and silent
-                    for sock, since in opened:
-                        got, closed = _drain(sock, since + watch)
-                        report["received"].append(got)
-                        report["closed"].append(closed)
-                        report["eof_after"].append(time.monotonic() - since)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                report = {"crashed": repr(exc)}
-            try:  # never return into pytest from here, whatever happens
-                os.write(status_w, json.dumps(report).encode() + b"\n")
-                os.close(status_w)
-                os.read(release_r, 1)  # hold the last batch until the parent is done
-            finally:
-                os._exit(0)
-        os.close(status_w)
-        os.close(release_r)
-        self.pid = pid
-        self._status = os.fdopen(status_r, "rb")
-        self._release = release_w
+        def flood(status_w: int, _release_r: int) -> dict:
+            report: dict = {"uid": os.getuid(), "received": [], "closed": [], "eof_after": []}
+            held: list[socket.socket] = []
+            for first in range(0, count, batch):
+                for sock in held:
+                    sock.close()
+                opened = []
+                for _ in range(min(batch, count - first)):
+                    opened.append((socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   time.monotonic()))
+                held = [sock for sock, _ in opened]
+                if first == 0:
+                    os.write(status_w, b"open\n")  # the first batch is connected and silent
+                for sock, since in opened:
+                    got, closed = _drain(sock, since + watch)
+                    report["received"].append(got)
+                    report["closed"].append(closed)
+                    report["eof_after"].append(time.monotonic() - since)
+            return report   # the last batch stays open until close()
+
+        self._child = HeldChild(OTHER_UID, OTHER_UID, flood)
 
     def wait_open(self) -> None:
-        assert self._status.readline() == b"open\n", "the foreign child could not connect"
+        assert self._child.status.readline() == b"open\n", "the foreign child could not connect"
 
     def report(self) -> dict:
-        line = self._status.readline()
+        line = self._child.status.readline()
         assert line, "the foreign child died without a report"
         report = json.loads(line)
         assert "crashed" not in report, report
@@ -105,9 +87,8 @@ class ForeignFlood:
         return report
 
     def close(self) -> None:
-        os.close(self._release)
-        self._status.close()
-        os.waitpid(self.pid, 0)
+        self._child.release()
+        self._child.status.close()
 
 
 def test_other_users_silent_connections_do_not_lock_the_owner_out(agent):

@@ -155,6 +155,47 @@ def as_user(uid: int, gid: int, fn: Callable[[], Any]) -> Any:
     return start_as_other_user(fn, uid, gid).result()
 
 
+class HeldChild:
+    """A forked child running `body(status_w, release_r)` as uid/gid, held until close().
+
+    The body writes progress lines to `status_w` and returns a JSON-able report, which is
+    written as the last status line; then the child waits until the parent closes its end
+    of the release pipe (so what the body opened stays open meanwhile) and exits."""
+
+    def __init__(self, uid: int, gid: int, body: Callable[[int, int], dict[str, Any]]):
+        needs_root()
+        status_r, status_w = os.pipe()
+        release_r, release_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: plain syscalls only, never return into pytest
+            try:
+                os.close(status_r)
+                os.close(release_w)
+                _drop_to(uid, gid)
+                report = body(status_w, release_r)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                report = {"crashed": repr(exc)}
+            try:
+                os.write(status_w, json.dumps(report).encode() + b"\n")
+                os.close(status_w)
+                os.read(release_r, 1)
+            finally:
+                os._exit(0)
+        os.close(status_w)
+        os.close(release_r)
+        self.pid = pid
+        self.status = os.fdopen(status_r, "rb")
+        self._release: int | None = release_w
+
+    def release(self) -> None:
+        """Let the child exit and reap it (its report line stays readable)."""
+        if self._release is None:
+            return
+        os.close(self._release)
+        self._release = None
+        os.waitpid(self.pid, 0)
+
+
 class ForeignListener:
     """Another user's process listening on the unix socket `path` (mode 0666), until close().
 
@@ -163,45 +204,27 @@ class ForeignListener:
     many connections came and how many bytes they sent."""
 
     def __init__(self, uid: int, gid: int, path: str, reply: bytes = b""):
-        needs_root()
-        status_r, status_w = os.pipe()
-        release_r, release_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            report: dict[str, Any] = {"connections": 0, "received": 0}
-            try:
-                os.close(status_r)
-                os.close(release_w)
-                _drop_to(uid, gid)
-                report["uid"] = os.getuid()
-                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                server.bind(path)
-                os.chmod(path, 0o666)
-                server.listen(8)
-                os.write(status_w, b"ready\n")
-                while True:
-                    ready, _, _ = select.select([server, release_r], [], [])
-                    if release_r in ready:
-                        break
-                    conn, _ = server.accept()
-                    report["connections"] += 1
-                    report["received"] += self._serve(conn, reply)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                report = {"crashed": repr(exc)}
-            try:
-                os.write(status_w, json.dumps(report).encode() + b"\n")
-            finally:
-                os._exit(0)
-        os.close(status_w)
-        os.close(release_r)
-        self.pid = pid
-        self._status = os.fdopen(status_r, "rb")
-        self._release = release_w
+        def serve(status_w: int, release_r: int) -> dict[str, Any]:
+            report: dict[str, Any] = {"connections": 0, "received": 0, "uid": os.getuid()}
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(path)
+            os.chmod(path, 0o666)
+            server.listen(8)
+            os.write(status_w, b"ready\n")
+            while True:
+                ready, _, _ = select.select([server, release_r], [], [])
+                if release_r in ready:
+                    return report
+                conn, _ = server.accept()
+                report["connections"] += 1
+                report["received"] += self._serve(conn, reply)
+
+        self._child = HeldChild(uid, gid, serve)
         self._report: dict[str, Any] | None = None
-        line = self._status.readline()
+        line = self._child.status.readline()
         if line != b"ready\n":
             self.close()
-            raise RuntimeError(f"the foreign listener did not start: {self.report()}")
+            raise RuntimeError(f"the foreign listener did not start: {line.decode(errors='replace').strip()}")
 
     @staticmethod
     def _serve(conn: socket.socket, reply: bytes) -> int:
@@ -220,10 +243,9 @@ class ForeignListener:
     def close(self) -> None:
         if self._report is not None:
             return
-        os.close(self._release)
-        line = self._status.readline()
-        self._status.close()
-        os.waitpid(self.pid, 0)
+        self._child.release()   # the serve loop sees the release pipe close and reports
+        line = self._child.status.readline()
+        self._child.status.close()
         self._report = json.loads(line) if line else {"crashed": "no report"}
 
     def report(self) -> dict[str, Any]:
