@@ -10,6 +10,9 @@ deliberate corrections of the helpers' defects (anchor §6):
   `starting` forever); its `live` is false.
 * #36: a malformed, non-object or unreadable file does not abort the listing: it becomes a
   row with `status: "error"` and an `error` message; every other row is still returned.
+  So does anything that is not a regular file (a FIFO, a link to a device: `could not
+  read PATH: not a regular file (a FIFO)`), which rhl-ps would block on or read without
+  end (agent/safe_read.py).
   So does a file the agent could not send on (protocol.wiresafe: an integer beyond 64
   bits such as a pid of 99999999999999999999, a lone-surrogate string, nesting deeper
   than 32 levels), a file over MAX_STATE_BYTES, and JSON that Python cannot parse at all
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol.wiresafe import display_text, unsendable
+from .safe_read import FileTooLarge, read_regular
 
 # Linux pid_max can be at most 2**22; anything larger cannot be a process.
 PID_LIMIT = 1 << 22
@@ -151,15 +155,15 @@ StatePath = str | Path  # hot paths pass plain strings: pathlib costs more than 
 def read_state(path: StatePath) -> dict[str, Any] | None:
     """The JSON object in `path`, None if it does not exist; StateFileError if unusable."""
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_STATE_BYTES:
-                raise StateFileError(f"state file of {size} bytes is larger than the "
-                                     f"{MAX_STATE_BYTES} bytes a state file may hold: {_shown(path)}")
-            text = handle.read(MAX_STATE_BYTES + 1).decode("utf-8")
+        # Only a regular file, bounded (safe_read): a FIFO would block forever, a link
+        # to /dev/zero would never end.
+        text = read_regular(path, MAX_STATE_BYTES).decode("utf-8")
         data = json.loads(text)
     except FileNotFoundError:
         return None
+    except FileTooLarge as exc:
+        raise StateFileError(f"state file of {exc.size} bytes is larger than the "
+                             f"{MAX_STATE_BYTES} bytes a state file may hold: {_shown(path)}") from None
     except json.JSONDecodeError as exc:
         raise StateFileError(f"malformed JSON in {_shown(path)}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -19,7 +19,8 @@ Returns `{"key", "data": bytes, "offset": <file position of data[0]>, "next_offs
 <position after data>, "size": <file size when read>, "truncated": bool, "reset": bool}`.
 
 Like rhl-logs it does not consult the state JSON, so logs stay readable after `rm`.
-Missing log: NOT_FOUND `no log file for '<key>'`; unreadable: OP_FAILED.
+Missing log: NOT_FOUND `no log file for '<key>'`; unreadable or not a regular file (a
+FIFO, a link to a device: rhl-logs blocks on or reads those without end): OP_FAILED.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
 from ..context import AgentContext
+from ..safe_read import open_regular
 
 TAIL_BLOCK = 64 << 10  # first backwards read; doubled each round
 
@@ -42,13 +44,15 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_ARGS, "logs: give 'tail' or 'offset', not both")
     path = ctx.server_dir / f"{key}.log"
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Only a regular file (safe_read): a FIFO named <key>.log would block the open
+        # forever, a link to /dev/zero would read as an empty log.
+        fd, st = open_regular(path)
     except FileNotFoundError:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no log file for {key!r}") from None
     except OSError as exc:
         raise ProtocolError(ErrorCode.OP_FAILED, f"could not read log of {key!r}: {exc}") from None
     try:
-        size = os.fstat(fd).st_size
+        size = st.st_size
         reset = False
         if tail is not None:
             start, data, truncated = read_tail(fd, size, tail, max_bytes)

@@ -18,7 +18,9 @@ these deliberate differences:
 * Corrected status derivation for server rows (statefiles: #15 unusable pids, #16 a
   `starting` row whose pid died is `failed`).
 * #36: a malformed, non-object or unreadable file is an error row (`status: "error"`,
-  `error: <the helper's message>`) instead of aborting the listing; the other rows are all
+  `error: <the helper's message>`) instead of aborting the listing, and so is one that is
+  not a regular file (a FIFO, a link to a device: rhl-ps blocks on it or reads it without
+  end; agent/safe_read.py); the other rows are all
   returned. A row whose file stem is not a valid key (so it could not be inspected or
   stopped) carries `"valid_key": false`; valid rows carry no such field.
 * A file that vanishes between listing and reading (removed by `rm`) is left out, as if
