@@ -117,13 +117,15 @@ class HostQuery:
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
         return [(p.op, p.args) for p in self.parts]
 
-    def error(self, message: str) -> HostError:
-        """This host's failure, for the clusters its parts are about."""
+    def error(self, message: str, part: Part | None = None) -> HostError:
+        """This host's failure, for the clusters its parts are about (a failed op: the
+        clusters that op is about)."""
+        about = [part] if part is not None and (part.cluster or part.clusters) else self.parts
         names: dict[str | None, None] = {}
-        for part in self.parts:
-            names.update(dict.fromkeys(part.clusters))
-            if part.cluster:
-                names[part.cluster] = None
+        for each in about:
+            names.update(dict.fromkeys(each.clusters))
+            if each.cluster:
+                names[each.cluster] = None
         return HostError(self.label, message, self.host, tuple(names) or (None,))
 
     def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
@@ -148,7 +150,7 @@ class HostQuery:
         asked: list[tuple[Part, dict[str, Any]]] = []   # persistent ops, to settle sizes
         for part, result in zip(self.parts, results):
             if not result.get("ok"):
-                out.errors.append(self._message(part.op, result))
+                out.errors.append(self._message(part, result))
                 continue
             value = result.get("value") or {}
             if part.kind == "process":
@@ -186,12 +188,12 @@ class HostQuery:
         return [persistent_row(r, part.service or "", part.cluster, root=part.root, host=self.host)
                 for r in rows]
 
-    def _message(self, op: str, result: dict[str, Any]) -> HostError:
+    def _message(self, part: Part, result: dict[str, Any]) -> HostError:
         error = result.get("error") or {}
         message = str(error.get("message") or error.get("code") or "unknown error")
-        if not message.startswith(f"{op}:"):
-            message = f"{op}: {message}"
-        return self.error(message)
+        if not message.startswith(f"{part.op}:"):
+            message = f"{part.op}: {message}"
+        return self.error(message, part)
 
     # -- follow-ups --------------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class HostQuery:
         known = {_reading(r) for r in out.persistent}
         for (part, _), result in zip(follow, results):
             if not result.get("ok"):
-                out.errors.append(self._message("persistent", result))
+                out.errors.append(self._message(part, result))
                 continue
             for row in self.read_persistent(part, (result.get("value") or {}).get("rows") or []):
                 if _reading(row) not in known:

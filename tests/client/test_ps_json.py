@@ -159,3 +159,23 @@ def test_watch_json_frames_carry_the_error_records(world):
     record = json.loads(text.splitlines()[0])
     assert set(record) == ERROR_FIELDS and record["cluster"] == "dead"
     assert f"cluster dead: {record['error']}" in err
+
+
+def test_a_failed_op_is_a_record_for_the_cluster_it_was_about(tmp_path):
+    """Two clusters on this machine, one with a data root the path policy refuses: the
+    record names that cluster only, and the other cluster's rows are all there."""
+    w = World.build(tmp_path, dead_cluster=False)
+    try:
+        w.more_clusters["sys"] = {"type": "local", "frontends": [{"hashserver": {"bufferdir": "/etc"}}]}
+        w.write_clusters(dead=False)
+        key = w.launch("hs", "hashserver")
+        code, out, err = w.ps("--all-clusters", "--persistent", "--json")
+        assert code == 1
+        rows, errors = split(ndjson(out))
+        assert key in {r["key"] for r in rows}
+        [record] = errors
+        assert (record["host"], record["cluster"]) == (None, "sys")
+        assert record["error"].startswith("persistent: ") and "/etc" in record["error"]
+        assert err == f"seamless-service: cluster loc, cluster sys: {record['error']}\n"   # the host's line
+    finally:
+        w.box.kill_all()
