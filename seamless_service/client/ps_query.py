@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 from .errors import ServiceError, UsageError
 from .rows import (
     attach_health,
+    error_record,
     labels_from_path,
     merge_rows,
     one_per_directory,
@@ -70,6 +71,24 @@ class Part:
 
 
 @dataclass
+class HostError:
+    """A host that failed (or an op of its batch, or a cluster whose definition is broken):
+    one line on stderr, and with --json a record on stdout per cluster asked there."""
+
+    label: str                                  # "cluster a, cluster b" / "this machine" / ssh host
+    message: str                                # without the label
+    host: str | None = None                     # None: this machine, or unknown
+    clusters: tuple[str | None, ...] = (None,)  # the clusters asked there (None: none named)
+
+    @property
+    def line(self) -> str:
+        return f"{self.label}: {self.message}"
+
+    def records(self) -> list[dict[str, Any]]:
+        return [error_record(self.host, cluster, self.message) for cluster in self.clusters]
+
+
+@dataclass
 class Outcome:
     """What one host answered."""
 
@@ -79,7 +98,7 @@ class Outcome:
     token: str | None = None
     state: str | None = None        # the launcher state the host's `ps` read (agent only)
     changed: bool = True
-    errors: list[str] = field(default_factory=list)   # one line each, without program prefix
+    errors: list[HostError] = field(default_factory=list)
     failed: bool = False                              # the host could not be asked at all
     wait_failed: bool = False                         # the host cannot long-poll (`wait`)
 
@@ -97,6 +116,17 @@ class HostQuery:
 
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
         return [(p.op, p.args) for p in self.parts]
+
+    def error(self, message: str, part: Part | None = None) -> HostError:
+        """This host's failure, for the clusters its parts are about (a failed op: the
+        clusters that op is about)."""
+        about = [part] if part is not None and (part.cluster or part.clusters) else self.parts
+        names: dict[str | None, None] = {}
+        for each in about:
+            names.update(dict.fromkeys(each.clusters))
+            if each.cluster:
+                names[each.cluster] = None
+        return HostError(self.label, message, self.host, tuple(names) or (None,))
 
     def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
@@ -120,7 +150,7 @@ class HostQuery:
         asked: list[tuple[Part, dict[str, Any]]] = []   # persistent ops, to settle sizes
         for part, result in zip(self.parts, results):
             if not result.get("ok"):
-                out.errors.append(self._message(part.op, result))
+                out.errors.append(self._message(part, result))
                 continue
             value = result.get("value") or {}
             if part.kind == "process":
@@ -158,12 +188,12 @@ class HostQuery:
         return [persistent_row(r, part.service or "", part.cluster, root=part.root, host=self.host)
                 for r in rows]
 
-    def _message(self, op: str, result: dict[str, Any]) -> str:
+    def _message(self, part: Part, result: dict[str, Any]) -> HostError:
         error = result.get("error") or {}
         message = str(error.get("message") or error.get("code") or "unknown error")
-        if not message.startswith(f"{op}:"):
-            message = f"{op}: {message}"
-        return f"{self.label}: {message}"
+        if not message.startswith(f"{part.op}:"):
+            message = f"{part.op}: {message}"
+        return self.error(message, part)
 
     # -- follow-ups --------------------------------------------------------------------
 
@@ -186,7 +216,7 @@ class HostQuery:
         known = {_reading(r) for r in out.persistent}
         for (part, _), result in zip(follow, results):
             if not result.get("ok"):
-                out.errors.append(self._message("persistent", result))
+                out.errors.append(self._message(part, result))
                 continue
             for row in self.read_persistent(part, (result.get("value") or {}).get("rows") or []):
                 if _reading(row) not in known:
@@ -281,7 +311,7 @@ def run_one(query: HostQuery, opener: Opener, *, settle: bool = False,
     except UsageError:
         raise  # e.g. --transport local for a remote host: the command line is wrong (exit 2)
     except (ServiceError, OSError, EOFError, TimeoutError) as exc:
-        return Outcome(query, errors=[f"{query.label}: {_one_line(exc)}"], failed=True)
+        return Outcome(query, errors=[query.error(_one_line(exc))], failed=True)
 
 
 def run_all(queries: list[HostQuery], opener: Opener, *, settle: bool = False) -> list[Outcome]:
@@ -322,7 +352,13 @@ def assemble(outcomes: Iterable[Outcome], args: argparse.Namespace) -> list[dict
 
 
 def errors_of(outcomes: Iterable[Outcome]) -> list[str]:
-    return [line for o in outcomes for line in o.errors]
+    """The stderr lines (without the program prefix) of the hosts that failed."""
+    return [error.line for o in outcomes for error in o.errors]
+
+
+def problems_of(plan: "Plan", outcomes: Iterable[Outcome]) -> list[HostError]:
+    """Everything that failed: cluster definitions while planning, then hosts and ops."""
+    return plan.failures + [error for o in outcomes for error in o.errors]
 
 
 # -- building queries -------------------------------------------------------------------
@@ -374,7 +410,7 @@ class Plan:
     def __init__(self) -> None:
         self.queries: dict[str | None, HostQuery] = {}
         self.warnings: list[str] = []     # printed, exit code unchanged
-        self.failures: list[str] = []     # printed, exit code 1 (a cluster we could not ask)
+        self.failures: list[HostError] = []   # printed, exit code 1 (a cluster we could not ask)
 
     def query(self, host: str | None, label: str) -> HostQuery:
         query = self.queries.get(host)
@@ -447,7 +483,7 @@ def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool
             host = sconfig.cluster_host(cluster, args.frontend_name)
             roots = sconfig.cluster_roots(cluster, args.frontend_name) if persistent else {}
         except ServiceError as exc:  # a broken cluster definition: say so, show the others
-            plan.failures.append(f"{_cluster_label(cluster)}: {exc}")
+            plan.failures.append(HostError(_cluster_label(cluster), str(exc), None, (cluster,)))
             continue
         hosts.setdefault(host, []).append(cluster)
         query = plan.query(host, _cluster_label(cluster))

@@ -1,10 +1,18 @@
 """The ps row model: agent rows -> the rows `seamless-service-ps` prints, and merging them.
 
 A row has the fields of `seamless-service-ps --json` (service, cluster, project, stage,
-process, port, persistent, size, key[, path]) plus ours: mode, subproject, substage, host
+process, port, persistent, size, key, path) plus ours: mode, subproject, substage, host
 (where the row was read: the ssh host, null = this machine; for client rows the client
-file's ssh host), size_state (fresh/stale/pending/error for directory sizes) and, when
-asked, health / health_error. `size` stays in bytes (JSON); the table shows human units.
+file's ssh host), size_state (fresh/stale/pending/error for directory sizes), health /
+health_error (with --health), persistent_error (ps --local: its data directory could not
+be asked) and error (the state file or directory could not be read). `size` stays in bytes
+(JSON); the table shows human units.
+
+Every row printed by `ps --json` has exactly JSON_FIELDS, null where a field does not apply
+(seamless-service-ps leaves `path` out of process rows; a script should not have to guess
+which fields a row has). --wide, --health, --persistent and the view change values, never
+the set. A host that could not be asked is a record of another shape, ERROR_RECORD_FIELDS
+(see error_record): it has no `service`.
 
 Deliberate differences from seamless-config (anchor §6):
 * #4: rows never collapse. Process rows are identified by their key; ro/rw, subproject and
@@ -29,6 +37,11 @@ from ..protocol.keys import (
 )
 
 ROW_FIELDS = ("service", "cluster", "project", "stage", "process", "port", "persistent", "size", "key")
+# Every `ps --json` row has exactly these (seamless-service-ps's, `path` included, then ours).
+JSON_FIELDS = ROW_FIELDS + ("path", "mode", "subproject", "substage", "host", "size_state",
+                            "health", "health_error", "persistent_error", "error")
+# A host (or a cluster definition) that failed, in --json output beside the rows.
+ERROR_RECORD_FIELDS = ("host", "cluster", "error")
 # Filters compared with persistent rows (they have no mode, substage or queue).
 PERSISTENT_FILTERS = ("service", "cluster", "project", "subproject", "stage")
 
@@ -237,9 +250,16 @@ def merge_rows(process_rows: Iterable[dict[str, Any]], persistent_rows: Iterable
 
 
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as printed by --json: every field, None included (scripts may rely on every
-    field of seamless-service-ps being present); private `_` fields dropped."""
-    return {k: v for k, v in row.items() if not k.startswith("_")}
+    """The row as printed by --json: exactly JSON_FIELDS, None where the row has no value
+    (private `_` fields are not among them)."""
+    return {name: row.get(name) for name in JSON_FIELDS}
+
+
+def error_record(host: str | None, cluster: str | None, error: str) -> dict[str, Any]:
+    """A failed host in --json output: `{"host", "cluster", "error"}` (host null: this
+    machine, or not known because the cluster's definition is broken). Rows always have
+    `service`; these records never do."""
+    return {"host": host, "cluster": cluster, "error": error}
 
 
 def health_summary(entry: dict[str, Any]) -> tuple[str, str | None]:

@@ -214,6 +214,8 @@ class PooledTransport:
         except (ConnectionFailed, ProtocolMismatch):
             pool.drop(self.pool_name)
             raise
+        finally:
+            pool.touch(self.pool_name)   # idle from now on (`tunnel status`); no-op once dropped
 
     def describe(self) -> dict[str, Any]:
         describe = getattr(self.inner, "describe", None)

@@ -86,7 +86,7 @@ class Watch:
                 outcome = run_one(query, self.opener, settle=first,
                                   wait=(token, self.interval) if long_poll else None)
             except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
-                outcome = Outcome(query, errors=[f"{query.label}: {type(exc).__name__}: {exc}"], failed=True)
+                outcome = Outcome(query, errors=[query.error(f"{type(exc).__name__}: {exc}")], failed=True)
             first = False
             if self._stop.is_set():
                 return

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from seamless_service.client import ps_query
+from seamless_service.client.rows import JSON_FIELDS
 from tests.support.services import VENV_BIN, LauncherSandbox
 
 HS = ".HASHSERVER_PREFIX"
@@ -411,9 +412,11 @@ def test_a_dead_cluster_is_one_line_and_the_others_still_show(world):
     assert old.returncode == 255 and old.stdout == ""
     code, out, err = world.ps("--all-clusters", "--json")
     assert code == 1
-    assert set(by_key(ndjson(out))) == set(world.keys.values())
+    *rows, failed = ndjson(out)    # the dead cluster is also a record, after the rows (issue 10)
+    assert set(by_key(rows)) == set(world.keys.values())
+    assert (failed["host"], failed["cluster"]) == ("deadhost", "dead")
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("seamless-service: cluster dead: ")
+    assert lines == [f"seamless-service: cluster dead: {failed['error']}"]
     # a table is printed too, then the same one line
     code, out, err = world.ps("--all-clusters")
     assert code == 1 and out.splitlines()[0].split()[0] == "SERVICE" and len(err.splitlines()) == 1
@@ -648,8 +651,10 @@ def test_remote_cluster_through_the_agent(rem_cluster):
     # every cluster at once: the remote one, the local one, and one line for the dead one
     code, out, err = w.ps("--all-clusters", "--persistent", "--ssh-config", cfg, "--json")
     assert code == 1
-    rows = ndjson(out)
+    *rows, failed = ndjson(out)
     assert {r["cluster"] for r in rows} == {"rem", "loc"}
+    assert {frozenset(r) for r in rows} == {frozenset(JSON_FIELDS)}   # remote rows too (issue 10)
+    assert (failed["host"], failed["cluster"]) == ("deadhost", "dead")
     assert by_key(rows)["hashserver-rem-rw-proj"]["path"] == str(server.home / "buf" / "proj")
     assert [line.split(": ")[1] for line in err.splitlines()] == ["cluster dead"]
 
@@ -694,6 +699,7 @@ def test_remote_cluster_through_plain_ssh(rem_cluster):
     assert set(plain) == set(agent) and "hashserver-rem-rw-proj" in plain
     for key, row in plain.items():
         assert pick(row, COMPARED + ("host",)) == pick(agent[key], COMPARED + ("host",))
+        assert set(row) == set(agent[key]) == set(JSON_FIELDS)   # the same fields (issue 10)
     key = "hashserver-rem-rw-proj"
     assert (plain[key]["size"], agent[key]["size"]) == (None, 1234)   # rhl-ps-persistent: no du
     from tests.client.test_watch import interrupt

@@ -9,7 +9,8 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #6   --status works in the client view (client rows carry the local server's status).
 * #7   --status works with --all-clusters.
 * #8   --all-clusters asks every cluster in parallel; a dead or broken cluster is one line
-       on stderr, the other clusters' rows are still printed, and the exit code is 1.
+       on stderr, the other clusters' rows are still printed, and the exit code is 1;
+       with --json the failure is also a `{"host", "cluster", "error"}` record on stdout.
        Clusters that reach one server (a shared ssh_hostname, or two ssh aliases: the
        agent's `ps` names the launcher state it read) show each row once, under the
        cluster its key names; a data root they share is not listed once per cluster.
@@ -18,6 +19,8 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #10  stage directories under a subproject are listed, labelled project + subproject.
 * #11  cluster roots without a marker work under the agent's seamless marker policy.
 * #34  --wide adds CLUSTER and KEY columns; port 0 shows as 0.
+* --json rows all have the same fields (rows.JSON_FIELDS), whatever the view and flags;
+  seamless-service-ps leaves `path` out of process rows.
 * #37  --status drops persistent-only rows (they have no process).
 * #40  client rows of services on this machine show the service's real status.
 * --subproject/--substage/--mode/--queue also filter process rows (as for stop/rm --cluster);
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import UsageError
 from .common import add_selection_args, add_transport_args
@@ -50,6 +53,13 @@ SIZE is the data directory's total (the database file's size for a database). A 
 marked with a trailing * is not fresh: it was measured before the directory last changed
 and is being measured again (JSON: "size_state": "stale"). "pending" means not measured
 yet.
+
+--json prints one JSON object per line. Every row has the same fields, null where one does
+not apply: service, cluster, project, stage, process, port, persistent, size (bytes), key,
+path, mode, subproject, substage, host (null: this machine), size_state, health,
+health_error, persistent_error, error. A host that could not be asked is a line of its own,
+{"host": ..., "cluster": ..., "error": ...} (no "service" field), besides the line on stderr
+and exit status 1.
 
 examples:
   seamless-service ps --cluster mycluster
@@ -79,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--health", action="store_true",
                    help="check running services: pid alive, port open, HTTP handshake")
     p.add_argument("--wide", action="store_true", help="add CLUSTER and KEY columns")
-    p.add_argument("--json", action="store_true", help="print NDJSON rows instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="print NDJSON rows (and failed hosts as records) instead of a table")
     p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
                    help="redraw when services change, at least every SECONDS (default 2); Ctrl-C ends")
     add_transport_args(p)
@@ -87,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ps_query import assemble, errors_of, plan_queries, print_lines, run_all
+    from ..ps_query import assemble, plan_queries, print_lines, problems_of, run_all
 
     if args.watch is not None and not 0 < args.watch <= MAX_WATCH:
         raise UsageError(f"--watch SECONDS must be more than 0 and at most {MAX_WATCH:g}")
@@ -109,18 +120,19 @@ def run(args: argparse.Namespace) -> int:
         outcomes = run_all(plan.list(), opener, settle=True)
     finally:
         opener.close()
-    print_rows(assemble(outcomes, args), args)
-    errors = plan.failures + errors_of(outcomes)
-    print_lines(errors)
-    return 1 if errors else 0
+    problems = problems_of(plan, outcomes)
+    print_rows(assemble(outcomes, args), args, problems)
+    print_lines(problem.line for problem in problems)
+    return 1 if problems else 0
 
 
 def _watch(plan: Any, opener: "_Opener", args: argparse.Namespace) -> int:
-    from ..ps_query import assemble, errors_of
+    from ..ps_query import assemble, problems_of
     from ..watch import Watch
 
     def frame(outcomes: list) -> tuple[str, list[str]]:
-        return render_rows(assemble(outcomes, args), args), plan.failures + errors_of(outcomes)
+        problems = problems_of(plan, outcomes)
+        return render_rows(assemble(outcomes, args), args, problems), [p.line for p in problems]
 
     argv = [a for a in sys.argv[1:] if a] if sys.argv else []
     title = "seamless-service " + " ".join(argv) if argv else "seamless-service ps"
@@ -155,17 +167,22 @@ class _Opener:
                 pass
 
 
-def render_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def render_rows(rows: list[dict[str, Any]], args: argparse.Namespace, problems: Sequence[Any] = ()) -> str:
+    """The table, or NDJSON: every row with the same fields (rows.JSON_FIELDS), then one
+    `{"host", "cluster", "error"}` record per failed host and cluster (the table has the
+    failures on stderr only)."""
     from ..render import columns_for, ndjson, table
     from ..rows import public_row
 
     if args.json:
-        return ndjson(public_row(row) for row in rows)
+        records = [public_row(row) for row in rows]
+        records += [record for problem in problems for record in problem.records()]
+        return ndjson(records)
     return table(rows, columns_for(wide=args.wide, health=args.health))
 
 
-def print_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    text = render_rows(rows, args)
+def print_rows(rows: list[dict[str, Any]], args: argparse.Namespace, problems: Sequence[Any] = ()) -> None:
+    text = render_rows(rows, args, problems)
     if text:
         sys.stdout.write(text + "\n")
     sys.stdout.flush()

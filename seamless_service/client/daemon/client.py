@@ -377,40 +377,11 @@ examples:
 """
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds % 60 else f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds % 3600 // 60 else f"{seconds // 3600}h"
-
-
 def format_status(info: dict[str, Any], now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    lines = [
-        f"tunnel keeper: running, pid {info.get('pid')}, version {info.get('version')}",
-        f"  socket:  {info.get('socket', socket_path())}",
-        f"  up {_ago(now - float(info.get('started', now)))}, idle {_ago(float(info.get('idle_for', 0)))}, "
-        f"exits after {_ago(float(info.get('idle_timeout', 0)))} idle",
-    ]
-    if info.get("current"):
-        lines.append("  running: seamless-service " + " ".join(info["current"]))
-    entries = info.get("pool") or []
-    if not entries:
-        lines.append("  connections: none")
-    else:
-        lines.append("  connections:")
-        for entry in entries:
-            text = (f"    {entry.get('name')}  opened {_ago(now - float(entry.get('created', now)))} ago, "
-                    f"last used {_ago(now - float(entry.get('last_used', now)))} ago")
-            details = entry.get("details")
-            if isinstance(details, dict) and details:
-                text += "  " + " ".join(f"{k}={v}" for k, v in details.items())
-            elif details:
-                text += f"  {details}"
-            lines.append(text)
-    return "\n".join(lines)
+    """The readable `tunnel status` (daemon/status_view.py: imported only here)."""
+    from .status_view import format_status as render
+
+    return render(info, now)
 
 
 def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -435,7 +406,10 @@ def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: Te
     if as_json:
         import json
 
-        out.write(json.dumps({"running": info is not None, **(info or {})}, sort_keys=True) + "\n")
+        from .status_view import status_json
+
+        reply = status_json(info) if action == "status" else {"running": info is not None, **(info or {})}
+        out.write(json.dumps(reply, sort_keys=True) + "\n")
     elif info is None:
         out.write("no tunnel keeper running\n")
     elif action == "status":

@@ -149,6 +149,16 @@ def drop(name: str) -> bool:
     return True
 
 
+def touch(name: str) -> None:
+    """Mark `name` as used now: a lease calls this when its call ends, so `tunnel status`
+    shows how long each connection has been idle (get() alone marks only the start of a
+    command, and a long watch would look idle)."""
+    with _lock:
+        entry = _entries.get(name)
+    if entry is not None:
+        entry.last_used = time.time()
+
+
 def names() -> list[str]:
     with _lock:
         return sorted(_entries)

@@ -7,7 +7,8 @@ seconds, default 900), on SIGTERM or on a "stop" request, removing its socket.
 
 Requests (framing.py maps):
   {"cmd": "ping"}    -> {"ok": true, "pid", "version", "started", "idle_timeout", "install"}
-  {"cmd": "status"}  -> ping's fields plus activity and "pool": pool.describe()
+  {"cmd": "status"}  -> ping's fields plus activity ("idle_for": seconds since the last
+                        command ended, 0 while one runs) and "pool": pool.describe()
   {"cmd": "stop"}    -> {"ok": true, ...}, then a clean exit (pool entries closed)
   {"cmd": "run", "argv": [...], "cwd": str, "env": {...}, optional "stream": bool,
    "tty": {"stdout": bool, "stderr": bool}, "umask": int, "version": str, "install": str,
@@ -458,6 +459,9 @@ class Daemon:
         self._activity = threading.Lock()
         self._active = 0
         self._last_activity = time.monotonic()
+        # when the last command ended: `status` reports idle time from here, since its own
+        # connection (like any) counts as activity for the idle exit
+        self._last_command = time.monotonic()
         self.requests = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
@@ -642,9 +646,9 @@ class Daemon:
         if cmd == "status":
             reply = self.info()
             with self._activity:
-                idle_for = time.monotonic() - self._last_activity
                 active = self._active
             current = self.current
+            idle_for = 0.0 if current is not None else time.monotonic() - self._last_command
             reply.update({
                 "socket": self.sock_path, "connections": active, "idle_for": idle_for,
                 "requests": self.requests, "busy_replies": self.busy_replies,
@@ -716,6 +720,7 @@ class Daemon:
         finally:
             if acquired:
                 session.deactivate()
+                self._last_command = time.monotonic()
                 self.current = None
                 self.run_lock.release()
             # The final reply goes out after the lock is free: once a client has its exit
