@@ -1,4 +1,5 @@
-"""Running the installed rhl-* executables (mutations are never re-implemented).
+"""Running the installed rhl-* executables (mutations are never re-implemented, except
+`clear`'s deletion, which must not follow a symlink swapped in by another user: ops/clear.py).
 
 The helper is looked up next to the agent's own interpreter first (the agent's
 environment ships remote-http-launcher), then on PATH. It runs with the agent's

@@ -1,7 +1,7 @@
 """The server-side path policy: the decisions of rhl-guard, enforced by the agent itself.
 
-The agent runs `rhl-clear` and walks persistent directories without going through
-`rhl-guard` (ssh_guard/guard.py), so it applies the guard's rules itself (anchor §3).
+The agent clears (as `rhl-clear` would) and walks persistent directories without going
+through `rhl-guard` (ssh_guard/guard.py), so it applies the guard's rules itself (anchor §3).
 The policy is configured on the server (`parse_policy`), never chosen by a client.
 
 Modes, as the guard's flags:
@@ -23,11 +23,12 @@ ancestor of it; no dot-prefixed component in the expanded or the resolved path (
 not be a system root either. rhl-clear/rhl-ps-persistent check that themselves
 (`validate_clearable_path`), and the guard relies on it: with a merged /usr, `/bin`
 resolves to `/usr/bin`, which the guard lets through and the helper then refuses. The
-agent hands the helper the *resolved* path (no check-then-use symlink race), which would
-defeat the helper's own check, so the agent makes it. Everything the helper's
-`validate_clearable_path` refuses (relative, `..`, raw or resolved system root) is thus
-refused here first. A path whose `~user` cannot be expanded, or whose resolution hits a
-symlink loop, is refused (the guard dies with a traceback on both: a refusal too).
+agent's `clear` runs no helper (it opens the *resolved* path without following symlinks
+and deletes through descriptors, see ops/clear.py), so no helper check runs after this
+one, and the agent makes it. Everything the helper's `validate_clearable_path` refuses
+(relative, `..`, raw or resolved system root) is thus refused here. A path whose `~user`
+cannot be expanded, or whose resolution hits a symlink loop, is refused (the guard dies
+with a traceback on both: a refusal too).
 
 Kinds:
 

@@ -181,7 +181,7 @@ class Host:
                                      force=force or None))
 
     def clear(self, path: str, key: str | None = None, *, force: bool = False) -> dict[str, Any]:
-        """Empty a data directory (rhl-clear), refused while a service runs there unless
+        """Empty a data directory (as rhl-clear does), refused while a service runs there unless
         `force`: {"path", "removed", "ok", "exit_status", "stdout", "stderr", ...}."""
         return self._one("clear", _args(path=path, key=key, force=force or None))
 

@@ -1,9 +1,13 @@
-"""The clear op: rhl-clear under the agent's policy, keeping sentinels, no spurious failure, no
-clearing under a running service."""
+"""The clear op: rhl-clear's deletion under the agent's policy, through descriptors (see
+test_clear_race.py for the attack), keeping sentinels, no spurious failure, no clearing under a
+running service."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,9 @@ import pytest
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.ops import clear as clear_op
 from seamless_service.agent.ops import handler
+from seamless_service.agent.policy import parse_policy
 from seamless_service.protocol import ErrorCode, ProtocolError, validate_args
+from tests.support.other_user import OTHER_UID, as_user, needs_root
 
 HS = ".HASHSERVER_PREFIX"
 
@@ -61,9 +67,8 @@ def test_clear_hashserver_dir_keeps_marker_and_succeeds(sandbox, data, make_ctx)
     proj = hashserver_dir(data / "buffers" / "proj")
     marker_inode = os.stat(proj / HS).st_ino
     result = clear(ctx, path=str(proj))
-    assert result["ok"] is True and result["exit_status"] == 0
-    assert result["helper_exit_status"] == 1          # rhl-clear's spurious failure (#22) ...
-    assert "Directory not empty" in result["stderr"]  # ... interpreted, not hidden
+    assert result["ok"] is True and result["exit_status"] == 0 == result["helper_exit_status"]
+    assert result["stderr"] == ""                     # no spurious "Directory not empty" (#22)
     assert result["preserved"] == [HS]
     assert result["path"] == str(proj.resolve())
     # every entry removed, at any depth: ab + 1 file, cd + 1 file, STAGE-s1 + its marker,
@@ -98,13 +103,37 @@ def test_count_includes_nested_removals(sandbox, data, make_ctx):
     assert result["stdout"].strip() == f"removed 5 item(s) from {proj.resolve()}"
 
 
-def test_removable_count_follows_rhl_clear(tmp_path):
-    root = hashserver_dir(tmp_path / "proj")
-    # the 18 entries a clear removes, a, a/b and a/b/c, and the top marker; the dot dirs
-    # .keepme and .keep (and what is in them) do not count, as rhl-clear skips them
-    assert clear_op.removable_count(root) == 18 + 3 + 1
-    os.rename(root / HS, tmp_path / "aside")
-    assert clear_op.removable_count(root) == 18 + 3
+def rhl_clear_twin(path: Path) -> Path:
+    """A tree on which rhl-clear has none of its defects (no directory two levels down,
+    no marker): files, a top-level dot file and dot directory, a directory of files, one
+    holding only a dot directory, symlinks (to a directory, dangling) and a FIFO."""
+    _file(path / "f.bin", b"1")
+    _file(path / ".dotfile", b"d")
+    _file(path / ".dotdir" / "inside", b"k")
+    _file(path / "flat" / "x", b"x")
+    _file(path / "flat" / "y", b"y")
+    _file(path / "only-dots" / ".cache" / "z", b"z")
+    (path / "link-to-dir").symlink_to("flat")
+    (path / "dangling").symlink_to("nowhere")
+    os.mkfifo(path / "fifo")
+    return path
+
+
+def test_removes_and_counts_what_rhl_clear_removes(sandbox, data, make_ctx):
+    """The deletion is the agent's own now (descriptors, not paths): on the same tree it
+    leaves what rhl-clear leaves and counts top-level entries as rhl-clear does."""
+    theirs_dir, ours_dir = rhl_clear_twin(data / "theirs"), rhl_clear_twin(data / "ours")
+    theirs = sandbox.run_helper("rhl-clear", str(theirs_dir))
+    assert theirs.returncode == 0, theirs.stderr
+    ours = clear(make_ctx("permissive"), path=str(ours_dir))
+    assert tree(ours_dir) == tree(theirs_dir) == {".dotdir", ".dotdir/inside", "only-dots", "only-dots/.cache",
+                                                  "only-dots/.cache/z"}
+    helper_count = int(re.fullmatch(rf"removed (\d+) item\(s\) from {re.escape(str(theirs_dir))}\n",
+                                    theirs.stdout).group(1))
+    assert helper_count == 6 == ours["helper_removed"]        # f.bin .dotfile flat link dangling fifo
+    assert ours["removed"] == 8                               # ... and flat/x, flat/y
+    assert ours["stdout"] == f"removed 8 item(s) from {ours_dir}\n"
+    assert (ours["ok"], ours["exit_status"], ours["stderr"]) == (True, 0, "")
 
 
 def test_plain_rhl_clear_loses_the_marker(sandbox, data):
@@ -118,15 +147,16 @@ def test_plain_rhl_clear_loses_the_marker(sandbox, data):
     assert len({"ef", "gh"} & set(os.listdir(proj / "STAGE-s1"))) == 1
 
 
-def test_nested_targets_deepest_first(tmp_path):
-    root = hashserver_dir(tmp_path / "proj")
-    targets = [p.relative_to(root).as_posix() for p in clear_op.nested_targets(root)]
-    assert set(targets) == {"STAGE-s1", "deep", "deep/x", "deep/x/y", "a", "a/b"}
-    depth = [t.count("/") for t in targets]
-    assert depth == sorted(depth, reverse=True)
-    with pytest.raises(ProtocolError) as info:
-        clear_op.nested_targets(root, limit=3)
-    assert info.value.code == ErrorCode.OP_FAILED
+def test_too_deep_is_said_and_the_rest_cleared(sandbox, data, make_ctx, monkeypatch):
+    monkeypatch.setattr(clear_op, "MAX_DEPTH", 3)
+    d = data / "deep"
+    _file(d / "a" / "b" / "c" / "d" / "f")
+    _file(d / "a" / "b" / "c" / "g")
+    _file(d / "top.txt")
+    result = clear(make_ctx("permissive"), path=str(d))
+    assert result["stderr"] == f"seamless-service: could not remove {d}/a/b/c/d: more than 3 levels down\n"
+    assert (result["ok"], result["exit_status"], result["removed"]) == (False, 1, 2)
+    assert tree(d) == {"a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/f"}
 
 
 def test_database_dir_loses_seamless_db(sandbox, data, make_ctx):
@@ -244,14 +274,27 @@ def test_stranded_markers_are_put_back(sandbox, data, make_ctx):
     assert tree(d) == {HS} and (d / HS).read_bytes() == b"prefix"
 
 
-def test_genuine_failures_are_not_reinterpreted(tmp_path):
-    child = tmp_path / "a"
-    _file(child / "b" / ".keep" / "x")
-    not_empty = f"rhl-clear: could not remove {child}: [Errno 39] Directory not empty: '{child}'"
-    assert clear_op._spurious_failure(not_empty, tmp_path)
-    _file(child / "leftover.bin")  # something removable is still there: a real failure
-    assert not clear_op._spurious_failure(not_empty, tmp_path)
-    (child / "leftover.bin").unlink()
-    other = f"rhl-clear: could not remove {tmp_path / 'f'}: [Errno 13] Permission denied: 'f'"
-    assert not clear_op._spurious_failure(not_empty + "\n" + other, tmp_path)
-    assert not clear_op._spurious_failure("", tmp_path)
+def test_a_failure_is_said_and_the_rest_cleared(tmp_path):
+    """A file the clearing user may not remove: one line saying so, exit status 1, the
+    rest removed. Run as another uid (root may remove anything)."""
+    needs_root()
+    root = Path(tempfile.mkdtemp(prefix="ssclr-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o711)
+        d = root / "data"
+        _file(d / "mine.txt")
+        _file(d / "sub" / "mine-too")
+        _file(d / "locked" / "f")
+        for path in (d, d / "mine.txt", d / "sub", d / "sub" / "mine-too"):
+            os.chown(path, OTHER_UID, OTHER_UID)
+        ctx = AgentContext(base=root / "rhl", policy=parse_policy("permissive"))
+
+        def as_them() -> dict:
+            return clear_op.run(ctx, validate_args("clear", {"path": str(d), "force": True}))
+
+        result = as_user(OTHER_UID, OTHER_UID, as_them)
+        assert result["stderr"] == f"seamless-service: could not remove {d}/locked/f: [Errno 13] Permission denied\n"
+        assert (result["ok"], result["exit_status"], result["removed"], result["helper_removed"]) == (False, 1, 3, 2)
+        assert tree(d) == {"locked", "locked/f"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
