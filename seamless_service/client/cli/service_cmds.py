@@ -379,7 +379,7 @@ def run_stop(args: argparse.Namespace) -> int:
             value = call_one(transport, "stop", {"keys": [target.key]})
         return _report_stop(value["results"], target.host)
     if not args.cluster:
-        raise UsageError("--service or --cluster is required")
+        raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
     rc = 0
     for host in cluster_hosts(args.cluster, args.frontend_name):
         try:
@@ -444,7 +444,7 @@ def run_rm(args: argparse.Namespace) -> int:
     elif args.cluster:
         hosts_keys = [(host, None) for host in cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
     else:
-        raise UsageError("--service or --cluster is required")
+        raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
 
     rc, refused, unchecked = 0, set(), []
     for host, host_keys in hosts_keys:
