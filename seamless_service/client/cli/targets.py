@@ -154,11 +154,12 @@ def _local(args: argparse.Namespace) -> Target:
 
     rows = local_rows(args)
     wanted = describe_selection(args)
+    matching = f" matches {wanted}" if wanted else ""
     if not rows:
-        raise OpError("not_found", f"no service on this machine{' matches ' + wanted if wanted else ''} "
-                                   "(see 'seamless-service ps --local')")
+        raise OpError("not_found", f"no service on this machine{matching} (see 'seamless-service ps --local')")
     if len(rows) > 1:
-        raise Ambiguous(f"{len(rows)} services on this machine{' match ' + wanted if wanted else ''}; narrow the selection with "
+        plural = f" match {wanted}" if wanted else ""
+        raise Ambiguous(f"{len(rows)} services on this machine{plural}; narrow the selection with "
                         "--service/--project/--stage/--mode/... or name one with --key KEY:", rows)
     row = rows[0]
     workdir = row.get("workdir")
