@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import ServiceError, UsageError
 from .rows import (
+    PERSISTENT_STATUS,
     attach_health,
     error_record,
     labels_from_path,
@@ -38,6 +39,7 @@ from .rows import (
     persistent_matches,
     persistent_row,
     process_row,
+    status_matches,
 )
 
 PERSISTENT_OPTS: dict[str, dict[str, Any]] = {
@@ -346,8 +348,9 @@ def assemble(outcomes: Iterable[Outcome], args: argparse.Namespace) -> list[dict
     persistent = one_per_directory(((state, row) for state, o in zip(states, outcomes) for row in o.persistent
                                     if persistent_matches(row, filters)), process)
     rows = merge_rows(process, persistent)
-    if getattr(args, "status", None):
-        rows = [row for row in rows if row.get("process") is not None]
+    status = getattr(args, "status", None)
+    if status:
+        rows = [row for row in rows if status_matches(row, status)]
     return rows
 
 
@@ -386,7 +389,7 @@ def ps_args(args: argparse.Namespace, *, side: str, cluster: str | None = None) 
             out[name] = value
     if cluster is not None:
         out["cluster"] = cluster
-    if args.status:
+    if args.status and args.status != PERSISTENT_STATUS:  # not a process status: see rows.py
         out["status"] = args.status
     return out
 
@@ -434,7 +437,7 @@ def plan_queries(args: argparse.Namespace) -> Plan:
 
     view = view_of(args)
     plan = Plan()
-    persistent = args.persistent or (view == "cluster" and not args.status)
+    persistent = args.persistent or (view == "cluster" and args.status in (None, PERSISTENT_STATUS))
     health = getattr(args, "health", False)
     if view in ("cluster", "server"):
         host = sconfig.cluster_host(args.cluster, args.frontend_name)

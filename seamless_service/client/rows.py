@@ -289,3 +289,18 @@ def attach_health(rows: Iterable[dict[str, Any]], services: dict[str, dict[str, 
         row["health"], error = health_summary(entry)
         if error:
             row["health_error"] = error
+
+
+# `--status persistent`: remote-http-launcher's name for "the workdir holds data even when no
+# process runs". A status of the row's data directory, not of a process: never sent to an
+# agent (whose `ps` filters processes), applied here to the merged rows.
+PERSISTENT_STATUS = "persistent"
+NO_PROCESS = (None, "stale", "failed")   # a state file may remain, but nothing runs
+
+
+def status_matches(row: dict[str, Any], status: str) -> bool:
+    """True if the row belongs to `ps --status STATUS` (the agent already filtered process
+    rows for the other statuses; a data directory without a process has no status, #37)."""
+    if status == PERSISTENT_STATUS:
+        return row.get("persistent") == "populated" and row.get("process") in NO_PROCESS
+    return row.get("process") is not None

@@ -564,6 +564,18 @@ def local_cluster(*, from_cwd: bool = True) -> str | None:
     return _with_clusters(get_local_cluster, from_cwd=from_cwd)
 
 
+def project_cluster(sel: Selection) -> str | None:
+    """The cluster the current directory's seamless.yaml / seamless.profile.yaml selects
+    (its `stage NAME:` block applied when sel.stage is given), the one the per-service
+    commands resolve on; None outside a project or when the project names no cluster."""
+    from seamless_config import select
+
+    with _session():
+        _select_stage_first(sel)
+        _load(workdir=os.getcwd(), ignore_cache=True)
+        return select.get_selected_cluster()
+
+
 def _frontends(cluster: str, frontend_name: str | None) -> list[Any]:
     from seamless_config.cluster import _clusters
 

@@ -151,15 +151,16 @@ def _prepare_data(root: Path, root_fd: int, key: str, sub: str | None, marker: s
     return root / relative
 
 
-def _prepare() -> Path:
-    """Data folders, data files and launcher configs of every demo key; the data root."""
+def _prepare(keys: list[str] | None = None) -> Path:
+    """Data folders, data files and launcher configs of the demo keys to launch (all by
+    default; a running service's data is left as it is); the data root."""
     root, root_fd = _open_root()
     try:
         configs_fd = _subdirs(root, root_fd, "configs")
         try:
-            for key, spec in DEMO_KEYS.items():
+            for key in DEMO_KEYS if keys is None else keys:
                 config = {
-                    "workdir": str(_prepare_data(root, root_fd, key, *spec)), "key": key,
+                    "workdir": str(_prepare_data(root, root_fd, key, *DEMO_KEYS[key])), "key": key,
                     "command": "seamless-service-demo --status-file {status_file}",
                     "network_interface": "127.0.0.1", "handshake": "healthcheck", "timeout": 20,
                 }
@@ -171,13 +172,32 @@ def _prepare() -> Path:
     return root
 
 
+def _running() -> set[str]:
+    """The demo keys whose service runs now (the launcher would only reuse them)."""
+    from ..client.local import LocalTransport, unwrap
+
+    with LocalTransport() as transport:
+        rows = unwrap(transport.batch([("ps", {"side": "server", "status": "running"})])[0],
+                      host="localhost")["rows"]
+    return {row.get("key") for row in rows} & set(DEMO_KEYS)
+
+
+NEXT_STEPS = """next, try:
+  seamless-service ps --local --persistent --health
+  seamless-service logs --local --service hashserver --tail 5
+  seamless-service inspect --local --service database
+  seamless-service demo stop        (stops the demo services and removes their data)"""
+
+
 def start(*, echo: Any = print) -> int:
     launcher = BIN_DIR / "remote-http-launcher"
     if not launcher.exists():
         echo("seamless-service demo: remote-http-launcher is not installed next to this Python", file=sys.stderr)
         return 1
+    running = _running()
+    to_start = [key for key in DEMO_KEYS if key not in running]
     try:
-        root = _prepare()
+        root = _prepare(to_start)
     except DemoFolderError as exc:
         echo(f"seamless-service demo: {exc}; 'seamless-service demo stop' forgets that folder, "
              "then start again", file=sys.stderr)
@@ -188,17 +208,20 @@ def start(*, echo: Any = print) -> int:
         return 1
     failures = 0
     for key in DEMO_KEYS:
+        if key in running:
+            echo(f"{key}: already running")
+            continue
         path = root / "configs" / f"{key}.yaml"
         result = subprocess.run([str(launcher), str(path)], env=_env(), capture_output=True, text=True,
                                 timeout=60, stdin=subprocess.DEVNULL)
         if result.returncode == 0:
-            echo(f"started {key}")
+            echo(f"{key}: started")
         else:
             failures += 1
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             echo(f"seamless-service demo: could not start {key}: {last[0]}", file=sys.stderr)
     if failures == 0:
-        echo("now try:  seamless-service ps --local --persistent --health")
+        echo(NEXT_STEPS)
     return 1 if failures else 0
 
 

@@ -19,10 +19,10 @@ from tests.support.other_user import as_user, local_user, unused_uid
 CLI = [sys.executable, "-m", "seamless_service"]
 
 
-def run(sandbox, *argv: str) -> subprocess.CompletedProcess:
+def run(sandbox, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = sandbox.env()
     env["SEAMLESS_SERVICE_NO_DAEMON"] = "1"
-    return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_demo_start_ps_stop(box):
     sandbox = box
     started = run(sandbox, "demo", "start")
     assert started.returncode == 0, started.stderr
-    assert all(f"started {key}" in started.stdout for key in DEMO_KEYS)
+    assert all(f"{key}: started" in started.stdout.splitlines() for key in DEMO_KEYS)
     root = demo_root()
     assert root is not None and private_dir(root) and root != _old_predictable_root()
     assert all(private_dir(folder) for folder in (root / "db", root / "db" / "tour", root / "configs"))
@@ -163,3 +163,106 @@ def test_a_folder_planted_by_another_user_cannot_redirect_the_demo_data(box, tmp
             assert os.readlink(planted / "db" / "tour" / "seamless.db") == str(victim)  # not ours to remove
         finally:
             shutil.rmtree(planted, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- after `demo start`
+
+
+def state(sandbox, key: str) -> dict:
+    return json.loads((sandbox.server_dir / f"{key}.json").read_text())
+
+
+def test_the_next_commands_demo_start_prints_work_verbatim_anywhere(box, tmp_path):
+    """Issue 10: after `demo start`, the commands it suggests work as typed, in a folder with
+    no seamless.yaml and a HOME with no clusters.yaml (no cluster configuration at all)."""
+    sandbox = box
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert not (sandbox.home / ".seamless").exists()
+    started = run(sandbox, "demo", "start", cwd=elsewhere)
+    assert started.returncode == 0, started.stderr
+    lines = started.stdout.splitlines()
+    assert lines[:3] == [f"{key}: started" for key in DEMO_KEYS]
+    suggested = [line.split("seamless-service ", 1)[1].split("  ")[0].split()
+                 for line in lines[3:] if line.startswith("  seamless-service ")]
+    assert [words[:2] for words in suggested] == [
+        ["ps", "--local"], ["logs", "--local"], ["inspect", "--local"], ["demo", "stop"]]
+
+    ps, logs, inspect = (run(sandbox, *words, cwd=elsewhere) for words in suggested[:3])
+    assert ps.returncode == 0 and ps.stdout.count(" ok") == 3, ps.stderr
+    expected = sandbox.run_helper("rhl-logs", "hashserver-demo-rw-tour", "--tail", "5", check=True).stdout
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, expected, "")
+    assert len(expected.splitlines()) == 5
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout) == state(sandbox, "database-demo-rw-tour")
+
+    # the raw key names the same service
+    by_key = run(sandbox, "logs", "--key", "hashserver-demo-rw-tour", "--local", "--tail", "5", cwd=elsewhere)
+    assert (by_key.returncode, by_key.stdout) == (0, expected)
+
+    again = run(sandbox, "demo", "start", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[:3] == [f"{key}: already running" for key in DEMO_KEYS]
+    assert "started" not in again.stdout
+    assert all(state(sandbox, key)["status"] == "running" for key in DEMO_KEYS)
+
+
+def test_local_selection_of_several_services_lists_them_and_exits_2(box, tmp_path):
+    sandbox = box
+    assert run(sandbox, "demo", "start").returncode == 0
+    stop = run(sandbox, "stop", "--local", "--project", "tour", cwd=tmp_path)
+    assert (stop.returncode, stop.stdout) == (2, "")
+    first, *listed = stop.stderr.splitlines()
+    assert first.startswith("seamless-service: 3 services on this machine match --project tour; narrow ")
+    assert "--key KEY" in first
+    assert sorted(line.split() for line in listed) == sorted([key, "running"] for key in DEMO_KEYS)
+    assert all(state(sandbox, key)["status"] == "running" for key in DEMO_KEYS)   # nothing stopped
+
+    none = run(sandbox, "inspect", "--local", "--service", "jobserver", "--stage", "nosuch", cwd=tmp_path)
+    assert (none.returncode, none.stdout) == (1, "")
+    assert none.stderr == ("seamless-service: no service on this machine matches --service jobserver "
+                           "--stage nosuch (see 'seamless-service ps --local')\n")
+
+
+def test_stop_rm_clear_local_act_on_the_one_selected_service(box, tmp_path):
+    sandbox = box
+    assert run(sandbox, "demo", "start").returncode == 0
+    job, hs = "jobserver-demo-rw-tour--STAGE-try", "hashserver-demo-rw-tour"
+    pid = state(sandbox, job)["pid"]
+    stop = run(sandbox, "stop", "--local", "--service", "jobserver", cwd=tmp_path)
+    assert (stop.returncode, stop.stdout) == (0, f"{job}: stopped\n"), stop.stderr
+    assert state(sandbox, job)["status"] == "stale"
+    assert state(sandbox, hs)["status"] == "running"
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    rm = run(sandbox, "rm", "--local", "--key", job, cwd=tmp_path)
+    assert rm.returncode == 0, rm.stderr
+    assert f"removed {sandbox.server_dir / (job + '.json')}" in rm.stdout.splitlines()
+    assert not (sandbox.server_dir / f"{job}.json").exists()
+
+    buffers = Path(state(sandbox, hs)["workdir"])
+    assert len(list(buffers.iterdir())) == 41
+    refused = run(sandbox, "clear", "--local", "--service", "hashserver", "--yes", cwd=tmp_path)
+    assert refused.returncode == 1 and "(or pass --force)" in refused.stderr
+    assert len(list(buffers.iterdir())) == 41
+    # by key: the data folder is the one its state file records
+    cleared = run(sandbox, "clear", "--local", "--key", hs, "--yes", "--force", cwd=tmp_path)
+    assert cleared.returncode == 0, cleared.stderr
+    assert [p.name for p in buffers.iterdir()] == [".HASHSERVER_PREFIX"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["inspect", "--key", "hashserver-demo-rw-tour", "--local", "--service", "hashserver"],
+     "argument --key: not allowed with --service"),
+    (["logs", "--key", "hashserver-demo-rw-tour", "--local", "--stage", "s", "--mode", "rw"],
+     "argument --key: not allowed with --stage, --mode"),
+    (["stop", "--key", "../../etc", "--local"], "argument --key: invalid key '../../etc'"),
+    (["rm", "--key=-h", "--local"], "argument --key: invalid key '-h'"),
+    (["clear", "--key", "hashserver-demo-rw-tour", "--yes"], "argument --key: needs --cluster C or --local"),
+    (["inspect", "--key", "hashserver-demo-rw-tour", "--local", "--cluster", "demo"],
+     "argument --key: give --cluster C or --local, not both"),
+])
+def test_key_is_checked_before_anything_is_sent(box, tmp_path, argv, needle):
+    result = run(box, *argv, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -387,6 +387,59 @@ def test_subproject_filters_and_client_cluster_view(world):
 # ====================================================================== --status, --all-clusters
 
 
+def test_status_persistent_selects_data_without_a_running_process(world):
+    """The launcher's `persistent` state (data in the workdir, no process running): with
+    --status, seamless-service-ps drops every data-only row (#37): it prints no row at all."""
+    assert world.old_json("--cluster", "loc", "--status", "persistent") == []
+    rows = world.ps_json("--cluster", "loc", "--status", "persistent")
+    buf, db = world.buf / "myproj", world.db / "myproj"
+    assert {(r["key"], r["path"]) for r in rows} == {
+        (world.keys["ro"], str(buf)),              # stopped (stale), its data still there
+        (None, str(buf / "STAGE-s1")), (None, str(buf / "sub" / "STAGE-x")), (None, str(db))}
+    assert {r["persistent"] for r in rows} == {"populated"}
+    assert {r["process"] for r in rows} == {"stale", None}
+    # --server shows data directories only with --persistent; this status implies it
+    assert world.ps_json("--cluster", "loc", "--server", "--status", "persistent") == rows
+    # --local: the data directories its state files record
+    assert [r["key"] for r in world.ps_json("--local", "--status", "persistent")] == [world.keys["ro"]]
+    code, out, _ = world.ps("--cluster", "loc", "--status", "persistent")
+    assert code == 0 and len(out.splitlines()) == len(rows) + 1
+
+
+def test_status_persistent_is_documented_in_help(world):
+    result = world.new_ps("--help")
+    assert result.returncode == 0
+    assert "persistent" in result.stdout.split("--status {", 1)[1].split("}", 1)[0]
+    assert "--status persistent lists the data directories" in " ".join(result.stdout.split())
+
+
+def test_server_takes_the_cluster_from_the_project_like_the_per_service_commands(small, tmp_path):
+    """The seed's example `ps --server --project P --status stale`, inside a project: the
+    cluster comes from seamless.yaml (or seamless.profile.yaml), as for inspect/logs/stop."""
+    running = small.launch("run", "hashserver")
+    stale = small.launch("old", "database")
+    assert small.box.run_helper("rhl-stop", stale).returncode == 0
+    assert small.old_ps("--server", "--project", "myproj", "--status", "stale").returncode == 2
+    code, out, err = small.ps("--server", "--project", "myproj", "--status", "stale", "--json")
+    assert (code, err) == (0, "")
+    assert [(r["key"], r["cluster"], r["process"]) for r in ndjson(out)] == [(stale, "loc", "stale")]
+    assert {r["key"] for r in small.ps_json("--server")} == {running, stale}
+    # a profile-only project selects the cluster too
+    profiled = tmp_path / "profiled"
+    profiled.mkdir()
+    (profiled / "seamless.profile.yaml").write_text(yaml.safe_dump([{"cluster": "loc"}]))
+    code, out, err = small.ps("--server", "--status", "running", "--json", cwd=profiled)
+    assert (code, err) == (0, "") and [r["key"] for r in ndjson(out)] == [running]
+    # outside a project, and in a project that names no cluster: today's error
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "seamless.yaml").write_text(yaml.safe_dump([{"project": "myproj"}]))
+    for where in (small.box.root, bare):
+        code, out, err = small.ps("--server", "--project", "myproj", cwd=where)
+        assert (code, out) == (2, "") and err == "seamless-service: --server requires --cluster\n"
+
+
+
 def test_status_drops_persistent_only_rows(world):
     """#37: with --status, seamless-service-ps still prints data dirs that have no process."""
     old = world.old_json("--cluster", "loc", "--status", "running", "--persistent")
@@ -574,7 +627,7 @@ def test_seamless_cache_alias(small):
     (["--cluster", "nope"], "unknown cluster 'nope'"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(small, argv, message):
-    code, out, err = small.ps(*argv)
+    code, out, err = small.ps(*argv, cwd=small.box.root)   # outside the project
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1 and message in err
 

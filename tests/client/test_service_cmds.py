@@ -138,6 +138,29 @@ def test_logs_errors(seamless_home):
     assert "no state file" in assert_one_line_error(cli(home, "inspect", "--service", "hashserver"), 1)
 
 
+def test_key_names_the_service_on_the_cluster_host_from_any_folder(seamless_home):
+    """`--key KEY --cluster C`: the launcher's raw key, no resolution (seamless.yaml unread)."""
+    home = seamless_home
+    key, state = launch(home, service="hashserver", stage="k")
+    outside = home.sandbox.root     # no seamless.yaml here
+    by_key = cli(home, "inspect", "--key", key, "--cluster", "lc", cwd=outside)
+    by_service = cli(home, "inspect", "--service", "hashserver", "--stage", "k")
+    assert by_key.returncode == by_service.returncode == 0, (by_key.stderr, by_service.stderr)
+    assert by_key.stdout == by_service.stdout and json.loads(by_key.stdout)["pid"] == state["pid"]
+    logs = cli(home, "logs", "--key", key, "--cluster", "lc", "--tail", "1", cwd=outside)
+    assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 1
+    stop = cli(home, "stop", "--key", key, "--cluster", "lc", cwd=outside)
+    assert (stop.returncode, stop.stdout) == (0, f"{key}: stopped\n"), stop.stderr
+    wait_for(lambda: not alive(state["pid"]))
+    assert json.loads(client_path(home, key).read_text())["status"] == "stale"
+    # a key that is not there: the agent's not-found, one line
+    missing = cli(home, "inspect", "--key", key + "x", "--cluster", "lc", cwd=outside)
+    assert "no state file" in assert_one_line_error(missing, 1)
+    # the cluster must be known: it chooses the host
+    assert "unknown cluster 'nope'" in assert_one_line_error(
+        cli(home, "inspect", "--key", key, "--cluster", "nope", cwd=outside), 2)
+
+
 def kill_behind_its_back(pid: int) -> None:
     """The service dies without the launcher knowing: its state file still says running."""
     os.killpg(pid, signal.SIGKILL)

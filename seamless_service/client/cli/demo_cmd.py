@@ -9,9 +9,13 @@ Start (or stop and remove) three small demo services on this machine, launched t
 remote-http-launcher like real Seamless services: a "hashserver" and a "database" with data
 directories, and a "jobserver" in a stage. They answer HTTP on 127.0.0.1 only.
 
+A second `demo start` starts only what is not running (and says which were).
+
 examples:
   seamless-service demo start
   seamless-service ps --local --persistent --health
+  seamless-service logs --local --service hashserver --tail 5
+  seamless-service inspect --local --service database
   seamless-service demo stop
 """
 

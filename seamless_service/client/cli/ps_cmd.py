@@ -21,7 +21,8 @@ in parallel. Deliberate differences (see also client/rows.py and client/ps_query
 * #34  --wide adds CLUSTER and KEY columns; port 0 shows as 0.
 * --json rows all have the same fields (rows.JSON_FIELDS), whatever the view and flags;
   seamless-service-ps leaves `path` out of process rows.
-* #37  --status drops persistent-only rows (they have no process).
+* #37  --status drops persistent-only rows (they have no process); --status persistent keeps
+       only the rows whose data directory is populated while no process runs.
 * #40  client rows of services on this machine show the service's real status.
 * --subproject/--substage/--mode/--queue also filter process rows (as for stop/rm --cluster);
   --status accepts only the statuses rows can have (`client`: a connection file whose
@@ -35,6 +36,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import UsageError
+from ..rows import PERSISTENT_STATUS
 from .common import add_selection_args, add_transport_args
 
 HELP = """\
@@ -44,10 +46,14 @@ seamless-service-ps:
 
   (default), --client       this machine's client files (the services this machine uses)
   --cluster C               the services on cluster C's frontend, with its data directories
-  --server --cluster C      the services on cluster C's frontend only
+  --server --cluster C      the services on cluster C's frontend only (inside a project,
+                            C defaults to the cluster of its seamless.yaml, as for inspect)
   --client --cluster C      this machine's client files of cluster C
   --all-clusters            every configured cluster, asked in parallel
   --local                   this machine's services, no configuration needed
+
+--status persistent lists the data directories that hold data while no process runs (the
+launcher's `persistent` state: cached results a new service would start from).
 
 SIZE is the data directory's total (the database file's size for a database). A size
 marked with a trailing * is not fresh: it was measured before the directory last changed
@@ -68,7 +74,7 @@ examples:
   seamless-service ps --cluster mycluster --watch
 """
 
-STATUSES = ("running", "starting", "failed", "stale", "error", "client")
+STATUSES = ("running", "starting", "failed", "stale", "error", "client", PERSISTENT_STATUS)
 MAX_WATCH = 60.0  # the agent's longest `wait`
 
 
@@ -83,7 +89,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="every configured cluster, in parallel")
     side.add_argument("--local", action="store_true",
                       help="this machine's services, read in-process (no SSH, no configuration)")
-    p.add_argument("--status", choices=STATUSES, help="only rows with this process status")
+    p.add_argument("--status", choices=STATUSES,
+                   help="only rows with this process status; `persistent`: data directories that hold "
+                        "data while no process runs (no service, or a stale or failed one), as "
+                        "remote-http-launcher names that state (implies --persistent)")
     p.add_argument("--persistent", action="store_true",
                    help="also show data directories (state and size) of hashserver and database")
     p.add_argument("--health", action="store_true",
@@ -102,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.watch is not None and not 0 < args.watch <= MAX_WATCH:
         raise UsageError(f"--watch SECONDS must be more than 0 and at most {MAX_WATCH:g}")
+    if args.status == PERSISTENT_STATUS:
+        args.persistent = True   # the state is about data directories: they must be read
+    if args.server and not args.cluster:
+        args.cluster = _project_cluster(args)   # None: view_of says --server requires --cluster
     if args.local:
         from ..ps_query import Plan
         from .ps_local import LocalServerQuery
@@ -124,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
     print_rows(assemble(outcomes, args), args, problems)
     print_lines(problem.line for problem in problems)
     return 1 if problems else 0
+
+
+def _project_cluster(args: argparse.Namespace) -> str | None:
+    """Inside a project, the cluster its seamless.yaml / seamless.profile.yaml selects, as
+    the per-service commands take it (the seed's `ps --server --project P --status stale`)."""
+    from ..sconfig import Selection, project_cluster
+
+    return project_cluster(Selection.from_args(args))
 
 
 def _watch(plan: Any, opener: "_Opener", args: argparse.Namespace) -> int:

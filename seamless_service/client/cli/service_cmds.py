@@ -18,6 +18,8 @@ differences (anchor §6), besides those of resolution (client/sconfig.py):
        unless --force, and needs --yes.
 * #38  `rm` refuses to remove the state of a running service unless --force; the refused
        key keeps both its files.
+* `--local` and `--key KEY` name one service without resolving it (cli/targets.py); a
+  `--local` selection that matches several services lists them and exits 2.
 * `stop` exit status: 1 if any key could not be stopped (permission denied, invalid pid,
   pid belongs to another process, error), not only for permission denied.
 """
@@ -27,14 +29,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpError, ServiceError, UsageError
-from ..sconfig import PERSISTENT_SERVICES, Resolved, Selection, cluster_hosts, resolve_service
+from ..sconfig import PERSISTENT_SERVICES, Selection, cluster_hosts, resolve_service
 from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
+from .targets import Target, add_target_args, pick_target, uses_target
 
 PROG = "seamless-service"
 LOG_PAGE = 4 << 20           # bytes per `logs` read when printing a whole log
@@ -61,6 +65,8 @@ as indented JSON with sorted keys, like seamless-service-inspect.
 examples:
   seamless-service inspect --service hashserver
   seamless-service inspect --service jobserver --cluster mycluster --project myproj
+  seamless-service inspect --local --service database      (a service of this machine)
+  seamless-service inspect --key hashserver-mycluster-rw-myproj --cluster mycluster
 """
 
 LOGS_HELP = """\
@@ -70,10 +76,12 @@ stays readable after the service stopped or its state was removed.
 examples:
   seamless-service logs --service database --tail 20
   seamless-service logs --service hashserver --follow      (Ctrl-C to stop)
+  seamless-service logs --local --service hashserver --tail 5
 """
 
 STOP_HELP = """\
-Stop services and mark their local client files stale. With --service: that service.
+Stop services and mark their local client files stale. With --service, --local or --key: that
+one service.
 With --cluster and no --service: every service of the cluster that matches
 --project/--subproject/--stage/--substage/--mode/--queue. Prints `<key>: <outcome>` per
 service, with rhl-stop's words (stopped, already gone, kill required, permission denied,
@@ -83,6 +91,7 @@ not be stopped.
 examples:
   seamless-service stop --service hashserver
   seamless-service stop --cluster mycluster --project myproj
+  seamless-service stop --local --service jobserver --stage try
 """
 
 RM_HELP = """\
@@ -94,6 +103,7 @@ With --cluster and no --service: every service of the cluster that matches the f
 examples:
   seamless-service rm --service database --stage s1
   seamless-service rm --client --cluster mycluster --project myproj
+  seamless-service rm --key database-mycluster-rw-myproj --cluster mycluster
 """
 
 CLEAR_HELP = """\
@@ -105,6 +115,7 @@ stop it first (--force clears anyway, under the running service's feet).
 examples:
   seamless-service clear --service hashserver --stage s1 --yes
   seamless-service clear --service database --project myproj --cluster mycluster --yes
+  seamless-service clear --local --service hashserver --project tour --yes
 """
 
 
@@ -120,6 +131,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = parser("inspect", "print a service's launcher state", INSPECT_HELP)
     add_selection_args(p, service_required=True)
+    add_target_args(p)
     add_transport_args(p)
     p.set_defaults(func=run_inspect)
 
@@ -127,11 +139,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_selection_args(p, service_required=True)
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended (Ctrl-C ends)")
+    add_target_args(p)
     add_transport_args(p)
     p.set_defaults(func=run_logs)
 
     p = parser("stop", "stop services", STOP_HELP)
     add_selection_args(p)
+    add_target_args(p)
     add_transport_args(p)
     p.set_defaults(func=run_stop)
 
@@ -141,6 +155,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", action="store_true", help="only the server state file(s)")
     p.add_argument("--force", action="store_true",
                    help="also remove the state of running services (orphans their processes)")
+    add_target_args(p)
     add_transport_args(p)
     p.set_defaults(func=run_rm)
 
@@ -149,6 +164,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="confirm: delete the data (required)")
     p.add_argument("--force", action="store_true",
                    help="clear even while a service using the directory runs")
+    add_target_args(p)
     add_transport_args(p)
     p.set_defaults(func=run_clear)
 
@@ -167,10 +183,6 @@ def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Any]:
         yield transport
     finally:
         transport.close()
-
-
-def _resolve(args: argparse.Namespace) -> Resolved:
-    return resolve_service(Selection.from_args(args), from_cwd=True)
 
 
 def _where(host: str | None) -> str:
@@ -223,9 +235,9 @@ def run_resolve(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    resolved = _resolve(args)
-    with _transport(resolved.ssh_host, args) as transport:
-        value = call_one(transport, "inspect", {"key": resolved.key})
+    target = pick_target(args)
+    with _transport(target.host, args) as transport:
+        value = call_one(transport, "inspect", {"key": target.key})
     print(json.dumps(value["data"], indent=2, sort_keys=True))
     for note in value.get("unsendable") or ():
         # the agent sent these values as text: the file holds what msgpack cannot carry
@@ -236,9 +248,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_logs(args: argparse.Namespace) -> int:
     if args.tail is not None and args.tail < 0:
         raise UsageError("--tail must be >= 0")
-    resolved = _resolve(args)
-    key = resolved.key
-    with _transport(resolved.ssh_host, args) as transport:
+    target = pick_target(args)
+    key = target.key
+    with _transport(target.host, args) as transport:
         if args.tail is not None:
             value = call_one(transport, "logs", {"key": key, "tail": args.tail, "max_bytes": 8 << 20})
             _write_bytes(value["data"])
@@ -361,13 +373,13 @@ def _report_stop(results: list[dict[str, Any]], host: str | None) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    if args.service:
-        resolved = _resolve(args)
-        with _transport(resolved.ssh_host, args) as transport:
-            value = call_one(transport, "stop", {"keys": [resolved.key]})
-        return _report_stop(value["results"], resolved.ssh_host)
+    if uses_target(args):
+        target = pick_target(args)
+        with _transport(target.host, args) as transport:
+            value = call_one(transport, "stop", {"keys": [target.key]})
+        return _report_stop(value["results"], target.host)
     if not args.cluster:
-        raise UsageError("--service or --cluster is required")
+        raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
     rc = 0
     for host in cluster_hosts(args.cluster, args.frontend_name):
         try:
@@ -425,14 +437,14 @@ def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool) -> tuple[
 def run_rm(args: argparse.Namespace) -> int:
     both = not (args.client or args.server)
     do_client, do_server = args.client or both, args.server or both
-    if args.service:
-        resolved = _resolve(args)
-        keys = [resolved.key]
-        hosts_keys = [(resolved.ssh_host, keys)] if do_server else []
+    if uses_target(args):
+        target = pick_target(args)
+        keys = [target.key]
+        hosts_keys = [(target.host, keys)] if do_server else []
     elif args.cluster:
         hosts_keys = [(host, None) for host in cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
     else:
-        raise UsageError("--service or --cluster is required")
+        raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
 
     rc, refused, unchecked = 0, set(), []
     for host, host_keys in hosts_keys:
@@ -456,7 +468,7 @@ def run_rm(args: argparse.Namespace) -> int:
     if do_client:
         # Client files live on this machine, whatever host the service runs on.
         with contextlib.closing(open_local()) as local:
-            if args.service:
+            if uses_target(args):
                 client_keys = keys
             else:
                 client_keys = [r["key"] for r in _cluster_rows(local, args, "client")]
@@ -470,20 +482,24 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    if args.service not in PERSISTENT_SERVICES:
+    if args.service not in PERSISTENT_SERVICES and (args.service or not (args.key or args.local)):
         raise UsageError("--service must be hashserver or database")
-    resolved = _resolve(args)
-    if not resolved.workdir or resolved.workdir == "/tmp":
-        raise UsageError("service has no clearable persistent workdir")
-    path = resolved.local_workdir()
-    where = f"{resolved.ssh_host}:{path}" if resolved.ssh_host else path
-    if not args.yes:
-        # No interactive prompt: commands run inside the tunnel keeper, which has no
-        # terminal, and a prompt that only sometimes appears is worse than a clear rule.
-        raise UsageError(f"clear deletes all data in {where}: pass --yes to confirm")
-    with _transport(resolved.ssh_host, args) as transport:
+    target = pick_target(args)
+    if target.service not in PERSISTENT_SERVICES:
+        raise UsageError(f"{target.key} is not a hashserver or database: it has no data to clear")
+    with _transport(target.host, args) as transport:
+        # --key: the workdir is the one the service's state file records on its host
+        workdir = target.workdir if target.workdir is not None else _state_workdir(transport, target)
+        if not workdir or workdir == "/tmp":
+            raise UsageError("service has no clearable persistent workdir")
+        path = os.path.expanduser(workdir) if target.host is None else workdir
+        where = f"{target.host}:{path}" if target.host else path
+        if not args.yes:
+            # No interactive prompt: commands run inside the tunnel keeper, which has no
+            # terminal, and a prompt that only sometimes appears is worse than a clear rule.
+            raise UsageError(f"clear deletes all data in {where}: pass --yes to confirm")
         try:
-            value = call_one(transport, "clear", {"path": path, "key": resolved.key, "force": args.force})
+            value = call_one(transport, "clear", {"path": path, "key": target.key, "force": args.force})
         except OpError as exc:
             if exc.code == "conflict":  # a service runs there: say how to go ahead anyway
                 raise OpError(exc.code, f"{exc.message} (or pass --force)", exc.host) from None
@@ -495,3 +511,8 @@ def run_clear(args: argparse.Namespace) -> int:
         sys.stderr.write(value["stderr"])
         sys.stderr.flush()
     return 0 if value.get("ok") else 1
+
+
+def _state_workdir(transport: Any, target: Target) -> str | None:
+    workdir = call_one(transport, "inspect", {"key": target.key})["data"].get("workdir")
+    return workdir if isinstance(workdir, str) else None
