@@ -110,3 +110,16 @@ def test_ci_runs_exactly_the_readme_test_command_after_its_install():
     # and .ci/run installs the extras the README names for development
     extras = re.findall(r"pip install -q -e '(\.\[[a-z,]+\])'", ci)
     assert extras == [".[client,test]"] and extras[0] in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def client_extra_modules() -> set[str]:
+    """The top-level modules that the [client] extra's distributions install."""
+    wanted = {normalized(r) for r in project()["optional-dependencies"]["client"]}
+    return {module for module, dists in importlib.metadata.packages_distributions().items()
+            if wanted & {normalized(d) for d in dists} and not module.startswith("_")}
+
+
+def test_the_cli_knows_which_modules_a_server_only_install_lacks():
+    from seamless_service.client.cli.main import CLIENT_MODULES
+
+    assert set(CLIENT_MODULES) == client_extra_modules()
