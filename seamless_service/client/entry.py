@@ -29,7 +29,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Sequence
 
-IN_PROCESS_COMMANDS = ("agent", "demo")  # server-side or this-machine-only: no tunnel keeper
+# server-side or this-machine-only, or (completion) run once from a shell's startup file,
+# where starting a tunnel keeper would be a cost for nothing
+IN_PROCESS_COMMANDS = ("agent", "demo", "completion")
 
 # The daemon runs one command at a time (cwd, environment and sys.stdout are per process).
 # A command that finds it still busy after BUSY_WAIT seconds runs here instead: it pays the

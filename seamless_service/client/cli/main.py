@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seamless-service", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"seamless-service {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"seamless-service {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import demo_cmd, ps_cmd, service_cmds
+    from . import completion, demo_cmd, ps_cmd, service_cmds
 
     ps_cmd.add_parser(sub)
     service_cmds.add_parsers(sub)
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_parser(sub)
     _add_tunnel_parser(sub)
+    completion.add_parser(sub)
     _accept_debug_everywhere(parser)
     return parser
 
