@@ -322,7 +322,9 @@ def assemble(outcomes: Iterable[Outcome], args: argparse.Namespace) -> list[dict
 
 
 def errors_of(outcomes: Iterable[Outcome]) -> list[str]:
-    return [line for o in outcomes for line in o.errors]
+    """Each error line once: parts of one host fail alike (both data roots of a host without
+    rhl-ps-persistent said the same line twice)."""
+    return list(dict.fromkeys(line for o in outcomes for line in o.errors))
 
 
 # -- building queries -------------------------------------------------------------------
@@ -442,7 +444,11 @@ def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool
     from . import sconfig
 
     hosts: dict[str | None, list[str]] = {}
-    for cluster in sconfig.known_clusters():
+    clusters = sconfig.known_clusters()
+    if not clusters:  # an empty table with exit 0 would read as "nothing runs anywhere"
+        raise UsageError("--all-clusters: no clusters defined in ~/.seamless/clusters.yaml "
+                         "(describe one there, or use ps --local for this machine's services)")
+    for cluster in clusters:
         try:
             host = sconfig.cluster_host(cluster, args.frontend_name)
             roots = sconfig.cluster_roots(cluster, args.frontend_name) if persistent else {}

@@ -109,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
         outcomes = run_all(plan.list(), opener, settle=True)
     finally:
         opener.close()
-    print_rows(assemble(outcomes, args), args)
+    rows = assemble(outcomes, args)
+    if args.local and not rows and not errors_of(outcomes):
+        from .ps_local import check_cluster
+
+        check_cluster(args.cluster)
+    print_rows(rows, args)
     errors = plan.failures + errors_of(outcomes)
     print_lines(errors)
     return 1 if errors else 0
