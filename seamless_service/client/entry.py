@@ -8,6 +8,7 @@ Where a command runs:
   in this process   `agent ...` (manages the agent of this machine, typically on a server
                     where no tunnel keeper is wanted; `agent start` leaves a long-lived
                     process behind, which must not become the daemon's child),
+                    `completion` (run from a shell's startup file: no keeper for that),
                     anything with `--local` (reads this machine's state, no SSH to save),
                     SEAMLESS_SERVICE_NO_DAEMON=1, any time the daemon cannot be
                     reached or started (with a one-line notice), and, without a notice,
