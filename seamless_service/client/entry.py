@@ -8,6 +8,7 @@ Where a command runs:
   in this process   `agent ...` (manages the agent of this machine, typically on a server
                     where no tunnel keeper is wanted; `agent start` leaves a long-lived
                     process behind, which must not become the daemon's child),
+                    `completion` (run from a shell's startup file: no keeper for that),
                     anything with `--local` (reads this machine's state, no SSH to save),
                     SEAMLESS_SERVICE_NO_DAEMON=1, any time the daemon cannot be
                     reached or started (with a one-line notice), and, without a notice,
@@ -29,7 +30,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Sequence
 
-IN_PROCESS_COMMANDS = ("agent", "demo")  # server-side or this-machine-only: no tunnel keeper
+# server-side or this-machine-only, or (completion) run once from a shell's startup file,
+# where starting a tunnel keeper would be a cost for nothing
+IN_PROCESS_COMMANDS = ("agent", "demo", "completion")
 
 # The daemon runs one command at a time (cwd, environment and sys.stdout are per process).
 # A command that finds it still busy after BUSY_WAIT seconds runs here instead: it pays the

@@ -360,8 +360,14 @@ def errors_of(outcomes: Iterable[Outcome]) -> list[str]:
 
 
 def problems_of(plan: "Plan", outcomes: Iterable[Outcome]) -> list[HostError]:
-    """Everything that failed: cluster definitions while planning, then hosts and ops."""
-    return plan.failures + [error for o in outcomes for error in o.errors]
+    """Everything that failed: cluster definitions while planning, then hosts and ops;
+    each once, as parts of one host fail alike (both data roots of a host without
+    rhl-ps-persistent said the same line twice)."""
+    problems = plan.failures + [error for o in outcomes for error in o.errors]
+    unique: dict[tuple, HostError] = {}
+    for problem in problems:
+        unique.setdefault((problem.line, problem.host, problem.clusters), problem)
+    return list(unique.values())
 
 
 # -- building queries -------------------------------------------------------------------
@@ -481,7 +487,11 @@ def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool
     from . import sconfig
 
     hosts: dict[str | None, list[str]] = {}
-    for cluster in sconfig.known_clusters():
+    clusters = sconfig.known_clusters()
+    if not clusters:  # an empty table with exit 0 would read as "nothing runs anywhere"
+        raise UsageError("--all-clusters: no clusters defined in ~/.seamless/clusters.yaml "
+                         "(describe one there, or use ps --local for this machine's services)")
+    for cluster in clusters:
         try:
             host = sconfig.cluster_host(cluster, args.frontend_name)
             roots = sconfig.cluster_roots(cluster, args.frontend_name) if persistent else {}

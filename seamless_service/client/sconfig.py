@@ -233,6 +233,32 @@ def _one_line(exc: BaseException) -> str:
     return first.rstrip(". ")
 
 
+def _with_example(exc: BaseException) -> str:
+    """The error's first line, and the example seamless-config gives after `Example:` on the
+    lines below it (`expected a YAML list of commands. Example:\n- project: myproject`):
+    one line for the error, then what a correct file looks like."""
+    first, _, rest = str(exc).strip().partition("\n")
+    if not first.endswith("Example:") or not rest.strip():
+        return _one_line(exc)
+    example = "\n".join("    " + line for line in rest.splitlines() if line.strip())
+    return f"{first[:-len('Example:')].rstrip(' .')}, for example:\n{example}"
+
+
+def _yaml_error(exc: BaseException, shown: str | None = None) -> str:
+    """`FILE:LINE:COLUMN: invalid YAML: PROBLEM (CONTEXT at line L, column C)`: PyYAML's
+    message spreads this over four lines, whose first is only the context."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is None or not problem:
+        return f"{shown or 'configuration'}: invalid YAML: {_one_line(exc)}"
+    name = shown or (mark.name if mark.name and not mark.name.startswith("<") else "configuration")
+    text = f"{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if getattr(exc, "problem", None) and context and context_mark is not None:
+        text += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return text
+
+
 def _home_file(path: Path) -> str:
     home = os.environ.get("HOME") or str(Path.home())
     try:
@@ -257,7 +283,7 @@ def _check_cluster_files() -> None:
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read {shown}: {_one_line(exc)}") from None
         except yaml.YAMLError as exc:
-            raise UsageError(f"{shown} is not valid YAML: {_one_line(exc)}") from None
+            raise UsageError(_yaml_error(exc, shown)) from None
         if data is None:
             raise UsageError(f"{shown} is empty: define clusters in it (name: definition) or remove it")
         if not isinstance(data, dict):
@@ -273,8 +299,8 @@ def _config_errors(what: str) -> Iterator[None]:
         yield
     except ServiceError:
         raise
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{what}: invalid YAML: {_one_line(exc)}") from None
+    except yaml.YAMLError as exc:  # seamless.yaml, seamless.profile.yaml: the mark names the file
+        raise UsageError(_yaml_error(exc)) from None
     except AssertionError as exc:
         # define_clusters asserts that local_cluster names a defined cluster
         arg = exc.args[0] if exc.args else None
@@ -284,7 +310,7 @@ def _config_errors(what: str) -> Iterator[None]:
     except KeyError as exc:
         raise UsageError(f"{what}: invalid cluster definition: missing {_one_line(exc)!r}") from None
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        raise UsageError(f"{what}: {_one_line(exc)}") from None
+        raise UsageError(f"{what}: {_with_example(exc)}") from None
     except ImportError as exc:  # e.g. configure_jobserver needs seamless_remote
         raise ServiceError(f"{what}: cannot resolve here: {_one_line(exc)}") from None
     except SystemExit as exc:  # seamless-config's "raise SystemExit(message)"

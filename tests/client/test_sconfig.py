@@ -278,12 +278,34 @@ def test_empty_clusters_yaml_29(seamless_home):
 
 def test_malformed_configuration(seamless_home):
     (seamless_home.proj / "seamless.yaml").write_text("project: notalist\n")
-    line = assert_one_line_error(cli(seamless_home, "stop", "--service", "hashserver"), 2)
-    assert "expected a YAML list of commands" in line
+    result = cli(seamless_home, "stop", "--service", "hashserver")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # one line for the error, then seamless-config's example of a correct file (it was cut off)
+    assert result.stderr.splitlines() == [
+        f"seamless-service: configuration: {seamless_home.proj / 'seamless.yaml'}: expected a YAML list of "
+        "commands, for example:",
+        "    - project: myproject"]
     (seamless_home.home / ".seamless" / "clusters.yaml").write_text("local_cluster: ghost\n")
     line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver", "--cluster", "x",
                                      "--project", "p"), 2)
     assert "local_cluster 'ghost' is not a defined cluster" in line
+
+
+@pytest.mark.parametrize("text, where", [
+    ("- project: [p\n- stage: s\n", "2:8: invalid YAML: expected ',' or ']', but got ':' "
+                                     "(while parsing a flow sequence at line 1, column 12)"),
+    ("- project: p\n\t- stage: s\n", "2:1: invalid YAML: found character '\\t' that cannot start any token"),
+])
+def test_invalid_seamless_yaml_says_file_line_and_column(seamless_home, text, where):
+    (seamless_home.proj / "seamless.yaml").write_text(text)
+    line = assert_one_line_error(cli(seamless_home, "logs", "--service", "hashserver"), 2)
+    assert line == f"seamless-service: {seamless_home.proj / 'seamless.yaml'}:{where}"
+
+
+def test_invalid_clusters_yaml_says_file_line_and_column(seamless_home):
+    (seamless_home.home / ".seamless" / "clusters.yaml").write_text("rc:\n  type: local\n   frontends: x\n")
+    line = assert_one_line_error(cli(seamless_home, "ps", "--cluster", "rc"), 2)
+    assert line == "seamless-service: ~/.seamless/clusters.yaml:3:13: invalid YAML: mapping values are not allowed here"
 
 
 # ---------------------------------------------------------------- in-process API

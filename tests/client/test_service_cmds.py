@@ -286,7 +286,9 @@ def test_rm_running_refused_then_sides(seamless_home):
 
     ours, theirs = cli(home, "rm", *sel), anchor(home, "rm", *sel)
     assert ours.returncode == theirs.returncode == 0
-    assert ours.stdout == theirs.stdout == f"{key}: not found\n{key}: not found\n"
+    assert theirs.stdout == f"{key}: not found\n{key}: not found\n"  # twice, saying neither side
+    assert ours.stdout == (f"{key}: not found (no server state file on this machine)\n"
+                           f"{key}: not found (no client file on this machine)\n")
 
 
 def test_rm_force_removes_running_state(seamless_home):

@@ -10,6 +10,12 @@ from ... import __version__
 from ..errors import ServiceError
 from .toplevel_help import DESCRIPTION  # one text: the thin client prints it without argparse
 
+# The top-level modules of the [client] extra (pyproject.toml; tests/test_packaging.py keeps
+# the two equal). A server-only install (`pip install seamless-service`, what a server's
+# agent needs) lacks them: the commands that need them say how to install them.
+CLIENT_MODULES = ("paramiko", "sshtunnel", "seamless_config")
+CLIENT_INSTALL = "pip install 'seamless-service[client]' (from a checkout: pip install '.[client]')"
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: argparse prints the whole usage block (a dozen
@@ -24,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seamless-service", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"seamless-service {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"seamless-service {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import demo_cmd, ps_cmd, service_cmds
+    from . import completion, demo_cmd, ps_cmd, service_cmds
 
     ps_cmd.add_parser(sub)
     service_cmds.add_parsers(sub)
@@ -36,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_parser(sub)
     _add_tunnel_parser(sub)
+    completion.add_parser(sub)
     _accept_debug_everywhere(parser)
     return parser
 
@@ -72,6 +79,14 @@ def _run_tunnel(args: argparse.Namespace) -> int:
     return tunnel_command([args.action] + (["--json"] if args.json else []))
 
 
+def missing_client_module(exc: BaseException) -> str | None:
+    """The [client] module whose absence raised exc, else None (a bug: reported as such)."""
+    if not isinstance(exc, ImportError):
+        return None
+    name = (exc.name or "").partition(".")[0]
+    return name if name in CLIENT_MODULES else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug or an unmapped error: still one line
         if args.debug:
             raise
+        missing = missing_client_module(exc)
+        if missing:
+            print(f"seamless-service: '{args.command}' needs the client side of seamless-service, not installed "
+                  f"here (no module {missing!r}): {CLIENT_INSTALL}", file=sys.stderr)
+            return 1
         detail = str(exc).splitlines()[0] if str(exc) else ""
         print(f"seamless-service: unexpected error: {type(exc).__name__}"
               + (f": {detail}" if detail else "") + " (run with --debug for a traceback)", file=sys.stderr)

@@ -134,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         opener.close()
     problems = problems_of(plan, outcomes)
-    print_rows(assemble(outcomes, args), args, problems)
+    rows = assemble(outcomes, args)
+    if args.local and not rows and not problems:
+        from .ps_local import check_cluster
+
+        check_cluster(args.cluster)
+    print_rows(rows, args, problems)
     print_lines(problem.line for problem in problems)
     return 1 if problems else 0
 

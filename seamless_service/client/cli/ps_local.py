@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import UsageError
 from ..ps_query import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
 from ..rows import persistent_row
 
@@ -71,3 +72,21 @@ class LocalServerQuery(HostQuery):
             display["_workdir"] = raw.get("workdir")  # private: dropped from --json output
         return out
 
+
+
+def check_cluster(cluster: str | None) -> None:
+    """`ps --local --cluster C` that found nothing: a typo must not look like an idle machine.
+
+    --cluster filters this machine's rows by the cluster their keys name, which needs no
+    configuration (the demo's keys name `demo`). Only when nothing matched is C looked up in
+    the configuration: a configured cluster with nothing here is an honest empty table, any
+    other name a usage error, as `ps --cluster C` says it."""
+    if not cluster:
+        return
+    from ..sconfig import known_clusters
+
+    known = known_clusters()
+    if cluster not in known:
+        where = f"known: {', '.join(known)}" if known else "no clusters defined in ~/.seamless/clusters.yaml"
+        raise UsageError(f"--cluster {cluster!r} matches no service on this machine and is not a configured "
+                         f"cluster ({where})")

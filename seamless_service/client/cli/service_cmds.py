@@ -403,15 +403,17 @@ def run_stop(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- rm
 
 
-def _report_rm(results: list[dict[str, Any]], side: str) -> tuple[int, set[str]]:
-    """Print like rhl-rm; return (exit status, keys refused because they run)."""
+def _report_rm(results: list[dict[str, Any]], side: str, where: str) -> tuple[int, set[str]]:
+    """Print like rhl-rm, but a `not found` says which side on which machine (rm of both
+    sides printed `KEY: not found` twice); return (exit status, keys refused because they run)."""
     rc, refused = 0, set()
     for result in results:
         key, outcome = result["key"], result.get("outcome", "")
         for path in result.get("removed") or []:
             print(f"removed {path}", flush=True)
         if outcome == "not found":
-            print(f"{key}: not found", flush=True)
+            missing = "server state file" if side == "server" else "client file"
+            print(f"{key}: not found (no {missing} on {where})", flush=True)
         elif outcome.startswith("refused"):
             refused.add(key)
             rc = 1
@@ -424,12 +426,12 @@ def _report_rm(results: list[dict[str, Any]], side: str) -> tuple[int, set[str]]
     return rc, refused
 
 
-def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool) -> tuple[int, set[str]]:
+def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool, where: str) -> tuple[int, set[str]]:
     rc, refused = 0, set()
     flags = {"server": True} if side == "server" else {"client": True}
     for chunk in _chunks(keys):
         value = call_one(transport, "rm", {"keys": chunk, "force": force, **flags})
-        chunk_rc, chunk_refused = _report_rm(value["results"], side)
+        chunk_rc, chunk_refused = _report_rm(value["results"], side, where)
         rc, refused = max(rc, chunk_rc), refused | chunk_refused
     return rc, refused
 
@@ -453,7 +455,8 @@ def run_rm(args: argparse.Namespace) -> int:
                 if host_keys is None:
                     host_keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
                 if host_keys:
-                    host_rc, host_refused = _rm_on(transport, host_keys, side="server", force=args.force)
+                    host_rc, host_refused = _rm_on(transport, host_keys, side="server", force=args.force,
+                                                    where=_where(host))
                     rc, refused = max(rc, host_rc), refused | host_refused
         except ServiceError as exc:
             _err(str(exc))
@@ -474,7 +477,7 @@ def run_rm(args: argparse.Namespace) -> int:
                 client_keys = [r["key"] for r in _cluster_rows(local, args, "client")]
             client_keys = [k for k in client_keys if k not in refused]  # #38: refused keys keep both files
             if client_keys:
-                rc = max(rc, _rm_on(local, client_keys, side="client", force=False)[0])
+                rc = max(rc, _rm_on(local, client_keys, side="client", force=False, where=_where(None))[0])
     return rc
 
 

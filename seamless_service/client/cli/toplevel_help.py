@@ -22,23 +22,24 @@ examples:
   seamless-service agent deploy mycluster-ssh       install/start the agent on a server
 """
 
-TOP_HELP = 'usage: seamless-service [-h] [--version] [--debug] COMMAND ...\n\n' + DESCRIPTION + """\
+TOP_HELP = 'usage: seamless-service [-h] [-V] [--debug] COMMAND ...\n\n' + DESCRIPTION + """\
 
 positional arguments:
   COMMAND
-    ps        list services
-    resolve   print a service's key, host and workdir (JSON)
-    inspect   print a service's launcher state
-    logs      print a service's log
-    stop      stop services
-    rm        remove launcher state files
-    clear     delete a hashserver's or database's data
-    demo      start/stop demo services on this machine
-    agent     start, stop or inspect the per-server agent
-    tunnel    the per-user tunnel keeper (client daemon)
+    ps           list services
+    resolve      print a service's key, host and workdir (JSON)
+    inspect      print a service's launcher state
+    logs         print a service's log
+    stop         stop services
+    rm           remove launcher state files
+    clear        delete a hashserver's or database's data
+    demo         start/stop demo services on this machine
+    agent        start, stop or inspect the per-server agent
+    tunnel       the per-user tunnel keeper (client daemon)
+    completion   print a bash or zsh completion script
 
 options:
-  -h, --help  show this help message and exit
-  --version   show program's version number and exit
-  --debug     show a traceback on errors
+  -h, --help     show this help message and exit
+  -V, --version  show program's version number and exit
+  --debug        show a traceback on errors
 """

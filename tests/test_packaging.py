@@ -1,0 +1,125 @@
+"""The install a checkout's README gives is enough: pyproject's extras cover what the tests
+import, the build does not warn, and .ci/run runs exactly the README's test command."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN = {"tests", "seamless_service"}
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project supports 3.10, which has no reader
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def normalized(requirement: str) -> str:
+    """`PyYAML>=6` -> `pyyaml` (PEP 503 name, version and markers dropped)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match, requirement
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def imported_modules(folder: Path) -> dict[str, Path]:
+    """Top-level third-party modules imported anywhere under folder -> one file importing it."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("importorskip", "import_module")
+                  and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                names = [node.args[0].value]
+            for name in names:
+                top = name.partition(".")[0]
+                if top not in sys.stdlib_module_names and top not in OWN:
+                    found.setdefault(top, path)
+    return found
+
+
+def uncovered(modules: dict[str, Path], requirements: list[str]) -> list[str]:
+    """The modules no distribution named in requirements provides, each with where it is imported."""
+    named = {normalized(r) for r in requirements}
+    providers = importlib.metadata.packages_distributions()
+    missing = []
+    for module, path in sorted(modules.items()):
+        dists = {normalized(d) for d in providers.get(module, [])}
+        if not dists & named:
+            missing.append(f"{module} (imported by {path.relative_to(ROOT)}; "
+                           f"installed by: {', '.join(sorted(dists)) or 'nothing installed'})")
+    return missing
+
+
+def dev_requirements() -> list[str]:
+    """What README's development install brings: the base dependencies, [client] and [test]."""
+    meta = project()
+    extras = meta["optional-dependencies"]
+    return meta["dependencies"] + extras["client"] + extras["test"]
+
+
+def test_the_test_extra_covers_every_third_party_import_of_the_tests():
+    modules = imported_modules(ROOT / "tests")
+    assert {"pytest", "hypothesis", "paramiko"} <= set(modules)  # the scan sees imports at all
+    assert uncovered(modules, dev_requirements()) == []
+
+
+def test_the_guard_names_a_module_the_extras_miss():
+    without_hypothesis = [r for r in dev_requirements() if normalized(r) != "hypothesis"]
+    missing = uncovered(imported_modules(ROOT / "tests"), without_hypothesis)
+    assert len(missing) == 1 and missing[0].startswith("hypothesis (imported by tests/")
+
+
+def test_license_is_the_current_form_and_the_build_does_not_warn():
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    assert isinstance(project()["license"], str)  # an SPDX expression, not the deprecated table
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any deprecation of our pyproject fails here, as it warns in a build
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert dist.metadata.license_expression == "MIT"
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.M | re.S)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def test_ci_runs_exactly_the_readme_test_command_after_its_install():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci_lines = {line.strip() for line in ci.splitlines()}
+    block = re.search(r"```bash\n(.*?)```", readme_section("Test"), re.S)
+    assert block, "README's Test section has no bash block"
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    commands = [c for c in commands if c and not c.startswith("pip install")]
+    assert commands and all(c in ci_lines for c in commands), (commands, ci)
+    # and .ci/run installs the extras the README names for development
+    extras = re.findall(r"pip install -q -e '(\.\[[a-z,]+\])'", ci)
+    assert extras == [".[client,test]"] and extras[0] in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def client_extra_modules() -> set[str]:
+    """The top-level modules that the [client] extra's distributions install."""
+    wanted = {normalized(r) for r in project()["optional-dependencies"]["client"]}
+    return {module for module, dists in importlib.metadata.packages_distributions().items()
+            if wanted & {normalized(d) for d in dists} and not module.startswith("_")}
+
+
+def test_the_cli_knows_which_modules_a_server_only_install_lacks():
+    from seamless_service.client.cli.main import CLIENT_MODULES
+
+    assert set(CLIENT_MODULES) == client_extra_modules()
