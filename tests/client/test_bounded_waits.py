@@ -279,3 +279,60 @@ def test_forwarding_refused_is_remembered(remote: Remote, no_forwarding_alias: s
         again.close()
     said = [n for n in notices if FALLBACK in n]
     assert len(said) == 1 and "port forwarding" in said[0] and "remembered until" in said[0], notices
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+class _Agent:
+    """Stands for an agent transport: unavailable (transient) while `down` says so."""
+
+    connected_once = False
+
+    def __init__(self, down: list[bool]):
+        self.down = down
+        self.closed = False
+
+    def batch(self, ops):
+        from seamless_service.client.agent_transport import AgentUnavailable
+
+        if self.down[0]:
+            raise AgentUnavailable("h", "the agent did not answer in time: timed out")
+        return [{"ok": True, "value": "agent"} for _ in ops]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Ssh:
+    def batch(self, ops):
+        return [{"ok": True, "value": "ssh"} for _ in ops]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_long_lived_auto_transport_tries_the_agent_again(monkeypatch):
+    """An API Host or `ps --watch` keeps its transport: after a transient fallback it goes
+    back to the agent once the agent answers (tried every AGENT_RETRY_AFTER seconds)."""
+    from seamless_service.client import transports
+
+    monkeypatch.setattr(transports, "remember_choice", lambda *a, **k: pytest.fail("remembered a transient reason"))
+    down = [True]
+    made: list[_Agent] = []
+
+    def make_agent() -> _Agent:
+        made.append(_Agent(down))
+        return made[-1]
+
+    notices = Notices()
+    auto = AutoTransport("h", make_agent, lambda guarded: _Ssh(), notice=notices)
+    assert auto.batch([("ps", {})])[0]["value"] == "ssh" and auto.kind == "ssh"
+    assert made[0].closed and auto.fallback_reason.startswith("the agent did not answer in time")
+    down[0] = False
+    assert auto.batch([("ps", {})])[0]["value"] == "ssh"  # not yet: one try per interval
+    monkeypatch.setattr(transports, "AGENT_RETRY_AFTER", 0.0)
+    auto._retry_at = 0.0
+    assert auto.batch([("ps", {})])[0]["value"] == "agent" and auto.kind == "agent"
+    assert auto.fallback_reason is None and len(made) == 2
+    assert len(notices) == 1  # said once
