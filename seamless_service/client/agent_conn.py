@@ -108,10 +108,12 @@ def _reason(exc: BaseException) -> str:
 class AgentConnection:
     """One authenticated rpyc connection to an agent. Thread-safe for concurrent calls."""
 
-    def __init__(self, rpyc_conn: Any, sock: socket.socket, where: str, call_timeout: float):
+    def __init__(self, rpyc_conn: Any, sock: socket.socket, where: str, call_timeout: float,
+                 channel: Any = None):
         import rpyc
 
         self._conn = rpyc_conn
+        self._channel = channel  # rpyc's Channel over `sock`: closed first by close()
         self.sock = sock
         self.where = where
         self.call_timeout = call_timeout
@@ -140,8 +142,8 @@ class AgentConnection:
         try:
             client_handshake(stream, secret, timeout=timeout, where=where)
             stream.settimeout(None)  # rpyc polls with its own timeouts
-            rpyc_conn = _open_rpyc(stream)
-            return cls(rpyc_conn, stream, where, call_timeout)
+            rpyc_conn, channel = _open_rpyc(stream)
+            return cls(rpyc_conn, stream, where, call_timeout, channel)
         except AgentError:
             stream.close()
             raise
@@ -187,9 +189,24 @@ class AgentConnection:
         return bool(self._conn.closed)
 
     def close(self) -> None:
+        """Close at once, never waiting for the agent. Never raises.
+
+        rpyc's own Connection.close() sends HANDLE_CLOSE and waits for the reply up to
+        sync_request_timeout (90 s): an agent whose thread for this connection is stuck in
+        an op never replies, so closing held the caller for 90 s after its call had
+        already timed out. Closing the channel first ends the connection on our side:
+        rpyc's close() then fails its send at once (EOFError, which it ignores) and only
+        releases what it holds. The agent reads EOF, which ends its side as HANDLE_CLOSE
+        would (once its op returns).
+        """
+        if self._channel is not None:
+            try:
+                self._channel.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+                pass
         try:
             self._conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+        except Exception:  # noqa: BLE001
             pass
         try:
             self.sock.close()
@@ -203,8 +220,9 @@ class AgentConnection:
         self.close()
 
 
-def _open_rpyc(sock: socket.socket) -> Any:
-    """rpyc over an authenticated socket: our hardened config, no frame compression."""
+def _open_rpyc(sock: socket.socket) -> tuple[Any, Any]:
+    """rpyc over an authenticated socket: our hardened config, no frame compression.
+    Returns the connection and its Channel (AgentConnection.close() closes that first)."""
     from rpyc.core.channel import Channel
     from rpyc.core.service import VoidService
     from rpyc.core.stream import SocketStream
@@ -212,4 +230,4 @@ def _open_rpyc(sock: socket.socket) -> Any:
 
     # connect_stream() would build a compressing Channel; ours skips zlib (~5 ms per 180 KB).
     channel = Channel(SocketStream(sock), compress=False)
-    return connect_channel(channel, service=VoidService, config=dict(pauth.RPYC_CONFIG))
+    return connect_channel(channel, service=VoidService, config=dict(pauth.RPYC_CONFIG)), channel

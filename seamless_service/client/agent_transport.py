@@ -18,6 +18,12 @@ AFTER sending is retried only when every op of the batch is read-only: `stop`, `
 `clear` may have run, so they are never sent twice; the caller gets ConnectionFailed
 saying so.
 
+Bounded: a call's time limit (`timeout` plus what its ops ask for, see _call_limit) covers
+the call, the repair and the retry together (`Budget`); a call that timed out is not sent
+again (the agent may be stuck in that op), and closing a connection never waits for the
+agent (agent_conn.AgentConnection.close). Only a deploy's time (installing, starting the
+agent) is not counted: it has its own step limits and progress notices.
+
 Errors are client/errors.py's, one line naming the host, with paramiko's real cause (host
 key unknown/changed, refused, auth) rather than a generic tunnel message. `AgentUnavailable`
 means SSH works but the agent cannot run or be reached there (no usable Python, a key
@@ -28,11 +34,13 @@ Import-light: paramiko and rpyc are imported on first connection.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import __version__
 from ..protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
@@ -49,6 +57,13 @@ _OP_ALLOWANCE = {
     "rm": 10.0,
 }
 
+# A read-only call that failed fast (the connection dropped) is sent again after a repair
+# only if at least this much of its time limit is left.
+MIN_RETRY = 1.0
+# Floor of a connection step's timeout once a call's budget is nearly spent: a step gets a
+# chance to finish rather than failing at once with a meaningless 1 ms timeout.
+MIN_STEP = 0.2
+
 Notice = Callable[[str], None]
 
 
@@ -56,11 +71,45 @@ class AgentUnavailable(ConnectionFailed):
     """SSH works, but the agent cannot run on this host or cannot be reached there.
 
     `guarded` is True when the key is forced through rhl-guard (only rhl-* helpers run).
+    `permanent` is True when the host itself keeps the agent out (rhl-guard, forwarding
+    refused by sshd, no usable Python, the install or start refused): worth remembering.
+    False for what the next command may not meet (a timeout, a dropped connection, an
+    agent restarting): the auto transport then uses ssh for this command only.
     """
 
-    def __init__(self, host: str, message: str, *, guarded: bool = False):
+    def __init__(self, host: str, message: str, *, guarded: bool = False, permanent: bool = False):
         super().__init__(host, message)
         self.guarded = guarded
+        self.permanent = permanent or guarded
+
+
+class Budget:
+    """One call's time limit, shared by its attempts and the repairs between them (the
+    caller's --timeout / timeout= bounds the whole call). Time spent deploying (installing
+    or starting the agent, with its own step timeouts and progress notices) is not counted.
+    `Budget(None)` never runs out (connect() without a call)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self._deadline = math.inf if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def spent(self) -> bool:
+        return self.remaining() <= 0
+
+    def cap(self, seconds: float) -> float:
+        """`seconds`, or less if the budget ends sooner (at least MIN_STEP)."""
+        return max(MIN_STEP, min(seconds, self.remaining()))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._deadline += time.monotonic() - start
 
 
 def print_notice(message: str) -> None:
@@ -108,6 +157,7 @@ class AgentTransport:
         self.deploys = 0
         self.connected_once = False
         self.last_error: str | None = None
+        self._budget = Budget(None)       # the current call's, while _connection() repairs
 
     # ------------------------------------------------------------------ public
 
@@ -128,31 +178,46 @@ class AgentTransport:
         names = [name for name, _ in ops]
         read_only = all(name in READ_ONLY_OPS for name in names)
         limit = self._call_limit(ops)
+        budget = Budget(limit)  # every attempt, repair and close of this call fits in it
         repaired = False
         self.calls += 1
         while True:
-            conn, why = self._connection(allow_repair=not repaired)
+            conn, why = self._connection(allow_repair=not repaired, budget=budget)
             if why is not None:
                 repaired = True
+            if budget.spent():  # the connection stays, for the next call
+                raise ConnectionFailed(self.host, f"no answer within {limit:g} s: the time went on "
+                                       "reconnecting to the agent") from None
             try:
-                reply = conn.call(request, timeout=limit)
+                reply = conn.call(request, timeout=budget.remaining())
             except Exception as exc:  # AgentConnectionError: lost, timed out, refused the call
                 cause = _reason(exc)
-                self._drop(conn)
+                self._drop(conn)  # at once: AgentConnection.close() never waits for the agent
+                timed_out = "did not answer within" in cause  # agent_conn's timeout wording
+                if timed_out:
+                    cause = f"the agent did not answer within {limit:g} s"  # the whole limit, not what was left
                 self.last_error = cause
-                if "did not answer within" in cause:  # agent_conn's timeout wording
+                if timed_out:
                     # A silent network looks exactly like this while paramiko still calls
-                    # the transport active: the repair must start from a new SSH connection.
+                    # the transport active: the next call must start from a new SSH connection.
                     self._reset_tunnel()
                 if not read_only:
                     what = ", ".join(sorted(set(names) - READ_ONLY_OPS))
                     raise ConnectionFailed(
                         self.host, f"the connection to the agent broke during {what}: {cause}; the request "
                         "may have reached the agent, so it was not sent again (check with ps)") from None
+                if timed_out:
+                    # The whole time limit is spent: sending it again would hold the caller
+                    # for as long once more (and tie up one more agent thread).
+                    raise ConnectionFailed(self.host, f"{cause} (the call's time limit; the agent may be stuck "
+                                           "in an operation)") from None
                 if repaired:
                     raise ConnectionFailed(self.host, f"the agent connection failed again after a repair: "
                                            f"{cause}") from None
-                continue  # the next _connection() repairs, once
+                if budget.remaining() < MIN_RETRY:
+                    raise ConnectionFailed(self.host, f"the agent connection failed with no time left to "
+                                           f"retry within {limit:g} s: {cause}") from None
+                continue  # the next _connection() repairs, once, within what is left of the budget
             try:
                 return decode_reply(reply, expected=len(ops))
             except ProtocolError as exc:
@@ -163,7 +228,7 @@ class AgentTransport:
                             self._drop(conn)
                             self._endpoint = None  # forces deploy, which replaces the agent
                         repaired = True
-                        self._connection(allow_repair=True, reason="agent upgraded")
+                        self._connection(allow_repair=True, reason="agent upgraded", budget=budget)
                         continue
                     raise ProtocolMismatch(f"{self.host}: {exc.message}") from None
                 raise OpError(exc.code, exc.message, self.host) from None
@@ -242,8 +307,10 @@ class AgentTransport:
         # The agent's side closed (killed, restarted): sshd has sent EOF/close already.
         return not (getattr(chan, "closed", False) or getattr(chan, "eof_received", False))
 
-    def _connection(self, *, allow_repair: bool, reason: str | None = None) -> tuple[Any, str | None]:
-        """(a usable AgentConnection, why it was repaired or None)."""
+    def _connection(self, *, allow_repair: bool, reason: str | None = None,
+                    budget: Budget | None = None) -> tuple[Any, str | None]:
+        """(a usable AgentConnection, why it was repaired or None). Connecting steps fit
+        in `budget` (none: their own timeouts only)."""
         with self._lock:
             if self._closed:
                 raise ConnectionFailed(self.host, "the transport is closed")
@@ -252,7 +319,11 @@ class AgentTransport:
             first = not self.connected_once
             if not first and not allow_repair:
                 raise ConnectionFailed(self.host, f"the connection to the agent is broken: {self.last_error}")
-            why = self._open(reason)
+            self._budget = budget or Budget(None)  # read by the steps of _open(), under the lock
+            try:
+                why = self._open(reason)
+            finally:
+                self._budget = Budget(None)
             if not first:
                 self.repairs += 1
                 self.notice(f"seamless-service: reconnected to {self.host} ({why})")
@@ -284,6 +355,10 @@ class AgentTransport:
         except _AgentGone as gone:
             if deployed:
                 raise AgentUnavailable(self.host, f"the agent was started but cannot be reached: {gone}") from None
+            if self._budget.spent():
+                # It did not answer in time (stuck, overloaded): starting it again would not
+                # help within the caller's time limit. Transient: nothing is remembered.
+                raise AgentUnavailable(self.host, f"the agent did not answer in time: {gone}") from None
             endpoint, conn = self._redeploy_and_connect("agent restarted",
                                                         "the agent was restarted but cannot be reached")
             deployed = True
@@ -342,14 +417,16 @@ class AgentTransport:
 
     def _connect_agent(self, endpoint: Any) -> Any:
         from .agent_conn import AgentConnectionError
-        from .tunnel import AgentUnreachable, ForwardingRefused
+        from .tunnel import CHANNEL_TIMEOUT, AgentUnreachable, ForwardingRefused
 
+        step = self.connect_timeout if self.connect_timeout is not None else CHANNEL_TIMEOUT
         try:
             return self._tunnel.connect_agent(
-                endpoint.remote_port, endpoint.secret, timeout=self.connect_timeout,
+                endpoint.remote_port, endpoint.secret, timeout=self._budget.cap(step),
                 call_timeout=self.timeout, via=self.via)
         except ForwardingRefused as exc:
-            raise AgentUnavailable(self.host, _strip_host(self.host, str(exc))) from None
+            # sshd's configuration (AllowTcpForwarding no, no-port-forwarding): lasting.
+            raise AgentUnavailable(self.host, _strip_host(self.host, str(exc)), permanent=True) from None
         except AgentUnreachable as exc:
             raise _AgentGone(_strip_host(self.host, str(exc))) from None
         except AgentConnectionError as exc:  # incl. AgentAuthError: restarted with a new secret
@@ -359,7 +436,7 @@ class AgentTransport:
 
     def _hello(self, conn: Any) -> dict[str, Any]:
         try:
-            results = conn.batch([("hello", {})], timeout=self.timeout)
+            results = conn.batch([("hello", {})], timeout=self._budget.cap(self.timeout))
         except ProtocolError as exc:
             if exc.code == "version_mismatch":
                 return {"protocol": None, "version": None, "error": exc.message}
@@ -391,9 +468,10 @@ class AgentTransport:
                 self.notice(f"seamless-service: {self.host}: {message}")
 
         try:
-            endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
-                                        accept_new_host_key=self.accept_new_host_key,
-                                        timeout=self.connect_timeout, progress=progress, notice=self._say)
+            with self._budget.paused():  # installs take minutes; their steps have their own limits
+                endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
+                                            accept_new_host_key=self.accept_new_host_key,
+                                            timeout=self.connect_timeout, progress=progress, notice=self._say)
         except SshError as exc:
             guard = self._guard_message()
             if guard is not None:
@@ -402,13 +480,16 @@ class AgentTransport:
             from .tunnel import map_ssh_error
 
             if self._tunnel is not None and self._tunnel.alive:
-                # We are logged in, so the host is reachable: what failed is the agent's setup.
+                # We are logged in, so the host is reachable: what failed is the agent's setup,
+                # over an SSH session that broke or timed out: the next command may succeed.
                 raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}") from None
             raise map_ssh_error(self.host, exc) from None
         except DeployError as exc:
+            # The host refused the install or the start (no usable Python, pip failed, the
+            # agent would not start): lasting until someone changes the host.
             guard = self._guard_message()
             raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}",
-                                   guarded=guard is not None) from None
+                                   guarded=guard is not None, permanent=True) from None
         self.deploys += 1
         self._endpoint = endpoint
         return endpoint

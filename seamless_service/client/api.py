@@ -76,9 +76,10 @@ class Host:
                  accept_new_host_key: bool = False):
         """`name`: an ssh host alias (`[user@]alias`, resolved through the ssh config), or
         None for this machine. `transport`: "auto" (default), "agent", "ssh" or "local".
-        `ssh_config`: another ssh config file (like `ssh -F`). `timeout`: seconds per call
-        (ops that wait, such as `wait` or `stop`, get their own time on top). `notice`:
-        called with one-line messages about repairs and fallbacks (default: stderr).
+        `ssh_config`: another ssh config file (like `ssh -F`). `timeout`: seconds per call,
+        reconnecting and retrying included (ops that wait, such as `wait` or `stop`, get
+        their own time on top). `notice`: called with one-line messages about repairs and
+        fallbacks (default: stderr); see also `fallback`.
         `accept_new_host_key`: add an unknown host key to known_hosts (first contact only;
         a changed key is always refused)."""
         if name is None and transport not in ("auto", "local"):
@@ -114,6 +115,14 @@ class Host:
                                                  timeout=self._timeout, notice=self._notice,
                                                  accept_new_host_key=self._accept_new)
             return self._transport
+
+    @property
+    def fallback(self) -> str | None:
+        """Why this host is answered through per-call ssh and the rhl-* helpers instead of
+        its agent (the auto transport's fallback, also said once through `notice`), or
+        None while the agent answers (or before the first call)."""
+        transport = self._transport
+        return getattr(transport, "fallback_reason", None) if transport is not None else None
 
     def raw_batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
         """The transport's raw results ({"ok", "value" | "error"}), one per op."""

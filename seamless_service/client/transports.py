@@ -10,10 +10,14 @@ Kinds (all return the same raw results, see agent/ops/*):
   ssh     per-call `ssh HOST rhl-* --json` (client/ssh_transport.py), for hosts where the
           agent cannot run
   auto    agent; if the agent cannot run on the host (the key is forced through rhl-guard,
-          port forwarding is refused, no usable Python, ...), ssh, with a one-line notice.
-          The choice is remembered (in this process and in the client cache, for
-          CHOICE_TTL_GUARDED when rhl-guard was the reason, else CHOICE_TTL) so later calls
-          go straight to ssh. `forget_choice(host)` or kind="agent" tries the agent again.
+          port forwarding is refused, no usable Python, ...) or cannot be reached right
+          now (timeout, dropped connection), ssh, with one line on stderr per command:
+          `seamless-service: HOST: using per-call ssh (agent unavailable: REASON)`.
+          Only the lasting reasons are remembered (in this process and in the client
+          cache, for CHOICE_TTL_GUARDED when rhl-guard was the reason, else CHOICE_TTL), so
+          later commands go straight to ssh (saying so); after a transient one the next
+          command tries the agent again. `forget_choice(host)` or kind="agent" tries the
+          agent again at once.
 
 Inside the client daemon (daemon/pool.py: in_daemon()), transports live in the pool under
 `transport:{kind}:{host}[|ssh config]#{tag}`, so one SSH connection and one authenticated
@@ -44,7 +48,10 @@ from .errors import ConnectionFailed, ProtocolMismatch, UsageError
 KINDS = ("auto", "agent", "ssh", "local")
 CHOICE_FILE = "transport-choice.json"
 CHOICE_TTL_GUARDED = 24 * 3600.0   # rhl-guard on a key does not go away by itself
-CHOICE_TTL = 15 * 60.0             # other reasons (no Python, install failed) may be fixed soon
+CHOICE_TTL = 15 * 60.0             # other lasting reasons (no Python, install failed) may be fixed soon
+# After a transient fallback (timeout, dropped connection), a long-lived auto transport
+# tries the agent again after this many seconds; a new command tries it at once.
+AGENT_RETRY_AFTER = 60.0
 # What a pooled remote transport depends on in the environment, besides its files: HOME
 # (where ~/.ssh/config, known_hosts and default keys are), the user name paramiko logs in
 # with when the config names none (getpass.getuser's variables), the ssh-agent it asks for
@@ -91,11 +98,8 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
         return _agent(host, **opts)
     if kind == "ssh":
         return _ssh(host, **opts)
-    remembered = remembered_choice(host)
-    if remembered is not None:
-        return _ssh(host, guarded=remembered.get("guarded") or None, **opts)
-    return AutoTransport(host, _agent(host, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
-                         notice=notice)
+    return AutoTransport(host, lambda: _agent(host, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
+                         notice=notice, remembered=remembered_choice(host))
 
 
 # --------------------------------------------------------------------------- factories
@@ -235,59 +239,124 @@ class PooledTransport:
 
 
 class AutoTransport:
-    """The agent, or — if the agent cannot run on the host — the ssh fallback."""
+    """The agent, or — if the agent cannot run on the host, or cannot be reached right
+    now — the ssh fallback.
+
+    Falling back is said once, on the first batch it serves (`notice`, default stderr):
+    `seamless-service: HOST: using per-call ssh (agent unavailable: REASON)`, and
+    `fallback_reason` holds REASON while ssh answers. A lasting reason (AgentUnavailable
+    .permanent: rhl-guard, forwarding refused, no usable Python, the install refused) is
+    remembered (remember_choice); a transient one (a timeout, a dropped connection, an
+    agent restarting) is not: the next command tries the agent again, and so does this
+    transport after AGENT_RETRY_AFTER seconds (an API Host or `ps --watch` lives long).
+    `remembered` (from remembered_choice) starts on ssh without trying the agent.
+    """
 
     name = "auto"
 
-    def __init__(self, host: str, agent: Any, make_ssh: Callable[[bool | None], Any], *,
-                 notice: Notice | None = None):
+    def __init__(self, host: str, make_agent: Callable[[], Any] | None, make_ssh: Callable[[bool | None], Any], *,
+                 notice: Notice | None = None, remembered: dict[str, Any] | None = None):
         self.host = host
-        self._agent = agent
+        self._make_agent = make_agent
         self._make_ssh = make_ssh
-        self._ssh: Any = None
         self._notice = notice
         self._lock = threading.Lock()
+        self._agent: Any = None
+        self._ssh: Any = None
+        self._use_ssh = False
+        self._permanent = False
+        self._retry_at = 0.0
+        self._unsaid: str | None = None     # the fallback line, until a batch used ssh
+        self._said = False                  # once per transport (one per command and host)
+        self.fallback_reason: str | None = None
+        if remembered is not None:
+            reason = str(remembered.get("reason") or "remembered")
+            self._switch(reason, guarded=bool(remembered.get("guarded")), permanent=True,
+                         remembered=float(remembered.get("since") or time.time()))
+        elif make_agent is not None:
+            self._agent = make_agent()
 
     @property
     def active(self) -> Any:
-        """The transport answering now (the agent's until a fallback happened)."""
-        return self._ssh if self._ssh is not None else self._agent
+        """The transport answering now (the agent's unless the fallback is in use)."""
+        return self._ssh if self._use_ssh else self._agent
 
     @property
     def kind(self) -> str:
-        return "ssh" if self._ssh is not None else "agent"
+        return "ssh" if self._use_ssh else "agent"
 
     def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         from .agent_transport import AgentUnavailable
 
-        ssh = self._ssh
-        if ssh is not None:
-            return ssh.batch(ops)
+        if self._use_ssh and not self._retry_due():
+            return self._through_ssh(ops)
+        agent = self._agent_now()
         try:
-            return self._agent.batch(ops)
+            results = agent.batch(ops)
         except AgentUnavailable as exc:
             # Raised while connecting, before anything was sent: answering through ssh
             # instead sends nothing twice. An agent that worked before and now fails is
             # a transient problem, not a reason to switch.
-            if getattr(self._agent, "connected_once", False):
+            if getattr(agent, "connected_once", False):
                 raise
-            return self._fall_back(exc).batch(ops)
+            self._fall_back(exc)
+            return self._through_ssh(ops)
+        if self._use_ssh:
+            self._use_ssh, self.fallback_reason = False, None  # the agent answers again
+        return results
 
-    def _fall_back(self, exc: Any) -> Any:
+    def _retry_due(self) -> bool:
+        return not self._permanent and self._make_agent is not None and time.monotonic() >= self._retry_at
+
+    def _agent_now(self) -> Any:
         with self._lock:
-            if self._ssh is None:
-                reason = str(exc)
-                prefix = f"{self.host}: "
-                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-                (self._notice if self._notice is not None else _print)(f"seamless-service: {self.host}: {reason}; "
-                                         "using ssh with the rhl-* helpers instead")
-                remember_choice(self.host, "ssh", reason=reason, guarded=bool(getattr(exc, "guarded", False)))
-                self._ssh = self._make_ssh(True if getattr(exc, "guarded", False) else None)
-                self._release_agent()
-            return self._ssh
+            if self._use_ssh:
+                self._retry_at = time.monotonic() + AGENT_RETRY_AFTER  # one try per interval
+            if self._agent is None:
+                self._agent = self._make_agent()
+            return self._agent
 
-    def _release_agent(self) -> None:
-        agent = self._agent
+    def _through_ssh(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        with self._lock:
+            line, self._unsaid = self._unsaid, None
+        if line is not None:
+            (self._notice if self._notice is not None else _print)(line)
+        return self._ssh.batch(ops)
+
+    def _fall_back(self, exc: Any) -> None:
+        reason = str(exc)
+        prefix = f"{self.host}: "
+        reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+        guarded = bool(getattr(exc, "guarded", False))
+        permanent = bool(getattr(exc, "permanent", False))
+        if permanent:
+            remember_choice(self.host, "ssh", reason=reason, guarded=guarded)
+        self._switch(reason, guarded=guarded, permanent=permanent)
+
+    def _switch(self, reason: str, *, guarded: bool, permanent: bool, remembered: float | None = None) -> None:
+        with self._lock:
+            # The agent transport that failed is let go; a retry makes a new one.
+            agent, self._agent = self._agent, None
+            if self._ssh is None:
+                self._ssh = self._make_ssh(True if guarded else None)
+            self._use_ssh, self._permanent = True, permanent
+            self._retry_at = time.monotonic() + AGENT_RETRY_AFTER
+            self.fallback_reason = reason
+            if remembered is not None:
+                until = time.strftime("%H:%M", time.localtime(remembered + choice_ttl(guarded)))
+                reason = f"{reason}; remembered until {until}, --transport agent tries it now"
+            elif not permanent:
+                reason = f"{reason}; the agent is tried again on the next command"
+            if not self._said:
+                self._unsaid = f"seamless-service: {self.host}: using per-call ssh (agent unavailable: {reason})"
+                self._said = True
+        if agent is not None:
+            self._release(agent)
+
+    @staticmethod
+    def _release(agent: Any) -> None:
+        # A new agent transport is made if the agent is tried again: a pooled one that
+        # failed has been dropped from the pool already (PooledTransport.batch).
         if isinstance(agent, PooledTransport):
             from .daemon import pool
 
@@ -298,10 +367,13 @@ class AutoTransport:
     def describe(self) -> dict[str, Any]:
         describe = getattr(self.active, "describe", None)
         info = describe() if callable(describe) else {}
-        return {**info, "chosen_by": "auto"}
+        return {**info, "chosen_by": "auto", "fallback_reason": self.fallback_reason}
 
     def close(self) -> None:
-        for transport in (self._agent, self._ssh):
+        with self._lock:
+            agent, ssh = self._agent, self._ssh
+            self._agent = None
+        for transport in (agent, ssh):
             if transport is not None:
                 transport.close()
 
@@ -358,6 +430,11 @@ def _load_choices(path: Any = None) -> dict[str, dict[str, Any]]:
     return dict(data)
 
 
+def choice_ttl(guarded: bool) -> float:
+    """How long a remembered fallback holds."""
+    return CHOICE_TTL_GUARDED if guarded else CHOICE_TTL
+
+
 def remembered_choice(host: str) -> dict[str, Any] | None:
     """The remembered fallback for `host` ({"kind": "ssh", "reason", "guarded", "since"}),
     or None if there is none or it expired."""
@@ -368,7 +445,7 @@ def remembered_choice(host: str) -> dict[str, Any] | None:
             entry = _unwritten.get((str(path), host))
     if not isinstance(entry, dict) or entry.get("kind") != "ssh":
         return None
-    ttl = CHOICE_TTL_GUARDED if entry.get("guarded") else CHOICE_TTL
+    ttl = choice_ttl(bool(entry.get("guarded")))
     since = entry.get("since")
     if not isinstance(since, (int, float)) or time.time() - since > ttl:
         return None

@@ -100,15 +100,22 @@ def test_guarded_key_falls_back_to_ssh_with_a_notice(remote: Remote, agent: Agen
     transport = open_transport(remote.guard_alias, ssh_config=remote.ssh_config, notice=notices)
     assert isinstance(transport, AutoTransport)
     (ps,) = values(transport, [("ps", {})])
-    assert transport.kind == "ssh"
-    assert len(notices) == 1 and "rhl-guard" in notices[0] and "using ssh" in notices[0]
-    assert notices[0].startswith(f"seamless-service: {remote.guard_alias}: ")
+    assert transport.kind == "ssh" and "rhl-guard" in transport.fallback_reason
+    assert len(notices) == 1 and "rhl-guard" in notices[0]
+    assert notices[0].startswith(f"seamless-service: {remote.guard_alias}: using per-call ssh (agent unavailable: ")
     (expected,) = values(agent, [("ps", {})])
     assert ps["rows"] == expected["rows"]  # same user, same state, other door
-    # remembered: the next transport goes straight to ssh, knowing the guard
+    # remembered (a lasting reason): the next transport goes straight to ssh, knowing the
+    # guard, and says so once
     assert remembered_choice(remote.guard_alias)["guarded"] is True
-    again = open_transport(remote.guard_alias, ssh_config=remote.ssh_config, notice=Notices())
-    assert isinstance(again, SshTransport) and again.guarded is True
+    said = Notices()
+    again = open_transport(remote.guard_alias, ssh_config=remote.ssh_config, notice=said)
+    assert isinstance(again, AutoTransport) and again.kind == "ssh"
+    assert isinstance(again.active, SshTransport) and again.active.guarded is True
+    values(again, [("ps", {})])
+    values(again, [("hello", {})])
+    fallback = [n for n in said if "using per-call ssh" in n]
+    assert len(fallback) == 1 and "rhl-guard" in fallback[0] and "remembered until" in fallback[0], said
 
 
 def test_guard_allows_one_helper_per_session(remote: Remote):
