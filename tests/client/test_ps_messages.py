@@ -73,8 +73,12 @@ def test_a_missing_helper_is_said_once(bare_server):
     w, server = bare_server
     code, out, err = w.ps("--cluster", "bare", "--transport", "ssh", "--ssh-config", str(server.ssh_config),
                           "--json")
-    assert code == 1 and ndjson(out) == []
+    assert code == 1
+    records = ndjson(out)
     lines = err.splitlines()
     assert len(lines) == len(set(lines)), err   # the two data roots' failures were one line twice
+    # no rows, and each failure once on stdout as a record (host, cluster, error) too
+    assert all(set(r) == {"host", "cluster", "error"} for r in records), records
+    assert sorted(r["error"] for r in records) == sorted(line.split(": ", 2)[2] for line in lines), (records, err)
     missing = [line for line in lines if "rhl-ps-persistent is not installed" in line]
     assert len(missing) == 1 and missing[0].startswith("seamless-service: cluster bare: persistent: "), err
