@@ -113,7 +113,7 @@ def _subdirs(root: Path, root_fd: int, relative: str) -> int:
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
             except FileExistsError:
-                pass   # from an earlier start: reused only while still private (next line)
+                pass   # from an earlier start: reused only while still ours (next line)
             # Below the private root only the owner matters: nobody else can reach in, and
             # a real hashserver opens its own folder up (chmod 3775) on every start.
             fd_next = _open_private_dir(path, dir_fd=fd, any_mode=True)
@@ -145,11 +145,11 @@ def _open_root() -> tuple[Path, int]:
     return root, _open_private_dir(root)
 
 
-def _env(*, real: bool = False) -> dict[str, str]:
+def _env(*, for_real: bool = False) -> dict[str, str]:
     """The launcher's environment: the built-in service needs the demo's whitelist; the
     real services are launched under the launcher's own, as Seamless launches them."""
     env = dict(os.environ)
-    if real:
+    if for_real:
         env.pop("RHL_TOOLS_YAML", None)
     else:
         env["RHL_TOOLS_YAML"] = str(TOOLS_YAML)
@@ -161,7 +161,7 @@ def _env(*, real: bool = False) -> dict[str, str]:
 
 def real_services_installed() -> bool:
     """Are the real hashserver and seamless-database where the launcher will look for them?"""
-    return not real.missing_services(_env(real=True)["PATH"])
+    return not real.missing_services(_env(for_real=True)["PATH"])
 
 
 def _prepare_data(root: Path, root_fd: int, key: str, sub: str | None, marker: str | None,
@@ -275,7 +275,7 @@ def start(*, echo: Any = print) -> int:
     programs: dict[str, str] = {}
     for key in DEMO_KEYS:
         path = root / "configs" / f"{key}.yaml"
-        env = _env(real=use_real and key in REAL_KEYS)
+        env = _env(for_real=use_real and key in REAL_KEYS)
         result = subprocess.run([str(launcher), str(path)], env=env, capture_output=True, text=True,
                                 timeout=60, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
