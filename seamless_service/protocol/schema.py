@@ -111,6 +111,9 @@ OPS: dict[str, dict[str, Field]] = {
         "parameters": _str(max_len=MAX_JSON_TEXT),
         "meta": _str(max_len=MAX_JSON_TEXT),
         "wait": Field("float", default=0.0, min=0.0, max=MAX_START_WAIT),
+        # false: never launch, only report/wait (a client's follow-up calls: a service
+        # that failed between two calls must not be relaunched behind the user's back)
+        "launch": Field("bool", default=True),
     },
     "health": {
         "keys": Field("keys", max_items=MAX_KEYS),

@@ -31,6 +31,9 @@ service's port and its launcher handshake answer (ops/health.check, as the launc
 of the log. A call that runs out of `wait` returns status `starting`; the client calls
 again (it finds the live `starting` pid and does not launch a second process).
 
+With `launch` false nothing is launched: the state is reported (and waited for), so a
+client's follow-up call never relaunches a service that failed in between.
+
 Value: {key, outcome ("already running" | "started" | "starting" | "failed"), launched,
 status, pid, host, port, log, rotated_log, log_tail, detail}.
 """
@@ -209,7 +212,9 @@ def _wait(ctx: AgentContext, key: str, deadline: float) -> dict[str, Any]:
         data, mtime = _state(ctx, key)
         status = data.get("status") if data else None
         if data is None:
-            return {"status": "failed", "detail": "the state file disappeared while starting"}
+            return {"status": "failed", "detail": "there is no state file (the service was removed)"}
+        if status not in ("starting", "running", "failed"):
+            return {"status": "failed", "pid": usable_pid(data.get("pid")), "detail": f"the service is {status}"}
         if status == "failed":
             return {"status": "failed", "pid": usable_pid(data.get("pid")), "detail": "the service reported failed"}
         if status == "running":
@@ -248,7 +253,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
                     "restart it"))
             return _value(ctx, key, "already running", False, status="running", pid=pid,
                           host=entry["host"], port=entry["port"])
-        if pid is None or status != "starting":
+        if (pid is None or status != "starting") and args["launch"]:
             rotated = _launch(ctx, args, argv)
             launched = True
     found = _wait(ctx, key, deadline)
