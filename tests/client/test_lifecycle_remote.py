@@ -234,13 +234,13 @@ def test_reset_yes_leaves_no_process_no_state_no_data(life):
 
 
 @pytest.mark.parametrize("argv, code, words", [
-    (["start", "--service", "nosuch", *SEL], 2, "invalid choice"),
+    (["start", "--service", "nosuch", *SEL], 2, "--service: invalid choice: 'nosuch'"),
     (["start", "--key", "hashserver-rem/../x"], 2, "invalid key"),
     (["start", "--key=-rf"], 2, "invalid key"),
     (["start", "--service", "hashserver", "--cluster", "rem", "--project", "projL", "--stage", "a--b"], 2,
-     "invalid"),
+     "invalid --stage 'a--b'"),
     (["start", "--service", "hashserver", "--cluster", "rem", "--project", "projL", "--stage", "x/y"], 2,
-     "invalid"),
+     "invalid --stage 'x/y'"),
 ])
 def test_bad_input_is_one_line_and_touches_nothing(life, argv, code, words):
     before = life.snapshot()
