@@ -99,7 +99,9 @@ def life(tmp_path_factory) -> Life:
         services_bin.mkdir(mode=0o755)
         for name in SERVICES:
             _service_script(services_bin / name, VENV_BIN / name, server.python)
-        server.write_file(".bashrc", f"export PATH={services_bin}:$PATH\n")
+        # + the agent venv's rhl-* helpers, for the ssh fallback (a user's remote-http-launcher)
+        agent_bin = server.home / ".local/share/seamless-service/agent-venv/bin"
+        server.write_file(".bashrc", f"export PATH={services_bin}:{agent_bin}:$PATH\n")
         client_home = tmp_path_factory.mktemp("life-client")
         (client_home / ".seamless").mkdir()
         busy.bind(("127.0.0.1", 0))
@@ -231,6 +233,21 @@ def test_reset_yes_leaves_no_process_no_state_no_data(life):
     buffers = life.server.home / "data/buffers/projL/STAGE-s1"
     assert sorted(p.name for p in buffers.iterdir()) == [".HASHSERVER_PREFIX"]
     assert list((life.server.home / "data/db/projL/STAGE-s1").iterdir()) == []
+
+
+def test_start_through_the_ssh_fallback(life):
+    """The rhl-* helpers over plain ssh, as remote-http-launcher does it: same state file."""
+    result = life.cli("start", "--service", "hashserver", *SEL, "--transport", "ssh")
+    assert result.returncode == 0, result.stderr
+    state = life.state(HS_KEY)
+    assert state["status"] == "running"
+    assert result.stdout == f"{HS_KEY}: running on {life.server.alias}:{state['port']}\n"
+    assert f"--status-file {life.state_dir}/{HS_KEY}.json" in state["command"]
+    again = life.cli("start", "--service", "hashserver", *SEL, "--transport", "ssh")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"{HS_KEY}: already running on ") and f"(pid {state['pid']})" in again.stdout
+    assert life.state(HS_KEY) == state
+    assert _health_row(life, HS_KEY)["health"] == "ok"  # and the agent finds it healthy
 
 
 @pytest.mark.parametrize("argv, code, words", [
