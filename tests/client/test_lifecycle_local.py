@@ -54,10 +54,11 @@ def _kill_services(root: Path) -> None:
             continue
 
 
-def _cli(home, *argv: str):
+def _cli(home, *argv: str, cwd: Path | None = None):
+    """The CLI in the project folder (or cwd), with the launcher's packaged whitelist."""
     env = home.env()
     env.pop("RHL_TOOLS_YAML")
-    return cli(home, *argv, env=env)
+    return cli(home, *argv, env=env, cwd=cwd)
 
 
 def _config() -> dict:
@@ -122,3 +123,83 @@ def test_dry_run_of_stop_rm_clear_changes_nothing(home, sandbox):
         assert state_file.read_text() == before
         assert (buffers / "ab" / "abcdef").exists()
         assert os.path.exists(f"/proc/{json.loads(before)['pid']}")
+
+
+# ---------------------------------------------------------------- --local / --key on start, restart
+
+
+def _state(sandbox, key: str = KEY) -> dict:
+    return json.loads((sandbox.server_dir / f"{key}.json").read_text())
+
+
+def _refused(result, needle: str) -> None:
+    """Exit 2, nothing on stdout, one line on stderr that says `needle`, no traceback."""
+    assert (result.returncode, result.stdout) == (2, ""), (result.returncode, result.stdout, result.stderr)
+    assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_start_and_restart_local_and_by_key(home, sandbox, tmp_path):
+    """Issue 10's --local/--key on start/restart: --local launches on this machine what the
+    configuration (local cluster lc) puts there; --key resolves the service from its key on
+    the host --local or --cluster chooses; restart --local without --service restarts the
+    running services of this machine that the filters match."""
+    started = _cli(home, "start", "--local", "--service", "hashserver")
+    assert started.returncode == 0, started.stderr
+    first = _state(sandbox)
+    assert started.stdout == f"{KEY}: running on 127.0.0.1:{first['port']}\n"
+    assert first["status"] == "running" and first["workdir"] == "~/buf/myproj"  # as Seamless writes it
+
+    outside = tmp_path / "outside"   # no seamless.yaml: the key alone names the service
+    outside.mkdir()
+    again = _cli(home, "start", "--key", KEY, "--cluster", "lc", cwd=outside)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"{KEY}: already running on 127.0.0.1:{first['port']} (pid {first['pid']}); nothing changed\n"
+    assert _state(sandbox) == first
+
+    restarted = _cli(home, "restart", "--local", "--key", KEY, cwd=outside)
+    assert restarted.returncode == 0, restarted.stderr
+    second = _state(sandbox)
+    assert second["status"] == "running" and second["pid"] != first["pid"]
+    assert restarted.stdout == f"{KEY}: running on 127.0.0.1:{second['port']}\n"
+    assert f"{KEY}: previous log kept as " in restarted.stderr
+    assert (sandbox.server_dir / f"{KEY}.log.1").exists()
+
+    # no --service: every running service of this machine the filters match (one here)
+    nothing = _cli(home, "restart", "--local", "--project", "nosuch", cwd=outside)
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert "no running service matched on this machine; nothing restarted" in nothing.stderr
+    assert _state(sandbox)["pid"] == second["pid"]
+    all_of_project = _cli(home, "restart", "--local", "--project", "myproj", cwd=outside)
+    assert all_of_project.returncode == 0, all_of_project.stderr
+    third = _state(sandbox)
+    assert third["pid"] not in (first["pid"], second["pid"]) and third["status"] == "running"
+    assert all_of_project.stdout == f"{KEY}: running on 127.0.0.1:{third['port']}\n"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["start", "--key", KEY, "--local", "--service", "hashserver"], "argument --key: not allowed with --service"),
+    (["restart", "--key", KEY, "--stage", "s", "--mode", "rw", "--local"], "argument --key: not allowed with --stage, --mode"),
+    (["start", "--key", KEY], "argument --key: needs --cluster C or --local"),
+    (["restart", "--key", KEY, "--local", "--cluster", "lc"], "argument --key: give --cluster C or --local, not both"),
+    (["start", "--key", "../../etc", "--local"], "argument --key: invalid key '../../etc'"),
+    (["restart", "--key=-h", "--local"], "argument --key: invalid key '-h'"),
+    (["start", "--key", KEY, "--cluster", "rc"], f"key {KEY} is not of cluster 'rc' (its cluster is 'lc')"),
+    (["start", "--key", "notaservice-x", "--local"], "notaservice-x is not a Seamless service key"),
+    (["start", "--local"], "--service is required (or --key KEY with --cluster C or --local)"),
+    (["restart"], "--service, --key KEY, --cluster or --local is required"),
+    # the configuration puts it on rc's frontend: not launched here where no Seamless would look
+    (["start", "--local", "--service", "hashserver", "--cluster", "rc", "--project", "p"],
+     "--local: the configuration puts hashserver-rc-rw-p on rc-ssh, not on this machine"),
+    (["restart", "--local", "--key", "hashserver-rc-rw-p"],
+     "--local: the configuration puts hashserver-rc-rw-p on rc-ssh, not on this machine"),
+    (["start", "--local", "--key", "hashserver-nosuch-rw-p"],
+     "cannot start hashserver-nosuch-rw-p: start needs the service's configuration, and its key does not "
+     "resolve: unknown cluster 'nosuch' (known: lc, rc, r2, xtra, lh); define cluster 'nosuch' in "
+     "~/.seamless/clusters.yaml"),
+])
+def test_start_restart_refuse_bad_targets_in_one_line_touching_nothing(home, sandbox, argv, needle):
+    launcher = sandbox.home / ".remote-http-launcher"
+    before = sorted(launcher.rglob("*"))
+    _refused(_cli(home, *argv), needle)
+    assert sorted(launcher.rglob("*")) == before   # no state file, no log: nothing launched

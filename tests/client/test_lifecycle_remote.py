@@ -183,6 +183,22 @@ def test_second_start_changes_nothing(life):
     assert (life.state_dir / f"{HS_KEY}.json").stat().st_mtime_ns == mtime
 
 
+def test_start_by_key_on_the_cluster_finds_it_and_local_is_refused(life):
+    """--key with --cluster: resolved from the key, on the cluster's frontend (the server);
+    --local for a service the configuration puts on the server: one line, nothing launched."""
+    before = life.state(HS_KEY)
+    by_key = life.cli("start", "--key", HS_KEY, "--cluster", "rem")
+    assert by_key.returncode == 0, by_key.stderr
+    assert by_key.stdout == (f"{HS_KEY}: already running on {life.server.alias}:{before['port']} "
+                             f"(pid {before['pid']}); nothing changed\n")
+    snapshot = life.snapshot()
+    local = _one_line_error(life.cli("start", "--local", "--service", "hashserver", *SEL), 2)
+    assert local == (f"seamless-service: --local: the configuration puts {HS_KEY} on {life.server.alias}, not on "
+                     "this machine (Seamless launches the hashserver of cluster 'rem' there): drop --local, "
+                     "or select the local cluster")
+    assert life.snapshot() == snapshot and life.state(HS_KEY) == before
+
+
 def test_restart_gives_a_new_pid_and_keeps_the_old_log(life):
     before = life.state(HS_KEY)
     old_log = (life.state_dir / f"{HS_KEY}.log").read_bytes()

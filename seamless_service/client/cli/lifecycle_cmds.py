@@ -1,7 +1,25 @@
 """`seamless-service start | restart | reset`: the service lifecycle (client/lifecycle.py).
 
-Selection: `selected_services(args)` is the one place that turns the flags into resolved
-services, so a shared selection helper (e.g. `--local`, `--key`) plugs in there.
+Selection (`selected_services`): start and restart take the per-service commands' target
+flags (cli/targets.py: same --local/--key flags, validation and refusals), but a start
+needs seamless-config's launch configuration of the service (Resolved.config: tools.yaml
+command line, workdir, key), so the service is always resolved through the configuration:
+
+* `--service S` (+ --cluster/--project/--stage/..., or seamless.yaml): as Seamless resolves it;
+* `--key K` with `--cluster C` or `--local`: resolved from the key's own fields
+  (sconfig.resolve_key); the resolution must give back K;
+* `--local` chooses this machine (the local transport, no ssh). Seamless launches a
+  service on this machine only when its cluster is the configuration's `local_cluster` (or
+  its frontend is localhost, #35), so a service the configuration puts on another host is
+  refused in one line instead of being launched where no Seamless client would look;
+* restart with no --service/--key: every *running* service of the selection, several at
+  once: `--cluster C` asks C's hosts, `--local` this machine's launcher state, filtered by
+  --project/--stage/... as `ps --local` filters (the same rows `stop --local` selects, but
+  several are allowed, as for `restart --cluster`). Each is resolved from its key before
+  anything is stopped.
+
+A key the configuration cannot resolve (e.g. the demo's cluster `demo`, which has no
+clusters.yaml entry) is one line saying so and what to do, exit 2, nothing touched.
 """
 
 from __future__ import annotations
@@ -11,8 +29,7 @@ import json
 import sys
 from typing import Any
 
-from ...protocol.keys import is_valid_key, parse_key
-from ..errors import OpError, ServiceError, UsageError
+from ..errors import OpError, UsageError
 from ..lifecycle import (
     START_TIMEOUT,
     LifecycleError,
@@ -23,8 +40,17 @@ from ..lifecycle import (
     restart_service,
     start_service,
 )
-from ..sconfig import PERSISTENT_SERVICES, Resolved, Selection, cluster_hosts, resolve_service
+from ..sconfig import (
+    PERSISTENT_SERVICES,
+    KeyNotResolvable,
+    Resolved,
+    Selection,
+    cluster_hosts,
+    resolve_key,
+    resolve_service,
+)
 from .common import add_selection_args, add_transport_args, open_for
+from .targets import add_target_args, check_target_args, local_rows
 
 PROG = "seamless-service"
 
@@ -36,19 +62,28 @@ and uses it. Prints `KEY: running on HOST:PORT`. A service that runs already is 
 it is (same pid, same port). While it starts, a progress line goes to stderr; if it
 fails, the end of its log is shown and the exit status is 1.
 
+--local starts it on this machine (refused if the configuration puts it on another
+host); --key KEY names it by its key, resolved through the configuration, on the host
+--cluster or --local chooses.
+
 examples:
   seamless-service start --service hashserver
   seamless-service start --service database --cluster mycluster --project myproj --stage s1
+  seamless-service start --local --service hashserver --project myproj
+  seamless-service start --key hashserver-mycluster-rw-myproj --cluster mycluster
 """
 
 RESTART_HELP = """\
 Stop, remove the state, start, in one command. The previous run's log is kept as
-KEY.log.1. With --service: that service. With --cluster and no --service: every service of
-the selection (--project/--stage/...) that was running.
+KEY.log.1. With --service or --key: that service (resolved through the configuration, as
+start does). With --cluster or --local and no --service/--key: every service of the
+selection (--project/--stage/...) that was running, on that cluster or on this machine.
 
 examples:
   seamless-service restart --service hashserver
   seamless-service restart --cluster mycluster --project myproj --stage s1
+  seamless-service restart --local --project myproj
+  seamless-service restart --local --key hashserver-mycluster-rw-myproj
 """
 
 RESET_HELP = """\
@@ -63,6 +98,18 @@ examples:
 """
 
 
+LOCAL_HELP = {
+    "start": "on this machine (local transport, no ssh); refused if the configuration puts the "
+             "service on another host",
+    "restart": "this machine: with --service/--key that service (refused if the configuration puts it "
+               "elsewhere), else every running service of this machine that --project/--stage/... "
+               "match, as `ps --local` selects rows",
+}
+KEY_HELP = ("the launcher's key (as `resolve` prints it, `ps --wide` shows it), resolved through the "
+            "configuration from its own fields, on the host chosen by --cluster or --local; excludes "
+            "--service/--project/...")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     def parser(name: str, help_: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=text,
@@ -72,10 +119,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     ("restart", "stop, remove the state, start", RESTART_HELP, run_restart)):
         p = parser(name, help_, text)
         add_selection_args(p)
-        p.add_argument("--key", help="the service's key (instead of the selection flags)")
         p.add_argument("--json", action="store_true", help="one JSON object per service")
         p.add_argument("--start-timeout", dest="start_timeout", type=float, default=START_TIMEOUT,
                        metavar="SECONDS", help=f"how long to wait for `running` (default {START_TIMEOUT:g})")
+        add_target_args(p, title="where, or which service by key", local_help=LOCAL_HELP[name], key_help=KEY_HELP)
         add_transport_args(p)
         p.set_defaults(func=func)
 
@@ -99,48 +146,75 @@ def _progress(message: str) -> None:
 # ---------------------------------------------------------------- selection
 
 
-def _selection_of_key(key: str) -> Selection:
-    if not is_valid_key(key):
-        raise UsageError(f"invalid key {key!r} (only letters, digits, . _ - allowed; no leading . or -)")
-    meta = parse_key(key)
-    if not meta:
-        raise UsageError(f"{key!r} is not a Seamless service key")
-    fields = {name: meta.get(name) for name in ("service", "cluster", "project", "subproject",
-                                                "stage", "substage", "queue")}
-    return Selection(mode=meta.get("mode") or "rw", **fields)
+def _unresolvable(exc: KeyNotResolvable, verb: str, *, several: bool) -> UsageError:
+    """One line: why the key does not resolve, and what to do instead."""
+    from ...demo.launch import DEMO_KEYS
+
+    if exc.key in DEMO_KEYS:
+        todo = ("it is a demo service: `seamless-service demo start` starts it" if verb == "start" else
+                f"it is a demo service: `seamless-service stop --local --key {exc.key}`, then "
+                "`seamless-service demo start`")
+    else:
+        todo = (f"define cluster {exc.cluster!r} in ~/.seamless/clusters.yaml, or pass the selection flags "
+                "(--service/--cluster/--project/...)")
+    if several:  # one of the running services of a selection: the others wait for it
+        todo += "; or narrow the selection with --project/--stage/...; nothing was restarted"
+    return UsageError(f"cannot {verb} {exc.key}: {verb} needs the service's configuration, and its key does "
+                      f"not resolve: {exc.reason}; {todo}")
 
 
-def _resolve_key(key: str) -> Resolved:
-    resolved = resolve_service(_selection_of_key(key), from_cwd=True)
-    if resolved.key != key:
-        raise UsageError(f"key {key!r} resolves to {resolved.key!r} with this configuration; pass the selection flags")
+def _by_key(key: str, args: argparse.Namespace, verb: str, *, several: bool = False) -> Resolved:
+    try:
+        return resolve_key(key, cluster=args.cluster, frontend_name=args.frontend_name)
+    except KeyNotResolvable as exc:
+        raise _unresolvable(exc, verb, several=several) from None
+
+
+def _on_chosen_host(resolved: Resolved, args: argparse.Namespace) -> Resolved:
+    """--local: the service must be one Seamless launches on this machine."""
+    if args.local and resolved.ssh_host is not None:
+        raise UsageError(f"--local: the configuration puts {resolved.key} on {resolved.ssh_host}, not on this "
+                         f"machine (Seamless launches the {resolved.service} of cluster {resolved.cluster!r} "
+                         "there): drop --local, or select the local cluster")
     return resolved
 
 
 def selected_services(args: argparse.Namespace, *, running_only: bool = False) -> list[Resolved]:
-    """The services a start/restart command acts on. --key or --service: that one; else
-    (restart) --cluster with the filters: every service of the selection that runs."""
-    if getattr(args, "key", None):
-        return [_resolve_key(args.key)]
+    """The services a start/restart command acts on, all resolved before anything is done
+    (see the module docstring). `running_only` (restart): without --service/--key, the
+    running services of the --cluster or --local selection."""
+    verb = "restart" if running_only else "start"
+    check_target_args(args)
+    if args.key is not None:
+        return [_on_chosen_host(_by_key(args.key, args, verb), args)]
     if args.service:
-        return [resolve_service(Selection.from_args(args), from_cwd=True)]
+        return [_on_chosen_host(resolve_service(Selection.from_args(args), from_cwd=True), args)]
     if not running_only:
-        raise UsageError("--service (or --key) is required")
-    if not args.cluster:
-        raise UsageError("--service, --key or --cluster is required")
+        raise UsageError("--service is required (or --key KEY with --cluster C or --local)")
+    if args.local:
+        rows, where = local_rows(args), "on this machine"
+    elif args.cluster:
+        rows, where = _cluster_server_rows(args), f"in cluster {args.cluster}"
+    else:
+        raise UsageError("--service, --key KEY, --cluster or --local is required")
+    running = [row["key"] for row in rows if row.get("status") == "running"]
+    found = [_on_chosen_host(_by_key(key, args, verb, several=True), args) for key in running]
+    if not found:
+        _err(f"no running service matched {where}; nothing restarted")
+    return found
+
+
+def _cluster_server_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .service_cmds import _cluster_rows
 
-    found: list[Resolved] = []
+    rows: list[dict[str, Any]] = []
     for host in cluster_hosts(args.cluster, args.frontend_name):
         transport = open_for(host, args)
         try:
-            rows = _cluster_rows(transport, args, "server")
+            rows += _cluster_rows(transport, args, "server")
         finally:
             transport.close()
-        found += [_resolve_key(r["key"]) for r in rows if r.get("status") == "running"]
-    if not found:
-        _err(f"no running service matched in cluster {args.cluster}; nothing restarted")
-    return found
+    return rows
 
 
 # ---------------------------------------------------------------- start, restart
