@@ -121,10 +121,12 @@ class ResetPlan:
     dirs: list[DataDir] = field(default_factory=list)
 
 
-def _dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> dict[str, dict[str, Any]]:
-    """{path: persistent row} for `dirs` ([(service, path)]), asked as `ps --persistent`
-    asks (ps_query.PERSISTENT_OPTS, level 0), in one round trip; waits a little for the
-    sizer to measure. A directory the walk gives no row (no marker) is left out."""
+def dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> dict[str, dict[str, Any]]:
+    """{path: persistent row} for `dirs` ([(service, path)]): reset's plan and check, and
+    `clear --dry-run`. Asked as `ps --persistent` asks (ps_query.PERSISTENT_OPTS, level 0),
+    in one round trip; waits a little for the sizer to measure. A directory the walk gives
+    no row (no marker) is left out."""
+    from .local import unwrap
     from .ps_query import PERSISTENT_OPTS
 
     deadline = time.monotonic() + settle
@@ -134,8 +136,6 @@ def _dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> 
                for service, path in dirs]
         rows: dict[str, dict[str, Any]] = {}
         for (_, args), result in zip(ops, transport.batch(ops)):
-            from .local import unwrap
-
             for row in unwrap(result)["rows"]:
                 rows.setdefault(args["paths"][0], row)
         refresh = False
@@ -152,7 +152,7 @@ def reset_plan(transport: Any, host: str | None, filters: dict[str, Any],
     rows = _call(transport, "ps", {"side": "server", **filters})["rows"]
     plan.services = [r for r in rows if r.get("status") != "error" and r.get("valid_key", True)]
     if dirs:
-        by_path = _dir_rows(transport, [(service, path) for service, _, path in dirs], settle=settle)
+        by_path = dir_rows(transport, [(service, path) for service, _, path in dirs], settle=settle)
         for service, key, path in dirs:
             row = by_path.get(path)
             state = row.get("state", "error") if row is not None else "no marker"
@@ -201,7 +201,7 @@ def leftovers(transport: Any, plan: ResetPlan, filters: dict[str, Any]) -> list[
     rows = _call(transport, "ps", {"side": "server", **filters})["rows"]
     left += [f"state of {r.get('key')} ({r.get('status')})" for r in rows]
     if plan.dirs:
-        found = _dir_rows(transport, [(d.service, d.path) for d in plan.dirs], settle=1.0)
+        found = dir_rows(transport, [(d.service, d.path) for d in plan.dirs], settle=1.0)
         left += [f"{path} is {row.get('state')}" for path, row in found.items()
                  if row.get("state") not in ("absent", "empty")]
     return left

@@ -205,13 +205,13 @@ def selected_services(args: argparse.Namespace, *, running_only: bool = False) -
 
 
 def _cluster_server_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from .service_cmds import _cluster_rows
+    from .service_cmds import cluster_rows
 
     rows: list[dict[str, Any]] = []
     for host in cluster_hosts(args.cluster, args.frontend_name):
         transport = open_for(host, args)
         try:
-            rows += _cluster_rows(transport, args, "server")
+            rows += cluster_rows(transport, args, "server")
         finally:
             transport.close()
     return rows

@@ -219,7 +219,9 @@ def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
     return filters
 
 
-def _cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+def cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+    """The `side` rows ("server" or "client") of this host that --cluster and the filters
+    select (#12) and that can be acted on by key (cluster-wide stop/rm, restart --cluster)."""
     rows = call_one(transport, "ps", {"side": side, **_cluster_filters(args)})["rows"]
     # error rows (malformed files) and stems that are not keys cannot be acted on by key
     return [r for r in rows if r.get("status") != "error" and r.get("valid_key", True)]
@@ -403,7 +405,7 @@ def run_stop(args: argparse.Namespace) -> int:
             with _transport(host, args) as transport:
                 # Every row, as seamless-service-stop: the stop op signals only live pids that
                 # are still the service (#13/#17) and marks dead ones stale (`already gone`).
-                keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
+                keys = [r["key"] for r in cluster_rows(transport, args, "server")]
                 if not keys:  # say so: silence would read as "stopped what you asked for"
                     _err(f"{_where(host)}: no service matched; nothing stopped")
                 results: list[dict[str, Any]] = []
@@ -466,7 +468,7 @@ def _dry_run_rows(args: argparse.Namespace, verb: str) -> int:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
     for host in cluster_hosts(args.cluster, args.frontend_name):
         with _transport(host, args) as transport:
-            _dry_rows(_cluster_rows(transport, args, "server"), verb)
+            _dry_rows(cluster_rows(transport, args, "server"), verb)
     return 0
 
 
@@ -489,7 +491,7 @@ def run_rm(args: argparse.Namespace) -> int:
         try:
             with _transport(host, args) as transport:
                 if host_keys is None:
-                    host_keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
+                    host_keys = [r["key"] for r in cluster_rows(transport, args, "server")]
                 if host_keys:
                     host_rc, host_refused = _rm_on(transport, host_keys, side="server", force=args.force,
                                                     where=_where(host))
@@ -510,7 +512,7 @@ def run_rm(args: argparse.Namespace) -> int:
             if uses_target(args):
                 client_keys = keys
             else:
-                client_keys = [r["key"] for r in _cluster_rows(local, args, "client")]
+                client_keys = [r["key"] for r in cluster_rows(local, args, "client")]
             client_keys = [k for k in client_keys if k not in refused]  # #38: refused keys keep both files
             if client_keys:
                 rc = max(rc, _rm_on(local, client_keys, side="client", force=False, where=_where(None))[0])
@@ -534,9 +536,9 @@ def run_clear(args: argparse.Namespace) -> int:
         path = os.path.expanduser(workdir) if target.host is None else workdir
         where = f"{target.host}:{path}" if target.host else path
         if getattr(args, "dry_run", False):
-            from ..lifecycle import _dir_rows
+            from ..lifecycle import dir_rows
 
-            row = _dir_rows(transport, [(target.service, path)], settle=5.0).get(path)
+            row = dir_rows(transport, [(target.service, path)], settle=5.0).get(path)
             state = row.get("state") if row else "no marker"
             size = row.get("bytes") if row else None
             print(f"would clear {where} ({state}, {'size unknown' if size is None else f'{size} bytes'})",
