@@ -313,3 +313,34 @@ def test_key_is_checked_before_anything_is_sent(box, tmp_path, argv, needle):
     assert (result.returncode, result.stdout) == (2, "")
     assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_start_restart_of_a_demo_key_say_what_to_do_and_touch_nothing(box, tmp_path):
+    """The demo's cluster `demo` is in no clusters.yaml: start/restart cannot resolve its keys
+    into a launch configuration. One line says so and what to do instead; that advice works."""
+    sandbox = box
+    assert run(sandbox, "demo", "start").returncode == 0
+    hs = "hashserver-demo-rw-tour"
+    before = {key: state(sandbox, key) for key in DEMO_KEYS}
+
+    def refused(*argv: str) -> str:
+        result = run(sandbox, *argv, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, ""), (result.returncode, result.stdout, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert {key: state(sandbox, key) for key in DEMO_KEYS} == before   # same pids, nothing stopped
+        return result.stderr.strip()
+
+    why = f"seamless-service: cannot start {hs}: start needs the service's configuration, and its key " \
+          "does not resolve: unknown cluster 'demo' (no clusters defined in ~/.seamless/clusters.yaml)"
+    assert refused("start", "--local", "--key", hs) == f"{why}; it is a demo service: `seamless-service demo start` starts it"
+    advice = f"it is a demo service: `seamless-service stop --local --key {hs}`, then `seamless-service demo start`"
+    assert refused("restart", "--local", "--key", hs).endswith(advice)
+    several = refused("restart", "--local")   # every running service of this machine: none is restarted
+    assert several.startswith("seamless-service: cannot restart ") and several.endswith("; nothing was restarted")
+
+    # the advice, followed: the demo hashserver runs again, a new process
+    assert run(sandbox, "stop", "--local", "--key", hs, cwd=tmp_path).returncode == 0
+    again = run(sandbox, "demo", "start", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{hs}: started" in again.stdout.splitlines()
+    assert state(sandbox, hs)["status"] == "running" and state(sandbox, hs)["pid"] != before[hs]["pid"]
