@@ -33,6 +33,8 @@ with a traceback on both: a refusal too).
 Kinds:
 
 * ``clear`` — exactly the guard's rule for `rhl-clear` and `rhl-ps-persistent` paths.
+* ``workdir`` — the guard's rule for `rhl-launch-service --workdir`: the heuristics, and
+  under data-roots inside a root; no marker is asked for (a first launch creates it).
 * ``persistent`` — the guard's rule, except in marker mode, where the guard makes
   seamless-config's `ps --cluster` fail outright (anchor §3 "Consequences", §6 #11): the
   bufferdir *root* holds no marker, nor does a project directory that does not exist yet.
@@ -65,7 +67,7 @@ from ..protocol import ErrorCode, ProtocolError
 from .paths import join
 
 Path = pathlib.Path
-Kind = Literal["clear", "persistent"]
+Kind = Literal["clear", "persistent", "workdir"]
 
 SYSTEM_ROOTS = frozenset({
     "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64",
@@ -228,7 +230,7 @@ def _helper_checks(path: Path) -> None:
 
 def check_path(policy: PathPolicy | None, path: str, kind: Kind) -> Path:
     """The resolved path if `policy` lets the agent use `path` for `kind`, else POLICY_REFUSED."""
-    if kind not in ("clear", "persistent"):
+    if kind not in ("clear", "persistent", "workdir"):
         raise ValueError(f"unknown path kind {kind!r}")
     policy = policy or default_policy()
     expanded = expand_path(path)
@@ -237,7 +239,9 @@ def check_path(policy: PathPolicy | None, path: str, kind: Kind) -> Path:
         if not any(resolved == root or _is_relative_to(resolved, root) for root in policy.roots):
             raise _refused(f"path is outside configured --data-roots: {expanded}")
     elif policy.mode == "marker":
-        if not (kind == "persistent" and _walk_only(resolved)) and not policy.holds_marker(resolved):
+        if kind == "workdir":
+            pass  # the guard checks a launch's --workdir with the heuristics only
+        elif not (kind == "persistent" and _walk_only(resolved)) and not policy.holds_marker(resolved):
             markers = ", ".join(policy.marker_names)
             raise _refused(f"path does not contain required marker file ({markers}): {expanded}")
     elif policy.mode != "permissive":

@@ -194,6 +194,25 @@ class Host:
         `force`: {"path", "removed", "ok", "exit_status", "stdout", "stderr", ...}."""
         return self._one("clear", _args(path=path, key=key, force=force or None))
 
+    def start(self, config: dict[str, Any], *, timeout: float = 120.0,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Start the service a seamless-config launcher configuration describes (e.g.
+        `seamless_config.tools.configure_hashserver(...)`, or `Resolved.config`), exactly
+        as remote-http-launcher would, unless it runs already (then nothing changes).
+        Waits up to `timeout` seconds for `running`: {"key", "outcome" ("already running" |
+        "started" | "failed"), "launched", "pid", "host", "port", "log", "log_tail", ...}."""
+        from .lifecycle import start_service
+
+        return start_service(self.transport, config, timeout=timeout, progress=progress)
+
+    def restart(self, config: dict[str, Any], *, timeout: float = 120.0,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Stop, remove the state (server file, and this machine's client file), start; the
+        previous log is kept as KEY.log.1. As `start`, plus "stopped" and "previous_pid"."""
+        from .lifecycle import restart_service
+
+        return restart_service(self.transport, config, timeout=timeout, progress=progress)
+
     def health(self, keys: str | Iterable[str] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
         """Pid alive, port open, HTTP handshake of running services (agent only)."""
         return self._one("health", _args(keys=None if keys is None else _keys(keys), timeout=timeout))

@@ -564,6 +564,53 @@ def resolve_service(sel: Selection, *, from_cwd: bool = True) -> Resolved:
         )
 
 
+class KeyNotResolvable(UsageError):
+    """A service key whose fields the configuration cannot resolve (e.g. its cluster is not
+    defined): the message says why; `key` and `cluster` let the caller say what to do."""
+
+    def __init__(self, key: str, cluster: str | None, reason: str):
+        super().__init__(reason)
+        self.key, self.cluster, self.reason = key, cluster, reason
+
+
+def resolve_key(key: str, *, cluster: str | None = None, frontend_name: str | None = None) -> Resolved:
+    """The service a launcher key names, resolved through seamless-config from the key's own
+    fields (service, cluster, mode, project, ..., as protocol.keys reads them), so that its
+    launch configuration is the one Seamless would use. `cluster`: the key must be of that
+    cluster. Every reading of an ambiguous key is tried (#30); the one whose resolution gives
+    back exactly `key` wins. UsageError if the key is not a Seamless key or names another
+    cluster, KeyNotResolvable if no reading resolves to it."""
+    from ..protocol.keys import key_readings
+
+    readings = key_readings(key)
+    if not readings:
+        raise UsageError(f"{key} is not a Seamless service key (SERVICE-CLUSTER-MODE-PROJECT..., "
+                         "as 'seamless-service resolve' prints it)")
+    if cluster is not None:
+        of_cluster = [meta for meta in readings if meta["cluster"] == cluster]
+        if not of_cluster:
+            raise UsageError(f"key {key} is not of cluster {cluster!r} (its cluster is {readings[0]['cluster']!r})")
+        readings = of_cluster
+    failure: UsageError | None = None
+    other: str | None = None
+    for meta in readings:
+        fields = {name: meta.get(name) for name in META_FIELDS if name != "mode"}
+        sel = Selection(mode=meta.get("mode") or "rw", frontend_name=frontend_name, **fields)
+        try:
+            resolved = resolve_service(sel, from_cwd=True)
+        except UsageError as exc:
+            failure = failure or exc
+            continue
+        if resolved.key == key:
+            return resolved
+        other = other or resolved.key
+    if other is not None:
+        raise UsageError(f"key {key} resolves to {other} with this configuration: pass the selection "
+                         "flags (--service/--cluster/--project/...) instead")
+    assert failure is not None
+    raise KeyNotResolvable(key, readings[0]["cluster"], str(failure))
+
+
 # ---------------------------------------------------------------- clusters
 
 

@@ -27,6 +27,13 @@ answered:
   clear       rhl-ps --json first (#23: refused while a service runs in that directory,
               unless force), then rhl-clear; `removed` is the helper's own count (top-level
               entries removed entirely, `removed_counts: "top-level"`), said on stderr
+  start       what remote-http-launcher does over ssh, with the same helpers: rhl-ps --json
+              (is it running?), rhl-verify-port + rhl-handshake for a running one, else
+              rhl-launch-service with the launcher's own arguments (status file in the
+              server's default launcher folder, as the launcher passes it), then rhl-ps
+              polls (one per second) until running and answering, or failed (rhl-logs
+              --tail for its end); the previous log cannot be kept as KEY.log.1 (no
+              helper renames a log)
   health      not available (OP_FAILED: needs the agent)
   wait        not available (OP_FAILED: needs the agent)
   hello       rhl-ps --help (proves the host and its helpers answer); value has
@@ -70,12 +77,12 @@ PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
 DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10
 GUARD_REJECTED = b"rhl-guard: rejected"
-MUTATING = frozenset({"stop", "rm", "clear"})
+MUTATING = frozenset({"stop", "rm", "clear", "start"})
 READ_ONLY_HELPERS = frozenset({"rhl-ps", "rhl-ps-persistent", "rhl-inspect", "rhl-logs"})
-SUPPORTED = ("clear", "hello", "inspect", "logs", "persistent", "ps", "rm", "stop")
+SUPPORTED = ("clear", "hello", "inspect", "logs", "persistent", "ps", "rm", "start", "stop")
 KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
 LIVE = ("running", "starting")
-_ALLOWANCE = {"rhl-stop": 20.0, "rhl-clear": 3600.0}
+_ALLOWANCE = {"rhl-stop": 20.0, "rhl-clear": 3600.0, "rhl-verify-port": 12.0, "rhl-handshake": 10.0}
 
 Argv = tuple[str, ...]
 
@@ -645,6 +652,85 @@ def op_clear(args: dict[str, Any], host: str) -> OpGen:
     }
 
 
+START_POLL = 1.0   # seconds between rhl-ps polls while a service starts (one ssh session each)
+
+
+def _row_of(key: str, host: str) -> Generator[list[Argv], dict[Argv, HelperResult], dict[str, Any] | None]:
+    got = yield [PS_JSON]
+    if got[PS_JSON].code != 0:
+        error = helper_error("start", got[PS_JSON], host)
+        raise ProtocolError(error.code, f"start: cannot check the service first: {error.message}")
+    return next((r for r in _server_rows(got[PS_JSON], host, check_pid=True, op="start")
+                 if r.get("key") == key), None)
+
+
+def _answers(row: dict[str, Any], host: str) -> Generator[list[Argv], dict[Argv, HelperResult], str | None]:
+    """None if the running service's port and handshake answer (rhl-verify-port,
+    rhl-handshake: the launcher's own checks), else why not."""
+    from ..agent.ops.health import connect_host, handshake_target
+
+    address = connect_host(row.get("network_interface"))
+    path, port = handshake_target(row)
+    if port is None:
+        return f"no usable port in the state file: {row.get('port')!r}"
+    shown = f"[{address}]" if ":" in address else address
+    checks: list[Argv] = [("rhl-verify-port", address, str(row.get("port"))), ("rhl-handshake", f"http://{shown}:{port}{path}")]
+    got = yield checks
+    for argv in checks:
+        if got[argv].code != 0:
+            return f"{argv[0]}: {got[argv].error_line()}"
+    return None
+
+
+def op_start(args: dict[str, Any], host: str) -> OpGen:
+    import time
+
+    from ..agent.ops.start import HELPER, helper_argv, status_file_arg
+    from ..agent.statefiles import usable_pid
+
+    key = args["key"]
+    if status_file_arg(key) not in args["argv"]:
+        raise ProtocolError(ErrorCode.BAD_ARGS, f"start: the command must pass the status file {status_file_arg(key)}")
+    deadline = time.monotonic() + args["wait"]
+    value: dict[str, Any] = {"key": key, "outcome": None, "launched": False, "status": None, "pid": None,
+                             "host": None, "port": None, "log": None, "rotated_log": None, "log_tail": None,
+                             "detail": None}
+    row = yield from _row_of(key, host)
+    if row is not None and row.get("status") == "running" and row.get("live") is True:
+        problem = yield from _answers(row, host)
+        if problem:
+            raise ProtocolError(ErrorCode.CONFLICT, f"{key} runs (pid {row.get('pid')}) but does not answer: "
+                                f"{problem}; restart it")
+        return {**value, "outcome": "already running", "status": "running", "pid": row.get("pid"),
+                "host": row.get("network_interface"), "port": row.get("port"), "log": row.get("log")}
+    starting = row is not None and row.get("status") == "starting" and row.get("live") is True
+    if not starting and args["launch"]:
+        argv: Argv = (HELPER, *helper_argv(args, args["argv"]))
+        got = yield [argv]
+        if got[argv].code != 0:
+            raise helper_error("start", got[argv], host)
+        value["launched"] = True
+    while True:
+        row = yield from _row_of(key, host)
+        status = row.get("status") if row is not None else None
+        if row is not None and status == "running" and row.get("live") is True:
+            problem = yield from _answers(row, host)
+            if problem is None:
+                return {**value, "outcome": "started", "status": "running", "pid": row.get("pid"),
+                        "host": row.get("network_interface"), "port": row.get("port"), "log": row.get("log")}
+            value["detail"] = problem
+        elif status != "starting" or row.get("live") is False:
+            tail: Argv = ("rhl-logs", key, "--tail", "20")
+            got = yield [tail]
+            return {**value, "outcome": "failed", "status": "failed", "log": (row or {}).get("log"),
+                    "pid": usable_pid((row or {}).get("pid")),
+                    "detail": "there is no state file" if row is None else f"the service is {status}",
+                    "log_tail": got[tail].text if got[tail].code == 0 else None}
+        if time.monotonic() >= deadline:
+            return {**value, "outcome": "starting", "status": "starting", "pid": usable_pid(row.get("pid"))}
+        time.sleep(START_POLL)
+
+
 def op_hello(args: dict[str, Any], host: str, transport: "SshTransport") -> OpGen:
     argv: Argv = ("rhl-ps", "--help")
     got = yield [argv]
@@ -744,6 +830,8 @@ class SshTransport:
             return op_rm(checked, self.host)
         if name == "clear":
             return op_clear(checked, self.host)
+        if name == "start":
+            return op_start(checked, self.host)
         if name == "hello":
             return op_hello(checked, self.host, self)
         return op_unavailable(name, self.host)
@@ -753,19 +841,24 @@ class SshTransport:
         pending: dict[int, tuple[OpGen, list[Argv]]] = {}
         # What a read-only helper said earlier in the segment answers a later round too (no
         # mutation lies between: a mutation ends the segment): e.g. the `rhl-ps --json` that
-        # a persistent op asks for after a refused root, when a ps op asked it already.
+        # a persistent op asks for after a refused root, when a ps op asked it already. An op
+        # asking the same helper again (start polling rhl-ps while a service starts) wants a
+        # new answer: it never gets one it has had.
         seen: dict[Argv, HelperResult] = {}
+        had: dict[int, set[Argv]] = {}
         for index, gen in segment:
             self._advance(index, gen, None, pending, results)
         while pending:
             wanted: list[Argv] = list(dict.fromkeys(argv for _, asks in pending.values() for argv in asks))
-            missing = [argv for argv in wanted if argv not in seen]
-            got = {argv: seen[argv] for argv in wanted if argv in seen}
+            stale = {argv for index, (_, asks) in pending.items() for argv in asks if argv in had.get(index, ())}
+            missing = [argv for argv in wanted if argv not in seen or argv in stale]
+            got = {argv: seen[argv] for argv in wanted if argv in seen and argv not in stale}
             if missing:
                 got.update(self.run_helpers(missing))
             seen.update({argv: result for argv, result in got.items() if argv[0] in READ_ONLY_HELPERS})
             for index, (gen, asks) in list(pending.items()):
                 del pending[index]
+                had.setdefault(index, set()).update(asks)
                 self._advance(index, gen, {argv: got[argv] for argv in asks}, pending, results)
 
     @staticmethod

@@ -2,6 +2,13 @@
 remote-http-launcher exactly as Seamless launches its own, so that `ps --local` has
 something real to show (state files, pids, ports, logs, data directories with sizes).
 
+When the real Seamless services are installed (`seamless-service[services]`: their
+executables next to this Python or on PATH), the hashserver and the database are the real
+`hashserver` and `seamless-database`, configured as Seamless configures them (real.py), and
+a few real buffers go through their HTTP APIs. The jobserver is always the small built-in
+service (service.py): a real seamless-jobserver needs Seamless' transformer and workers.
+Without the real services, all three are the built-in one, with stand-in data files.
+
 Where the demo data lives: not under a dot folder of $HOME (~/.local/share, ~/.cache),
 which the path policy refuses, but in a fresh private folder under the system temp folder,
 made by mkdtemp (0700, a name nobody can predict or take first). Its path is recorded in
@@ -24,13 +31,17 @@ import stat
 import subprocess
 import sys
 import tempfile
+import urllib.error
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..agent import paths
+from ..agent.statefiles import StateFileError, read_state
 from ..client.daemon import uid_name
 from ..deploy.cache import cache_root, write_private
+from . import real
 
 DEMO_KEYS = {
     # key -> (data subfolder or None, marker or data file)
@@ -38,6 +49,10 @@ DEMO_KEYS = {
     "database-demo-rw-tour": ("db/tour", "seamless.db"),
     "jobserver-demo-rw-tour--STAGE-try": (None, None),
 }
+# The keys the real services take over, with the launcher's tool name: real.launcher_config
+# of cluster "demo", project "tour" evaluates to exactly these keys.
+REAL_KEYS = {"hashserver-demo-rw-tour": "hashserver", "database-demo-rw-tour": "database"}
+DEMO_CLUSTER, DEMO_PROJECT = "demo", "tour"
 TOOLS_YAML = Path(__file__).with_name("tools.yaml")
 BIN_DIR = Path(sys.executable).parent
 
@@ -63,9 +78,10 @@ def demo_root() -> Path | None:
     return Path(text) if text.startswith("/") else None
 
 
-def _open_private_dir(path: Path, dir_fd: int | None = None) -> int:
+def _open_private_dir(path: Path, dir_fd: int | None = None, *, any_mode: bool = False) -> int:
     """An fd of the directory `path` (its last part relative to `dir_fd` if given), never
-    through a symlink, if it is ours and open to nobody else; else DemoFolderError."""
+    through a symlink, if it is ours and open to nobody else (any mode if `any_mode`);
+    else DemoFolderError."""
     name = path if dir_fd is None else path.name
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
@@ -80,7 +96,7 @@ def _open_private_dir(path: Path, dir_fd: int | None = None) -> int:
     problem = None
     if st.st_uid != os.getuid():
         problem = f"owned by {uid_name(st.st_uid)}, not by you"
-    elif stat.S_IMODE(st.st_mode) & 0o077:
+    elif stat.S_IMODE(st.st_mode) & 0o077 and not any_mode:
         problem = f"mode {stat.S_IMODE(st.st_mode):o} opens it to other users"
     if problem:
         os.close(fd)
@@ -97,8 +113,10 @@ def _subdirs(root: Path, root_fd: int, relative: str) -> int:
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
             except FileExistsError:
-                pass   # from an earlier start: reused only while still private (next line)
-            fd_next = _open_private_dir(path, dir_fd=fd)
+                pass   # from an earlier start: reused only while still ours (next line)
+            # Below the private root only the owner matters: nobody else can reach in, and
+            # a real hashserver opens its own folder up (chmod 3775) on every start.
+            fd_next = _open_private_dir(path, dir_fd=fd, any_mode=True)
         finally:
             os.close(fd)
         fd = fd_next
@@ -127,31 +145,58 @@ def _open_root() -> tuple[Path, int]:
     return root, _open_private_dir(root)
 
 
-def _env() -> dict[str, str]:
+def _env(*, for_real: bool = False) -> dict[str, str]:
+    """The launcher's environment: the built-in service needs the demo's whitelist; the
+    real services are launched under the launcher's own, as Seamless launches them."""
     env = dict(os.environ)
-    env["RHL_TOOLS_YAML"] = str(TOOLS_YAML)
-    # The launcher runs rhl-* helpers and the demo binary by name: ours come first.
+    if for_real:
+        env.pop("RHL_TOOLS_YAML", None)
+    else:
+        env["RHL_TOOLS_YAML"] = str(TOOLS_YAML)
+    # The launcher runs rhl-* helpers and the service binaries by name: ours come first.
     env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")])
     env.pop("REMOTE_HTTP_LAUNCHER_DIR", None)  # the launcher misreads it (anchor §6 #24)
     return env
 
 
-def _prepare_data(root: Path, root_fd: int, key: str, sub: str | None, marker: str | None) -> Path:
+def real_services_installed() -> bool:
+    """Are the real hashserver and seamless-database where the launcher will look for them?"""
+    return not real.missing_services(_env(for_real=True)["PATH"])
+
+
+def _prepare_data(root: Path, root_fd: int, key: str, sub: str | None, marker: str | None,
+                  *, stand_in: bool = True) -> Path:
+    """The key's data folder; with stand-in data files for the built-in service (a real
+    service writes its own marker and database file, and gets real buffers later)."""
     relative = sub if sub is not None else f"work/{key}"
     fd = _subdirs(root, root_fd, relative)
     try:
-        if marker == ".HASHSERVER_PREFIX":
+        if stand_in and marker == ".HASHSERVER_PREFIX":
             _write_new(fd, marker, b"")
             for i in range(40):  # a few "buffers", named by checksum like a hashserver's
                 _write_new(fd, f"{i:064x}", os.urandom(1000 + 250 * i))
-        elif marker == "seamless.db":
+        elif stand_in and marker == "seamless.db":
             _write_new(fd, marker, b"SQLite format 3\x00" + os.urandom(20_000))
     finally:
         os.close(fd)
     return root / relative
 
 
-def _prepare(keys: list[str] | None = None) -> Path:
+def _config(root: Path, root_fd: int, key: str, use_real: bool) -> dict[str, Any]:
+    tool = REAL_KEYS.get(key) if use_real else None
+    workdir = _prepare_data(root, root_fd, key, *DEMO_KEYS[key], stand_in=tool is None)
+    if tool is None:
+        return {"workdir": str(workdir), "key": key,
+                "command": "seamless-service-demo --status-file {status_file}",
+                "network_interface": "127.0.0.1", "handshake": "healthcheck", "timeout": 20}
+    config = real.launcher_config(tool, data_root=root, cluster=DEMO_CLUSTER, project=DEMO_PROJECT)
+    if config["workdir"] != str(workdir):   # the launcher's tools.yaml changed its layout
+        raise DemoFolderError(f"the launcher's tools.yaml puts {key}'s data in {config['workdir']}, "
+                              f"not in {workdir}")
+    return config
+
+
+def _prepare(keys: list[str] | None = None, use_real: bool = False) -> Path:
     """Data folders, data files and launcher configs of the demo keys to launch (all by
     default; a running service's data is left as it is); the data root."""
     root, root_fd = _open_root()
@@ -159,11 +204,7 @@ def _prepare(keys: list[str] | None = None) -> Path:
         configs_fd = _subdirs(root, root_fd, "configs")
         try:
             for key in DEMO_KEYS if keys is None else keys:
-                config = {
-                    "workdir": str(_prepare_data(root, root_fd, key, *DEMO_KEYS[key])), "key": key,
-                    "command": "seamless-service-demo --status-file {status_file}",
-                    "network_interface": "127.0.0.1", "handshake": "healthcheck", "timeout": 20,
-                }
+                config = _config(root, root_fd, key, use_real)
                 _write_new(configs_fd, f"{key}.yaml", yaml.safe_dump(config).encode())
         finally:
             os.close(configs_fd)
@@ -189,6 +230,49 @@ NEXT_STEPS = """next, try:
   seamless-service demo stop        (stops the demo services and removes their data)"""
 
 
+def _server_state(key: str) -> dict[str, Any]:
+    """The launcher's server state of `key` (the launcher ran without REMOTE_HTTP_LAUNCHER_DIR)."""
+    try:
+        state = read_state(paths.server_dir(Path(paths.BASE_DEFAULT).expanduser()) / f"{key}.json")
+    except StateFileError:
+        return {}
+    return state or {}
+
+
+def _program(state: dict[str, Any]) -> str:
+    """The executable a state's command line starts with ("" if none)."""
+    words = str(state.get("command") or "").split()
+    return os.path.basename(words[0]) if words else ""
+
+
+def _seed(key: str, state: dict[str, Any]) -> str | None:
+    """Put the demo buffers through the real service of `key`; why not, or None."""
+    port = state.get("port")
+    if not isinstance(port, int):
+        return f"no port in its state: {state.get('status', 'no state')}"
+    host = "127.0.0.1"
+    buffers = real.demo_buffers()
+    try:
+        if REAL_KEYS[key] == "hashserver":
+            real.seed_hashserver(host, port, buffers)
+        else:
+            real.seed_database(host, port, buffers)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", None) or exc)
+    return None
+
+
+def _which_ran(programs: dict[str, str]) -> str:
+    """One line: which services ran (the real ones, or the built-in stand-in)."""
+    reals = sorted(p for p in programs.values() if p in real.REAL_SERVICES.values())
+    if reals:
+        return f"services: the real {' and '.join(reals)}; the jobserver is the built-in demo service"
+    return ("services: the built-in demo service "
+            "(pip install 'seamless-service[services]' for the real hashserver and seamless-database)")
+
+
 def start(*, echo: Any = print) -> int:
     launcher = BIN_DIR / "remote-http-launcher"
     if not launcher.exists():
@@ -196,8 +280,9 @@ def start(*, echo: Any = print) -> int:
         return 1
     running = _running()
     to_start = [key for key in DEMO_KEYS if key not in running]
+    use_real = real_services_installed()
     try:
-        root = _prepare(to_start)
+        root = _prepare(to_start, use_real)
     except DemoFolderError as exc:
         echo(f"seamless-service demo: {exc}; 'seamless-service demo stop' forgets that folder, "
              "then start again", file=sys.stderr)
@@ -207,19 +292,39 @@ def start(*, echo: Any = print) -> int:
              + (f" ({exc.filename})" if exc.filename else ""), file=sys.stderr)
         return 1
     failures = 0
+    programs: dict[str, str] = {}
     for key in DEMO_KEYS:
         if key in running:
+            programs[key] = _program(_server_state(key))
             echo(f"{key}: already running")
             continue
         path = root / "configs" / f"{key}.yaml"
-        result = subprocess.run([str(launcher), str(path)], env=_env(), capture_output=True, text=True,
+        env = _env(for_real=use_real and key in REAL_KEYS)
+        result = subprocess.run([str(launcher), str(path)], env=env, capture_output=True, text=True,
                                 timeout=60, stdin=subprocess.DEVNULL)
-        if result.returncode == 0:
-            echo(f"{key}: started")
-        else:
+        if result.returncode != 0:
             failures += 1
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             echo(f"seamless-service demo: could not start {key}: {last[0]}", file=sys.stderr)
+            continue
+        state = _server_state(key)
+        if not state:   # e.g. the launcher's tools.yaml now makes another key
+            failures += 1
+            echo(f"seamless-service demo: the launcher reported success but wrote no state for {key}",
+                 file=sys.stderr)
+            continue
+        programs[key] = _program(state)
+        # Seeded by what runs (a service already running from an earlier start may be the
+        # other kind): only a real service has an API to put buffers through.
+        problem = _seed(key, state) if programs[key] in real.REAL_SERVICES.values() else None
+        if problem is not None:
+            failures += 1
+            echo(f"seamless-service demo: started {key}, but could not put the demo data into it: {problem}",
+                 file=sys.stderr)
+            continue
+        echo(f"{key}: started")
+    if programs:
+        echo(_which_ran(programs))
     if failures == 0:
         echo(NEXT_STEPS)
     return 1 if failures else 0

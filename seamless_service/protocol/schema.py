@@ -22,12 +22,15 @@ MAX_TAIL_LINES = 100_000
 MAX_LOG_BYTES = 8 << 20   # one logs reply carries at most 8 MiB of log
 MAX_WAIT_SECONDS = 60.0
 MAX_LEVEL = 8
+MAX_ARGV = 256            # words of a service command line (start)
+MAX_JSON_TEXT = 64 << 10  # --parameters / --meta JSON text (start)
+MAX_START_WAIT = 30.0     # one start call waits at most this long; the client calls again
 STATUSES = ("running", "starting", "failed", "stale", "error", "client")
 
 
 @dataclass(frozen=True)
 class Field:
-    kind: str                     # "str" | "int" | "float" | "bool" | "key" | "path" | "name" | "keys" | "paths"
+    kind: str                     # "str" | "int" | "float" | "bool" | "key" | "path" | "name" | "keys" | "paths" | "strs"
     required: bool = False
     default: Any = None
     min: float | None = None
@@ -96,6 +99,21 @@ OPS: dict[str, dict[str, Field]] = {
         "path": Field("path", required=True),
         "key": Field("key"),
         "force": Field("bool", default=False),
+    },
+    # Launch a service as remote-http-launcher would (rhl-launch-service with the same
+    # arguments), unless it runs already; wait up to `wait` seconds for it to be running.
+    "start": {
+        "key": Field("key", required=True),
+        "workdir": Field("path", required=True),
+        "argv": Field("strs", required=True, max_items=MAX_ARGV),
+        "conda_env": _str(),
+        "network_interface": _str(),
+        "parameters": _str(max_len=MAX_JSON_TEXT),
+        "meta": _str(max_len=MAX_JSON_TEXT),
+        "wait": Field("float", default=0.0, min=0.0, max=MAX_START_WAIT),
+        # false: never launch, only report/wait (a client's follow-up calls: a service
+        # that failed between two calls must not be relaunched behind the user's back)
+        "launch": Field("bool", default=True),
     },
     "health": {
         "keys": Field("keys", max_items=MAX_KEYS),
@@ -180,6 +198,9 @@ def _check_value(op: str, name: str, value: Any, spec: Field) -> Any:
         value = _check_key(op, name, value)
     elif kind == "keys":
         value = [_check_key(op, f"{name}[{i}]", v) for i, v in enumerate(_check_list(op, name, value, spec))]
+    elif kind == "strs":
+        value = [_check_str(op, f"{name}[{i}]", v, MAX_PATH)
+                 for i, v in enumerate(_check_list(op, name, value, spec))]
     elif kind == "paths":
         items = _check_list(op, name, value, spec)
         value = []

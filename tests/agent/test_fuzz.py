@@ -91,6 +91,7 @@ def field_values(kind: str):
         "bool": st.booleans(),
         "keys": st.lists(st.from_regex(r"[a-zA-Z0-9._-]{1,20}", fullmatch=True), max_size=3),
         "paths": st.lists(st.sampled_from(["/data/x", "relative", "/etc", "~/x"]), max_size=3),
+        "strs": st.lists(st.sampled_from(["hashserver", "--status-file", "~/x", "/bin/sh", "-h"]), max_size=4),
     }[kind]
     return st.one_of(good, scalars, st.lists(scalars, max_size=3), st.text(min_size=2000, max_size=2100))
 

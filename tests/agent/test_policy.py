@@ -275,7 +275,16 @@ def test_persistent_kind_in_marker_mode(world, home):
 
 def test_unknown_kind_is_a_bug():
     with pytest.raises(ValueError):
-        check_path(default_policy(), "/srv/x", "workdir")  # type: ignore[arg-type]
+        check_path(default_policy(), "/srv/x", "bogus")  # type: ignore[arg-type]
+
+
+def test_workdir_kind_is_the_guards_rule_for_launches():
+    """rhl-guard checks `rhl-launch-service --workdir` with the heuristics only (no marker;
+    a first launch creates the directory), and under data-roots inside a root."""
+    assert check_path(default_policy(), "/srv/not-yet-there", "workdir") == Path("/srv/not-yet-there")
+    for refused in ("/etc", "relative", "~", "/srv/.hidden/x"):
+        with pytest.raises(ProtocolError):
+            check_path(default_policy(), refused, "workdir")
 
 
 def test_describe_and_default(world, home):

@@ -83,7 +83,9 @@ def test_the_script_is_valid_shell(shell, scripts):
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("words, expected", [
     (["p"], ["ps"]),
-    ([""], ["ps", "resolve", "inspect", "logs", "stop", "rm", "clear", "demo", "agent", "tunnel", "completion"]),
+    ([""], ["ps", "resolve", "inspect", "logs", "stop", "rm", "clear", "start", "restart", "reset", "demo",
+            "agent", "tunnel", "completion"]),
+    (["restart", "--k"], ["--key"]),                                  # the shared target flags
     (["-"], ["-h", "--help", "-V", "--version", "--debug"]),
     (["ps", "--st"], ["--stage", "--status"]),
     (["ps", "--status", ""], list(STATUSES)),

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from seamless_service.demo import launch
+from seamless_service.demo import launch, real
 from seamless_service.demo.launch import DEMO_KEYS, demo_root
 from tests.support.other_user import as_user, local_user, unused_uid
+from tests.support.services import skip_without_real_services, without_real_services
 
-CLI = [sys.executable, "-m", "seamless_service"]
-
-
-def run(sandbox, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = sandbox.env()
+def run(sandbox, *argv: str, python: str = sys.executable, env: dict | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(env or sandbox.env())
     env["SEAMLESS_SERVICE_NO_DAEMON"] = "1"
-    return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run([python, "-m", "seamless_service", *argv], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
 
 
 @pytest.fixture
@@ -43,41 +46,85 @@ def private_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
 
 
-def test_demo_start_ps_stop(box):
-    sandbox = box
-    started = run(sandbox, "demo", "start")
+def _started_then_listed(sandbox, python: str = sys.executable, env: dict | None = None):
+    """`demo start`, then the `ps --local --persistent --json` rows by key."""
+    started = run(sandbox, "demo", "start", python=python, env=env)
     assert started.returncode == 0, started.stderr
     assert all(f"{key}: started" in started.stdout.splitlines() for key in DEMO_KEYS)
     root = demo_root()
     assert root is not None and private_dir(root) and root != _old_predictable_root()
     assert all(private_dir(folder) for folder in (root / "db", root / "db" / "tour", root / "configs"))
-    assert stat.S_IMODE(os.stat(root / "db" / "tour" / "seamless.db").st_mode) == 0o600
-
-    listing = run(sandbox, "ps", "--local", "--persistent", "--json")
+    listing = run(sandbox, "ps", "--local", "--persistent", "--json", python=python, env=env)
     assert listing.returncode == 0, listing.stderr
     rows = {row["key"]: row for row in map(json.loads, listing.stdout.splitlines())}
     assert set(rows) == set(DEMO_KEYS)
     assert all(row["process"] == "running" for row in rows.values())
-    hashserver = rows["hashserver-demo-rw-tour"]
-    assert hashserver["persistent"] == "populated" and hashserver["size"] > 40_000  # real bytes
-    assert rows["database-demo-rw-tour"]["size"] > 20_000
     assert rows["jobserver-demo-rw-tour--STAGE-try"]["stage"] == "try"
-    pids = [json.loads((sandbox.server_dir / f"{key}.json").read_text())["pid"] for key in DEMO_KEYS]
+    return started, root, rows
 
-    table = run(sandbox, "ps", "--local", "--health")
+
+def _health_then_stop(sandbox, root: Path, python: str = sys.executable, env: dict | None = None) -> None:
+    """Every demo service answers its health check; `demo stop` leaves no process, no
+    state, no data."""
+    pids = [json.loads((sandbox.server_dir / f"{key}.json").read_text())["pid"] for key in DEMO_KEYS]
+    table = run(sandbox, "ps", "--local", "--health", python=python, env=env)
     assert table.stdout.splitlines()[0].split() == [
         "SERVICE", "PROJECT", "STAGE", "PROCESS", "PORT", "PERSISTENT", "SIZE", "HEALTH"]
     assert table.stdout.count(" ok") == 3
 
-    stopped = run(sandbox, "demo", "stop")
+    stopped = run(sandbox, "demo", "stop", python=python, env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.count(": stopped") == 3
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert not any((sandbox.server_dir / f"{key}.json").exists() for key in DEMO_KEYS)
     assert not root.exists() and demo_root() is None
-    empty = run(sandbox, "ps", "--local", "--json")
+    empty = run(sandbox, "ps", "--local", "--json", python=python, env=env)
     assert empty.returncode == 0 and empty.stdout == ""
+
+
+def test_demo_start_ps_stop_with_the_real_services(box):
+    """With the [services] extra: a real hashserver holding real buffers (put through its
+    HTTP API) and a real seamless-database with its seamless.db, launched as Seamless would."""
+    skip_without_real_services()
+    started, root, rows = _started_then_listed(box)
+    assert started.stdout.count("services: the real hashserver and seamless-database;") == 1
+    states = {key: json.loads((box.server_dir / f"{key}.json").read_text()) for key in launch.REAL_KEYS}
+    assert [state["command"].split()[0] for state in states.values()] == ["hashserver", "seamless-database"]
+
+    buffers = real.demo_buffers()
+    hashserver = rows["hashserver-demo-rw-tour"]
+    assert hashserver["persistent"] == "populated" and hashserver["size"] >= sum(map(len, buffers))
+    port = states["hashserver-demo-rw-tour"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/{real.checksum(buffers[3])}", timeout=10) as got:
+        assert got.read() == buffers[3]      # served back by the real hashserver
+
+    database = rows["database-demo-rw-tour"]
+    db_file = root / "db" / "tour" / "seamless.db"
+    assert database["persistent"] == "populated" and database["size"] >= db_file.stat().st_size > 0
+    with contextlib.closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)) as db:
+        assert db.execute("select count(*) from buffer_info").fetchone() == (len(buffers),)
+        assert db.execute("select result from transformation").fetchall() == [(real.checksum(buffers[0]),)]
+
+    again = run(box, "demo", "start")      # a second start puts nothing new, fails nothing
+    assert again.returncode == 0, again.stderr
+    assert run(box, "ps", "--local", "--persistent", "--json").stdout.count('"populated"') == 2
+    _health_then_stop(box, root)
+
+
+def test_demo_without_the_real_services_runs_the_built_in_one(box, tmp_path):
+    """Without the [services] extra (no hashserver, no seamless-database next to Python or on
+    PATH), the built-in service stands in for all three, with stand-in data files."""
+    python, env = without_real_services(tmp_path / "venv", box.env())
+    started, root, rows = _started_then_listed(box, python, env)
+    assert started.stdout.count("services: the built-in demo service (pip install 'seamless-service[services]'") == 1
+    assert all(json.loads((box.server_dir / f"{key}.json").read_text())["command"].startswith("seamless-service-demo ")
+               for key in DEMO_KEYS)
+    assert stat.S_IMODE(os.stat(root / "db" / "tour" / "seamless.db").st_mode) == 0o600
+    hashserver = rows["hashserver-demo-rw-tour"]
+    assert hashserver["persistent"] == "populated" and hashserver["size"] > 40_000  # real bytes
+    assert rows["database-demo-rw-tour"]["size"] > 20_000
+    _health_then_stop(box, root, python, env)
 
 
 def test_demo_data_is_per_home(box, tmp_path, monkeypatch):
@@ -240,10 +287,12 @@ def test_stop_rm_clear_local_act_on_the_one_selected_service(box, tmp_path):
     assert not (sandbox.server_dir / f"{job}.json").exists()
 
     buffers = Path(state(sandbox, hs)["workdir"])
-    assert len(list(buffers.iterdir())) == 41
+    # the real hashserver's prefix folders or the built-in service's files, and the marker
+    held = sorted(buffers.iterdir())
+    assert len(held) > 1 and buffers / ".HASHSERVER_PREFIX" in held
     refused = run(sandbox, "clear", "--local", "--service", "hashserver", "--yes", cwd=tmp_path)
     assert refused.returncode == 1 and "(or pass --force)" in refused.stderr
-    assert len(list(buffers.iterdir())) == 41
+    assert sorted(buffers.iterdir()) == held
     # by key: the data folder is the one its state file records
     cleared = run(sandbox, "clear", "--local", "--key", hs, "--yes", "--force", cwd=tmp_path)
     assert cleared.returncode == 0, cleared.stderr
@@ -266,3 +315,34 @@ def test_key_is_checked_before_anything_is_sent(box, tmp_path, argv, needle):
     assert (result.returncode, result.stdout) == (2, "")
     assert len(result.stderr.splitlines()) == 1 and needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_start_restart_of_a_demo_key_say_what_to_do_and_touch_nothing(box, tmp_path):
+    """The demo's cluster `demo` is in no clusters.yaml: start/restart cannot resolve its keys
+    into a launch configuration. One line says so and what to do instead; that advice works."""
+    sandbox = box
+    assert run(sandbox, "demo", "start").returncode == 0
+    hs = "hashserver-demo-rw-tour"
+    before = {key: state(sandbox, key) for key in DEMO_KEYS}
+
+    def refused(*argv: str) -> str:
+        result = run(sandbox, *argv, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, ""), (result.returncode, result.stdout, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert {key: state(sandbox, key) for key in DEMO_KEYS} == before   # same pids, nothing stopped
+        return result.stderr.strip()
+
+    why = f"seamless-service: cannot start {hs}: start needs the service's configuration, and its key " \
+          "does not resolve: unknown cluster 'demo' (no clusters defined in ~/.seamless/clusters.yaml)"
+    assert refused("start", "--local", "--key", hs) == f"{why}; it is a demo service: `seamless-service demo start` starts it"
+    advice = f"it is a demo service: `seamless-service stop --local --key {hs}`, then `seamless-service demo start`"
+    assert refused("restart", "--local", "--key", hs).endswith(advice)
+    several = refused("restart", "--local")   # every running service of this machine: none is restarted
+    assert several.startswith("seamless-service: cannot restart ") and several.endswith("; nothing was restarted")
+
+    # the advice, followed: the demo hashserver runs again, a new process
+    assert run(sandbox, "stop", "--local", "--key", hs, cwd=tmp_path).returncode == 0
+    again = run(sandbox, "demo", "start", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{hs}: started" in again.stdout.splitlines()
+    assert state(sandbox, hs)["status"] == "running" and state(sandbox, hs)["pid"] != before[hs]["pid"]

@@ -18,6 +18,7 @@ def test_every_op_accepts_its_minimal_arguments():
         "stop": {"keys": ["k"]},
         "rm": {"keys": ["k"]},
         "clear": {"path": "/data/x"},
+        "start": {"key": "k", "workdir": "/data/x", "argv": ["hashserver"]},
     }
     for op in OPS:
         out = validate_args(op, minimal.get(op, {}))
@@ -107,3 +108,12 @@ def test_explicit_nil_means_not_given():
     assert validate_args("ps", {"status": None})["status"] is None
     code, _ = code_of("inspect", {"key": None})
     assert code == ErrorCode.BAD_ARGS
+
+
+def test_start_argv_must_be_a_list_of_strings():
+    base = {"key": "k", "workdir": "/data/x"}
+    for bad in ([], "hashserver", ["hashserver", 3], ["x\x00"], ["a"] * 257):
+        code, _ = code_of("start", {**base, "argv": bad})
+        assert code == ErrorCode.BAD_ARGS, bad
+    code, _ = code_of("start", {**base, "key": "../x", "argv": ["hashserver"]})
+    assert code == ErrorCode.INVALID_KEY

@@ -6,20 +6,36 @@ REMOTE_HTTP_LAUNCHER_DIR is not used for isolation because the launcher and the 
 read it differently), a tools.yaml whitelisting the toy service, and a bin folder that
 holds the `seamless-toy-service` executable. `launch()` runs the real
 `remote-http-launcher CONFIG`, so pids, ports, logs and state files are real.
+
+The real Seamless services (hashserver, seamless-database; the `[services]` extra, which
+the `[test]` extra pulls in) are launched as Seamless launches them, under the launcher's
+own tools.yaml whitelist, with `real.launcher_config` (the config seamless-config makes):
+- here: `LauncherSandbox.launch_real(tool, project=..., stage=...)`;
+- on a test sshd "server": `launch_real_remote(server, tool, project=..., stage=...)`, from
+  a venv of the services that the server's throwaway user can run (`real_services_bin`).
+Tests that need them call `skip_without_real_services()` first.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.metadata
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from seamless_service.demo import real
 
 TOY_NAME = "seamless-toy-service"
 HERE = Path(__file__).resolve().parent
@@ -104,6 +120,25 @@ class LauncherSandbox:
             raise AssertionError(f"launch of {key} failed: {result.stdout}\n{result.stderr}")
         return json.loads(state_path.read_text())
 
+    def launch_real(self, tool: str, *, project: str, stage: str | None = None, cluster: str = "local",
+                    mode: str = "rw", data_root: Path | None = None, timeout: float = 60) -> dict[str, Any]:
+        """Launch the real `tool` ("hashserver" or "database") of CLUSTER/PROJECT[/STAGE] as
+        Seamless would (data in DATA_ROOT/buffers or DATA_ROOT/db, default ROOT/data); its
+        server state (with its "key") once it runs."""
+        config = real.launcher_config(tool, data_root=data_root or self.root / "data", cluster=cluster,
+                                      project=project, stage=stage, mode=mode)
+        key = real.launcher_key(config)
+        Path(config["workdir"]).mkdir(parents=True, exist_ok=True)
+        path = self.configs / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = self.env()
+        env.pop("RHL_TOOLS_YAML")   # the launcher's own whitelist, which names the real services
+        result = subprocess.run([str(VENV_BIN / "remote-http-launcher"), str(path)], env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        self._launched.append(key)
+        state = _running_state(self.server_dir / f"{key}.json", result)
+        return {**state, "key": key}
+
     def write_state(self, key: str, data: Any, *, raw: str | None = None, side: str = "server") -> Path:
         """Hand-write a state file (for failed/stale/starting/malformed cases)."""
         directory = self.server_dir if side == "server" else self.client_dir
@@ -129,10 +164,92 @@ class LauncherSandbox:
 
 
 def _is_toy(pid: int) -> bool:
+    """A process this sandbox launched: the toy service or a real one."""
     try:
-        return TOY_NAME.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return any(name.encode() in cmdline for name in (TOY_NAME, *real.REAL_SERVICES.values()))
+
+
+def _running_state(state_path: Path, result: subprocess.CompletedProcess) -> dict[str, Any]:
+    """The launched service's server state; AssertionError (with the launcher's output and
+    the log's tail) unless it runs."""
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    if result.returncode != 0 or state.get("status") != "running":
+        log = Path(state.get("log") or state_path.with_suffix(".log"))
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise AssertionError(f"launch of {state_path.stem} failed ({result.returncode}, {state.get('status')}): "
+                             f"{result.stdout}\n{result.stderr}\nlog: {tail}")
+    return state
+
+
+# --------------------------------------------------------------------------- real services
+
+def skip_without_real_services() -> None:
+    """pytest.skip, saying why, unless the real services are installed next to this Python."""
+    import pytest
+
+    missing = real.missing_services(str(VENV_BIN))
+    try:
+        import aiofiles  # noqa: F401 - hashserver imports it without declaring it
+    except ImportError:
+        missing.append("aiofiles")
+    if missing:
+        pytest.skip(f"the real Seamless services are not installed ({', '.join(missing)}): "
+                    "pip install -e '.[test]' (the [services] extra)")
+
+
+# The packages of a venv for another user, at the versions installed here.
+REAL_PACKAGES = ("hashserver", "aiofiles", "seamless-database", "remote-http-launcher")
+_venvs: dict[str, Path] = {}
+_venvs_lock = threading.Lock()
+
+
+def real_services_bin(python: str) -> Path:
+    """The bin folder of a venv that any local user can run (made with `python`, e.g. a test
+    sshd's `server.python`), holding the real services and remote-http-launcher at the
+    versions installed here: a test sshd's throwaway user cannot read this venv (under
+    /root). Made once per test process (~12 s with pip's cache), removed at exit."""
+    with _venvs_lock:
+        if python not in _venvs:
+            _venvs[python] = _make_services_venv(python)
+        return _venvs[python] / "bin"
+
+
+def _make_services_venv(python: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="seamless-real-services-"))
+    atexit.register(shutil.rmtree, root, True)
+    root.chmod(0o755)
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in REAL_PACKAGES]
+    for argv in ([python, "-m", "venv", str(root / "venv")],
+                 [str(root / "venv/bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins]):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, umask=0o022)
+        if result.returncode != 0:
+            tail = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")][-3:]
+            raise AssertionError(f"could not make the real services' venv ({' '.join(argv[:4])}): {tail}")
+    return root / "venv"
+
+
+def launch_real_remote(server: Any, tool: str, *, project: str, stage: str | None = None,
+                       cluster: str = "local", mode: str = "rw", data_root: Path | None = None,
+                       timeout: float = 120) -> dict[str, Any]:
+    """Launch the real `tool` on a test sshd (tests/support/sshd.py SshServer) as its user,
+    through that server's remote-http-launcher over ssh, as Seamless would (data under
+    DATA_ROOT, default ~/data); its server state (with its "key") once it runs."""
+    bin_dir = real_services_bin(server.python)
+    config = real.launcher_config(tool, data_root=data_root or server.home / "data", cluster=cluster,
+                                  project=project, stage=stage, mode=mode)
+    key = real.launcher_key(config)
+    path = server.write_file(f"launch/{key}.yaml", json.dumps(config))   # JSON is YAML
+    command = (f"mkdir -p {shlex.quote(config['workdir'])} && env -u RHL_TOOLS_YAML "
+               f"PATH={shlex.quote(str(bin_dir))}:\"$PATH\" remote-http-launcher {shlex.quote(str(path))}")
+    result = server.ssh(command, timeout=timeout)
+    state = _running_state(server.home / ".remote-http-launcher" / "server" / f"{key}.json", result)
+    return {**state, "key": key}
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -144,3 +261,26 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def without_real_services(root: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A Python as `pip install 'seamless-service[client]'` leaves it, without the
+    [services] extra, and `env` with a PATH to match: this environment's packages (through
+    a .pth), its console scripts, but none of the real services' executables, next to the
+    interpreter or on PATH. The interpreter's path and the environment."""
+    import sysconfig
+
+    venv = Path(root)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = Path(subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    # `import` lines of a .pth run: addsitedir also reads the .pth files there (the editable install's).
+    (site / "with_test_env.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    skip = set(real.REAL_SERVICES.values()) | {"seamless-jobserver"}
+    for script in VENV_BIN.iterdir():
+        target = venv / "bin" / script.name
+        if script.name not in skip and not target.exists() and not script.name.startswith(("python", "activate", "pip")):
+            target.symlink_to(script)
+    env = {**env, "PATH": os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"])}
+    assert real.missing_services(env["PATH"]) == list(real.REAL_SERVICES.values()), "a real service is still on PATH"
+    return str(venv / "bin" / "python"), env

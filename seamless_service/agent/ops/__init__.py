@@ -19,6 +19,7 @@ _MODULES = {
     "stop": "stop",
     "rm": "rm",
     "clear": "clear",
+    "start": "start",
     "health": "health",
     "wait": "wait",
 }

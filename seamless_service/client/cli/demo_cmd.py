@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 HELP = """\
-Start (or stop and remove) three small demo services on this machine, launched through
-remote-http-launcher like real Seamless services: a "hashserver" and a "database" with data
-directories, and a "jobserver" in a stage. They answer HTTP on 127.0.0.1 only.
+Start (or stop and remove) three demo services on this machine, launched through
+remote-http-launcher as Seamless launches its own: a hashserver holding a few buffers and a
+database with its seamless.db (the real ones when 'seamless-service[services]' is installed,
+else a small built-in stand-in), and a "jobserver" in a stage (the built-in one). They
+answer HTTP on 127.0.0.1 only.
 
 A second `demo start` starts only what is not running (and says which were).
 

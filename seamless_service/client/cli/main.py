@@ -33,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"seamless-service {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import completion, demo_cmd, ps_cmd, service_cmds
+    from . import completion, demo_cmd, lifecycle_cmds, ps_cmd, service_cmds
 
     ps_cmd.add_parser(sub)
     service_cmds.add_parsers(sub)
+    lifecycle_cmds.add_parsers(sub)
     demo_cmd.add_parser(sub)
     from ...agent.cli import add_agent_parser
 

@@ -146,6 +146,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = parser("stop", "stop services", STOP_HELP)
     add_selection_args(p)
     add_target_args(p)
+    add_dry_run_arg(p)
     add_transport_args(p)
     p.set_defaults(func=run_stop)
 
@@ -156,6 +157,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="also remove the state of running services (orphans their processes)")
     add_target_args(p)
+    add_dry_run_arg(p)
     add_transport_args(p)
     p.set_defaults(func=run_rm)
 
@@ -165,11 +167,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="clear even while a service using the directory runs")
     add_target_args(p)
+    add_dry_run_arg(p)
     add_transport_args(p)
     p.set_defaults(func=run_clear)
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def add_dry_run_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", dest="dry_run", action="store_true",
+                        help="say what would be done; change nothing")
+
+
+def _dry_rows(rows: list[dict[str, Any]], verb: str) -> None:
+    if not rows:
+        print(f"would {verb} nothing: no service matched", flush=True)
+    for row in rows:
+        print(f"would {verb} {row['key']} ({row.get('status')}, pid {row.get('pid')})", flush=True)
 
 
 def _err(message: str) -> None:
@@ -204,7 +219,9 @@ def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
     return filters
 
 
-def _cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+def cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+    """The `side` rows ("server" or "client") of this host that --cluster and the filters
+    select (#12) and that can be acted on by key (cluster-wide stop/rm, restart --cluster)."""
     rows = call_one(transport, "ps", {"side": side, **_cluster_filters(args)})["rows"]
     # error rows (malformed files) and stems that are not keys cannot be acted on by key
     return [r for r in rows if r.get("status") != "error" and r.get("valid_key", True)]
@@ -373,6 +390,8 @@ def _report_stop(results: list[dict[str, Any]], host: str | None) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        return _dry_run_rows(args, "stop")
     if uses_target(args):
         target = pick_target(args)
         with _transport(target.host, args) as transport:
@@ -386,7 +405,7 @@ def run_stop(args: argparse.Namespace) -> int:
             with _transport(host, args) as transport:
                 # Every row, as seamless-service-stop: the stop op signals only live pids that
                 # are still the service (#13/#17) and marks dead ones stale (`already gone`).
-                keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
+                keys = [r["key"] for r in cluster_rows(transport, args, "server")]
                 if not keys:  # say so: silence would read as "stopped what you asked for"
                     _err(f"{_where(host)}: no service matched; nothing stopped")
                 results: list[dict[str, Any]] = []
@@ -436,7 +455,26 @@ def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool, where: st
     return rc, refused
 
 
+def _dry_run_rows(args: argparse.Namespace, verb: str) -> int:
+    """stop/rm --dry-run: the server rows the command would act on, per host; nothing changes."""
+    if uses_target(args):
+        target = pick_target(args)
+        with _transport(target.host, args) as transport:
+            rows = call_one(transport, "ps", {"side": "server"})["rows"]
+        found = [r for r in rows if r.get("key") == target.key]
+        _dry_rows(found or [{"key": target.key, "status": "absent", "pid": None}], verb)
+        return 0
+    if not args.cluster:
+        raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
+    for host in cluster_hosts(args.cluster, args.frontend_name):
+        with _transport(host, args) as transport:
+            _dry_rows(cluster_rows(transport, args, "server"), verb)
+    return 0
+
+
 def run_rm(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        return _dry_run_rows(args, "remove the state of")
     both = not (args.client or args.server)
     do_client, do_server = args.client or both, args.server or both
     if uses_target(args):
@@ -453,7 +491,7 @@ def run_rm(args: argparse.Namespace) -> int:
         try:
             with _transport(host, args) as transport:
                 if host_keys is None:
-                    host_keys = [r["key"] for r in _cluster_rows(transport, args, "server")]
+                    host_keys = [r["key"] for r in cluster_rows(transport, args, "server")]
                 if host_keys:
                     host_rc, host_refused = _rm_on(transport, host_keys, side="server", force=args.force,
                                                     where=_where(host))
@@ -474,7 +512,7 @@ def run_rm(args: argparse.Namespace) -> int:
             if uses_target(args):
                 client_keys = keys
             else:
-                client_keys = [r["key"] for r in _cluster_rows(local, args, "client")]
+                client_keys = [r["key"] for r in cluster_rows(local, args, "client")]
             client_keys = [k for k in client_keys if k not in refused]  # #38: refused keys keep both files
             if client_keys:
                 rc = max(rc, _rm_on(local, client_keys, side="client", force=False, where=_where(None))[0])
@@ -497,6 +535,15 @@ def run_clear(args: argparse.Namespace) -> int:
             raise UsageError("service has no clearable persistent workdir")
         path = os.path.expanduser(workdir) if target.host is None else workdir
         where = f"{target.host}:{path}" if target.host else path
+        if getattr(args, "dry_run", False):
+            from ..lifecycle import dir_rows
+
+            row = dir_rows(transport, [(target.service, path)], settle=5.0).get(path)
+            state = row.get("state") if row else "no marker"
+            size = row.get("bytes") if row else None
+            print(f"would clear {where} ({state}, {'size unknown' if size is None else f'{size} bytes'})",
+                  flush=True)
+            return 0
         if not args.yes:
             # No interactive prompt: commands run inside the tunnel keeper, which has no
             # terminal, and a prompt that only sometimes appears is worse than a clear rule.

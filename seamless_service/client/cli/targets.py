@@ -1,7 +1,8 @@
 """Which service a per-service command acts on: `--local`, `--key`, or resolution.
 
-Three ways to name one service, shared by inspect, logs, stop, rm and clear (and meant for
-start/restart, which need the same choice):
+Three ways to name one service, shared by inspect, logs, stop, rm and clear, and by
+start/restart (which give the flags their own meaning where they need the configuration,
+see cli/lifecycle_cmds.py; the flags, their validation and refusals are the same):
 
 * resolution (the default): --service/--cluster/--project/--stage/... through
   seamless-config, as seamless-config's `seamless-service-*` commands do;
@@ -64,15 +65,19 @@ def service_key(text: str) -> str:
     return text
 
 
-def add_target_args(parser: argparse.ArgumentParser) -> None:
-    """--local and --key (call after add_selection_args)."""
-    group = parser.add_argument_group("which service (instead of resolving it from the configuration)")
-    group.add_argument("--local", action="store_true",
-                       help="a service of this machine's launcher state, selected by --service/--project/"
-                            "--stage/... as `ps --local` selects rows (no configuration needed)")
-    group.add_argument("--key", type=service_key, metavar="KEY",
-                       help="the launcher's key (as `resolve` prints it, `ps --wide` shows it), on the "
-                            "host chosen by --cluster or --local; excludes --service/--project/...")
+LOCAL_HELP = ("a service of this machine's launcher state, selected by --service/--project/"
+              "--stage/... as `ps --local` selects rows (no configuration needed)")
+KEY_HELP = ("the launcher's key (as `resolve` prints it, `ps --wide` shows it), on the "
+            "host chosen by --cluster or --local; excludes --service/--project/...")
+
+
+def add_target_args(parser: argparse.ArgumentParser, *, title: str | None = None,
+                    local_help: str = LOCAL_HELP, key_help: str = KEY_HELP) -> None:
+    """--local and --key (call after add_selection_args). start/restart pass their own help:
+    they resolve the service through the configuration in any case (cli/lifecycle_cmds.py)."""
+    group = parser.add_argument_group(title or "which service (instead of resolving it from the configuration)")
+    group.add_argument("--local", action="store_true", help=local_help)
+    group.add_argument("--key", type=service_key, metavar="KEY", help=key_help)
     parser.set_defaults(target_parser=parser)
     for action in parser._actions:   # --service is no longer the only way to name the service
         if action.dest == "service" and action.required:

@@ -33,6 +33,9 @@ positional arguments:
     stop         stop services
     rm           remove launcher state files
     clear        delete a hashserver's or database's data
+    start        start a service as Seamless would
+    restart      stop, remove the state, start
+    reset        cold cache: stop, remove state, clear buffers and database
     demo         start/stop demo services on this machine
     agent        start, stop or inspect the per-server agent
     tunnel       the per-user tunnel keeper (client daemon)

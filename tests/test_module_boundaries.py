@@ -1,0 +1,32 @@
+"""No module of the package imports another module's private (`_name`) helper: a helper two
+modules share gets a public name, so renaming or changing it is visibly a change of both."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "seamless_service"
+
+
+def private_imports(folder: Path) -> list[str]:
+    """`path:line: from MODULE import _name` for every such import below folder."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            own = isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith(PACKAGE.name))
+            for alias in node.names if own else ():
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{path.relative_to(folder.parent)}:{node.lineno}: "
+                                 f"from {'.' * node.level}{node.module or ''} import {alias.name}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_helper():
+    assert private_imports(PACKAGE) == []
+
+
+def test_the_scan_finds_one(tmp_path):
+    (tmp_path / "seamless_service").mkdir()
+    (tmp_path / "seamless_service" / "a.py").write_text("def f():\n    from .b import _helper, public\n")
+    assert private_imports(tmp_path / "seamless_service") == ["seamless_service/a.py:2: from .b import _helper"]
