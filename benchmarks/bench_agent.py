@@ -33,7 +33,7 @@ from _common import (  # noqa: E402
 )
 
 from seamless_service.agent import lifecycle  # noqa: E402
-from seamless_service.client.agent_conn import AgentConnection  # noqa: E402
+from seamless_service.client.transport.agent_conn import AgentConnection  # noqa: E402
 
 
 def start_agent(home: Path):

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seamless_service.client.tunnel import Tunnel  # noqa: E402
+from seamless_service.client.transport.tunnel import Tunnel  # noqa: E402
 from seamless_service.deploy import bootstrap  # noqa: E402
 from tests.support.sshd import SshServer  # noqa: E402
 

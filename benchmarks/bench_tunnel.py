@@ -39,9 +39,9 @@ from _common import median_ms  # noqa: E402
 
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ss-bench-cache-")
 
-from seamless_service.client.agent_transport import AgentTransport  # noqa: E402
+from seamless_service.client.transport.agent import AgentTransport  # noqa: E402
 from seamless_service.client.api import Fleet  # noqa: E402
-from seamless_service.client.ssh_transport import SshTransport  # noqa: E402
+from seamless_service.client.transport.ssh import SshTransport  # noqa: E402
 from seamless_service.deploy import bootstrap  # noqa: E402
 from tests.support.sshd import SshServer, combined_ssh_config, sshd_available  # noqa: E402
 

@@ -8,7 +8,7 @@ Public Python API (loaded on first use):
         rows = host.ps(status="running")
 
 `Host`, `Fleet`, `FleetResult`, `Rows` (client/api.py), `open_transport`
-(client/transports.py) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
+(client/transport/open.py) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
 `ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
 
 Kept import-light on purpose: the CLI imports this package on every call, so nothing
@@ -23,7 +23,7 @@ _LAZY = {
     "Fleet": "client.api",
     "FleetResult": "client.api",
     "Rows": "client.api",
-    "open_transport": "client.transports",
+    "open_transport": "client.transport.open",
     "ServiceError": "client.errors",
     "ConnectionFailed": "client.errors",
     "AuthFailed": "client.errors",

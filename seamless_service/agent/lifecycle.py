@@ -328,7 +328,7 @@ def find_orphan(base: Path | None = None, grace: float = ORPHAN_GRACE) -> dict[s
 def probe(info: dict[str, Any], base: Path | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
     """None if the port in `info` answers the handshake as our agent (proving it knows the
     secret), else why not. An agent at its connection limit says so: that counts as ours."""
-    from ..client.agent_conn import AgentBusyError, AgentConnectionError, client_handshake
+    from ..client.transport.agent_conn import AgentBusyError, AgentConnectionError, client_handshake
 
     port = info.get("port")
     where = f"port {port}"

@@ -109,7 +109,7 @@ class Host:
             if self._closed:
                 raise UsageError(f"{self.name}: this Host is closed")
             if self._transport is None:
-                from .transports import open_transport
+                from .transport.open import open_transport
 
                 self._transport = open_transport(self._host, self._kind, ssh_config=self._ssh_config,
                                                  timeout=self._timeout, notice=self._notice,
@@ -201,7 +201,7 @@ class Host:
         as remote-http-launcher would, unless it runs already (then nothing changes).
         Waits up to `timeout` seconds for `running`: {"key", "outcome" ("already running" |
         "started" | "failed"), "launched", "pid", "host", "port", "log", "log_tail", ...}."""
-        from .lifecycle import start_service
+        from .lifecycle.control import start_service
 
         return start_service(self.transport, config, timeout=timeout, progress=progress)
 
@@ -209,7 +209,7 @@ class Host:
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Stop, remove the state (server file, and this machine's client file), start; the
         previous log is kept as KEY.log.1. As `start`, plus "stopped" and "previous_pid"."""
-        from .lifecycle import restart_service
+        from .lifecycle.control import restart_service
 
         return restart_service(self.transport, config, timeout=timeout, progress=progress)
 

@@ -107,7 +107,7 @@ def _dispatch(args: list[str]) -> int:
 
         sys.stdout.write(TOP_HELP)
         return 0 if args else 2  # no command at all is a usage error, as argparse says
-    from .daemon import client  # socket, msgpack: only for the commands that use the daemon
+    from .keeper import client  # socket, msgpack: only for the commands that use the daemon
 
     how = route(args)
     if how == "local":

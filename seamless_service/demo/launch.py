@@ -39,7 +39,7 @@ import yaml
 
 from ..agent import paths
 from ..agent.statefiles import StateFileError, read_state
-from ..client.daemon import uid_name
+from ..client.keeper import uid_name
 from ..deploy.cache import cache_root, write_private
 from . import real
 
@@ -215,7 +215,7 @@ def _prepare(keys: list[str] | None = None, use_real: bool = False) -> Path:
 
 def _running() -> set[str]:
     """The demo keys whose service runs now (the launcher would only reuse them)."""
-    from ..client.local import LocalTransport, unwrap
+    from ..client.transport.local import LocalTransport, unwrap
 
     with LocalTransport() as transport:
         rows = unwrap(transport.batch([("ps", {"side": "server", "status": "running"})])[0],
@@ -331,7 +331,7 @@ def start(*, echo: Any = print) -> int:
 
 
 def stop(*, echo: Any = print) -> int:
-    from ..client.local import LocalTransport, unwrap
+    from ..client.transport.local import LocalTransport, unwrap
 
     keys = list(DEMO_KEYS)
     with LocalTransport() as transport:

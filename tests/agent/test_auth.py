@@ -13,7 +13,7 @@ import rpyc
 
 from seamless_service.agent import lifecycle
 from seamless_service.agent.auth import SecretAuthenticator
-from seamless_service.client.agent_conn import (
+from seamless_service.client.transport.agent_conn import (
     AgentAuthError,
     AgentConnection,
     AgentConnectionError,

@@ -27,7 +27,7 @@ import pytest
 
 from seamless_service.agent.helpers import find_helper
 from seamless_service.agent.ops import clear as clear_op
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol import ErrorCode, ProtocolError
 from tests.agent.test_op_clear import HS, _file, tree
 from tests.support.agent import end_agent, spawn_agent

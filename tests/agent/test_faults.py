@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from seamless_service.agent import lifecycle
-from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError
+from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
 from tests.support.agent import end_agent, spawn_agent
 from tests.support.services import wait_for
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol import PROTOCOL_VERSION, ErrorCode, encode_request
 from seamless_service.protocol.schema import OPS
 from tests.support.agent import end_agent, spawn_agent

@@ -20,7 +20,7 @@ from rpyc.core.channel import Channel
 
 from seamless_service.agent.auth import REFUSAL_LOG_LIMIT
 from seamless_service.agent.server import MAX_CONNECTIONS
-from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError, client_handshake
+from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError, client_handshake
 from tests.support.agent import (
     end_agent, owner_is_served, proc_status, settled_log, start_test_agent,
 )

@@ -16,7 +16,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.agent import lifecycle
-from seamless_service.client.agent_conn import AgentAuthError, AgentConnection
+from seamless_service.client.transport.agent_conn import AgentAuthError, AgentConnection
 from seamless_service.protocol import ErrorCode
 from seamless_service.protocol import auth as pauth
 from seamless_service.protocol.version import PROTOCOL_VERSION

@@ -22,7 +22,7 @@ import pytest
 
 from seamless_service.agent import safe_read
 from seamless_service.agent.statefiles import MAX_STATE_BYTES
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from tests.support.agent import end_agent, proc_status, start_test_agent
 
 DEADLINE = 8.0  # seconds for a call that, on a regular folder, takes milliseconds

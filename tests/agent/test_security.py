@@ -6,7 +6,7 @@ from __future__ import annotations
 import rpyc.utils.factory  # noqa: F401 - imported here: the child (another uid) cannot import
 
 from seamless_service.agent import lifecycle
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol.auth import make_secret
 from tests.support.agent import end_agent, spawn_agent
 from tests.support.other_user import as_other_user

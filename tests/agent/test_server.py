@@ -22,7 +22,7 @@ from rpyc.core.stream import SocketStream
 from rpyc.utils.factory import connect_channel
 
 from seamless_service.agent import lifecycle
-from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError, client_handshake
+from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError, client_handshake
 from seamless_service.protocol import ErrorCode, ProtocolError, decode_reply, encode_request
 
 from tests.support.agent import end_agent, spawn_agent  # noqa: E402

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol import ErrorCode, decode_reply, encode_request
 from seamless_service.protocol.keys import is_valid_key
 from seamless_service.protocol.wiresafe import display_text

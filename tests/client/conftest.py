@@ -297,7 +297,7 @@ def _make_remote_state(remote: Remote) -> None:
 
 def _first_contact(remote: Remote) -> None:
     """The first call ever to this host, through the agent transport: it must deploy."""
-    from seamless_service.client.agent_transport import AgentTransport
+    from seamless_service.client.transport.agent import AgentTransport
 
     notices = Notices()
     start = time.monotonic()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from seamless_service import __version__
-from seamless_service.client.agent_transport import AgentTransport
+from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.deploy import cache
 from tests.client.conftest import ODD_STATES, RUNNING_KEYS, Notices, Remote, wait_until
@@ -179,8 +179,8 @@ def test_unreachable_host_is_connection_failed(sshd):
 
 
 def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
-    from seamless_service.client.daemon import pool
-    from seamless_service.client.transports import PooledTransport, open_transport
+    from seamless_service.client.transport import pool
+    from seamless_service.client.transport.open import PooledTransport, open_transport
 
     monkeypatch.setattr(pool, "_in_daemon", True)  # as inside the client daemon
     family = f"transport:agent:{remote.alias}|{remote.ssh_config}"

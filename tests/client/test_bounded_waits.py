@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from seamless_service import ConnectionFailed, Host
-from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError
-from seamless_service.client.transports import AutoTransport, forget_choice, open_transport, remembered_choice
+from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
+from seamless_service.client.transport.open import AutoTransport, forget_choice, open_transport, remembered_choice
 from tests.client.conftest import Notices, Remote, wait_until
 from tests.client.test_sconfig import cli
 from tests.client.test_service_cmds_remote import SHARED, rhome  # noqa: F401 - rhome is a fixture
@@ -124,7 +124,7 @@ def test_host_call_to_a_stuck_agent_ends_within_its_timeout(remote: Remote):
 def test_cli_stop_stuck_in_its_helper_ends_within_the_timeout(rhome, remote: Remote):  # noqa: F811
     """The agent keeps serving; only the op's thread is stuck (in rhl-stop, frozen): the
     command ends at its --timeout plus stop's own allowance, close included, with one line."""
-    from seamless_service.client.agent_transport import _OP_ALLOWANCE
+    from seamless_service.client.transport.agent import _OP_ALLOWANCE
 
     key = "hashserver-clu-rw-stuck"
     state = remote.launch(key, "--ignore-signals")  # rhl-stop runs ~10 s: time to freeze it
@@ -294,7 +294,7 @@ class _Agent:
         self.closed = False
 
     def batch(self, ops):
-        from seamless_service.client.agent_transport import AgentUnavailable
+        from seamless_service.client.transport.agent import AgentUnavailable
 
         if self.down[0]:
             raise AgentUnavailable("h", "the agent did not answer in time: timed out")
@@ -315,7 +315,7 @@ class _Ssh:
 def test_a_long_lived_auto_transport_tries_the_agent_again(monkeypatch):
     """An API Host or `ps --watch` keeps its transport: after a transient fallback it goes
     back to the agent once the agent answers (tried every AGENT_RETRY_AFTER seconds)."""
-    from seamless_service.client import transports
+    from seamless_service.client.transport import open as transports
 
     monkeypatch.setattr(transports, "remember_choice", lambda *a, **k: pytest.fail("remembered a transient reason"))
     down = [True]

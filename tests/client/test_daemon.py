@@ -26,12 +26,13 @@ import msgpack
 import pytest
 
 from seamless_service import __version__
-from seamless_service.client.daemon import client, framing, pool
+from seamless_service.client.keeper import client, framing
+from seamless_service.client.transport import pool
 from tests.support.other_user import unused_uid
 
 HOOKS = textwrap.dedent('''
     import json, os, sys, time
-    from seamless_service.client.daemon import pool
+    from seamless_service.client.transport import pool
 
     class Thing:
         def __init__(self, marker):
@@ -140,7 +141,7 @@ def daemon_pids(folder: Path) -> list[int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"seamless_service.client.daemon.server" in cmdline and \
+        if b"seamless_service.client.keeper.server" in cmdline and \
                 f"SEAMLESS_SERVICE_DAEMON_DIR={folder}".encode() in environ and pid_alive(int(proc.name)):
             pids.append(int(proc.name))
     return pids
@@ -519,7 +520,7 @@ def test_killed_daemon_leaves_stale_socket_that_is_replaced(place):
 
 
 def test_simultaneous_starts_leave_one_daemon(place):
-    procs = [subprocess.Popen([sys.executable, "-m", "seamless_service.client.daemon.server"],
+    procs = [subprocess.Popen([sys.executable, "-m", "seamless_service.client.keeper.server"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(3)]
     assert wait_for(lambda: client.ping() is not None)
@@ -530,7 +531,7 @@ def test_simultaneous_starts_leave_one_daemon(place):
     assert [p.pid for p in procs].count(winner) == 1
     assert daemon_pids(place.folder) == [winner]
     # A later start while it runs also leaves it alone.
-    late = subprocess.run([sys.executable, "-m", "seamless_service.client.daemon.server"],
+    late = subprocess.run([sys.executable, "-m", "seamless_service.client.keeper.server"],
                           capture_output=True, text=True, timeout=15)
     assert late.returncode == 0 and place.pid() == winner
     assert "another tunnel keeper is already running" in late.stderr

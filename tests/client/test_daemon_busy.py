@@ -15,7 +15,7 @@ import time
 import pytest
 
 from seamless_service import __version__
-from seamless_service.client.daemon import client, framing
+from seamless_service.client.keeper import client, framing
 from tests.client.test_daemon import DaemonPlace, raw_connect, thin_client, wait_for
 
 ENTRY = [sys.executable, "-m", "seamless_service.client.entry"]

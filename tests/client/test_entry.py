@@ -12,7 +12,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client import entry
-from seamless_service.client.daemon import client
+from seamless_service.client.keeper import client
 from tests.client.test_daemon import DaemonPlace, pid_alive, wait_for
 from tests.support.other_user import unused_uid
 
@@ -137,7 +137,7 @@ def test_thin_path_imports_nothing_heavy(place, tmp_path):
     assert result.stdout == f"seamless-service {__version__}\n"
     assert seen["rc"] == 0
     assert [m for m in seen["modules"] if m in HEAVY or m.split(".")[0] in HEAVY] == []
-    assert "seamless_service.client.daemon.client" in seen["modules"]
+    assert "seamless_service.client.keeper.client" in seen["modules"]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -172,5 +172,5 @@ def test_top_level_help_builds_no_parser_and_starts_nothing(tmp_path):
     result, seen = run_and_list_modules(["--help"], tmp_path)
     assert result.stdout.startswith("usage: seamless-service [-h]") and "examples:" in result.stdout
     assert seen["rc"] == 0
-    assert not {"argparse", "seamless_service.client.daemon.client", "seamless_service.client.sconfig",
+    assert not {"argparse", "seamless_service.client.keeper.client", "seamless_service.client.config",
                 "socket"} & set(seen["modules"])

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seamless_service.client.daemon import client, pool
-from seamless_service.client.inputs import FileSnapshot
+from seamless_service.client.keeper import client
+from seamless_service.client.transport import pool
+from seamless_service.client.transport.inputs import FileSnapshot
 from tests.client.conftest import RUNNING_KEYS, require_sshd
 from tests.client.test_daemon import DaemonPlace
 from tests.client.test_ps_cmd import World, ndjson
@@ -266,7 +267,7 @@ def test_file_snapshot_sees_edits_creation_and_removal(tmp_path):
 def test_remembered_choices_follow_the_cache_folder_and_other_processes(tmp_path, monkeypatch):
     """transport-choice.json lives under XDG_CACHE_HOME: a caller with another one does not
     see this one's choices, and a `forget` by another process counts at once."""
-    from seamless_service.client import transports
+    from seamless_service.client.transport import open as transports
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
     transports.remember_choice("somehost", "ssh", reason="only rhl-* helpers", guarded=True)

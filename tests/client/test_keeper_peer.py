@@ -23,7 +23,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client import entry
-from seamless_service.client.daemon import check_dir, client, daemon_dir, framing
+from seamless_service.client.keeper import check_dir, client, daemon_dir, framing
 from tests.support.other_user import ForeignListener, local_user, unused_uid
 
 SECRET = "tok-" + "5" * 24   # stands for a token in the caller's environment

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.client.launch import launcher_argv, start_args
-from seamless_service.client.lifecycle import start_service
-from seamless_service.client.local import LocalTransport
-from seamless_service.client.sconfig import Selection, resolve_service
+from seamless_service.client.lifecycle.launch import launcher_argv, start_args
+from seamless_service.client.lifecycle.control import start_service
+from seamless_service.client.transport.local import LocalTransport
+from seamless_service.client.config.resolve import Selection, resolve_service
 from tests.client.test_sconfig import cli, make_home
 
 pytestmark = pytest.mark.skipif(shutil.which("hashserver") is None and

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from seamless_service.client.errors import OpError, UsageError
-from seamless_service.client.local import LocalTransport, unwrap
+from seamless_service.client.transport.local import LocalTransport, unwrap
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from seamless_service.client import ps_query
-from seamless_service.client.rows import JSON_FIELDS
+from seamless_service.client.query import ps as ps_query
+from seamless_service.client.query.rows import JSON_FIELDS
 from tests.support.services import VENV_BIN, LauncherSandbox
 
 HS = ".HASHSERVER_PREFIX"
@@ -515,7 +515,7 @@ def _parse(*argv: str):
 def test_one_batch_per_host(world):
     """`ps --cluster C --persistent` is ONE batch: ps + one persistent op per data root; the
     only follow-up walks the subproject directories the first walk found (#10)."""
-    from seamless_service.client.local import LocalTransport
+    from seamless_service.client.transport.local import LocalTransport
 
     with world.inside():
         [query] = ps_query.plan_queries(_parse("--cluster", "loc", "--persistent")).list()

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from seamless_service.client.rows import ERROR_RECORD_FIELDS, JSON_FIELDS, persistent_row, process_row
+from seamless_service.client.query.rows import ERROR_RECORD_FIELDS, JSON_FIELDS, persistent_row, process_row
 from tests.client.test_ps_cmd import JOB_META, World, ndjson
 
 # Written out, not imported: this is the schema scripts rely on (README); changing it

@@ -8,7 +8,7 @@ import re
 import pytest
 from seamless_config.service import ps as old
 
-from seamless_service.client.render import BASE_COLUMNS, columns_for, human_size, ndjson, table
+from seamless_service.client.query.render import BASE_COLUMNS, columns_for, human_size, ndjson, table
 
 
 def _row(**fields) -> dict:

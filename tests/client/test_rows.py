@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from seamless_config.service import ps as old
 
-from seamless_service.client.rows import (
+from seamless_service.client.query.rows import (
     ROW_FIELDS,
     attach_health,
     health_summary,

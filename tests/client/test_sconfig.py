@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.client import sconfig
+from seamless_service.client.config import resolve as sconfig
 from seamless_service.client.errors import UsageError
-from seamless_service.client.sconfig import Selection, resolve_service
+from seamless_service.client.config.resolve import Selection, resolve_service
 
 # Runs `seamless-service ARGS` in-process in a fresh interpreter. Until the lead wires
 # service_cmds into cli/main.py, the subcommands are added to its parser here.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.client.sconfig import Selection, resolve_service
+from seamless_service.client.config.resolve import Selection, resolve_service
 from tests.client.test_sconfig import SHIM, Home, anchor, assert_one_line_error, cli, make_home
 from tests.support.services import wait_for
 

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from seamless_service.client.transports import forget_choice
+from seamless_service.client.transport.open import forget_choice
 from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
 from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
 

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from seamless_service.client.agent_transport import AgentTransport
+from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
-from seamless_service.client.ssh_transport import SshTransport
-from seamless_service.client.transports import AutoTransport, open_transport, remembered_choice
+from seamless_service.client.transport.ssh import SshTransport
+from seamless_service.client.transport.open import AutoTransport, open_transport, remembered_choice
 from tests.client.conftest import BUFFER_DIRS, G11, RUNNING_KEYS, Notices, Remote
 from tests.support.services import wait_for
 

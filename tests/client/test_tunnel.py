@@ -8,9 +8,9 @@ import socket
 import pytest
 import sshtunnel
 
-from seamless_service.client.agent_conn import AgentConnection, AgentConnectionError
+from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
-from seamless_service.client.tunnel import AgentUnreachable, Tunnel, has_nodelay
+from seamless_service.client.transport.tunnel import AgentUnreachable, Tunnel, has_nodelay
 from seamless_service.deploy import cache
 from tests.client.conftest import BIG_LOG_BYTES, Remote, wait_until
 

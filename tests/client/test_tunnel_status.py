@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.client.daemon.status_view import ago, connection_lines, summary
+from seamless_service.client.keeper.status_view import ago, connection_lines, summary
 from tests.client.conftest import RUNNING_KEYS, require_sshd
 from tests.client.test_keeper_inputs import _ssh_home, keeper, through_keeper  # noqa: F401 - fixture
 from tests.client.test_ps_cmd import ndjson
@@ -139,8 +139,8 @@ def test_lines_of_several_environments_and_unknown_objects():
 def test_a_lease_marks_its_connection_used_when_its_call_ends():
     """A long call (a watch's `wait`) leaves the connection used at its end, not at the
     start of the command that leased it."""
-    from seamless_service.client.daemon import pool
-    from seamless_service.client.transports import PooledTransport
+    from seamless_service.client.transport import pool
+    from seamless_service.client.transport.open import PooledTransport
 
     class Slow:
         def batch(self, ops):

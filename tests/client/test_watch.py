@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from seamless_service.agent.context import AgentContext
-from seamless_service.client import ps_query
-from seamless_service.client.daemon import pool
+from seamless_service.client.query import ps as ps_query
+from seamless_service.client.transport import pool
 from seamless_service.client.errors import ConnectionFailed
-from seamless_service.client.local import LocalTransport
-from seamless_service.client.render import columns_for, table
-from seamless_service.client.watch import CLEAR, Watch
+from seamless_service.client.transport.local import LocalTransport
+from seamless_service.client.query.render import columns_for, table
+from seamless_service.client.query.watch import CLEAR, Watch
 from tests.support.services import LauncherSandbox, wait_for
 
 TIMEOUT = 30.0
@@ -229,7 +229,7 @@ def test_the_daemon_cancellation_ends_the_watch(hosts, monkeypatch):
 def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path, monkeypatch):
     """`ps --cluster C --watch` runs in the client daemon; Ctrl-C in the thin client makes the
     daemon cancel it (pool.cancelled()): the next command runs in the same daemon at once."""
-    from seamless_service.client.daemon import client
+    from seamless_service.client.keeper import client
     from tests.client.test_daemon import DaemonPlace
     from tests.client.test_ps_cmd import World
 

@@ -146,7 +146,7 @@ def forward(conn: paramiko.SSHClient, remote_port: int) -> Iterator[int]:
 
 
 def test_endpoint_answers_hello_through_ssh(deployed: Deployed):
-    from seamless_service.client.agent_conn import AgentConnection
+    from seamless_service.client.transport.agent_conn import AgentConnection
 
     endpoint = deployed.endpoint
     with ssh.connect(deployed.server.alias, ssh_config=deployed.server.ssh_config) as conn:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from seamless_service.agent import dispatch, lifecycle
 from seamless_service.agent.context import AgentContext
-from seamless_service.client.agent_conn import AgentConnection
+from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol import ProtocolError, decode_reply, encode_request
 
 START_TIMEOUT = 15.0

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ConnectionFailed, OpError
-from ..sconfig import SERVICES
+from ..config.resolve import SERVICES
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
 DEFAULT_TIMEOUT = 30.0
@@ -67,11 +67,11 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
     """A transport to `ssh_host` (None: this machine), chosen by --transport."""
     kind = getattr(args, "transport", None) or "auto"
     try:
-        from ..transports import open_transport
+        from ..transport.open import open_transport
     except ImportError:
         # transports.py is not part of this build yet: this machine still works in-process.
         if ssh_host is None:
-            from ..local import LocalTransport
+            from ..transport.local import LocalTransport
 
             return LocalTransport()
         raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from None
@@ -85,7 +85,7 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
 
 def open_local() -> Any:
     """The in-process transport on this machine's launcher state (client files live here)."""
-    from ..local import LocalTransport
+    from ..transport.local import LocalTransport
 
     return LocalTransport()
 
@@ -103,7 +103,7 @@ def call_batch(transport: Any, ops: list[tuple[str, dict[str, Any]]]) -> list[di
 
 def call_one(transport: Any, op: str, args: dict[str, Any]) -> Any:
     """The value of one op, or OpError (code, message, host)."""
-    from ..local import unwrap
+    from ..transport.local import unwrap
 
     return unwrap(call_batch(transport, [(op, args)])[0], host=_label(transport))
 

@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 from ..errors import OpError, UsageError
-from ..lifecycle import (
+from ..lifecycle.control import (
     START_TIMEOUT,
     LifecycleError,
     check_reset_selection,
@@ -40,7 +40,7 @@ from ..lifecycle import (
     restart_service,
     start_service,
 )
-from ..sconfig import (
+from ..config.resolve import (
     PERSISTENT_SERVICES,
     KeyNotResolvable,
     Resolved,

@@ -75,7 +75,7 @@ def _add_tunnel_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tunnel(args: argparse.Namespace) -> int:
-    from ..daemon.client import tunnel_command
+    from ..keeper.client import tunnel_command
 
     return tunnel_command([args.action] + (["--json"] if args.json else []))
 

@@ -36,7 +36,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import UsageError
-from ..rows import PERSISTENT_STATUS
+from ..query.rows import PERSISTENT_STATUS
 from .common import add_selection_args, add_transport_args
 
 HELP = """\
@@ -107,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ps_query import assemble, plan_queries, print_lines, problems_of, run_all
+    from ..query.ps import assemble, plan_queries, print_lines, problems_of, run_all
 
     if args.watch is not None and not 0 < args.watch <= MAX_WATCH:
         raise UsageError(f"--watch SECONDS must be more than 0 and at most {MAX_WATCH:g}")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.server and not args.cluster:
         args.cluster = _project_cluster(args)   # None: view_of says --server requires --cluster
     if args.local:
-        from ..ps_query import Plan
+        from ..query.ps import Plan
         from .ps_local import LocalServerQuery
 
         plan = Plan()
@@ -147,14 +147,14 @@ def run(args: argparse.Namespace) -> int:
 def _project_cluster(args: argparse.Namespace) -> str | None:
     """Inside a project, the cluster its seamless.yaml / seamless.profile.yaml selects, as
     the per-service commands take it (the seed's `ps --server --project P --status stale`)."""
-    from ..sconfig import Selection, project_cluster
+    from ..config.resolve import Selection, project_cluster
 
     return project_cluster(Selection.from_args(args))
 
 
 def _watch(plan: Any, opener: "_Opener", args: argparse.Namespace) -> int:
-    from ..ps_query import assemble, problems_of
-    from ..watch import Watch
+    from ..query.ps import assemble, problems_of
+    from ..query.watch import Watch
 
     def frame(outcomes: list) -> tuple[str, list[str]]:
         problems = problems_of(plan, outcomes)
@@ -197,8 +197,8 @@ def render_rows(rows: list[dict[str, Any]], args: argparse.Namespace, problems: 
     """The table, or NDJSON: every row with the same fields (rows.JSON_FIELDS), then one
     `{"host", "cluster", "error"}` record per failed host and cluster (the table has the
     failures on stderr only)."""
-    from ..render import columns_for, ndjson, table
-    from ..rows import public_row
+    from ..query.render import columns_for, ndjson, table
+    from ..query.rows import public_row
 
     if args.json:
         records = [public_row(row) for row in rows]

@@ -13,8 +13,8 @@ import argparse
 from typing import Any
 
 from ..errors import UsageError
-from ..ps_query import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
-from ..rows import persistent_row
+from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
+from ..query.rows import persistent_row
 
 
 class LocalServerQuery(HostQuery):
@@ -83,7 +83,7 @@ def check_cluster(cluster: str | None) -> None:
     other name a usage error, as `ps --cluster C` says it."""
     if not cluster:
         return
-    from ..sconfig import known_clusters
+    from ..config.resolve import known_clusters
 
     known = known_clusters()
     if cluster not in known:

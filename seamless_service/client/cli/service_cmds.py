@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpError, ServiceError, UsageError
-from ..sconfig import PERSISTENT_SERVICES, Selection, cluster_hosts, resolve_service
+from ..config.resolve import PERSISTENT_SERVICES, Selection, cluster_hosts, resolve_service
 from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
 from .targets import Target, add_target_args, pick_target, uses_target
 
@@ -295,7 +295,7 @@ def _print_whole_log(transport: Any, key: str) -> int:
 
 def _sleep(seconds: float) -> bool:
     """Sleep; True if the command was cancelled meanwhile (the daemon's caller went away)."""
-    from ..daemon import pool
+    from ..transport import pool
 
     if pool.in_daemon():
         return pool.wait_cancelled(seconds)
@@ -536,7 +536,7 @@ def run_clear(args: argparse.Namespace) -> int:
         path = os.path.expanduser(workdir) if target.host is None else workdir
         where = f"{target.host}:{path}" if target.host else path
         if getattr(args, "dry_run", False):
-            from ..lifecycle import dir_rows
+            from ..lifecycle.control import dir_rows
 
             row = dir_rows(transport, [(target.service, path)], settle=5.0).get(path)
             state = row.get("state") if row else "no marker"

@@ -121,7 +121,7 @@ def pick_target(args: argparse.Namespace) -> Target:
     if not args.service:
         raise UsageError("--service is required (or --local for this machine's services, "
                          "or --key KEY with --cluster C or --local)")
-    from ..sconfig import Selection, resolve_service
+    from ..config.resolve import Selection, resolve_service
 
     resolved = resolve_service(Selection.from_args(args), from_cwd=True)
     return Target(resolved.key, resolved.ssh_host, resolved.service, resolved.local_workdir())
@@ -132,7 +132,7 @@ def _by_key(args: argparse.Namespace) -> Target:
 
     host = None
     if not args.local:
-        from ..sconfig import cluster_host
+        from ..config.resolve import cluster_host
 
         host = cluster_host(args.cluster, args.frontend_name)
     return Target(args.key, host, parse_key(args.key).get("service"))
@@ -141,7 +141,7 @@ def _by_key(args: argparse.Namespace) -> Target:
 def local_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """This machine's server rows that the selection flags match (the `ps --local` rows;
     stems that are not keys cannot be acted on by key and are left out)."""
-    from ..ps_query import filters_of
+    from ..query.ps import filters_of
     from .common import call_one, open_local
 
     filters = {name: value for name, value in filters_of(args).items() if value is not None}

@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, Collection, Hashable, Iterable
 
-from ..protocol.keys import (
+from ...protocol.keys import (
     PROJECT_TOPLEVEL,
     SEAMLESS_CACHE_ALIAS,
     SEAMLESS_CACHE_CLUSTER,

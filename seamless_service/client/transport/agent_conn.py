@@ -15,8 +15,8 @@ import socket
 import time
 from typing import Any
 
-from ..protocol import auth as pauth
-from ..protocol.codec import decode_reply, encode_request
+from ...protocol import auth as pauth
+from ...protocol.codec import decode_reply, encode_request
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CALL_TIMEOUT = pauth.SYNC_REQUEST_TIMEOUT  # a `wait` long-poll may take 60 s

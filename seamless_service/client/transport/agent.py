@@ -42,9 +42,9 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from .. import __version__
-from ..protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
-from .errors import ConnectionFailed, OpError, ProtocolMismatch
+from ... import __version__
+from ...protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
+from ..errors import ConnectionFailed, OpError, ProtocolMismatch
 
 DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
 # deploy steps that take seconds to minutes: shown as notices when a first use installs
@@ -341,7 +341,7 @@ class AgentTransport:
             self._open_tunnel()
             if had_tunnel and why is None:
                 why = "SSH connection re-established"
-        from ..deploy import cache
+        from ...deploy import cache
 
         endpoint = self._endpoint or cache.load(self.host)
         deployed = False
@@ -452,8 +452,8 @@ class AgentTransport:
 
     def _deploy(self, why: str) -> Any:
         """deploy(host): install/start the agent, refresh the cached endpoint."""
-        from ..deploy import DeployError, SshError
-        from ..deploy import bootstrap
+        from ...deploy import DeployError, SshError
+        from ...deploy import bootstrap
 
         announced = []
 

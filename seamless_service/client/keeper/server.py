@@ -1,4 +1,4 @@
-"""The client daemon process: `python -m seamless_service.client.daemon.server`.
+"""The client daemon process: `python -m seamless_service.client.keeper.server`.
 
 One per user (a flock on daemon.lock makes a second start exit quietly). It listens on a
 0600 unix socket in a 0700 folder, checks SO_PEERCRED on every connection, handles each
@@ -48,7 +48,8 @@ from typing import Any, Callable
 
 from ... import __version__
 from . import INSTALL_DIR as INSTALL, DaemonDirError, check_dir, daemon_dir, lock_path, socket_path
-from . import framing, pool
+from . import framing
+from ..transport import pool
 from .framing import peer_uid
 
 DEFAULT_IDLE = 15 * 60.0

@@ -156,7 +156,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
         raise DaemonUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "seamless_service.client.daemon.server"],
+            [sys.executable, "-m", "seamless_service.client.keeper.server"],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=folder, env=env,
             start_new_session=True, close_fds=True,   # no terminal, no Ctrl-C from it
         )

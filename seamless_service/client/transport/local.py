@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..agent.context import AgentContext
-from ..agent.dispatch import handle
-from ..protocol import ProtocolError, decode_reply, encode_request
-from .errors import OpError, ProtocolMismatch, UsageError
+from ...agent.context import AgentContext
+from ...agent.dispatch import handle
+from ...protocol import ProtocolError, decode_reply, encode_request
+from ..errors import OpError, ProtocolMismatch, UsageError
 from .inputs import FileSnapshot
 
 
@@ -24,7 +24,7 @@ def local_context(read: FileSnapshot | None = None) -> AgentContext:
 
     `read`, if given, gets the files the context is made from (config.yaml, a data-roots
     file), each stat-ed before it is read: an edit in between shows as a change later."""
-    from ..agent import lifecycle, paths
+    from ...agent import lifecycle, paths
 
     read = FileSnapshot() if read is None else read
     # Absolute: a relative REMOTE_HTTP_LAUNCHER_DIR means the cwd of the command that made

@@ -47,7 +47,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
-from .errors import AuthFailed, ConnectionFailed
+from ..errors import AuthFailed, ConnectionFailed
 
 if TYPE_CHECKING:
     from .forward import LocalForward
@@ -84,7 +84,7 @@ def has_nodelay(sock: Any) -> bool:
 
 def map_ssh_error(host: str, exc: BaseException) -> ConnectionFailed:
     """deploy/ssh.py's errors as client errors (the deploy message already says why)."""
-    from ..deploy import AuthFailed as SshAuthFailed, HostKeyChanged, HostKeyUnknown
+    from ...deploy import AuthFailed as SshAuthFailed, HostKeyChanged, HostKeyUnknown
 
     message = str(exc) or type(exc).__name__
     if isinstance(exc, (SshAuthFailed, HostKeyChanged, HostKeyUnknown)):
@@ -126,8 +126,8 @@ class Tunnel:
             if self.alive:
                 return self
             self._close_locked()
-            from ..deploy import DeployError
-            from ..deploy import ssh as dssh
+            from ...deploy import DeployError
+            from ...deploy import ssh as dssh
             from .inputs import FileSnapshot
 
             read = FileSnapshot()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import ServiceError, UsageError
+from ..errors import ServiceError, UsageError
 
 CONFIG_LOCK = threading.RLock()
 
@@ -372,7 +372,7 @@ def _define_cache_cluster(root: str) -> None:
 
 
 def _server_json(key: str) -> Path:
-    from ..agent import paths
+    from ...agent import paths
 
     return paths.server_dir() / f"{key}.json"
 
@@ -580,7 +580,7 @@ def resolve_key(key: str, *, cluster: str | None = None, frontend_name: str | No
     cluster. Every reading of an ambiguous key is tried (#30); the one whose resolution gives
     back exactly `key` wins. UsageError if the key is not a Seamless key or names another
     cluster, KeyNotResolvable if no reading resolves to it."""
-    from ..protocol.keys import key_readings
+    from ...protocol.keys import key_readings
 
     readings = key_readings(key)
     if not readings:

@@ -5,7 +5,7 @@ rpyc: ~370 ms) nor an SSH handshake (~300 ms) per call, so one long-lived proces
 keeps those and runs CLI commands on the thin client's behalf, like ssh's ControlPersist.
 
     framing.py  length-prefixed msgpack frames over a unix socket
-    server.py   the daemon process (python -m seamless_service.client.daemon.server)
+    server.py   the daemon process (python -m seamless_service.client.keeper.server)
     client.py   talking to it, starting it on demand
     pool.py     the long-lived per-host objects it keeps between calls
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import OpError, UsageError
+from ..errors import OpError, UsageError
 
 STEP = 5.0                 # seconds one start call waits on the host
 START_TIMEOUT = 120.0      # seconds to wait for `running` in all
@@ -28,7 +28,7 @@ Progress = Callable[[str], None]
 
 
 def _call(transport: Any, op: str, args: dict[str, Any]) -> Any:
-    from .local import unwrap
+    from ..transport.local import unwrap
 
     host = getattr(transport, "host", None)
     return unwrap(transport.batch([(op, args)])[0], host=None if host in (None, "localhost") else host)
@@ -66,7 +66,7 @@ def start_service(transport: Any, config: dict[str, Any], *, timeout: float = ST
 def remove_client_file(key: str) -> bool:
     """Remove this machine's client file of `key` (the launcher writes it on the client
     side); True if there was one."""
-    from ..agent import paths
+    from ...agent import paths
 
     path = paths.client_dir() / f"{key}.json"
     try:
@@ -126,8 +126,8 @@ def dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> d
     `clear --dry-run`. Asked as `ps --persistent` asks (ps_query.PERSISTENT_OPTS, level 0),
     in one round trip; waits a little for the sizer to measure. A directory the walk gives
     no row (no marker) is left out."""
-    from .local import unwrap
-    from .ps_query import PERSISTENT_OPTS
+    from ..transport.local import unwrap
+    from ..query.ps import PERSISTENT_OPTS
 
     deadline = time.monotonic() + settle
     refresh = True

@@ -25,8 +25,8 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
-from .daemon import pool
-from .ps_query import HostQuery, Opener, Outcome, run_one
+from ..transport import pool
+from .ps import HostQuery, Opener, Outcome, run_one
 
 CLEAR = "\x1b[H\x1b[2J"
 POLL = 0.2            # how often the main thread looks at the cancellation flag

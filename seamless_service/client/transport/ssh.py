@@ -67,10 +67,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable
 
-from ..agent.ops.rm import REFUSED_RUNNING, read_rm_output, rm_results
-from ..protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
-from ..protocol.keys import is_valid_key, row_matches
-from .errors import AuthFailed, ConnectionFailed
+from ...agent.ops.rm import REFUSED_RUNNING, read_rm_output, rm_results
+from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
+from ...protocol.keys import is_valid_key, row_matches
+from ..errors import AuthFailed, ConnectionFailed
 
 SSH = "ssh"
 PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
@@ -170,7 +170,7 @@ def _ndjson(result: HelperResult) -> list[dict[str, Any]]:
 def correct_server_row(row: dict[str, Any], *, check_pid: bool) -> dict[str, Any]:
     """Re-derive status/live as the agent does (statefiles.derive_status), using the
     liveness rhl-ps measured: only what the rows tell can be corrected."""
-    from ..agent.statefiles import derive_status
+    from ...agent.statefiles import derive_status
 
     raw = dict(row)
     raw.pop("key", None)
@@ -503,7 +503,7 @@ def _outcome_lines(stdout: str, keys: set[str]) -> dict[str, str]:
 
 
 def op_stop(args: dict[str, Any], host: str) -> OpGen:
-    from ..agent.statefiles import usable_pid
+    from ...agent.statefiles import usable_pid
 
     keys: list[str] = args["keys"]
     got = yield [PS_JSON]
@@ -667,7 +667,7 @@ def _row_of(key: str, host: str) -> Generator[list[Argv], dict[Argv, HelperResul
 def _answers(row: dict[str, Any], host: str) -> Generator[list[Argv], dict[Argv, HelperResult], str | None]:
     """None if the running service's port and handshake answer (rhl-verify-port,
     rhl-handshake: the launcher's own checks), else why not."""
-    from ..agent.ops.health import connect_host, handshake_target
+    from ...agent.ops.health import connect_host, handshake_target
 
     address = connect_host(row.get("network_interface"))
     path, port = handshake_target(row)
@@ -685,8 +685,8 @@ def _answers(row: dict[str, Any], host: str) -> Generator[list[Argv], dict[Argv,
 def op_start(args: dict[str, Any], host: str) -> OpGen:
     import time
 
-    from ..agent.ops.start import HELPER, helper_argv, status_file_arg
-    from ..agent.statefiles import usable_pid
+    from ...agent.ops.start import HELPER, helper_argv, status_file_arg
+    from ...agent.statefiles import usable_pid
 
     key = args["key"]
     if status_file_arg(key) not in args["argv"]:

@@ -37,7 +37,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConnectionFailed
+from ..errors import ConnectionFailed
 
 if TYPE_CHECKING:  # a real import would be circular (tunnel.py imports this module lazily)
     from .tunnel import Tunnel
@@ -49,7 +49,7 @@ LOOPBACK = "127.0.0.1"
 # because it never authenticates (see Forwarder._connect_to_gateway in _forwarder_class).
 _UNUSED_PASSWORD = "unused: the transport is authenticated already"
 
-log = logging.getLogger("seamless_service.client.forward")
+log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 

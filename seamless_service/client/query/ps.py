@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable
 
-from .errors import ServiceError, UsageError
+from ..errors import ServiceError, UsageError
 from .rows import (
     PERSISTENT_STATUS,
     attach_health,
@@ -267,7 +267,7 @@ def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None])
     sizer = local_sizer(transport)
     if sizer is not None:
         return ask() if sizer.wait_idle(SETTLE_SECONDS) else None
-    from .daemon import pool
+    from ..transport import pool
 
     deadline = time.monotonic() + SETTLE_REMOTE
     pause, rows = 0.1, None
@@ -439,7 +439,7 @@ def _cluster_label(cluster: str) -> str:
 
 def plan_queries(args: argparse.Namespace) -> Plan:
     """The per-host batches for these arguments (resolution through seamless-config)."""
-    from . import sconfig
+    from ..config import resolve as sconfig
 
     view = view_of(args)
     plan = Plan()
@@ -472,7 +472,7 @@ def plan_queries(args: argparse.Namespace) -> Plan:
 
 def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, host: str | None) -> None:
     """The data roots of the cluster's frontend, walked two levels deep (anchor §4.6.1)."""
-    from . import sconfig
+    from ..config import resolve as sconfig
 
     roots = sconfig.cluster_roots(cluster, args.frontend_name)
     query = plan.query(host, _cluster_label(cluster))
@@ -484,7 +484,7 @@ def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, 
 
 def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool, health: bool) -> None:
     """One batch per host: clusters sharing a host share one `ps` (their rows appear once)."""
-    from . import sconfig
+    from ..config import resolve as sconfig
 
     hosts: dict[str | None, list[str]] = {}
     clusters = sconfig.known_clusters()
@@ -514,7 +514,7 @@ def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool
 def _add_resolved_persistent(plan: Plan, args: argparse.Namespace) -> None:
     """Default view --persistent: the workdirs of this project's hashserver and database,
     resolved from the cwd, labelled by their place below the data root (#5)."""
-    from . import sconfig
+    from ..config import resolve as sconfig
 
     base = sconfig.Selection.from_args(args)
     for service in wanted_services(args):

@@ -20,7 +20,7 @@ import hashlib
 import os
 from typing import Iterable, Union
 
-from ..agent.statefiles import Signature, stat_signature
+from ...agent.statefiles import Signature, stat_signature
 
 PathLike = Union[str, "os.PathLike[str]"]
 FileState = Union[Signature, str, None]  # a signature; None: absent; "error N": cannot stat

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import ConnectionFailed, ProtocolMismatch, UsageError
+from ..errors import ConnectionFailed, ProtocolMismatch, UsageError
 
 KINDS = ("auto", "agent", "ssh", "local")
 CHOICE_FILE = "transport-choice.json"
@@ -114,7 +114,7 @@ def _make_local() -> Any:
 def _local_inputs() -> tuple[str, str | None]:
     """What the local transport depends on in the environment: the launcher folder it reads
     (REMOTE_HTTP_LAUNCHER_DIR, else under HOME; absolute) and HOME (`~` in the path policy)."""
-    from ..agent import paths
+    from ...agent import paths
 
     return os.path.abspath(paths.base_dir()), os.environ.get("HOME")
 
@@ -132,7 +132,7 @@ def _key(kind: str, host: str, ssh_config: Any) -> str:
 
 def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
            accept_new_host_key: bool) -> Any:
-    from .agent_transport import DEFAULT_TIMEOUT, AgentTransport
+    from .agent import DEFAULT_TIMEOUT, AgentTransport
 
     def factory() -> AgentTransport:
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
@@ -144,7 +144,7 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
 
 def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
          accept_new_host_key: bool, guarded: bool | None = None) -> Any:
-    from .ssh_transport import DEFAULT_TIMEOUT, SshTransport
+    from .ssh import DEFAULT_TIMEOUT, SshTransport
 
     def factory() -> SshTransport:
         return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
@@ -161,7 +161,7 @@ def _pooled(family: str, factory: Callable[[], Any], *, inputs: Callable[[], Any
             timeout: float | None = None, accept_new_host_key: bool | None = None) -> Any:
     """factory() outside the daemon; inside, a lease on the pooled transport made for
     callers with this caller's `inputs()` (see the module docstring)."""
-    from .daemon import pool
+    from . import pool
 
     if not pool.in_daemon():
         return factory()
@@ -201,7 +201,7 @@ class PooledTransport:
             setattr(self.inner, name, value)
 
     def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        from .daemon import pool
+        from . import pool
 
         if self._notice is not None and hasattr(self.inner, "notice"):
             self.inner.notice = self._notice  # this CLI call's notices go to this caller
@@ -286,7 +286,7 @@ class AutoTransport:
         return "ssh" if self._use_ssh else "agent"
 
     def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        from .agent_transport import AgentUnavailable
+        from .agent import AgentUnavailable
 
         if self._use_ssh and not self._retry_due():
             return self._through_ssh(ops)
@@ -358,7 +358,7 @@ class AutoTransport:
         # A new agent transport is made if the agent is tried again: a pooled one that
         # failed has been dropped from the pool already (PooledTransport.batch).
         if isinstance(agent, PooledTransport):
-            from .daemon import pool
+            from . import pool
 
             pool.drop(agent.pool_name)
         else:
@@ -385,7 +385,7 @@ class AutoTransport:
 
 
 def _print(message: str) -> None:
-    from .agent_transport import print_notice
+    from .agent import print_notice
 
     print_notice(message)
 
@@ -402,7 +402,7 @@ _write_lock = threading.Lock()   # read-modify-write of the file: one thread at 
 
 
 def _choice_path() -> Any:
-    from ..deploy.cache import cache_root
+    from ...deploy.cache import cache_root
 
     return cache_root() / CHOICE_FILE
 
@@ -454,7 +454,7 @@ def remembered_choice(host: str) -> dict[str, Any] | None:
 
 def remember_choice(host: str, kind: str, *, reason: str, guarded: bool) -> None:
     """Remember that `host` is answered by `kind`; best effort on disk (0600, atomic)."""
-    from ..deploy.cache import write_private
+    from ...deploy.cache import write_private
 
     entry = {"kind": kind, "reason": reason[:300], "guarded": guarded, "since": time.time()}
     path = _choice_path()
@@ -470,7 +470,7 @@ def remember_choice(host: str, kind: str, *, reason: str, guarded: bool) -> None
 
 def forget_choice(host: str) -> bool:
     """Forget a remembered fallback, so the next call tries the agent again."""
-    from ..deploy.cache import write_private
+    from ...deploy.cache import write_private
 
     path = _choice_path()
     with _memory_lock:
