@@ -72,7 +72,8 @@ def main() -> None:
         import remote_http_launcher
 
         from seamless_service import Host
-        from seamless_service.client.config.resolve import Selection, resolve_service
+        from seamless_service.client.config.resolve import resolve_service
+        from seamless_service.client.config.selection import Selection
 
         config = resolve_service(Selection(service="hashserver", cluster=CLUSTER, project="bench")).config
         conf = {k: v for k, v in config.items() if k != "meta"}  # as seamless-remote passes it

@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.packaging import ROOT, client_extra_modules, normalized, project
+
 OWN = {"tests", "seamless_service"}
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project supports 3.10, which has no reader
-
-
-def project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-
-
-def normalized(requirement: str) -> str:
-    """`PyYAML>=6` -> `pyyaml` (PEP 503 name, version and markers dropped)."""
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    assert match, requirement
-    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
 def imported_modules(folder: Path) -> dict[str, Path]:
@@ -147,13 +135,6 @@ def test_ci_runs_exactly_the_readme_test_command_after_its_install():
     # and .ci/run installs the extras the README names for development
     extras = re.findall(r"pip install -q -e '(\.\[[a-z,]+\])'", ci)
     assert extras == [".[client,test]"] and extras[0] in (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def client_extra_modules() -> set[str]:
-    """The top-level modules that the [client] extra's distributions install."""
-    wanted = {normalized(r) for r in project()["optional-dependencies"]["client"]}
-    return {module for module, dists in importlib.metadata.packages_distributions().items()
-            if wanted & {normalized(d) for d in dists} and not module.startswith("_")}
 
 
 def test_the_cli_knows_which_modules_a_server_only_install_lacks():

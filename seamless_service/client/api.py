@@ -18,7 +18,7 @@
 
 `Host.local()` is this machine (no SSH). Remote hosts are reached through the `auto`
 transport by default: the host's agent over an SSH tunnel (deployed on first use), or plain
-`ssh` + `rhl-*` helpers where the agent cannot run (see client/transports.py). Every value
+`ssh` + `rhl-*` helpers where the agent cannot run (see client/transport/open.py). Every value
 has the same shape whichever transport answered.
 
 Errors (client/errors.py, re-exported by `seamless_service`): ServiceError >

@@ -35,6 +35,8 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import private_xdg_cache
+from tests.support.cli import Home, remote_home
+from tests.support.processes import alive
 from tests.support.services import wait_for
 from tests.support.sshd import SshServer, _keygen, sshd_available
 
@@ -151,7 +153,7 @@ class Remote:
         assert status is not None, "no agent runs"
         pid = int(status["pid"])
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not _alive(pid), timeout=10)
+        wait_until(lambda: not alive(pid), timeout=10)
         return pid
 
     def processes(self, needle: bytes) -> list[int]:
@@ -248,14 +250,6 @@ class Remote:
         block = self.server.config_block(alias=alias, identity=identity)
         with open(self.ssh_config, "a") as fh:
             fh.write("\n" + block)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
@@ -396,3 +390,9 @@ def sshd(client_cache) -> Iterator[SshServer]:
     server = SshServer.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def rhome(sandbox, monkeypatch, remote) -> Home:
+    """The sandbox HOME with a cluster `clu` on the `remote` host (tests/support/cli.py remote_home)."""
+    return remote_home(sandbox, monkeypatch, remote)

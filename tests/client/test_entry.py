@@ -13,8 +13,9 @@ import pytest
 from seamless_service import __version__
 from seamless_service.client import entry
 from seamless_service.client.keeper import client
-from tests.client.test_daemon import DaemonPlace, pid_alive, wait_for
+from tests.support.keeper import DaemonPlace, wait_for
 from tests.support.other_user import unused_uid
+from tests.support.processes import gone
 
 # What the thin path must never import: the whole point is not paying for these per call.
 HEAVY = ("argparse", "seamless_service.client.cli", "seamless_service.client.cli.main",
@@ -97,7 +98,7 @@ def test_tunnel_status_and_stop(place):
     assert as_json["running"] is True and as_json["pid"] == pid and as_json["pool"] == []
     stop = cli("tunnel", "stop")
     assert (stop.returncode, stop.stdout) == (0, f"stopped the tunnel keeper (pid {pid})\n")
-    assert not place.sock.exists() and wait_for(lambda: not pid_alive(pid))
+    assert not place.sock.exists() and wait_for(lambda: gone(pid))
     again = cli("tunnel", "stop")
     assert (again.returncode, again.stdout) == (0, "no tunnel keeper running\n")
     bad = cli("tunnel", "restart")

@@ -1,7 +1,7 @@
 """`start`: launch a service exactly as remote-http-launcher does, unless it runs already.
 
 The client computes the `rhl-launch-service` call that remote-http-launcher itself would
-make for the service's configuration (client/launch.py runs the launcher's own
+make for the service's configuration (client/lifecycle/launch.py runs the launcher's own
 `RemoteState.launch_process` against a recorder): key, workdir, conda env, network
 interface, parameters, meta and the service's command line, evaluated from seamless-config's
 tools.yaml. The status file in that command line is the launcher's default server path

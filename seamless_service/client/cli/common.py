@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ConnectionFailed, OpError
-from ..config.resolve import SERVICES
+from ..config.selection import SERVICES
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
 DEFAULT_TIMEOUT = 30.0
@@ -69,7 +69,7 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
     try:
         from ..transport.open import open_transport
     except ImportError:
-        # transports.py is not part of this build yet: this machine still works in-process.
+        # transport/open.py is not part of this build yet: this machine still works in-process.
         if ssh_host is None:
             from ..transport.local import LocalTransport
 

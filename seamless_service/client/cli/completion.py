@@ -12,7 +12,9 @@ no Python). zsh runs the same functions through its bashcompinit layer.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from typing import Callable
 
 SHELLS = ("bash", "zsh")
 HELP = """\
@@ -40,16 +42,16 @@ class Node:
         self.values = {} if values is None else values  # flag -> its choices or a kind
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, build_parser: Callable[[], argparse.ArgumentParser]) -> None:
+    """`build_parser` makes the whole tree the script describes (main.py passes its own: this
+    module does not import main.py, which imports this one)."""
     p = sub.add_parser("completion", help="print a bash or zsh completion script", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shell", choices=SHELLS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=functools.partial(run, build_parser=build_parser))
 
 
-def run(args: argparse.Namespace) -> int:
-    from .main import build_parser
-
+def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
     sys.stdout.write(script(args.shell, build_parser()))
     return 0
 

@@ -1,4 +1,4 @@
-"""`seamless-service start | restart | reset`: the service lifecycle (client/lifecycle.py).
+"""`seamless-service start | restart | reset`: the service lifecycle (client/lifecycle/).
 
 Selection (`selected_services`): start and restart take the per-service commands' target
 flags (cli/targets.py: same --local/--key flags, validation and refusals), but a start
@@ -7,7 +7,7 @@ command line, workdir, key), so the service is always resolved through the confi
 
 * `--service S` (+ --cluster/--project/--stage/..., or seamless.yaml): as Seamless resolves it;
 * `--key K` with `--cluster C` or `--local`: resolved from the key's own fields
-  (sconfig.resolve_key); the resolution must give back K;
+  (config/resolve.py resolve_key); the resolution must give back K;
 * `--local` chooses this machine (the local transport, no ssh). Seamless launches a
   service on this machine only when its cluster is the configuration's `local_cluster` (or
   its frontend is localhost, #35), so a service the configuration puts on another host is
@@ -40,15 +40,9 @@ from ..lifecycle.control import (
     restart_service,
     start_service,
 )
-from ..config.resolve import (
-    PERSISTENT_SERVICES,
-    KeyNotResolvable,
-    Resolved,
-    Selection,
-    cluster_hosts,
-    resolve_key,
-    resolve_service,
-)
+from ..config.clusters import cluster_hosts
+from ..config.resolve import KeyNotResolvable, resolve_key, resolve_service
+from ..config.selection import PERSISTENT_SERVICES, Resolved, Selection
 from .common import add_selection_args, add_transport_args, open_for
 from .targets import add_target_args, check_target_args, local_rows
 

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_parser(sub)
     _add_tunnel_parser(sub)
-    completion.add_parser(sub)
+    completion.add_parser(sub, build_parser)
     _accept_debug_everywhere(parser)
     return parser
 

@@ -2,7 +2,7 @@
 
 Same flags, modes, merged rows, columns and --json fields as seamless-config's
 `seamless-service-ps` (anchor §4.6), with ONE agent round trip per host and all hosts asked
-in parallel. Deliberate differences (see also client/rows.py and client/ps_query.py):
+in parallel. Deliberate differences (see also client/query/rows.py and client/query/ps.py):
 
 * #4   rows never collapse: ro/rw, subproject and substage variants keep their own rows.
 * #5   default-view --persistent rows get project/subproject/stage and merge with process rows.
@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
 def _project_cluster(args: argparse.Namespace) -> str | None:
     """Inside a project, the cluster its seamless.yaml / seamless.profile.yaml selects, as
     the per-service commands take it (the seed's `ps --server --project P --status stale`)."""
-    from ..config.resolve import Selection, project_cluster
+    from ..config.clusters import project_cluster
+    from ..config.selection import Selection
 
     return project_cluster(Selection.from_args(args))
 

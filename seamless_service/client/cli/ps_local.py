@@ -83,7 +83,7 @@ def check_cluster(cluster: str | None) -> None:
     other name a usage error, as `ps --cluster C` says it."""
     if not cluster:
         return
-    from ..config.resolve import known_clusters
+    from ..config.clusters import known_clusters
 
     known = known_clusters()
     if cluster not in known:

@@ -2,7 +2,7 @@
 
 Same flags and the same output as seamless-config's `seamless-service-*` commands, with
 one op (or one batch) per host instead of one `ssh HOST rhl-*` per query. Deliberate
-differences (anchor §6), besides those of resolution (client/sconfig.py):
+differences (anchor §6), besides those of resolution (client/config/):
 
 * #1   per-service commands reach a remote cluster's frontend (ssh_hostname or hostname),
        never run locally by accident.
@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpError, ServiceError, UsageError
-from ..config.resolve import PERSISTENT_SERVICES, Selection, cluster_hosts, resolve_service
+from ..config.clusters import cluster_hosts
+from ..config.resolve import resolve_service
+from ..config.selection import PERSISTENT_SERVICES, Selection
 from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
 from .targets import Target, add_target_args, pick_target, uses_target
 

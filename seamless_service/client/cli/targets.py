@@ -121,7 +121,8 @@ def pick_target(args: argparse.Namespace) -> Target:
     if not args.service:
         raise UsageError("--service is required (or --local for this machine's services, "
                          "or --key KEY with --cluster C or --local)")
-    from ..config.resolve import Selection, resolve_service
+    from ..config.resolve import resolve_service
+    from ..config.selection import Selection
 
     resolved = resolve_service(Selection.from_args(args), from_cwd=True)
     return Target(resolved.key, resolved.ssh_host, resolved.service, resolved.local_workdir())
@@ -132,7 +133,7 @@ def _by_key(args: argparse.Namespace) -> Target:
 
     host = None
     if not args.local:
-        from ..config.resolve import cluster_host
+        from ..config.clusters import cluster_host
 
         host = cluster_host(args.cluster, args.frontend_name)
     return Target(args.key, host, parse_key(args.key).get("service"))

@@ -31,315 +31,26 @@ the Seamless runtime and this client in one process keeps its own configuration)
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any
 
 from ..errors import ServiceError, UsageError
+from .selection import (
+    CACHE_ALIAS,
+    CACHE_CLUSTER,
+    LOCAL_HOSTNAMES,
+    META_FIELDS,
+    PERSISTENT_SERVICES,
+    SERVICES,
+    TOPLEVEL,
+    Resolved,
+    Selection,
+)
+from .session import config_errors, known_cluster_names, load, one_line, seamless_cache_dir, session, unknown_cluster
 
-CONFIG_LOCK = threading.RLock()
-
-SERVICES = ("hashserver", "database", "jobserver", "daskserver", "pure-daskserver")
-PERSISTENT_SERVICES = ("hashserver", "database")
-META_FIELDS = ("service", "cluster", "mode", "project", "subproject", "stage", "substage", "queue")
-CACHE_CLUSTER = "__SEAMLESS_CACHE__"
-TOPLEVEL = "__TOPLEVEL__"
-CACHE_ALIAS = "SEAMLESS_CACHE"
-LOCAL_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 _PROBE_ROOT = "/seamless-service-cache-probe"  # placeholder root while looking for the real one
-
-T = TypeVar("T")
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclass
-class Selection:
-    """What the user selected on the command line (None = take it from seamless.yaml)."""
-
-    service: str | None = None
-    cluster: str | None = None
-    project: str | None = None
-    subproject: str | None = None
-    stage: str | None = None
-    substage: str | None = None
-    mode: str = "rw"
-    queue: str | None = None
-    frontend_name: str | None = None
-    workdir: str | None = None  # resolve --workdir: read DIR/seamless.yaml; None = cwd
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Selection":
-        values = {name: getattr(args, name, None) for name in cls.__dataclass_fields__}
-        values["mode"] = values.get("mode") or "rw"
-        return cls(**values)
-
-    def namespace(self) -> argparse.Namespace:
-        """The argparse-like object seamless-config's service helpers expect."""
-        return argparse.Namespace(**{name: getattr(self, name) for name in self.__dataclass_fields__})
-
-
-@dataclass
-class Resolved:
-    """One resolved service: where it runs and under which key."""
-
-    key: str
-    ssh_host: str | None          # None: this machine
-    workdir: str | None           # unexpanded, as seamless-config gives it
-    meta: dict[str, Any]
-    config: dict[str, Any] = field(repr=False)
-    log_path: str = ""
-
-    @property
-    def service(self) -> str:
-        return self.meta["service"]
-
-    @property
-    def cluster(self) -> str | None:
-        return self.meta.get("cluster")
-
-    def local_workdir(self) -> str | None:
-        """The workdir as a path on its host: `~` expanded only when the host is this machine."""
-        if self.workdir and self.ssh_host is None:
-            return os.path.expanduser(self.workdir)
-        return self.workdir
-
-    def resolve_json(self) -> dict[str, Any]:
-        """The object `seamless-service-resolve` prints (ssh_hostname is the host we use: #1)."""
-        payload: dict[str, Any] = {
-            "key": self.key,
-            "ssh_hostname": self.ssh_host,
-            "workdir": self.workdir,
-            "log_path": self.log_path,
-        }
-        payload.update(self.meta)
-        return payload
-
-
-# ---------------------------------------------------------------- seamless-config state
-
-
-def _modules() -> tuple[Any, Any, Any, Any]:
-    import seamless_config
-    import seamless_config.cluster as cluster
-    import seamless_config.config_files as config_files
-    import seamless_config.select as select
-
-    return seamless_config, select, cluster, config_files
-
-
-_select_defaults: dict[str, Any] | None = None
-
-
-def _pristine_select_state() -> dict[str, Any]:
-    """select.py's module-level defaults, read from a fresh, unregistered copy of the module
-    (so they are right even if a Seamless runtime in this process changed them already)."""
-    global _select_defaults
-    if _select_defaults is None:
-        import importlib.util
-
-        spec = importlib.util.find_spec("seamless_config.select")
-        fresh = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fresh)  # type: ignore[union-attr]
-        _select_defaults = {
-            name: value for name, value in vars(fresh).items()
-            if name.startswith("_") and not name.startswith("__")
-            and isinstance(value, (type(None), bool, int, str))
-        }
-    return _select_defaults
-
-
-def _snapshot() -> dict[str, Any]:
-    sc, select, cluster, config_files = _modules()
-    return {
-        "select": {name: getattr(select, name) for name in _pristine_select_state()},
-        "clusters": dict(cluster._clusters),
-        "local_cluster": cluster._local_cluster,
-        "config_clusters": config_files._clusters,
-        "workdir": (sc._workdir, sc._set_workdir_called),
-    }
-
-
-def _reset() -> None:
-    sc, select, cluster, config_files = _modules()
-    for name, value in _pristine_select_state().items():
-        setattr(select, name, value)
-    cluster._clusters.clear()
-    cluster._local_cluster = None  # define_clusters never unsets it (stale in a daemon)
-    config_files._clusters = {}
-    sc._workdir, sc._set_workdir_called = None, False
-
-
-def _restore(saved: dict[str, Any]) -> None:
-    sc, select, cluster, config_files = _modules()
-    for name, value in saved["select"].items():
-        setattr(select, name, value)
-    cluster._clusters.clear()
-    cluster._clusters.update(saved["clusters"])
-    cluster._local_cluster = saved["local_cluster"]
-    config_files._clusters = saved["config_clusters"]
-    sc._workdir, sc._set_workdir_called = saved["workdir"]
-
-
-@contextlib.contextmanager
-def _session() -> Iterator[None]:
-    """Hold CONFIG_LOCK; seamless-config starts clean; the caller's state comes back after."""
-    with CONFIG_LOCK:
-        saved = _snapshot()
-        _reset()
-        try:
-            yield
-        finally:
-            _restore(saved)
-
-
-@contextlib.contextmanager
-def _cache_ignored(ignore: bool) -> Iterator[None]:
-    """Load the real clusters even if SEAMLESS_CACHE is set (#27). Patches the one function
-    config_files asks, instead of os.environ (which other threads would see)."""
-    if not ignore:
-        yield
-        return
-    import seamless_config
-
-    original = seamless_config.get_seamless_cache
-    seamless_config.get_seamless_cache = lambda: None
-    try:
-        yield
-    finally:
-        seamless_config.get_seamless_cache = original
-
-
-def _seamless_cache_dir() -> str | None:
-    import seamless_config
-
-    return seamless_config.get_seamless_cache()
-
-
-# ---------------------------------------------------------------- errors
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first.rstrip(". ")
-
-
-def _with_example(exc: BaseException) -> str:
-    """The error's first line, and the example seamless-config gives after `Example:` on the
-    lines below it (`expected a YAML list of commands. Example:\n- project: myproject`):
-    one line for the error, then what a correct file looks like."""
-    first, _, rest = str(exc).strip().partition("\n")
-    if not first.endswith("Example:") or not rest.strip():
-        return _one_line(exc)
-    example = "\n".join("    " + line for line in rest.splitlines() if line.strip())
-    return f"{first[:-len('Example:')].rstrip(' .')}, for example:\n{example}"
-
-
-def _yaml_error(exc: BaseException, shown: str | None = None) -> str:
-    """`FILE:LINE:COLUMN: invalid YAML: PROBLEM (CONTEXT at line L, column C)`: PyYAML's
-    message spreads this over four lines, whose first is only the context."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    if mark is None or not problem:
-        return f"{shown or 'configuration'}: invalid YAML: {_one_line(exc)}"
-    name = shown or (mark.name if mark.name and not mark.name.startswith("<") else "configuration")
-    text = f"{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if getattr(exc, "problem", None) and context and context_mark is not None:
-        text += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
-    return text
-
-
-def _home_file(path: Path) -> str:
-    home = os.environ.get("HOME") or str(Path.home())
-    try:
-        return "~/" + str(path.relative_to(home))
-    except ValueError:
-        return str(path)
-
-
-def _check_cluster_files() -> None:
-    """#29: an empty or non-mapping clusters file is a readable error, not a TypeError."""
-    import yaml
-
-    home = Path(os.environ.get("HOME") or str(Path.home()))
-    folder = home / ".seamless"
-    candidates = [folder / "clusters.yaml"] + sorted((folder / "clusters").glob("*.yaml"))
-    for path in candidates:
-        if not path.is_file():
-            continue
-        shown = _home_file(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read {shown}: {_one_line(exc)}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(_yaml_error(exc, shown)) from None
-        if data is None:
-            raise UsageError(f"{shown} is empty: define clusters in it (name: definition) or remove it")
-        if not isinstance(data, dict):
-            raise UsageError(f"{shown} must map cluster names to cluster definitions")
-
-
-@contextlib.contextmanager
-def _config_errors(what: str) -> Iterator[None]:
-    """seamless-config's exceptions during loading -> one readable UsageError line."""
-    import yaml
-
-    try:
-        yield
-    except ServiceError:
-        raise
-    except yaml.YAMLError as exc:  # seamless.yaml, seamless.profile.yaml: the mark names the file
-        raise UsageError(_yaml_error(exc)) from None
-    except AssertionError as exc:
-        # define_clusters asserts that local_cluster names a defined cluster
-        arg = exc.args[0] if exc.args else None
-        if isinstance(arg, tuple) and arg and isinstance(arg[0], str):
-            raise UsageError(f"local_cluster {arg[0]!r} is not a defined cluster") from None
-        raise UsageError(f"{what}: invalid cluster definitions") from None
-    except KeyError as exc:
-        raise UsageError(f"{what}: invalid cluster definition: missing {_one_line(exc)!r}") from None
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        raise UsageError(f"{what}: {_with_example(exc)}") from None
-    except ImportError as exc:  # e.g. configure_jobserver needs seamless_remote
-        raise ServiceError(f"{what}: cannot resolve here: {_one_line(exc)}") from None
-    except SystemExit as exc:  # seamless-config's "raise SystemExit(message)"
-        raise UsageError(_strip_prog(str(exc.code))) from None
-
-
-def _strip_prog(message: str) -> str:
-    for prefix in ("seamless-service: ",):
-        if message.startswith(prefix):
-            return message[len(prefix):]
-    return message
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _load(*, workdir: str | None, ignore_cache: bool) -> None:
-    """Load clusters (+ DIR/seamless*.yaml when workdir is given) through seamless-config."""
-    from seamless_config.service import _dispatch
-    import seamless_config.config_files as config_files
-
-    if ignore_cache or _seamless_cache_dir() is None:
-        _check_cluster_files()
-    with _config_errors("configuration"), _cache_ignored(ignore_cache):
-        if workdir is not None:
-            with _dispatch._temporary_workdir(workdir):
-                config_files.load_config_files()
-        else:
-            _dispatch._load_config(from_cwd=False)
 
 
 def _config_dir(sel: Selection, from_cwd: bool) -> str | None:
@@ -377,7 +88,7 @@ def _server_json(key: str) -> Path:
     return paths.server_dir() / f"{key}.json"
 
 
-def _cache_root(sel: Selection) -> str | None:
+def cache_root(sel: Selection) -> str | None:
     """The cache root: from the local state file of this service (or of the hashserver), else
     $SEAMLESS_CACHE (anchor §4.6.6). #33: the state-file key is computed by seamless-config's
     own templates on a probe definition of the cache cluster, so subproject and substage are
@@ -404,7 +115,7 @@ def _cache_root(sel: Selection) -> str | None:
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ServiceError(f"could not read {path}: {_one_line(exc)}") from None
+            raise ServiceError(f"could not read {path}: {one_line(exc)}") from None
         if not isinstance(data, dict):
             raise ServiceError(f"state file must contain a JSON object: {path}")
         workdir = data.get("workdir")
@@ -415,11 +126,11 @@ def _cache_root(sel: Selection) -> str | None:
         if tail and expanded.endswith(tail) and len(expanded) > len(tail):
             return expanded[: -len(tail)]
         return _dispatch._seamless_cache_root_from_workdir(workdir, sel.namespace())
-    return _seamless_cache_dir()
+    return seamless_cache_dir()
 
 
 def _prepare_cache(sel: Selection) -> None:
-    root = _cache_root(sel)
+    root = cache_root(sel)
     if root is None:
         raise UsageError(
             "--project SEAMLESS_CACHE requires an existing launcher JSON with workdir, "
@@ -440,7 +151,7 @@ def _check_selection(sel: Selection) -> None:
         raise UsageError(f"--mode must be ro or rw, not {sel.mode!r}")
 
 
-def _select_stage_first(sel: Selection) -> None:
+def select_stage_first(sel: Selection) -> None:
     """#2: stage blocks of seamless.yaml apply only to the stage selected at load time."""
     from seamless_config import select
 
@@ -451,7 +162,7 @@ def _select_stage_first(sel: Selection) -> None:
         try:
             fn(value)
         except ValueError as exc:
-            raise UsageError(f"invalid --{name} {value!r}: {_one_line(exc)}") from None
+            raise UsageError(f"invalid --{name} {value!r}: {one_line(exc)}") from None
 
 
 def _apply_selection(sel: Selection) -> None:
@@ -460,20 +171,7 @@ def _apply_selection(sel: Selection) -> None:
     try:
         _dispatch._select_from_args(sel.namespace())
     except ValueError as exc:  # token rules: no '--', 'STAGE-' or '/'
-        raise UsageError(f"invalid selection: {_one_line(exc)}") from None
-
-
-def known_cluster_names() -> list[str]:
-    from seamless_config.cluster import _clusters
-
-    return list(_clusters)
-
-
-def _unknown_cluster(name: str) -> UsageError:
-    known = known_cluster_names()
-    if known:
-        return UsageError(f"unknown cluster {name!r} (known: {', '.join(known)})")
-    return UsageError(f"unknown cluster {name!r} (no clusters defined in ~/.seamless/clusters.yaml)")
+        raise UsageError(f"invalid selection: {one_line(exc)}") from None
 
 
 def _check_ready(sel: Selection, *, hint: str) -> None:
@@ -484,7 +182,7 @@ def _check_ready(sel: Selection, *, hint: str) -> None:
     if cluster is None:
         raise UsageError(f"no cluster selected: pass --cluster or set one in seamless.yaml{hint}")
     if cluster not in known_cluster_names():
-        raise _unknown_cluster(cluster)
+        raise unknown_cluster(cluster)
     if sel.service != "pure-daskserver" and select.get_selected_project() is None:
         raise UsageError(f"no project selected: pass --project or set one in seamless.yaml{hint}")
 
@@ -512,7 +210,7 @@ def _configure(sel: Selection) -> dict[str, Any]:
                                            frontend_name=sel.frontend_name)
 
 
-def _host_of(cluster: str | None, ssh_hostname: str | None, hostname: str | None) -> str | None:
+def host_of(cluster: str | None, ssh_hostname: str | None, hostname: str | None) -> str | None:
     """#1/#35: where a cluster's frontend is reached. None means this machine."""
     from seamless_config.cluster import get_local_cluster
 
@@ -534,30 +232,30 @@ def resolve_service(sel: Selection, *, from_cwd: bool = True) -> Resolved:
     from seamless_config.service import _dispatch
 
     _check_selection(sel)
-    with _session():
-        _select_stage_first(sel)
+    with session():
+        select_stage_first(sel)
         if _is_cache_request(sel):
-            with _config_errors("SEAMLESS_CACHE"):
+            with config_errors("SEAMLESS_CACHE"):
                 _prepare_cache(sel)
         else:
-            _load(workdir=_config_dir(sel, from_cwd), ignore_cache=sel.cluster not in (None, CACHE_CLUSTER))
+            load(workdir=_config_dir(sel, from_cwd), ignore_cache=sel.cluster not in (None, CACHE_CLUSTER))
         _apply_selection(sel)
         hint = "" if from_cwd or sel.workdir is not None else " (resolve reads seamless.yaml only with --workdir DIR)"
         _check_ready(sel, hint=hint)
-        with _config_errors(sel.service):
+        with config_errors(sel.service):
             config = dict(_configure(sel))
             from remote_http_launcher import Configuration, LauncherError
 
             try:
                 key = Configuration.from_mapping(config).key
             except LauncherError as exc:
-                raise UsageError(f"{sel.service}: invalid launcher configuration: {_one_line(exc)}") from None
+                raise UsageError(f"{sel.service}: invalid launcher configuration: {one_line(exc)}") from None
             config["key"] = key
             meta = _dispatch.add_meta(config, sel.namespace())
         if sel.service not in PERSISTENT_SERVICES:
             meta["mode"] = "rw"  # #32: what the key says
         config["meta"] = meta
-        host = _host_of(meta.get("cluster"), config.get("ssh_hostname"), config.get("hostname"))
+        host = host_of(meta.get("cluster"), config.get("ssh_hostname"), config.get("hostname"))
         return Resolved(
             key=key, ssh_host=host, workdir=config.get("workdir"), meta=meta, config=config,
             log_path=_dispatch.remote_log_path(key),
@@ -609,119 +307,3 @@ def resolve_key(key: str, *, cluster: str | None = None, frontend_name: str | No
                          "flags (--service/--cluster/--project/...) instead")
     assert failure is not None
     raise KeyNotResolvable(key, readings[0]["cluster"], str(failure))
-
-
-# ---------------------------------------------------------------- clusters
-
-
-def _with_clusters(fn: Callable[[], T], *, from_cwd: bool) -> T:
-    """Run fn with the real clusters loaded (SEAMLESS_CACHE ignored: #27)."""
-    with _session():
-        _load(workdir=os.getcwd() if from_cwd else None, ignore_cache=True)
-        return fn()
-
-
-def known_clusters(*, from_cwd: bool = True) -> list[str]:
-    """Cluster names in definition order (clusters.yaml, clusters/*.yaml, `clusters:` in
-    seamless.yaml), plus __SEAMLESS_CACHE__ at the end when SEAMLESS_CACHE is set."""
-    names = _with_clusters(known_cluster_names, from_cwd=from_cwd)
-    if _seamless_cache_dir() is not None and CACHE_CLUSTER not in names:
-        names.append(CACHE_CLUSTER)
-    return names
-
-
-def local_cluster(*, from_cwd: bool = True) -> str | None:
-    """The `local_cluster` of the configuration (the one on this machine), if any."""
-    from seamless_config.cluster import get_local_cluster
-
-    return _with_clusters(get_local_cluster, from_cwd=from_cwd)
-
-
-def project_cluster(sel: Selection) -> str | None:
-    """The cluster the current directory's seamless.yaml / seamless.profile.yaml selects
-    (its `stage NAME:` block applied when sel.stage is given), the one the per-service
-    commands resolve on; None outside a project or when the project names no cluster."""
-    from seamless_config import select
-
-    with _session():
-        _select_stage_first(sel)
-        _load(workdir=os.getcwd(), ignore_cache=True)
-        return select.get_selected_cluster()
-
-
-def _frontends(cluster: str, frontend_name: str | None) -> list[Any]:
-    from seamless_config.cluster import _clusters
-
-    if cluster not in _clusters:
-        raise _unknown_cluster(cluster)
-    found = [f for f in _clusters[cluster].frontends if frontend_name is None or f.hostname == frontend_name]
-    if not found:
-        if frontend_name is not None:
-            raise UsageError(f"cluster {cluster!r} has no frontend with hostname {frontend_name!r}")
-        raise UsageError(f"cluster {cluster!r} has no frontends")
-    return found
-
-
-def cluster_host(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> str | None:
-    """SSH host of the cluster's first frontend (or the one named --frontend-name); None for
-    the local cluster and the SEAMLESS_CACHE cluster (#35: same rule as per-service hosts)."""
-    if cluster == CACHE_CLUSTER:
-        return None
-
-    def pick() -> str | None:
-        frontend = _frontends(cluster, frontend_name)[0]
-        return _host_of(cluster, frontend.ssh_hostname, frontend.hostname)
-
-    return _with_clusters(pick, from_cwd=from_cwd)
-
-
-def cluster_hosts(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> list[str | None]:
-    """The distinct hosts of all the cluster's frontends, in order (cluster-wide stop/rm ask
-    each: a service runs on the first frontend that supports it, not always the first one)."""
-    if cluster == CACHE_CLUSTER:
-        return [None]
-
-    def pick() -> list[str | None]:
-        hosts: list[str | None] = []
-        for frontend in _frontends(cluster, frontend_name):
-            host = _host_of(cluster, frontend.ssh_hostname, frontend.hostname)
-            if host not in hosts:
-                hosts.append(host)
-        return hosts
-
-    return _with_clusters(pick, from_cwd=from_cwd)
-
-
-def cluster_roots(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> dict[str, str]:
-    """{"hashserver": bufferdir, "database": database_dir} of the frontend cluster_host()
-    picks (services it lacks are left out); `~` is expanded only for the local cluster."""
-    if cluster == CACHE_CLUSTER:
-        with _session(), _config_errors("SEAMLESS_CACHE"):
-            root = _cache_root(Selection(service="hashserver", project=TOPLEVEL))
-        if root is None:
-            raise UsageError("the SEAMLESS_CACHE cluster needs SEAMLESS_CACHE to be set")
-        return {"hashserver": root, "database": root}
-
-    def pick() -> dict[str, str]:
-        frontend = _frontends(cluster, frontend_name)[0]
-        local = _host_of(cluster, frontend.ssh_hostname, frontend.hostname) is None
-        roots = {}
-        if frontend.hashserver is not None:
-            roots["hashserver"] = frontend.hashserver.bufferdir
-        if frontend.database is not None:
-            roots["database"] = frontend.database.database_dir
-        return {k: os.path.expanduser(v) if local else v for k, v in roots.items()}
-
-    return _with_clusters(pick, from_cwd=from_cwd)
-
-
-def cluster_has_service(cluster: str, service: str, frontend_name: str | None = None,
-                        *, from_cwd: bool = True) -> bool:
-    """True if some frontend of the cluster (matching frontend_name) supports the service."""
-    if cluster == CACHE_CLUSTER:
-        return service in PERSISTENT_SERVICES
-    attr = "daskserver" if service == "pure-daskserver" else service
-    return _with_clusters(
-        lambda: any(getattr(f, attr, None) is not None for f in _frontends(cluster, frontend_name)),
-        from_cwd=from_cwd,
-    )

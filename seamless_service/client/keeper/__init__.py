@@ -7,7 +7,9 @@ keeps those and runs CLI commands on the thin client's behalf, like ssh's Contro
     framing.py  length-prefixed msgpack frames over a unix socket
     server.py   the daemon process (python -m seamless_service.client.keeper.server)
     client.py   talking to it, starting it on demand
-    pool.py     the long-lived per-host objects it keeps between calls
+
+The long-lived per-host objects it keeps between calls are in transport/pool.py: the pool
+belongs to the transports, the keeper only makes pooled transports outlive a command.
 
 This module only knows the folder layout: it is imported by the thin entry point on every
 call, so it imports nothing but os and stat.

@@ -378,7 +378,7 @@ examples:
 
 
 def format_status(info: dict[str, Any], now: float | None = None) -> str:
-    """The readable `tunnel status` (daemon/status_view.py: imported only here)."""
+    """The readable `tunnel status` (status_view.py: imported only here)."""
     from .status_view import format_status as render
 
     return render(info, now)

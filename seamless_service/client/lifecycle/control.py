@@ -1,7 +1,7 @@
 """start, restart and reset: the service lifecycle on top of the ops (CLI and Python API).
 
 * `start_service`: the `start` op (agent/ops/start.py) with the launcher's own arguments
-  (client/launch.py); called again with `launch: false` while the service is starting, each
+  (launch.py); called again with `launch: false` while the service is starting, each
   call waiting at most STEP seconds on the host, so a slow start shows progress and no call
   runs into the transport's timeout. An already-running service costs one round trip.
 * `restart_service`: stop (the stop op's checks), remove the state (server file, and the
@@ -123,7 +123,7 @@ class ResetPlan:
 
 def dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> dict[str, dict[str, Any]]:
     """{path: persistent row} for `dirs` ([(service, path)]): reset's plan and check, and
-    `clear --dry-run`. Asked as `ps --persistent` asks (ps_query.PERSISTENT_OPTS, level 0),
+    `clear --dry-run`. Asked as `ps --persistent` asks (query/ps.py PERSISTENT_OPTS, level 0),
     in one round trip; waits a little for the sizer to measure. A directory the walk gives
     no row (no marker) is left out."""
     from ..transport.local import unwrap

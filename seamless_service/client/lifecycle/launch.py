@@ -2,7 +2,7 @@
 
 Seamless launches a service with `remote_http_launcher.run(conf)`, `conf` coming from
 seamless-config's `configure_<service>` (tools.yaml templates). Here the same `conf`
-(client/sconfig.resolve_service) goes through the launcher's own code: its logging keys
+(client/config/resolve.py resolve_service) goes through the launcher's own code: its logging keys
 are split off as `run()` does, `Configuration.from_mapping` evaluates key and templates,
 and `RemoteState.launch_process` builds the helper's argv against a recorder instead of a
 shell. Nothing of the launcher's command-line logic is written twice; the recorded argv

@@ -439,14 +439,14 @@ def _cluster_label(cluster: str) -> str:
 
 def plan_queries(args: argparse.Namespace) -> Plan:
     """The per-host batches for these arguments (resolution through seamless-config)."""
-    from ..config import resolve as sconfig
+    from ..config.clusters import cluster_host
 
     view = view_of(args)
     plan = Plan()
     persistent = args.persistent or (view == "cluster" and args.status in (None, PERSISTENT_STATUS))
     health = getattr(args, "health", False)
     if view in ("cluster", "server"):
-        host = sconfig.cluster_host(args.cluster, args.frontend_name)
+        host = cluster_host(args.cluster, args.frontend_name)
         query = plan.query(host, _cluster_label(args.cluster))
         query.add(Part("process", ps_args(args, side="server", cluster=args.cluster),
                        cluster=args.cluster, clusters=(args.cluster,)))
@@ -464,7 +464,7 @@ def plan_queries(args: argparse.Namespace) -> Plan:
             local.add(Part("health", {}))
         if args.persistent:
             if args.cluster:
-                _add_cluster_persistent(plan, args, args.cluster, sconfig.cluster_host(args.cluster, args.frontend_name))
+                _add_cluster_persistent(plan, args, args.cluster, cluster_host(args.cluster, args.frontend_name))
             else:
                 _add_resolved_persistent(plan, args)
     return plan
@@ -472,9 +472,9 @@ def plan_queries(args: argparse.Namespace) -> Plan:
 
 def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, host: str | None) -> None:
     """The data roots of the cluster's frontend, walked two levels deep (anchor §4.6.1)."""
-    from ..config import resolve as sconfig
+    from ..config.clusters import cluster_roots
 
-    roots = sconfig.cluster_roots(cluster, args.frontend_name)
+    roots = cluster_roots(cluster, args.frontend_name)
     query = plan.query(host, _cluster_label(cluster))
     for service in wanted_services(args):
         root = roots.get(service)
@@ -484,17 +484,17 @@ def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, 
 
 def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool, health: bool) -> None:
     """One batch per host: clusters sharing a host share one `ps` (their rows appear once)."""
-    from ..config import resolve as sconfig
+    from ..config.clusters import cluster_host, cluster_roots, known_clusters
 
     hosts: dict[str | None, list[str]] = {}
-    clusters = sconfig.known_clusters()
+    clusters = known_clusters()
     if not clusters:  # an empty table with exit 0 would read as "nothing runs anywhere"
         raise UsageError("--all-clusters: no clusters defined in ~/.seamless/clusters.yaml "
                          "(describe one there, or use ps --local for this machine's services)")
     for cluster in clusters:
         try:
-            host = sconfig.cluster_host(cluster, args.frontend_name)
-            roots = sconfig.cluster_roots(cluster, args.frontend_name) if persistent else {}
+            host = cluster_host(cluster, args.frontend_name)
+            roots = cluster_roots(cluster, args.frontend_name) if persistent else {}
         except ServiceError as exc:  # a broken cluster definition: say so, show the others
             plan.failures.append(HostError(_cluster_label(cluster), str(exc), None, (cluster,)))
             continue
@@ -514,13 +514,14 @@ def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool
 def _add_resolved_persistent(plan: Plan, args: argparse.Namespace) -> None:
     """Default view --persistent: the workdirs of this project's hashserver and database,
     resolved from the cwd, labelled by their place below the data root (#5)."""
-    from ..config import resolve as sconfig
+    from ..config.resolve import resolve_service
+    from ..config.selection import Selection
 
-    base = sconfig.Selection.from_args(args)
+    base = Selection.from_args(args)
     for service in wanted_services(args):
-        sel = sconfig.Selection(**{**base.__dict__, "service": service})
+        sel = Selection(**{**base.__dict__, "service": service})
         try:
-            resolved = sconfig.resolve_service(sel)
+            resolved = resolve_service(sel)
         except ServiceError as exc:  # as seamless-service-ps: say so and go on
             plan.warnings.append(f"persistent {service}: {exc}")
             continue

@@ -27,7 +27,7 @@ agent) is not counted: it has its own step limits and progress notices.
 Errors are client/errors.py's, one line naming the host, with paramiko's real cause (host
 key unknown/changed, refused, auth) rather than a generic tunnel message. `AgentUnavailable`
 means SSH works but the agent cannot run or be reached there (no usable Python, a key
-forced through rhl-guard, forwarding forbidden): transports.py then falls back to `ssh`.
+forced through rhl-guard, forwarding forbidden): auto.py then falls back to `ssh`.
 
 Import-light: paramiko and rpyc are imported on first connection.
 """
@@ -273,7 +273,7 @@ class AgentTransport:
 
     def stale(self) -> bool:
         """True once the ssh config, known_hosts or keys the tunnel was opened with changed
-        (the tunnel keeper's pool then replaces this transport: daemon/pool.py)."""
+        (the tunnel keeper's pool then replaces this transport: pool.py)."""
         tunnel = self._tunnel
         return tunnel is not None and tunnel.stale()
 

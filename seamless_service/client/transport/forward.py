@@ -35,12 +35,19 @@ import logging
 import select
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import ConnectionFailed
+from .sockopts import set_nodelay
 
-if TYPE_CHECKING:  # a real import would be circular (tunnel.py imports this module lazily)
-    from .tunnel import Tunnel
+
+class SshLink(Protocol):
+    """What a forward needs of its Tunnel (tunnel.py): the host, for messages, and the
+    verified paramiko Transport (None once closed). A Protocol, so that this module need
+    not import tunnel.py, which imports this one."""
+
+    host: str
+    transport: Any
 
 CHUNK = 65536
 POLL = 1.0  # a pump notices close() within this many seconds
@@ -53,19 +60,13 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 
-def _nodelay(sock: Any) -> None:
-    from .tunnel import set_nodelay
-
-    set_nodelay(sock)
-
-
 class LocalForward:
     """127.0.0.1:local_port on this machine -> 127.0.0.1:remote_port on the tunnel's host.
 
     `local_port=0` takes a free port. Raises ConnectionFailed if the port cannot be bound.
     """
 
-    def __init__(self, tunnel: "Tunnel", remote_port: int, *, local_port: int = 0):
+    def __init__(self, tunnel: SshLink, remote_port: int, *, local_port: int = 0):
         import sshtunnel
 
         transport = tunnel.transport
@@ -190,7 +191,7 @@ def _forwarder_class() -> type:
 
             class Handler(base):  # type: ignore[misc, valid-type]
                 def handle(self) -> None:
-                    _nodelay(self.request)
+                    set_nodelay(self.request)
                     owner._track(self.request, True)
                     try:
                         super().handle()

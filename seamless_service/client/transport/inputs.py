@@ -1,8 +1,8 @@
 """What a long-lived object's answers depend on, cheap to check again (for the tunnel keeper).
 
-The tunnel keeper (daemon/server.py) runs every command in one process, each with its
+The tunnel keeper (keeper/server.py) runs every command in one process, each with its
 caller's environment, cwd and umask. An object it keeps between commands (a transport in
-daemon/pool.py) may answer a command only if everything it read when it was made is still
+pool.py) may answer a command only if everything it read when it was made is still
 what that command would read. Two kinds of input, checked in two ways:
 
 * environment variables, by value: `variant(...)` turns them into a short tag that is part

@@ -5,7 +5,7 @@ In an ordinary process the same registry works for the life of that process, so 
 can always write `pool.get(name, factory)` without knowing where it runs.
 
 Every command the daemon runs has its caller's environment, so an entry may serve a
-command only if what it depends on is that command's too (client/inputs.py). Callers put
+command only if what it depends on is that command's too (inputs.py). Callers put
 the environment values it depends on into the name, as a `family` + variant tag: callers
 that differ get entries of their own, at most MAX_VARIANTS per family (the least recently
 used is closed). An object that read files says whether they changed since through an

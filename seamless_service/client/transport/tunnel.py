@@ -15,7 +15,7 @@ changed key is always refused), same one-line errors. On top of it:
   than through a local forward.
 * `forward()` offers a classic local forward too (`via="forward"`), for callers that need
   a TCP port: sshtunnel's forwarder on this same verified connection, bound to 127.0.0.1
-  only, with TCP_NODELAY and 64 KB copies (client/forward.py lists what it overrides).
+  only, with TCP_NODELAY and 64 KB copies (forward.py lists what it overrides).
 
 Why the channel and not sshtunnel's forward (which DESIGN names) by default: a local
 forward is a listener that every local process can reach (the agent's secret still guards
@@ -47,6 +47,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
+from .sockopts import has_nodelay, set_nodelay
 from ..errors import AuthFailed, ConnectionFailed
 
 if TYPE_CHECKING:
@@ -62,24 +63,6 @@ class AgentUnreachable(ConnectionFailed):
 
 class ForwardingRefused(ConnectionFailed):
     """The SSH server refuses port forwarding for this account or key."""
-
-
-def set_nodelay(sock: Any) -> bool:
-    """TCP_NODELAY on a real TCP socket; False for anything else (a ProxyJump channel...)."""
-    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return True
-    except OSError:
-        return False
-
-
-def has_nodelay(sock: Any) -> bool:
-    try:
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    except (OSError, AttributeError):
-        return False
 
 
 def map_ssh_error(host: str, exc: BaseException) -> ConnectionFailed:
@@ -111,7 +94,7 @@ class Tunnel:
         self.opened_at: float | None = None
         self._conn: Any = None          # deploy.ssh.SSHConnection
         self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
-        self._forwards: list[LocalForward] = []  # client/forward.py
+        self._forwards: list[LocalForward] = []  # forward.py
         self._read: Any = None          # inputs.FileSnapshot of the files the connection read
         self._lock = threading.RLock()
 

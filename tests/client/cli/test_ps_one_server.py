@@ -17,7 +17,8 @@ from typing import Any, Iterator
 import pytest
 
 from tests.client.conftest import Remote, require_sshd
-from tests.client.test_ps_cmd import HS, DB, World, _link_helpers, by_key, by_path, ndjson, pick
+from tests.support.cli import ndjson
+from tests.support.world import DB, HS, World, by_key, by_path, link_helpers, pick
 
 ALIAS = "ps-one"            # clusters ra, rb (same ssh_hostname)
 ALIAS_B = "ps-one-b"        # clusters rc, rd-rw-x: another name for the same sshd
@@ -60,7 +61,7 @@ def one_server(tmp_path_factory) -> Iterator[tuple[World, Remote]]:
         for cluster in ("ra", "rc"):  # deploys the agent through ALIAS, finds it through ALIAS_B
             code, _, err = w.ps("--cluster", cluster, "--server")
             assert code == 0, err
-        _link_helpers(server)   # rhl-* on the remote PATH prefix, for seamless-service-ps
+        link_helpers(server)   # rhl-* on the remote PATH prefix, for seamless-service-ps
         remote.install_launcher_tools()
         remote.launch(RUNNING)
         for key, state in STATES.items():

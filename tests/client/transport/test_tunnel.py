@@ -1,4 +1,4 @@
-"""client/tunnel.py against a real sshd and a real agent: binding, NODELAY, large replies,
+"""client/transport/tunnel.py against a real sshd and a real agent: binding, NODELAY, large replies,
 the kept session channel, and the real cause of SSH failures."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import sshtunnel
 
 from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
-from seamless_service.client.transport.tunnel import AgentUnreachable, Tunnel, has_nodelay
+from seamless_service.client.transport.sockopts import has_nodelay
+from seamless_service.client.transport.tunnel import AgentUnreachable, Tunnel
 from seamless_service.deploy import cache
 from tests.client.conftest import BIG_LOG_BYTES, Remote, wait_until
 

@@ -2,132 +2,26 @@
 `seamless-service-resolve` (both run as subprocesses, same HOME and cwd), the deliberate
 differences (#1, #2, #27, #32, #35), one-line errors (#28, #29), and the cluster helpers.
 
-Also home of the helpers the other CLI tests share (`cli`, `anchor`, `seamless_home`).
+The helpers the CLI tests share (`cli`, `anchor`, `make_home`) are in tests/support/cli.py.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from seamless_service.client.config import resolve as sconfig
+from seamless_service.client.config import clusters
 from seamless_service.client.errors import UsageError
-from seamless_service.client.config.resolve import Selection, resolve_service
-
-# Runs `seamless-service ARGS` in-process in a fresh interpreter. Until the lead wires
-# service_cmds into cli/main.py, the subcommands are added to its parser here.
-SHIM = textwrap.dedent("""
-    import argparse, sys
-    from seamless_service.client.cli import main as m
-    build = m.build_parser
-    def patched():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "resolve" not in sub.choices:
-            from seamless_service.client.cli import service_cmds
-            service_cmds.add_parsers(sub)
-        return parser
-    m.build_parser = patched
-    sys.exit(m.main(sys.argv[1:]))
-""")
-
-CLUSTERS = """\
-local_cluster: lc
-lc:
-  type: local
-  workers: 2
-  frontends:
-    - hashserver: {bufferdir: ~/buf}
-      database: {database_dir: ~/db}
-      jobserver: {conda: x, network_interface: 127.0.0.1, port_start: 60300, port_end: 60399}
-rc:
-  type: local
-  frontends:
-    - hostname: rc.invalid
-      ssh_hostname: rc-ssh
-      hashserver: {bufferdir: /srv/rc/buf}
-      database: {database_dir: /srv/rc/db}
-r2:
-  frontends:
-    - hostname: login.r2.invalid
-      hashserver: {bufferdir: /srv/r2/buf}
-xtra:
-  type: local
-  frontends:
-    - hostname: xtra.invalid
-      hashserver: {bufferdir: /srv/xtra/buf}
-lh:
-  type: local
-  frontends:
-    - hashserver: {bufferdir: ~/lhbuf}
-"""
-
-PROJECT = """\
-- project: myproj
-- cluster: lc
-- stage s1:
-  - cluster: xtra
-  - project: other
-"""
-
-
-@dataclass
-class Home:
-    sandbox: object
-    home: Path
-    proj: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = self.sandbox.env()
-        env.pop("SEAMLESS_CACHE", None)
-        env.update(extra)
-        return env
-
-
-def make_home(sandbox, monkeypatch) -> Home:
-    """The sandbox HOME with ~/.seamless/clusters.yaml and a project folder with seamless.yaml."""
-    monkeypatch.delenv("SEAMLESS_CACHE", raising=False)
-    (sandbox.home / ".seamless").mkdir()
-    (sandbox.home / ".seamless" / "clusters.yaml").write_text(CLUSTERS)
-    proj = sandbox.root / "proj"
-    proj.mkdir()
-    (proj / "seamless.yaml").write_text(PROJECT)
-    return Home(sandbox, sandbox.home, proj)
+from seamless_service.client.config.resolve import resolve_service
+from seamless_service.client.config.selection import Selection
+from tests.support.cli import PROJECT, Home, anchor, assert_one_line_error, cli, make_home
 
 
 @pytest.fixture
 def seamless_home(sandbox, monkeypatch) -> Home:
     return make_home(sandbox, monkeypatch)
-
-
-def cli(home: Home, *argv: str, cwd: Path | None = None, env: dict | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
-    """`seamless-service ARGV` as a subprocess."""
-    return subprocess.run([sys.executable, "-c", SHIM, *argv], cwd=cwd or home.proj,
-                          env=env or home.env(), capture_output=True, text=True, timeout=timeout)
-
-
-def anchor(home: Home, command: str, *argv: str, cwd: Path | None = None, env: dict | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess:
-    """seamless-config's own `seamless-service-COMMAND ARGV`."""
-    exe = str(Path(sys.executable).parent / f"seamless-service-{command}")
-    return subprocess.run([exe, *argv], cwd=cwd or home.proj, env=env or home.env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("seamless-service: ")
-    return lines[0]
 
 
 # ---------------------------------------------------------------- same output as the anchor
@@ -313,31 +207,31 @@ def test_invalid_clusters_yaml_says_file_line_and_column(seamless_home):
 
 def test_cluster_helpers(seamless_home, monkeypatch):
     monkeypatch.chdir(seamless_home.proj)
-    assert sconfig.known_clusters() == ["lc", "rc", "r2", "xtra", "lh"]
-    assert sconfig.local_cluster() == "lc"
-    assert sconfig.cluster_host("lc") is None
-    assert sconfig.cluster_host("rc") == "rc-ssh"
-    assert sconfig.cluster_host("r2") == "login.r2.invalid"
-    assert sconfig.cluster_hosts("rc") == ["rc-ssh"]
+    assert clusters.known_clusters() == ["lc", "rc", "r2", "xtra", "lh"]
+    assert clusters.local_cluster() == "lc"
+    assert clusters.cluster_host("lc") is None
+    assert clusters.cluster_host("rc") == "rc-ssh"
+    assert clusters.cluster_host("r2") == "login.r2.invalid"
+    assert clusters.cluster_hosts("rc") == ["rc-ssh"]
     home = str(seamless_home.home)
-    assert sconfig.cluster_roots("lc") == {"hashserver": f"{home}/buf", "database": f"{home}/db"}
-    assert sconfig.cluster_roots("rc") == {"hashserver": "/srv/rc/buf", "database": "/srv/rc/db"}
-    assert sconfig.cluster_roots("xtra") == {"hashserver": "/srv/xtra/buf"}
-    assert sconfig.cluster_has_service("lc", "jobserver") and not sconfig.cluster_has_service("rc", "jobserver")
+    assert clusters.cluster_roots("lc") == {"hashserver": f"{home}/buf", "database": f"{home}/db"}
+    assert clusters.cluster_roots("rc") == {"hashserver": "/srv/rc/buf", "database": "/srv/rc/db"}
+    assert clusters.cluster_roots("xtra") == {"hashserver": "/srv/xtra/buf"}
+    assert clusters.cluster_has_service("lc", "jobserver") and not clusters.cluster_has_service("rc", "jobserver")
     with pytest.raises(UsageError, match=r"unknown cluster 'zz' \(known: lc, rc, r2, xtra, lh\)"):
-        sconfig.cluster_host("zz")
+        clusters.cluster_host("zz")
     with pytest.raises(UsageError, match="no frontend with hostname 'other.invalid'"):
-        sconfig.cluster_host("rc", "other.invalid")
-    assert sconfig.cluster_host("rc", "rc.invalid") == "rc-ssh"
+        clusters.cluster_host("rc", "other.invalid")
+    assert clusters.cluster_host("rc", "rc.invalid") == "rc-ssh"
 
 
 def test_localhost_frontend_is_this_machine_35(seamless_home, monkeypatch):
     # A `type: local` cluster that is not local_cluster gets hostname "localhost": one rule
     # for per-service and cluster-wide commands (this machine), and ~ expanded accordingly.
     monkeypatch.chdir(seamless_home.proj)
-    assert sconfig.cluster_host("lh") is None
+    assert clusters.cluster_host("lh") is None
     assert resolve_service(Selection(service="hashserver", cluster="lh", project="p")).ssh_host is None
-    assert sconfig.cluster_roots("lh") == {"hashserver": f"{seamless_home.home}/lhbuf"}
+    assert clusters.cluster_roots("lh") == {"hashserver": f"{seamless_home.home}/lhbuf"}
 
 
 def test_clusters_from_seamless_yaml(seamless_home, monkeypatch):
@@ -349,10 +243,10 @@ def test_clusters_from_seamless_yaml(seamless_home, monkeypatch):
                   hashserver: {bufferdir: /srv/inline}
         """))
     monkeypatch.chdir(seamless_home.proj)
-    assert sconfig.known_clusters()[-1] == "inline"
-    assert sconfig.cluster_host("inline") == "inline.invalid"
+    assert clusters.known_clusters()[-1] == "inline"
+    assert clusters.cluster_host("inline") == "inline.invalid"
     monkeypatch.chdir(seamless_home.sandbox.root)
-    assert "inline" not in sconfig.known_clusters()
+    assert "inline" not in clusters.known_clusters()
 
 
 def test_callers_seamless_config_state_is_kept(seamless_home, monkeypatch):

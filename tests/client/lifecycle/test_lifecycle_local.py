@@ -21,8 +21,9 @@ import pytest
 from seamless_service.client.lifecycle.launch import launcher_argv, start_args
 from seamless_service.client.lifecycle.control import start_service
 from seamless_service.client.transport.local import LocalTransport
-from seamless_service.client.config.resolve import Selection, resolve_service
-from tests.client.test_sconfig import cli, make_home
+from seamless_service.client.config.resolve import resolve_service
+from seamless_service.client.config.selection import Selection
+from tests.support.cli import cli, make_home
 
 pytestmark = pytest.mark.skipif(shutil.which("hashserver") is None and
                                 not (Path(sys.executable).parent / "hashserver").exists(),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.test_daemon import DaemonPlace
-from tests.test_packaging import client_extra_modules
+from tests.support.keeper import DaemonPlace
+from tests.support.packaging import client_extra_modules
 
 BLOCKER = textwrap.dedent("""\
     import sys

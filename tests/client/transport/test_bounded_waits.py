@@ -21,10 +21,12 @@ import pytest
 
 from seamless_service import ConnectionFailed, Host
 from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
-from seamless_service.client.transport.open import AutoTransport, forget_choice, open_transport, remembered_choice
+from seamless_service.client.transport.auto import AutoTransport
+from seamless_service.client.transport.choice import forget_choice, remembered_choice
+from seamless_service.client.transport.open import open_transport
 from tests.client.conftest import Notices, Remote, wait_until
-from tests.client.test_sconfig import cli
-from tests.client.test_service_cmds_remote import SHARED, rhome  # noqa: F401 - rhome is a fixture
+from tests.support.cli import cli
+from tests.support.cli import SHARED
 from tests.support.agent import end_agent, start_test_agent
 from tests.support.sshd import _keygen
 
@@ -315,9 +317,9 @@ class _Ssh:
 def test_a_long_lived_auto_transport_tries_the_agent_again(monkeypatch):
     """An API Host or `ps --watch` keeps its transport: after a transient fallback it goes
     back to the agent once the agent answers (tried every AGENT_RETRY_AFTER seconds)."""
-    from seamless_service.client.transport import open as transports
+    from seamless_service.client.transport import auto as auto_module
 
-    monkeypatch.setattr(transports, "remember_choice", lambda *a, **k: pytest.fail("remembered a transient reason"))
+    monkeypatch.setattr(auto_module, "remember_choice", lambda *a, **k: pytest.fail("remembered a transient reason"))
     down = [True]
     made: list[_Agent] = []
 
@@ -331,7 +333,7 @@ def test_a_long_lived_auto_transport_tries_the_agent_again(monkeypatch):
     assert made[0].closed and auto.fallback_reason.startswith("the agent did not answer in time")
     down[0] = False
     assert auto.batch([("ps", {})])[0]["value"] == "ssh"  # not yet: one try per interval
-    monkeypatch.setattr(transports, "AGENT_RETRY_AFTER", 0.0)
+    monkeypatch.setattr(auto_module, "AGENT_RETRY_AFTER", 0.0)
     auto._retry_at = 0.0
     assert auto.batch([("ps", {})])[0]["value"] == "agent" and auto.kind == "agent"
     assert auto.fallback_reason is None and len(made) == 2

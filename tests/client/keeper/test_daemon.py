@@ -9,15 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -28,162 +25,13 @@ import pytest
 from seamless_service import __version__
 from seamless_service.client.keeper import client, framing
 from seamless_service.client.transport import pool
+from tests.support.keeper import DaemonPlace, daemon_pids, raw_connect, thin_client, wait_for
 from tests.support.other_user import unused_uid
+from tests.support.processes import alive, gone
 
-HOOKS = textwrap.dedent('''
-    import json, os, sys, time
-    from seamless_service.client.transport import pool
-
-    class Thing:
-        def __init__(self, marker):
-            self.marker = marker
-        def describe(self):
-            return {"kind": "thing"}
-        def close(self):
-            touch(self.marker, "closed")
-
-    def touch(path, text):
-        # Atomic, so a test that sees the file also sees its text.
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-
-    def main(argv):
-        cmd, *rest = argv or ["none"]
-        deadline = time.monotonic() + 20
-        if cmd == "env":
-            print(json.dumps({"cwd": os.getcwd(), "var": os.environ.get("SSD_VAR"),
-                              "argv": sys.argv, "in_daemon": pool.in_daemon(),
-                              "tty": sys.stdout.isatty()}))
-            return 0
-        if cmd == "exit":
-            print("to stdout")
-            print("to stderr", file=sys.stderr)
-            return int(rest[0])
-        if cmd == "raise":
-            raise RuntimeError("boom\\nsecond line")
-        if cmd == "sysexit":
-            sys.exit(int(rest[0]) if rest[0].isdigit() else rest[0])
-        if cmd == "bytes":
-            sys.stdout.buffer.write("h\\u00e9llo\\n".encode())
-            return 0
-        if cmd == "pool":
-            pool.get(rest[0], lambda: Thing(rest[1]))
-            return 0
-        if cmd == "wait-file":      # prints, then waits for a file: shows streaming
-            print("first", flush=True)
-            while not os.path.exists(rest[0]) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            print("second")
-            return 0
-        if cmd == "coop":           # polls pool.cancelled(), as watch loops should
-            touch(rest[0], "started")
-            while not pool.wait_cancelled(0.05):
-                if time.monotonic() > deadline:
-                    return 3
-            touch(rest[1], "cancelled")
-            return 0
-        if cmd == "spin":           # ignores cancellation: needs the injected Ctrl-C
-            touch(rest[0], "started")
-            try:
-                while time.monotonic() < deadline:
-                    time.sleep(0.01)
-            except KeyboardInterrupt:
-                touch(rest[1], "interrupted")
-                raise
-            return 3
-        if cmd == "big":
-            sys.stdout.write("x" * int(rest[0]))
-            return 0
-        print(f"unknown hook command {cmd}", file=sys.stderr)
-        return 2
-''')
 
 
 # -- helpers shared with test_entry.py -----------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (a finished daemon may linger unreaped under some inits).
-
-    A killed multi-threaded process can show its main thread as a zombie while other
-    threads are still tearing down (and its socket still open): that counts as alive.
-    """
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        threads = len(os.listdir(f"/proc/{pid}/task"))
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X") or threads > 1
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def daemon_pids(folder: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"seamless_service.client.keeper.server" in cmdline and \
-                f"SEAMLESS_SERVICE_DAEMON_DIR={folder}".encode() in environ and pid_alive(int(proc.name)):
-            pids.append(int(proc.name))
-    return pids
-
-
-def kill_daemons(folder: Path) -> None:
-    for pid in daemon_pids(folder):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class DaemonPlace:
-    """A private daemon folder (short path: unix socket paths are limited to 107 bytes)."""
-
-    def __init__(self, monkeypatch, hooks: bool, idle: float = 60):
-        self.root = Path(tempfile.mkdtemp(prefix="ssd-", dir="/tmp"))
-        self.folder = self.root / "d"
-        self.sock = self.folder / "daemon.sock"
-        self.log = self.folder / "daemon.log"
-        self.work = self.root / "work"
-        self.work.mkdir()
-        monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_DIR", str(self.folder))
-        monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_IDLE", str(idle))
-        monkeypatch.delenv("SEAMLESS_SERVICE_NO_DAEMON", raising=False)
-        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-        if hooks:
-            (self.root / "ssd_hooks.py").write_text(HOOKS)
-            monkeypatch.setenv("SEAMLESS_SERVICE_DAEMON_MAIN", "ssd_hooks:main")
-            monkeypatch.setenv("PYTHONPATH", str(self.root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        else:
-            monkeypatch.delenv("SEAMLESS_SERVICE_DAEMON_MAIN", raising=False)
-
-    def pid(self) -> int:
-        info = client.ping()
-        assert info is not None, "no daemon answers"
-        return info["pid"]
-
-    def cleanup(self) -> None:
-        kill_daemons(self.folder)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -197,18 +45,6 @@ def run(argv, cwd=None, env=None, start=True):
     out, err = io.StringIO(), io.StringIO()
     code = client.run(argv, stdout=out, stderr=err, cwd=cwd, env=env, start=start)
     return code, out.getvalue(), err.getvalue()
-
-
-def raw_connect(path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(path))
-    return s
-
-
-def thin_client(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 # -- framing -------------------------------------------------------------------------------
@@ -334,7 +170,7 @@ def test_started_on_demand_with_private_folder_and_socket(place):
     os.chmod(place.folder, 0o755)           # too loose: must be tightened, not used as is
     assert client.ping() is None            # nothing runs, and ping does not start one
     info = client.ensure_daemon()
-    assert info["ok"] and info["version"] == __version__ and pid_alive(info["pid"])
+    assert info["ok"] and info["version"] == __version__ and alive(info["pid"])
     assert info["idle_timeout"] == 60
     assert stat.S_IMODE(place.folder.stat().st_mode) == 0o700
     assert stat.S_ISSOCK(place.sock.stat().st_mode)
@@ -431,7 +267,7 @@ def test_version_mismatch_is_refused_and_client_replaces_daemon(place, monkeypat
     # it must give up (and let the caller run in-process) rather than loop forever.
     with pytest.raises(client.DaemonUnavailable):
         run(["exit", "0"])
-    assert wait_for(lambda: not pid_alive(pid))
+    assert wait_for(lambda: gone(pid))
 
 
 def test_concurrent_clients_each_see_their_own_cwd_and_env(place):
@@ -481,7 +317,7 @@ def test_status_lists_pool_entries_and_stop_closes_them(place):
     assert info["pid"] == status["pid"]
     assert not place.sock.exists()
     assert marker.read_text() == "closed"
-    assert wait_for(lambda: not pid_alive(status["pid"]))
+    assert wait_for(lambda: gone(status["pid"]))
     assert client.daemon_stop() is None and client.daemon_status() is None
 
 
@@ -490,7 +326,7 @@ def test_sigterm_exits_cleanly_removing_socket(place):
     run(["pool", "h", str(marker)])
     pid = place.pid()
     os.kill(pid, signal.SIGTERM)
-    assert wait_for(lambda: not pid_alive(pid))
+    assert wait_for(lambda: gone(pid))
     assert not place.sock.exists() and marker.read_text() == "closed"
     assert "exiting: SIGTERM" in place.log.read_text()
 
@@ -502,7 +338,7 @@ def test_idle_exit_removes_socket_but_a_long_command_counts_as_activity(monkeypa
         gate = place.work / "gate"
         threading.Timer(1.5, gate.touch).start()     # the command outlives the idle time
         assert run(["wait-file", str(gate)]) == (0, "first\nsecond\n", "")
-        assert wait_for(lambda: not place.sock.exists() and not pid_alive(pid))
+        assert wait_for(lambda: not place.sock.exists() and gone(pid))
         assert "exiting: idle" in place.log.read_text()
     finally:
         place.cleanup()
@@ -511,12 +347,12 @@ def test_idle_exit_removes_socket_but_a_long_command_counts_as_activity(monkeypa
 def test_killed_daemon_leaves_stale_socket_that_is_replaced(place):
     pid = client.ensure_daemon()["pid"]
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not pid_alive(pid))
+    assert wait_for(lambda: gone(pid))
     assert place.sock.exists()                      # stale: nobody listens
     assert client.ping() is None
     assert run(["exit", "0"])[0] == 0               # starts a fresh daemon
     new = place.pid()
-    assert new != pid and pid_alive(new)
+    assert new != pid and alive(new)
 
 
 def test_simultaneous_starts_leave_one_daemon(place):

@@ -1,6 +1,6 @@
 """The tunnel keeper answers every caller with the caller's own inputs (issue 8, item 1).
 
-One real keeper process (tests/client/test_daemon.py's DaemonPlace, with the real CLI)
+One real keeper process (tests/support/keeper.py DaemonPlace, with the real CLI)
 serves callers whose environment differs (HOME, REMOTE_HTTP_LAUNCHER_DIR) and whose files
 change between commands (agent config.yaml and its data-roots file, clusters.yaml,
 seamless.yaml, ~/.ssh/config). Launcher state is real (services launched through
@@ -10,7 +10,6 @@ Every command goes through the keeper: client.run raises if it cannot reach one.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -22,24 +21,10 @@ from seamless_service.client.keeper import client
 from seamless_service.client.transport import pool
 from seamless_service.client.transport.inputs import FileSnapshot
 from tests.client.conftest import RUNNING_KEYS, require_sshd
-from tests.client.test_daemon import DaemonPlace
-from tests.client.test_ps_cmd import World, ndjson
+from tests.support.keeper import ssh_home, through_keeper
+from tests.support.cli import ndjson
+from tests.support.world import World
 from tests.support.services import LauncherSandbox
-
-
-@pytest.fixture
-def keeper(monkeypatch):
-    place = DaemonPlace(monkeypatch, hooks=False, idle=120)
-    yield place
-    place.cleanup()
-
-
-def through_keeper(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`seamless-service ARGV` run by the keeper with this caller's env and cwd."""
-    env = {k: v for k, v in env.items() if k != "SEAMLESS_SERVICE_NO_DAEMON"}
-    out, err = io.StringIO(), io.StringIO()
-    code = client.run(argv, stdout=out, stderr=err, env=env, cwd=str(cwd), start=True)
-    return code, out.getvalue(), err.getvalue()
 
 
 def keys_of(env: dict[str, str], cwd: Path, *argv: str) -> set[str]:
@@ -170,28 +155,13 @@ def test_clusters_and_seamless_yaml_edits_apply_on_the_next_command(keeper, tmp_
 # ------------------------------------------------------------------ remote hosts
 
 
-def _ssh_home(root: Path, server, alias: str) -> dict[str, str]:
-    """A HOME whose ~/.ssh/config names `server` as `alias`, and a cluster `clu` there (the cluster the keys of the remote state name)."""
-    box = LauncherSandbox(root)
-    ssh_dir = box.home / ".ssh"
-    ssh_dir.mkdir(mode=0o700)
-    server.write_ssh_config(ssh_dir / "config", alias=alias)
-    (box.home / ".seamless").mkdir()
-    (box.home / ".seamless" / "clusters.yaml").write_text(yaml.safe_dump({"clu": {"type": "local", "frontends": [{
-        "hostname": "far.example.org", "ssh_hostname": alias,
-        "hashserver": {"bufferdir": "~/data/buffers"}, "database": {"database_dir": "~/data/db"}}]}}))
-    env = box.env()
-    env.pop("XDG_CACHE_HOME", None)   # each HOME its own client cache, as for real users
-    return env
-
-
 def test_ssh_config_edits_and_each_callers_own_config_pick_the_host(keeper, tmp_path, remote, second_remote):
     """One alias, `pointer`. HOME A's ~/.ssh/config names the first sshd server, then is
     edited to name the second (another port, user, key and known_hosts); HOME B's names
     the first. Each command reaches the host its caller's config names at that moment."""
     require_sshd()
-    env_a = _ssh_home(tmp_path / "a", remote.server, "pointer")
-    env_b = _ssh_home(tmp_path / "b", remote.server, "pointer")
+    env_a = ssh_home(tmp_path / "a", remote.server, "pointer")
+    env_b = ssh_home(tmp_path / "b", remote.server, "pointer")
     ps = ("ps", "--cluster", "clu", "--server")
     on_first = set(RUNNING_KEYS)   # running on the first server only
 
@@ -267,14 +237,14 @@ def test_file_snapshot_sees_edits_creation_and_removal(tmp_path):
 def test_remembered_choices_follow_the_cache_folder_and_other_processes(tmp_path, monkeypatch):
     """transport-choice.json lives under XDG_CACHE_HOME: a caller with another one does not
     see this one's choices, and a `forget` by another process counts at once."""
-    from seamless_service.client.transport import open as transports
+    from seamless_service.client.transport import choice
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
-    transports.remember_choice("somehost", "ssh", reason="only rhl-* helpers", guarded=True)
-    assert transports.remembered_choice("somehost")["guarded"] is True
+    choice.remember_choice("somehost", "ssh", reason="only rhl-* helpers", guarded=True)
+    assert choice.remembered_choice("somehost")["guarded"] is True
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
-    assert transports.remembered_choice("somehost") is None
+    assert choice.remembered_choice("somehost") is None
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
-    path = tmp_path / "a" / "seamless-service" / transports.CHOICE_FILE
+    path = tmp_path / "a" / "seamless-service" / choice.CHOICE_FILE
     path.write_text("{}")   # as `forget_choice` in another process leaves it
-    assert transports.remembered_choice("somehost") is None
+    assert choice.remembered_choice("somehost") is None

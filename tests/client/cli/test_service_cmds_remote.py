@@ -16,29 +16,10 @@ import os
 
 import pytest
 
-from seamless_service.client.transport.open import forget_choice
+from seamless_service.client.transport.choice import forget_choice
 from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
-from tests.client.test_sconfig import Home, anchor, assert_one_line_error, cli, make_home
+from tests.support.cli import SHARED, Home, anchor, assert_one_line_error, cli, make_home, remote_home
 
-
-def _home(sandbox, monkeypatch, remote, *, ssh_hostname: bool = True) -> Home:
-    home = make_home(sandbox, monkeypatch)
-    frontend = f"    - hostname: {remote.alias}\n"
-    if ssh_hostname:
-        frontend += f"      ssh_hostname: {remote.alias}\n"
-    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
-        handle.write("clu:\n  type: local\n  frontends:\n" + frontend +
-                     "      hashserver: {bufferdir: ~/data/buffers}\n"
-                     "      database: {database_dir: ~/data/db}\n")
-    wrapper = sandbox.bin / "ssh"
-    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {remote.ssh_config} "$@"\n')
-    wrapper.chmod(0o755)
-    return home
-
-
-@pytest.fixture
-def rhome(sandbox, monkeypatch, remote) -> Home:
-    return _home(sandbox, monkeypatch, remote)
 
 
 def ours(home: Home, remote, *argv: str):
@@ -48,9 +29,6 @@ def ours(home: Home, remote, *argv: str):
 def remote_status(remote, key: str) -> str | None:
     rows = remote.helper_rows("rhl-ps", "--json")
     return next((r["status"] for r in rows if r["key"] == key), None)
-
-
-SHARED = ["--service", "hashserver", "--cluster", "clu", "--project", "projA"]
 
 
 def test_remote_resolve_inspect_logs_like_anchor(rhome, remote):
@@ -63,7 +41,7 @@ def test_remote_resolve_inspect_logs_like_anchor(rhome, remote):
 
 
 def test_remote_host_without_ssh_hostname_1(sandbox, monkeypatch, remote):
-    home = _home(sandbox, monkeypatch, remote, ssh_hostname=False)
+    home = remote_home(sandbox, monkeypatch, remote, ssh_hostname=False)
     mine = ours(home, remote, "inspect", *SHARED)
     assert mine.returncode == 0, mine.stderr
     assert json.loads(mine.stdout)["status"] == "running"

@@ -7,8 +7,6 @@ import argparse
 import io
 import os
 import pty
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -24,43 +22,8 @@ from seamless_service.client.errors import ConnectionFailed
 from seamless_service.client.transport.local import LocalTransport
 from seamless_service.client.query.render import columns_for, table
 from seamless_service.client.query.watch import CLEAR, Watch
+from tests.support.cli import TIMEOUT, Output, interrupt
 from tests.support.services import LauncherSandbox, wait_for
-
-TIMEOUT = 30.0
-
-
-class Output:
-    """Collects a child's output from a pipe or pty master in a thread."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.chunks: list[bytes] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                ready, _, _ = select.select([self.fd], [], [], 0.1)
-                if not ready:
-                    continue
-                data = os.read(self.fd, 65536)
-            except OSError:  # pty master after the child closed its side
-                return
-            if not data:
-                return
-            with self.lock:
-                self.chunks.append(data)
-
-    @property
-    def text(self) -> str:
-        with self.lock:
-            return b"".join(self.chunks).decode(errors="replace")
-
-    def wait_for(self, predicate, timeout: float = TIMEOUT) -> str:
-        wait_for(lambda: predicate(self.text), timeout=timeout)
-        return self.text
 
 
 def start_watch(sandbox: LauncherSandbox, *args: str, tty: bool) -> tuple[subprocess.Popen, Output]:
@@ -73,16 +36,6 @@ def start_watch(sandbox: LauncherSandbox, *args: str, tty: bool) -> tuple[subpro
         return proc, Output(master)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     return proc, Output(proc.stdout.fileno())
-
-
-def interrupt(proc: subprocess.Popen) -> tuple[int, str]:
-    proc.send_signal(signal.SIGINT)
-    try:
-        code = proc.wait(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return code, proc.stderr.read().decode()
 
 
 def test_watch_in_a_pipe_prints_a_new_frame_when_a_service_starts(sandbox):
@@ -230,8 +183,8 @@ def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path
     """`ps --cluster C --watch` runs in the client daemon; Ctrl-C in the thin client makes the
     daemon cancel it (pool.cancelled()): the next command runs in the same daemon at once."""
     from seamless_service.client.keeper import client
-    from tests.client.test_daemon import DaemonPlace
-    from tests.client.test_ps_cmd import World
+    from tests.support.keeper import DaemonPlace
+    from tests.support.world import World
 
     place = DaemonPlace(monkeypatch, hooks=False)
     world = World.build(tmp_path / "w", dead_cluster=False)

@@ -1,4 +1,4 @@
-"""client/agent_transport.py: automatic deploy, the rows it answers, and repair after the
+"""client/transport/agent.py: automatic deploy, the rows it answers, and repair after the
 agent or sshd died — against real sshd, real agents and real launched services."""
 
 from __future__ import annotations
@@ -180,14 +180,15 @@ def test_unreachable_host_is_connection_failed(sshd):
 
 def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
     from seamless_service.client.transport import pool
-    from seamless_service.client.transport.open import PooledTransport, open_transport
+    from seamless_service.client.transport.open import open_transport
+    from seamless_service.client.transport.pooled import PooledTransport
 
     monkeypatch.setattr(pool, "_in_daemon", True)  # as inside the client daemon
     family = f"transport:agent:{remote.alias}|{remote.ssh_config}"
     name = family
     try:
         first = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
-        # the name is the family plus a tag of the caller's environment (transports.REMOTE_ENV)
+        # the name is the family plus a tag of the caller's environment (transport/open.py REMOTE_ENV)
         assert isinstance(first, PooledTransport) and first.pool_name.startswith(family + "#")
         name = first.pool_name
         assert {r["key"] for r in _ps(first)} >= set(RUNNING_KEYS)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.client.config.resolve import Selection, resolve_service
-from tests.client.test_sconfig import SHIM, Home, anchor, assert_one_line_error, cli, make_home
+from seamless_service.client.config.resolve import resolve_service
+from seamless_service.client.config.selection import Selection
+from tests.support.cli import Home, SHIM, anchor, assert_one_line_error, cli, make_home
+from tests.support.processes import alive
 from tests.support.services import wait_for
 
 
@@ -42,14 +44,6 @@ def launch(home: Home, **sel) -> tuple[str, dict]:
     state = home.sandbox.launch(key, workdir=workdir)
     assert state["status"] == "running", state
     return key, state
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def server_status(home: Home, key: str) -> str | None:

@@ -16,7 +16,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client.keeper import client, framing
-from tests.client.test_daemon import DaemonPlace, raw_connect, thin_client, wait_for
+from tests.support.keeper import DaemonPlace, raw_connect, thin_client, wait_for
 
 ENTRY = [sys.executable, "-m", "seamless_service.client.entry"]
 PROMPT = 10.0   # "at once", with room for a cold start of the CLI on a loaded 2-core machine
@@ -24,7 +24,7 @@ PROMPT = 10.0   # "at once", with room for a cold start of the CLI on a loaded 2
 
 @pytest.fixture
 def place(monkeypatch):
-    """A private daemon folder; runs go to the test main of test_daemon.py (HOOKS)."""
+    """A private daemon folder; runs go to the test main HOOKS (tests/support/keeper.py)."""
     p = DaemonPlace(monkeypatch, hooks=True)
     yield p
     p.cleanup()
@@ -113,8 +113,8 @@ def test_a_bad_umask_is_refused_and_the_daemon_keeps_serving(place):
 
 def test_ps_answers_at_once_while_a_watch_holds_the_tunnel_keeper(tmp_path, monkeypatch):
     """The review case: `ps --watch` in one terminal, `ps --json` in another."""
-    from tests.client.test_ps_cmd import World
-    from tests.client.test_watch import Output, interrupt
+    from tests.support.world import World
+    from tests.support.cli import Output, interrupt
 
     daemon = DaemonPlace(monkeypatch, hooks=False)
     world = World.build(tmp_path / "w", dead_cluster=False)

@@ -1,4 +1,4 @@
-"""client/ssh_transport.py (real `ssh` + the host's rhl-* helpers) and the auto fallback:
+"""client/transport/ssh.py (real `ssh` + the host's rhl-* helpers) and the auto fallback:
 same values as the agent on the same remote state, rhl-guard, quoting, mutations."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pytest
 from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.client.transport.ssh import SshTransport
-from seamless_service.client.transport.open import AutoTransport, open_transport, remembered_choice
+from seamless_service.client.transport.auto import AutoTransport
+from seamless_service.client.transport.choice import remembered_choice
+from seamless_service.client.transport.open import open_transport
 from tests.client.conftest import BUFFER_DIRS, G11, RUNNING_KEYS, Notices, Remote
 from tests.support.services import wait_for
 

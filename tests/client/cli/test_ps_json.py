@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import pytest
 
 from seamless_service.client.query.rows import ERROR_RECORD_FIELDS, JSON_FIELDS, persistent_row, process_row
-from tests.client.test_ps_cmd import JOB_META, World, ndjson
+from tests.support.cli import ndjson
+from tests.support.world import JOB_META, World
 
 # Written out, not imported: this is the schema scripts rely on (README); changing it
 # must change this test.
@@ -145,7 +146,7 @@ def test_watch_json_frames_carry_the_error_records(world):
     import subprocess
     import sys
 
-    from tests.client.test_watch import Output, interrupt
+    from tests.support.cli import Output, interrupt
 
     proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "dead",
                              "--json", "--watch", "1"], cwd=world.proj, env=world.env(),

@@ -15,12 +15,9 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -28,181 +25,12 @@ import yaml
 
 from seamless_service.client.query import ps as ps_query
 from seamless_service.client.query.rows import JSON_FIELDS
-from tests.support.services import VENV_BIN, LauncherSandbox
-
-HS = ".HASHSERVER_PREFIX"
-DB = "seamless.db"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again when we return: nothing listens there
-
-
-def _file(path: Path, size: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"x" * size)
-
-
-@dataclass
-class World:
-    box: LauncherSandbox
-    proj: Path
-    buf: Path
-    db: Path
-    keys: dict[str, str] = field(default_factory=dict)   # name -> key
-    sizes: dict[str, int] = field(default_factory=dict)  # data dir -> bytes in it
-    more_clusters: dict[str, Any] = field(default_factory=dict)  # written to clusters.yaml too
-
-    # ------------------------------------------------------------------ building
-
-    @classmethod
-    def build(cls, root: Path, *, dead_cluster: bool = True) -> "World":
-        box = LauncherSandbox(root / "rhl")
-        data = root / "data"
-        world = cls(box, root / "proj", data / "buf", data / "db")
-        world.proj.mkdir(parents=True)
-        (world.proj / "seamless.yaml").write_text(yaml.safe_dump([{"project": "myproj"}, {"cluster": "loc"}]))
-        world.write_clusters(dead=dead_cluster)
-        world._data()
-        return world
-
-    def write_clusters(self, *, dead: bool) -> None:
-        clusters: dict[str, Any] = {
-            "local_cluster": "loc",
-            "loc": {"type": "local", "frontends": [{
-                "hashserver": {"bufferdir": str(self.buf), "network_interface": "127.0.0.1",
-                               "port_start": 61000, "port_end": 61099},
-                "database": {"database_dir": str(self.db), "network_interface": "127.0.0.1",
-                             "port_start": 61100, "port_end": 61199},
-            }]},
-        }
-        if dead:
-            clusters["dead"] = {"type": "local", "frontends": [{
-                "hostname": "dead.example.org", "ssh_hostname": "deadhost",
-                "hashserver": {"bufferdir": "/srv/buf"}, "database": {"database_dir": "/srv/db"},
-            }]}
-            ssh_dir = self.box.home / ".ssh"
-            ssh_dir.mkdir(mode=0o700, exist_ok=True)
-            (ssh_dir / "config").write_text(
-                f"Host deadhost\n  HostName 127.0.0.1\n  Port {closed_port()}\n"
-                "  BatchMode yes\n  ConnectTimeout 5\n  StrictHostKeyChecking yes\n")
-        clusters.update(self.more_clusters)
-        folder = self.box.home / ".seamless"
-        folder.mkdir(exist_ok=True)
-        (folder / "clusters.yaml").write_text(yaml.safe_dump(clusters, sort_keys=False))
-
-    @contextlib.contextmanager
-    def without_dead_cluster(self) -> Iterator[None]:
-        self.write_clusters(dead=False)
-        try:
-            yield
-        finally:
-            self.write_clusters(dead=True)
-
-    def _data(self) -> None:
-        """Data dirs: the roots have no marker (#11); a subproject with a stage (#10)."""
-        layout = {
-            self.buf / "myproj": [(HS, 0), ("ab/ab" + "0" * 62, 1000), ("cd/cd" + "1" * 62, 2345)],
-            self.buf / "myproj" / "STAGE-s1": [(HS, 0), ("ef/ef" + "2" * 62, 500)],
-            self.buf / "myproj" / "sub": [(HS, 0), ("12/12" + "3" * 62, 300)],
-            self.buf / "myproj" / "sub" / "STAGE-x": [(HS, 0), ("34/34" + "4" * 62, 200)],
-            self.buf / "nomarker": [("file", 77)],
-            self.db / "myproj": [(DB, 8192)],
-            self.db / "myproj" / "STAGE-s1": [(DB, 4096)],
-        }
-        for folder, files in layout.items():
-            for name, size in files:
-                _file(folder / name, size)
-        # a directory's size is everything below it (a project dir includes its stages)
-        for folder in layout:
-            self.sizes[str(folder)] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-    def resolve(self, service: str, *args: str) -> dict[str, Any]:
-        result = subprocess.run([str(VENV_BIN / "seamless-service-resolve"), "--service", service,
-                                 "--workdir", ".", *args], cwd=self.proj, env=self.box.env(),
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def launch(self, name: str, service: str, *args: str, meta: dict | None = None,
-               key: str | None = None, workdir: str | None = None) -> str:
-        """Launch a toy service under the key seamless-service-resolve gives (or `key`)."""
-        if key is None:
-            resolved = self.resolve(service, *args)
-            key, workdir = resolved["key"], resolved["workdir"]
-        state = self.box.launch(key, workdir or self.box.root / "work" / key, meta=meta)
-        assert state["status"] == "running", state
-        self.keys[name] = key
-        return key
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = self.box.env()
-        env["SEAMLESS_SERVICE_NO_DAEMON"] = "1"
-        env.pop("SEAMLESS_CACHE", None)
-        env.update(extra)
-        return env
-
-    # ------------------------------------------------------------------ running ps
-
-    def old_ps(self, *argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-        """seamless-config's seamless-service-ps on the same state."""
-        return subprocess.run([str(VENV_BIN / "seamless-service-ps"), *argv], cwd=cwd or self.proj,
-                              env=self.env(**env), capture_output=True, text=True, timeout=120)
-
-    def old_json(self, *argv: str, **env: str) -> list[dict[str, Any]]:
-        result = self.old_ps(*argv, "--json", **env)
-        assert result.returncode == 0, result.stderr
-        return ndjson(result.stdout)
-
-    def new_ps(self, *argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-        """`seamless-service ps` as a user runs it (its own process, no daemon)."""
-        return subprocess.run([sys.executable, "-m", "seamless_service.client.entry", "ps", *argv],
-                              cwd=cwd or self.proj, env=self.env(**env), capture_output=True, text=True,
-                              timeout=120)
-
-    @contextlib.contextmanager
-    def inside(self, **env: str) -> Iterator[None]:
-        """This process sees the sandbox (HOME, PATH) and stands in the project directory."""
-        saved_env, saved_cwd = dict(os.environ), os.getcwd()
-        wanted = self.env(**env)  # built from os.environ: before clearing it
-        os.environ.clear()
-        os.environ.update(wanted)
-        os.chdir(self.proj)
-        try:
-            yield
-        finally:
-            os.chdir(saved_cwd)
-            os.environ.clear()
-            os.environ.update(saved_env)
-
-    def ps(self, *argv: str, cwd: Path | None = None, **env: str) -> tuple[int, str, str]:
-        """`seamless-service ps ARGV` in this process (fast): (exit code, stdout, stderr)."""
-        from seamless_service.client.cli.main import main
-
-        out, err = io.StringIO(), io.StringIO()
-        with self.inside(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            if cwd is not None:
-                os.chdir(cwd)
-            code = main(["ps", *argv])
-        return code, out.getvalue(), err.getvalue()
-
-    def ps_json(self, *argv: str, **env: str) -> list[dict[str, Any]]:
-        code, out, err = self.ps(*argv, "--json", **env)
-        assert code == 0, err
-        return ndjson(out)
-
-
-def ndjson(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+from tests.support.cli import ndjson
+from tests.support.services import VENV_BIN
+from tests.support.world import COMPARED, DB, HS, JOB_META, World, as_user, by_key, by_path, file, link_helpers, pick
 
 
 # ====================================================================== fixtures
-
-JOB_META = {"service": "jobserver", "cluster": "loc", "mode": "rw", "project": "myproj", "subproject": None,
-            "stage": "s1", "substage": None, "queue": None}
-COMPARED = ("service", "cluster", "project", "stage", "process", "port", "persistent", "path")
 
 
 @pytest.fixture(scope="module")
@@ -231,19 +59,6 @@ def small(tmp_path) -> Iterator[World]:
     w = World.build(tmp_path, dead_cluster=False)
     yield w
     w.box.kill_all()
-
-
-def by_key(rows: list[dict]) -> dict[str, dict]:
-    return {r["key"]: r for r in rows if r["key"]}
-
-
-def by_path(rows: list[dict]) -> dict[str, dict]:
-    """Persistent-only rows (no process) by path."""
-    return {r["path"]: r for r in rows if r["key"] is None}
-
-
-def pick(row: dict, fields=COMPARED) -> dict:
-    return {f: row.get(f) for f in fields}
 
 
 # ====================================================================== cluster view
@@ -439,7 +254,6 @@ def test_server_takes_the_cluster_from_the_project_like_the_per_service_commands
         assert (code, out) == (2, "") and err == "seamless-service: --server requires --cluster\n"
 
 
-
 def test_status_drops_persistent_only_rows(world):
     """#37: with --status, seamless-service-ps still prints data dirs that have no process."""
     old = world.old_json("--cluster", "loc", "--status", "running", "--persistent")
@@ -603,8 +417,8 @@ def test_seamless_cache_alias(small):
     cache's data directory is joined to its hashserver here (#5)."""
     cache = small.box.root / "cache"
     key = "hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__"
-    _file(cache / "__TOPLEVEL__" / HS, 0)
-    _file(cache / "__TOPLEVEL__" / "ab" / ("ab" + "5" * 62), 1500)
+    file(cache / "__TOPLEVEL__" / HS, 0)
+    file(cache / "__TOPLEVEL__" / "ab" / ("ab" + "5" * 62), 1500)
     small.launch("cache", "", key=key, workdir=str(cache / "__TOPLEVEL__"))
     env = {"SEAMLESS_CACHE": str(cache)}
     old = small.old_json("--project", "SEAMLESS_CACHE", "--persistent", **env)
@@ -640,11 +454,6 @@ def test_conflicting_sides_are_refused_by_the_parser(small):
 # ====================================================================== a remote cluster
 
 
-def _as_user(server, relpath: str, text: str) -> None:
-    """A file in the remote user's HOME, owned by that user (as the user would have it)."""
-    server.write_file(relpath, text)
-
-
 @pytest.fixture(scope="module")
 def rem_cluster(tmp_path_factory) -> Iterator[tuple[World, Any]]:
     """Cluster `rem` on a real sshd (a throwaway user with its own launcher state and data
@@ -662,29 +471,14 @@ def rem_cluster(tmp_path_factory) -> Iterator[tuple[World, Any]]:
             "hashserver": {"bufferdir": "~/buf"}, "database": {"database_dir": "~/db"},
         }]}
         w.write_clusters(dead=True)
-        _as_user(server, ".remote-http-launcher/server/hashserver-rem-rw-proj.json",
+        as_user(server, ".remote-http-launcher/server/hashserver-rem-rw-proj.json",
                  json.dumps({"status": "failed", "port": 7, "workdir": "~/buf/proj"}))
-        _as_user(server, f"buf/proj/{HS}", "")
-        _as_user(server, "buf/proj/ab/ab" + "0" * 62, "x" * 1234)
+        as_user(server, f"buf/proj/{HS}", "")
+        as_user(server, "buf/proj/ab/ab" + "0" * 62, "x" * 1234)
         yield w, server
     finally:
         server.close()
         w.box.kill_all()
-
-
-def _link_helpers(server) -> None:
-    """~/miniforge3/bin/rhl-* -> the deployed agent venv's (the ssh transport's PATH prefix
-    looks there, as on a cluster where the helpers come from the user's conda base)."""
-    import pwd
-
-    pw = pwd.getpwnam(server.user)
-    venv_bin = server.home / ".local/share/seamless-service/agent-venv/bin"
-    _as_user(server, "miniforge3/bin/.keep", "")
-    for helper in sorted(venv_bin.glob("rhl-*")):
-        link = server.home / "miniforge3/bin" / helper.name
-        if not link.exists():
-            link.symlink_to(helper)
-            os.lchown(link, pw.pw_uid, pw.pw_gid)
 
 
 def test_remote_cluster_through_the_agent(rem_cluster):
@@ -714,7 +508,7 @@ def test_remote_cluster_through_the_agent(rem_cluster):
 
 def _remote_watch(w: World, server: Any, *extra: str) -> tuple[subprocess.Popen, Any]:
     """`ps --cluster rem --server --wide ... --watch` in a subprocess; (process, its Output)."""
-    from tests.client.test_watch import Output
+    from tests.support.cli import Output
 
     proc = subprocess.Popen([sys.executable, "-m", "seamless_service.client.entry", "ps", "--cluster", "rem",
                              "--server", "--wide", "--ssh-config", str(server.ssh_config), *extra],
@@ -724,12 +518,12 @@ def _remote_watch(w: World, server: Any, *extra: str) -> tuple[subprocess.Popen,
 
 def test_remote_watch_shows_a_new_service(rem_cluster):
     w, server = rem_cluster
-    from tests.client.test_watch import interrupt
+    from tests.support.cli import interrupt
 
     proc, out = _remote_watch(w, server, "--watch", "60")
     try:
         out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=120)
-        _as_user(server, ".remote-http-launcher/server/database-rem-rw-proj.json",
+        as_user(server, ".remote-http-launcher/server/database-rem-rw-proj.json",
                  json.dumps({"status": "failed", "port": 8}))
         # well within the 60 s between timed redraws: the agent's `wait` reported the change
         text = out.wait_for(lambda t: "database-rem-rw-proj" in t, timeout=30)
@@ -746,7 +540,7 @@ def test_remote_cluster_through_plain_ssh(rem_cluster):
     cfg = str(server.ssh_config)
     code, _, err = w.ps("--cluster", "rem", "--server", "--ssh-config", cfg)  # deploys if not yet
     assert code == 0, err
-    _link_helpers(server)
+    link_helpers(server)
     agent = by_key(w.ps_json("--cluster", "rem", "--ssh-config", cfg))
     plain = by_key(w.ps_json("--cluster", "rem", "--ssh-config", cfg, "--transport", "ssh"))
     assert set(plain) == set(agent) and "hashserver-rem-rw-proj" in plain
@@ -755,12 +549,12 @@ def test_remote_cluster_through_plain_ssh(rem_cluster):
         assert set(row) == set(agent[key]) == set(JSON_FIELDS)   # the same fields (issue 10)
     key = "hashserver-rem-rw-proj"
     assert (plain[key]["size"], agent[key]["size"]) == (None, 1234)   # rhl-ps-persistent: no du
-    from tests.client.test_watch import interrupt
+    from tests.support.cli import interrupt
 
     proc, out = _remote_watch(w, server, "--transport", "ssh", "--watch", "1")
     try:
         out.wait_for(lambda t: "hashserver-rem-rw-proj" in t, timeout=60)
-        _as_user(server, ".remote-http-launcher/server/jobserver-rem-rw-proj.json",
+        as_user(server, ".remote-http-launcher/server/jobserver-rem-rw-proj.json",
                  json.dumps({"status": "failed", "port": 9}))
         out.wait_for(lambda t: "jobserver-rem-rw-proj" in t, timeout=60)
     finally:
@@ -808,9 +602,9 @@ def test_remote_clear_then_ps_says_empty_fresh(rem_cluster):
         assert code == 0, err
         return {r["service"]: r for r in ndjson(out) if r.get("project") == "clr"}
 
-    _as_user(server, f"buf/clr/{HS}", "")
-    _as_user(server, "buf/clr/ab/ab" + "7" * 62, "x" * 5000)
-    _as_user(server, f"db/clr/{DB}", "d" * 8192)
+    as_user(server, f"buf/clr/{HS}", "")
+    as_user(server, "buf/clr/ab/ab" + "7" * 62, "x" * 5000)
+    as_user(server, f"db/clr/{DB}", "d" * 8192)
     try:
         deadline = time.monotonic() + 60
         while (rows := clr_rows())["hashserver"]["size"] != 5000:   # the sizer has walked it

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import _alive, require_sshd
+from tests.client.conftest import require_sshd
+from tests.support.processes import alive
 from tests.support.services import wait_for
 from tests.support.sshd import SshServer
 
@@ -210,7 +211,7 @@ def test_restart_gives_a_new_pid_and_keeps_the_old_log(life):
     assert result.stdout == f"{HS_KEY}: running on {life.server.alias}:{after['port']}\n"
     assert (life.state_dir / f"{HS_KEY}.log.1").read_bytes().startswith(old_log)  # + its shutdown lines
     assert b"PUT" not in (life.state_dir / f"{HS_KEY}.log").read_bytes()
-    assert not _alive(before["pid"])
+    assert not alive(before["pid"])
 
 
 def test_reset_dry_run_changes_nothing(life):
@@ -243,7 +244,7 @@ def test_reset_yes_leaves_no_process_no_state_no_data(life):
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "no service, no state, no data left" in result.stdout
     for pid in pids:
-        assert not _alive(pid), pid
+        assert not alive(pid), pid
     for key in (HS_KEY, DB_KEY):
         assert life.state(key) is None
     buffers = life.server.home / "data/buffers/projL/STAGE-s1"
@@ -293,6 +294,6 @@ def test_a_service_that_fails_to_start_shows_its_log(life):
     assert log and log[-1] in result.stderr  # the end of its log
     # the process is gone; its state says so (`starting` with a dead pid reads as failed)
     state = life.state(key)
-    assert state is not None and not _alive(state["pid"])
+    assert state is not None and not alive(state["pid"])
     rows = [json.loads(line) for line in life.cli("ps", "--cluster", "busy", "--json").stdout.splitlines()]
     assert [r["process"] for r in rows if r.get("key") == key] == ["failed"]

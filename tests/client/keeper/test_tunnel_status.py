@@ -20,8 +20,8 @@ import pytest
 
 from seamless_service.client.keeper.status_view import ago, connection_lines, summary
 from tests.client.conftest import RUNNING_KEYS, require_sshd
-from tests.client.test_keeper_inputs import _ssh_home, keeper, through_keeper  # noqa: F401 - fixture
-from tests.client.test_ps_cmd import ndjson
+from tests.support.keeper import ssh_home, through_keeper
+from tests.support.cli import ndjson
 from tests.support.services import LauncherSandbox
 
 ALIAS = "statushost"
@@ -59,7 +59,7 @@ def connection_table(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
 
 def test_status_shows_one_line_per_connection_with_the_idle_time_before_it(keeper, tmp_path, remote):
     require_sshd()
-    env = _ssh_home(tmp_path / "remote-home", remote.server, ALIAS)
+    env = ssh_home(tmp_path / "remote-home", remote.server, ALIAS)
     box = LauncherSandbox(tmp_path / "local")
     try:
         box.launch("hashserver-here-rw-p")
@@ -140,7 +140,7 @@ def test_a_lease_marks_its_connection_used_when_its_call_ends():
     """A long call (a watch's `wait`) leaves the connection used at its end, not at the
     start of the command that leased it."""
     from seamless_service.client.transport import pool
-    from seamless_service.client.transport.open import PooledTransport
+    from seamless_service.client.transport.pooled import PooledTransport
 
     class Slow:
         def batch(self, ops):

@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.client.test_ps_cmd import World, ndjson
+from tests.support.cli import ndjson
+from tests.support.world import World
 
 
 @pytest.fixture

@@ -1,0 +1,24 @@
+"""Socket options both the tunnel and the local forward set: TCP_NODELAY on real TCP sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+
+def set_nodelay(sock: Any) -> bool:
+    """TCP_NODELAY on a real TCP socket; False for anything else (a ProxyJump channel...)."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+    except OSError:
+        return False
+
+
+def has_nodelay(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except (OSError, AttributeError):
+        return False
