@@ -24,7 +24,6 @@ Needs root (sshd + throwaway users). Deploys the agent to 4 servers first (~30 s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median_ms  # noqa: E402
+from _common import make_state, median_ms  # noqa: E402
 
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ss-bench-cache-")
 
@@ -46,26 +45,10 @@ from seamless_service.deploy import bootstrap  # noqa: E402
 from tests.support.sshd import SshServer, combined_ssh_config, sshd_available  # noqa: E402
 
 HOSTS = 4
-BIG = 200 * 1024
 
 
 def quiet(message: str) -> None:
     pass
-
-
-def write_as(server: SshServer, relpath: str, data: bytes) -> None:
-    server.write_file(relpath, data)
-
-
-def make_state(server: SshServer) -> None:
-    for i in range(12):
-        key = f"hashserver-bench-rw-proj{i}"
-        state = {"status": ("running", "stale", "failed")[i % 3], "pid": 4_000_000 - i, "port": 40000 + i,
-                 "workdir": str(server.home / f"data/buffers/proj{i}"), "uid": server.uid}
-        write_as(server, f".remote-http-launcher/server/{key}.json", json.dumps(state).encode())
-        write_as(server, f"data/buffers/proj{i}/.HASHSERVER_PREFIX", b"")
-    line = b"x" * 99 + b"\n"
-    write_as(server, ".remote-http-launcher/server/big.log", (line * (BIG // len(line) + 1))[:BIG])
 
 
 def cpu_per_call(fn, runs: int) -> tuple[float, float | None]:
