@@ -121,10 +121,13 @@ def install_mode(dist: str = "seamless-service") -> str:
     direct_url.json (PEP 610), which is what the console scripts of this venv run."""
     import importlib.metadata
     import json as json_
+    import sysconfig
 
-    try:
-        found = importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
+    # Only the venv's site-packages: a checkout's own *.egg-info (left by setuptools next
+    # to the sources, which the scripts put on sys.path) would answer first otherwise.
+    site = [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    found = next(iter(importlib.metadata.distributions(name=dist, path=site)), None)
+    if found is None:
         return f"{dist} is not installed in {sys.prefix}"
     text = found.read_text("direct_url.json")
     info = json_.loads(text) if text else {}
