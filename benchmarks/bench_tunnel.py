@@ -20,8 +20,9 @@ Targets: small call p50 <= 0.5 ms; 200 KB p50 <= 2 ms and p99 <= 10 ms; fan-out 
 hosts within 1.5x of one; hosts answering in 5 ms: 16 within 1.5x, 64 within 2x of one.
 
 Internals: this script measures the transports themselves (AgentTransport, SshTransport,
-deploy.bootstrap, paramiko's cipher list), so it imports them; the fan-out and keeper
-sections use only the public Fleet/Host and the CLI.
+deploy.bootstrap, paramiko's cipher list), so it imports them, and the 1-vs-4-hosts lag
+rows call Fleet._each (a different wait token per server); the 1/16/64 fan-out and the
+keeper memory use only the public Fleet/Host and the CLI.
 
 Needs root (sshd + throwaway users). Deploys the agent to 4 servers first (~30 s).
 
