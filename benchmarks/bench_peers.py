@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ def put_state(server: SshServer) -> None:
     write_state_files(scratch, STATES, server.home / "data/buffers")
     for path in sorted(scratch.glob("*.json")):
         server.write_file(f".remote-http-launcher/server/{path.name}", path.read_bytes())
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the three contenders

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -347,6 +348,7 @@ def main() -> int:
         fanout_many(servers[0], folder, runs)
         print("\ntunnel keeper memory (the real keeper, started by the CLI; hosts as above):")
         keeper_memory(servers[0], folder, (1, 16) if args.quick else (1, 16, 64))
+        shutil.rmtree(folder, ignore_errors=True)
 
         print("\nfirst call from nothing (agent installed):")
         cold = []
