@@ -24,7 +24,7 @@ from tests.support.services import LauncherSandbox
 
 HOOKS = textwrap.dedent('''
     import json, os, sys, time
-    from seamless_service.client.transport import pool
+    from seamless_service.client.transport.pool import default_pool as pool
 
     class Thing:
         def __init__(self, marker):
@@ -45,7 +45,7 @@ HOOKS = textwrap.dedent('''
         deadline = time.monotonic() + 20
         if cmd == "env":
             print(json.dumps({"cwd": os.getcwd(), "var": os.environ.get("SSD_VAR"),
-                              "argv": sys.argv, "in_daemon": pool.in_daemon(),
+                              "argv": sys.argv, "in_keeper": pool.in_keeper,
                               "tty": sys.stdout.isatty()}))
             return 0
         if cmd == "exit":
@@ -60,7 +60,7 @@ HOOKS = textwrap.dedent('''
             sys.stdout.buffer.write("h\\u00e9llo\\n".encode())
             return 0
         if cmd == "pool":
-            pool.get(rest[0], lambda: Thing(rest[1]))
+            pool.lease(rest[0], lambda: Thing(rest[1]))
             return 0
         if cmd == "wait-file":      # prints, then waits for a file: shows streaming
             print("first", flush=True)

@@ -296,13 +296,10 @@ def _print_whole_log(transport: Any, key: str) -> int:
 
 
 def _sleep(seconds: float) -> bool:
-    """Sleep; True if the command was cancelled meanwhile (the daemon's caller went away)."""
-    from ..transport import pool
+    """Sleep; True if the command was cancelled meanwhile (the keeper's caller went away)."""
+    from ..transport.pool import default_pool
 
-    if pool.in_daemon():
-        return pool.wait_cancelled(seconds)
-    time.sleep(seconds)
-    return False
+    return default_pool.wait_cancelled(seconds)
 
 
 def _follow(transport: Any, key: str, offset: int) -> int:

@@ -9,7 +9,8 @@ keeps those and runs CLI commands on the thin client's behalf, like ssh's Contro
     client.py   talking to it, starting it on demand
 
 The long-lived per-host objects it keeps between calls are in transport/pool.py: the pool
-belongs to the transports, the keeper only makes pooled transports outlive a command.
+belongs to the transports, the keeper only makes pooled transports outlive a command
+(server.py: `default_pool.keep_between_commands(cancel_flag)`, the flag being the keeper's).
 
 This module only knows the folder layout: it is imported by the thin entry point on every
 call, so it imports nothing but os and stat.

@@ -49,7 +49,7 @@ from typing import Any, Callable
 from ... import __version__
 from . import INSTALL_DIR as INSTALL, DaemonDirError, check_dir, daemon_dir, lock_path, socket_path
 from . import framing
-from ..transport import pool
+from ..transport.pool import default_pool
 from .framing import peer_uid
 
 DEFAULT_IDLE = 15 * 60.0
@@ -216,7 +216,8 @@ class _RunSession:
 
     The helper thread ("ticker") flushes streamed output and watches the connection: when
     the client goes away (Ctrl-C on the thin client closes the socket), the command is
-    cancelled: pool.cancelled() turns True at once, and if the command is still running
+    cancelled: the keeper's cancel_flag turns True at once (commands see it as
+    default_pool.cancelled(): the keeper handed the flag to the pool at start-up), and if the command is still running
     CANCEL_GRACE later, KeyboardInterrupt is raised in it (as Ctrl-C would in a normal
     process; blocking C calls see it only when they return).
     """
@@ -234,7 +235,7 @@ class _RunSession:
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._cancelled_at: float | None = None
-        self._active = False             # holds the run lock: mirrors cancellation into pool
+        self._active = False             # holds the run lock: mirrors cancellation into cancel_flag
         self._in_main = False
         self._thread_id = threading.get_ident()
         self._done = threading.Event()
@@ -252,20 +253,19 @@ class _RunSession:
                 self._cancelled_at = time.monotonic()
                 log(f"cancelling {self.argv!r}: {why}")
             if self._active:
-                pool._cancel_event().set()
+                self.daemon.cancel_flag.set()
 
     def activate(self) -> None:
         with self._state_lock:
             self._active = True
-            event = pool._cancel_event()
-            event.clear()
+            self.daemon.cancel_flag.clear()
             if self._cancelled_at is not None:
-                event.set()
+                self.daemon.cancel_flag.set()
 
     def deactivate(self) -> None:
         with self._state_lock:
             self._active = False
-            pool._cancel_event().clear()
+            self.daemon.cancel_flag.clear()
 
     def _peer_gone(self) -> bool:
         try:
@@ -456,6 +456,9 @@ class Daemon:
         # "busy" when the lock is not free in time, and runs the command itself (see _run).
         self.run_lock = threading.Lock()
         self.current: _RunSession | None = None
+        # Set while the running command's caller is gone (its _RunSession mirrors its own
+        # cancellation here while it holds run_lock); the pool shows it to the command.
+        self.cancel_flag = threading.Event()
         self.busy_replies = 0                     # runs turned away with "busy" (status)
         self._activity = threading.Lock()
         self._active = 0
@@ -654,7 +657,7 @@ class Daemon:
                 "socket": self.sock_path, "connections": active, "idle_for": idle_for,
                 "requests": self.requests, "busy_replies": self.busy_replies,
                 "current": None if current is None else current.argv,
-                "pool": pool.describe(),
+                "pool": default_pool.describe(),
             })
             return self._send_quietly(conn, reply)
         if cmd == "stop":
@@ -757,7 +760,7 @@ class Daemon:
             current.cancel(f"tunnel keeper exiting ({self.stopping})")
         if self.run_lock.acquire(timeout=SHUTDOWN_WAIT):
             self.run_lock.release()
-        pool.close_all()
+        default_pool.close_all()
         deadline = time.monotonic() + 1.0   # let the "retry" answers go out
         while time.monotonic() < deadline:
             with self._activity:
@@ -787,7 +790,7 @@ def main() -> int:
         log(f"cannot start: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})")
         return EXIT_FAILED
     os.chdir("/")   # hold no user folder busy; each run enters its caller's cwd
-    pool._mark_daemon()
+    default_pool.keep_between_commands(daemon.cancel_flag)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop("SIGINT"))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

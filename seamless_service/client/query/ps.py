@@ -267,12 +267,12 @@ def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None])
     sizer = local_sizer(transport)
     if sizer is not None:
         return ask() if sizer.wait_idle(SETTLE_SECONDS) else None
-    from ..transport import pool
+    from ..transport.pool import default_pool
 
     deadline = time.monotonic() + SETTLE_REMOTE
     pause, rows = 0.1, None
     while time.monotonic() + pause < deadline:
-        if pool.wait_cancelled(pause):
+        if default_pool.wait_cancelled(pause):
             break
         rows = ask()
         if rows is None or not _pending(rows):

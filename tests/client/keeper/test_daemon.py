@@ -24,7 +24,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client.keeper import client, framing
-from seamless_service.client.transport import pool
+from seamless_service.client.transport.pool import TransportPool, default_pool
 from tests.support.keeper import DaemonPlace, daemon_pids, raw_connect, thin_client, wait_for
 from tests.support.other_user import unused_uid
 from tests.support.processes import alive, gone
@@ -84,8 +84,8 @@ def test_bad_frames_raise_one_line_errors(data, error, message):
 
 @pytest.fixture
 def clean_pool():
-    pool.close_all()
-    yield
+    pool = TransportPool()
+    yield pool
     pool.close_all()
 
 
@@ -114,7 +114,7 @@ def test_pool_creates_one_object_per_name_under_concurrency(clean_pool):
 
     def worker():
         barrier.wait()
-        results.append(pool.get("host-a", factory))
+        results.append(clean_pool.lease("host-a", factory))
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
     for t in threads:
@@ -133,7 +133,7 @@ def test_pool_creates_different_names_in_parallel(clean_pool):
         return Closable()
 
     results = {}
-    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, pool.get(n, factory)))
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, clean_pool.lease(n, factory)))
                for n in ("a", "b")]
     for t in threads:
         t.start()
@@ -143,23 +143,37 @@ def test_pool_creates_different_names_in_parallel(clean_pool):
 
 
 def test_pool_drop_describe_close_all(clean_pool):
+    pool = clean_pool
+
     def failing():
         raise OSError("unreachable")
 
     with pytest.raises(OSError):
-        pool.get("bad", failing)
+        pool.lease("bad", failing)
     assert pool.peek("bad") is None          # a failed factory leaves nothing behind
-    a = pool.get("a", Closable)
-    b = pool.get("b", Closable)
+    a = pool.lease("a", Closable)
+    b = pool.lease("b", Closable)
     rows = pool.describe()
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[0]["details"] == {"state": "open"} and rows[0]["created"] <= rows[0]["last_used"]
     assert pool.drop("a") is True and a.closed == 1
     assert pool.drop("a") is False
-    assert pool.get("a", Closable) is not a
+    assert pool.lease("a", Closable) is not a
     pool.close_all()
     assert b.closed == 1 and pool.names() == []
-    assert pool.in_daemon() is False and pool.cancelled() is False
+    assert pool.in_keeper is False and pool.cancelled() is False
+    assert default_pool.in_keeper is False   # only the keeper's main() puts it in keeper mode
+
+
+def test_pool_in_keeper_mode_shows_the_keepers_cancel_flag(clean_pool):
+    """The flag is the keeper's: the pool only reads the event it was handed."""
+    flag = threading.Event()
+    clean_pool.keep_between_commands(flag)
+    assert clean_pool.in_keeper and not clean_pool.cancelled()
+    flag.set()
+    assert clean_pool.cancelled() and clean_pool.wait_cancelled(5.0)
+    flag.clear()
+    assert clean_pool.wait_cancelled(0.01) is False
 
 
 # -- the daemon ----------------------------------------------------------------------------
@@ -188,7 +202,7 @@ def test_run_applies_cwd_env_argv_per_call_and_restores(place):
     assert (code, err) == (0, "")
     seen = json.loads(out)
     assert seen == {"cwd": str(one), "var": "first", "argv": ["seamless-service", "env"],
-                    "in_daemon": True, "tty": False}
+                    "in_keeper": True, "tty": False}
     env = dict(os.environ)
     env.pop("SSD_VAR", None)
     code, out, _ = run(["env"], cwd=str(two), env=env)

@@ -17,7 +17,6 @@ import pytest
 
 from seamless_service.agent.context import AgentContext
 from seamless_service.client.query import ps as ps_query
-from seamless_service.client.transport import pool
 from seamless_service.client.errors import ConnectionFailed
 from seamless_service.client.transport.local import LocalTransport
 from seamless_service.client.query.render import columns_for, table
@@ -124,7 +123,7 @@ def hosts(tmp_path):
     h.close()
 
 
-def _watch(hosts: Hosts, interval: float) -> tuple[Watch, io.StringIO, io.StringIO]:
+def _watch(hosts: Hosts, interval: float, **kwargs) -> tuple[Watch, io.StringIO, io.StringIO]:
     args = _args()
     queries = [ps_query.HostQuery(h, f"cluster {h}", [ps_query.Part("process", {"side": "server"})])
                for h in ("alpha", "beta", "gone")]
@@ -134,7 +133,7 @@ def _watch(hosts: Hosts, interval: float) -> tuple[Watch, io.StringIO, io.String
         return table(rows, columns_for(wide=True)), ps_query.errors_of(outcomes)
 
     out, err = io.StringIO(), io.StringIO()
-    return Watch(queries, hosts.open, frame, interval=interval, title="t", out=out, err=err), out, err
+    return Watch(queries, hosts.open, frame, interval=interval, title="t", out=out, err=err, **kwargs), out, err
 
 
 def test_several_hosts_are_watched_at_once_and_a_change_anywhere_redraws(hosts):
@@ -160,20 +159,19 @@ def test_several_hosts_are_watched_at_once_and_a_change_anywhere_redraws(hosts):
 
 
 def test_the_daemon_cancellation_ends_the_watch(hosts, monkeypatch):
-    """In the client daemon Ctrl-C cannot reach the command: the thin client going away sets
-    pool.cancelled(), which the watch polls."""
-    watch, out, _ = _watch(hosts, interval=60.0)
-    monkeypatch.setattr(pool, "_in_daemon", True)
+    """In the tunnel keeper Ctrl-C cannot reach the command: the thin client going away sets
+    the keeper's cancel flag, which the watch polls (through the pool, by default)."""
+    flag = threading.Event()   # the keeper's (keeper/server.py hands it to the pool)
+    watch, out, _ = _watch(hosts, interval=60.0, cancelled=flag.is_set)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(watch.run()))
     thread.start()
     try:
         wait_for(lambda: "CLUSTER" in out.getvalue(), timeout=TIMEOUT)
-        pool._cancel_event().set()
+        flag.set()
         thread.join(TIMEOUT)
         assert result == [0]
     finally:
-        pool._cancel_event().clear()
         if thread.is_alive():
             watch.stop()
             thread.join(TIMEOUT)
