@@ -94,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from ..config.client_config import ClientConfig
+
+    # What every command is handed besides its flags: the configuration, read at most once
+    # for the command (on first use), and the command line as typed (the watch header).
+    args.config = ClientConfig()
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except ServiceError as exc:

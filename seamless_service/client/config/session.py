@@ -243,8 +243,10 @@ def known_cluster_names() -> list[str]:
     return list(_clusters)
 
 
-def unknown_cluster(name: str) -> UsageError:
-    known = known_cluster_names()
+def unknown_cluster(name: str, known: list[str] | None = None) -> UsageError:
+    """The error for a cluster name the configuration lacks; `known`: the names it has
+    (default: those seamless-config holds now)."""
+    known = known_cluster_names() if known is None else known
     if known:
         return UsageError(f"unknown cluster {name!r} (known: {', '.join(known)})")
     return UsageError(f"unknown cluster {name!r} (no clusters defined in ~/.seamless/clusters.yaml)")

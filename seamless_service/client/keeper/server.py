@@ -344,6 +344,10 @@ class _RunSession:
             os.environ.update(req["env"])
             sys.stdout, sys.stderr = self.stdout, self.stderr
             sys.stdin = io.StringIO("")  # no terminal here: a prompt reads EOF
+            # Our CLI takes its command line from main(argv); sys.argv is set too because the
+            # command runs as if it were its own process: code that reads sys.argv (argparse's
+            # default prog for parsers built without one, the test hooks' main, libraries)
+            # sees the caller's command, not the keeper's start-up line.
             sys.argv = ["seamless-service", *self.argv]
             try:
                 os.chdir(req["cwd"])

@@ -3,7 +3,6 @@ several hosts at once; Ctrl-C (or the daemon's cancellation) ends it with exit 0
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import pty
@@ -89,11 +88,8 @@ def test_watch_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(sandbox):
     assert "hashserver-c1-rw-late" in last and text.count(CLEAR) >= 2
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = dict(service=None, cluster=None, project=None, subproject=None, stage=None, substage=None,
-                mode=None, queue=None, status=None, persistent=False, json=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+def _request() -> ps_query.PsRequest:
+    return ps_query.PsRequest("all")
 
 
 class Hosts:
@@ -124,12 +120,12 @@ def hosts(tmp_path):
 
 
 def _watch(hosts: Hosts, interval: float, **kwargs) -> tuple[Watch, io.StringIO, io.StringIO]:
-    args = _args()
+    request = _request()
     queries = [ps_query.HostQuery(h, f"cluster {h}", [ps_query.Part("process", {"side": "server"})])
                for h in ("alpha", "beta", "gone")]
 
     def frame(outcomes):
-        rows = ps_query.assemble(outcomes, args)
+        rows = ps_query.assemble(outcomes, request)
         return table(rows, columns_for(wide=True)), ps_query.errors_of(outcomes)
 
     out, err = io.StringIO(), io.StringIO()
