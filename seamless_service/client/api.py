@@ -242,7 +242,7 @@ class Host:
         return {"host": self.name, "transport": self._kind, **(describe() if callable(describe) else {})}
 
     def close(self) -> None:
-        """Close the tunnel (inside the client daemon, the pooled connection stays open)."""
+        """Close the tunnel (inside the tunnel keeper, the pooled connection stays open)."""
         with self._lock:
             self._closed = True
             transport, self._transport = self._transport, None

@@ -66,7 +66,7 @@ def _reset() -> None:
     for name, value in _pristine_select_state().items():
         setattr(select, name, value)
     cluster._clusters.clear()
-    cluster._local_cluster = None  # define_clusters never unsets it (stale in a daemon)
+    cluster._local_cluster = None  # define_clusters never unsets it (stale in a keeper)
     config_files._clusters = {}
     sc._workdir, sc._set_workdir_called = None, False
 

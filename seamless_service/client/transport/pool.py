@@ -206,7 +206,7 @@ def _is_stale(name: str, obj: Any) -> bool:
     try:
         return bool(stale())
     except Exception as exc:  # cannot tell: do not trust it
-        print(f"seamless-service daemon: checking {name} failed: {exc}", file=sys.__stderr__)
+        print(f"seamless-service tunnel keeper: checking {name} failed: {exc}", file=sys.__stderr__)
         return True
 
 
@@ -217,7 +217,7 @@ def _close(name: str, obj: Any) -> None:
     try:
         close()
     except Exception as exc:  # a broken connection must not stop the others from closing
-        print(f"seamless-service daemon: closing {name} failed: {exc}", file=sys.__stderr__)
+        print(f"seamless-service tunnel keeper: closing {name} failed: {exc}", file=sys.__stderr__)
 
 
 default_pool = TransportPool()

@@ -138,7 +138,7 @@ def test_wide_adds_cluster_and_key_columns(world):
 
 
 def test_the_cli_process_prints_what_the_in_process_call_prints(world):
-    """The real console entry (own process, no daemon) on the same state."""
+    """The real console entry (own process, no keeper) on the same state."""
     result = world.new_ps("--cluster", "loc", "--json")
     assert result.returncode == 0, result.stderr
     strip = lambda rows: [{k: v for k, v in r.items() if k != "size_state"} for r in rows]  # noqa: E731

@@ -275,7 +275,7 @@ def test_state_does_not_leak_between_calls(seamless_home, monkeypatch):
     monkeypatch.chdir(seamless_home.proj)
     assert resolve_service(Selection(service="hashserver", project="first", subproject="sub")).key == \
         "hashserver-lc-rw-first--sub"
-    # a second call without --subproject must not inherit it (as a long-lived daemon would)
+    # a second call without --subproject must not inherit it (as a long-lived keeper would)
     assert resolve_service(Selection(service="hashserver")).key == "hashserver-lc-rw-myproj"
     monkeypatch.chdir(seamless_home.sandbox.root)
     with pytest.raises(UsageError, match="no cluster selected"):

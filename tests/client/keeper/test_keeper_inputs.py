@@ -1,6 +1,6 @@
 """The tunnel keeper answers every caller with the caller's own inputs (issue 8, item 1).
 
-One real keeper process (tests/support/keeper.py DaemonPlace, with the real CLI)
+One real keeper process (tests/support/keeper.py KeeperPlace, with the real CLI)
 serves callers whose environment differs (HOME, REMOTE_HTTP_LAUNCHER_DIR) and whose files
 change between commands (agent config.yaml and its data-roots file, clusters.yaml,
 seamless.yaml, ~/.ssh/config). Launcher state is real (services launched through
@@ -34,7 +34,7 @@ def keys_of(env: dict[str, str], cwd: Path, *argv: str) -> set[str]:
 
 
 def pool_entries() -> list[dict]:
-    info = client.daemon_status()
+    info = client.keeper_status()
     assert info is not None
     return info["pool"]
 

@@ -1,5 +1,5 @@
 """`ps --watch`: a live table that follows real launches, in a pipe and in a pty, over
-several hosts at once; Ctrl-C (or the daemon's cancellation) ends it with exit 0."""
+several hosts at once; Ctrl-C (or the keeper's cancellation) ends it with exit 0."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_several_hosts_are_watched_at_once_and_a_change_anywhere_redraws(hosts):
     assert err.getvalue().count("\n") == 1   # the dead host is said once, not every round
 
 
-def test_the_daemon_cancellation_ends_the_watch(hosts, monkeypatch):
+def test_the_keeper_cancellation_ends_the_watch(hosts, monkeypatch):
     """In the tunnel keeper Ctrl-C cannot reach the command: the thin client going away sets
     the keeper's cancel flag, which the watch polls (through the pool, by default)."""
     flag = threading.Event()   # the keeper's (keeper/server.py hands it to the pool)
@@ -174,13 +174,13 @@ def test_the_daemon_cancellation_ends_the_watch(hosts, monkeypatch):
 
 
 def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path, monkeypatch):
-    """`ps --cluster C --watch` runs in the client daemon; Ctrl-C in the thin client makes the
-    daemon cancel it (pool.cancelled()): the next command runs in the same daemon at once."""
+    """`ps --cluster C --watch` runs in the tunnel keeper; Ctrl-C in the thin client makes the
+    keeper cancel it (pool.cancelled()): the next command runs in the same keeper at once."""
     from seamless_service.client.keeper import client
-    from tests.support.keeper import DaemonPlace
+    from tests.support.keeper import KeeperPlace
     from tests.support.world import World
 
-    place = DaemonPlace(monkeypatch, hooks=False)
+    place = KeeperPlace(monkeypatch, hooks=False)
     world = World.build(tmp_path / "w", dead_cluster=False)
     env = {k: v for k, v in world.env().items() if k != "SEAMLESS_SERVICE_NO_DAEMON"}
     env.update({k: os.environ[k] for k in ("SEAMLESS_SERVICE_DAEMON_DIR", "SEAMLESS_SERVICE_DAEMON_IDLE")})
@@ -198,8 +198,8 @@ def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path
             code, err = interrupt(proc)
         assert "Traceback" not in err, err
         assert code == 0  # Ctrl-C ends a watch: success, also through the tunnel keeper
-        # the daemon runs one command at a time: had the watch outlived Ctrl-C, this one would
-        # be turned away ("busy") and run in its own process; see test_daemon_busy.py
+        # the keeper runs one command at a time: had the watch outlived Ctrl-C, this one would
+        # be turned away ("busy") and run in its own process; see test_keeper_busy.py
         after = subprocess.run([*argv, "--cluster", "loc", "--server", "--json"], cwd=world.proj, env=env,
                                capture_output=True, text=True, timeout=60)
         assert after.returncode == 0, after.stderr

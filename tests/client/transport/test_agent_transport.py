@@ -178,7 +178,7 @@ def test_unreachable_host_is_connection_failed(sshd):
     assert "refused" in str(info.value).lower() and sshd.alias in str(info.value)
 
 
-def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
+def test_keeper_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
     from seamless_service.client.transport.open import open_transport
     from seamless_service.client.transport.pool import TransportPool
     from seamless_service.client.transport.pooled import PooledTransport
