@@ -243,7 +243,7 @@ class Host:
         return {"host": self.name, "transport": self._kind, **(transport.describe() if transport is not None else {})}
 
     def close(self) -> None:
-        """Close the tunnel (inside the client daemon, the pooled connection stays open)."""
+        """Close the tunnel (inside the tunnel keeper, the pooled connection stays open)."""
         with self._lock:
             self._closed = True
             transport, self._transport = self._transport, None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import ConnectionFailed, OpError
-from ..config.selection import SERVICES
+from ..config.selection import SERVICES, Selection
 from ..transport.base import Op, Result, Transport
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
@@ -32,12 +33,21 @@ def add_selection_args(parser: argparse.ArgumentParser, *, service_required: boo
     group.add_argument("--stage", help="stage (`stage NAME:` blocks of seamless.yaml apply)")
     group.add_argument("--substage", help="substage (jobserver/daskserver)")
     # default None, not "rw": cluster-wide commands filter on --mode only when it was given
-    # (Selection.from_args turns None into "rw" for resolution, as seamless-config's default).
+    # (selection_of turns None into "rw" for resolution, as seamless-config's default).
     group.add_argument("--mode", choices=("ro", "rw"), default=None,
                        help="read-only or read-write hashserver/database (default rw)")
     group.add_argument("--queue", help="queue (daskserver, pure-daskserver)")
     group.add_argument("--frontend-name", dest="frontend_name", metavar="HOSTNAME",
                        help="use the frontend whose `hostname` is HOSTNAME")
+
+
+def selection_of(args: argparse.Namespace, **override: Any) -> Selection:
+    """The selection flags as a Selection (an unset --mode resolves as rw); `override`
+    replaces some of them (e.g. service=...)."""
+    values = {name: getattr(args, name, None) for name in Selection.__dataclass_fields__}
+    values.update(override)
+    values["mode"] = values.get("mode") or "rw"
+    return Selection(**values)
 
 
 def add_transport_args(parser: argparse.ArgumentParser) -> None:
@@ -81,11 +91,24 @@ def transports_from(factory: TransportFactory | None) -> Iterator[None]:
         _factory = previous
 
 
-def open_for(ssh_host: str | None, args: argparse.Namespace) -> Transport:
+@dataclass(frozen=True)
+class TransportOptions:
+    """--transport, --ssh-config and --timeout, typed: how open_for reaches a host."""
+
+    kind: str = "auto"
+    ssh_config: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TransportOptions":
+        return cls(kind=getattr(args, "transport", None) or "auto", ssh_config=getattr(args, "ssh_config", None),
+                   timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT)
+
+
+def open_for(ssh_host: str | None, options: TransportOptions) -> Transport:
     """A transport to `ssh_host` (None: this machine), chosen by --transport."""
     if _factory is not None:
         return _factory(ssh_host)
-    kind = getattr(args, "transport", None) or "auto"
     try:
         from ..transport.open import open_transport
     except ImportError:
@@ -95,12 +118,8 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Transport:
 
             return LocalTransport()
         raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from None
-    return open_transport(
-        ssh_host, kind,
-        ssh_config=getattr(args, "ssh_config", None),
-        timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT,
-        notice=_notice,
-    )
+    return open_transport(ssh_host, options.kind, ssh_config=options.ssh_config, timeout=options.timeout,
+                          notice=_notice)
 
 
 def open_local() -> Transport:

@@ -99,8 +99,13 @@ def main(argv: Sequence[str] | None = None, *, transport_factory: "TransportFact
     if not args.command:
         parser.print_help()
         return 2
+    from ..config.client_config import ClientConfig
     from .common import transports_from  # loaded already, by the subcommands' parsers
 
+    # What every command is handed besides its flags: the configuration, read at most once
+    # for the command (on first use), and the command line as typed (the watch header).
+    args.config = ClientConfig()
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         with transports_from(transport_factory):
             return int(args.func(args) or 0)

@@ -9,11 +9,11 @@ included) at level 0, so both views say the same about one directory.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+from ..config.client_config import ClientConfig
 from ..errors import UsageError
-from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
+from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, PsRequest, persistent_part, ps_args, settle_sizes
 from ..query.rows import persistent_row
 from ..transport.base import Transport
 
@@ -21,12 +21,12 @@ from ..transport.base import Transport
 class LocalServerQuery(HostQuery):
     """Server rows of this machine (+ their data dirs with --persistent, health with --health)."""
 
-    def __init__(self, args: argparse.Namespace):
-        parts = [Part("process", ps_args(args, side="server"))]
-        if getattr(args, "health", False):
+    def __init__(self, request: PsRequest):
+        parts = [Part("process", ps_args(request, side="server"))]
+        if request.health:
             parts.append(Part("health", {}))
         super().__init__(None, "this machine", parts)
-        self.persistent = bool(args.persistent)
+        self.persistent = request.persistent
 
     def run(self, transport: Transport, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
@@ -75,7 +75,7 @@ class LocalServerQuery(HostQuery):
 
 
 
-def check_cluster(cluster: str | None) -> None:
+def check_cluster(cluster: str | None, config: ClientConfig) -> None:
     """`ps --local --cluster C` that found nothing: a typo must not look like an idle machine.
 
     --cluster filters this machine's rows by the cluster their keys name, which needs no
@@ -84,9 +84,7 @@ def check_cluster(cluster: str | None) -> None:
     other name a usage error, as `ps --cluster C` says it."""
     if not cluster:
         return
-    from ..config.clusters import known_clusters
-
-    known = known_clusters()
+    known = config.cluster_names()
     if cluster not in known:
         where = f"known: {', '.join(known)}" if known else "no clusters defined in ~/.seamless/clusters.yaml"
         raise UsageError(f"--cluster {cluster!r} matches no service on this machine and is not a configured "

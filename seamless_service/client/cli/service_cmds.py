@@ -31,16 +31,14 @@ import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import OpError, ServiceError, UsageError
-from ..config.clusters import cluster_hosts
-from ..config.resolve import resolve_service
-from ..config.selection import PERSISTENT_SERVICES, Selection
+from ..config.selection import PERSISTENT_SERVICES
 from ..transport.base import Transport
-from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
+from .common import (TransportOptions, add_selection_args, add_transport_args, call_one, open_for, open_local,
+                     selection_of)
 from .targets import Target, add_target_args, pick_target, uses_target
 
 PROG = "seamless-service"
@@ -196,7 +194,7 @@ def _err(message: str) -> None:
 
 @contextlib.contextmanager
 def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Transport]:
-    transport = open_for(host, args)
+    transport = open_for(host, TransportOptions.from_args(args))
     try:
         yield transport
     finally:
@@ -249,7 +247,7 @@ def _write_bytes(data: bytes) -> None:
 def run_resolve(args: argparse.Namespace) -> int:
     # Defect #3 kept on purpose: like seamless-service-resolve, read seamless.yaml only from
     # --workdir; reading the cwd too would change the output for the same inputs.
-    resolved = resolve_service(Selection.from_args(args), from_cwd=False)
+    resolved = args.config.resolve(selection_of(args), from_cwd=False)
     print(json.dumps(resolved.resolve_json(), sort_keys=True))
     return 0
 
@@ -297,13 +295,10 @@ def _print_whole_log(transport: Transport, key: str) -> int:
 
 
 def _sleep(seconds: float) -> bool:
-    """Sleep; True if the command was cancelled meanwhile (the daemon's caller went away)."""
-    from ..transport import pool
+    """Sleep; True if the command was cancelled meanwhile (the keeper's caller went away)."""
+    from ..transport.pool import default_pool
 
-    if pool.in_daemon():
-        return pool.wait_cancelled(seconds)
-    time.sleep(seconds)
-    return False
+    return default_pool.wait_cancelled(seconds)
 
 
 def _follow(transport: Transport, key: str, offset: int) -> int:
@@ -403,7 +398,7 @@ def run_stop(args: argparse.Namespace) -> int:
     if not args.cluster:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
     rc = 0
-    for host in cluster_hosts(args.cluster, args.frontend_name):
+    for host in args.config.cluster_hosts(args.cluster, args.frontend_name):
         try:
             with _transport(host, args) as transport:
                 # Every row, as seamless-service-stop: the stop op signals only live pids that
@@ -469,7 +464,7 @@ def _dry_run_rows(args: argparse.Namespace, verb: str) -> int:
         return 0
     if not args.cluster:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
-    for host in cluster_hosts(args.cluster, args.frontend_name):
+    for host in args.config.cluster_hosts(args.cluster, args.frontend_name):
         with _transport(host, args) as transport:
             _dry_rows(cluster_rows(transport, args, "server"), verb)
     return 0
@@ -485,7 +480,7 @@ def run_rm(args: argparse.Namespace) -> int:
         keys = [target.key]
         hosts_keys = [(target.host, keys)] if do_server else []
     elif args.cluster:
-        hosts_keys = [(host, None) for host in cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
+        hosts_keys = [(host, None) for host in args.config.cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
     else:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
 

@@ -149,9 +149,7 @@ class AutoTransport(Transport):
         # A new agent transport is made if the agent is tried again: a pooled one that
         # failed has been dropped from the pool already (PooledTransport.batch).
         if isinstance(agent, PooledTransport):
-            from . import pool
-
-            pool.drop(agent.pool_name)
+            agent.discard()
         else:
             agent.close()
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import pytest
 
 from seamless_service.client.errors import ConnectionFailed
-from seamless_service.client.transport import pool
+from seamless_service.client.transport.pool import TransportPool
 from seamless_service.client.transport.base import Op, Result, Transport
 from seamless_service.client.transport.mock import MockTransport
 from seamless_service.client.transport.pooled import PooledTransport
@@ -18,8 +18,8 @@ from seamless_service.client.transport.pooled import PooledTransport
 
 @pytest.fixture
 def kept():
-    pool.close_all()
-    yield
+    pool = TransportPool()
+    yield pool
     pool.close_all()
 
 
@@ -31,8 +31,9 @@ def test_a_lease_is_what_it_leases_and_gives_it_the_callers_settings(kept):
     def say(line: str) -> None:
         pass
 
-    inner = pool.get("transport:mock:h#t", lambda: MockTransport(hello, host="h"))
-    lease = PooledTransport("transport:mock:h#t", inner, notice=say, timeout=77.0)
+    pool = kept
+    inner = pool.lease("transport:mock:h#t", lambda: MockTransport(hello, host="h"))
+    lease = PooledTransport("transport:mock:h#t", inner, notice=say, timeout=77.0, pool=pool)
     assert (lease.name, lease.host, lease.kind, lease.label) == ("mock", "h", "mock", "h")
     assert lease.connected_once is False and lease.fallback_reason is None and lease.wait_sizes(1.0) is None
     assert lease.batch([("hello", {})]) == [{"ok": True, "value": {"version": "mock"}}]
@@ -46,9 +47,10 @@ def test_a_lease_whose_host_cannot_answer_drops_it_from_the_pool(kept):
     def down(op: str, args: dict) -> dict:
         raise ConnectionFailed("h", "connection reset")
 
-    inner = pool.get("transport:mock:h#t", lambda: MockTransport(down, host="h"))
+    pool = kept
+    inner = pool.lease("transport:mock:h#t", lambda: MockTransport(down, host="h"))
     with pytest.raises(ConnectionFailed):
-        PooledTransport("transport:mock:h#t", inner).batch([("hello", {})])
+        PooledTransport("transport:mock:h#t", inner, pool=pool).batch([("hello", {})])
     assert pool.peek("transport:mock:h#t") is None and inner.closed
 
 
@@ -84,7 +86,7 @@ def test_auto_does_not_fall_back_from_a_leased_agent_that_connected_before(kept)
     def make_ssh(guarded: Any) -> Transport:
         raise AssertionError("fell back to ssh")
 
-    lease = PooledTransport("transport:agent:h#t", _ConnectedAgent())
+    lease = PooledTransport("transport:agent:h#t", _ConnectedAgent(), pool=kept)
     auto = AutoTransport("h", lambda: lease, make_ssh, notice=print)
     with pytest.raises(AgentUnavailable):
         auto.batch([("ps", {})])
@@ -97,7 +99,7 @@ def test_the_local_transport_waits_for_its_own_sizer(tmp_path, kept):
     from seamless_service.client.transport.local import LocalTransport
 
     with LocalTransport(AgentContext(base=tmp_path)) as local:
-        lease = PooledTransport("transport:local#t", local)
+        lease = PooledTransport("transport:local#t", local, pool=kept)
         assert local.wait_sizes(1.0) is None and lease.wait_sizes(1.0) is None  # no walk was asked for
         local.ctx.shared("sizer", Sizer)  # what a persistent op with sizes starts
         assert local.wait_sizes(1.0) is True and lease.wait_sizes(1.0) is True
