@@ -4,7 +4,6 @@ the lines stderr gets (pure logic: no host, no agent, no configuration)."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any, Callable
 
 from seamless_service.client.errors import ConnectionFailed
@@ -71,8 +70,9 @@ def plan() -> ps_query.Plan:
     return out
 
 
-def args(**given: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{name: None for name in ps_query.PS_FILTERS}, **{"status": None, **given})
+def request(status: str | None = None) -> ps_query.PsRequest:
+    """`ps --all-clusters --persistent --service hashserver`, as the CLI asks it."""
+    return ps_query.PsRequest(view="all", filters={"service": "hashserver"}, status=status, persistent=True)
 
 
 def run(mocks: dict[str, MockTransport], **given: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -80,7 +80,7 @@ def run(mocks: dict[str, MockTransport], **given: Any) -> tuple[list[dict[str, A
     planned = plan()
     outcomes = ps_query.run_all(planned.list(), mocks.__getitem__, settle=True)
     problems = ps_query.problems_of(planned, outcomes)
-    return ps_query.assemble(outcomes, args(**given)), [p.line for p in problems]
+    return ps_query.assemble(outcomes, request(**given)), [p.line for p in problems]
 
 
 def test_every_host_in_one_batch_then_the_table_and_one_line_per_failure():
