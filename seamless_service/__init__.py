@@ -9,7 +9,7 @@ Public Python API (loaded on first use):
 
 `Host`, `Fleet`, `FleetResult`, `Rows` (client/api.py), `open_transport`
 (client/transport/open.py) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
-`ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
+`TimedOut`, `ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
 
 Kept import-light on purpose: the CLI imports this package on every call, so nothing
 heavy (rpyc, paramiko, sshtunnel) is imported here; the names above are resolved by the
@@ -27,6 +27,7 @@ _LAZY = {
     "ServiceError": "client.errors",
     "ConnectionFailed": "client.errors",
     "AuthFailed": "client.errors",
+    "TimedOut": "client.errors",
     "ProtocolMismatch": "client.errors",
     "OpError": "client.errors",
     "UsageError": "client.errors",
