@@ -166,6 +166,7 @@ def build_wheel(root: Path, out_dir: Path) -> Path:
                 _pip(["wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-q",
                       "-w", str(out), str(copy)], f"building the {DIST_NAME} wheel")
             except DeployError:
+                # the first failure says why (no index, a build error); the fallback's adds nothing
                 raise isolated_error from None
         wheels = list(out.glob("*.whl"))
         if len(wheels) != 1:
