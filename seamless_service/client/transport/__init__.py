@@ -5,6 +5,7 @@
 `ssh` (per-call `ssh HOST rhl-* --json`, ssh.py), `auto` falling back from agent to ssh
 (auto.py). Inside the tunnel keeper, transports are kept in the pool (pool.py) between
 commands, keyed by the caller's inputs (inputs.py), and handed out as leases (pooled.py).
+paramiko, sshtunnel and socket errors become client errors in one place (ssh_errors.py).
 
 Imports nothing from config/, query/, lifecycle/, keeper/ or cli/ (tests/client/test_layering.py).
 """
