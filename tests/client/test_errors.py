@@ -33,6 +33,7 @@ from seamless_service.client.transport.agent_conn import AgentConnection, AgentC
 from seamless_service.client.transport.ssh_errors import map_ssh_error
 from seamless_service.client.transport.tunnel import Tunnel
 from seamless_service.protocol import ErrorCode, ProtocolError
+from tests.client.conftest import wait_until
 from tests.support.agent import end_agent, start_test_agent
 from tests.support.sshd import free_port
 
@@ -138,12 +139,18 @@ def test_wrong_key_on_the_real_sshd_is_auth_failed_with_paramikos_cause(sshd, tm
 # ------------------------------------------------------------------ the agent connection
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task")
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
+
+
 def test_a_frozen_agent_is_a_typed_timeout(tmp_path):
     agent = start_test_agent(tmp_path)
     try:
         with AgentConnection.connect("127.0.0.1", agent["port"], agent["secret"]) as conn:
             assert conn.batch([("hello", {})])[0]["ok"]
             os.kill(agent["pid"], signal.SIGSTOP)
+            wait_until(lambda: _all_threads_stopped(agent["pid"]))  # a busy machine may take a moment
             try:
                 with pytest.raises(AgentTimeout) as info:
                     conn.batch([("ps", {})], timeout=0.5)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..errors import ConnectionFailed, OpError
 from ..config.selection import SERVICES
+from ..transport.base import Op, Result, Transport
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
 DEFAULT_TIMEOUT = 30.0
+
+TransportFactory = Callable[[str | None], Transport]   # ssh host (None: this machine) -> transport
+# Set only by main(argv, transport_factory=...) for the length of one command, so tests run
+# the CLI in-process on MockTransports; no flag or environment variable reaches it.
+_factory: TransportFactory | None = None
 
 
 def add_selection_args(parser: argparse.ArgumentParser, *, service_required: bool = False,
@@ -64,8 +71,21 @@ def _notice(message: str) -> None:
     print(message if message.startswith(prefix) else prefix + message, file=sys.stderr, flush=True)
 
 
-def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def transports_from(factory: TransportFactory | None) -> Iterator[None]:
+    """While inside, open_for and open_local return `factory(host)` (None: as usual)."""
+    global _factory
+    previous, _factory = _factory, factory
+    try:
+        yield
+    finally:
+        _factory = previous
+
+
+def open_for(ssh_host: str | None, args: argparse.Namespace) -> Transport:
     """A transport to `ssh_host` (None: this machine), chosen by --transport."""
+    if _factory is not None:
+        return _factory(ssh_host)
     kind = getattr(args, "transport", None) or "auto"
     try:
         from ..transport.open import open_transport
@@ -84,33 +104,29 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
     )
 
 
-def open_local() -> Any:
+def open_local() -> Transport:
     """The in-process transport on this machine's launcher state (client files live here)."""
+    if _factory is not None:
+        return _factory(None)
     from ..transport.local import LocalTransport
 
     return LocalTransport()
 
 
-def _label(transport: Any) -> str | None:
-    """Host shown in error messages; none for this machine."""
-    host = getattr(transport, "host", None)
-    return None if host in (None, "localhost") else host
-
-
-def call_batch(transport: Any, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def call_batch(transport: Transport, ops: list[Op]) -> list[Result]:
     """One round trip; the raw results ({"ok", "value"|"error"}), in order."""
     return transport.batch(ops)
 
 
-def call_one(transport: Any, op: str, args: dict[str, Any]) -> Any:
+def call_one(transport: Transport, op: str, args: dict[str, Any]) -> Any:
     """The value of one op, or OpError (code, message, host)."""
     from ..transport.local import unwrap
 
-    return unwrap(call_batch(transport, [(op, args)])[0], host=_label(transport))
+    return unwrap(call_batch(transport, [(op, args)])[0], host=transport.label)
 
 
-def error_of(result: dict[str, Any], transport: Any) -> OpError | None:
+def error_of(result: Result, transport: Transport) -> OpError | None:
     """The OpError of a failed raw result, else None."""
     if result.get("ok"):
         return None
-    return OpError.from_result(result.get("error"), _label(transport))
+    return OpError.from_result(result.get("error"), transport.label)

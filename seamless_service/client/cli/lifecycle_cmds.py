@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import OpError, UsageError
 from ..lifecycle.control import (
@@ -43,6 +43,7 @@ from ..lifecycle.control import (
 from ..config.clusters import cluster_hosts
 from ..config.resolve import KeyNotResolvable, resolve_key, resolve_service
 from ..config.selection import PERSISTENT_SERVICES, Resolved, Selection
+from ..transport.base import Transport
 from .common import add_selection_args, add_transport_args, open_for
 from .targets import add_target_args, check_target_args, local_rows
 
@@ -239,7 +240,8 @@ def _report(resolved: Resolved, value: dict[str, Any], as_json: bool) -> int:
     return 1 if value["outcome"] == "failed" else 0
 
 
-def _each(args: argparse.Namespace, services: list[Resolved], act) -> int:
+def _each(args: argparse.Namespace, services: list[Resolved],
+          act: Callable[[Transport, Resolved], dict[str, Any]]) -> int:
     rc = 0
     for resolved in services:
         transport = open_for(resolved.ssh_host, args)
@@ -266,7 +268,7 @@ def run_start(args: argparse.Namespace) -> int:
 def run_restart(args: argparse.Namespace) -> int:
     services = selected_services(args, running_only=True)
 
-    def act(transport: Any, resolved: Resolved) -> dict[str, Any]:
+    def act(transport: Transport, resolved: Resolved) -> dict[str, Any]:
         value = restart_service(transport, resolved.config, timeout=args.start_timeout, progress=_progress)
         if value.get("rotated_log") and not args.json:
             _progress(f"{value['key']}: previous log kept as {value['rotated_log']}")

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 from ..errors import UsageError
 from ..query.rows import PERSISTENT_STATUS
+from ..transport.base import Transport
 from .common import add_selection_args, add_transport_args
 
 HELP = """\
@@ -174,9 +175,9 @@ class _Opener:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self._opened: dict[str | None, Any] = {}
+        self._opened: dict[str | None, Transport] = {}
 
-    def __call__(self, host: str | None) -> Any:
+    def __call__(self, host: str | None) -> Transport:
         transport = self._opened.get(host)
         if transport is None:
             from .common import open_for

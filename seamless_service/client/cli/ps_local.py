@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import UsageError
 from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
 from ..query.rows import persistent_row
+from ..transport.base import Transport
 
 
 class LocalServerQuery(HostQuery):
@@ -27,14 +28,14 @@ class LocalServerQuery(HostQuery):
         super().__init__(None, "this machine", parts)
         self.persistent = bool(args.persistent)
 
-    def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
+    def run(self, transport: Transport, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
         out = super().run(transport, wait=wait, settle=False)
         if self.persistent and not out.failed:
             self._workdir_rows(transport, out, settle=settle)
         return out
 
-    def _workdir_rows(self, transport: Any, out: Outcome, *, settle: bool) -> None:
+    def _workdir_rows(self, transport: Transport, out: Outcome, *, settle: bool) -> None:
         asked: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for row in out.process:
             service = row.get("service") or ""
@@ -51,7 +52,7 @@ class LocalServerQuery(HostQuery):
         if settle and any(row.get("size_state") == "pending" for row, _ in asked):
             settle_sizes(transport, lambda: self._attach(transport, out, asked))
 
-    def _attach(self, transport: Any, out: Outcome, asked: list) -> list[dict[str, Any]]:
+    def _attach(self, transport: Transport, out: Outcome, asked: list) -> list[dict[str, Any]]:
         """Ask for the workdirs and put their data on their rows; returns those rows."""
         # One batch: every directory is one op, so a path the policy refuses fails alone.
         for (owner, _), result in zip(asked, transport.batch([("persistent", a) for _, a in asked])):

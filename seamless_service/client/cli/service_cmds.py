@@ -40,6 +40,7 @@ from ..errors import OpError, ServiceError, UsageError
 from ..config.clusters import cluster_hosts
 from ..config.resolve import resolve_service
 from ..config.selection import PERSISTENT_SERVICES, Selection
+from ..transport.base import Transport
 from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
 from .targets import Target, add_target_args, pick_target, uses_target
 
@@ -195,7 +196,7 @@ def _err(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Any]:
+def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Transport]:
     transport = open_for(host, args)
     try:
         yield transport
@@ -222,7 +223,7 @@ def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
     return filters
 
 
-def cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+def cluster_rows(transport: Transport, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
     """The `side` rows ("server" or "client") of this host that --cluster and the filters
     select (#12) and that can be acted on by key (cluster-wide stop/rm, restart --cluster)."""
     rows = call_one(transport, "ps", {"side": side, **_cluster_filters(args)})["rows"]
@@ -284,7 +285,7 @@ def run_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_whole_log(transport: Any, key: str) -> int:
+def _print_whole_log(transport: Transport, key: str) -> int:
     """Print the log as it is now, in pages; return the offset after it."""
     offset, end = 0, None
     while True:
@@ -306,7 +307,7 @@ def _sleep(seconds: float) -> bool:
     return False
 
 
-def _follow(transport: Any, key: str, offset: int) -> int:
+def _follow(transport: Transport, key: str, offset: int) -> int:
     try:
         while True:
             if _sleep(FOLLOW_INTERVAL):
@@ -448,7 +449,7 @@ def _report_rm(results: list[dict[str, Any]], side: str, where: str) -> tuple[in
     return rc, refused
 
 
-def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool, where: str) -> tuple[int, set[str]]:
+def _rm_on(transport: Transport, keys: list[str], *, side: str, force: bool, where: str) -> tuple[int, set[str]]:
     rc, refused = 0, set()
     flags = {"server": True} if side == "server" else {"client": True}
     for chunk in _chunks(keys):
@@ -567,6 +568,6 @@ def run_clear(args: argparse.Namespace) -> int:
     return 0 if value.get("ok") else 1
 
 
-def _state_workdir(transport: Any, target: Target) -> str | None:
+def _state_workdir(transport: Transport, target: Target) -> str | None:
     workdir = call_one(transport, "inspect", {"key": target.key})["data"].get("workdir")
     return workdir if isinstance(workdir, str) else None

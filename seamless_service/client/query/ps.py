@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable
 
 from ..errors import ServiceError, UsageError
+from ..transport.base import Op, Result, Transport
 from .rows import (
     PERSISTENT_STATUS,
     attach_health,
@@ -116,7 +117,7 @@ class HostQuery:
     def add(self, part: Part) -> None:
         self.parts.append(part)
 
-    def ops(self) -> list[tuple[str, dict[str, Any]]]:
+    def ops(self) -> list[Op]:
         return [(p.op, p.args) for p in self.parts]
 
     def error(self, message: str, part: Part | None = None) -> HostError:
@@ -130,7 +131,7 @@ class HostQuery:
                 names[each.cluster] = None
         return HostError(self.label, message, self.host, tuple(names) or (None,))
 
-    def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
+    def run(self, transport: Transport, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
         """Ask the host (one round trip, plus the follow-ups described above)."""
         out = Outcome(self)
@@ -190,7 +191,7 @@ class HostQuery:
         return [persistent_row(r, part.service or "", part.cluster, root=part.root, host=self.host)
                 for r in rows]
 
-    def _message(self, part: Part, result: dict[str, Any]) -> HostError:
+    def _message(self, part: Part, result: Result) -> HostError:
         error = result.get("error") or {}
         message = str(error.get("message") or error.get("code") or "unknown error")
         if not message.startswith(f"{part.op}:"):
@@ -199,7 +200,7 @@ class HostQuery:
 
     # -- follow-ups --------------------------------------------------------------------
 
-    def _follow_subprojects(self, transport: Any, out: Outcome) -> list[tuple[Part, dict[str, Any]]]:
+    def _follow_subprojects(self, transport: Transport, out: Outcome) -> list[tuple[Part, dict[str, Any]]]:
         """#10: walk the subproject directories the root walk found, one level deeper."""
         follow: list[tuple[Part, dict[str, Any]]] = []
         for part in self.parts:
@@ -225,7 +226,7 @@ class HostQuery:
                     out.persistent.append(row)
         return follow
 
-    def _settle(self, transport: Any, out: Outcome, asked: list[tuple[Part, dict[str, Any]]]) -> None:
+    def _settle(self, transport: Transport, out: Outcome, asked: list[tuple[Part, dict[str, Any]]]) -> None:
         """Sizes never measured yet: ask the persistent ops again once they are (bounded)."""
 
         def ask() -> list[dict[str, Any]] | None:
@@ -256,7 +257,7 @@ def _pending(rows: Iterable[dict[str, Any]]) -> bool:
     return any(row.get("size_state") == "pending" for row in rows)
 
 
-def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
+def settle_sizes(transport: Transport, ask: Callable[[], list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
     """New rows from `ask()` once the agent's sizer measured what it had never measured, or
     None (nothing better). A poll never waits for a walk on the agent, so a directory seen
     for the first time (the first call after the agent started) says "pending":
@@ -264,9 +265,9 @@ def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None])
     * remote agent: ask again a few times, at most SETTLE_REMOTE seconds in all; a walk
       that takes longer stays "pending" (the next call, or the next --watch round, has it).
     """
-    sizer = local_sizer(transport)
-    if sizer is not None:
-        return ask() if sizer.wait_idle(SETTLE_SECONDS) else None
+    measured = transport.wait_sizes(SETTLE_SECONDS)
+    if measured is not None:
+        return ask() if measured else None
     from ..transport import pool
 
     deadline = time.monotonic() + SETTLE_REMOTE
@@ -287,20 +288,10 @@ def _is_subproject_dir(path: str, root: str) -> bool:
     return project is not None and subproject is not None and stage is None and "/" not in subproject
 
 
-def local_sizer(transport: Any) -> Any | None:
-    """The sizer of an in-process (local) transport that already started one, else None."""
-    ctx = getattr(transport, "ctx", None)
-    extras = getattr(ctx, "extras", None)
-    if not isinstance(extras, dict):
-        return None
-    sizer = extras.get("sizer")
-    return sizer if hasattr(sizer, "wait_idle") else None
-
-
 # -- running queries --------------------------------------------------------------------
 
 
-Opener = Callable[[str | None], Any]
+Opener = Callable[[str | None], Transport]  # host (None: this machine) -> its transport
 
 
 def run_one(query: HostQuery, opener: Opener, *, settle: bool = False,

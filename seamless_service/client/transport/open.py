@@ -20,13 +20,12 @@ the files the transport read (inputs.py).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ..errors import UsageError
 from .auto import AutoTransport
-from .base import Notice
+from .base import Notice, Transport
 from .choice import remembered_choice
-from .pooled import lease
+from .pooled import PooledTransport, lease
 
 KINDS = ("auto", "agent", "ssh", "local")
 
@@ -39,7 +38,7 @@ REMOTE_ENV = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK", "
 
 def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os.PathLike | None = None,
                    timeout: float | None = None, notice: Notice | None = None,
-                   accept_new_host_key: bool = False) -> Any:
+                   accept_new_host_key: bool = False) -> Transport:
     """A transport to `host` (None: this machine). See the module docstring for `kind`.
 
     Nothing connects here: the first batch() does (and may deploy the agent).
@@ -70,7 +69,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
 # --------------------------------------------------------------------------- factories
 
 
-def _make_local() -> Any:
+def _make_local() -> Transport:
     from .local import LocalTransport
 
     return LocalTransport()
@@ -84,19 +83,19 @@ def _local_inputs() -> tuple[str, str | None]:
     return os.path.abspath(paths.base_dir()), os.environ.get("HOME")
 
 
-def _remote_inputs() -> Any:
+def _remote_inputs() -> tuple[tuple[str, str | None], ...]:
     from .inputs import env_values
 
     return env_values(REMOTE_ENV)
 
 
-def _key(kind: str, host: str, ssh_config: Any) -> str:
+def _key(kind: str, host: str, ssh_config: str | None) -> str:
     # The same alias under another ssh config is another host.
     return f"transport:{kind}:{host}" + (f"|{os.fspath(ssh_config)}" if ssh_config is not None else "")
 
 
-def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
-           accept_new_host_key: bool) -> Any:
+def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
+           accept_new_host_key: bool) -> Transport:
     from .agent import DEFAULT_TIMEOUT, AgentTransport
 
     def factory() -> AgentTransport:
@@ -104,11 +103,11 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
                               accept_new_host_key=accept_new_host_key, notice=notice)
 
     return lease(_key("agent", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
-                   timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key)
+                 timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key)
 
 
-def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
-         accept_new_host_key: bool, guarded: bool | None = None) -> Any:
+def _ssh(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
+         accept_new_host_key: bool, guarded: bool | None = None) -> Transport:
     from .ssh import DEFAULT_TIMEOUT, SshTransport
 
     def factory() -> SshTransport:
@@ -116,7 +115,9 @@ def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | 
                             guarded=guarded, notice=notice)
 
     leased = lease(_key("ssh", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
-                     timeout=timeout or DEFAULT_TIMEOUT)
-    if guarded and getattr(leased, "guarded", None) is None:
-        leased.guarded = guarded
+                   timeout=timeout or DEFAULT_TIMEOUT)
+    # A kept ssh transport made before rhl-guard was known to force its key learns it now.
+    ssh = leased.inner if isinstance(leased, PooledTransport) else leased
+    if guarded and isinstance(ssh, SshTransport) and ssh.guarded is None:
+        ssh.guarded = guarded
     return leased

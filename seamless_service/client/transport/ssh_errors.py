@@ -28,15 +28,17 @@ def map_ssh_error(host: str, exc: BaseException, *, doing: str | None = None,
     `port`: the agent's port a `direct-tcpip` channel was asked for; a refused channel is
     then ForwardingRefused (sshd forbids forwarding) or AgentUnreachable (nothing listens).
     """
+    import paramiko  # loaded already: every error mapped here comes from an SSH connection
+
     from ...deploy import AuthFailed as SshAuthFailed, HostKeyChanged, HostKeyUnknown, RemoteTimeout
 
-    if port is not None and _channel_refused(exc):
-        code, text = getattr(exc, "code", None), getattr(exc, "text", "")
-        if code == SSH_OPEN_ADMINISTRATIVELY_PROHIBITED:
-            return ForwardingRefused(host, f"the SSH server refuses port forwarding ({text}); "
+    if port is not None and isinstance(exc, paramiko.ChannelException):
+        if exc.code == SSH_OPEN_ADMINISTRATIVELY_PROHIBITED:
+            return ForwardingRefused(host, f"the SSH server refuses port forwarding ({exc.text}); "
                                      "the agent cannot be reached through SSH")
         # SSH_OPEN_CONNECT_FAILED: sshd's connect() to the port was refused
-        return AgentUnreachable(host, f"nothing listens on the agent's port {port} ({text or 'connect failed'})")
+        return AgentUnreachable(host, f"nothing listens on the agent's port {port} "
+                                f"({exc.text or 'connect failed'})")
     message = f"{doing}: {reason(exc)}" if doing else reason(exc)
     if isinstance(exc, (SshAuthFailed, HostKeyChanged, HostKeyUnknown)):
         return AuthFailed(host, message)
@@ -48,9 +50,3 @@ def map_ssh_error(host: str, exc: BaseException, *, doing: str | None = None,
 def reason(exc: BaseException) -> str:
     """The lower layer's one-line reason (sshtunnel keeps it in `.value`)."""
     return str(getattr(exc, "value", None) or exc) or type(exc).__name__
-
-
-def _channel_refused(exc: BaseException) -> bool:
-    import paramiko
-
-    return isinstance(exc, paramiko.ChannelException)

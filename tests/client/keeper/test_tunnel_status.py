@@ -140,9 +140,12 @@ def test_a_lease_marks_its_connection_used_when_its_call_ends():
     """A long call (a watch's `wait`) leaves the connection used at its end, not at the
     start of the command that leased it."""
     from seamless_service.client.transport import pool
+    from seamless_service.client.transport.base import Transport
     from seamless_service.client.transport.pooled import PooledTransport
 
-    class Slow:
+    class Slow(Transport):
+        name, host = "slow", "h"
+
         def batch(self, ops):
             time.sleep(0.3)
             return []
