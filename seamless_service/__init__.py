@@ -11,7 +11,7 @@ Public Python API (loaded on first use):
 (client/transport/open.py), `Transport` (client/transport/base.py: what every transport
 offers), `MockTransport` (client/transport/mock.py: answers from a function, for tests:
 `Host("h", transport=MockTransport(handler))`) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
-`ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
+`TimedOut`, `ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
 
 Kept import-light on purpose: the CLI imports this package on every call, so nothing
 heavy (rpyc, paramiko, sshtunnel) is imported here; the names above are resolved by the
@@ -31,6 +31,7 @@ _LAZY = {
     "ServiceError": "client.errors",
     "ConnectionFailed": "client.errors",
     "AuthFailed": "client.errors",
+    "TimedOut": "client.errors",
     "ProtocolMismatch": "client.errors",
     "OpError": "client.errors",
     "UsageError": "client.errors",

@@ -61,8 +61,7 @@ def _keys(keys: str | Iterable[str]) -> list[str]:
 def _result_value(result: Result, host: str) -> Any:
     if result.get("ok"):
         return result.get("value")
-    error = result.get("error") or {}
-    return OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")), host)
+    return OpError.from_result(result.get("error"), host)
 
 
 class Host:

@@ -91,7 +91,7 @@ def _open_private_dir(path: Path, dir_fd: int | None = None, *, any_mode: bool =
             with contextlib.suppress(OSError):
                 if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
                     reason = "it is a symbolic link"
-        raise DemoFolderError(f"cannot use {path}: {reason}") from None
+        raise DemoFolderError(f"cannot use {path}: {reason}") from exc
     st = os.fstat(fd)
     problem = None
     if st.st_uid != os.getuid():

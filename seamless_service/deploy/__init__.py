@@ -39,7 +39,7 @@ class AuthFailed(SshError):
 
 
 class RemoteTimeout(SshError):
-    """A remote command did not finish in time."""
+    """The host did not answer in time: connecting to it, or a remote command."""
 
 
 __all__ = [

@@ -56,7 +56,7 @@ def _session(host: str, ssh_config: str | os.PathLike | None, accept_new_host_ke
         try:
             sftp = conn.open_sftp()
         except (paramiko.SSHException, OSError) as exc:
-            raise SshError(f"SFTP is not available on {host}: {exc}") from None
+            raise SshError(f"SFTP is not available on {host}: {exc}") from exc
         try:
             yield conn, sftp
         finally:
@@ -65,7 +65,7 @@ def _session(host: str, ssh_config: str | os.PathLike | None, accept_new_host_ke
         raise
     except (paramiko.SSHException, OSError, EOFError) as exc:
         # The session broke mid-way (server gone, network): one line, no traceback.
-        raise SshError(f"the SSH session with {host} failed: {exc or type(exc).__name__}") from None
+        raise SshError(f"the SSH session with {host} failed: {exc or type(exc).__name__}") from exc
     finally:
         conn.close()
 
@@ -110,11 +110,12 @@ def _read_secret(sftp: paramiko.SFTPClient, path: str, host: str) -> str:
         with sftp.open(path, "r") as fh:
             data = fh.read(SECRET_MAX)
     except IOError as exc:
-        raise DeployError(f"cannot read the agent secret {path} on {host}: {exc.strerror or exc}") from None
+        raise DeployError(f"cannot read the agent secret {path} on {host}: {exc.strerror or exc}") from exc
     try:
         secret = data.decode("ascii").strip()
         secret_key(secret)
     except (UnicodeDecodeError, ValueError):
+        # no cause: a UnicodeDecodeError carries the secret's bytes
         raise DeployError(f"the agent secret {path} on {host} is malformed") from None
     return secret
 
@@ -156,7 +157,7 @@ def deploy(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new
     try:
         cache.store(endpoint)
     except OSError as exc:
-        raise DeployError(f"cannot write the client cache {cache.host_file(host)}: {exc.strerror or exc}") from None
+        raise DeployError(f"cannot write the client cache {cache.host_file(host)}: {exc.strerror or exc}") from exc
     how = "already running" if info.get("reused") else "started"
     progress("ready", f"agent {endpoint.version} {how} on {host}: pid {endpoint.pid}, port {endpoint.remote_port}")
     return endpoint

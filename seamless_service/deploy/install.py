@@ -82,7 +82,7 @@ def layout(sftp: paramiko.SFTPClient) -> Layout:
     try:
         home = sftp.normalize(".")
     except (IOError, paramiko.SSHException) as exc:
-        raise SshError(f"cannot find the home folder on the host over SFTP: {exc}") from None
+        raise SshError(f"cannot find the home folder on the host over SFTP: {exc}") from exc
     return Layout(home=home)
 
 
@@ -146,7 +146,7 @@ class _Staging:
             self.sftp.mkdir(self.path, 0o700)
         except (IOError, paramiko.SSHException) as exc:
             raise DeployError(f"cannot create the upload folder {self.path} on the host: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+                              f"{getattr(exc, 'strerror', None) or exc}") from exc
         return self
 
     def put(self, local: Path) -> str:
@@ -154,7 +154,7 @@ class _Staging:
         try:
             self.sftp.put(str(local), remote, confirm=True)
         except (IOError, paramiko.SSHException) as exc:
-            raise DeployError(f"uploading {local.name} to the host failed: {exc}") from None
+            raise DeployError(f"uploading {local.name} to the host failed: {exc}") from exc
         return remote
 
     def __exit__(self, *exc) -> None:

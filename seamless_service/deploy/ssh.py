@@ -111,7 +111,7 @@ def load_config(ssh_config: str | os.PathLike | None = None) -> paramiko.SSHConf
     try:
         return paramiko.SSHConfig.from_path(str(path))
     except Exception as exc:  # paramiko raises assorted types for syntax it does not know
-        raise SshError(f"cannot parse ssh config {path}: {exc}") from None
+        raise SshError(f"cannot parse ssh config {path}: {exc}") from exc
 
 
 def _split_user(spec: str) -> tuple[str | None, str]:
@@ -154,7 +154,7 @@ def resolve(host: str, config: paramiko.SSHConfig, *, port: int | None = None) -
     try:
         cfg = config.lookup(alias)
     except Exception as exc:  # e.g. `Match exec` failing, bad tokens
-        raise SshError(f"cannot read the ssh config for {alias}: {exc}") from None
+        raise SshError(f"cannot read the ssh config for {alias}: {exc}") from exc
     jump = cfg.get("proxyjump")
     proxy_command = cfg.get("proxycommand")
     try:
@@ -176,7 +176,7 @@ def resolve(host: str, config: paramiko.SSHConfig, *, port: int | None = None) -
             strict_host_key_checking=_strict(cfg.get("stricthostkeychecking"), alias),
         )
     except ValueError as exc:
-        raise SshError(f"bad value in the ssh config for {alias}: {exc}") from None
+        raise SshError(f"bad value in the ssh config for {alias}: {exc}") from exc
     return settings
 
 
@@ -416,12 +416,12 @@ def _open_socket(s: HostSettings, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((s.hostname, s.port), timeout=timeout)
     except socket.gaierror as exc:
-        raise SshError(f"cannot resolve {s.hostname} (host {s.alias}): {exc.strerror}") from None
-    except socket.timeout:
-        raise SshError(f"cannot reach {s.alias} ({s.hostname}:{s.port}): timed out after {timeout:g} s") from None
+        raise SshError(f"cannot resolve {s.hostname} (host {s.alias}): {exc.strerror}") from exc
+    except socket.timeout as exc:
+        raise RemoteTimeout(f"cannot reach {s.alias} ({s.hostname}:{s.port}): timed out after {timeout:g} s") from exc
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-        raise SshError(f"cannot reach {s.alias} ({s.hostname}:{s.port}): {reason}") from None
+        raise SshError(f"cannot reach {s.alias} ({s.hostname}:{s.port}): {reason}") from exc
     _nodelay(sock)
     return sock
 
@@ -478,8 +478,8 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
         # addressed by the HostName/Port that the local config gives them (as `ssh -J`).
         try:
             hops = [_parse_jump(j) for j in s.proxy_jump]
-        except ValueError:
-            raise SshError(f"bad ProxyJump for {s.alias} in the ssh config: {','.join(s.proxy_jump)}") from None
+        except ValueError as exc:
+            raise SshError(f"bad ProxyJump for {s.alias} in the ssh config: {','.join(s.proxy_jump)}") from exc
         sock = None
         for i, (hop, hop_port) in enumerate(hops):
             if i == 0:
@@ -501,13 +501,13 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
                     "direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0), timeout=timeout)
             except (paramiko.SSHException, OSError) as exc:
                 raise SshError(f"jump host {jump.alias} could not reach {nxt.hostname}:{nxt.port} "
-                               f"for {s.alias}: {exc}") from None
+                               f"for {s.alias}: {exc}") from exc
         return sock
     if s.proxy_command:
         try:
             conn._proxy = paramiko.ProxyCommand(s.proxy_command)
         except Exception as exc:
-            raise SshError(f"ProxyCommand for {s.alias} failed to start: {exc}") from None
+            raise SshError(f"ProxyCommand for {s.alias} failed to start: {exc}") from exc
         return conn._proxy
     return None
 
@@ -542,21 +542,21 @@ def _handshake(conn: SSHConnection, sock, mode: str, timeout: float, notice: Not
         )
     except SshError:
         raise
-    except paramiko.PasswordRequiredException:
+    except paramiko.PasswordRequiredException as exc:
         raise AuthFailed(f"authentication to {s.alias} as {s.user} failed: the key is passphrase-protected "
-                         "and nothing may prompt; load it into ssh-agent") from None
-    except paramiko.AuthenticationException:
+                         "and nothing may prompt; load it into ssh-agent") from exc
+    except paramiko.AuthenticationException as exc:
         raise AuthFailed(f"authentication to {s.alias} as {s.user} failed: the server refused "
-                         f"{_offered(s, keys)}") from None
+                         f"{_offered(s, keys)}") from exc
     except paramiko.SSHException as exc:
         if policy.verified:  # past the host key: this is the auth phase
             reason = "no key to offer" if "No authentication methods" in str(exc) else str(exc)
             raise AuthFailed(f"authentication to {s.alias} as {s.user} failed: {reason} "
-                             f"({_offered(s, keys)})") from None
-        raise SshError(f"SSH handshake with {s.alias} ({s.hostname}:{s.port}) failed: {exc}") from None
+                             f"({_offered(s, keys)})") from exc
+        raise SshError(f"SSH handshake with {s.alias} ({s.hostname}:{s.port}) failed: {exc}") from exc
     except (OSError, EOFError) as exc:
         raise SshError(f"SSH connection to {s.alias} ({s.hostname}:{s.port}) failed: "
-                       f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
+                       f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
     transport = conn.get_transport()
     transport.set_keepalive(s.keepalive)
     _nodelay(transport.sock)
@@ -597,11 +597,11 @@ def run(client: paramiko.SSHClient, argv: Sequence[str], *, timeout: float,
         if stdin is not None:
             chan.sendall(stdin)
         chan.shutdown_write()  # EOF on the command's stdin: nothing waits for input
-    except socket.timeout:
+    except socket.timeout as exc:
         chan.close()
-        raise RemoteTimeout(f"{name} did not read its input on the host within {timeout:g} s") from None
+        raise RemoteTimeout(f"{name} did not read its input on the host within {timeout:g} s") from exc
     except (paramiko.SSHException, OSError) as exc:
-        raise SshError(f"cannot run {name} on the host: {exc}") from None
+        raise SshError(f"cannot run {name} on the host: {exc}") from exc
     out, err = bytearray(), bytearray()
     exited_at: float | None = None
     quiet_since = time.monotonic()

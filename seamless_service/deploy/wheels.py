@@ -59,10 +59,10 @@ def _pip(args: list[str], what: str) -> None:
     try:
         proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
                               timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise DeployError(f"{what}: pip did not finish within {PIP_TIMEOUT:g} s") from None
+    except subprocess.TimeoutExpired as exc:
+        raise DeployError(f"{what}: pip did not finish within {PIP_TIMEOUT:g} s") from exc
     except OSError as exc:
-        raise DeployError(f"{what}: cannot run pip: {exc.strerror or exc}") from None
+        raise DeployError(f"{what}: cannot run pip: {exc.strerror or exc}") from exc
     if proc.returncode != 0:
         raise DeployError(f"{what}: pip failed ({proc.returncode}): {_tail(proc.stderr or proc.stdout)}")
 
@@ -77,8 +77,8 @@ def requirements(wheel: Path) -> list[str]:
         with zipfile.ZipFile(wheel) as zf:
             meta = next(n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
             text = zf.read(meta).decode("utf-8")
-    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError):
-        raise DeployError(f"cannot read the metadata of {wheel.name}") from None
+    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as exc:
+        raise DeployError(f"cannot read the metadata of {wheel.name}") from exc
     reqs = []
     for line in text.splitlines():
         if not line.strip():
@@ -166,6 +166,7 @@ def build_wheel(root: Path, out_dir: Path) -> Path:
                 _pip(["wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-q",
                       "-w", str(out), str(copy)], f"building the {DIST_NAME} wheel")
             except DeployError:
+                # the first failure says why (no index, a build error); the fallback's adds nothing
                 raise isolated_error from None
         wheels = list(out.glob("*.whl"))
         if len(wheels) != 1:

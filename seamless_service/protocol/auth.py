@@ -84,6 +84,7 @@ def secret_key(secret: str | bytes) -> bytes:
         try:
             secret = bytes(secret).decode("ascii")
         except UnicodeDecodeError:
+            # no cause: it carries the secret's bytes
             raise ValueError("the agent secret must be hexadecimal text") from None
     if not isinstance(secret, str):
         raise ValueError("the agent secret must be a string")

@@ -45,10 +45,10 @@ def _unpack(data: bytes, *, max_bytes: int, check_depth: bool = True) -> Any:
         obj = msgpack.unpackb(
             bytes(data), raw=False, strict_map_key=True, use_list=True,
         )
-    except msgpack.ExtraData:
-        raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after the msgpack message") from None
+    except msgpack.ExtraData as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after the msgpack message") from exc
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.MALFORMED, f"not a valid msgpack message: {type(exc).__name__}") from None
+        raise ProtocolError(ErrorCode.MALFORMED, f"not a valid msgpack message: {type(exc).__name__}") from exc
     if check_depth and _depth(obj) > MAX_NESTING:
         raise ProtocolError(ErrorCode.MALFORMED, f"message nests deeper than {MAX_NESTING} levels")
     return obj

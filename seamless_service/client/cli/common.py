@@ -68,6 +68,7 @@ def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        # argparse shows only the message; float()'s own says the same
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value <= 86400:
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, not {text}")
@@ -111,13 +112,13 @@ def open_for(ssh_host: str | None, options: TransportOptions) -> Transport:
         return _factory(ssh_host)
     try:
         from ..transport.open import open_transport
-    except ImportError:
+    except ImportError as exc:
         # transport/open.py is not part of this build yet: this machine still works in-process.
         if ssh_host is None:
             from ..transport.local import LocalTransport
 
             return LocalTransport()
-        raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from None
+        raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from exc
     return open_transport(ssh_host, options.kind, ssh_config=options.ssh_config, timeout=options.timeout,
                           notice=_notice)
 
@@ -147,6 +148,4 @@ def error_of(result: Result, transport: Transport) -> OpError | None:
     """The OpError of a failed raw result, else None."""
     if result.get("ok"):
         return None
-    error = result.get("error") or {}
-    return OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")),
-                   transport.label)
+    return OpError.from_result(result.get("error"), transport.label)

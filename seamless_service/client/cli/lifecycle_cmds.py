@@ -161,7 +161,7 @@ def _by_key(key: str, args: argparse.Namespace, verb: str, *, several: bool = Fa
     try:
         return args.config.resolve_key(key, cluster=args.cluster, frontend_name=args.frontend_name)
     except KeyNotResolvable as exc:
-        raise _unresolvable(exc, verb, several=several) from None
+        raise _unresolvable(exc, verb, several=several) from exc
 
 
 def _on_chosen_host(resolved: Resolved, args: argparse.Namespace) -> Resolved:

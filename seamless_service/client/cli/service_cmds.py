@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from ...protocol.errors import ErrorCode
 from ..errors import OpError, ServiceError, UsageError
 from ..config.selection import PERSISTENT_SERVICES
 from ..transport.base import Transport
@@ -310,7 +311,7 @@ def _follow(transport: Transport, key: str, offset: int) -> int:
                 try:
                     value = call_one(transport, "logs", {"key": key, "offset": offset, "max_bytes": LOG_PAGE})
                 except OpError as exc:
-                    if exc.code == "not_found":  # between a removal and a relaunch: keep waiting
+                    if exc.code == ErrorCode.NOT_FOUND:  # between a removal and a relaunch: keep waiting
                         break
                     raise
                 if value["reset"]:
@@ -549,7 +550,8 @@ def run_clear(args: argparse.Namespace) -> int:
         try:
             value = call_one(transport, "clear", {"path": path, "key": target.key, "force": args.force})
         except OpError as exc:
-            if exc.code == "conflict":  # a service runs there: say how to go ahead anyway
+            if exc.code == ErrorCode.CONFLICT:  # a service runs there: say how to go ahead anyway
+                # the same error with a hint; showing the first one too would be noise
                 raise OpError(exc.code, f"{exc.message} (or pass --force)", exc.host) from None
             raise
     if value.get("stdout"):

@@ -152,6 +152,7 @@ def local_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _local(args: argparse.Namespace) -> Target:
+    from ...protocol.errors import ErrorCode
     from ...protocol.keys import row_meta
     from ..errors import OpError
 
@@ -159,7 +160,7 @@ def _local(args: argparse.Namespace) -> Target:
     wanted = describe_selection(args)
     matching = f" matches {wanted}" if wanted else ""
     if not rows:
-        raise OpError("not_found", f"no service on this machine{matching} (see 'seamless-service ps --local')")
+        raise OpError(ErrorCode.NOT_FOUND, f"no service on this machine{matching} (see 'seamless-service ps --local')")
     if len(rows) > 1:
         plural = f" match {wanted}" if wanted else ""
         raise Ambiguous(f"{len(rows)} services on this machine{plural}; narrow the selection with "

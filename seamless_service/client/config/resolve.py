@@ -115,7 +115,7 @@ def cache_root(sel: Selection) -> str | None:
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ServiceError(f"could not read {path}: {one_line(exc)}") from None
+            raise ServiceError(f"could not read {path}: {one_line(exc)}") from exc
         if not isinstance(data, dict):
             raise ServiceError(f"state file must contain a JSON object: {path}")
         workdir = data.get("workdir")
@@ -162,7 +162,7 @@ def select_stage_first(sel: Selection) -> None:
         try:
             fn(value)
         except ValueError as exc:
-            raise UsageError(f"invalid --{name} {value!r}: {one_line(exc)}") from None
+            raise UsageError(f"invalid --{name} {value!r}: {one_line(exc)}") from exc
 
 
 def _apply_selection(sel: Selection) -> None:
@@ -171,7 +171,7 @@ def _apply_selection(sel: Selection) -> None:
     try:
         _dispatch._select_from_args(sel)
     except ValueError as exc:  # token rules: no '--', 'STAGE-' or '/'
-        raise UsageError(f"invalid selection: {one_line(exc)}") from None
+        raise UsageError(f"invalid selection: {one_line(exc)}") from exc
 
 
 def _check_ready(sel: Selection, *, hint: str) -> None:
@@ -249,7 +249,7 @@ def resolve_service(sel: Selection, *, from_cwd: bool = True) -> Resolved:
             try:
                 key = Configuration.from_mapping(config).key
             except LauncherError as exc:
-                raise UsageError(f"{sel.service}: invalid launcher configuration: {one_line(exc)}") from None
+                raise UsageError(f"{sel.service}: invalid launcher configuration: {one_line(exc)}") from exc
             config["key"] = key
             meta = _dispatch.add_meta(config, sel)
         if sel.service not in PERSISTENT_SERVICES:

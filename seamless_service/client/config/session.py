@@ -176,9 +176,9 @@ def _check_cluster_files() -> None:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read {shown}: {one_line(exc)}") from None
+            raise UsageError(f"cannot read {shown}: {one_line(exc)}") from exc
         except yaml.YAMLError as exc:
-            raise UsageError(_yaml_error(exc, shown)) from None
+            raise UsageError(_yaml_error(exc, shown)) from exc
         if data is None:
             raise UsageError(f"{shown} is empty: define clusters in it (name: definition) or remove it")
         if not isinstance(data, dict):
@@ -195,21 +195,21 @@ def config_errors(what: str) -> Iterator[None]:
     except ServiceError:
         raise
     except yaml.YAMLError as exc:  # seamless.yaml, seamless.profile.yaml: the mark names the file
-        raise UsageError(_yaml_error(exc)) from None
+        raise UsageError(_yaml_error(exc)) from exc
     except AssertionError as exc:
         # define_clusters asserts that local_cluster names a defined cluster
         arg = exc.args[0] if exc.args else None
         if isinstance(arg, tuple) and arg and isinstance(arg[0], str):
-            raise UsageError(f"local_cluster {arg[0]!r} is not a defined cluster") from None
-        raise UsageError(f"{what}: invalid cluster definitions") from None
+            raise UsageError(f"local_cluster {arg[0]!r} is not a defined cluster") from exc
+        raise UsageError(f"{what}: invalid cluster definitions") from exc
     except KeyError as exc:
-        raise UsageError(f"{what}: invalid cluster definition: missing {one_line(exc)!r}") from None
+        raise UsageError(f"{what}: invalid cluster definition: missing {one_line(exc)!r}") from exc
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        raise UsageError(f"{what}: {_with_example(exc)}") from None
+        raise UsageError(f"{what}: {_with_example(exc)}") from exc
     except ImportError as exc:  # e.g. configure_jobserver needs seamless_remote
-        raise ServiceError(f"{what}: cannot resolve here: {one_line(exc)}") from None
+        raise ServiceError(f"{what}: cannot resolve here: {one_line(exc)}") from exc
     except SystemExit as exc:  # seamless-config's "raise SystemExit(message)"
-        raise UsageError(_strip_prog(str(exc.code))) from None
+        raise UsageError(_strip_prog(str(exc.code))) from exc
 
 
 def _strip_prog(message: str) -> str:

@@ -145,9 +145,9 @@ def check_dir(folder: str, *, create: bool) -> bool:
             _make_private(folder)
             st = os.lstat(folder)
         except OSError as exc:
-            raise KeeperDirError(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
+            raise KeeperDirError(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from exc
     except OSError as exc:
-        raise KeeperDirError(f"cannot use daemon folder {folder}: {exc.strerror}") from None
+        raise KeeperDirError(f"cannot use daemon folder {folder}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise KeeperDirError(f"refusing daemon folder {folder}: not a directory (or a symlink)")
     if st.st_uid != os.getuid():
@@ -167,7 +167,7 @@ def check_dir(folder: str, *, create: bool) -> bool:
         except OSError as exc:
             raise KeeperDirError(
                 f"refusing daemon folder {folder}: mode {mode:o} and cannot chmod 700 ({exc.strerror})"
-            ) from None
+            ) from exc
     path = socket_path(folder)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise KeeperDirError(

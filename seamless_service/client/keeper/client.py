@@ -34,6 +34,7 @@ from ... import __version__
 from ..errors import ServiceError
 from . import INSTALL_DIR, KeeperDirError, check_dir, keeper_dir, log_path, socket_path, uid_name
 from . import framing
+from .framing import ReplyCode
 
 START_TIMEOUT = 10.0      # spawn -> socket answering
 CONNECT_TIMEOUT = 5.0
@@ -62,6 +63,14 @@ class KeeperImpostor(ServiceError):
     pass
 
 
+def refusal(reply: dict[str, Any]) -> ServiceError:
+    """The error for a request the keeper refused (`{"ok": False, "code"?, "error"}`) that
+    the caller does not handle itself (it retries on ReplyCode.RETRY and VERSION)."""
+    if reply.get("code") == ReplyCode.BUSY:
+        return KeeperBusy(reply.get("error") or "the tunnel keeper is busy")
+    return KeeperLost(f"tunnel keeper: {reply.get('error', 'unknown error')}")
+
+
 # -- connecting --------------------------------------------------------------------------
 
 
@@ -80,12 +89,12 @@ def _try_connect(path: str) -> socket.socket | None:
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
-    except socket.timeout:
+    except socket.timeout as exc:
         sock.close()
-        raise KeeperUnavailable(f"the tunnel keeper at {path} does not accept connections") from None
+        raise KeeperUnavailable(f"the tunnel keeper at {path} does not accept connections") from exc
     except OSError as exc:
         sock.close()
-        raise KeeperUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from exc
 
 
 def _check_peer(sock: socket.socket, path: str) -> None:
@@ -108,9 +117,9 @@ def connect(*, start: bool) -> socket.socket:
     try:
         exists = check_dir(folder, create=start)
     except KeeperDirError as exc:
-        raise KeeperUnavailable(str(exc)) from None
+        raise KeeperUnavailable(str(exc)) from exc
     except OSError as exc:
-        raise KeeperUnavailable(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from exc
     path = socket_path(folder)
     sock = _try_connect(path) if exists else None
     if sock is not None:
@@ -153,7 +162,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
     try:
         log_fd = _open_log(folder)
     except OSError as exc:   # e.g. the folder was removed since check_dir made it
-        raise KeeperUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from exc
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "seamless_service.client.keeper.server"],
@@ -161,7 +170,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
             start_new_session=True, close_fds=True,   # no terminal, no Ctrl-C from it
         )
     except OSError as exc:
-        raise KeeperUnavailable(f"cannot start the tunnel keeper: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot start the tunnel keeper: {exc.strerror or exc}") from exc
     finally:
         os.close(log_fd)
     deadline = time.monotonic() + START_TIMEOUT
@@ -188,11 +197,11 @@ def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
         try:
             framing.send(sock, message)
         except OSError as exc:
-            raise KeeperUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from None
+            raise KeeperUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from exc
         try:
             reply = framing.recv(sock)
         except (OSError, framing.FrameError) as exc:
-            raise KeeperLost(f"no answer from the tunnel keeper: {exc}") from None
+            raise KeeperLost(f"no answer from the tunnel keeper: {exc}") from exc
         if reply is None:
             raise KeeperLost("the tunnel keeper closed the connection without answering")
         return reply
@@ -225,9 +234,9 @@ def keeper_status() -> dict[str, Any] | None:
     except NotRunning:
         return None
     if not reply.get("ok"):
-        if reply.get("code") == "retry":   # caught it while exiting
+        if reply.get("code") == ReplyCode.RETRY:   # caught it while exiting
             return None
-        raise KeeperLost(f"tunnel keeper: {reply.get('error')}")
+        raise refusal(reply)
     return reply
 
 
@@ -239,9 +248,9 @@ def keeper_stop(timeout: float = 5.0) -> dict[str, Any] | None:
     except NotRunning:
         return None
     if not reply.get("ok"):
-        if reply.get("code") == "retry":
+        if reply.get("code") == ReplyCode.RETRY:
             return None
-        raise KeeperLost(f"tunnel keeper: {reply.get('error')}")
+        raise refusal(reply)
     # Done when the process is gone, not merely its socket: it closes its connections
     # (pool entries) after removing the socket.
     pid = reply.get("pid")
@@ -307,8 +316,8 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
     err = sys.stderr if stderr is None else stderr
     try:
         req = run_request(argv, out, err, cwd=cwd, env=env)
-    except FileNotFoundError:
-        raise KeeperUnavailable("the current directory no longer exists") from None
+    except FileNotFoundError as exc:
+        raise KeeperUnavailable("the current directory no longer exists") from exc
     if busy_wait is not None:
         req["wait"] = max(0.0, float(busy_wait))
     streams = {"stdout": out, "stderr": err}
@@ -326,7 +335,7 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
                 try:
                     frame = framing.recv(sock)
                 except (OSError, framing.FrameError) as exc:
-                    raise KeeperLost(f"lost the tunnel keeper mid-command: {exc}") from None
+                    raise KeeperLost(f"lost the tunnel keeper mid-command: {exc}") from exc
                 if frame is None:
                     raise KeeperLost("the tunnel keeper closed the connection mid-command")
                 name = frame.get("stream")
@@ -343,15 +352,13 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
                             streams[name].flush()
                     return int(frame.get("exit", 1))
                 code = frame.get("code")
-                if code == "retry":
+                if code == ReplyCode.RETRY:
                     break
-                if code == "busy":
-                    raise KeeperBusy(frame.get("error") or "the tunnel keeper is busy")
-                if code == "version":
+                if code == ReplyCode.VERSION:
                     # Another install or version of seamless-service: replace that keeper.
                     keeper_stop()
                     break
-                raise KeeperLost(f"tunnel keeper: {frame.get('error', 'unknown error')}")
+                raise refusal(frame)
         finally:
             sock.close()
         time.sleep(0.05 * (attempt + 1))

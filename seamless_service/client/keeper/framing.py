@@ -26,6 +26,15 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
 
 
+class ReplyCode:
+    """The `code` of a refused request (`{"ok": False, "code": ..., "error": ...}`); the
+    keeper sends them, the thin client decides on them. A refusal without a code is final."""
+
+    RETRY = "retry"       # the keeper is shutting down: nothing ran; connect again (to a new one)
+    BUSY = "busy"         # another command runs and this one was not to wait; nothing ran
+    VERSION = "version"   # the keeper runs another version or installation; nothing ran
+
+
 class FrameError(Exception):
     """A frame could not be read or decoded; the message is one readable line."""
 
@@ -77,10 +86,10 @@ def _recv_exactly(sock: socket.socket, n: int, *, what: str) -> bytes:
 def decode(body: bytes) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except msgpack.ExtraData:
-        raise FrameError("trailing bytes after the msgpack map") from None
+    except msgpack.ExtraData as exc:
+        raise FrameError("trailing bytes after the msgpack map") from exc
     except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
-        raise FrameError(f"frame is not valid msgpack ({type(exc).__name__})") from None
+        raise FrameError(f"frame is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(obj, dict):
         raise FrameError(f"frame is a msgpack {type(obj).__name__}, not a map")
     return obj

@@ -50,7 +50,7 @@ from ... import __version__
 from . import INSTALL_DIR as INSTALL, KeeperDirError, check_dir, keeper_dir, lock_path, socket_path
 from . import framing
 from ..transport.pool import default_pool
-from .framing import peer_uid
+from .framing import ReplyCode, peer_uid
 
 DEFAULT_IDLE = 15 * 60.0
 DEFAULT_MAIN = "seamless_service.client.cli.main:main"
@@ -647,7 +647,7 @@ class Keeper:
         """Answer one request; False when the connection should be closed."""
         cmd = req.get("cmd")
         if self.stopping is not None and cmd != "ping":
-            return self._send_quietly(conn, {"ok": False, "code": "retry",
+            return self._send_quietly(conn, {"ok": False, "code": ReplyCode.RETRY,
                                              "error": "the tunnel keeper is shutting down"})
         if cmd == "ping":
             return self._send_quietly(conn, self.info())
@@ -685,7 +685,7 @@ class Keeper:
         for field, ours in (("version", __version__), ("install", INSTALL), ("prefix", sys.prefix)):
             theirs = req.get(field)
             if theirs is not None and theirs != ours:
-                self._send_quietly(conn, {"ok": False, "code": "version",
+                self._send_quietly(conn, {"ok": False, "code": ReplyCode.VERSION,
                                           "error": f"tunnel keeper runs {field} {ours}, client is {theirs}"})
                 return
         if self.main is None:
@@ -709,18 +709,18 @@ class Keeper:
                 if session.cancelled:
                     return       # the client left while waiting for its turn
                 if self.stopping is not None:
-                    session.reply({"ok": False, "code": "retry", "error": "the tunnel keeper is shutting down"})
+                    session.reply({"ok": False, "code": ReplyCode.RETRY, "error": "the tunnel keeper is shutting down"})
                     return
                 step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
                 acquired = self.run_lock.acquire(timeout=step)
                 if not acquired and deadline is not None and time.monotonic() >= deadline:
                     with self._activity:
                         self.busy_replies += 1
-                    session.reply({"ok": False, "code": "busy",
+                    session.reply({"ok": False, "code": ReplyCode.BUSY,
                                    "error": "the tunnel keeper is running another command"})
                     return
             if self.stopping is not None:
-                session.reply({"ok": False, "code": "retry", "error": "the tunnel keeper is shutting down"})
+                session.reply({"ok": False, "code": ReplyCode.RETRY, "error": "the tunnel keeper is shutting down"})
                 return
             self.current = session
             session.activate()

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ...protocol.errors import ErrorCode
 from ..errors import OpError, UsageError
 from ..transport.base import Transport
 
@@ -87,12 +88,12 @@ def restart_service(transport: Transport, config: dict[str, Any], *, local_clien
     key = config["key"]
     stop = _call(transport, "stop", {"keys": [key]})["results"][0]
     if not stop["stopped"] and stop["outcome"] != "missing state":
-        raise LifecycleError("conflict", f"{key}: could not be stopped ({stop['outcome']}"
+        raise LifecycleError(ErrorCode.CONFLICT, f"{key}: could not be stopped ({stop['outcome']}"
                              f"{'; ' + stop['detail'] if stop.get('detail') else ''}); not restarted", None)
     if stop["outcome"] != "missing state":
         removed = _call(transport, "rm", {"keys": [key]})["results"][0]
         if removed["outcome"] not in ("removed", "not found"):
-            raise LifecycleError("op_failed", f"{key}: stopped, but its state could not be removed "
+            raise LifecycleError(ErrorCode.OP_FAILED, f"{key}: stopped, but its state could not be removed "
                                  f"({removed['outcome']}); not restarted", None)
     if local_client_files:
         remove_client_file(key)

@@ -54,7 +54,7 @@ def launcher_argv(config: dict[str, Any]) -> list[str]:
         recorder = _Recorder()
         rhl.RemoteState(recorder, cfg, LAUNCHER_SERVER_DIR).launch_process(None)  # type: ignore[arg-type]
     except rhl.LauncherError as exc:
-        raise UsageError(f"invalid launcher configuration: {exc}") from None
+        raise UsageError(f"invalid launcher configuration: {exc}") from exc
     assert recorder.argv is not None
     return recorder.argv
 

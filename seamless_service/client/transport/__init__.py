@@ -11,6 +11,7 @@ function, for tests of the views, the API and the CLI without any host.
 (auto.py). Inside the tunnel keeper, transports are kept in the pool (pool.py: one
 `TransportPool`, `default_pool`, that open_transport leases from) between commands, keyed by
 the caller's inputs (inputs.py), and handed out as leases (pooled.py).
+paramiko, sshtunnel and socket errors become client errors in one place (ssh_errors.py).
 
 Imports nothing from config/, query/, lifecycle/, keeper/ or cli/ (tests/client/test_layering.py).
 """

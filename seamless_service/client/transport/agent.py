@@ -43,8 +43,9 @@ import time
 from typing import Any, Iterator, Sequence
 
 from ... import __version__
-from ...protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
-from ..errors import ConnectionFailed, OpError, ProtocolMismatch
+from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, decode_reply, encode_request
+from ..errors import AgentUnavailable, ConnectionFailed, ProtocolMismatch, TimedOut, from_protocol_error
+from .agent_conn import AgentError, AgentTimeout
 from .base import Notice, Op, Result, Transport
 
 DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
@@ -64,22 +65,6 @@ MIN_RETRY = 1.0
 # Floor of a connection step's timeout once a call's budget is nearly spent: a step gets a
 # chance to finish rather than failing at once with a meaningless 1 ms timeout.
 MIN_STEP = 0.2
-
-
-class AgentUnavailable(ConnectionFailed):
-    """SSH works, but the agent cannot run on this host or cannot be reached there.
-
-    `guarded` is True when the key is forced through rhl-guard (only rhl-* helpers run).
-    `permanent` is True when the host itself keeps the agent out (rhl-guard, forwarding
-    refused by sshd, no usable Python, the install or start refused): worth remembering.
-    False for what the next command may not meet (a timeout, a dropped connection, an
-    agent restarting): the auto transport then uses ssh for this command only.
-    """
-
-    def __init__(self, host: str, message: str, *, guarded: bool = False, permanent: bool = False):
-        super().__init__(host, message)
-        self.guarded = guarded
-        self.permanent = permanent or guarded
 
 
 class Budget:
@@ -173,9 +158,8 @@ class AgentTransport(Transport):
         try:
             request = encode_request(ops)
         except ProtocolError as exc:
-            raise OpError(exc.code, exc.message, self.host) from None
+            raise from_protocol_error(exc, self.host) from exc
         names = [name for name, _ in ops]
-        read_only = all(name in READ_ONLY_OPS for name in names)
         limit = self._call_limit(ops)
         budget = Budget(limit)  # every attempt, repair and close of this call fits in it
         repaired = False
@@ -185,52 +169,56 @@ class AgentTransport(Transport):
             if why is not None:
                 repaired = True
             if budget.spent():  # the connection stays, for the next call
-                raise ConnectionFailed(self.host, f"no answer within {limit:g} s: the time went on "
-                                       "reconnecting to the agent") from None
+                raise TimedOut(self.host, f"no answer within {limit:g} s: the time went on "
+                               "reconnecting to the agent")
             try:
                 reply = conn.call(request, timeout=budget.remaining())
-            except Exception as exc:  # AgentConnectionError: lost, timed out, refused the call
-                cause = _reason(exc)
+            except AgentError as exc:  # lost, timed out, refused the call
                 self._drop(conn)  # at once: AgentConnection.close() never waits for the agent
-                timed_out = "did not answer within" in cause  # agent_conn's timeout wording
-                if timed_out:
-                    cause = f"the agent did not answer within {limit:g} s"  # the whole limit, not what was left
-                self.last_error = cause
-                if timed_out:
-                    # A silent network looks exactly like this while paramiko still calls
-                    # the transport active: the next call must start from a new SSH connection.
-                    self._reset_tunnel()
-                if not read_only:
-                    what = ", ".join(sorted(set(names) - READ_ONLY_OPS))
-                    raise ConnectionFailed(
-                        self.host, f"the connection to the agent broke during {what}: {cause}; the request "
-                        "may have reached the agent, so it was not sent again (check with ps)") from None
-                if timed_out:
-                    # The whole time limit is spent: sending it again would hold the caller
-                    # for as long once more (and tie up one more agent thread).
-                    raise ConnectionFailed(self.host, f"{cause} (the call's time limit; the agent may be stuck "
-                                           "in an operation)") from None
-                if repaired:
-                    raise ConnectionFailed(self.host, f"the agent connection failed again after a repair: "
-                                           f"{cause}") from None
-                if budget.remaining() < MIN_RETRY:
-                    raise ConnectionFailed(self.host, f"the agent connection failed with no time left to "
-                                           f"retry within {limit:g} s: {cause}") from None
+                error = self._after_failed_call(exc, names, limit, budget, repaired=repaired)
+                if error is not None:
+                    raise error from exc
                 continue  # the next _connection() repairs, once, within what is left of the budget
             try:
                 return decode_reply(reply, expected=len(ops))
             except ProtocolError as exc:
-                if exc.code == "version_mismatch":
+                if exc.code == ErrorCode.VERSION_MISMATCH and not repaired:
                     # Refused as a whole before anything ran: safe to resend after a redeploy.
-                    if not repaired:
-                        with self._lock:
-                            self._drop(conn)
-                            self._endpoint = None  # forces deploy, which replaces the agent
-                        repaired = True
-                        self._connection(allow_repair=True, reason="agent upgraded", budget=budget)
-                        continue
-                    raise ProtocolMismatch(f"{self.host}: {exc.message}") from None
-                raise OpError(exc.code, exc.message, self.host) from None
+                    with self._lock:
+                        self._drop(conn)
+                        self._endpoint = None  # forces deploy, which replaces the agent
+                    repaired = True
+                    self._connection(allow_repair=True, reason="agent upgraded", budget=budget)
+                    continue
+                raise from_protocol_error(exc, self.host) from exc
+
+    def _after_failed_call(self, exc: AgentError, names: list[str], limit: float, budget: "Budget", *,
+                           repaired: bool) -> ConnectionFailed | None:
+        """The error to raise for a call that failed once sent, or None: repair and send again."""
+        timed_out = isinstance(exc, AgentTimeout)
+        # a timeout names the call's whole limit, not the part that was left for this attempt
+        cause = f"the agent did not answer within {limit:g} s" if timed_out else _reason(exc)
+        self.last_error = cause
+        if timed_out:
+            # A silent network looks exactly like this while paramiko still calls the
+            # transport active: the next call must start from a new SSH connection.
+            self._reset_tunnel()
+        if any(name not in READ_ONLY_OPS for name in names):
+            what = ", ".join(sorted(set(names) - READ_ONLY_OPS))
+            return (TimedOut if timed_out else ConnectionFailed)(
+                self.host, f"the connection to the agent broke during {what}: {cause}; the request "
+                "may have reached the agent, so it was not sent again (check with ps)")
+        if timed_out:
+            # The whole time limit is spent: sending it again would hold the caller for as
+            # long once more (and tie up one more agent thread).
+            return TimedOut(self.host, f"{cause} (the call's time limit; the agent may be stuck "
+                            "in an operation)")
+        if repaired:
+            return ConnectionFailed(self.host, f"the agent connection failed again after a repair: {cause}")
+        if budget.remaining() < MIN_RETRY:
+            return ConnectionFailed(self.host, f"the agent connection failed with no time left to "
+                                    f"retry within {limit:g} s: {cause}")
+        return None
 
     def configure(self, *, notice: Notice | None = None, timeout: float | None = None,
                   accept_new_host_key: bool | None = None) -> None:
@@ -355,11 +343,11 @@ class AgentTransport(Transport):
             raise
         except _AgentGone as gone:
             if deployed:
-                raise AgentUnavailable(self.host, f"the agent was started but cannot be reached: {gone}") from None
+                raise AgentUnavailable(self.host, f"the agent was started but cannot be reached: {gone}") from gone
             if self._budget.spent():
                 # It did not answer in time (stuck, overloaded): starting it again would not
                 # help within the caller's time limit. Transient: nothing is remembered.
-                raise AgentUnavailable(self.host, f"the agent did not answer in time: {gone}") from None
+                raise AgentUnavailable(self.host, f"the agent did not answer in time: {gone}") from gone
             endpoint, conn = self._redeploy_and_connect("agent restarted",
                                                         "the agent was restarted but cannot be reached")
             deployed = True
@@ -387,7 +375,7 @@ class AgentTransport(Transport):
         try:
             return endpoint, self._connect_agent(endpoint)
         except _AgentGone as again:
-            raise AgentUnavailable(self.host, f"{unreachable}: {again}") from None
+            raise AgentUnavailable(self.host, f"{unreachable}: {again}") from again
 
     def _accept_version(self, info: dict[str, Any], endpoint: Any, why: str | None) -> str:
         """A freshly deployed agent that still differs: usable if only the version differs."""
@@ -417,8 +405,8 @@ class AgentTransport(Transport):
         self._tunnel = tunnel
 
     def _connect_agent(self, endpoint: Any) -> Any:
-        from .agent_conn import AgentConnectionError
-        from .tunnel import CHANNEL_TIMEOUT, AgentUnreachable, ForwardingRefused
+        from ..errors import AgentUnreachable, ForwardingRefused
+        from .tunnel import CHANNEL_TIMEOUT
 
         step = self.connect_timeout if self.connect_timeout is not None else CHANNEL_TIMEOUT
         try:
@@ -427,25 +415,26 @@ class AgentTransport(Transport):
                 call_timeout=self.timeout, via=self.via)
         except ForwardingRefused as exc:
             # sshd's configuration (AllowTcpForwarding no, no-port-forwarding): lasting.
-            raise AgentUnavailable(self.host, _strip_host(self.host, str(exc)), permanent=True) from None
+            raise AgentUnavailable(self.host, _strip_host(self.host, str(exc)), permanent=True) from exc
         except AgentUnreachable as exc:
-            raise _AgentGone(_strip_host(self.host, str(exc))) from None
-        except AgentConnectionError as exc:  # incl. AgentAuthError: restarted with a new secret
+            raise _AgentGone(_strip_host(self.host, str(exc))) from exc
+        except AgentError as exc:  # incl. AgentAuthError: restarted with a new secret
             if not self._tunnel.alive:
-                raise ConnectionFailed(self.host, f"the SSH connection was lost: {exc}") from None
-            raise _AgentGone(str(exc)) from None
+                raise ConnectionFailed(self.host, f"the SSH connection was lost: {exc}") from exc
+            raise _AgentGone(str(exc)) from exc
 
     def _hello(self, conn: Any) -> dict[str, Any]:
         try:
             results = conn.batch([("hello", {})], timeout=self._budget.cap(self.timeout))
         except ProtocolError as exc:
-            if exc.code == "version_mismatch":
+            if exc.code == ErrorCode.VERSION_MISMATCH:
                 return {"protocol": None, "version": None, "error": exc.message}
             conn.close()
-            raise ProtocolMismatch(f"{self.host}: the agent refused hello: {exc.message}") from None
-        except Exception as exc:  # AgentConnectionError
+            raise ProtocolMismatch(f"{self.host}: the agent refused hello: {exc.message}") from exc
+        except Exception as exc:  # AgentError: lost, or timed out
             conn.close()
-            raise ConnectionFailed(self.host, f"the agent did not answer hello: {_reason(exc)}") from None
+            kind = TimedOut if isinstance(exc, AgentTimeout) else ConnectionFailed
+            raise kind(self.host, f"the agent did not answer hello: {_reason(exc)}") from exc
         result = results[0]
         if not result.get("ok") or not isinstance(result.get("value"), dict):
             return {"protocol": None, "version": None}
@@ -477,20 +466,20 @@ class AgentTransport(Transport):
             guard = self._guard_message()
             if guard is not None:
                 raise AgentUnavailable(self.host, "the SSH key allows only rhl-* helpers (rhl-guard)",
-                                       guarded=True) from None
-            from .tunnel import map_ssh_error
+                                       guarded=True) from exc
+            from .ssh_errors import map_ssh_error
 
             if self._tunnel is not None and self._tunnel.alive:
                 # We are logged in, so the host is reachable: what failed is the agent's setup,
                 # over an SSH session that broke or timed out: the next command may succeed.
-                raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}") from None
-            raise map_ssh_error(self.host, exc) from None
+                raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}") from exc
+            raise map_ssh_error(self.host, exc) from exc
         except DeployError as exc:
             # The host refused the install or the start (no usable Python, pip failed, the
             # agent would not start): lasting until someone changes the host.
             guard = self._guard_message()
             raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}",
-                                   guarded=guard is not None, permanent=True) from None
+                                   guarded=guard is not None, permanent=True) from exc
         self.deploys += 1
         self._endpoint = endpoint
         return endpoint

@@ -17,17 +17,23 @@ from typing import Any
 
 from ...protocol import auth as pauth
 from ...protocol.codec import decode_reply, encode_request
+from ..errors import ServiceError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CALL_TIMEOUT = pauth.SYNC_REQUEST_TIMEOUT  # a `wait` long-poll may take 60 s
 
 
-class AgentError(Exception):
-    """Base of the errors of this module (the lead will fold them into client/errors.py)."""
+class AgentError(ServiceError):
+    """Base of the errors of one agent connection (this module). The agent transport
+    (agent.py) maps them to the client's errors; other callers see them as ServiceErrors."""
 
 
 class AgentConnectionError(AgentError):
     """The agent cannot be reached, the connection broke, or a call timed out."""
+
+
+class AgentTimeout(AgentConnectionError):
+    """The agent did not answer within the time limit (a call, or the handshake)."""
 
 
 class AgentBusyError(AgentConnectionError):
@@ -72,27 +78,27 @@ def client_handshake(sock: socket.socket, secret: str, *, timeout: float = pauth
     try:
         pauth.secret_key(secret)
     except ValueError as exc:
-        raise AgentAuthError(f"unusable agent secret: {exc}") from None
+        raise AgentAuthError(f"unusable agent secret: {exc}") from exc
     deadline = time.monotonic() + timeout
     try:
         hello = _recv_exact(sock, pauth.SERVER_HELLO_BYTES, deadline, "the agent's greeting")
         try:
             server_nonce = pauth.parse_server_hello(hello)
         except pauth.AgentBusy as exc:
-            raise AgentBusyError(f"{where} refused the connection: {exc}") from None
-        except ValueError:
-            raise AgentConnectionError(f"{where} is not a seamless-service agent (unexpected greeting)") from None
+            raise AgentBusyError(f"{where} refused the connection: {exc}") from exc
+        except ValueError as exc:
+            raise AgentConnectionError(f"{where} is not a seamless-service agent (unexpected greeting)") from exc
         client_nonce = pauth.make_nonce()
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.sendall(pauth.client_answer(secret, server_nonce, client_nonce))
         try:
             proof = _recv_exact(sock, pauth.SERVER_PROOF_BYTES, deadline, "the agent's proof")
-        except ConnectionError:
+        except ConnectionError as exc:
             # The agent closes the connection without a word when our proof is wrong.
             raise AgentAuthError(
-                f"{where} refused the secret (the agent was restarted? fetch its secret again)") from None
+                f"{where} refused the secret (the agent was restarted? fetch its secret again)") from exc
     except OSError as exc:
-        raise AgentConnectionError(f"authentication with {where} failed: {_reason(exc)}") from None
+        raise _lost(exc, f"authentication with {where} failed: {_reason(exc)}") from exc
     expected = pauth.response(secret, "agent", server_nonce, client_nonce)
     if not pauth.verify(expected, proof):
         raise AgentAuthError(
@@ -103,6 +109,31 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
         return str(exc) or "timed out"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _lost(exc: BaseException, message: str) -> AgentConnectionError:
+    """The error for a socket or rpyc failure: AgentTimeout when it was a timeout."""
+    return (AgentTimeout if isinstance(exc, socket.timeout) else AgentConnectionError)(message)
+
+
+def _rpyc_error(exc: BaseException, where: str, doing: str, limit: float | None = None) -> AgentError:
+    """rpyc's (and the stream's) errors as this module's: the one place that knows them.
+
+    `doing` is "call" (a call sent on an open session: `limit` is its time limit) or
+    "session" (opening rpyc on an authenticated stream)."""
+    from rpyc.core.async_ import AsyncResultTimeout
+
+    if isinstance(exc, AgentError):
+        return exc
+    if doing == "session":
+        detail = _reason(exc) if isinstance(exc, (OSError, EOFError)) else f"{type(exc).__name__}: {exc}"
+        return _lost(exc, f"cannot open a session with {where}: {detail}")
+    if isinstance(exc, AsyncResultTimeout):
+        return AgentTimeout(f"{where} did not answer within {limit:g} s")
+    if isinstance(exc, (EOFError, OSError)):
+        return _lost(exc, f"connection to {where} was lost: {_reason(exc)}")
+    # anything else is a remote exception: the agent refused the call
+    return AgentConnectionError(f"{where} failed the call: {type(exc).__name__}: {exc}")
 
 
 class AgentConnection:
@@ -129,7 +160,7 @@ class AgentConnection:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             hint = " (is the agent running?)" if isinstance(exc, ConnectionRefusedError) else ""
-            raise AgentConnectionError(f"cannot connect to {where}: {_reason(exc)}{hint}") from None
+            raise _lost(exc, f"cannot connect to {where}: {_reason(exc)}{hint}") from exc
         _set_nodelay(sock)
         return cls.over(sock, secret, where=where, timeout=timeout, call_timeout=call_timeout)
 
@@ -147,17 +178,12 @@ class AgentConnection:
         except AgentError:
             stream.close()
             raise
-        except (OSError, EOFError) as exc:
-            stream.close()
-            raise AgentConnectionError(f"cannot open a session with {where}: {_reason(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - rpyc errors come in many types
             stream.close()
-            raise AgentConnectionError(f"cannot open a session with {where}: {type(exc).__name__}: {exc}") from None
+            raise _rpyc_error(exc, where, "session") from exc
 
     def call(self, request: bytes, *, timeout: float | None = None) -> bytes:
         """Send one msgpack request, return the agent's msgpack reply."""
-        from rpyc.core.async_ import AsyncResultTimeout
-
         if type(request) is not bytes:
             raise TypeError("request must be bytes")
         limit = self.call_timeout if timeout is None else timeout
@@ -165,12 +191,8 @@ class AgentConnection:
             result = self._async_call(request)
             result.set_expiry(limit)
             reply = result.value
-        except AsyncResultTimeout:
-            raise AgentConnectionError(f"{self.where} did not answer within {limit:g} s") from None
-        except (EOFError, OSError) as exc:
-            raise AgentConnectionError(f"connection to {self.where} was lost: {_reason(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - a remote exception: the agent refused the call
-            raise AgentConnectionError(f"{self.where} failed the call: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - rpyc's timeout, a lost stream, a remote exception
+            raise _rpyc_error(exc, self.where, "call", limit) from exc
         if type(reply) is not bytes:
             raise AgentConnectionError(f"{self.where} sent a reply that is not bytes")
         return reply

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from ..errors import ConnectionFailed
 from .sockopts import set_nodelay
+from .ssh_errors import map_ssh_error
 
 
 class SshLink(Protocol):
@@ -81,8 +82,7 @@ class LocalForward:
             self._forwarder = _forwarder_class()(self, transport, local_port)
             self._forwarder.start()
         except (sshtunnel.BaseSSHTunnelForwarderError, OSError, ValueError) as exc:
-            raise ConnectionFailed(tunnel.host, f"cannot listen on {LOOPBACK}:{local_port}: "
-                                   f"{getattr(exc, 'value', None) or exc}") from None
+            raise map_ssh_error(tunnel.host, exc, doing=f"cannot listen on {LOOPBACK}:{local_port}") from exc
         host, self.local_port = self._forwarder.local_bind_address[:2]
         if host != LOOPBACK:  # cannot happen with the bind address above; never serve it if it did
             self.close()

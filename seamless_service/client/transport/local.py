@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 from ...agent.context import AgentContext
 from ...agent.dispatch import handle
 from ...protocol import ProtocolError, decode_reply, encode_request
-from ..errors import OpError, ProtocolMismatch, UsageError
+from ..errors import OpError, UsageError, from_protocol_error
 from .base import Op, Result, Transport
 from .inputs import FileSnapshot
 
@@ -39,7 +39,7 @@ def local_context(read: FileSnapshot | None = None) -> AgentContext:
         _, spec = lifecycle.resolve_options(base)
         policy = lifecycle.load_policy(spec)
     except lifecycle.ConfigError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from exc
     return AgentContext(base=base, policy=policy)
 
 
@@ -83,14 +83,11 @@ def batch_over(call: Callable[[bytes], bytes], ops: Sequence[Op], *, host: str) 
         reply = call(encode_request(list(ops)))
         return decode_reply(reply, expected=len(ops))
     except ProtocolError as exc:
-        if exc.code == "version_mismatch":
-            raise ProtocolMismatch(f"{host}: {exc.message}") from None
-        raise OpError(exc.code, exc.message, host) from None
+        raise from_protocol_error(exc, host) from exc
 
 
 def unwrap(result: Result, *, host: str | None = None) -> Any:
     """The value of one result, or OpError with the agent's code and message."""
     if result.get("ok"):
         return result.get("value")
-    error = result.get("error") or {}
-    raise OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")), host)
+    raise OpError.from_result(result.get("error"), host)

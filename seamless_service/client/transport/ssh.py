@@ -70,7 +70,7 @@ from typing import Any, Generator, Iterable, Sequence
 from ...agent.ops.rm import REFUSED_RUNNING, read_rm_output, rm_results
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
 from ...protocol.keys import is_valid_key, row_matches
-from ..errors import AuthFailed, ConnectionFailed
+from ..errors import AuthFailed, ConnectionFailed, TimedOut
 from .base import Notice, Op, Result, Transport
 
 SSH = "ssh"
@@ -160,9 +160,9 @@ def _ndjson(result: HelperResult) -> list[dict[str, Any]]:
         if line.strip():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except ValueError as exc:
                 raise ProtocolError(ErrorCode.HELPER_FAILED,
-                                    f"{result.argv[0]} printed something that is not JSON: {line[:120]!r}") from None
+                                    f"{result.argv[0]} printed something that is not JSON: {line[:120]!r}") from exc
             if isinstance(row, dict):
                 rows.append(row)
     return rows
@@ -452,8 +452,8 @@ def op_inspect(args: dict[str, Any], host: str) -> OpGen:
     try:
         payload = json.loads(got[argv].text)
         return {"key": key, "data": payload["data"], "mtime": payload["mtime"]}
-    except (ValueError, KeyError, TypeError):
-        raise ProtocolError(ErrorCode.HELPER_FAILED, "inspect: rhl-inspect printed something unexpected") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(ErrorCode.HELPER_FAILED, "inspect: rhl-inspect printed something unexpected") from exc
 
 
 def op_logs(args: dict[str, Any], host: str) -> OpGen:
@@ -917,11 +917,11 @@ class SshTransport(Transport):
             proc = subprocess.run(self.ssh_argv(remote_command), input=stdin if stdin is not None else None,
                                   stdin=subprocess.DEVNULL if stdin is None else None,
                                   capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.last_error = f"ssh did not finish within {timeout:g} s"
-            raise ConnectionFailed(self.host, f"ssh did not finish within {timeout:g} s") from None
+            raise TimedOut(self.host, f"ssh did not finish within {timeout:g} s") from exc
         except OSError as exc:
-            raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from None
+            raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from exc
         finally:
             self.ssh_sessions += 1
         if proc.returncode == 255:

@@ -48,31 +48,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
 from .sockopts import has_nodelay, set_nodelay
-from ..errors import AuthFailed, ConnectionFailed
+from ..errors import AgentUnreachable, ConnectionFailed, ForwardingRefused  # noqa: F401 - what open_channel raises
+from .ssh_errors import map_ssh_error
 
 if TYPE_CHECKING:
     from .forward import LocalForward
 
 CHANNEL_TIMEOUT = 10.0      # opening one forwarded channel
 SESSION_COMMAND = "cat"     # exits as soon as its stdin (our end of the session) closes
-
-
-class AgentUnreachable(ConnectionFailed):
-    """The SSH connection works, but nothing accepts connections on the agent's port."""
-
-
-class ForwardingRefused(ConnectionFailed):
-    """The SSH server refuses port forwarding for this account or key."""
-
-
-def map_ssh_error(host: str, exc: BaseException) -> ConnectionFailed:
-    """deploy/ssh.py's errors as client errors (the deploy message already says why)."""
-    from ...deploy import AuthFailed as SshAuthFailed, HostKeyChanged, HostKeyUnknown
-
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, (SshAuthFailed, HostKeyChanged, HostKeyUnknown)):
-        return AuthFailed(host, message)
-    return ConnectionFailed(host, message)
 
 
 class Tunnel:
@@ -119,7 +102,7 @@ class Tunnel:
                                     accept_new_host_key=self.accept_new_host_key,
                                     timeout=self.connect_timeout, on_read=read.add, notice=self.notice)
             except DeployError as exc:
-                raise map_ssh_error(self.host, exc) from None
+                raise map_ssh_error(self.host, exc) from exc
             transport = conn.get_transport()
             set_nodelay(transport.sock)  # deploy/ssh.py does it too; it is what matters here
             self._conn = conn
@@ -226,19 +209,10 @@ class Tunnel:
         try:
             return transport.open_channel("direct-tcpip", ("127.0.0.1", int(remote_port)),
                                           ("127.0.0.1", 0), timeout=limit)
-        except paramiko.ChannelException as exc:
-            if exc.code == 1:  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
-                raise ForwardingRefused(
-                    self.host, f"the SSH server refuses port forwarding ({exc.text}); "
-                    "the agent cannot be reached through SSH") from None
-            # SSH_OPEN_CONNECT_FAILED: sshd's connect() to the port was refused
-            raise AgentUnreachable(self.host, f"nothing listens on the agent's port {remote_port} "
-                                   f"({exc.text or 'connect failed'})") from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            reason = str(exc) or type(exc).__name__
-            if not transport.is_active():
-                raise ConnectionFailed(self.host, f"the SSH connection was lost: {reason}") from None
-            raise ConnectionFailed(self.host, f"cannot open a channel to the agent's port: {reason}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # incl. ChannelException
+            doing = ("the SSH connection was lost" if not transport.is_active()
+                     else "cannot open a channel to the agent's port")
+            raise map_ssh_error(self.host, exc, doing=doing, port=int(remote_port)) from exc
 
     def connect_agent(self, remote_port: int, secret: str, *, timeout: float | None = None,
                       call_timeout: float = DEFAULT_CALL_TIMEOUT, via: str = "channel") -> AgentConnection:

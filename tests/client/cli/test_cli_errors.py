@@ -77,3 +77,44 @@ def test_transport_notices_are_not_prefixed_twice(capsys):
     _notice("h: something")
     assert capsys.readouterr().err.splitlines() == [
         "seamless-service: starting the agent on h (first use)", "seamless-service: h: something"]
+
+
+# ------------------------------------------------------------------ --debug shows the cause
+
+
+@pytest.fixture
+def down_host(sandbox, monkeypatch, tmp_path):
+    """A cluster whose frontend's SSH port is closed: (home, the command's arguments, port)."""
+    from tests.support.cli import make_home
+    from tests.support.sshd import free_port
+
+    home = make_home(sandbox, monkeypatch)
+    port = free_port()
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host downhost\n  HostName 127.0.0.1\n  Port {port}\n  StrictHostKeyChecking no\n"
+                          "  UserKnownHostsFile /dev/null\n")
+    with (home.home / ".seamless" / "clusters.yaml").open("a") as handle:
+        handle.write("down:\n  frontends:\n    - hostname: down.invalid\n      ssh_hostname: downhost\n"
+                     "      hashserver: {bufferdir: /srv/down}\n")
+    argv = ["inspect", "--service", "hashserver", "--cluster", "down", "--project", "p",
+            "--ssh-config", str(ssh_config), "--transport", "agent", "--timeout", "10"]
+    return home, argv, port
+
+
+def test_a_refused_connection_is_one_line_and_debug_shows_its_cause(down_host):
+    from tests.support.cli import cli
+
+    home, argv, port = down_host
+    plain = cli(home, *argv)
+    assert (plain.returncode, plain.stdout) == (1, "")
+    assert plain.stderr == (f"seamless-service: downhost: cannot reach downhost (127.0.0.1:{port}): "
+                            "Connection refused\n")
+    debug = cli(home, *argv, "--debug")
+    assert debug.returncode == 1 and debug.stdout == ""
+    # the whole chain, lowest first: the socket's error, deploy/ssh.py's, then the client's
+    assert "ConnectionRefusedError" in debug.stderr
+    assert "seamless_service.deploy.SshError: cannot reach downhost" in debug.stderr
+    assert "The above exception was the direct cause of the following exception" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1] == (
+        f"seamless_service.client.errors.ConnectionFailed: downhost: cannot reach downhost (127.0.0.1:{port}): "
+        "Connection refused")
