@@ -30,3 +30,19 @@ def test_the_scan_finds_one(tmp_path):
     (tmp_path / "seamless_service").mkdir()
     (tmp_path / "seamless_service" / "a.py").write_text("def f():\n    from .b import _helper, public\n")
     assert private_imports(tmp_path / "seamless_service") == ["seamless_service/a.py:2: from .b import _helper"]
+
+
+def agent_imports(path: Path) -> list[str]:
+    """The imports of `path` (a client module) that reach into the agent package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "agent" or node.module.startswith(("agent.", f"{PACKAGE.name}.agent"))):
+            found.append(f"{path.name}:{node.lineno}: from {'.' * node.level}{node.module}")
+    return found
+
+
+def test_the_ssh_transport_shares_the_helper_rules_through_rhl_not_the_agent():
+    """What both sides know about the rhl-* helpers is in seamless_service/rhl.py; the ssh
+    transport runs on the client and reads none of it out of the agent's modules."""
+    assert agent_imports(PACKAGE / "client" / "transport" / "ssh.py") == []

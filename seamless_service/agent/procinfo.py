@@ -175,7 +175,7 @@ class ServiceProcess:
 def check_service(pid: int, state: dict[str, Any], state_mtime: float | None) -> ServiceProcess:
     """Is `pid` alive, and is it plausibly the service described by `state`?
 
-    `pid` must already be usable (statefiles.usable_pid). Zombies count as dead.
+    `pid` must already be usable (rhl.usable_pid). Zombies count as dead.
     Without /proc only liveness is checked, and a live pid is taken for the service.
     """
     if not supported():
