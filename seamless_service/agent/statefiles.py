@@ -1,4 +1,4 @@
-"""Reading launcher state files and deriving a service's status, in-process.
+"""Reading launcher state files (and rewriting them as rhl-stop does), and deriving a service's status, in-process.
 
 Matches `rhl-ps --json` row for row (ssh_guard/_state.py server_row/client_row), with
 deliberate corrections of the helpers' defects (anchor §6):
@@ -25,9 +25,12 @@ helper gives it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -167,6 +170,26 @@ def derive_status(data: dict[str, Any], *, check_pid: bool = True,
     """(derived status, live) for a server state object (rhl.derive_status), the pid
     probed with pid_alive, or `probe(pid) -> bool` (e.g. a LivenessCache's `alive`)."""
     return rhl.derive_status(data, alive=probe or pid_alive, check_pid=check_pid)
+
+
+def write_state_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `json.dumps(data)` as rhl-stop writes it (key order kept, no
+    trailing newline), but through a unique temp file in the same directory and keeping
+    the file's mode (#19: rhl-stop's fixed `<key>.tmp` races and takes the umask)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(json.dumps(data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class StateCache:

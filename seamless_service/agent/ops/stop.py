@@ -37,13 +37,8 @@ rhl-stop is left exactly as it is.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import stat
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ...protocol import ProtocolError
@@ -52,7 +47,7 @@ from ...rhl import (ALREADY_GONE, GONE, LIVE_STATUSES, MISSING_STATE, NOT_RUNNIN
 from .. import procinfo
 from ..context import AgentContext
 from ..helpers import run_helper
-from ..statefiles import StateFileError, derive_status, read_state
+from ..statefiles import StateFileError, derive_status, read_state, write_state_json
 
 
 @dataclass
@@ -112,26 +107,6 @@ def plan_key(ctx: AgentContext, key: str) -> _Plan:
         return plan
     plan.group_leader = proc.info is not None and proc.info.pgrp == pid
     return plan
-
-
-def write_state_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` with `json.dumps(data)` as rhl-stop writes it (key order kept, no
-    trailing newline), but through a unique temp file in the same directory and keeping
-    the file's mode (#19: rhl-stop's fixed `<key>.tmp` races and takes the umask)."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(json.dumps(data))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _mark_gone(ctx: AgentContext, plan: _Plan) -> str | None:

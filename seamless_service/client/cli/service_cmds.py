@@ -358,7 +358,7 @@ def mark_client_stale(key: str) -> None:
     if not isinstance(data, dict) or data.get("status") == "stale":
         return
     data["status"] = "stale"
-    from ...agent.ops.stop import write_state_json
+    from ...agent.statefiles import write_state_json
 
     try:
         write_state_json(path, data)
