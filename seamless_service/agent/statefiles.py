@@ -1,4 +1,5 @@
-"""Reading launcher state files (and rewriting them as rhl-stop does), and deriving a service's status, in-process.
+"""Reading launcher state files, deriving a service's status, and rewriting a file as
+rhl-stop does, in-process.
 
 Matches `rhl-ps --json` row for row (ssh_guard/_state.py server_row/client_row), with
 deliberate corrections of the helpers' defects (anchor §6):
