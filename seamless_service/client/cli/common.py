@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ...protocol.keys import SERVICES
 from ..errors import ConnectionFailed, OpError
-from ..config.selection import SERVICES
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
 DEFAULT_TIMEOUT = 30.0

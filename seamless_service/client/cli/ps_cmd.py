@@ -35,6 +35,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from ...protocol import schema
 from ..errors import UsageError
 from ..query.rows import PERSISTENT_STATUS
 from .common import add_selection_args, add_transport_args
@@ -74,7 +75,8 @@ examples:
   seamless-service ps --cluster mycluster --watch
 """
 
-STATUSES = ("running", "starting", "failed", "stale", "error", "client", PERSISTENT_STATUS)
+# The agent's `ps` statuses, and ours for data directories without a process (rows.py).
+STATUSES = (*schema.STATUSES, PERSISTENT_STATUS)
 MAX_WATCH = 60.0  # the agent's longest `wait`
 
 

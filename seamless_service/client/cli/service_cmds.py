@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ...protocol.schema import MAX_KEYS  # keys in one stop/rm op
 from ..errors import OpError, ServiceError, UsageError
 from ..config.clusters import cluster_hosts
 from ..config.resolve import resolve_service
@@ -45,7 +46,6 @@ from .targets import Target, add_target_args, pick_target, uses_target
 PROG = "seamless-service"
 LOG_PAGE = 4 << 20           # bytes per `logs` read when printing a whole log
 FOLLOW_INTERVAL = 0.5        # seconds between polls of `logs --follow`
-MAX_KEYS_PER_OP = 512        # protocol.schema MAX_KEYS
 CLUSTER_FILTERS = ("project", "subproject", "stage", "substage", "mode", "queue")
 NOT_STOPPED_OK = ("missing state",)  # not stopped, but nothing failed either (rhl-stop: exit 0)
 
@@ -207,8 +207,8 @@ def _where(host: str | None) -> str:
 
 
 def _chunks(keys: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(keys), MAX_KEYS_PER_OP):
-        yield keys[i:i + MAX_KEYS_PER_OP]
+    for i in range(0, len(keys), MAX_KEYS):
+        yield keys[i:i + MAX_KEYS]
 
 
 def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:

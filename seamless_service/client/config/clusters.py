@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, TypeVar
 
+from ...protocol.keys import PROJECT_TOPLEVEL, SEAMLESS_CACHE_CLUSTER
 from ..errors import UsageError
 from .resolve import cache_root, host_of, select_stage_first
-from .selection import CACHE_CLUSTER, PERSISTENT_SERVICES, TOPLEVEL, Selection
+from .selection import PERSISTENT_SERVICES, Selection
 from .session import config_errors, known_cluster_names, load, seamless_cache_dir, session, unknown_cluster
 
 T = TypeVar("T")
@@ -29,8 +30,8 @@ def known_clusters(*, from_cwd: bool = True) -> list[str]:
     """Cluster names in definition order (clusters.yaml, clusters/*.yaml, `clusters:` in
     seamless.yaml), plus __SEAMLESS_CACHE__ at the end when SEAMLESS_CACHE is set."""
     names = _with_clusters(known_cluster_names, from_cwd=from_cwd)
-    if seamless_cache_dir() is not None and CACHE_CLUSTER not in names:
-        names.append(CACHE_CLUSTER)
+    if seamless_cache_dir() is not None and SEAMLESS_CACHE_CLUSTER not in names:
+        names.append(SEAMLESS_CACHE_CLUSTER)
     return names
 
 
@@ -69,7 +70,7 @@ def _frontends(cluster: str, frontend_name: str | None) -> list[Any]:
 def cluster_host(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> str | None:
     """SSH host of the cluster's first frontend (or the one named --frontend-name); None for
     the local cluster and the SEAMLESS_CACHE cluster (#35: same rule as per-service hosts)."""
-    if cluster == CACHE_CLUSTER:
+    if cluster == SEAMLESS_CACHE_CLUSTER:
         return None
 
     def pick() -> str | None:
@@ -82,7 +83,7 @@ def cluster_host(cluster: str, frontend_name: str | None = None, *, from_cwd: bo
 def cluster_hosts(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> list[str | None]:
     """The distinct hosts of all the cluster's frontends, in order (cluster-wide stop/rm ask
     each: a service runs on the first frontend that supports it, not always the first one)."""
-    if cluster == CACHE_CLUSTER:
+    if cluster == SEAMLESS_CACHE_CLUSTER:
         return [None]
 
     def pick() -> list[str | None]:
@@ -99,9 +100,9 @@ def cluster_hosts(cluster: str, frontend_name: str | None = None, *, from_cwd: b
 def cluster_roots(cluster: str, frontend_name: str | None = None, *, from_cwd: bool = True) -> dict[str, str]:
     """{"hashserver": bufferdir, "database": database_dir} of the frontend cluster_host()
     picks (services it lacks are left out); `~` is expanded only for the local cluster."""
-    if cluster == CACHE_CLUSTER:
+    if cluster == SEAMLESS_CACHE_CLUSTER:
         with session(), config_errors("SEAMLESS_CACHE"):
-            root = cache_root(Selection(service="hashserver", project=TOPLEVEL))
+            root = cache_root(Selection(service="hashserver", project=PROJECT_TOPLEVEL))
         if root is None:
             raise UsageError("the SEAMLESS_CACHE cluster needs SEAMLESS_CACHE to be set")
         return {"hashserver": root, "database": root}
@@ -122,7 +123,7 @@ def cluster_roots(cluster: str, frontend_name: str | None = None, *, from_cwd: b
 def cluster_has_service(cluster: str, service: str, frontend_name: str | None = None,
                         *, from_cwd: bool = True) -> bool:
     """True if some frontend of the cluster (matching frontend_name) supports the service."""
-    if cluster == CACHE_CLUSTER:
+    if cluster == SEAMLESS_CACHE_CLUSTER:
         return service in PERSISTENT_SERVICES
     attr = "daskserver" if service == "pure-daskserver" else service
     return _with_clusters(

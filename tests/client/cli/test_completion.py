@@ -15,7 +15,7 @@ import pytest
 from seamless_service import __version__
 from seamless_service.client import entry
 from seamless_service.client.cli.ps_cmd import STATUSES
-from seamless_service.client.config.selection import SERVICES
+from seamless_service.protocol.keys import SERVICES
 
 SHELLS = ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
     shutil.which("zsh") is None, reason="zsh is not installed (.ci/run installs it)"))]
