@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ConnectionFailed, OpError, ServiceError, UsageError
+from .transport.base import DEFAULT_TIMEOUT
 
 Op = tuple[str, dict[str, Any]]
 Notice = Callable[[str], None]
-DEFAULT_TIMEOUT = 30.0
 
 
 class Rows(list):

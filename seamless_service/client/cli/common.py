@@ -8,9 +8,9 @@ from typing import Any
 
 from ...protocol.keys import SERVICES
 from ..errors import ConnectionFailed, OpError
+from ..transport.base import DEFAULT_TIMEOUT
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
-DEFAULT_TIMEOUT = 30.0
 
 
 def add_selection_args(parser: argparse.ArgumentParser, *, service_required: bool = False,

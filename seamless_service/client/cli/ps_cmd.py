@@ -76,7 +76,7 @@ examples:
 """
 
 # The agent's `ps` statuses, and ours for data directories without a process (rows.py).
-STATUSES = (*schema.STATUSES, PERSISTENT_STATUS)
+STATUS_CHOICES = (*schema.STATUSES, PERSISTENT_STATUS)
 MAX_WATCH = 60.0  # the agent's longest `wait`
 
 
@@ -91,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="every configured cluster, in parallel")
     side.add_argument("--local", action="store_true",
                       help="this machine's services, read in-process (no SSH, no configuration)")
-    p.add_argument("--status", choices=STATUSES,
+    p.add_argument("--status", choices=STATUS_CHOICES,
                    help="only rows with this process status; `persistent`: data directories that hold "
                         "data while no process runs (no service, or a stale or failed one), as "
                         "remote-http-launcher names that state (implies --persistent)")

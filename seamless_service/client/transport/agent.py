@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterator
 from ... import __version__
 from ...protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
 from ..errors import ConnectionFailed, OpError, ProtocolMismatch
+from .base import DEFAULT_TIMEOUT
 
-DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
 # deploy steps that take seconds to minutes: shown as notices when a first use installs
 SLOW_DEPLOY_STEPS = frozenset({"venv", "build", "wheels", "upload", "install"})
 READ_ONLY_OPS = frozenset({"hello", "ps", "persistent", "inspect", "logs", "health", "wait"})

@@ -6,6 +6,11 @@ from typing import Any, Callable, Protocol
 
 Notice = Callable[[str], None]
 
+# Seconds a host may take to answer one call, whichever transport carries it (the `timeout`
+# of Host and Fleet, `--timeout`). Ops that take time on the host (stop, clear, start...)
+# get an allowance on top.
+DEFAULT_TIMEOUT = 30.0
+
 
 class Transport(Protocol):
     """What every transport offers."""

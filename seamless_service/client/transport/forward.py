@@ -38,7 +38,7 @@ import threading
 from typing import Any, Protocol
 
 from ..errors import ConnectionFailed
-from .sockopts import set_nodelay
+from ...sockopts import set_nodelay
 
 
 class SshLink(Protocol):

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .auto import AutoTransport
-from .base import Notice
+from .base import DEFAULT_TIMEOUT, Notice
 from .choice import remembered_choice
 from .pooled import lease
 
@@ -97,7 +97,7 @@ def _key(kind: str, host: str, ssh_config: Any) -> str:
 
 def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
            accept_new_host_key: bool) -> Any:
-    from .agent import DEFAULT_TIMEOUT, AgentTransport
+    from .agent import AgentTransport
 
     def factory() -> AgentTransport:
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
@@ -109,7 +109,7 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
 
 def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
          accept_new_host_key: bool, guarded: bool | None = None) -> Any:
-    from .ssh import DEFAULT_TIMEOUT, SshTransport
+    from .ssh import SshTransport
 
     def factory() -> SshTransport:
         return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,

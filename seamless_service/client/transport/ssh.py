@@ -74,10 +74,10 @@ from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM
                     launch_args, outcome_lines, plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg,
                     stop_flags, stop_without_helper, usable_pid)
 from ..errors import AuthFailed, ConnectionFailed
+from .base import DEFAULT_TIMEOUT
 
 SSH = "ssh"
 PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
-DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10
 GUARD_REJECTED = b"rhl-guard: rejected"
 MUTATING = frozenset({"stop", "rm", "clear", "start"})

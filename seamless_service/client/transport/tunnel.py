@@ -47,7 +47,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
-from .sockopts import has_nodelay, set_nodelay
+from ...sockopts import has_nodelay, set_nodelay
 from ..errors import AuthFailed, ConnectionFailed
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Tunnel:
         self.connect_timeout = connect_timeout
         self.keep_session = keep_session
         self.opened_at: float | None = None
-        self._conn: Any = None          # deploy.ssh.SSHConnection
+        self._conn: Any = None          # deploy.ssh.ParamikoClient
         self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
         self._forwards: list[LocalForward] = []  # forward.py
         self._read: Any = None          # inputs.FileSnapshot of the files the connection read
