@@ -103,8 +103,8 @@ def main() -> None:
         warm, warm_p99 = median_ms(lambda: timed(ours + ps, env), args.runs)
         helps, _ = median_ms(lambda: timed(ours + ["--help"], env), args.runs)  # a constant: no keeper
         ps_helps, _ = median_ms(lambda: timed(ours + ["ps", "--help"], env), args.runs)  # keeper warm
-        anchor_cmd = [str(VENV_BIN / "seamless-service-ps"), "--cluster", CLUSTER, "--persistent", "--json"]
-        theirs, _ = median_ms(lambda: timed(anchor_cmd, env), max(3, args.runs // 4), warmup=1)
+        seamless_config_cmd = [str(VENV_BIN / "seamless-service-ps"), "--cluster", CLUSTER, "--persistent", "--json"]
+        theirs, _ = median_ms(lambda: timed(seamless_config_cmd, env), max(3, args.runs // 4), warmup=1)
 
         os.environ.update({k: env[k] for k in ("HOME", "XDG_CACHE_HOME")})
         from seamless_service import Host

@@ -1,7 +1,7 @@
 """Is the process behind a state file's pid still *that* service? (/proc-based checks)
 
 A state file's pid may outlive its service: after the service dies the kernel can hand
-the number to any new process (anchor §6 #17, the pid-reuse hazard). Before anything is
+the number to any new process (README, Deliberate differences #17: the pid-reuse hazard). Before anything is
 signalled (or a running service's state is refused for removal) we check that the live
 process plausibly is the service the file describes:
 

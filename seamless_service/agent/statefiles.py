@@ -2,7 +2,7 @@
 rhl-stop does, in-process.
 
 Matches `rhl-ps --json` row for row (ssh_guard/_state.py server_row/client_row), with
-deliberate corrections of the helpers' defects (anchor §6):
+deliberate corrections of the helpers' defects (README, Deliberate differences):
 
 * #15: a pid <= 0, a float that is not a whole number, or a pid beyond the kernel's range
   is *unusable*, not "alive" (rhl-ps reports pid 0/-1 alive, truncates 4.7 to 4 and crashes

@@ -1,6 +1,6 @@
 """agent/statefiles.py against the real rhl-ps on the same files.
 
-Every row of the status table (anchor-behaviour.md §1.6) is written as a real state file;
+Every case of rhl-ps's status derivation (status x pid x liveness) is written as a real state file;
 our row must equal rhl-ps's row field for field, except for the deliberate corrections
 (#15 unusable pids, #16 starting with a dead pid), where both sides are pinned.
 """

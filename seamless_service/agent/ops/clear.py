@@ -47,7 +47,7 @@ included; every directory, except dot directories (never entered, never removed,
 counted) and the directories that still hold one afterwards (kept silently, as
 rhl-clear means to: its `_only_dot_dirs_remain`). Tests compare the result with the
 helper's on trees where the helper has none of its defects. The agent's earlier fixes of
-the helper's defects (anchor §6) hold by construction:
+the helper's defects (README, Deliberate differences) hold by construction:
 
 * #23 — a running service is not cleared from under its feet: CONFLICT if the service
   `key` (when given) is running or starting with a live pid, or if any running/starting

@@ -1,7 +1,8 @@
 """`rm`: remove state files through the installed `rhl-rm`, refusing to orphan services.
 
-`rhl-rm [--client] [--server] keys` (anchor §2.6) does the removal; neither flag means
-both sides, as with the helper. Before it runs:
+`rhl-rm [--client] [--server] keys` does the removal (it prints `removed PATH` per file,
+`KEY: not found` when neither file exists); neither flag means both sides, as with the
+helper. What both transports share of this is in seamless_service/rhl.py. Before it runs:
 
 * #38: removing the server state of a RUNNING service orphans the process (nothing can
   find, stop or log it any more). A key whose server file would be removed and whose state

@@ -8,7 +8,7 @@ tools.yaml. The status file in that command line is the launcher's default serve
 (`~/.remote-http-launcher/server/KEY.json`, what it passes to every remote host). Here
 that path is replaced by the state file of the directory this agent serves, so the helper,
 which must find the status file under *its* server directory, never refuses the launch
-when the client's REMOTE_HTTP_LAUNCHER_DIR differs from the server's (anchor §6 #24, #43).
+when the client's REMOTE_HTTP_LAUNCHER_DIR differs from the server's (README, Deliberate differences #24, #43).
 
 Order, under one lock (agent and in-process local transports of one user alike):
 

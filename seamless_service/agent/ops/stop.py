@@ -1,6 +1,7 @@
 """`stop`: stop services through the installed `rhl-stop`, after checks it lacks.
 
-rhl-stop (anchor §2.5) is the only thing that signals a service, so stop semantics
+rhl-stop (one `KEY: OUTCOME` line per key: stopped, kill required, already gone,
+permission denied, missing state) is the only thing that signals a service, so stop semantics
 (SIGINT, then SIGTERM, then SIGKILL, marking the state stale) never drift from
 remote-http-launcher's. But its defects must not reach users, so every key is checked
 first and only keys that pass go to ONE `rhl-stop k1 k2 ...` call:

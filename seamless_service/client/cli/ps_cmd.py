@@ -1,7 +1,7 @@
 """`seamless-service ps`: a drop-in for `seamless-service-ps`, plus --watch, --health, --wide.
 
 Same flags, modes, merged rows, columns and --json fields as seamless-config's
-`seamless-service-ps` (anchor §4.6), with ONE agent round trip per host and all hosts asked
+`seamless-service-ps`, with ONE agent round trip per host and all hosts asked
 in parallel. Deliberate differences (see also client/query/rows.py and client/query/ps.py):
 
 * #4   rows never collapse: ro/rw, subproject and substage variants keep their own rows.

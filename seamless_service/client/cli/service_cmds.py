@@ -2,7 +2,7 @@
 
 Same flags and the same output as seamless-config's `seamless-service-*` commands, with
 one op (or one batch) per host instead of one `ssh HOST rhl-*` per query. Deliberate
-differences (anchor §6), besides those of resolution (client/config/):
+differences (numbered as in the README's table), besides those of resolution (client/config/):
 
 * #1   per-service commands reach a remote cluster's frontend (ssh_hostname or hostname),
        never run locally by accident.

@@ -4,7 +4,7 @@ Keys, workdirs and meta always come from seamless-config (config_files.load_conf
 select.*, tools.configure_*, remote_http_launcher.Configuration(...).key and
 service._dispatch.add_meta), so they equal what `seamless-service-resolve` prints. Only
 the *order* of the calls and the error handling are ours. Deliberate differences from
-seamless-config 0.3.2 (anchor §6):
+seamless-config 0.3.2 (numbered as in the README's table, Deliberate differences):
 
 * #1  the host of a service on a remote cluster is the frontend's `ssh_hostname`, else its
       `hostname` (as the launcher does), never "this machine" because `ssh_hostname` is
@@ -81,7 +81,7 @@ def _server_json(key: str) -> Path:
 
 def cache_root(sel: Selection) -> str | None:
     """The cache root: from the local state file of this service (or of the hashserver), else
-    $SEAMLESS_CACHE (anchor §4.6.6). #33: the state-file key is computed by seamless-config's
+    $SEAMLESS_CACHE, as seamless-config finds it. #33: the state-file key is computed by seamless-config's
     own templates on a probe definition of the cache cluster, so subproject and substage are
     right; the root is the state file's workdir minus the part the template appended."""
     from seamless_config.service import _dispatch

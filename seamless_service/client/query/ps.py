@@ -374,7 +374,7 @@ def problems_of(plan: "Plan", outcomes: Iterable[Outcome]) -> list[HostError]:
 
 
 def view_of(args: argparse.Namespace) -> str:
-    """Which rows ps shows (anchor §4.6.1): local | all | server | cluster | client."""
+    """Which rows ps shows, as seamless-service-ps decides: local | all | server | cluster | client."""
     if getattr(args, "local", False):
         return "local"
     if args.all_clusters:
@@ -471,7 +471,7 @@ def plan_queries(args: argparse.Namespace) -> Plan:
 
 
 def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, host: str | None) -> None:
-    """The data roots of the cluster's frontend, walked two levels deep (anchor §4.6.1)."""
+    """The data roots of the cluster's frontend, walked two levels deep, as seamless-service-ps does."""
     from ..config.clusters import cluster_roots
 
     roots = cluster_roots(cluster, args.frontend_name)

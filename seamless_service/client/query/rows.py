@@ -14,7 +14,7 @@ which fields a row has). --wide, --health, --persistent and the view change valu
 the set. A host that could not be asked is a record of another shape, ERROR_RECORD_FIELDS
 (see error_record): it has no `service`.
 
-Deliberate differences from seamless-config (anchor §6):
+Deliberate differences from seamless-config (numbered as in the README's table):
 * #4: rows never collapse. Process rows are identified by their key; ro/rw, subproject and
   substage variants of one project each keep their row.
 * #5/#10: persistent information is attached to *every* process row of the same service,
