@@ -17,7 +17,7 @@ from seamless_service import rhl
 ALIVE, DEAD = 4242, 4343
 
 
-def alive(pid: int) -> bool:
+def only_alive_is_alive(pid: int) -> bool:
     return pid == ALIVE
 
 
@@ -77,7 +77,7 @@ def test_helper_pid_reads_as_the_helpers_do(value, expected):
     ({"dry_run": True, "status": "running", "pid": ALIVE}, ("running", None)),
 ])
 def test_derive_status(data, expected):
-    assert rhl.derive_status(data, alive=alive) == expected
+    assert rhl.derive_status(data, alive=only_alive_is_alive) == expected
 
 
 def test_unusable_pids_are_never_asked_about():

@@ -19,7 +19,7 @@ import pytest
 from seamless_service.client.config.resolve import resolve_service
 from seamless_service.client.config.selection import Selection
 from tests.support.cli import SHIM, Home, assert_one_line_error, cli, make_home, seamless_config_cli
-from tests.support.processes import alive
+from tests.support.processes import alive, dead_pid
 from tests.support.services import wait_for
 
 
@@ -184,12 +184,6 @@ def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_seamless_
     assert client_path(home, ours_key).stat().st_mode & 0o777 == 0o600
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_stop_cluster_reports_and_marks_dead_rows_like_seamless_config(seamless_home, tmp_path):
     """A cluster-wide stop passes the stale/failed/dead rows too, as seamless-service-stop
     does (run on an identical copy of the state): same lines, same files."""
@@ -200,7 +194,7 @@ def test_stop_cluster_reports_and_marks_dead_rows_like_seamless_config(seamless_
         home.sandbox.write_state(key, {"hostname": "127.0.0.1", "port": state["port"]}, side="client")
         kill_behind_its_back(state["pid"])
         keys.append(key)
-    dead = _dead_pid()
+    dead = dead_pid()
     for key, status in (("database-lc-rw-d1", "failed"), ("database-lc-rw-d2", "stale")):
         home.sandbox.write_state(key, {"workdir": "/tmp", "status": status, "pid": dead})
         keys.append(key)
