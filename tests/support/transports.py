@@ -4,8 +4,10 @@ deliberate difference of one transport."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,15 +25,28 @@ class Place:
     launch: Callable[[str], dict]              # a real toy service under a key: its state
     write: Callable[[Path, str], None]         # a file, owned as the host's user would own it
     kill: Callable[[str], None]                # SIGKILL a launched key (cleanup)
+    written: list[Path] = field(default_factory=list)
 
     def key(self, stem: str) -> str:
-        """A key of this test and transport only (the remote host is shared by the session)."""
-        return f"hashserver-clu-rw-{stem}-{self.name}"
+        """A key of this test and transport only, in a cluster of its own: the remote host
+        is shared by the session, and other modules list what it holds."""
+        return f"hashserver-opsemantics-rw-{stem}-{self.name}"
+
+    def put(self, path: Path, text: str) -> Path:
+        """Write a file there, removed again by `clean`."""
+        self.write(path, text)
+        self.written.append(path)
+        return path
 
     def write_state(self, key: str, data: dict) -> Path:
-        path = self.state_dir / f"{key}.json"
-        self.write(path, json.dumps(data))
-        return path
+        return self.put(self.state_dir / f"{key}.json", json.dumps(data))
+
+    def clean(self) -> None:
+        """Remove the state files and logs this place's tests wrote."""
+        for path in self.written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.written.clear()
 
     def batch(self, *ops: tuple[str, dict]) -> list[dict]:
         return self.transport.batch(list(ops))

@@ -69,7 +69,10 @@ def transport(request) -> Iterator[Place]:
     remote = request.getfixturevalue("remote")
     if request.param == "agent":
         with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None) as agent:
-            yield _remote_place("agent", remote, agent)
+            place = _remote_place("agent", remote, agent)
+            yield place
     else:
-        yield _remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
+        place = _remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
+        yield place
+    place.clean()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from tests.support.processes import dead_pid
 from tests.support.transports import Place, differs
@@ -68,7 +69,7 @@ def test_rm_refuses_a_running_service_and_stop_leaves_it_stale(transport: Place)
 def test_logs_tail(transport: Place):
     key = transport.key("logs")
     transport.write_state(key, {"status": "stale", "pid": dead_pid(), "workdir": "/tmp"})
-    transport.write(transport.state_dir / f"{key}.log", "".join(f"line {i}\n" for i in range(50)))
+    transport.put(transport.state_dir / f"{key}.log", "".join(f"line {i}\n" for i in range(50)))
     (logs,) = transport.batch(("logs", {"key": key, "tail": 3}))
     assert value(logs)["data"] == b"line 47\nline 48\nline 49\n"
 
@@ -92,8 +93,11 @@ def test_clear_refuses_a_folder_below_a_system_root(transport: Place):
                 "Deliberate differences #21 and `removed N`)")
 def test_clear_counts_every_entry_removed_and_keeps_the_marker(transport: Place):
     folder = transport.data / f"clearcount-{transport.name}"
-    for name in (HS, "a/x", "a/y", "b"):
-        transport.write(folder / name, "data")
-    (clear,) = transport.batch(("clear", {"path": str(folder)}))
-    assert value(clear)["removed"] == 4  # a/x, a/y, a, b
-    assert os.listdir(folder) == [HS]
+    try:
+        for name in (HS, "a/x", "a/y", "b"):
+            transport.write(folder / name, "data")
+        (clear,) = transport.batch(("clear", {"path": str(folder)}))
+        assert value(clear)["removed"] == 4  # a/x, a/y, a, b
+        assert os.listdir(folder) == [HS]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
