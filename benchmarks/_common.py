@@ -9,7 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from tests.support.sshd import SshServer
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -53,6 +56,23 @@ def write_state_files(server_dir: Path, n: int, bufferdir: Path, pids: list[int]
         (server_dir / f"{key}.json").write_text(json.dumps(data))
 
 
+BIG = 200 * 1024  # bytes of big.log, the large reply of bench_tunnel.py
+
+
+def make_state(server: "SshServer", n: int = 12, cluster: str = "bench") -> None:
+    """n hashserver state files of `cluster` (running/stale/failed in turn, pids that are not
+    live), their buffer folders, and a BIG-byte big.log, in the sshd user's HOME (owned by
+    that user). Module-level so that the scripts import it without each other's imports."""
+    for i in range(n):
+        key = f"hashserver-{cluster}-rw-proj{i}"
+        state = {"status": ("running", "stale", "failed")[i % 3], "pid": 4_000_000 - i, "port": 40000 + i,
+                 "workdir": str(server.home / f"data/buffers/proj{i}"), "uid": server.uid}
+        server.write_file(f".remote-http-launcher/server/{key}.json", json.dumps(state).encode())
+        server.write_file(f"data/buffers/proj{i}/.HASHSERVER_PREFIX", b"")
+    line = b"x" * 99 + b"\n"
+    server.write_file(".remote-http-launcher/server/big.log", (line * (BIG // len(line) + 1))[:BIG])
+
+
 def make_bufferdir(root: Path, projects: int, files_per_project: int = 3) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / ".HASHSERVER_PREFIX").touch()
@@ -76,3 +96,53 @@ def sandbox_env(home: Path) -> dict[str, str]:
     env["HOME"] = str(home)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+# ---------------------------------------------------------------- how the figures were obtained
+
+def machine_summary() -> str:
+    """Cores, CPU model and load average: printed with the figures, which depend on them."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/loadavg") as handle:
+            load = " ".join(handle.read().split()[:3])
+    except OSError:
+        load = "unknown"
+    return f"{os.cpu_count()} cores, {model}, load average {load}"
+
+
+def install_mode(dist: str = "seamless-service") -> str:
+    """'editable (URL)' or 'not editable (site-packages)', from the installed distribution's
+    direct_url.json (PEP 610), which is what the console scripts of this venv run."""
+    import importlib.metadata
+    import json as json_
+    import sysconfig
+
+    # Only the venv's site-packages: a checkout's own *.egg-info (left by setuptools next
+    # to the sources, which the scripts put on sys.path) would answer first otherwise.
+    site = [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    found = next(iter(importlib.metadata.distributions(name=dist, path=site)), None)
+    if found is None:
+        return f"{dist} is not installed in {sys.prefix}"
+    text = found.read_text("direct_url.json")
+    info = json_.loads(text) if text else {}
+    if info.get("dir_info", {}).get("editable"):
+        return f"editable install of {info.get('url', '?')} (its import finder runs at every start)"
+    return f"not editable ({found.locate_file('')})"
+
+
+def parse_importtime(stderr: str) -> list[tuple[str, int, int, int]]:
+    """`python -X importtime` lines as (module, depth, self us, cumulative us), in order."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        own, cumulative, name = line[len("import time:"):].split("|", 2)
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        rows.append((name.strip(), depth, int(own), int(cumulative)))
+    return rows

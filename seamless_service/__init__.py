@@ -8,7 +8,9 @@ Public Python API (loaded on first use):
         rows = host.ps(status="running")
 
 `Host`, `Fleet`, `FleetResult`, `Rows` (client/api.py), `open_transport`
-(client/transport/open.py) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
+(client/transport/open.py), `Transport` (client/transport/base.py: what every transport
+offers), `MockTransport` (client/transport/mock.py: answers from a function, for tests:
+`Host("h", transport=MockTransport(handler))`) and the exceptions `ServiceError`, `ConnectionFailed`, `AuthFailed`,
 `ProtocolMismatch`, `OpError`, `UsageError` (client/errors.py).
 
 Kept import-light on purpose: the CLI imports this package on every call, so nothing
@@ -24,6 +26,8 @@ _LAZY = {
     "FleetResult": "client.api",
     "Rows": "client.api",
     "open_transport": "client.transport.open",
+    "Transport": "client.transport.base",
+    "MockTransport": "client.transport.mock",
     "ServiceError": "client.errors",
     "ConnectionFailed": "client.errors",
     "AuthFailed": "client.errors",

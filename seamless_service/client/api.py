@@ -16,7 +16,9 @@
         result.rows      # every row, tagged with "host"
         result.errors    # {"frontend-c": ConnectionFailed(...)} for hosts that failed
 
-`Host.local()` is this machine (no SSH). Remote hosts are reached through the `auto`
+`Host.local()` is this machine (no SSH). `Host(name, transport=MockTransport(handler))`
+answers from a function instead (client/transport/mock.py), for testing code built on this
+API without any host. Remote hosts are reached through the `auto`
 transport by default: the host's agent over an SSH tunnel (deployed on first use), or plain
 `ssh` + `rhl-*` helpers where the agent cannot run (see client/transport/open.py). Every value
 has the same shape whichever transport answered.
@@ -36,10 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ConnectionFailed, OpError, ServiceError, UsageError
-from .transport.base import DEFAULT_TIMEOUT
-
-Op = tuple[str, dict[str, Any]]
-Notice = Callable[[str], None]
+from .transport.base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
 
 class Rows(list):
@@ -57,7 +56,7 @@ def _keys(keys: str | Iterable[str]) -> list[str]:
     return [keys] if isinstance(keys, str) else list(keys)
 
 
-def _result_value(result: dict[str, Any], host: str) -> Any:
+def _result_value(result: Result, host: str) -> Any:
     if result.get("ok"):
         return result.get("value")
     error = result.get("error") or {}
@@ -71,27 +70,30 @@ class Host:
     one connection. Use as a context manager, or call `close()`, to close the tunnel.
     """
 
-    def __init__(self, name: str | None, *, transport: str = "auto", ssh_config: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, notice: Notice | None = None,
-                 accept_new_host_key: bool = False):
+    def __init__(self, name: str | None, *, transport: str | Transport = "auto",
+                 ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 notice: Notice | None = None, accept_new_host_key: bool = False):
         """`name`: an ssh host alias (`[user@]alias`, resolved through the ssh config), or
-        None for this machine. `transport`: "auto" (default), "agent", "ssh" or "local".
+        None for this machine. `transport`: "auto" (default), "agent", "ssh" or "local";
+        or a Transport instance to use as it is (e.g. a MockTransport), closed with the Host.
         `ssh_config`: another ssh config file (like `ssh -F`). `timeout`: seconds per call,
         reconnecting and retrying included (ops that wait, such as `wait` or `stop`, get
         their own time on top). `notice`: called with one-line messages about repairs and
         fallbacks (default: stderr); see also `fallback`.
         `accept_new_host_key`: add an unknown host key to known_hosts (first contact only;
         a changed key is always refused)."""
-        if name is None and transport not in ("auto", "local"):
-            raise UsageError(f"this machine is reached with the local transport, not {transport!r}")
+        given = transport if isinstance(transport, Transport) else None
+        kind = transport.name if isinstance(transport, Transport) else transport
+        if name is None and given is None and kind not in ("auto", "local"):
+            raise UsageError(f"this machine is reached with the local transport, not {kind!r}")
         self.name = name if name is not None else "localhost"
         self._host = name
-        self._kind = "local" if name is None else transport
+        self._kind = "local" if name is None and given is None else kind
         self._ssh_config = ssh_config
         self._timeout = timeout
         self._notice = notice
         self._accept_new = accept_new_host_key
-        self._transport: Any = None
+        self._transport: Transport | None = given
         self._lock = threading.Lock()
         self._closed = False
 
@@ -103,7 +105,7 @@ class Host:
     # ------------------------------------------------------------------ plumbing
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> Transport:
         """The underlying transport (opened on first use)."""
         with self._lock:
             if self._closed:
@@ -122,9 +124,9 @@ class Host:
         its agent (the auto transport's fallback, also said once through `notice`), or
         None while the agent answers (or before the first call)."""
         transport = self._transport
-        return getattr(transport, "fallback_reason", None) if transport is not None else None
+        return transport.fallback_reason if transport is not None else None
 
-    def raw_batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+    def raw_batch(self, ops: Sequence[Op]) -> list[Result]:
         """The transport's raw results ({"ok", "value" | "error"}), one per op."""
         return self.transport.batch([(name, dict(args or {})) for name, args in ops])
 
@@ -229,20 +231,17 @@ class Host:
         return value
 
     def _transport_kind(self) -> str:
-        transport = self.transport
-        kind = getattr(transport, "kind", None) or getattr(transport, "name", None)
-        return str(kind or self._kind)
+        return self.transport.kind
 
     # ------------------------------------------------------------------ lifecycle
 
     def describe(self) -> dict[str, Any]:
         """The transport's state (connected, repairs, ...); never a secret."""
         transport = self._transport
-        describe = getattr(transport, "describe", None) if transport is not None else None
-        return {"host": self.name, "transport": self._kind, **(describe() if callable(describe) else {})}
+        return {"host": self.name, "transport": self._kind, **(transport.describe() if transport is not None else {})}
 
     def close(self) -> None:
-        """Close the tunnel (inside the client daemon, the pooled connection stays open)."""
+        """Close the tunnel (inside the tunnel keeper, the pooled connection stays open)."""
         with self._lock:
             self._closed = True
             transport, self._transport = self._transport, None
@@ -288,7 +287,11 @@ class Fleet:
                  ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
                  notice: Notice | None = None, accept_new_host_key: bool = False):
         """`hosts`: ssh aliases or Host objects (a Host passed in stays the caller's to close).
-        The other arguments apply to the hosts given by name."""
+        The other arguments apply to the hosts given by name; `transport` is a kind here
+        (a transport instance serves one host: `Fleet([Host(name, transport=...), ...])`)."""
+        if not isinstance(transport, str):
+            raise UsageError("Fleet(transport=...) takes a kind (auto, agent, ssh, local); give each host its own "
+                             "transport instead: Fleet([Host(name, transport=...), ...])")
         self.hosts: list[Host] = []
         self._owned: list[Host] = []
         for item in hosts:

@@ -1,22 +1,22 @@
-"""The `seamless-service` console entry point: a thin client of the per-user daemon.
+"""The `seamless-service` console entry point: a thin client of the per-user keeper.
 
-It imports only os/sys and the daemon client (socket, struct, msgpack): the command
+It imports only os/sys and the keeper client (socket, struct, msgpack): the command
 line itself (argparse, resolution, rendering, rpyc, paramiko, sshtunnel) is imported by
-the daemon, which keeps it and its SSH connections warm between calls.
+the keeper, which keeps it and its SSH connections warm between calls.
 
 Where a command runs:
   in this process   `agent ...` (manages the agent of this machine, typically on a server
                     where no tunnel keeper is wanted; `agent start` leaves a long-lived
-                    process behind, which must not become the daemon's child),
+                    process behind, which must not become the keeper's child),
                     `completion` (run from a shell's startup file: no keeper for that),
                     anything with `--local` (reads this machine's state, no SSH to save),
-                    SEAMLESS_SERVICE_NO_DAEMON=1, any time the daemon cannot be
+                    SEAMLESS_SERVICE_NO_DAEMON=1, any time the keeper cannot be
                     reached or started (with a one-line notice), and, without a notice,
-                    when the daemon is busy with another command (see BUSY_WAIT)
-  tunnel status/stop   asks the daemon itself
-  --help, -h, no args  here, from a constant (cli/toplevel_help.py): no parser, no daemon
-  SUBCOMMAND --help    the daemon if one is running, else here (never starts one)
-  everything else   the daemon, started on demand; output is streamed back as it comes
+                    when the keeper is busy with another command (see BUSY_WAIT)
+  tunnel status/stop   asks the keeper itself
+  --help, -h, no args  here, from a constant (cli/toplevel_help.py): no parser, no keeper
+  SUBCOMMAND --help    the keeper if one is running, else here (never starts one)
+  everything else   the keeper, started on demand; output is streamed back as it comes
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ if TYPE_CHECKING:
 # where starting a tunnel keeper would be a cost for nothing
 IN_PROCESS_COMMANDS = ("agent", "demo", "completion")
 
-# The daemon runs one command at a time (cwd, environment and sys.stdout are per process).
+# The keeper runs one command at a time (cwd, environment and sys.stdout are per process).
 # A command that finds it still busy after BUSY_WAIT seconds runs here instead: it pays the
 # imports and its own SSH handshake (~0.7 s) but never hangs behind a `ps --watch` or
 # `logs --follow` in another terminal. The short wait lets it queue behind a short command,
 # which is cheaper than a cold start.
 #
-# Long-running commands themselves (--watch, --follow) still go to the daemon, on purpose:
+# Long-running commands themselves (--watch, --follow) still go to the keeper, on purpose:
 # they get its warm connections (a watch shows its first frame at once), Ctrl-C reaches
-# them through the daemon's cancellation, and the connections they open stay warm for the
+# them through the keeper's cancellation, and the connections they open stay warm for the
 # commands after them. The cost, other commands running cold while a watch holds the
-# daemon, is bounded by the busy fallback. Running every watch here instead would make
+# keeper, is bounded by the busy fallback. Running every watch here instead would make
 # the common case (one watch, nothing else) pay a cold start and a second SSH connection.
 BUSY_WAIT = 0.2
 
@@ -60,9 +60,9 @@ def _command(args: Sequence[str]) -> str | None:
 
 
 def route(args: Sequence[str]) -> str:
-    """'local', 'tunnel', 'help' (daemon if running, else local) or 'daemon'."""
+    """'local', 'tunnel', 'help' (keeper if running, else local) or 'keeper'."""
     command = _command(args)
-    if command == "tunnel":   # about the daemon itself: the same with or without NO_DAEMON
+    if command == "tunnel":   # about the keeper itself: the same with or without NO_DAEMON
         return "tunnel"
     if os.environ.get("SEAMLESS_SERVICE_NO_DAEMON", "") not in ("", "0"):
         return "local"
@@ -70,7 +70,7 @@ def route(args: Sequence[str]) -> str:
         return "local"
     if not args or "-h" in args or "--help" in args:
         return "help"
-    return "daemon"
+    return "keeper"
 
 
 def run_in_process(args: Sequence[str]) -> int:
@@ -107,7 +107,7 @@ def _dispatch(args: list[str]) -> int:
 
         sys.stdout.write(TOP_HELP)
         return 0 if args else 2  # no command at all is a usage error, as argparse says
-    from .keeper import client  # socket, msgpack: only for the commands that use the daemon
+    from .keeper import client  # socket, msgpack: only for the commands that use the keeper
 
     how = route(args)
     if how == "local":
@@ -117,14 +117,14 @@ def _dispatch(args: list[str]) -> int:
         rest = args[args.index(command) + 1:] if command else []
         return client.tunnel_command(rest)
     try:
-        return client.run(args, start=(how == "daemon"), busy_wait=BUSY_WAIT)
-    except (client.NotRunning, client.DaemonBusy):
+        return client.run(args, start=(how == "keeper"), busy_wait=BUSY_WAIT)
+    except (client.NotRunning, client.KeeperBusy):
         return run_in_process(args)
-    except client.DaemonUnavailable as exc:
+    except client.KeeperUnavailable as exc:
         print(f"seamless-service: tunnel keeper unavailable ({exc}); running in this process",
               file=sys.stderr)
         return run_in_process(args)
-    except (client.DaemonLost, client.DaemonImpostor) as exc:
+    except (client.KeeperLost, client.KeeperImpostor) as exc:
         print(f"seamless-service: {exc}", file=sys.stderr)
         return 1
 

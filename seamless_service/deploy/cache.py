@@ -5,7 +5,7 @@ Layout: `$XDG_CACHE_HOME/seamless-service/` (default `~/.cache/seamless-service/
 and `wheels/` for the wheels deploy builds. Every write is atomic (temp file in the same
 folder + os.replace), so a concurrent reader never sees half a file.
 
-Import-light on purpose (no paramiko): the client daemon reads endpoints from here.
+Import-light on purpose (no paramiko): the tunnel keeper reads endpoints from here.
 """
 
 from __future__ import annotations

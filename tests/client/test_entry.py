@@ -1,5 +1,5 @@
 """The thin `seamless-service` entry point with the real CLI behind it, as a user runs it:
-a separate process per call, a real daemon started on demand."""
+a separate process per call, a real keeper started on demand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from seamless_service import __version__
 from seamless_service.client import entry
 from seamless_service.client.keeper import client
-from tests.support.keeper import DaemonPlace, wait_for
+from tests.support.keeper import KeeperPlace, wait_for
 from tests.support.other_user import unused_uid
 from tests.support.processes import gone
 
@@ -24,7 +24,7 @@ HEAVY = ("argparse", "seamless_service.client.cli", "seamless_service.client.cli
 
 @pytest.fixture
 def place(monkeypatch):
-    p = DaemonPlace(monkeypatch, hooks=False)
+    p = KeeperPlace(monkeypatch, hooks=False)
     yield p
     p.cleanup()
 
@@ -36,10 +36,10 @@ def cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.
 
 
 def requests_served() -> int:
-    return client.daemon_status()["requests"]
+    return client.keeper_status()["requests"]
 
 
-def test_version_goes_through_a_daemon_started_on_demand_and_reused(place):
+def test_version_goes_through_a_keeper_started_on_demand_and_reused(place):
     assert not place.sock.exists()
     first = cli("--version")
     assert (first.returncode, first.stdout, first.stderr) == (0, f"seamless-service {__version__}\n", "")
@@ -51,8 +51,8 @@ def test_version_goes_through_a_daemon_started_on_demand_and_reused(place):
     assert place.pid() == pid
 
 
-def test_bad_subcommand_gives_usage_and_exit_2_through_the_daemon(place):
-    client.ensure_daemon()
+def test_bad_subcommand_gives_usage_and_exit_2_through_the_keeper(place):
+    client.ensure_keeper()
     before = requests_served()
     result = cli("frobnicate")
     assert result.returncode == 2 and result.stdout == ""
@@ -61,13 +61,13 @@ def test_bad_subcommand_gives_usage_and_exit_2_through_the_daemon(place):
     assert requests_served() == before + 2
 
 
-def test_no_daemon_env_runs_in_process(place):
+def test_no_keeper_env_runs_in_process(place):
     result = cli("--version", env={"SEAMLESS_SERVICE_NO_DAEMON": "1"})
     assert (result.returncode, result.stdout) == (0, f"seamless-service {__version__}\n")
     assert not place.sock.exists()
 
 
-def test_help_never_starts_a_daemon_but_uses_a_running_one(place):
+def test_help_never_starts_a_keeper_but_uses_a_running_one(place):
     result = cli("ps", "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: seamless-service ps")
     assert not place.sock.exists()
@@ -76,12 +76,12 @@ def test_help_never_starts_a_daemon_but_uses_a_running_one(place):
     top = cli("--help")
     assert top.returncode == 0 and top.stdout == bare.stdout
     assert not place.sock.exists()
-    client.ensure_daemon()
+    client.ensure_keeper()
     before = requests_served()
-    via_daemon = cli("ps", "--help")
-    assert via_daemon.stdout == result.stdout
+    via_keeper = cli("ps", "--help")
+    assert via_keeper.stdout == result.stdout
     assert requests_served() == before + 2
-    cli("--help")  # the top-level help is a constant: it does not even ask the daemon
+    cli("--help")  # the top-level help is a constant: it does not even ask the keeper
     assert requests_served() == before + 3  # only our own status call
 
 
@@ -89,7 +89,7 @@ def test_tunnel_status_and_stop(place):
     none = cli("tunnel", "status")
     assert (none.returncode, none.stdout) == (1, "no tunnel keeper running\n")
     assert not place.sock.exists()             # status does not start one
-    pid = client.ensure_daemon()["pid"]
+    pid = client.ensure_keeper()["pid"]
     status = cli("tunnel", "status")
     assert status.returncode == 0
     assert f"tunnel keeper: running, pid {pid}, version {__version__}" in status.stdout
@@ -109,7 +109,7 @@ def test_tunnel_status_and_stop(place):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
-def test_unusable_daemon_folder_falls_back_in_process_with_a_notice(place):
+def test_unusable_keeper_folder_falls_back_in_process_with_a_notice(place):
     place.folder.mkdir(mode=0o700)
     os.chown(place.folder, unused_uid(), -1)
     result = cli("--version")
@@ -133,7 +133,7 @@ def run_and_list_modules(argv: list[str], tmp_path) -> tuple[subprocess.Complete
 
 
 def test_thin_path_imports_nothing_heavy(place, tmp_path):
-    client.ensure_daemon()
+    client.ensure_keeper()
     result, seen = run_and_list_modules(["--version"], tmp_path)
     assert result.stdout == f"seamless-service {__version__}\n"
     assert seen["rc"] == 0
@@ -142,9 +142,9 @@ def test_thin_path_imports_nothing_heavy(place, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["ps", "--cluster", "x"], "daemon"),
-    (["--version"], "daemon"),
-    (["--debug", "ps"], "daemon"),
+    (["ps", "--cluster", "x"], "keeper"),
+    (["--version"], "keeper"),
+    (["--debug", "ps"], "keeper"),
     (["ps", "--local"], "local"),
     (["agent", "status"], "local"),
     (["--debug", "agent", "start"], "local"),

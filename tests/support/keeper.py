@@ -1,4 +1,4 @@
-"""A private tunnel keeper for tests: its folder (`DaemonPlace`, optionally running the test
+"""A private tunnel keeper for tests: its folder (`KeeperPlace`, optionally running the test
 main `HOOKS` instead of the real CLI), raw and thin clients, and commands run through it
 with a caller's own environment (`through_keeper`, `ssh_home`)."""
 
@@ -24,7 +24,7 @@ from tests.support.services import LauncherSandbox
 
 HOOKS = textwrap.dedent('''
     import json, os, sys, time
-    from seamless_service.client.transport import pool
+    from seamless_service.client.transport.pool import default_pool as pool
 
     class Thing:
         def __init__(self, marker):
@@ -45,7 +45,7 @@ HOOKS = textwrap.dedent('''
         deadline = time.monotonic() + 20
         if cmd == "env":
             print(json.dumps({"cwd": os.getcwd(), "var": os.environ.get("SSD_VAR"),
-                              "argv": sys.argv, "in_daemon": pool.in_daemon(),
+                              "argv": sys.argv, "in_keeper": pool.in_keeper,
                               "tty": sys.stdout.isatty()}))
             return 0
         if cmd == "exit":
@@ -60,7 +60,7 @@ HOOKS = textwrap.dedent('''
             sys.stdout.buffer.write("h\\u00e9llo\\n".encode())
             return 0
         if cmd == "pool":
-            pool.get(rest[0], lambda: Thing(rest[1]))
+            pool.lease(rest[0], lambda: Thing(rest[1]))
             return 0
         if cmd == "wait-file":      # prints, then waits for a file: shows streaming
             print("first", flush=True)
@@ -101,7 +101,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return predicate()
 
 
-def daemon_pids(folder: Path) -> list[int]:
+def keeper_pids(folder: Path) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -117,16 +117,16 @@ def daemon_pids(folder: Path) -> list[int]:
     return pids
 
 
-def kill_daemons(folder: Path) -> None:
-    for pid in daemon_pids(folder):
+def kill_keepers(folder: Path) -> None:
+    for pid in keeper_pids(folder):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
 
-class DaemonPlace:
-    """A private daemon folder (short path: unix socket paths are limited to 107 bytes)."""
+class KeeperPlace:
+    """A private keeper folder (short path: unix socket paths are limited to 107 bytes)."""
 
     def __init__(self, monkeypatch, hooks: bool, idle: float = 60):
         self.root = Path(tempfile.mkdtemp(prefix="ssd-", dir="/tmp"))
@@ -148,11 +148,11 @@ class DaemonPlace:
 
     def pid(self) -> int:
         info = client.ping()
-        assert info is not None, "no daemon answers"
+        assert info is not None, "no keeper answers"
         return info["pid"]
 
     def cleanup(self) -> None:
-        kill_daemons(self.folder)
+        kill_keepers(self.folder)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -150,7 +150,7 @@ class World:
         return ndjson(result.stdout)
 
     def new_ps(self, *argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-        """`seamless-service ps` as a user runs it (its own process, no daemon)."""
+        """`seamless-service ps` as a user runs it (its own process, no keeper)."""
         return subprocess.run([sys.executable, "-m", "seamless_service.client.entry", "ps", *argv],
                               cwd=cwd or self.proj, env=self.env(**env), capture_output=True, text=True,
                               timeout=120)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from ...protocol.keys import SERVICES
 from ..errors import ConnectionFailed, OpError
-from ..transport.base import DEFAULT_TIMEOUT
+from ..config.selection import Selection
+from ..transport.base import DEFAULT_TIMEOUT, Op, Result, Transport
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
+
+TransportFactory = Callable[[str | None], Transport]   # ssh host (None: this machine) -> transport
+# Set only by main(argv, transport_factory=...) for the length of one command, so tests run
+# the CLI in-process on MockTransports; no flag or environment variable reaches it.
+_factory: TransportFactory | None = None
 
 
 def add_selection_args(parser: argparse.ArgumentParser, *, service_required: bool = False,
@@ -25,12 +33,21 @@ def add_selection_args(parser: argparse.ArgumentParser, *, service_required: boo
     group.add_argument("--stage", help="stage (`stage NAME:` blocks of seamless.yaml apply)")
     group.add_argument("--substage", help="substage (jobserver/daskserver)")
     # default None, not "rw": cluster-wide commands filter on --mode only when it was given
-    # (Selection.from_args turns None into "rw" for resolution, as seamless-config's default).
+    # (selection_of turns None into "rw" for resolution, as seamless-config's default).
     group.add_argument("--mode", choices=("ro", "rw"), default=None,
                        help="read-only or read-write hashserver/database (default rw)")
     group.add_argument("--queue", help="queue (daskserver, pure-daskserver)")
     group.add_argument("--frontend-name", dest="frontend_name", metavar="HOSTNAME",
                        help="use the frontend whose `hostname` is HOSTNAME")
+
+
+def selection_of(args: argparse.Namespace, **override: Any) -> Selection:
+    """The selection flags as a Selection (an unset --mode resolves as rw); `override`
+    replaces some of them (e.g. service=...)."""
+    values = {name: getattr(args, name, None) for name in Selection.__dataclass_fields__}
+    values.update(override)
+    values["mode"] = values.get("mode") or "rw"
+    return Selection(**values)
 
 
 def add_transport_args(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +80,35 @@ def _notice(message: str) -> None:
     print(message if message.startswith(prefix) else prefix + message, file=sys.stderr, flush=True)
 
 
-def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def transports_from(factory: TransportFactory | None) -> Iterator[None]:
+    """While inside, open_for and open_local return `factory(host)` (None: as usual)."""
+    global _factory
+    previous, _factory = _factory, factory
+    try:
+        yield
+    finally:
+        _factory = previous
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """--transport, --ssh-config and --timeout, typed: how open_for reaches a host."""
+
+    kind: str = "auto"
+    ssh_config: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TransportOptions":
+        return cls(kind=getattr(args, "transport", None) or "auto", ssh_config=getattr(args, "ssh_config", None),
+                   timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT)
+
+
+def open_for(ssh_host: str | None, options: TransportOptions) -> Transport:
     """A transport to `ssh_host` (None: this machine), chosen by --transport."""
-    kind = getattr(args, "transport", None) or "auto"
+    if _factory is not None:
+        return _factory(ssh_host)
     try:
         from ..transport.open import open_transport
     except ImportError:
@@ -75,43 +118,35 @@ def open_for(ssh_host: str | None, args: argparse.Namespace) -> Any:
 
             return LocalTransport()
         raise ConnectionFailed(ssh_host, "remote transports are not available in this installation") from None
-    return open_transport(
-        ssh_host, kind,
-        ssh_config=getattr(args, "ssh_config", None),
-        timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT,
-        notice=_notice,
-    )
+    return open_transport(ssh_host, options.kind, ssh_config=options.ssh_config, timeout=options.timeout,
+                          notice=_notice)
 
 
-def open_local() -> Any:
+def open_local() -> Transport:
     """The in-process transport on this machine's launcher state (client files live here)."""
+    if _factory is not None:
+        return _factory(None)
     from ..transport.local import LocalTransport
 
     return LocalTransport()
 
 
-def _label(transport: Any) -> str | None:
-    """Host shown in error messages; none for this machine."""
-    host = getattr(transport, "host", None)
-    return None if host in (None, "localhost") else host
-
-
-def call_batch(transport: Any, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def call_batch(transport: Transport, ops: list[Op]) -> list[Result]:
     """One round trip; the raw results ({"ok", "value"|"error"}), in order."""
     return transport.batch(ops)
 
 
-def call_one(transport: Any, op: str, args: dict[str, Any]) -> Any:
+def call_one(transport: Transport, op: str, args: dict[str, Any]) -> Any:
     """The value of one op, or OpError (code, message, host)."""
     from ..transport.local import unwrap
 
-    return unwrap(call_batch(transport, [(op, args)])[0], host=_label(transport))
+    return unwrap(call_batch(transport, [(op, args)])[0], host=transport.label)
 
 
-def error_of(result: dict[str, Any], transport: Any) -> OpError | None:
+def error_of(result: Result, transport: Transport) -> OpError | None:
     """The OpError of a failed raw result, else None."""
     if result.get("ok"):
         return None
     error = result.get("error") or {}
     return OpError(str(error.get("code", "internal")), str(error.get("message", "unknown error")),
-                   _label(transport))
+                   transport.label)

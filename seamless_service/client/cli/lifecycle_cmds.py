@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import OpError, UsageError
 from ..lifecycle.control import (
@@ -40,10 +40,10 @@ from ..lifecycle.control import (
     restart_service,
     start_service,
 )
-from ..config.clusters import cluster_hosts
-from ..config.resolve import KeyNotResolvable, resolve_key, resolve_service
-from ..config.selection import PERSISTENT_SERVICES, Resolved, Selection
-from .common import add_selection_args, add_transport_args, open_for
+from ..config.resolve import KeyNotResolvable
+from ..config.selection import PERSISTENT_SERVICES, Resolved
+from ..transport.base import Transport
+from .common import TransportOptions, add_selection_args, add_transport_args, open_for, selection_of
 from .targets import add_target_args, check_target_args, local_rows
 
 PROG = "seamless-service"
@@ -159,7 +159,7 @@ def _unresolvable(exc: KeyNotResolvable, verb: str, *, several: bool) -> UsageEr
 
 def _by_key(key: str, args: argparse.Namespace, verb: str, *, several: bool = False) -> Resolved:
     try:
-        return resolve_key(key, cluster=args.cluster, frontend_name=args.frontend_name)
+        return args.config.resolve_key(key, cluster=args.cluster, frontend_name=args.frontend_name)
     except KeyNotResolvable as exc:
         raise _unresolvable(exc, verb, several=several) from None
 
@@ -182,7 +182,7 @@ def selected_services(args: argparse.Namespace, *, running_only: bool = False) -
     if args.key is not None:
         return [_on_chosen_host(_by_key(args.key, args, verb), args)]
     if args.service:
-        return [_on_chosen_host(resolve_service(Selection.from_args(args), from_cwd=True), args)]
+        return [_on_chosen_host(args.config.resolve(selection_of(args), from_cwd=True), args)]
     if not running_only:
         raise UsageError("--service is required (or --key KEY with --cluster C or --local)")
     if args.local:
@@ -202,8 +202,8 @@ def _cluster_server_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .service_cmds import cluster_rows
 
     rows: list[dict[str, Any]] = []
-    for host in cluster_hosts(args.cluster, args.frontend_name):
-        transport = open_for(host, args)
+    for host in args.config.cluster_hosts(args.cluster, args.frontend_name):
+        transport = open_for(host, TransportOptions.from_args(args))
         try:
             rows += cluster_rows(transport, args, "server")
         finally:
@@ -239,10 +239,11 @@ def _report(resolved: Resolved, value: dict[str, Any], as_json: bool) -> int:
     return 1 if value["outcome"] == "failed" else 0
 
 
-def _each(args: argparse.Namespace, services: list[Resolved], act) -> int:
+def _each(args: argparse.Namespace, services: list[Resolved],
+          act: Callable[[Transport, Resolved], dict[str, Any]]) -> int:
     rc = 0
     for resolved in services:
-        transport = open_for(resolved.ssh_host, args)
+        transport = open_for(resolved.ssh_host, TransportOptions.from_args(args))
         try:
             value = act(transport, resolved)
         except (LifecycleError, OpError) as exc:
@@ -266,7 +267,7 @@ def run_start(args: argparse.Namespace) -> int:
 def run_restart(args: argparse.Namespace) -> int:
     services = selected_services(args, running_only=True)
 
-    def act(transport: Any, resolved: Resolved) -> dict[str, Any]:
+    def act(transport: Transport, resolved: Resolved) -> dict[str, Any]:
         value = restart_service(transport, resolved.config, timeout=args.start_timeout, progress=_progress)
         if value.get("rotated_log") and not args.json:
             _progress(f"{value['key']}: previous log kept as {value['rotated_log']}")
@@ -285,9 +286,9 @@ def _reset_selection(args: argparse.Namespace) -> tuple[dict[str, Any], list[tup
     meta: dict[str, Any] = {}
     host: str | None = None
     for service in PERSISTENT_SERVICES:
-        sel = Selection.from_args(argparse.Namespace(**{**vars(args), "service": service}))
+        sel = selection_of(args, service=service)
         try:
-            resolved = resolve_service(sel, from_cwd=True)
+            resolved = args.config.resolve(sel, from_cwd=True)
         except UsageError as exc:
             if "no frontend" in str(exc).lower() or "support" in str(exc).lower():
                 continue  # the cluster has no such service
@@ -320,7 +321,7 @@ def run_reset(args: argparse.Namespace) -> int:
         raise UsageError("reset stops services and deletes their data: pass --dry-run to see what, or --yes to do it")
     filters, dirs, host = _reset_selection(args)
     what = " ".join(f"{k}={v}" for k, v in filters.items())
-    transport = open_for(host, args)
+    transport = open_for(host, TransportOptions.from_args(args))
     try:
         plan = reset_plan(transport, host, filters, dirs)
         if args.dry_run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from ... import __version__
 from ..errors import ServiceError
@@ -15,6 +15,9 @@ from .toplevel_help import DESCRIPTION  # one text: the thin client prints it wi
 # agent needs) lacks them: the commands that need them say how to install them.
 CLIENT_MODULES = ("paramiko", "sshtunnel", "seamless_config")
 CLIENT_INSTALL = "pip install 'seamless-service[client]' (from a checkout: pip install '.[client]')"
+
+if TYPE_CHECKING:
+    from .common import TransportFactory
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,14 +91,24 @@ def missing_client_module(exc: BaseException) -> str | None:
     return name if name in CLIENT_MODULES else None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, transport_factory: "TransportFactory | None" = None) -> int:
+    """Run one command; its exit status. `transport_factory(host)` (host None: this machine),
+    for tests only: every transport the command opens comes from it, e.g. a MockTransport."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    from ..config.client_config import ClientConfig
+    from .common import transports_from  # loaded already, by the subcommands' parsers
+
+    # What every command is handed besides its flags: the configuration, read at most once
+    # for the command (on first use), and the command line as typed (the watch header).
+    args.config = ClientConfig()
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.func(args) or 0)
+        with transports_from(transport_factory):
+            return int(args.func(args) or 0)
     except ServiceError as exc:
         if args.debug:
             raise

@@ -33,12 +33,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ...protocol import schema
 from ..errors import UsageError
 from ..query.rows import PERSISTENT_STATUS
-from .common import add_selection_args, add_transport_args
+from ..transport.base import Transport
+from .common import TransportOptions, add_selection_args, add_transport_args, open_for, selection_of
+
+if TYPE_CHECKING:  # query/ps.py is imported when ps runs, not when the parser is built
+    from ..config.client_config import ClientConfig
+    from ..query.ps import PsRequest
 
 HELP = """\
 List Seamless services: process state (running, starting, failed, stale, client) and,
@@ -113,105 +119,127 @@ def run(args: argparse.Namespace) -> int:
 
     if args.watch is not None and not 0 < args.watch <= MAX_WATCH:
         raise UsageError(f"--watch SECONDS must be more than 0 and at most {MAX_WATCH:g}")
-    if args.status == PERSISTENT_STATUS:
-        args.persistent = True   # the state is about data directories: they must be read
-    if args.server and not args.cluster:
-        args.cluster = _project_cluster(args)   # None: view_of says --server requires --cluster
-    if args.local:
+    config = args.config
+    request = request_of(args, config)
+    if request.view == "local":
         from ..query.ps import Plan
         from .ps_local import LocalServerQuery
 
         plan = Plan()
-        plan.queries[None] = LocalServerQuery(args)
+        plan.queries[None] = LocalServerQuery(request)
     else:
-        plan = plan_queries(args)
+        plan = plan_queries(request, config)
     print_lines(plan.warnings)
-    opener = _Opener(args)
+    opener = _Opener(TransportOptions.from_args(args), keep_open=args.watch is not None)
     try:
         if args.watch is not None:
             for query in plan.list():  # opening connects nothing; bad --transport is exit 2 here
                 opener(query.host)
-            return _watch(plan, opener, args)
+            return _watch(plan, opener, request, Output.from_args(args), interval=args.watch,
+                          command=args.command_line)
         outcomes = run_all(plan.list(), opener, settle=True)
     finally:
         opener.close()
     problems = problems_of(plan, outcomes)
-    rows = assemble(outcomes, args)
-    if args.local and not rows and not problems:
+    rows = assemble(outcomes, request)
+    if request.view == "local" and not rows and not problems:
         from .ps_local import check_cluster
 
-        check_cluster(args.cluster)
-    print_rows(rows, args, problems)
+        check_cluster(request.cluster, config)
+    print_rows(rows, Output.from_args(args), problems)
     print_lines(problem.line for problem in problems)
     return 1 if problems else 0
 
 
-def _project_cluster(args: argparse.Namespace) -> str | None:
-    """Inside a project, the cluster its seamless.yaml / seamless.profile.yaml selects, as
-    the per-service commands take it (the seed's `ps --server --project P --status stale`)."""
-    from ..config.clusters import project_cluster
-    from ..config.selection import Selection
+def request_of(args: argparse.Namespace, config: "ClientConfig") -> "PsRequest":
+    """The typed request below the CLI: the view the flags select, the filters, what to read.
+    `ps --server` inside a project without --cluster takes the project's cluster."""
+    from ..query.ps import PS_FILTERS, PsRequest, view_of
 
-    return project_cluster(Selection.from_args(args))
+    filters = {name: getattr(args, name, None) for name in PS_FILTERS}
+    if args.server and not filters["cluster"]:
+        # Inside a project, the cluster its seamless.yaml / seamless.profile.yaml selects, as
+        # the per-service commands take it (the seed's `ps --server --project P --status stale`);
+        # None: PsRequest says --server requires --cluster.
+        filters["cluster"] = config.project_cluster(selection_of(args))
+    view = view_of(local=args.local, all_clusters=args.all_clusters, server=args.server, client=args.client,
+                   cluster=filters["cluster"])
+    return PsRequest(view, filters, frontend_name=args.frontend_name, status=args.status,
+                     # --status persistent is about data directories: they must be read
+                     persistent=args.persistent or args.status == PERSISTENT_STATUS, health=args.health)
 
 
-def _watch(plan: Any, opener: "_Opener", args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Output:
+    """How rows are printed: --json, --wide, --health (the HEALTH column)."""
+
+    json: bool = False
+    wide: bool = False
+    health: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Output":
+        return cls(json=bool(args.json), wide=bool(getattr(args, "wide", False)),
+                   health=bool(getattr(args, "health", False)))
+
+
+def _watch(plan: Any, opener: "_Opener", request: "PsRequest", output: Output, *, interval: float,
+           command: Sequence[str]) -> int:
     from ..query.ps import assemble, problems_of
     from ..query.watch import Watch
 
     def frame(outcomes: list) -> tuple[str, list[str]]:
         problems = problems_of(plan, outcomes)
-        return render_rows(assemble(outcomes, args), args, problems), [p.line for p in problems]
+        return render_rows(assemble(outcomes, request), output, problems), [p.line for p in problems]
 
-    argv = [a for a in sys.argv[1:] if a] if sys.argv else []
-    title = "seamless-service " + " ".join(argv) if argv else "seamless-service ps"
-    watch = Watch(plan.list(), opener, frame, interval=args.watch, title=title,
-                  out=sys.stdout, err=sys.stderr, json_mode=args.json)
+    words = [a for a in command if a]
+    title = "seamless-service " + " ".join(words) if words else "seamless-service ps"
+    watch = Watch(plan.list(), opener, frame, interval=interval, title=title,
+                  out=sys.stdout, err=sys.stderr, json_mode=output.json)
     return watch.run()
 
 
 class _Opener:
-    """One transport per host for this command, closed at its end (the daemon's pooled
+    """One transport per host for this command, closed at its end (the keeper's pooled
     transports outlive it: closing a lease leaves them open)."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self._opened: dict[str | None, Any] = {}
+    def __init__(self, options: TransportOptions, *, keep_open: bool = False):
+        self.options = options
+        self.keep_open = keep_open
+        self._opened: dict[str | None, Transport] = {}
 
-    def __call__(self, host: str | None) -> Any:
+    def __call__(self, host: str | None) -> Transport:
         transport = self._opened.get(host)
         if transport is None:
-            from .common import open_for
-
-            transport = self._opened[host] = open_for(host, self.args)
+            transport = self._opened[host] = open_for(host, self.options)
         return transport
 
     def close(self) -> None:
-        if self.args.watch is not None:
+        if self.keep_open:
             return  # watch threads may still be in a call; the process (or the pool) owns them
         for transport in self._opened.values():
             try:
-                transport.close()  # a daemon pool lease stays open: close() is a no-op there
+                transport.close()  # a keeper pool lease stays open: close() is a no-op there
             except Exception:  # noqa: BLE001 - the rows are in; a failing close changes nothing
                 pass
 
 
-def render_rows(rows: list[dict[str, Any]], args: argparse.Namespace, problems: Sequence[Any] = ()) -> str:
+def render_rows(rows: list[dict[str, Any]], output: Output, problems: Sequence[Any] = ()) -> str:
     """The table, or NDJSON: every row with the same fields (rows.JSON_FIELDS), then one
     `{"host", "cluster", "error"}` record per failed host and cluster (the table has the
     failures on stderr only)."""
     from ..query.render import columns_for, ndjson, table
     from ..query.rows import public_row
 
-    if args.json:
+    if output.json:
         records = [public_row(row) for row in rows]
         records += [record for problem in problems for record in problem.records()]
         return ndjson(records)
-    return table(rows, columns_for(wide=args.wide, health=args.health))
+    return table(rows, columns_for(wide=output.wide, health=output.health))
 
 
-def print_rows(rows: list[dict[str, Any]], args: argparse.Namespace, problems: Sequence[Any] = ()) -> None:
-    text = render_rows(rows, args, problems)
+def print_rows(rows: list[dict[str, Any]], output: Output, problems: Sequence[Any] = ()) -> None:
+    text = render_rows(rows, output, problems)
     if text:
         sys.stdout.write(text + "\n")
     sys.stdout.flush()

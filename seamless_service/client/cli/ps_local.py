@@ -9,32 +9,33 @@ included) at level 0, so both views say the same about one directory.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+from ..config.client_config import ClientConfig
 from ..errors import UsageError
-from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, persistent_part, ps_args, settle_sizes
+from ..query.ps import PERSISTENT_OPTS, HostQuery, Outcome, Part, PsRequest, persistent_part, ps_args, settle_sizes
 from ..query.rows import persistent_row
+from ..transport.base import Transport
 
 
 class LocalServerQuery(HostQuery):
     """Server rows of this machine (+ their data dirs with --persistent, health with --health)."""
 
-    def __init__(self, args: argparse.Namespace):
-        parts = [Part("process", ps_args(args, side="server"))]
-        if getattr(args, "health", False):
+    def __init__(self, request: PsRequest):
+        parts = [Part("process", ps_args(request, side="server"))]
+        if request.health:
             parts.append(Part("health", {}))
         super().__init__(None, "this machine", parts)
-        self.persistent = bool(args.persistent)
+        self.persistent = request.persistent
 
-    def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
+    def run(self, transport: Transport, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
         out = super().run(transport, wait=wait, settle=False)
         if self.persistent and not out.failed:
             self._workdir_rows(transport, out, settle=settle)
         return out
 
-    def _workdir_rows(self, transport: Any, out: Outcome, *, settle: bool) -> None:
+    def _workdir_rows(self, transport: Transport, out: Outcome, *, settle: bool) -> None:
         asked: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for row in out.process:
             service = row.get("service") or ""
@@ -51,7 +52,7 @@ class LocalServerQuery(HostQuery):
         if settle and any(row.get("size_state") == "pending" for row, _ in asked):
             settle_sizes(transport, lambda: self._attach(transport, out, asked))
 
-    def _attach(self, transport: Any, out: Outcome, asked: list) -> list[dict[str, Any]]:
+    def _attach(self, transport: Transport, out: Outcome, asked: list) -> list[dict[str, Any]]:
         """Ask for the workdirs and put their data on their rows; returns those rows."""
         # One batch: every directory is one op, so a path the policy refuses fails alone.
         for (owner, _), result in zip(asked, transport.batch([("persistent", a) for _, a in asked])):
@@ -74,7 +75,7 @@ class LocalServerQuery(HostQuery):
 
 
 
-def check_cluster(cluster: str | None) -> None:
+def check_cluster(cluster: str | None, config: ClientConfig) -> None:
     """`ps --local --cluster C` that found nothing: a typo must not look like an idle machine.
 
     --cluster filters this machine's rows by the cluster their keys name, which needs no
@@ -83,9 +84,7 @@ def check_cluster(cluster: str | None) -> None:
     other name a usage error, as `ps --cluster C` says it."""
     if not cluster:
         return
-    from ..config.clusters import known_clusters
-
-    known = known_clusters()
+    known = config.cluster_names()
     if cluster not in known:
         where = f"known: {', '.join(known)}" if known else "no clusters defined in ~/.seamless/clusters.yaml"
         raise UsageError(f"--cluster {cluster!r} matches no service on this machine and is not a configured "

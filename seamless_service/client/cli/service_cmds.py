@@ -31,16 +31,15 @@ import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from ...protocol.schema import MAX_KEYS  # keys in one stop/rm op
 from ..errors import OpError, ServiceError, UsageError
-from ..config.clusters import cluster_hosts
-from ..config.resolve import resolve_service
-from ..config.selection import PERSISTENT_SERVICES, Selection
-from .common import add_selection_args, add_transport_args, call_one, open_for, open_local
+from ..config.selection import PERSISTENT_SERVICES
+from ..transport.base import Transport
+from .common import (TransportOptions, add_selection_args, add_transport_args, call_one, open_for, open_local,
+                     selection_of)
 from .targets import Target, add_target_args, pick_target, uses_target
 
 PROG = "seamless-service"
@@ -194,8 +193,8 @@ def _err(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Any]:
-    transport = open_for(host, args)
+def _transport(host: str | None, args: argparse.Namespace) -> Iterator[Transport]:
+    transport = open_for(host, TransportOptions.from_args(args))
     try:
         yield transport
     finally:
@@ -221,7 +220,7 @@ def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
     return filters
 
 
-def cluster_rows(transport: Any, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
+def cluster_rows(transport: Transport, args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
     """The `side` rows ("server" or "client") of this host that --cluster and the filters
     select (#12) and that can be acted on by key (cluster-wide stop/rm, restart --cluster)."""
     rows = call_one(transport, "ps", {"side": side, **_cluster_filters(args)})["rows"]
@@ -248,7 +247,7 @@ def _write_bytes(data: bytes) -> None:
 def run_resolve(args: argparse.Namespace) -> int:
     # Defect #3 kept on purpose: like seamless-service-resolve, read seamless.yaml only from
     # --workdir; reading the cwd too would change the output for the same inputs.
-    resolved = resolve_service(Selection.from_args(args), from_cwd=False)
+    resolved = args.config.resolve(selection_of(args), from_cwd=False)
     print(json.dumps(resolved.resolve_json(), sort_keys=True))
     return 0
 
@@ -283,7 +282,7 @@ def run_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_whole_log(transport: Any, key: str) -> int:
+def _print_whole_log(transport: Transport, key: str) -> int:
     """Print the log as it is now, in pages; return the offset after it."""
     offset, end = 0, None
     while True:
@@ -296,16 +295,13 @@ def _print_whole_log(transport: Any, key: str) -> int:
 
 
 def _sleep(seconds: float) -> bool:
-    """Sleep; True if the command was cancelled meanwhile (the daemon's caller went away)."""
-    from ..transport import pool
+    """Sleep; True if the command was cancelled meanwhile (the keeper's caller went away)."""
+    from ..transport.pool import default_pool
 
-    if pool.in_daemon():
-        return pool.wait_cancelled(seconds)
-    time.sleep(seconds)
-    return False
+    return default_pool.wait_cancelled(seconds)
 
 
-def _follow(transport: Any, key: str, offset: int) -> int:
+def _follow(transport: Transport, key: str, offset: int) -> int:
     try:
         while True:
             if _sleep(FOLLOW_INTERVAL):
@@ -402,7 +398,7 @@ def run_stop(args: argparse.Namespace) -> int:
     if not args.cluster:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
     rc = 0
-    for host in cluster_hosts(args.cluster, args.frontend_name):
+    for host in args.config.cluster_hosts(args.cluster, args.frontend_name):
         try:
             with _transport(host, args) as transport:
                 # Every row, as seamless-service-stop: the stop op signals only live pids that
@@ -447,7 +443,7 @@ def _report_rm(results: list[dict[str, Any]], side: str, where: str) -> tuple[in
     return rc, refused
 
 
-def _rm_on(transport: Any, keys: list[str], *, side: str, force: bool, where: str) -> tuple[int, set[str]]:
+def _rm_on(transport: Transport, keys: list[str], *, side: str, force: bool, where: str) -> tuple[int, set[str]]:
     rc, refused = 0, set()
     flags = {"server": True} if side == "server" else {"client": True}
     for chunk in _chunks(keys):
@@ -468,7 +464,7 @@ def _dry_run_rows(args: argparse.Namespace, verb: str) -> int:
         return 0
     if not args.cluster:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
-    for host in cluster_hosts(args.cluster, args.frontend_name):
+    for host in args.config.cluster_hosts(args.cluster, args.frontend_name):
         with _transport(host, args) as transport:
             _dry_rows(cluster_rows(transport, args, "server"), verb)
     return 0
@@ -484,7 +480,7 @@ def run_rm(args: argparse.Namespace) -> int:
         keys = [target.key]
         hosts_keys = [(target.host, keys)] if do_server else []
     elif args.cluster:
-        hosts_keys = [(host, None) for host in cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
+        hosts_keys = [(host, None) for host in args.config.cluster_hosts(args.cluster, args.frontend_name)] if do_server else []
     else:
         raise UsageError("--service or --cluster is required (or --local, or --key KEY)")
 
@@ -565,6 +561,6 @@ def run_clear(args: argparse.Namespace) -> int:
     return 0 if value.get("ok") else 1
 
 
-def _state_workdir(transport: Any, target: Target) -> str | None:
+def _state_workdir(transport: Transport, target: Target) -> str | None:
     workdir = call_one(transport, "inspect", {"key": target.key})["data"].get("workdir")
     return workdir if isinstance(workdir, str) else None

@@ -121,10 +121,9 @@ def pick_target(args: argparse.Namespace) -> Target:
     if not args.service:
         raise UsageError("--service is required (or --local for this machine's services, "
                          "or --key KEY with --cluster C or --local)")
-    from ..config.resolve import resolve_service
-    from ..config.selection import Selection
+    from .common import selection_of
 
-    resolved = resolve_service(Selection.from_args(args), from_cwd=True)
+    resolved = args.config.resolve(selection_of(args), from_cwd=True)
     return Target(resolved.key, resolved.ssh_host, resolved.service, resolved.local_workdir())
 
 
@@ -133,19 +132,17 @@ def _by_key(args: argparse.Namespace) -> Target:
 
     host = None
     if not args.local:
-        from ..config.clusters import cluster_host
-
-        host = cluster_host(args.cluster, args.frontend_name)
+        host = args.config.cluster_host(args.cluster, args.frontend_name)
     return Target(args.key, host, parse_key(args.key).get("service"))
 
 
 def local_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """This machine's server rows that the selection flags match (the `ps --local` rows;
     stems that are not keys cannot be acted on by key and are left out)."""
-    from ..query.ps import filters_of
+    from ..query.ps import PS_FILTERS
     from .common import call_one, open_local
 
-    filters = {name: value for name, value in filters_of(args).items() if value is not None}
+    filters = {name: getattr(args, name) for name in PS_FILTERS if getattr(args, name, None) is not None}
     transport = open_local()
     try:
         rows = call_one(transport, "ps", {"side": "server", **filters})["rows"]

@@ -94,7 +94,7 @@ def cache_root(sel: Selection) -> str | None:
                              "project": PROJECT_TOPLEVEL})
         _define_cache_cluster(_PROBE_ROOT)
         try:
-            _dispatch._select_from_args(probe.namespace())
+            _dispatch._select_from_args(probe)
             config = _configure(probe)
             from remote_http_launcher import Configuration
 
@@ -117,7 +117,7 @@ def cache_root(sel: Selection) -> str | None:
         expanded = os.path.expanduser(workdir).rstrip("/")
         if tail and expanded.endswith(tail) and len(expanded) > len(tail):
             return expanded[: -len(tail)]
-        return _dispatch._seamless_cache_root_from_workdir(workdir, sel.namespace())
+        return _dispatch._seamless_cache_root_from_workdir(workdir, sel)
     return seamless_cache_dir()
 
 
@@ -161,7 +161,7 @@ def _apply_selection(sel: Selection) -> None:
     from seamless_config.service import _dispatch
 
     try:
-        _dispatch._select_from_args(sel.namespace())
+        _dispatch._select_from_args(sel)
     except ValueError as exc:  # token rules: no '--', 'STAGE-' or '/'
         raise UsageError(f"invalid selection: {one_line(exc)}") from None
 
@@ -243,7 +243,7 @@ def resolve_service(sel: Selection, *, from_cwd: bool = True) -> Resolved:
             except LauncherError as exc:
                 raise UsageError(f"{sel.service}: invalid launcher configuration: {one_line(exc)}") from None
             config["key"] = key
-            meta = _dispatch.add_meta(config, sel.namespace())
+            meta = _dispatch.add_meta(config, sel)
         if sel.service not in PERSISTENT_SERVICES:
             meta["mode"] = "rw"  # #32: what the key says
         config["meta"] = meta

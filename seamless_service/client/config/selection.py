@@ -5,7 +5,6 @@ Plain data: reading the configuration is session.py's, resolving resolve.py's.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,10 @@ LOCAL_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 
 @dataclass
 class Selection:
-    """What the user selected on the command line (None = take it from seamless.yaml)."""
+    """What the user selected on the command line (None = take it from seamless.yaml).
+
+    seamless-config's service helpers read these attributes from an argparse result; they
+    are given the Selection itself (they only read attributes)."""
 
     service: str | None = None
     cluster: str | None = None
@@ -28,16 +30,6 @@ class Selection:
     queue: str | None = None
     frontend_name: str | None = None
     workdir: str | None = None  # resolve --workdir: read DIR/seamless.yaml; None = cwd
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Selection":
-        values = {name: getattr(args, name, None) for name in cls.__dataclass_fields__}
-        values["mode"] = values.get("mode") or "rw"
-        return cls(**values)
-
-    def namespace(self) -> argparse.Namespace:
-        """The argparse-like object seamless-config's service helpers expect."""
-        return argparse.Namespace(**{name: getattr(self, name) for name in self.__dataclass_fields__})
 
 
 @dataclass

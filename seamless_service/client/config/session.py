@@ -66,7 +66,7 @@ def _reset() -> None:
     for name, value in _pristine_select_state().items():
         setattr(select, name, value)
     cluster._clusters.clear()
-    cluster._local_cluster = None  # define_clusters never unsets it (stale in a daemon)
+    cluster._local_cluster = None  # define_clusters never unsets it (stale in a keeper)
     config_files._clusters = {}
     sc._workdir, sc._set_workdir_called = None, False
 
@@ -243,8 +243,10 @@ def known_cluster_names() -> list[str]:
     return list(_clusters)
 
 
-def unknown_cluster(name: str) -> UsageError:
-    known = known_cluster_names()
+def unknown_cluster(name: str, known: list[str] | None = None) -> UsageError:
+    """The error for a cluster name the configuration lacks; `known`: the names it has
+    (default: those seamless-config holds now)."""
+    known = known_cluster_names() if known is None else known
     if known:
         return UsageError(f"unknown cluster {name!r} (known: {', '.join(known)})")
     return UsageError(f"unknown cluster {name!r} (no clusters defined in ~/.seamless/clusters.yaml)")

@@ -1,15 +1,16 @@
-"""The per-user client daemon ("tunnel keeper") and where it lives.
+"""The per-user tunnel keeper and where it lives.
 
 A short-lived `seamless-service` process must not pay heavy imports (paramiko, sshtunnel,
 rpyc: ~370 ms) nor an SSH handshake (~300 ms) per call, so one long-lived process per user
 keeps those and runs CLI commands on the thin client's behalf, like ssh's ControlPersist.
 
     framing.py  length-prefixed msgpack frames over a unix socket
-    server.py   the daemon process (python -m seamless_service.client.keeper.server)
+    server.py   the keeper process (python -m seamless_service.client.keeper.server)
     client.py   talking to it, starting it on demand
 
 The long-lived per-host objects it keeps between calls are in transport/pool.py: the pool
-belongs to the transports, the keeper only makes pooled transports outlive a command.
+belongs to the transports, the keeper only makes pooled transports outlive a command
+(server.py: `default_pool.keep_between_commands(cancel_flag)`, the flag being the keeper's).
 
 This module only knows the folder layout: it is imported by the thin entry point on every
 call, so it imports nothing but os and stat.
@@ -31,7 +32,7 @@ SOCKET_NAME = "daemon.sock"
 LOCK_NAME = "daemon.lock"
 LOG_NAME = "daemon.log"
 
-# The installed package this code runs from: a daemon only serves clients of the same
+# The installed package this code runs from: a keeper only serves clients of the same
 # installation (two venvs of one user must not run each other's code).
 INSTALL_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
@@ -39,8 +40,8 @@ INSTALL_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(_
 MAX_SOCKET_PATH = 107
 
 
-class DaemonDirError(Exception):
-    """The daemon folder cannot be used safely; the message is one readable line."""
+class KeeperDirError(Exception):
+    """The keeper folder cannot be used safely; the message is one readable line."""
 
 
 def _runtime_dir() -> str | None:
@@ -60,7 +61,7 @@ def _runtime_dir() -> str | None:
     return os.path.join(path, "seamless-service")
 
 
-def daemon_dir() -> str:
+def keeper_dir() -> str:
     """The folder that holds the socket, the lock file and the log."""
     override = os.environ.get("SEAMLESS_SERVICE_DAEMON_DIR")
     if override:
@@ -73,15 +74,15 @@ def daemon_dir() -> str:
 
 
 def socket_path(folder: str | None = None) -> str:
-    return os.path.join(folder or daemon_dir(), SOCKET_NAME)
+    return os.path.join(folder or keeper_dir(), SOCKET_NAME)
 
 
 def lock_path(folder: str | None = None) -> str:
-    return os.path.join(folder or daemon_dir(), LOCK_NAME)
+    return os.path.join(folder or keeper_dir(), LOCK_NAME)
 
 
 def log_path(folder: str | None = None) -> str:
-    return os.path.join(folder or daemon_dir(), LOG_NAME)
+    return os.path.join(folder or keeper_dir(), LOG_NAME)
 
 
 def _make_private(folder: str) -> None:
@@ -133,7 +134,7 @@ def check_dir(folder: str, *, create: bool) -> bool:
     could write in is refused, never tightened: they may already have planted a socket
     that impersonates the keeper (reading the environment we send, answering with fake
     output). Mode bits that only let others read or enter it (an old 0755) are tightened
-    to 0700. Raises DaemonDirError with one readable line.
+    to 0700. Raises KeeperDirError with one readable line.
     """
     try:
         st = os.lstat(folder)
@@ -144,19 +145,19 @@ def check_dir(folder: str, *, create: bool) -> bool:
             _make_private(folder)
             st = os.lstat(folder)
         except OSError as exc:
-            raise DaemonDirError(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
+            raise KeeperDirError(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
     except OSError as exc:
-        raise DaemonDirError(f"cannot use daemon folder {folder}: {exc.strerror}") from None
+        raise KeeperDirError(f"cannot use daemon folder {folder}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise DaemonDirError(f"refusing daemon folder {folder}: not a directory (or a symlink)")
+        raise KeeperDirError(f"refusing daemon folder {folder}: not a directory (or a symlink)")
     if st.st_uid != os.getuid():
-        raise DaemonDirError(
+        raise KeeperDirError(
             f"refusing daemon folder {folder}: owned by {uid_name(st.st_uid)}, not by you (uid {os.getuid()}); "
             "set SEAMLESS_SERVICE_DAEMON_DIR to a private folder of yours"
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
-        raise DaemonDirError(
+        raise KeeperDirError(
             f"refusing daemon folder {folder}: mode {mode:o} lets other users write in it{_foreign_socket(folder)}; "
             "remove it, or set SEAMLESS_SERVICE_DAEMON_DIR to a private folder (mode 700) of yours"
         )
@@ -164,12 +165,12 @@ def check_dir(folder: str, *, create: bool) -> bool:
         try:
             os.chmod(folder, 0o700)
         except OSError as exc:
-            raise DaemonDirError(
+            raise KeeperDirError(
                 f"refusing daemon folder {folder}: mode {mode:o} and cannot chmod 700 ({exc.strerror})"
             ) from None
     path = socket_path(folder)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise DaemonDirError(
+        raise KeeperDirError(
             f"daemon socket path too long ({len(os.fsencode(path))} > {MAX_SOCKET_PATH} bytes): "
             "set SEAMLESS_SERVICE_DAEMON_DIR to a shorter folder"
         )

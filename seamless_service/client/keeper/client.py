@@ -1,18 +1,18 @@
-"""Talking to the client daemon: connect (starting it on demand), run a command, status, stop.
+"""Talking to the tunnel keeper: connect (starting it on demand), run a command, status, stop.
 
 Imported by the thin entry point on every call, so it imports only stdlib socket/os/sys/
-time and msgpack (through framing); subprocess is imported only when a daemon must be
+time and msgpack (through framing); subprocess is imported only when a keeper must be
 started.
 
 Errors, each one line:
-  DaemonUnavailable  the request was never delivered (no daemon and none could be
+  KeeperUnavailable  the request was never delivered (no keeper and none could be
                      started, unsafe folder, ...): the caller may run the command itself.
-  NotRunning         (a DaemonUnavailable) no daemon, and we were told not to start one.
-  DaemonBusy         (a DaemonUnavailable) the daemon is running another command and this
+  NotRunning         (a KeeperUnavailable) no keeper, and we were told not to start one.
+  KeeperBusy         (a KeeperUnavailable) the keeper is running another command and this
                      one was not to wait for its turn (run(busy_wait=...)); nothing ran.
-  DaemonLost         the daemon took the request and then went away: the command may have
+  KeeperLost         the keeper took the request and then went away: the command may have
                      run partly, so it must NOT be re-run in-process.
-  DaemonImpostor     another user's process listens on our keeper socket: nothing was
+  KeeperImpostor     another user's process listens on our keeper socket: nothing was
                      sent to it (our environment holds tokens); the command is refused
                      rather than run here, so that the user looks into it.
 """
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 from ... import __version__
 from ..errors import ServiceError
-from . import INSTALL_DIR, DaemonDirError, check_dir, daemon_dir, log_path, socket_path, uid_name
+from . import INSTALL_DIR, KeeperDirError, check_dir, keeper_dir, log_path, socket_path, uid_name
 from . import framing
 
 START_TIMEOUT = 10.0      # spawn -> socket answering
@@ -42,23 +42,23 @@ LOG_ROTATE_BYTES = 1 << 20
 RUN_ATTEMPTS = 3
 
 
-class DaemonUnavailable(ServiceError):
+class KeeperUnavailable(ServiceError):
     pass
 
 
-class NotRunning(DaemonUnavailable):
+class NotRunning(KeeperUnavailable):
     pass
 
 
-class DaemonBusy(DaemonUnavailable):
+class KeeperBusy(KeeperUnavailable):
     pass
 
 
-class DaemonLost(ServiceError):
+class KeeperLost(ServiceError):
     pass
 
 
-class DaemonImpostor(ServiceError):
+class KeeperImpostor(ServiceError):
     pass
 
 
@@ -67,14 +67,14 @@ class DaemonImpostor(ServiceError):
 
 def _try_connect(path: str) -> socket.socket | None:
     """A connected socket, or None when nobody listens (no socket file, or a stale one
-    left by a killed daemon: connection refused)."""
+    left by a killed keeper: connection refused)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
     try:
         sock.connect(path)
         _check_peer(sock, path)
         return sock
-    except DaemonImpostor:
+    except KeeperImpostor:
         sock.close()
         raise
     except (FileNotFoundError, ConnectionRefusedError):
@@ -82,10 +82,10 @@ def _try_connect(path: str) -> socket.socket | None:
         return None
     except socket.timeout:
         sock.close()
-        raise DaemonUnavailable(f"the tunnel keeper at {path} does not accept connections") from None
+        raise KeeperUnavailable(f"the tunnel keeper at {path} does not accept connections") from None
     except OSError as exc:
         sock.close()
-        raise DaemonUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot connect to the tunnel keeper at {path}: {exc.strerror or exc}") from None
 
 
 def _check_peer(sock: socket.socket, path: str) -> None:
@@ -96,21 +96,21 @@ def _check_peer(sock: socket.socket, path: str) -> None:
     the connect where its parent is writable by others."""
     uid = framing.peer_uid(sock)
     if uid is not None and uid != os.getuid():
-        raise DaemonImpostor(
+        raise KeeperImpostor(
             f"refusing the tunnel keeper socket {path}: it is served by {uid_name(uid)}, not by you "
             f"(uid {os.getuid()}), so nothing was sent to it; remove that socket, or set "
             "SEAMLESS_SERVICE_DAEMON_DIR to a private folder of yours")
 
 
 def connect(*, start: bool) -> socket.socket:
-    """A socket connected to the daemon; with `start`, spawn one if none runs."""
-    folder = daemon_dir()
+    """A socket connected to the keeper; with `start`, spawn one if none runs."""
+    folder = keeper_dir()
     try:
         exists = check_dir(folder, create=start)
-    except DaemonDirError as exc:
-        raise DaemonUnavailable(str(exc)) from None
+    except KeeperDirError as exc:
+        raise KeeperUnavailable(str(exc)) from None
     except OSError as exc:
-        raise DaemonUnavailable(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot create daemon folder {folder}: {exc.strerror or exc}") from None
     path = socket_path(folder)
     sock = _try_connect(path) if exists else None
     if sock is not None:
@@ -145,7 +145,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
     import subprocess
 
     env = dict(os.environ)
-    # The daemon must import this very installation, even when it was found through
+    # The keeper must import this very installation, even when it was found through
     # PYTHONPATH or a working directory rather than site-packages.
     root = os.path.dirname(INSTALL_DIR)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -153,7 +153,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
     try:
         log_fd = _open_log(folder)
     except OSError as exc:   # e.g. the folder was removed since check_dir made it
-        raise DaemonUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot open {log_path(folder)}: {exc.strerror or exc}") from None
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "seamless_service.client.keeper.server"],
@@ -161,7 +161,7 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
             start_new_session=True, close_fds=True,   # no terminal, no Ctrl-C from it
         )
     except OSError as exc:
-        raise DaemonUnavailable(f"cannot start the tunnel keeper: {exc.strerror or exc}") from None
+        raise KeeperUnavailable(f"cannot start the tunnel keeper: {exc.strerror or exc}") from None
     finally:
         os.close(log_fd)
     deadline = time.monotonic() + START_TIMEOUT
@@ -170,12 +170,12 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
         if sock is not None:
             return sock
         code = proc.poll()
-        # Exit 0 means another daemon won the start race: keep waiting for its socket.
+        # Exit 0 means another keeper won the start race: keep waiting for its socket.
         if code not in (None, 0):
             detail = _last_log_line(folder)
-            raise DaemonUnavailable(f"the tunnel keeper failed to start{': ' + detail if detail else ''}")
+            raise KeeperUnavailable(f"the tunnel keeper failed to start{': ' + detail if detail else ''}")
         if time.monotonic() > deadline:
-            raise DaemonUnavailable(
+            raise KeeperUnavailable(
                 f"the tunnel keeper did not start within {START_TIMEOUT:g} s (see {log_path(folder)})")
         time.sleep(0.02)
 
@@ -188,13 +188,13 @@ def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
         try:
             framing.send(sock, message)
         except OSError as exc:
-            raise DaemonUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from None
+            raise KeeperUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from None
         try:
             reply = framing.recv(sock)
         except (OSError, framing.FrameError) as exc:
-            raise DaemonLost(f"no answer from the tunnel keeper: {exc}") from None
+            raise KeeperLost(f"no answer from the tunnel keeper: {exc}") from None
         if reply is None:
-            raise DaemonLost("the tunnel keeper closed the connection without answering")
+            raise KeeperLost("the tunnel keeper closed the connection without answering")
         return reply
     finally:
         sock.close()
@@ -204,22 +204,22 @@ def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
 
 
 def ping(*, start: bool = False) -> dict[str, Any] | None:
-    """The daemon's pid/version/started/idle_timeout, or None if none runs (and not start)."""
+    """The keeper's pid/version/started/idle_timeout, or None if none runs (and not start)."""
     try:
         return request({"cmd": "ping"}, start=start)
     except NotRunning:
         return None
 
 
-def ensure_daemon() -> dict[str, Any]:
-    """Start the daemon if needed; its ping reply."""
+def ensure_keeper() -> dict[str, Any]:
+    """Start the keeper if needed; its ping reply."""
     reply = ping(start=True)
     assert reply is not None
     return reply
 
 
-def daemon_status() -> dict[str, Any] | None:
-    """Status of the running daemon (with its pool entries), or None if none runs."""
+def keeper_status() -> dict[str, Any] | None:
+    """Status of the running keeper (with its pool entries), or None if none runs."""
     try:
         reply = request({"cmd": "status"})
     except NotRunning:
@@ -227,12 +227,12 @@ def daemon_status() -> dict[str, Any] | None:
     if not reply.get("ok"):
         if reply.get("code") == "retry":   # caught it while exiting
             return None
-        raise DaemonLost(f"tunnel keeper: {reply.get('error')}")
+        raise KeeperLost(f"tunnel keeper: {reply.get('error')}")
     return reply
 
 
-def daemon_stop(timeout: float = 5.0) -> dict[str, Any] | None:
-    """Stop the running daemon and wait until its socket is gone; its info, or None if none
+def keeper_stop(timeout: float = 5.0) -> dict[str, Any] | None:
+    """Stop the running keeper and wait until its socket is gone; its info, or None if none
     was running."""
     try:
         reply = request({"cmd": "stop"})
@@ -241,7 +241,7 @@ def daemon_stop(timeout: float = 5.0) -> dict[str, Any] | None:
     if not reply.get("ok"):
         if reply.get("code") == "retry":
             return None
-        raise DaemonLost(f"tunnel keeper: {reply.get('error')}")
+        raise KeeperLost(f"tunnel keeper: {reply.get('error')}")
     # Done when the process is gone, not merely its socket: it closes its connections
     # (pool entries) after removing the socket.
     pid = reply.get("pid")
@@ -274,7 +274,7 @@ def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
     """The "run" request for argv, carrying what the command must see of our process."""
     env = dict(os.environ if env is None else env)
     if _tty(stdout) and "COLUMNS" not in env:
-        # The daemon has no terminal: tell it our width so tables and help wrap as here.
+        # The keeper has no terminal: tell it our width so tables and help wrap as here.
         try:
             size = os.get_terminal_size(stdout.fileno())
             env["COLUMNS"], env["LINES"] = str(size.columns), str(size.lines)
@@ -292,23 +292,23 @@ def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
 def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None,
         cwd: str | None = None, env: dict[str, str] | None = None, start: bool = True,
         busy_wait: float | None = None) -> int:
-    """Run a CLI command in the daemon, streaming its output to stdout/stderr as it comes;
+    """Run a CLI command in the keeper, streaming its output to stdout/stderr as it comes;
     returns its exit code.
 
-    The daemon runs one command at a time. By default this one waits for its turn however
-    long that takes; with `busy_wait`, if the daemon is still running another command after
-    that many seconds, DaemonBusy is raised instead (nothing ran).
+    The keeper runs one command at a time. By default this one waits for its turn however
+    long that takes; with `busy_wait`, if the keeper is still running another command after
+    that many seconds, KeeperBusy is raised instead (nothing ran).
 
-    Raises DaemonUnavailable (nothing ran: safe to run it elsewhere; DaemonBusy is one) or
-    DaemonLost (it may have run partly). KeyboardInterrupt closes the connection, which
-    makes the daemon cancel the command.
+    Raises KeeperUnavailable (nothing ran: safe to run it elsewhere; KeeperBusy is one) or
+    KeeperLost (it may have run partly). KeyboardInterrupt closes the connection, which
+    makes the keeper cancel the command.
     """
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     try:
         req = run_request(argv, out, err, cwd=cwd, env=env)
     except FileNotFoundError:
-        raise DaemonUnavailable("the current directory no longer exists") from None
+        raise KeeperUnavailable("the current directory no longer exists") from None
     if busy_wait is not None:
         req["wait"] = max(0.0, float(busy_wait))
     streams = {"stdout": out, "stderr": err}
@@ -319,16 +319,16 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
             try:
                 framing.send(sock, req)
             except OSError:
-                # Not (fully) delivered, so nothing ran; the daemon was probably exiting.
+                # Not (fully) delivered, so nothing ran; the keeper was probably exiting.
                 time.sleep(0.05)
                 continue
             while True:
                 try:
                     frame = framing.recv(sock)
                 except (OSError, framing.FrameError) as exc:
-                    raise DaemonLost(f"lost the tunnel keeper mid-command: {exc}") from None
+                    raise KeeperLost(f"lost the tunnel keeper mid-command: {exc}") from None
                 if frame is None:
-                    raise DaemonLost("the tunnel keeper closed the connection mid-command")
+                    raise KeeperLost("the tunnel keeper closed the connection mid-command")
                 name = frame.get("stream")
                 if name is not None:
                     stream = streams.get(name)
@@ -346,16 +346,16 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
                 if code == "retry":
                     break
                 if code == "busy":
-                    raise DaemonBusy(frame.get("error") or "the tunnel keeper is busy")
+                    raise KeeperBusy(frame.get("error") or "the tunnel keeper is busy")
                 if code == "version":
-                    # Another install or version of seamless-service: replace that daemon.
-                    daemon_stop()
+                    # Another install or version of seamless-service: replace that keeper.
+                    keeper_stop()
                     break
-                raise DaemonLost(f"tunnel keeper: {frame.get('error', 'unknown error')}")
+                raise KeeperLost(f"tunnel keeper: {frame.get('error', 'unknown error')}")
         finally:
             sock.close()
         time.sleep(0.05 * (attempt + 1))
-    raise DaemonUnavailable("the tunnel keeper kept restarting")
+    raise KeeperUnavailable("the tunnel keeper kept restarting")
 
 
 # -- `seamless-service tunnel ...` -------------------------------------------------------
@@ -399,7 +399,7 @@ def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: Te
         return 2
     as_json = "--json" in rest
     try:
-        info = daemon_status() if action == "status" else daemon_stop()
+        info = keeper_status() if action == "status" else keeper_stop()
     except ServiceError as exc:
         err.write(f"seamless-service: {exc}\n")
         return 1

@@ -1,9 +1,9 @@
 """Length-prefixed msgpack frames: 4-byte big-endian length, then one msgpack map.
 
-Both the thin client and the daemon use this over a unix stream socket, and peer_uid to
+Both the thin client and the keeper use this over a unix stream socket, and peer_uid to
 know who is at the other end. A frame is a map with str keys; anything else (a short
 read, an oversized length, bytes that are not msgpack, a list instead of a map) raises
-`FrameError` with a one-line message, so the daemon can answer `{"ok": false, "error":
+`FrameError` with a one-line message, so the keeper can answer `{"ok": false, "error":
 ...}` and keep serving.
 """
 
@@ -40,8 +40,8 @@ class FrameTruncated(FrameError):
 
 def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end of a connected unix socket (SO_PEERCRED),
-    or None where the platform cannot tell. Both ends check it: the daemon serves only
-    its own user, and the client sends its environment only to its own user's daemon."""
+    or None where the platform cannot tell. Both ends check it: the keeper serves only
+    its own user, and the client sends its environment only to its own user's keeper."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

@@ -1,4 +1,4 @@
-"""The client daemon process: `python -m seamless_service.client.keeper.server`.
+"""The tunnel keeper process: `python -m seamless_service.client.keeper.server`.
 
 One per user (a flock on daemon.lock makes a second start exit quietly). It listens on a
 0600 unix socket in a 0700 folder, checks SO_PEERCRED on every connection, handles each
@@ -15,18 +15,18 @@ Requests (framing.py maps):
    "prefix": str, optional "wait": seconds}
       runs the CLI's main(argv) inside this process with the caller's cwd, environment,
       umask and argv, capturing stdout/stderr. Commands run one at a time; with "wait", a
-      command that cannot start within that many seconds (another one holds the daemon,
+      command that cannot start within that many seconds (another one holds the keeper,
       e.g. a `ps --watch`) is not queued but answered with code "busy". Without "stream":
         -> {"ok": true, "exit": N, "stdout": str, "stderr": str}
       with "stream": true, output is sent while the command runs:
         -> {"stream": "stdout"|"stderr", "data": str} ... then {"ok": true, "exit": N}
 Errors: {"ok": false, "error": "<one line>"} plus a "code" the client acts on: "retry"
-(daemon shutting down: start a fresh one), "version" (the client is another install or
-version: stop this daemon and start a fresh one), "busy" (only with "wait": another command
+(keeper shutting down: start a fresh one), "version" (the client is another install or
+version: stop this keeper and start a fresh one), "busy" (only with "wait": another command
 is running and nothing of this one ran; the thin client then runs it in its own process).
-A bad request never stops the daemon.
+A bad request never stops the keeper.
 
-TEST ONLY: SEAMLESS_SERVICE_DAEMON_MAIN="module:function", read at daemon start, replaces
+TEST ONLY: SEAMLESS_SERVICE_DAEMON_MAIN="module:function", read at keeper start, replaces
 the CLI main that "run" calls, so tests can run commands that print their cwd/env, sleep,
 raise, and so on. It is not an extension point: do not set it in normal use.
 """
@@ -47,16 +47,16 @@ import traceback
 from typing import Any, Callable
 
 from ... import __version__
-from . import INSTALL_DIR as INSTALL, DaemonDirError, check_dir, daemon_dir, lock_path, socket_path
+from . import INSTALL_DIR as INSTALL, KeeperDirError, check_dir, keeper_dir, lock_path, socket_path
 from . import framing
-from ..transport import pool
+from ..transport.pool import default_pool
 from .framing import peer_uid
 
 DEFAULT_IDLE = 15 * 60.0
 DEFAULT_MAIN = "seamless_service.client.cli.main:main"
 
 REQUEST_READ_TIMEOUT = 30.0   # a connected client that sends nothing is dropped after this
-LOCK_WAIT = 10.0              # how long a new daemon waits for one that is shutting down
+LOCK_WAIT = 10.0              # how long a new keeper waits for one that is shutting down
 STREAM_CHUNK = 64 << 10       # streamed output is flushed at this size ...
 STREAM_TICK = 0.05            # ... or this often, so `--watch` output appears promptly
 CANCEL_GRACE = 1.0            # after the client left: time for the command to notice cancelled()
@@ -69,7 +69,7 @@ EXIT_FAILED = 3
 
 
 def log(message: str) -> None:
-    # The daemon's stderr is its log file. sys.stderr is swapped during "run" calls, so
+    # The keeper's stderr is its log file. sys.stderr is swapped during "run" calls, so
     # write to the original stream: log lines must never reach a user's terminal.
     stream = sys.__stderr__
     if stream is None:
@@ -216,13 +216,14 @@ class _RunSession:
 
     The helper thread ("ticker") flushes streamed output and watches the connection: when
     the client goes away (Ctrl-C on the thin client closes the socket), the command is
-    cancelled: pool.cancelled() turns True at once, and if the command is still running
+    cancelled: the keeper's cancel_flag turns True at once (commands see it as
+    default_pool.cancelled(): the keeper handed the flag to the pool at start-up), and if the command is still running
     CANCEL_GRACE later, KeyboardInterrupt is raised in it (as Ctrl-C would in a normal
     process; blocking C calls see it only when they return).
     """
 
-    def __init__(self, daemon: "Daemon", conn: socket.socket, req: dict[str, Any]):
-        self.daemon = daemon
+    def __init__(self, keeper: "Keeper", conn: socket.socket, req: dict[str, Any]):
+        self.keeper = keeper
         self.conn = conn
         self.req = req
         self.argv: list[str] = req["argv"]
@@ -234,7 +235,7 @@ class _RunSession:
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._cancelled_at: float | None = None
-        self._active = False             # holds the run lock: mirrors cancellation into pool
+        self._active = False             # holds the run lock: mirrors cancellation into cancel_flag
         self._in_main = False
         self._thread_id = threading.get_ident()
         self._done = threading.Event()
@@ -252,20 +253,19 @@ class _RunSession:
                 self._cancelled_at = time.monotonic()
                 log(f"cancelling {self.argv!r}: {why}")
             if self._active:
-                pool._cancel_event().set()
+                self.keeper.cancel_flag.set()
 
     def activate(self) -> None:
         with self._state_lock:
             self._active = True
-            event = pool._cancel_event()
-            event.clear()
+            self.keeper.cancel_flag.clear()
             if self._cancelled_at is not None:
-                event.set()
+                self.keeper.cancel_flag.set()
 
     def deactivate(self) -> None:
         with self._state_lock:
             self._active = False
-            pool._cancel_event().clear()
+            self.keeper.cancel_flag.clear()
 
     def _peer_gone(self) -> bool:
         try:
@@ -332,7 +332,7 @@ class _RunSession:
 
     def execute(self, main: Callable[[list[str]], Any]) -> int:
         """Run main(argv) with the caller's cwd, env, umask, argv and our captured streams,
-        then put the daemon's own back (they are process-global: hence the run lock)."""
+        then put the keeper's own back (they are process-global: hence the run lock)."""
         req = self.req
         saved_env = dict(os.environ)
         saved_streams = (sys.stdout, sys.stderr, sys.stdin)
@@ -344,6 +344,10 @@ class _RunSession:
             os.environ.update(req["env"])
             sys.stdout, sys.stderr = self.stdout, self.stderr
             sys.stdin = io.StringIO("")  # no terminal here: a prompt reads EOF
+            # Our CLI takes its command line from main(argv); sys.argv is set too because the
+            # command runs as if it were its own process: code that reads sys.argv (argparse's
+            # default prog for parsers built without one, the test hooks' main, libraries)
+            # sees the caller's command, not the keeper's start-up line.
             sys.argv = ["seamless-service", *self.argv]
             try:
                 os.chdir(req["cwd"])
@@ -393,7 +397,7 @@ class _RunSession:
                 self._in_main = False
             _clear_injected(self._thread_id)
             return 130
-        except BaseException as exc:  # never let a command take the daemon down
+        except BaseException as exc:  # never let a command take the keeper down
             if "--debug" in self.argv:
                 sys.stderr.write(traceback.format_exc())
             else:
@@ -410,7 +414,7 @@ class _RunSession:
                         "stdout": self.stdout.getvalue(), "stderr": self.stderr.getvalue()})
 
 
-# -- the daemon --------------------------------------------------------------------------
+# -- the keeper --------------------------------------------------------------------------
 
 
 def _validate_run(req: dict[str, Any]) -> str | None:
@@ -433,7 +437,7 @@ def _validate_run(req: dict[str, Any]) -> str | None:
     return None
 
 
-class Daemon:
+class Keeper:
     def __init__(self, folder: str, idle_timeout: float, main_spec: str):
         self.folder = folder
         self.sock_path = socket_path(folder)
@@ -456,6 +460,9 @@ class Daemon:
         # "busy" when the lock is not free in time, and runs the command itself (see _run).
         self.run_lock = threading.Lock()
         self.current: _RunSession | None = None
+        # Set while the running command's caller is gone (its _RunSession mirrors its own
+        # cancellation here while it holds run_lock); the pool shows it to the command.
+        self.cancel_flag = threading.Event()
         self.busy_replies = 0                     # runs turned away with "busy" (status)
         self._activity = threading.Lock()
         self._active = 0
@@ -470,7 +477,7 @@ class Daemon:
     # start-up -----------------------------------------------------------------------------
 
     def acquire_lock(self) -> bool:
-        """True once we hold daemon.lock; False if another daemon is serving."""
+        """True once we hold daemon.lock; False if another keeper is serving."""
         fd = os.open(lock_path(self.folder), os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + LOCK_WAIT
         while True:
@@ -479,7 +486,7 @@ class Daemon:
                 break
             except BlockingIOError:
                 pass
-            # Held: either a daemon serves (its socket answers) or one is starting up or
+            # Held: either a keeper serves (its socket answers) or one is starting up or
             # shutting down (socket not there yet / already removed): wait for it.
             if self._socket_answers():
                 os.close(fd)
@@ -505,7 +512,7 @@ class Daemon:
             probe.close()
 
     def bind(self) -> None:
-        # We hold the lock, so any socket file here is stale (its daemon died): replace it.
+        # We hold the lock, so any socket file here is stale (its keeper died): replace it.
         try:
             os.unlink(self.sock_path)
         except FileNotFoundError:
@@ -616,7 +623,7 @@ class Daemon:
                     self.requests += 1
                 if not self._dispatch(conn, req):
                     return
-        except Exception as exc:  # a bug in one connection must not take the daemon down
+        except Exception as exc:  # a bug in one connection must not take the keeper down
             log(f"connection handler failed: {one_line(exc)}\n{traceback.format_exc()}")
         finally:
             try:
@@ -654,7 +661,7 @@ class Daemon:
                 "socket": self.sock_path, "connections": active, "idle_for": idle_for,
                 "requests": self.requests, "busy_replies": self.busy_replies,
                 "current": None if current is None else current.argv,
-                "pool": pool.describe(),
+                "pool": default_pool.describe(),
             })
             return self._send_quietly(conn, reply)
         if cmd == "stop":
@@ -725,7 +732,7 @@ class Daemon:
                 self.current = None
                 self.run_lock.release()
             # The final reply goes out after the lock is free: once a client has its exit
-            # code, the daemon is ready for the next command (and says so in "status").
+            # code, the keeper is ready for the next command (and says so in "status").
             if code is not None:
                 session.finish(code)
             session.stop()
@@ -734,7 +741,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         log(f"exiting: {self.stopping}")
-        # Remove the socket first: from now on clients get "no daemon" and start a new one
+        # Remove the socket first: from now on clients get "no keeper" and start a new one
         # (it waits for our lock). Then answer "retry" to whoever was already queued.
         try:
             if self.sock_ino is not None and os.stat(self.sock_path).st_ino == self.sock_ino:
@@ -757,7 +764,7 @@ class Daemon:
             current.cancel(f"tunnel keeper exiting ({self.stopping})")
         if self.run_lock.acquire(timeout=SHUTDOWN_WAIT):
             self.run_lock.release()
-        pool.close_all()
+        default_pool.close_all()
         deadline = time.monotonic() + 1.0   # let the "retry" answers go out
         while time.monotonic() < deadline:
             with self._activity:
@@ -772,36 +779,36 @@ def main() -> int:
     # ~7 ms to under 3 ms (benchmarks/bench_tunnel.py).
     sys.setswitchinterval(0.0005)
     try:
-        folder = daemon_dir()
+        folder = keeper_dir()
         check_dir(folder, create=True)
-        daemon = Daemon(folder, idle_timeout_from_env(),
+        keeper = Keeper(folder, idle_timeout_from_env(),
                         os.environ.get("SEAMLESS_SERVICE_DAEMON_MAIN") or DEFAULT_MAIN)
-        if not daemon.acquire_lock():
+        if not keeper.acquire_lock():
             log("another tunnel keeper is already running")
             return EXIT_ALREADY_RUNNING
-        daemon.bind()
-    except (DaemonDirError, RuntimeError) as exc:
+        keeper.bind()
+    except (KeeperDirError, RuntimeError) as exc:
         log(f"cannot start: {exc}")
         return EXIT_FAILED
     except OSError as exc:
         log(f"cannot start: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})")
         return EXIT_FAILED
     os.chdir("/")   # hold no user folder busy; each run enters its caller's cwd
-    pool._mark_daemon()
-    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop("SIGTERM"))
-    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop("SIGINT"))
+    default_pool.keep_between_commands(keeper.cancel_flag)
+    signal.signal(signal.SIGTERM, lambda *_: keeper.request_stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: keeper.request_stop("SIGINT"))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    log(f"listening on {daemon.sock_path} (version {__version__}, idle timeout {daemon.idle_timeout:g} s)")
-    daemon.load_main()
+    log(f"listening on {keeper.sock_path} (version {__version__}, idle timeout {keeper.idle_timeout:g} s)")
+    keeper.load_main()
     try:
-        daemon.serve()
+        keeper.serve()
     finally:
-        daemon.shutdown()
+        keeper.shutdown()
     return 0
 
 
 if __name__ == "__main__":
-    # `python -m` puts the start-up cwd (the daemon folder) first on sys.path; drop it so
+    # `python -m` puts the start-up cwd (the keeper folder) first on sys.path; drop it so
     # that nothing but installed code is importable by name.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
@@ -812,5 +819,5 @@ if __name__ == "__main__":
         except (OSError, ValueError):
             pass
     # os._exit: threads that pool entries left behind (SSH transports) must not keep a
-    # finished daemon alive.
+    # finished keeper alive.
     os._exit(code)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import OpError, UsageError
+from ..transport.base import Transport
 
 STEP = 5.0                 # seconds one start call waits on the host
 START_TIMEOUT = 120.0      # seconds to wait for `running` in all
@@ -27,17 +28,16 @@ SIZE_SETTLE = 5.0          # seconds to wait for the agent's sizer in a dry run
 Progress = Callable[[str], None]
 
 
-def _call(transport: Any, op: str, args: dict[str, Any]) -> Any:
+def _call(transport: Transport, op: str, args: dict[str, Any]) -> Any:
     from ..transport.local import unwrap
 
-    host = getattr(transport, "host", None)
-    return unwrap(transport.batch([(op, args)])[0], host=None if host in (None, "localhost") else host)
+    return unwrap(transport.batch([(op, args)])[0], host=transport.label)
 
 
 # --------------------------------------------------------------------------- start
 
 
-def start_service(transport: Any, config: dict[str, Any], *, timeout: float = START_TIMEOUT,
+def start_service(transport: Transport, config: dict[str, Any], *, timeout: float = START_TIMEOUT,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Start the service `config` describes (seamless-config's launcher configuration), or
     find it running. The start op's final value (outcome "already running", "started" or
@@ -80,7 +80,7 @@ class LifecycleError(OpError):
     """A step of restart/reset that did not succeed; what was done before it stays done."""
 
 
-def restart_service(transport: Any, config: dict[str, Any], *, local_client_files: bool = True,
+def restart_service(transport: Transport, config: dict[str, Any], *, local_client_files: bool = True,
                     timeout: float = START_TIMEOUT, progress: Progress | None = None) -> dict[str, Any]:
     """Stop, remove the state, start. The start op's value plus `stopped` (the stop op's
     outcome) and `previous_pid`."""
@@ -121,7 +121,7 @@ class ResetPlan:
     dirs: list[DataDir] = field(default_factory=list)
 
 
-def dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> dict[str, dict[str, Any]]:
+def dir_rows(transport: Transport, dirs: list[tuple[str, str]], *, settle: float) -> dict[str, dict[str, Any]]:
     """{path: persistent row} for `dirs` ([(service, path)]): reset's plan and check, and
     `clear --dry-run`. Asked as `ps --persistent` asks (query/ps.py PERSISTENT_OPTS, level 0),
     in one round trip; waits a little for the sizer to measure. A directory the walk gives
@@ -144,7 +144,7 @@ def dir_rows(transport: Any, dirs: list[tuple[str, str]], *, settle: float) -> d
         time.sleep(0.1)
 
 
-def reset_plan(transport: Any, host: str | None, filters: dict[str, Any],
+def reset_plan(transport: Transport, host: str | None, filters: dict[str, Any],
                dirs: list[tuple[str, str, str]], *, settle: float = SIZE_SETTLE) -> ResetPlan:
     """What `reset` would do: the server rows matching `filters` (cluster/project/stage),
     and the data directories `dirs` ([(service, key, path)]) with their state and size."""
@@ -160,7 +160,7 @@ def reset_plan(transport: Any, host: str | None, filters: dict[str, Any],
     return plan
 
 
-def reset(transport: Any, plan: ResetPlan, say: Callable[[str], None]) -> int:
+def reset(transport: Transport, plan: ResetPlan, say: Callable[[str], None]) -> int:
     """Carry `plan` out, saying each step; the exit status (0: nothing left)."""
     rc = 0
     keys = [r["key"] for r in plan.services]
@@ -194,7 +194,7 @@ def reset(transport: Any, plan: ResetPlan, say: Callable[[str], None]) -> int:
     return rc
 
 
-def leftovers(transport: Any, plan: ResetPlan, filters: dict[str, Any]) -> list[str]:
+def leftovers(transport: Transport, plan: ResetPlan, filters: dict[str, Any]) -> list[str]:
     """What `ps --persistent` still shows for the selection: running services, state files,
     data. Empty when the reset left nothing."""
     left = []

@@ -19,7 +19,6 @@ Two follow-ups, each only when needed:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable
 
+from ..config.client_config import ClientConfig
+from ..config.selection import Selection
 from ..errors import ServiceError, UsageError
+from ..transport.base import Op, Result, Transport
 from .rows import (
     PERSISTENT_STATUS,
     attach_health,
@@ -53,6 +55,41 @@ PS_FILTERS = ("service", "cluster", "project", "subproject", "stage", "substage"
 SETTLE_SECONDS = 10.0   # local transport: longest wait for this process's own sizer
 SETTLE_REMOTE = 5.0     # remote agent: longest time spent re-asking for pending sizes
 MAX_PARALLEL = 32
+
+
+VIEWS = ("local", "all", "server", "cluster", "client")
+
+
+@dataclass(frozen=True)
+class PsRequest:
+    """What `ps` was asked for, typed: which rows (view), the filters, what else to read.
+    The CLI builds it from its flags (cli/ps_cmd.py); planning and assembling read only it."""
+
+    view: str                                             # one of VIEWS: which rows, as seamless-service-ps decides
+    filters: dict[str, str | None] = field(default_factory=dict)   # PS_FILTERS given (None: not)
+    frontend_name: str | None = None
+    status: str | None = None
+    persistent: bool = False                              # also the data directories
+    health: bool = False
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown ps view {self.view!r}")
+        if self.view == "server" and not self.cluster:
+            raise UsageError("--server requires --cluster")
+
+    @property
+    def cluster(self) -> str | None:
+        return self.filters.get("cluster")
+
+    @property
+    def service(self) -> str | None:
+        return self.filters.get("service")
+
+    def selection(self) -> Selection:
+        """The filters as a selection to resolve (an unset --mode resolves as rw)."""
+        given = {name: self.filters.get(name) for name in PS_FILTERS}
+        return Selection(**{**given, "mode": given["mode"] or "rw"}, frontend_name=self.frontend_name)
 
 
 @dataclass
@@ -116,7 +153,7 @@ class HostQuery:
     def add(self, part: Part) -> None:
         self.parts.append(part)
 
-    def ops(self) -> list[tuple[str, dict[str, Any]]]:
+    def ops(self) -> list[Op]:
         return [(p.op, p.args) for p in self.parts]
 
     def error(self, message: str, part: Part | None = None) -> HostError:
@@ -130,7 +167,7 @@ class HostQuery:
                 names[each.cluster] = None
         return HostError(self.label, message, self.host, tuple(names) or (None,))
 
-    def run(self, transport: Any, *, wait: tuple[str | None, float] | None = None,
+    def run(self, transport: Transport, *, wait: tuple[str | None, float] | None = None,
             settle: bool = False) -> Outcome:
         """Ask the host (one round trip, plus the follow-ups described above)."""
         out = Outcome(self)
@@ -190,7 +227,7 @@ class HostQuery:
         return [persistent_row(r, part.service or "", part.cluster, root=part.root, host=self.host)
                 for r in rows]
 
-    def _message(self, part: Part, result: dict[str, Any]) -> HostError:
+    def _message(self, part: Part, result: Result) -> HostError:
         error = result.get("error") or {}
         message = str(error.get("message") or error.get("code") or "unknown error")
         if not message.startswith(f"{part.op}:"):
@@ -199,7 +236,7 @@ class HostQuery:
 
     # -- follow-ups --------------------------------------------------------------------
 
-    def _follow_subprojects(self, transport: Any, out: Outcome) -> list[tuple[Part, dict[str, Any]]]:
+    def _follow_subprojects(self, transport: Transport, out: Outcome) -> list[tuple[Part, dict[str, Any]]]:
         """#10: walk the subproject directories the root walk found, one level deeper."""
         follow: list[tuple[Part, dict[str, Any]]] = []
         for part in self.parts:
@@ -225,7 +262,7 @@ class HostQuery:
                     out.persistent.append(row)
         return follow
 
-    def _settle(self, transport: Any, out: Outcome, asked: list[tuple[Part, dict[str, Any]]]) -> None:
+    def _settle(self, transport: Transport, out: Outcome, asked: list[tuple[Part, dict[str, Any]]]) -> None:
         """Sizes never measured yet: ask the persistent ops again once they are (bounded)."""
 
         def ask() -> list[dict[str, Any]] | None:
@@ -256,7 +293,7 @@ def _pending(rows: Iterable[dict[str, Any]]) -> bool:
     return any(row.get("size_state") == "pending" for row in rows)
 
 
-def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
+def settle_sizes(transport: Transport, ask: Callable[[], list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
     """New rows from `ask()` once the agent's sizer measured what it had never measured, or
     None (nothing better). A poll never waits for a walk on the agent, so a directory seen
     for the first time (the first call after the agent started) says "pending":
@@ -264,15 +301,15 @@ def settle_sizes(transport: Any, ask: Callable[[], list[dict[str, Any]] | None])
     * remote agent: ask again a few times, at most SETTLE_REMOTE seconds in all; a walk
       that takes longer stays "pending" (the next call, or the next --watch round, has it).
     """
-    sizer = local_sizer(transport)
-    if sizer is not None:
-        return ask() if sizer.wait_idle(SETTLE_SECONDS) else None
-    from ..transport import pool
+    measured = transport.wait_sizes(SETTLE_SECONDS)
+    if measured is not None:
+        return ask() if measured else None
+    from ..transport.pool import default_pool
 
     deadline = time.monotonic() + SETTLE_REMOTE
     pause, rows = 0.1, None
     while time.monotonic() + pause < deadline:
-        if pool.wait_cancelled(pause):
+        if default_pool.wait_cancelled(pause):
             break
         rows = ask()
         if rows is None or not _pending(rows):
@@ -287,20 +324,10 @@ def _is_subproject_dir(path: str, root: str) -> bool:
     return project is not None and subproject is not None and stage is None and "/" not in subproject
 
 
-def local_sizer(transport: Any) -> Any | None:
-    """The sizer of an in-process (local) transport that already started one, else None."""
-    ctx = getattr(transport, "ctx", None)
-    extras = getattr(ctx, "extras", None)
-    if not isinstance(extras, dict):
-        return None
-    sizer = extras.get("sizer")
-    return sizer if hasattr(sizer, "wait_idle") else None
-
-
 # -- running queries --------------------------------------------------------------------
 
 
-Opener = Callable[[str | None], Any]
+Opener = Callable[[str | None], Transport]  # host (None: this machine) -> its transport
 
 
 def run_one(query: HostQuery, opener: Opener, *, settle: bool = False,
@@ -332,25 +359,20 @@ def _one_line(exc: BaseException) -> str:
 # -- assembling rows ----------------------------------------------------------------------
 
 
-def filters_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name, None) for name in PS_FILTERS}
-
-
-def assemble(outcomes: Iterable[Outcome], args: argparse.Namespace) -> list[dict[str, Any]]:
+def assemble(outcomes: Iterable[Outcome], request: PsRequest) -> list[dict[str, Any]]:
     """Process rows (host order, file order), joined with persistent rows (#5), then the
     persistent rows no process row claimed (dropped with --status: they have no process,
     #37). Hosts that are one server (same agent state: two ssh aliases, or clusters sharing
     a frontend) give each row once, under the cluster its key names."""
     outcomes = list(outcomes)
-    filters = filters_of(args)
+    filters = request.filters
     states = [o.state or ("query", i) for i, o in enumerate(outcomes)]
     process = one_per_state((state, o.query.clusters(), o.process) for state, o in zip(states, outcomes))
     persistent = one_per_directory(((state, row) for state, o in zip(states, outcomes) for row in o.persistent
                                     if persistent_matches(row, filters)), process)
     rows = merge_rows(process, persistent)
-    status = getattr(args, "status", None)
-    if status:
-        rows = [row for row in rows if status_matches(row, status)]
+    if request.status:
+        rows = [row for row in rows if status_matches(row, request.status)]
     return rows
 
 
@@ -373,30 +395,29 @@ def problems_of(plan: "Plan", outcomes: Iterable[Outcome]) -> list[HostError]:
 # -- building queries -------------------------------------------------------------------
 
 
-def view_of(args: argparse.Namespace) -> str:
-    """Which rows ps shows, as seamless-service-ps decides: local | all | server | cluster | client."""
-    if getattr(args, "local", False):
+def view_of(*, local: bool = False, all_clusters: bool = False, server: bool = False,
+            client: bool = False, cluster: str | None = None) -> str:
+    """Which rows ps shows, as seamless-service-ps decides, from its mutually exclusive flags."""
+    if local:
         return "local"
-    if args.all_clusters:
+    if all_clusters:
         return "all"
-    if args.server:
-        if not args.cluster:
-            raise UsageError("--server requires --cluster")
+    if server:
         return "server"
-    if args.cluster and not args.client:
+    if cluster and not client:
         return "cluster"
     return "client"
 
 
-def ps_args(args: argparse.Namespace, *, side: str, cluster: str | None = None) -> dict[str, Any]:
+def ps_args(request: PsRequest, *, side: str, cluster: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"side": side}
-    for name, value in filters_of(args).items():
+    for name, value in request.filters.items():
         if value is not None:
             out[name] = value
     if cluster is not None:
         out["cluster"] = cluster
-    if args.status and args.status != PERSISTENT_STATUS:  # not a process status: see rows.py
-        out["status"] = args.status
+    if request.status and request.status != PERSISTENT_STATUS:  # not a process status: see rows.py
+        out["status"] = request.status
     return out
 
 
@@ -409,8 +430,8 @@ def persistent_part(service: str, cluster: str | None, path: str, root: str | No
     return Part("persistent", args, service=service, cluster=cluster, root=root, follow=follow)
 
 
-def wanted_services(args: argparse.Namespace) -> list[str]:
-    return [s for s in PERSISTENT_OPTS if args.service in (None, s)]
+def wanted_services(request: PsRequest) -> list[str]:
+    return [s for s in PERSISTENT_OPTS if request.service in (None, s)]
 
 
 class Plan:
@@ -437,91 +458,84 @@ def _cluster_label(cluster: str) -> str:
     return f"cluster {cluster}"
 
 
-def plan_queries(args: argparse.Namespace) -> Plan:
-    """The per-host batches for these arguments (resolution through seamless-config)."""
-    from ..config.clusters import cluster_host
-
-    view = view_of(args)
+def plan_queries(request: PsRequest, config: ClientConfig) -> Plan:
+    """The per-host batches for this request (hosts and roots from the command's config)."""
+    view, cluster = request.view, request.cluster
     plan = Plan()
-    persistent = args.persistent or (view == "cluster" and args.status in (None, PERSISTENT_STATUS))
-    health = getattr(args, "health", False)
+    persistent = request.persistent or (view == "cluster" and request.status in (None, PERSISTENT_STATUS))
     if view in ("cluster", "server"):
-        host = cluster_host(args.cluster, args.frontend_name)
-        query = plan.query(host, _cluster_label(args.cluster))
-        query.add(Part("process", ps_args(args, side="server", cluster=args.cluster),
-                       cluster=args.cluster, clusters=(args.cluster,)))
+        assert cluster is not None   # PsRequest says so
+        host = config.cluster_host(cluster, request.frontend_name)
+        query = plan.query(host, _cluster_label(cluster))
+        query.add(Part("process", ps_args(request, side="server", cluster=cluster),
+                       cluster=cluster, clusters=(cluster,)))
         if persistent:
-            _add_cluster_persistent(plan, args, args.cluster, host)
-        if health:
+            _add_cluster_persistent(plan, request, config, cluster, host)
+        if request.health:
             query.add(Part("health", {}))
     elif view == "all":
-        _plan_all_clusters(plan, args, persistent=persistent, health=health)
+        _plan_all_clusters(plan, request, config, persistent=persistent)
     else:  # client views: this machine's client files
         local = plan.query(None, "this machine")
-        local.add(Part("process", ps_args(args, side="client", cluster=args.cluster), cluster=args.cluster,
-                       clusters=(args.cluster,) if args.cluster else ()))
-        if health:
+        local.add(Part("process", ps_args(request, side="client", cluster=cluster), cluster=cluster,
+                       clusters=(cluster,) if cluster else ()))
+        if request.health:
             local.add(Part("health", {}))
-        if args.persistent:
-            if args.cluster:
-                _add_cluster_persistent(plan, args, args.cluster, cluster_host(args.cluster, args.frontend_name))
+        if request.persistent:
+            if cluster:
+                _add_cluster_persistent(plan, request, config, cluster,
+                                        config.cluster_host(cluster, request.frontend_name))
             else:
-                _add_resolved_persistent(plan, args)
+                _add_resolved_persistent(plan, request, config)
     return plan
 
 
-def _add_cluster_persistent(plan: Plan, args: argparse.Namespace, cluster: str, host: str | None) -> None:
+def _add_cluster_persistent(plan: Plan, request: PsRequest, config: ClientConfig, cluster: str,
+                            host: str | None) -> None:
     """The data roots of the cluster's frontend, walked two levels deep, as seamless-service-ps does."""
-    from ..config.clusters import cluster_roots
-
-    roots = cluster_roots(cluster, args.frontend_name)
+    roots = config.cluster_roots(cluster, request.frontend_name)
     query = plan.query(host, _cluster_label(cluster))
-    for service in wanted_services(args):
+    for service in wanted_services(request):
         root = roots.get(service)
         if root:
             query.add(persistent_part(service, cluster, root, root, follow=True))
 
 
-def _plan_all_clusters(plan: Plan, args: argparse.Namespace, *, persistent: bool, health: bool) -> None:
+def _plan_all_clusters(plan: Plan, request: PsRequest, config: ClientConfig, *, persistent: bool) -> None:
     """One batch per host: clusters sharing a host share one `ps` (their rows appear once)."""
-    from ..config.clusters import cluster_host, cluster_roots, known_clusters
-
     hosts: dict[str | None, list[str]] = {}
-    clusters = known_clusters()
+    clusters = config.cluster_names()
     if not clusters:  # an empty table with exit 0 would read as "nothing runs anywhere"
         raise UsageError("--all-clusters: no clusters defined in ~/.seamless/clusters.yaml "
                          "(describe one there, or use ps --local for this machine's services)")
     for cluster in clusters:
         try:
-            host = cluster_host(cluster, args.frontend_name)
-            roots = cluster_roots(cluster, args.frontend_name) if persistent else {}
+            host = config.cluster_host(cluster, request.frontend_name)
+            roots = config.cluster_roots(cluster, request.frontend_name) if persistent else {}
         except ServiceError as exc:  # a broken cluster definition: say so, show the others
             plan.failures.append(HostError(_cluster_label(cluster), str(exc), None, (cluster,)))
             continue
         hosts.setdefault(host, []).append(cluster)
         query = plan.query(host, _cluster_label(cluster))
-        for service in wanted_services(args) if persistent else ():
+        for service in wanted_services(request) if persistent else ():
             root = roots.get(service)
             if root:
                 query.add(persistent_part(service, cluster, root, root, follow=True))
     for host, clusters in hosts.items():
         query = plan.queries[host]
-        query.parts.insert(0, Part("process", ps_args(args, side="server"), clusters=tuple(clusters)))
-        if health:
+        query.parts.insert(0, Part("process", ps_args(request, side="server"), clusters=tuple(clusters)))
+        if request.health:
             query.add(Part("health", {}))
 
 
-def _add_resolved_persistent(plan: Plan, args: argparse.Namespace) -> None:
+def _add_resolved_persistent(plan: Plan, request: PsRequest, config: ClientConfig) -> None:
     """Default view --persistent: the workdirs of this project's hashserver and database,
     resolved from the cwd, labelled by their place below the data root (#5)."""
-    from ..config.resolve import resolve_service
-    from ..config.selection import Selection
-
-    base = Selection.from_args(args)
-    for service in wanted_services(args):
+    base = request.selection()
+    for service in wanted_services(request):
         sel = Selection(**{**base.__dict__, "service": service})
         try:
-            resolved = resolve_service(sel)
+            resolved = config.resolve(sel)
         except ServiceError as exc:  # as seamless-service-ps: say so and go on
             plan.warnings.append(f"persistent {service}: {exc}")
             continue

@@ -14,8 +14,8 @@ Output:
 * otherwise (pipe, file, --json): a frame is printed only when it differs from the last
   one, after a blank line and a timestamp line (NDJSON: a blank line only); host errors go
   to stderr when they change.
-Ctrl-C (or, inside the client daemon, the thin client going away: pool.cancelled()) ends
-the watch with exit code 0.
+Ctrl-C (or, inside the tunnel keeper, the thin client going away: `cancelled()`, by default
+the keeper's flag as the transport pool has it) ends the watch with exit code 0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
-from ..transport import pool
+from ..transport.pool import default_pool
 from .ps import HostQuery, Opener, Outcome, run_one
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -37,7 +37,8 @@ Frame = Callable[[list[Outcome]], tuple[str, list[str]]]
 
 class Watch:
     def __init__(self, queries: list[HostQuery], opener: Opener, frame: Frame, *, interval: float,
-                 title: str, out: TextIO, err: TextIO, json_mode: bool = False):
+                 title: str, out: TextIO, err: TextIO, json_mode: bool = False,
+                 cancelled: Callable[[], bool] = default_pool.cancelled):
         self.queries = queries
         self.opener = opener
         self.frame = frame
@@ -46,6 +47,7 @@ class Watch:
         self.out = out
         self.err = err
         self.json_mode = json_mode
+        self.cancelled = cancelled
         self.tty = _isatty(out) and not json_mode
         self._answers: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         self._stop = threading.Event()      # host threads: stop asking
@@ -64,7 +66,7 @@ class Watch:
             pass
         finally:
             # Host threads notice on their next answer (at most SECONDS later); they hold
-            # nothing the process needs, and in the daemon they end by themselves.
+            # nothing the process needs, and in the keeper they end by themselves.
             self._stop.set()
         if self.tty:
             self._write("\n")
@@ -123,7 +125,7 @@ class Watch:
                 drawn = True
 
     def _cancelled(self) -> bool:
-        return self._halt.is_set() or (pool.in_daemon() and pool.cancelled())
+        return self._halt.is_set() or self.cancelled()
 
     # -- output ----------------------------------------------------------------------------
 

@@ -40,12 +40,12 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Sequence
 
 from ... import __version__
 from ...protocol import PROTOCOL_VERSION, ProtocolError, decode_reply, encode_request
 from ..errors import ConnectionFailed, OpError, ProtocolMismatch
-from .base import DEFAULT_TIMEOUT
+from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
 # deploy steps that take seconds to minutes: shown as notices when a first use installs
 SLOW_DEPLOY_STEPS = frozenset({"venv", "build", "wheels", "upload", "install"})
@@ -63,8 +63,6 @@ MIN_RETRY = 1.0
 # Floor of a connection step's timeout once a call's budget is nearly spent: a step gets a
 # chance to finish rather than failing at once with a meaningless 1 ms timeout.
 MIN_STEP = 0.2
-
-Notice = Callable[[str], None]
 
 
 class AgentUnavailable(ConnectionFailed):
@@ -127,7 +125,7 @@ def _strip_host(host: str, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-class AgentTransport:
+class AgentTransport(Transport):
     """Raw batches to one host's agent through an SSH tunnel. Thread-safe."""
 
     name = "agent"
@@ -142,7 +140,7 @@ class AgentTransport:
         self.ssh_config = ssh_config
         self.timeout = float(timeout)
         self.accept_new_host_key = accept_new_host_key
-        self.notice = notice if notice is not None else print_notice
+        self.notice: Notice = notice if notice is not None else print_notice
         self.connect_timeout = connect_timeout
         self.via = via
         self.keep_session = keep_session
@@ -161,7 +159,7 @@ class AgentTransport:
 
     # ------------------------------------------------------------------ public
 
-    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def batch(self, ops: Sequence[Op]) -> list[Result]:
         """Run `ops` in one round trip; one raw result ({"ok", "value"|"error"}) per op.
 
         Raises ConnectionFailed / AuthFailed / AgentUnavailable (host or agent out of
@@ -233,6 +231,14 @@ class AgentTransport:
                     raise ProtocolMismatch(f"{self.host}: {exc.message}") from None
                 raise OpError(exc.code, exc.message, self.host) from None
 
+    def configure(self, *, notice: Notice | None = None, timeout: float | None = None,
+                  accept_new_host_key: bool | None = None) -> None:
+        super().configure(notice=notice)
+        if timeout is not None:
+            self.timeout = float(timeout)
+        if accept_new_host_key is not None:
+            self.accept_new_host_key = accept_new_host_key
+
     def connect(self) -> "AgentTransport":
         """Connect now (deploying if needed) instead of on the first call."""
         self._connection(allow_repair=True)
@@ -276,12 +282,6 @@ class AgentTransport:
         (the tunnel keeper's pool then replaces this transport: pool.py)."""
         tunnel = self._tunnel
         return tunnel is not None and tunnel.stale()
-
-    def __enter__(self) -> "AgentTransport":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"AgentTransport({self.host!r})"

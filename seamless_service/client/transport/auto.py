@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .base import Notice
+from .base import Notice, Op, Result, Transport
 from .choice import choice_ttl, remember_choice
 from .pooled import PooledTransport
+
+if TYPE_CHECKING:
+    from .agent import AgentUnavailable
 
 # After a transient fallback (timeout, dropped connection), a long-lived auto transport
 # tries the agent again after this many seconds; a new command tries it at once.
 AGENT_RETRY_AFTER = 60.0
 
 
-class AutoTransport:
+class AutoTransport(Transport):
     """The agent, or — if the agent cannot run on the host, or cannot be reached right
     now — the ssh fallback.
 
@@ -39,15 +42,16 @@ class AutoTransport:
 
     name = "auto"
 
-    def __init__(self, host: str, make_agent: Callable[[], Any] | None, make_ssh: Callable[[bool | None], Any], *,
+    def __init__(self, host: str, make_agent: Callable[[], Transport] | None,
+                 make_ssh: Callable[[bool | None], Transport], *,
                  notice: Notice | None = None, remembered: dict[str, Any] | None = None):
         self.host = host
         self._make_agent = make_agent
         self._make_ssh = make_ssh
-        self._notice = notice
+        self.notice = notice
         self._lock = threading.Lock()
-        self._agent: Any = None
-        self._ssh: Any = None
+        self._agent: Transport | None = None
+        self._ssh: Transport | None = None
         self._use_ssh = False
         self._permanent = False
         self._retry_at = 0.0
@@ -62,7 +66,7 @@ class AutoTransport:
             self._agent = make_agent()
 
     @property
-    def active(self) -> Any:
+    def active(self) -> Transport | None:
         """The transport answering now (the agent's unless the fallback is in use)."""
         return self._ssh if self._use_ssh else self._agent
 
@@ -70,7 +74,7 @@ class AutoTransport:
     def kind(self) -> str:
         return "ssh" if self._use_ssh else "agent"
 
-    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def batch(self, ops: Sequence[Op]) -> list[Result]:
         from .agent import AgentUnavailable
 
         if self._use_ssh and not self._retry_due():
@@ -82,7 +86,7 @@ class AutoTransport:
             # Raised while connecting, before anything was sent: answering through ssh
             # instead sends nothing twice. An agent that worked before and now fails is
             # a transient problem, not a reason to switch.
-            if getattr(agent, "connected_once", False):
+            if agent.connected_once:
                 raise
             self._fall_back(exc)
             return self._through_ssh(ops)
@@ -93,27 +97,29 @@ class AutoTransport:
     def _retry_due(self) -> bool:
         return not self._permanent and self._make_agent is not None and time.monotonic() >= self._retry_at
 
-    def _agent_now(self) -> Any:
+    def _agent_now(self) -> Transport:
         with self._lock:
             if self._use_ssh:
                 self._retry_at = time.monotonic() + AGENT_RETRY_AFTER  # one try per interval
             if self._agent is None:
+                assert self._make_agent is not None  # no agent maker: _retry_due() is never True
                 self._agent = self._make_agent()
             return self._agent
 
-    def _through_ssh(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def _through_ssh(self, ops: Sequence[Op]) -> list[Result]:
         with self._lock:
             line, self._unsaid = self._unsaid, None
+            ssh = self._ssh
         if line is not None:
-            (self._notice if self._notice is not None else _print)(line)
-        return self._ssh.batch(ops)
+            (self.notice if self.notice is not None else _print)(line)
+        assert ssh is not None  # made by _switch() before _use_ssh is set
+        return ssh.batch(ops)
 
-    def _fall_back(self, exc: Any) -> None:
+    def _fall_back(self, exc: AgentUnavailable) -> None:
         reason = str(exc)
         prefix = f"{self.host}: "
         reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-        guarded = bool(getattr(exc, "guarded", False))
-        permanent = bool(getattr(exc, "permanent", False))
+        guarded, permanent = exc.guarded, exc.permanent
         if permanent:
             remember_choice(self.host, "ssh", reason=reason, guarded=guarded)
         self._switch(reason, guarded=guarded, permanent=permanent)
@@ -139,19 +145,17 @@ class AutoTransport:
             self._release(agent)
 
     @staticmethod
-    def _release(agent: Any) -> None:
+    def _release(agent: Transport) -> None:
         # A new agent transport is made if the agent is tried again: a pooled one that
         # failed has been dropped from the pool already (PooledTransport.batch).
         if isinstance(agent, PooledTransport):
-            from . import pool
-
-            pool.drop(agent.pool_name)
+            agent.discard()
         else:
             agent.close()
 
     def describe(self) -> dict[str, Any]:
-        describe = getattr(self.active, "describe", None)
-        info = describe() if callable(describe) else {}
+        active = self.active
+        info = active.describe() if active is not None else {}  # None once closed
         return {**info, "chosen_by": "auto", "fallback_reason": self.fallback_reason}
 
     def close(self) -> None:
@@ -161,12 +165,6 @@ class AutoTransport:
         for transport in (agent, ssh):
             if transport is not None:
                 transport.close()
-
-    def __enter__(self) -> "AutoTransport":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _print(message: str) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ...agent.context import AgentContext
 from ...agent.dispatch import handle
 from ...protocol import ProtocolError, decode_reply, encode_request
 from ..errors import OpError, ProtocolMismatch, UsageError
+from .base import Op, Result, Transport
 from .inputs import FileSnapshot
 
 
@@ -42,7 +43,9 @@ def local_context(read: FileSnapshot | None = None) -> AgentContext:
     return AgentContext(base=base, policy=policy)
 
 
-class LocalTransport:
+class LocalTransport(Transport):
+    """Ops run in this process, on this machine's launcher state (see the module docstring)."""
+
     name = "local"
 
     def __init__(self, ctx: AgentContext | None = None):
@@ -61,23 +64,23 @@ class LocalTransport:
     def call(self, request: bytes) -> bytes:
         return handle(self.ctx, request)
 
-    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def batch(self, ops: Sequence[Op]) -> list[Result]:
         return batch_over(self.call, ops, host=self.host)
+
+    def wait_sizes(self, timeout: float) -> bool | None:
+        """The sizes are measured here, by the sizer the ops started in this context (none
+        started: nothing to wait for, None as for a remote transport)."""
+        sizer = self.ctx.extras.get("sizer")  # made by the persistent op (agent/ops/persistent.py)
+        return None if sizer is None else bool(sizer.wait_idle(timeout))
 
     def close(self) -> None:
         self.ctx.close()
 
-    def __enter__(self) -> "LocalTransport":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def batch_over(call, ops: list[tuple[str, dict[str, Any]]], *, host: str) -> list[dict[str, Any]]:
+def batch_over(call: Callable[[bytes], bytes], ops: Sequence[Op], *, host: str) -> list[Result]:
     """Send one batch through `call(bytes) -> bytes`; return the raw results, in order."""
     try:
-        reply = call(encode_request(ops))
+        reply = call(encode_request(list(ops)))
         return decode_reply(reply, expected=len(ops))
     except ProtocolError as exc:
         if exc.code == "version_mismatch":
@@ -85,7 +88,7 @@ def batch_over(call, ops: list[tuple[str, dict[str, Any]]], *, host: str) -> lis
         raise OpError(exc.code, exc.message, host) from None
 
 
-def unwrap(result: dict[str, Any], *, host: str | None = None) -> Any:
+def unwrap(result: Result, *, host: str | None = None) -> Any:
     """The value of one result, or OpError with the agent's code and message."""
     if result.get("ok"):
         return result.get("value")

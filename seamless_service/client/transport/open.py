@@ -11,7 +11,7 @@ Kinds (all return the same raw results, see agent/ops/*):
   auto    agent; if the agent cannot run on the host or cannot be reached right now, ssh
           (auto.py says when, and what is remembered: choice.py)
 
-Inside the tunnel keeper (pool.in_daemon()), what open_transport returns is a lease on a
+Inside the tunnel keeper (pool.default_pool.in_keeper), what open_transport returns is a lease on a
 pooled transport (pooled.py), made for callers with this caller's inputs: the environment
 values listed here (local: the absolute launcher folder and HOME; remote: REMOTE_ENV) and
 the files the transport read (inputs.py).
@@ -20,13 +20,13 @@ the files the transport read (inputs.py).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ..errors import UsageError
 from .auto import AutoTransport
-from .base import DEFAULT_TIMEOUT, Notice
+from .base import DEFAULT_TIMEOUT, Notice, Transport
 from .choice import remembered_choice
-from .pooled import lease
+from .pool import TransportPool, default_pool
+from .pooled import PooledTransport, lease
 
 KINDS = ("auto", "agent", "ssh", "local")
 
@@ -39,10 +39,11 @@ REMOTE_ENV = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK", "
 
 def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os.PathLike | None = None,
                    timeout: float | None = None, notice: Notice | None = None,
-                   accept_new_host_key: bool = False) -> Any:
+                   accept_new_host_key: bool = False, pool: TransportPool = default_pool) -> Transport:
     """A transport to `host` (None: this machine). See the module docstring for `kind`.
 
-    Nothing connects here: the first batch() does (and may deploy the agent).
+    Nothing connects here: the first batch() does (and may deploy the agent). `pool`: where
+    pooled transports are leased from in keeper mode (the process's default_pool).
     Raises UsageError for an unknown kind or a host given with kind="local".
     """
     if kind not in KINDS:
@@ -50,7 +51,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     if host is None or kind == "local":
         if host is not None:
             raise UsageError(f"the local transport runs on this machine; it takes no host (got {host!r})")
-        return lease("transport:local", _make_local, inputs=_local_inputs)
+        return lease("transport:local", _make_local, inputs=_local_inputs, pool=pool)
     if not host or host.startswith("-"):
         raise UsageError(f"not a host name: {host!r}")
     if ssh_config is not None:
@@ -58,7 +59,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
         # transport reconnects later, from another command's cwd.
         ssh_config = os.path.abspath(os.path.expanduser(os.fspath(ssh_config)))
     opts = {"ssh_config": ssh_config, "timeout": timeout, "notice": notice,
-            "accept_new_host_key": accept_new_host_key}
+            "accept_new_host_key": accept_new_host_key, "pool": pool}
     if kind == "agent":
         return _agent(host, **opts)
     if kind == "ssh":
@@ -70,7 +71,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
 # --------------------------------------------------------------------------- factories
 
 
-def _make_local() -> Any:
+def _make_local() -> Transport:
     from .local import LocalTransport
 
     return LocalTransport()
@@ -84,19 +85,19 @@ def _local_inputs() -> tuple[str, str | None]:
     return os.path.abspath(paths.base_dir()), os.environ.get("HOME")
 
 
-def _remote_inputs() -> Any:
+def _remote_inputs() -> tuple[tuple[str, str | None], ...]:
     from .inputs import env_values
 
     return env_values(REMOTE_ENV)
 
 
-def _key(kind: str, host: str, ssh_config: Any) -> str:
+def _key(kind: str, host: str, ssh_config: str | None) -> str:
     # The same alias under another ssh config is another host.
     return f"transport:{kind}:{host}" + (f"|{os.fspath(ssh_config)}" if ssh_config is not None else "")
 
 
-def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
-           accept_new_host_key: bool) -> Any:
+def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
+           accept_new_host_key: bool, pool: TransportPool) -> Transport:
     from .agent import AgentTransport
 
     def factory() -> AgentTransport:
@@ -104,11 +105,11 @@ def _agent(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice 
                               accept_new_host_key=accept_new_host_key, notice=notice)
 
     return lease(_key("agent", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
-                   timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key)
+                 timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key, pool=pool)
 
 
-def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | None,
-         accept_new_host_key: bool, guarded: bool | None = None) -> Any:
+def _ssh(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
+         accept_new_host_key: bool, pool: TransportPool, guarded: bool | None = None) -> Transport:
     from .ssh import SshTransport
 
     def factory() -> SshTransport:
@@ -116,7 +117,9 @@ def _ssh(host: str, *, ssh_config: Any, timeout: float | None, notice: Notice | 
                             guarded=guarded, notice=notice)
 
     leased = lease(_key("ssh", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
-                     timeout=timeout or DEFAULT_TIMEOUT)
-    if guarded and getattr(leased, "guarded", None) is None:
-        leased.guarded = guarded
+                   timeout=timeout or DEFAULT_TIMEOUT, pool=pool)
+    # A kept ssh transport made before rhl-guard was known to force its key learns it now.
+    ssh = leased.inner if isinstance(leased, PooledTransport) else leased
+    if guarded and isinstance(ssh, SshTransport) and ssh.guarded is None:
+        ssh.guarded = guarded
     return leased

@@ -1,6 +1,6 @@
 """A lease on a transport kept by the tunnel keeper's pool.
 
-Inside the keeper (pool.in_daemon()), transports live in the pool under
+Inside the keeper (pool.default_pool.in_keeper), transports live in the pool under
 `transport:{kind}:{host}[|ssh config]#{tag}`, so one SSH connection and one authenticated
 rpyc connection per host persist between CLI calls. What open_transport returns there is a
 lease: close() leaves the pooled transport open, and a fatal error (ConnectionFailed,
@@ -16,85 +16,100 @@ a new transport on the next command (pool.py).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import ConnectionFailed, ProtocolMismatch
-from .base import Notice
+from .base import Notice, Op, Result, Transport
+from .pool import TransportPool, default_pool
 
 
-def lease(family: str, factory: Callable[[], Any], *, inputs: Callable[[], Any], notice: Notice | None = None,
-            timeout: float | None = None, accept_new_host_key: bool | None = None) -> Any:
-    """factory() outside the daemon; inside, a lease on the pooled transport made for
+def lease(family: str, factory: Callable[[], Transport], *, inputs: Callable[[], Any], notice: Notice | None = None,
+          timeout: float | None = None, accept_new_host_key: bool | None = None,
+          pool: TransportPool = default_pool) -> Transport:
+    """factory() outside the keeper; inside, a lease on the pooled transport made for
     callers with this caller's `inputs()` (see the module docstring)."""
-    from . import pool
-
-    if not pool.in_daemon():
+    if not pool.in_keeper:
         return factory()
     from .inputs import variant
 
     name = f"{family}#{variant(inputs())}"
-    return PooledTransport(name, pool.get(name, factory, family=family), notice=notice, timeout=timeout,
-                           accept_new_host_key=accept_new_host_key)
+    return PooledTransport(name, pool.lease(name, factory, family=family), notice=notice, timeout=timeout,
+                           accept_new_host_key=accept_new_host_key, pool=pool)
 
 
-class PooledTransport:
-    """A lease on a transport held by the client daemon's pool (see the module docstring)."""
+class PooledTransport(Transport):
+    """A lease on a transport held by the tunnel keeper's pool (see the module docstring).
 
-    def __init__(self, pool_name: str, inner: Any, *, notice: Notice | None = None,
-                 timeout: float | None = None, accept_new_host_key: bool | None = None):
+    What it is and what it knows are the pooled transport's (`inner`); what the caller
+    chose (notice, timeout, accepting a new host key) is the lease's own and is handed to
+    `inner` on each call. close() leaves `inner` open."""
+
+    def __init__(self, pool_name: str, inner: Transport, *, notice: Notice | None = None,
+                 timeout: float | None = None, accept_new_host_key: bool | None = None,
+                 pool: TransportPool = default_pool):
         self.pool_name = pool_name
         self.inner = inner
-        self._notice = notice
+        self.pool = pool
+        self.notice = notice
         self._timeout = timeout
         self._accept_new = accept_new_host_key
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]
         return self.inner.name
 
     @property
-    def host(self) -> str:
+    def host(self) -> str:  # type: ignore[override]
         return self.inner.host
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def kind(self) -> str:
+        return self.inner.kind
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("pool_name", "inner", "_notice", "_timeout", "_accept_new"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.inner, name, value)
+    @property
+    def connected_once(self) -> bool:  # type: ignore[override]
+        return self.inner.connected_once
 
-    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        from . import pool
+    @property
+    def fallback_reason(self) -> str | None:  # type: ignore[override]
+        return self.inner.fallback_reason
 
-        if self._notice is not None and hasattr(self.inner, "notice"):
-            self.inner.notice = self._notice  # this CLI call's notices go to this caller
-        if self._timeout is not None and hasattr(self.inner, "timeout"):
-            # The pooled transport was made by an earlier command; this one's --timeout
-            # applies to its own calls (the daemon runs one command at a time).
-            self.inner.timeout = float(self._timeout)
-        if self._accept_new is not None and hasattr(self.inner, "accept_new_host_key"):
-            # Likewise: only a caller who said --accept-new-host-key may have a new host key
-            # written to known_hosts when the pooled transport reconnects.
-            self.inner.accept_new_host_key = self._accept_new
+    def configure(self, *, notice: Notice | None = None, timeout: float | None = None,
+                  accept_new_host_key: bool | None = None) -> None:
+        """This lease's settings, handed to the pooled transport on each of its calls."""
+        super().configure(notice=notice)
+        if timeout is not None:
+            self._timeout = timeout
+        if accept_new_host_key is not None:
+            self._accept_new = accept_new_host_key
+
+    def batch(self, ops: Sequence[Op]) -> list[Result]:
+        # The pooled transport was made by an earlier command; this one's notices go to
+        # this caller, its --timeout applies to its own calls (the keeper runs one command
+        # at a time), and only a caller who said --accept-new-host-key may have a new host
+        # key written to known_hosts when the pooled transport reconnects.
+        self.inner.configure(notice=self.notice, timeout=self._timeout, accept_new_host_key=self._accept_new)
         try:
             return self.inner.batch(ops)
         except (ConnectionFailed, ProtocolMismatch):
-            pool.drop(self.pool_name)
+            self.discard()
             raise
         finally:
-            pool.touch(self.pool_name)   # idle from now on (`tunnel status`); no-op once dropped
+            self.pool.release(self.pool_name)   # idle from now on (`tunnel status`); no-op once dropped
+
+    def wait_sizes(self, timeout: float) -> bool | None:
+        return self.inner.wait_sizes(timeout)
 
     def describe(self) -> dict[str, Any]:
-        describe = getattr(self.inner, "describe", None)
-        return describe() if callable(describe) else {"transport": self.name}
+        return self.inner.describe()
+
+    def stale(self) -> bool:
+        return self.inner.stale()
 
     def close(self) -> None:
-        """Leave the pooled transport open: the daemon keeps it for the next call."""
+        """Leave the pooled transport open: the keeper keeps it for the next call."""
 
-    def __enter__(self) -> "PooledTransport":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def discard(self) -> None:
+        """Drop the pooled transport from the pool and close it: it failed for good, and the
+        next lease makes a new one."""
+        self.pool.drop(self.pool_name)

@@ -65,7 +65,7 @@ import secrets
 import shlex
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable
+from typing import Any, Generator, Iterable, Sequence
 
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
 from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
@@ -74,7 +74,7 @@ from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM
                     launch_args, outcome_lines, plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg,
                     stop_flags, stop_without_helper, usable_pid)
 from ..errors import AuthFailed, ConnectionFailed
-from .base import DEFAULT_TIMEOUT
+from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
 SSH = "ssh"
 PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
@@ -690,7 +690,7 @@ def op_unavailable(name: str, host: str) -> OpGen:
 # --------------------------------------------------------------------------- transport
 
 
-class SshTransport:
+class SshTransport(Transport):
     """Raw batches answered by `rhl-*` helpers over the real `ssh` client. Stateless between
     calls except for `guarded` (whether rhl-guard forces one helper per session)."""
 
@@ -698,7 +698,7 @@ class SshTransport:
 
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: int = CONNECT_TIMEOUT,
-                 guarded: bool | None = None, notice: Callable[[str], None] | None = None,
+                 guarded: bool | None = None, notice: Notice | None = None,
                  ssh_binary: str = SSH):
         if not host or host.startswith("-"):
             raise ValueError(f"not a host name: {host!r}")
@@ -716,7 +716,7 @@ class SshTransport:
 
     # ------------------------------------------------------------------ public
 
-    def batch(self, ops: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def batch(self, ops: Sequence[Op]) -> list[Result]:
         """One raw result per op, as the agent would give. Raises ConnectionFailed/AuthFailed
         when ssh itself fails (host down, key refused)."""
         self.calls += 1
@@ -737,18 +737,19 @@ class SshTransport:
         return [r if r is not None else error_result(ProtocolError(ErrorCode.INTERNAL, "no result"))
                 for r in results]
 
+    def configure(self, *, notice: Notice | None = None, timeout: float | None = None,
+                  accept_new_host_key: bool | None = None) -> None:
+        """As Transport.configure; host keys are the ssh client's business (no such setting)."""
+        super().configure(notice=notice)
+        if timeout is not None:
+            self.timeout = float(timeout)
+
     def close(self) -> None:
         """Nothing to close: every call is its own ssh process."""
 
     def describe(self) -> dict[str, Any]:
         return {"transport": self.name, "host": self.host, "guarded": self.guarded, "calls": self.calls,
                 "ssh_sessions": self.ssh_sessions, "last_error": self.last_error}
-
-    def __enter__(self) -> "SshTransport":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SshTransport({self.host!r})"

@@ -138,7 +138,7 @@ def test_wide_adds_cluster_and_key_columns(world):
 
 
 def test_the_cli_process_prints_what_the_in_process_call_prints(world):
-    """The real console entry (own process, no daemon) on the same state."""
+    """The real console entry (own process, no keeper) on the same state."""
     result = world.new_ps("--cluster", "loc", "--json")
     assert result.returncode == 0, result.stderr
     strip = lambda rows: [{k: v for k, v in r.items() if k != "size_state"} for r in rows]  # noqa: E731
@@ -320,10 +320,14 @@ class Recording:
         return self.inner.batch(ops)
 
 
-def _parse(*argv: str):
+def _plan(*argv: str) -> ps_query.Plan:
+    """What `ps ARGV` plans, through the CLI's own request and a config for this command."""
     from seamless_service.client.cli.main import build_parser
+    from seamless_service.client.cli.ps_cmd import request_of
+    from seamless_service.client.config.client_config import ClientConfig
 
-    return build_parser().parse_args(["ps", *argv])
+    config = ClientConfig()
+    return ps_query.plan_queries(request_of(build_parser().parse_args(["ps", *argv]), config), config)
 
 
 def test_one_batch_per_host(world):
@@ -332,7 +336,7 @@ def test_one_batch_per_host(world):
     from seamless_service.client.transport.local import LocalTransport
 
     with world.inside():
-        [query] = ps_query.plan_queries(_parse("--cluster", "loc", "--persistent")).list()
+        [query] = _plan("--cluster", "loc", "--persistent").list()
     transport = Recording(LocalTransport())
     try:
         ps_query.run_all([query], lambda host: transport)
@@ -354,7 +358,7 @@ def test_clusters_sharing_a_host_share_one_batch(small):
         "hostname": "localhost", "hashserver": {"bufferdir": str(small.buf)}}]}
     small.write_clusters(dead=True)
     with small.inside():
-        plan = ps_query.plan_queries(_parse("--all-clusters", "--persistent", "--status", "running"))
+        plan = _plan("--all-clusters", "--persistent", "--status", "running")
     queries = plan.list()
     assert [q.host for q in queries] == [None, "deadhost"]
     local = queries[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.keeper import DaemonPlace
+from tests.support.keeper import KeeperPlace
 from tests.support.packaging import client_extra_modules
 
 BLOCKER = textwrap.dedent("""\
@@ -77,7 +77,7 @@ def test_a_client_command_says_what_to_install(server_only, tmp_path, argv, miss
 
 
 def test_through_the_tunnel_keeper_too_and_the_server_side_still_works(server_only, tmp_path, monkeypatch):
-    place = DaemonPlace(monkeypatch, hooks=False)
+    place = KeeperPlace(monkeypatch, hooks=False)
     try:
         env = {**server_only, **{k: os.environ[k] for k in ("SEAMLESS_SERVICE_DAEMON_DIR", "SEAMLESS_SERVICE_DAEMON_IDLE")}}
         env.pop("SEAMLESS_SERVICE_NO_DAEMON", None)

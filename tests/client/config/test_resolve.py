@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from seamless_service.client.config import clusters
+from seamless_service.client.config.client_config import ClientConfig
 from seamless_service.client.errors import UsageError
 from seamless_service.client.config.resolve import resolve_service
 from seamless_service.client.config.selection import Selection
@@ -207,8 +207,9 @@ def test_invalid_clusters_yaml_says_file_line_and_column(seamless_home):
 
 def test_cluster_helpers(seamless_home, monkeypatch):
     monkeypatch.chdir(seamless_home.proj)
-    assert clusters.known_clusters() == ["lc", "rc", "r2", "xtra", "lh"]
-    assert clusters.local_cluster() == "lc"
+    clusters = ClientConfig()
+    assert clusters.cluster_names() == ["lc", "rc", "r2", "xtra", "lh"]
+    assert clusters.clusters.local == "lc"
     assert clusters.cluster_host("lc") is None
     assert clusters.cluster_host("rc") == "rc-ssh"
     assert clusters.cluster_host("r2") == "login.r2.invalid"
@@ -217,7 +218,7 @@ def test_cluster_helpers(seamless_home, monkeypatch):
     assert clusters.cluster_roots("lc") == {"hashserver": f"{home}/buf", "database": f"{home}/db"}
     assert clusters.cluster_roots("rc") == {"hashserver": "/srv/rc/buf", "database": "/srv/rc/db"}
     assert clusters.cluster_roots("xtra") == {"hashserver": "/srv/xtra/buf"}
-    assert clusters.cluster_has_service("lc", "jobserver") and not clusters.cluster_has_service("rc", "jobserver")
+    assert clusters.clusters.has_service("lc", "jobserver") and not clusters.clusters.has_service("rc", "jobserver")
     with pytest.raises(UsageError, match=r"unknown cluster 'zz' \(known: lc, rc, r2, xtra, lh\)"):
         clusters.cluster_host("zz")
     with pytest.raises(UsageError, match="no frontend with hostname 'other.invalid'"):
@@ -229,6 +230,7 @@ def test_localhost_frontend_is_this_machine_35(seamless_home, monkeypatch):
     # A `type: local` cluster that is not local_cluster gets hostname "localhost": one rule
     # for per-service and cluster-wide commands (this machine), and ~ expanded accordingly.
     monkeypatch.chdir(seamless_home.proj)
+    clusters = ClientConfig()
     assert clusters.cluster_host("lh") is None
     assert resolve_service(Selection(service="hashserver", cluster="lh", project="p")).ssh_host is None
     assert clusters.cluster_roots("lh") == {"hashserver": f"{seamless_home.home}/lhbuf"}
@@ -243,10 +245,11 @@ def test_clusters_from_seamless_yaml(seamless_home, monkeypatch):
                   hashserver: {bufferdir: /srv/inline}
         """))
     monkeypatch.chdir(seamless_home.proj)
-    assert clusters.known_clusters()[-1] == "inline"
+    clusters = ClientConfig()
+    assert clusters.cluster_names()[-1] == "inline"
     assert clusters.cluster_host("inline") == "inline.invalid"
     monkeypatch.chdir(seamless_home.sandbox.root)
-    assert "inline" not in clusters.known_clusters()
+    assert "inline" not in ClientConfig().cluster_names()   # a new command, another cwd
 
 
 def test_callers_seamless_config_state_is_kept(seamless_home, monkeypatch):
@@ -272,7 +275,7 @@ def test_state_does_not_leak_between_calls(seamless_home, monkeypatch):
     monkeypatch.chdir(seamless_home.proj)
     assert resolve_service(Selection(service="hashserver", project="first", subproject="sub")).key == \
         "hashserver-lc-rw-first--sub"
-    # a second call without --subproject must not inherit it (as a long-lived daemon would)
+    # a second call without --subproject must not inherit it (as a long-lived keeper would)
     assert resolve_service(Selection(service="hashserver")).key == "hashserver-lc-rw-myproj"
     monkeypatch.chdir(seamless_home.sandbox.root)
     with pytest.raises(UsageError, match="no cluster selected"):
@@ -290,5 +293,7 @@ def test_resolved_fields(seamless_home, monkeypatch):
                         "subproject": None, "stage": "s2", "substage": None, "queue": None}
     import argparse
 
-    sel = Selection.from_args(argparse.Namespace(service="hashserver", cluster=None, mode=None, extra=1))
+    from seamless_service.client.cli.common import selection_of
+
+    sel = selection_of(argparse.Namespace(service="hashserver", cluster=None, mode=None, extra=1))
     assert sel.mode == "rw" and sel.service == "hashserver" and sel.project is None

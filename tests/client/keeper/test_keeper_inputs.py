@@ -1,6 +1,6 @@
 """The tunnel keeper answers every caller with the caller's own inputs (issue 8, item 1).
 
-One real keeper process (tests/support/keeper.py DaemonPlace, with the real CLI)
+One real keeper process (tests/support/keeper.py KeeperPlace, with the real CLI)
 serves callers whose environment differs (HOME, REMOTE_HTTP_LAUNCHER_DIR) and whose files
 change between commands (agent config.yaml and its data-roots file, clusters.yaml,
 seamless.yaml, ~/.ssh/config). Launcher state is real (services launched through
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from seamless_service.client.keeper import client
-from seamless_service.client.transport import pool
+from seamless_service.client.transport.pool import MAX_VARIANTS, TransportPool
 from seamless_service.client.transport.inputs import FileSnapshot
 from tests.client.conftest import RUNNING_KEYS, require_sshd
 from tests.support.keeper import ssh_home, through_keeper
@@ -34,7 +34,7 @@ def keys_of(env: dict[str, str], cwd: Path, *argv: str) -> set[str]:
 
 
 def pool_entries() -> list[dict]:
-    info = client.daemon_status()
+    info = client.keeper_status()
     assert info is not None
     return info["pool"]
 
@@ -195,26 +195,27 @@ class Closable:
 
 @pytest.fixture
 def clean_pool():
-    pool.close_all()
-    yield
+    pool = TransportPool()
+    yield pool
     pool.close_all()
 
 
 def test_pool_replaces_stale_entries_and_bounds_variants(clean_pool):
-    first = pool.get("t#1", Closable, family="t")
-    assert pool.get("t#1", Closable, family="t") is first
+    pool = clean_pool
+    first = pool.lease("t#1", Closable, family="t")
+    assert pool.lease("t#1", Closable, family="t") is first
     first.is_stale = True
-    second = pool.get("t#1", Closable, family="t")
+    second = pool.lease("t#1", Closable, family="t")
     assert second is not first and first.closed == 1   # replaced, and the old one closed
-    variants = [pool.get(f"t#{i}", Closable, family="t") for i in range(2, 2 + pool.MAX_VARIANTS)]
+    variants = [pool.lease(f"t#{i}", Closable, family="t") for i in range(2, 2 + MAX_VARIANTS)]
     names = pool.names()
-    assert len(names) == pool.MAX_VARIANTS and "t#1" not in names   # least recently used went
+    assert len(names) == MAX_VARIANTS and "t#1" not in names   # least recently used went
     assert second.closed == 1 and not any(v.closed for v in variants)
-    other = pool.get("u", Closable)
-    assert pool.peek("u") is other and len(pool.names()) == pool.MAX_VARIANTS + 1  # another family
+    other = pool.lease("u", Closable)
+    assert pool.peek("u") is other and len(pool.names()) == MAX_VARIANTS + 1  # another family
     # a new variant also closes the family's stale ones, which nobody would ask for again
     variants[0].is_stale = True
-    pool.get("t#new", Closable, family="t")
+    pool.lease("t#new", Closable, family="t")
     assert variants[0].closed == 1 and "t#2" not in pool.names()
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client import entry
-from seamless_service.client.keeper import check_dir, client, daemon_dir, framing
+from seamless_service.client.keeper import check_dir, client, keeper_dir, framing
 from tests.support.other_user import ForeignListener, local_user, unused_uid
 
 SECRET = "tok-" + "5" * 24   # stands for a token in the caller's environment
@@ -100,9 +100,9 @@ def test_a_shared_writable_keeper_folder_is_refused_before_connecting(place):
 
 
 def test_folder_loosened_or_given_away_while_the_keeper_runs_is_refused_on_connect(place):
-    pid = client.ensure_daemon()["pid"]
+    pid = client.ensure_keeper()["pid"]
     os.chmod(place, 0o770)                     # e.g. a group-shared folder
-    with pytest.raises(client.DaemonUnavailable) as info:
+    with pytest.raises(client.KeeperUnavailable) as info:
         client.ping()
     assert "mode 770" in str(info.value) and "\n" not in str(info.value)
     assert stat.S_IMODE(place.stat().st_mode) == 0o770
@@ -110,7 +110,7 @@ def test_folder_loosened_or_given_away_while_the_keeper_runs_is_refused_on_conne
     assert client.ping()["pid"] == pid
     if os.geteuid() == 0:
         os.chown(place, unused_uid(), -1)
-        with pytest.raises(client.DaemonUnavailable, match="owned by uid"):
+        with pytest.raises(client.KeeperUnavailable, match="owned by uid"):
             client.ping()
         os.chown(place, 0, -1)
 
@@ -121,10 +121,10 @@ def test_app_cache_folder_is_private_from_creation(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     old = os.umask(0o022)
     try:
-        assert check_dir(daemon_dir(), create=True)
+        assert check_dir(keeper_dir(), create=True)
     finally:
         os.umask(old)
-    assert daemon_dir() == str(tmp_path / "cache" / "seamless-service" / "run")
+    assert keeper_dir() == str(tmp_path / "cache" / "seamless-service" / "run")
     assert stat.S_IMODE((tmp_path / "cache" / "seamless-service").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "cache" / "seamless-service" / "run").stat().st_mode) == 0o700
 

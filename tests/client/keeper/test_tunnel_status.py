@@ -139,18 +139,21 @@ def test_lines_of_several_environments_and_unknown_objects():
 def test_a_lease_marks_its_connection_used_when_its_call_ends():
     """A long call (a watch's `wait`) leaves the connection used at its end, not at the
     start of the command that leased it."""
-    from seamless_service.client.transport import pool
+    from seamless_service.client.transport.base import Transport
+    from seamless_service.client.transport.pool import TransportPool
     from seamless_service.client.transport.pooled import PooledTransport
 
-    class Slow:
+    class Slow(Transport):
+        name, host = "slow", "h"
+
         def batch(self, ops):
             time.sleep(0.3)
             return []
 
-    pool.close_all()
+    pool = TransportPool()
     try:
         name = "transport:slow:h#t"
-        lease = PooledTransport(name, pool.get(name, Slow))
+        lease = PooledTransport(name, pool.lease(name, Slow), pool=pool)
         lease.batch([("hello", {})])
         [entry] = pool.describe()
         assert entry["last_used"] - entry["created"] >= 0.3

@@ -1,9 +1,8 @@
 """`ps --watch`: a live table that follows real launches, in a pipe and in a pty, over
-several hosts at once; Ctrl-C (or the daemon's cancellation) ends it with exit 0."""
+several hosts at once; Ctrl-C (or the keeper's cancellation) ends it with exit 0."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import pty
@@ -17,7 +16,6 @@ import pytest
 
 from seamless_service.agent.context import AgentContext
 from seamless_service.client.query import ps as ps_query
-from seamless_service.client.transport import pool
 from seamless_service.client.errors import ConnectionFailed
 from seamless_service.client.transport.local import LocalTransport
 from seamless_service.client.query.render import columns_for, table
@@ -90,11 +88,8 @@ def test_watch_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(sandbox):
     assert "hashserver-c1-rw-late" in last and text.count(CLEAR) >= 2
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = dict(service=None, cluster=None, project=None, subproject=None, stage=None, substage=None,
-                mode=None, queue=None, status=None, persistent=False, json=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+def _request() -> ps_query.PsRequest:
+    return ps_query.PsRequest("all")
 
 
 class Hosts:
@@ -124,17 +119,17 @@ def hosts(tmp_path):
     h.close()
 
 
-def _watch(hosts: Hosts, interval: float) -> tuple[Watch, io.StringIO, io.StringIO]:
-    args = _args()
+def _watch(hosts: Hosts, interval: float, **kwargs) -> tuple[Watch, io.StringIO, io.StringIO]:
+    request = _request()
     queries = [ps_query.HostQuery(h, f"cluster {h}", [ps_query.Part("process", {"side": "server"})])
                for h in ("alpha", "beta", "gone")]
 
     def frame(outcomes):
-        rows = ps_query.assemble(outcomes, args)
+        rows = ps_query.assemble(outcomes, request)
         return table(rows, columns_for(wide=True)), ps_query.errors_of(outcomes)
 
     out, err = io.StringIO(), io.StringIO()
-    return Watch(queries, hosts.open, frame, interval=interval, title="t", out=out, err=err), out, err
+    return Watch(queries, hosts.open, frame, interval=interval, title="t", out=out, err=err, **kwargs), out, err
 
 
 def test_several_hosts_are_watched_at_once_and_a_change_anywhere_redraws(hosts):
@@ -159,34 +154,33 @@ def test_several_hosts_are_watched_at_once_and_a_change_anywhere_redraws(hosts):
     assert err.getvalue().count("\n") == 1   # the dead host is said once, not every round
 
 
-def test_the_daemon_cancellation_ends_the_watch(hosts, monkeypatch):
-    """In the client daemon Ctrl-C cannot reach the command: the thin client going away sets
-    pool.cancelled(), which the watch polls."""
-    watch, out, _ = _watch(hosts, interval=60.0)
-    monkeypatch.setattr(pool, "_in_daemon", True)
+def test_the_keeper_cancellation_ends_the_watch(hosts, monkeypatch):
+    """In the tunnel keeper Ctrl-C cannot reach the command: the thin client going away sets
+    the keeper's cancel flag, which the watch polls (through the pool, by default)."""
+    flag = threading.Event()   # the keeper's (keeper/server.py hands it to the pool)
+    watch, out, _ = _watch(hosts, interval=60.0, cancelled=flag.is_set)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(watch.run()))
     thread.start()
     try:
         wait_for(lambda: "CLUSTER" in out.getvalue(), timeout=TIMEOUT)
-        pool._cancel_event().set()
+        flag.set()
         thread.join(TIMEOUT)
         assert result == [0]
     finally:
-        pool._cancel_event().clear()
         if thread.is_alive():
             watch.stop()
             thread.join(TIMEOUT)
 
 
 def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path, monkeypatch):
-    """`ps --cluster C --watch` runs in the client daemon; Ctrl-C in the thin client makes the
-    daemon cancel it (pool.cancelled()): the next command runs in the same daemon at once."""
+    """`ps --cluster C --watch` runs in the tunnel keeper; Ctrl-C in the thin client makes the
+    keeper cancel it (pool.cancelled()): the next command runs in the same keeper at once."""
     from seamless_service.client.keeper import client
-    from tests.support.keeper import DaemonPlace
+    from tests.support.keeper import KeeperPlace
     from tests.support.world import World
 
-    place = DaemonPlace(monkeypatch, hooks=False)
+    place = KeeperPlace(monkeypatch, hooks=False)
     world = World.build(tmp_path / "w", dead_cluster=False)
     env = {k: v for k, v in world.env().items() if k != "SEAMLESS_SERVICE_NO_DAEMON"}
     env.update({k: os.environ[k] for k in ("SEAMLESS_SERVICE_DAEMON_DIR", "SEAMLESS_SERVICE_DAEMON_IDLE")})
@@ -204,8 +198,8 @@ def test_watch_through_the_tunnel_keeper_ends_when_the_thin_client_goes(tmp_path
             code, err = interrupt(proc)
         assert "Traceback" not in err, err
         assert code == 0  # Ctrl-C ends a watch: success, also through the tunnel keeper
-        # the daemon runs one command at a time: had the watch outlived Ctrl-C, this one would
-        # be turned away ("busy") and run in its own process; see test_daemon_busy.py
+        # the keeper runs one command at a time: had the watch outlived Ctrl-C, this one would
+        # be turned away ("busy") and run in its own process; see test_keeper_busy.py
         after = subprocess.run([*argv, "--cluster", "loc", "--server", "--json"], cwd=world.proj, env=env,
                                capture_output=True, text=True, timeout=60)
         assert after.returncode == 0, after.stderr

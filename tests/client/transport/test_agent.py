@@ -178,16 +178,17 @@ def test_unreachable_host_is_connection_failed(sshd):
     assert "refused" in str(info.value).lower() and sshd.alias in str(info.value)
 
 
-def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
-    from seamless_service.client.transport import pool
+def test_keeper_pool_keeps_the_connection_between_calls(remote: Remote, monkeypatch):
     from seamless_service.client.transport.open import open_transport
+    from seamless_service.client.transport.pool import TransportPool
     from seamless_service.client.transport.pooled import PooledTransport
 
-    monkeypatch.setattr(pool, "_in_daemon", True)  # as inside the client daemon
+    pool = TransportPool()
+    pool.keep_between_commands(threading.Event())  # as inside the tunnel keeper
     family = f"transport:agent:{remote.alias}|{remote.ssh_config}"
     name = family
     try:
-        first = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
+        first = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices(), pool=pool)
         # the name is the family plus a tag of the caller's environment (transport/open.py REMOTE_ENV)
         assert isinstance(first, PooledTransport) and first.pool_name.startswith(family + "#")
         name = first.pool_name
@@ -195,11 +196,11 @@ def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypa
         tunnel = first.inner.tunnel
         first.close()  # one CLI call ends: the pooled tunnel stays open for the next
         assert tunnel.alive
-        second = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
+        second = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices(), pool=pool)
         assert second.inner is first.inner and second.inner.tunnel is tunnel
         # Each command's --timeout applies to its own calls on the shared connection.
         slow = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices(),
-                              timeout=77.0)
+                              timeout=77.0, pool=pool)
         slow.batch([("hello", {})])
         assert slow.inner is first.inner and first.inner.timeout == 77.0
         second.batch([("hello", {})])
@@ -217,4 +218,4 @@ def test_daemon_pool_keeps_the_connection_between_calls(remote: Remote, monkeypa
     finally:
         if not remote.server.running:
             remote.server.restart()
-        pool.drop(name)
+        pool.close_all()

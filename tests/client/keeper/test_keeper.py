@@ -1,4 +1,4 @@
-"""The client daemon: real daemon processes on real unix sockets.
+"""The tunnel keeper: real keeper processes on real unix sockets.
 
 Most tests swap the CLI main for the hook module below (SEAMLESS_SERVICE_DAEMON_MAIN,
 test-only), so a "run" can print its cwd/env, wait, raise or watch for cancellation.
@@ -24,8 +24,8 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client.keeper import client, framing
-from seamless_service.client.transport import pool
-from tests.support.keeper import DaemonPlace, daemon_pids, raw_connect, thin_client, wait_for
+from seamless_service.client.transport.pool import TransportPool, default_pool
+from tests.support.keeper import KeeperPlace, keeper_pids, raw_connect, thin_client, wait_for
 from tests.support.other_user import unused_uid
 from tests.support.processes import alive, gone
 
@@ -36,7 +36,7 @@ from tests.support.processes import alive, gone
 
 @pytest.fixture
 def place(monkeypatch):
-    p = DaemonPlace(monkeypatch, hooks=True)
+    p = KeeperPlace(monkeypatch, hooks=True)
     yield p
     p.cleanup()
 
@@ -84,8 +84,8 @@ def test_bad_frames_raise_one_line_errors(data, error, message):
 
 @pytest.fixture
 def clean_pool():
-    pool.close_all()
-    yield
+    pool = TransportPool()
+    yield pool
     pool.close_all()
 
 
@@ -114,7 +114,7 @@ def test_pool_creates_one_object_per_name_under_concurrency(clean_pool):
 
     def worker():
         barrier.wait()
-        results.append(pool.get("host-a", factory))
+        results.append(clean_pool.lease("host-a", factory))
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
     for t in threads:
@@ -133,7 +133,7 @@ def test_pool_creates_different_names_in_parallel(clean_pool):
         return Closable()
 
     results = {}
-    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, pool.get(n, factory)))
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, clean_pool.lease(n, factory)))
                for n in ("a", "b")]
     for t in threads:
         t.start()
@@ -143,33 +143,47 @@ def test_pool_creates_different_names_in_parallel(clean_pool):
 
 
 def test_pool_drop_describe_close_all(clean_pool):
+    pool = clean_pool
+
     def failing():
         raise OSError("unreachable")
 
     with pytest.raises(OSError):
-        pool.get("bad", failing)
+        pool.lease("bad", failing)
     assert pool.peek("bad") is None          # a failed factory leaves nothing behind
-    a = pool.get("a", Closable)
-    b = pool.get("b", Closable)
+    a = pool.lease("a", Closable)
+    b = pool.lease("b", Closable)
     rows = pool.describe()
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[0]["details"] == {"state": "open"} and rows[0]["created"] <= rows[0]["last_used"]
     assert pool.drop("a") is True and a.closed == 1
     assert pool.drop("a") is False
-    assert pool.get("a", Closable) is not a
+    assert pool.lease("a", Closable) is not a
     pool.close_all()
     assert b.closed == 1 and pool.names() == []
-    assert pool.in_daemon() is False and pool.cancelled() is False
+    assert pool.in_keeper is False and pool.cancelled() is False
+    assert default_pool.in_keeper is False   # only the keeper's main() puts it in keeper mode
 
 
-# -- the daemon ----------------------------------------------------------------------------
+def test_pool_in_keeper_mode_shows_the_keepers_cancel_flag(clean_pool):
+    """The flag is the keeper's: the pool only reads the event it was handed."""
+    flag = threading.Event()
+    clean_pool.keep_between_commands(flag)
+    assert clean_pool.in_keeper and not clean_pool.cancelled()
+    flag.set()
+    assert clean_pool.cancelled() and clean_pool.wait_cancelled(5.0)
+    flag.clear()
+    assert clean_pool.wait_cancelled(0.01) is False
+
+
+# -- the keeper ----------------------------------------------------------------------------
 
 
 def test_started_on_demand_with_private_folder_and_socket(place):
     place.folder.mkdir(mode=0o755)
     os.chmod(place.folder, 0o755)           # too loose: must be tightened, not used as is
     assert client.ping() is None            # nothing runs, and ping does not start one
-    info = client.ensure_daemon()
+    info = client.ensure_keeper()
     assert info["ok"] and info["version"] == __version__ and alive(info["pid"])
     assert info["idle_timeout"] == 60
     assert stat.S_IMODE(place.folder.stat().st_mode) == 0o700
@@ -177,7 +191,7 @@ def test_started_on_demand_with_private_folder_and_socket(place):
     assert stat.S_IMODE(place.sock.stat().st_mode) == 0o600
     for name in ("daemon.log", "daemon.lock"):
         assert stat.S_IMODE((place.folder / name).stat().st_mode) == 0o600
-    assert client.ensure_daemon()["pid"] == info["pid"]
+    assert client.ensure_keeper()["pid"] == info["pid"]
 
 
 def test_run_applies_cwd_env_argv_per_call_and_restores(place):
@@ -188,7 +202,7 @@ def test_run_applies_cwd_env_argv_per_call_and_restores(place):
     assert (code, err) == (0, "")
     seen = json.loads(out)
     assert seen == {"cwd": str(one), "var": "first", "argv": ["seamless-service", "env"],
-                    "in_daemon": True, "tty": False}
+                    "in_keeper": True, "tty": False}
     env = dict(os.environ)
     env.pop("SSD_VAR", None)
     code, out, _ = run(["env"], cwd=str(two), env=env)
@@ -210,7 +224,7 @@ def test_exit_codes_exceptions_and_bytes_output(place):
 
 
 def test_unstreamed_reply_carries_all_output(place):
-    client.ensure_daemon()
+    client.ensure_keeper()
     with raw_connect(place.sock) as s:
         framing.send(s, {"cmd": "run", "argv": ["exit", "5"], "cwd": "/", "env": {"A": "b"}})
         assert framing.recv(s) == {"ok": True, "exit": 5, "stdout": "to stdout\n", "stderr": "to stderr\n"}
@@ -227,8 +241,8 @@ def test_unstreamed_reply_carries_all_output(place):
     assert len(frames) > 2                  # big output comes in several frames
 
 
-def test_malformed_requests_get_errors_and_daemon_keeps_serving(place):
-    pid = client.ensure_daemon()["pid"]
+def test_malformed_requests_get_errors_and_keeper_keeps_serving(place):
+    pid = client.ensure_keeper()["pid"]
     with raw_connect(place.sock) as s:
         s.sendall(struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1")
         reply = framing.recv(s)
@@ -256,22 +270,22 @@ def test_malformed_requests_get_errors_and_daemon_keeps_serving(place):
     assert run(["exit", "0"])[0] == 0
 
 
-def test_version_mismatch_is_refused_and_client_replaces_daemon(place, monkeypatch):
-    pid = client.ensure_daemon()["pid"]
+def test_version_mismatch_is_refused_and_client_replaces_keeper(place, monkeypatch):
+    pid = client.ensure_keeper()["pid"]
     with raw_connect(place.sock) as s:
         framing.send(s, {"cmd": "run", "argv": [], "cwd": "/", "env": {}, "version": "0.0.0"})
         reply = framing.recv(s)
     assert reply["ok"] is False and reply["code"] == "version"
     monkeypatch.setattr(client, "__version__", "0.0.0")
-    # Every daemon it starts runs the real version, so this client can never be served:
+    # Every keeper it starts runs the real version, so this client can never be served:
     # it must give up (and let the caller run in-process) rather than loop forever.
-    with pytest.raises(client.DaemonUnavailable):
+    with pytest.raises(client.KeeperUnavailable):
         run(["exit", "0"])
     assert wait_for(lambda: gone(pid))
 
 
 def test_concurrent_clients_each_see_their_own_cwd_and_env(place):
-    client.ensure_daemon()
+    client.ensure_keeper()
     dirs = []
     for i in range(8):
         d = place.work / f"c{i}"
@@ -298,7 +312,7 @@ def test_ping_and_status_answer_while_a_command_runs(place):
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", run(["wait-file", str(gate)])))
     t.start()
-    assert wait_for(lambda: (client.daemon_status() or {}).get("current") == ["wait-file", str(gate)])
+    assert wait_for(lambda: (client.keeper_status() or {}).get("current") == ["wait-file", str(gate)])
     assert client.ping()["ok"]
     gate.touch()
     t.join(20)
@@ -308,17 +322,17 @@ def test_ping_and_status_answer_while_a_command_runs(place):
 def test_status_lists_pool_entries_and_stop_closes_them(place):
     marker = place.work / "closed"
     assert run(["pool", "hostA", str(marker)])[0] == 0
-    status = client.daemon_status()
+    status = client.keeper_status()
     assert [e["name"] for e in status["pool"]] == ["hostA"]
     assert status["pool"][0]["details"] == {"kind": "thing"}
     text = client.format_status(status)
     assert f"pid {status['pid']}" in text and "hostA" in text and "kind=thing" in text
-    info = client.daemon_stop()
+    info = client.keeper_stop()
     assert info["pid"] == status["pid"]
     assert not place.sock.exists()
     assert marker.read_text() == "closed"
     assert wait_for(lambda: gone(status["pid"]))
-    assert client.daemon_stop() is None and client.daemon_status() is None
+    assert client.keeper_stop() is None and client.keeper_status() is None
 
 
 def test_sigterm_exits_cleanly_removing_socket(place):
@@ -332,9 +346,9 @@ def test_sigterm_exits_cleanly_removing_socket(place):
 
 
 def test_idle_exit_removes_socket_but_a_long_command_counts_as_activity(monkeypatch):
-    place = DaemonPlace(monkeypatch, hooks=True, idle=0.5)
+    place = KeeperPlace(monkeypatch, hooks=True, idle=0.5)
     try:
-        pid = client.ensure_daemon()["pid"]
+        pid = client.ensure_keeper()["pid"]
         gate = place.work / "gate"
         threading.Timer(1.5, gate.touch).start()     # the command outlives the idle time
         assert run(["wait-file", str(gate)]) == (0, "first\nsecond\n", "")
@@ -344,18 +358,18 @@ def test_idle_exit_removes_socket_but_a_long_command_counts_as_activity(monkeypa
         place.cleanup()
 
 
-def test_killed_daemon_leaves_stale_socket_that_is_replaced(place):
-    pid = client.ensure_daemon()["pid"]
+def test_killed_keeper_leaves_stale_socket_that_is_replaced(place):
+    pid = client.ensure_keeper()["pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: gone(pid))
     assert place.sock.exists()                      # stale: nobody listens
     assert client.ping() is None
-    assert run(["exit", "0"])[0] == 0               # starts a fresh daemon
+    assert run(["exit", "0"])[0] == 0               # starts a fresh keeper
     new = place.pid()
     assert new != pid and alive(new)
 
 
-def test_simultaneous_starts_leave_one_daemon(place):
+def test_simultaneous_starts_leave_one_keeper(place):
     procs = [subprocess.Popen([sys.executable, "-m", "seamless_service.client.keeper.server"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(3)]
@@ -365,7 +379,7 @@ def test_simultaneous_starts_leave_one_daemon(place):
     for p in losers:
         assert p.wait(15) == 0                      # "already running" is not an error
     assert [p.pid for p in procs].count(winner) == 1
-    assert daemon_pids(place.folder) == [winner]
+    assert keeper_pids(place.folder) == [winner]
     # A later start while it runs also leaves it alone.
     late = subprocess.run([sys.executable, "-m", "seamless_service.client.keeper.server"],
                           capture_output=True, text=True, timeout=15)
@@ -406,10 +420,10 @@ def _connect_as(uid: int, path: Path) -> str:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 def test_other_uid_is_kept_out(place):
-    pid = client.ensure_daemon()["pid"]
+    pid = client.ensure_keeper()["pid"]
     uid = unused_uid()
     os.chmod(place.root, 0o711)          # the test's temp root: let the stranger reach d/
-    # First wall: the 0700 daemon folder.
+    # First wall: the 0700 keeper folder.
     assert _connect_as(uid, place.sock) == "denied"
     # Second wall: with folder and socket opened up, SO_PEERCRED still drops the stranger.
     os.chmod(place.folder, 0o711)
@@ -428,14 +442,14 @@ def test_other_uid_is_kept_out(place):
 def test_folder_owned_by_someone_else_is_refused(place):
     place.folder.mkdir(mode=0o700)
     os.chown(place.folder, unused_uid(), -1)
-    with pytest.raises(client.DaemonUnavailable) as info:
-        client.ensure_daemon()
+    with pytest.raises(client.KeeperUnavailable) as info:
+        client.ensure_keeper()
     assert "owned by uid" in str(info.value) and "\n" not in str(info.value)
     assert not place.sock.exists()
 
 
 def test_output_streams_while_the_command_runs(place):
-    client.ensure_daemon()
+    client.ensure_keeper()
     gate = place.work / "gate"
     proc = thin_client("wait-file", str(gate))
     try:
@@ -449,8 +463,8 @@ def test_output_streams_while_the_command_runs(place):
 
 
 @pytest.mark.parametrize("mode, marker_text", [("coop", "cancelled"), ("spin", "interrupted")])
-def test_ctrl_c_on_thin_client_cancels_command_and_frees_the_daemon(place, mode, marker_text):
-    client.ensure_daemon()
+def test_ctrl_c_on_thin_client_cancels_command_and_frees_the_keeper(place, mode, marker_text):
+    client.ensure_keeper()
     started, marker = place.work / "started", place.work / "marker"
     proc = thin_client(mode, str(started), str(marker))
     try:
@@ -460,8 +474,8 @@ def test_ctrl_c_on_thin_client_cancels_command_and_frees_the_daemon(place, mode,
     finally:
         proc.kill()
     assert proc.returncode == 130
-    # coop: saw pool.cancelled(); spin: got the KeyboardInterrupt the daemon injected.
+    # coop: saw pool.cancelled(); spin: got the KeyboardInterrupt the keeper injected.
     assert wait_for(lambda: marker.exists(), timeout=10)
     assert marker.read_text() == marker_text
     assert run(["exit", "0"])[0] == 0                # the run lock was released
-    assert client.daemon_status()["current"] is None
+    assert client.keeper_status()["current"] is None

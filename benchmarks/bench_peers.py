@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Ours against the libraries a developer would pick to build the same thing, side by side
+in one run, on the same loopback sshd (tests/support/sshd.py), the same 200 state files:
+
+  * execnet   a remote interpreter over the `ssh` binary's pipes (`makegateway("ssh=...")`);
+              one channel kept open, a request/answer per message
+  * mitogen   a remote interpreter over the `ssh` binary (`Router.ssh`), `context.call`
+  * ours      `Host(alias).batch([...])`, the public API: rpyc to the agent through the
+              SSH tunnel (the default transport)
+
+Two calls each, p50/p99: a small call (ours: `hello`; theirs: a remote function returning
+a small dict, benchmarks/_peer_remote.py) and reading the 200 state files (ours: `ps`;
+theirs: a remote function that reads and json-parses the 200 files). Each library is used
+with its defaults (both ask `ssh` for compression: execnet passes -C, mitogen
+`Compression yes`). The three are measured round-robin, a slice each in turn, so that the
+load of a shared machine falls on all of them alike.
+
+Targets (issue 13): ours small call p50 <= 0.25 ms and ahead of both; ahead of both on ps.
+
+execnet and mitogen come from the `bench` extra: `pip install -e '.[client,bench]'`. A
+library that is missing or fails to start is printed as unavailable with the reason.
+Needs root (sshd + a throwaway user).
+
+    python benchmarks/bench_peers.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ss-bench-cache-")
+
+import _peer_remote  # noqa: E402
+from _common import write_state_files  # noqa: E402
+from tests.support.sshd import SshServer, sshd_available  # noqa: E402
+
+STATES = 200
+STATE_DIR = "~/.remote-http-launcher/server"
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    p99 = samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+    return samples[len(samples) // 2], p99
+
+
+def round_robin(calls: dict[str, Callable[[], object]], runs: int, slice_: int = 20) -> dict[str, tuple[float, float]]:
+    """{label: (p50, p99) ms}: each call `runs` times, in slices of `slice_` taken in turn."""
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for fn in calls.values():  # warm-up
+        for _ in range(5):
+            fn()
+    while any(len(s) < runs for s in samples.values()):
+        for label, fn in calls.items():
+            for _ in range(min(slice_, runs - len(samples[label]))):
+                t0 = time.perf_counter()
+                fn()
+                samples[label].append((time.perf_counter() - t0) * 1000)
+    return {label: percentiles(s) for label, s in samples.items()}
+
+
+def put_state(server: SshServer) -> None:
+    """STATES realistic state files in the server user's launcher folder, owned by that user."""
+    scratch = Path(tempfile.mkdtemp(prefix="ss-bench-states-"))
+    write_state_files(scratch, STATES, server.home / "data/buffers")
+    for path in sorted(scratch.glob("*.json")):
+        server.write_file(f".remote-http-launcher/server/{path.name}", path.read_bytes())
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the three contenders
+# Each opener returns (small call, read-the-states call, close) or raises with the reason.
+
+def open_ours(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    from seamless_service import Host
+
+    host = Host(server.alias, ssh_config=server.ssh_config, notice=lambda message: None)
+    host.batch([("hello", {})])  # first use installs and starts the agent (not timed)
+    if host.fallback:
+        raise RuntimeError(f"answered through the ssh fallback, not the agent: {host.fallback}")
+    rows = host.batch([("ps", {})])[0]
+    count = len(rows["rows"] if isinstance(rows, dict) else rows)
+    assert count == STATES, f"ps saw {count} rows, expected {STATES}"
+    info = host.describe()
+    tunnel = info.get("tunnel") or {}
+    print(f"ours: transport {host.hello().get('transport')}, "
+          f"{tunnel.get('cipher') or info.get('cipher') or 'cipher not reported'}", flush=True)
+    return (lambda: host.batch([("hello", {})]), lambda: host.batch([("ps", {})]), host.close)
+
+
+def open_execnet(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    import execnet
+
+    # execnet runs `ssh -C <our words> <python -c ...>`: -F hands it the sshd's config
+    spec = f"ssh=-F {server.ssh_config} {server.alias}//python={server.python}"
+    gateway = execnet.makegateway(spec)
+    channel = gateway.remote_exec(_peer_remote)
+
+    def call(request: str) -> object:
+        channel.send(request)
+        return channel.receive()
+
+    rows = call(STATE_DIR)
+    assert len(rows) == STATES, f"execnet read {len(rows)} files, expected {STATES}"
+
+    def close() -> None:
+        channel.close()
+        gateway.exit()
+
+    return (lambda: call("hello"), lambda: call(STATE_DIR), close)
+
+
+def open_mitogen(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    import mitogen.master
+
+    broker = mitogen.master.Broker()
+    try:
+        router = mitogen.master.Router(broker)
+        context = router.ssh(hostname=server.alias, ssh_args=["-F", str(server.ssh_config)],
+                             python_path=server.python, connect_timeout=60)
+        rows = context.call(_peer_remote.read_states, STATE_DIR)
+        assert len(rows) == STATES, f"mitogen read {len(rows)} files, expected {STATES}"
+    except BaseException:
+        broker.shutdown()
+        broker.join()
+        raise
+
+    def close() -> None:
+        broker.shutdown()
+        broker.join()
+
+    return (lambda: context.call(_peer_remote.hello),
+            lambda: context.call(_peer_remote.read_states, STATE_DIR), close)
+
+
+def version_of(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    runs = 200 if args.quick else 1000
+    reason = sshd_available()
+    if reason:
+        print(f"cannot run: {reason}")
+        return 1
+    print(f"local Python {sys.version.split()[0]}; execnet {version_of('execnet')}, "
+          f"mitogen {version_of('mitogen')}", flush=True)
+    openers = {"ours (Host.batch, agent over the SSH tunnel)": open_ours,
+               "execnet (ssh binary, channel)": open_execnet,
+               "mitogen (ssh binary, context.call)": open_mitogen}
+    opened: dict[str, tuple[Callable, Callable, Callable]] = {}
+    unavailable: dict[str, str] = {}
+    with SshServer.start(alias="benchpeers") as server:
+        print(f"server side: {server.python} ({STATES} state files)", flush=True)
+        put_state(server)
+        try:
+            for label, opener in openers.items():
+                try:
+                    opened[label] = opener(server)
+                except Exception as exc:  # noqa: BLE001 - a peer that fails is a row, not a crash
+                    text = str(exc).strip().splitlines()
+                    unavailable[label] = f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+            small = round_robin({label: calls[0] for label, calls in opened.items()}, runs)
+            states = round_robin({label: calls[1] for label, calls in opened.items()}, max(50, runs // 5))
+        finally:
+            for calls in opened.values():
+                calls[2]()
+    report(openers, small, states, unavailable)
+    return 0
+
+
+def report(openers: dict, small: dict, states: dict, unavailable: dict[str, str]) -> None:
+    ours = next(iter(openers))
+    print(f"\n{'':48} {'small call':>21}   {'read 200 state files':>21}")
+    print(f"{'':48} {'p50':>9} {'p99':>11}   {'p50':>9} {'p99':>11}")
+    for label in openers:
+        if label in unavailable:
+            print(f"{label:48} unavailable: {unavailable[label]}")
+            continue
+        (s50, s99), (r50, r99) = small[label], states[label]
+        line = f"{label:48} {s50:6.3f} ms {s99:7.3f} ms   {r50:6.2f} ms {r99:7.2f} ms"
+        if label != ours and ours in small:
+            line += f"   ratio {s50 / small[ours][0]:.1f}x / {r50 / states[ours][0]:.1f}x"
+        print(line)
+    if ours not in small:
+        return
+    peers = [label for label in openers if label != ours and label in small]
+    s50, r50 = small[ours][0], states[ours][0]
+    beaten_small = sum(s50 < small[p][0] for p in peers)
+    beaten_states = sum(r50 < states[p][0] for p in peers)
+    verdict = {True: "ok", False: "MISSED"}
+    print(f"\n  ours, small call: p50 {s50:.3f} ms [<= 0.25 ms] {verdict[s50 <= 0.25]}; "
+          f"ahead of {beaten_small} of 2 peers [ahead of both] {verdict[beaten_small == 2]}")
+    print(f"  ours, ps of {STATES}: p50 {r50:.2f} ms; "
+          f"ahead of {beaten_states} of 2 peers [ahead of both] {verdict[beaten_states == 2]}")
+    print("  (ratio = peer's p50 / ours: above 1 means ours is faster)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
