@@ -78,11 +78,11 @@ def main() -> None:
         config = resolve_service(Selection(service="hashserver", cluster=CLUSTER, project="bench")).config
         conf = {k: v for k, v in config.items() if k != "meta"}  # as seamless-remote passes it
         client_file = Path(env["HOME"]) / ".remote-http-launcher/client" / f"{config['key']}.json"
-        anchor_args = ["--service", "hashserver", "--cluster", CLUSTER, "--project", "bench"]
+        seamless_config_args = ["--service", "hashserver", "--cluster", CLUSTER, "--project", "bench"]
 
         def launcher_restart() -> None:
             for command in ("stop", "rm"):
-                subprocess.run([str(VENV_BIN / f"seamless-service-{command}"), *anchor_args], env=env,
+                subprocess.run([str(VENV_BIN / f"seamless-service-{command}"), *seamless_config_args], env=env,
                                capture_output=True, check=True)
             remote_http_launcher.run(conf)
 

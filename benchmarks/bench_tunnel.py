@@ -4,7 +4,8 @@
 Prints p50/p99 of:
   * a small call (hello; ps of 12 services) through the tunnel;
   * a 200 KB reply (logs of a 200 KB log) — the regression benchmark for the NODELAY /
-    session-channel trap of shared/reference/rpc-stack.md — with the kept session channel
+    session-channel trap (sshd turns TCP_NODELAY on only once a session starts, see
+    seamless_service/client/transport/tunnel.py) — with the kept session channel
     (default) and WITHOUT it (the trap: sshd leaves Nagle on, ~40 ms stalls), and through
     the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;

@@ -83,3 +83,49 @@ def test_the_attribute_scan_finds_one(tmp_path):
     (package / "a.py").write_text("from .sub import pool\nfrom .sub.errors import E\n"
                                   "x = pool._flag\ny = E._code\n")
     assert private_attribute_uses(package) == ["seamless_service/a.py:3: pool._flag"]
+
+
+def agent_imports(path: Path) -> list[str]:
+    """The imports of `path` (a client module) that reach into the agent package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "agent" or node.module.startswith(("agent.", f"{PACKAGE.name}.agent"))):
+            found.append(f"{path.name}:{node.lineno}: from {'.' * node.level}{node.module}")
+    return found
+
+
+def test_the_ssh_transport_shares_the_helper_rules_through_rhl_not_the_agent():
+    """What both sides know about the rhl-* helpers is in seamless_service/rhl.py; the ssh
+    transport runs on the client and reads none of it out of the agent's modules."""
+    assert agent_imports(PACKAGE / "client" / "transport" / "ssh.py") == []
+
+
+# Each of these is defined in one module and imported everywhere else: a copy drifts.
+DEFINED_ONCE = ("DEFAULT_TIMEOUT", "STATUSES", "MAX_KEYS", "SERVICES", "META_FIELDS", "LIVE_STATUSES",
+                "usable_pid", "connect_host", "read_rm_output", "set_nodelay", "KEY_FILTERS")
+
+
+def definitions(folder: Path) -> dict[str, list[str]]:
+    """Module-level name -> the modules (relative paths) that define it (def or assignment).
+    A private `_set_nodelay`/`_nodelay` counts as a `set_nodelay`."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            for name in names:
+                name = "set_nodelay" if name in ("_set_nodelay", "_nodelay") else name
+                found.setdefault(name, []).append(str(path.relative_to(folder.parent)))
+    return found
+
+
+def test_shared_constants_and_helpers_are_defined_once():
+    found = definitions(PACKAGE)
+    copies = {name: found[name] for name in DEFINED_ONCE if len(found.get(name, [])) > 1}
+    assert copies == {}

@@ -26,6 +26,7 @@ from typing import NoReturn
 from rpyc.utils.authenticators import AuthenticationError
 
 from ..protocol import auth as pauth
+from ..sockopts import set_nodelay
 from .peercred import peer_uid
 
 log = logging.getLogger("seamless_service.agent.auth")
@@ -47,14 +48,6 @@ EVICT_AFTER = 1.0
 
 REFUSAL_LOG_LIMIT = 10      # refusal lines per REFUSAL_LOG_WINDOW; past that, one summary line
 REFUSAL_LOG_WINDOW = 60.0
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """TCP_NODELAY: without it, replies over 64 KB stall ~45 ms (Nagle + delayed ACK)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not a TCP socket (e.g. a unix socket in a test): nothing to tune
-        pass
 
 
 def recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:

@@ -39,9 +39,10 @@ from typing import Any, Iterator
 from .. import __version__
 from ..protocol.auth import secret_key
 from ..protocol.version import PROTOCOL_VERSION
+from ..rhl import usable_pid
 from . import paths, procinfo
 from .defaults import HOST, START_TIMEOUT, STOP_TIMEOUT  # noqa: F401 - HOST re-exported (server.py)
-from .statefiles import pid_alive, usable_pid
+from .statefiles import pid_alive
 
 STATE_NAME = "agent.json"
 SECRET_NAME = "secret"

@@ -2,7 +2,7 @@
 
 The helpers (ssh_guard/_state.py) use `$REMOTE_HTTP_LAUNCHER_DIR` (default
 `~/.remote-http-launcher`), with `server/` and `client/` under it. The launcher itself
-reads the variable differently (anchor §6 #24); we follow the helpers, since the agent
+reads the variable differently (README, Deliberate differences #24); we follow the helpers, since the agent
 wraps them and must see what they see.
 """
 

@@ -1,7 +1,7 @@
 """The server-side path policy: the decisions of rhl-guard, enforced by the agent itself.
 
 The agent clears (as `rhl-clear` would) and walks persistent directories without going
-through `rhl-guard` (ssh_guard/guard.py), so it applies the guard's rules itself (anchor §3).
+through `rhl-guard` (ssh_guard/guard.py), so it applies the guard's rules itself.
 The policy is configured on the server (`parse_policy`), never chosen by a client.
 
 Modes, as the guard's flags:
@@ -36,7 +36,7 @@ Kinds:
 * ``workdir`` — the guard's rule for `rhl-launch-service --workdir`: the heuristics, and
   under data-roots inside a root; no marker is asked for (a first launch creates it).
 * ``persistent`` — the guard's rule, except in marker mode, where the guard makes
-  seamless-config's `ps --cluster` fail outright (anchor §3 "Consequences", §6 #11): the
+  seamless-config's `ps --cluster` fail outright (README, Deliberate differences #11): the
   bufferdir *root* holds no marker, nor does a project directory that does not exist yet.
   So for ``persistent`` in marker mode:
 

@@ -1,7 +1,7 @@
 """Is the process behind a state file's pid still *that* service? (/proc-based checks)
 
 A state file's pid may outlive its service: after the service dies the kernel can hand
-the number to any new process (anchor §6 #17, the pid-reuse hazard). Before anything is
+the number to any new process (README, Deliberate differences #17: the pid-reuse hazard). Before anything is
 signalled (or a running service's state is refused for removal) we check that the live
 process plausibly is the service the file describes:
 
@@ -175,7 +175,7 @@ class ServiceProcess:
 def check_service(pid: int, state: dict[str, Any], state_mtime: float | None) -> ServiceProcess:
     """Is `pid` alive, and is it plausibly the service described by `state`?
 
-    `pid` must already be usable (statefiles.usable_pid). Zombies count as dead.
+    `pid` must already be usable (rhl.usable_pid). Zombies count as dead.
     Without /proc only liveness is checked, and a live pid is taken for the service.
     """
     if not supported():

@@ -1,7 +1,8 @@
-"""Reading launcher state files and deriving a service's status, in-process.
+"""Reading launcher state files, deriving a service's status, and rewriting a file as
+rhl-stop does, in-process.
 
 Matches `rhl-ps --json` row for row (ssh_guard/_state.py server_row/client_row), with
-deliberate corrections of the helpers' defects (anchor §6):
+deliberate corrections of the helpers' defects (README, Deliberate differences):
 
 * #15: a pid <= 0, a float that is not a whole number, or a pid beyond the kernel's range
   is *unusable*, not "alive" (rhl-ps reports pid 0/-1 alive, truncates 4.7 to 4 and crashes
@@ -25,18 +26,20 @@ helper gives it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from .. import rhl
 from ..protocol.wiresafe import display_text, unsendable
 from .safe_read import FileTooLarge, read_regular
 
-# Linux pid_max can be at most 2**22; anything larger cannot be a process.
-PID_LIMIT = 1 << 22
 # The launcher writes a few kB; a larger file is not its state, and reading it whole on
 # every poll (and sending it on in each ps row) would cost without limit.
 MAX_STATE_BYTES = 1 << 20
@@ -49,36 +52,6 @@ def stat_signature(st: os.stat_result) -> Signature:
     through os.replace (new inode) and any in-place write moves ctime, so an unchanged
     signature means unchanged content short of a rewrite that keeps all four to the ns."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def usable_pid(value: object) -> int | None:
-    """The pid as an int if it can name a real process, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not value.is_integer():
-            return None
-        value = int(value)
-    elif isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            return None
-    elif not isinstance(value, int):
-        return None
-    if value <= 0 or value >= PID_LIMIT:
-        return None
-    return value
-
-
-def helper_pid(value: object) -> int | None:
-    """The pid as rhl-stop/rhl-ps parse it (`int()` on anything but bool)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -194,30 +167,30 @@ def _shown(path: StatePath) -> str:
 
 
 def derive_status(data: dict[str, Any], *, check_pid: bool = True,
-                  probe: Any = None) -> tuple[str, bool | None]:
-    """(derived status, live) for a server state object, with the corrections above.
+                  probe: Callable[[int], bool] | None = None) -> tuple[str, bool | None]:
+    """(derived status, live) for a server state object (rhl.derive_status), the pid
+    probed with pid_alive, or `probe(pid) -> bool` (e.g. a LivenessCache's `alive`)."""
+    return rhl.derive_status(data, alive=probe or pid_alive, check_pid=check_pid)
 
-    `probe(pid) -> bool` replaces pid_alive (e.g. a LivenessCache's `alive`)."""
-    json_status = data.get("status")
-    status = json_status if isinstance(json_status, str) else "failed"
-    raw_pid = data.get("pid")
-    pid = usable_pid(raw_pid)
-    if status == "starting" and helper_pid(raw_pid) is None:
-        return status, None
-    if status == "failed" or data.get("dry_run"):
-        return status, None
-    if helper_pid(raw_pid) is not None:
-        if not check_pid:
-            return status, None
-        live = (probe or pid_alive)(pid) if pid is not None else False
-        if status == "running" and not live:
-            return "stale", False
-        if status == "starting" and not live:
-            return "failed", False
-        return status, live
-    if status == "running":
-        return ("stale" if check_pid else "running"), None
-    return status, None
+
+def write_state_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `json.dumps(data)` as rhl-stop writes it (key order kept, no
+    trailing newline), but through a unique temp file in the same directory and keeping
+    the file's mode (#19: rhl-stop's fixed `<key>.tmp` races and takes the umask)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(json.dumps(data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class StateCache:

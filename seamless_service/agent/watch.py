@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from .. import rhl
 from . import statefiles
 from .paths import join
 from .context import AgentContext
@@ -120,7 +121,7 @@ def _read_pid(path: str) -> int | None:
         return None
     if data is None:
         return None
-    return statefiles.usable_pid(data.get("pid"))
+    return rhl.usable_pid(data.get("pid"))
 
 
 def watcher(ctx: AgentContext) -> Watcher:

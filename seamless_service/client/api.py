@@ -38,9 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ConnectionFailed, OpError, ServiceError, UsageError
-from .transport.base import Notice, Op, Result, Transport
-
-DEFAULT_TIMEOUT = 30.0
+from .transport.base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
 
 class Rows(list):

@@ -155,7 +155,7 @@ def _env(*, for_real: bool = False) -> dict[str, str]:
         env["RHL_TOOLS_YAML"] = str(TOOLS_YAML)
     # The launcher runs rhl-* helpers and the service binaries by name: ours come first.
     env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")])
-    env.pop("REMOTE_HTTP_LAUNCHER_DIR", None)  # the launcher misreads it (anchor §6 #24)
+    env.pop("REMOTE_HTTP_LAUNCHER_DIR", None)  # the launcher misreads it (README, Deliberate differences #24)
     return env
 
 

@@ -49,7 +49,7 @@ def _version() -> str:
 @contextlib.contextmanager
 def _session(host: str, ssh_config: str | os.PathLike | None, accept_new_host_key: bool,
              timeout: float | None, notice: ssh.Notice | None = None
-             ) -> Iterator[tuple[ssh.SSHConnection, paramiko.SFTPClient]]:
+             ) -> Iterator[tuple[ssh.ParamikoClient, paramiko.SFTPClient]]:
     conn = ssh.connect(host, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, timeout=timeout,
                        notice=notice)
     try:

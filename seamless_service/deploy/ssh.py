@@ -48,6 +48,7 @@ from typing import Callable, Sequence
 
 import paramiko
 
+from ..sockopts import set_nodelay
 from . import AuthFailed, HostKeyChanged, HostKeyUnknown, RemoteTimeout, SshError
 
 DEFAULT_CONFIG = "~/.ssh/config"
@@ -377,13 +378,16 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
 # --------------------------------------------------------------------------- connect
 
 
-class SSHConnection(paramiko.SSHClient):
-    """An SSHClient that knows where it goes and closes its jump hosts with itself."""
+class ParamikoClient(paramiko.SSHClient):
+    """The paramiko SSHClient `connect` returns: connected as `ssh ALIAS` would be (the
+    deploy's and the agent transport's one SSH connection; not to be confused with the ssh
+    transport, which runs the `ssh` binary per call). Knows where it goes and closes its
+    jump hosts with itself."""
 
     def __init__(self, settings: HostSettings):
         super().__init__()
         self.settings = settings
-        self.jumps: list[SSHConnection] = []
+        self.jumps: list[ParamikoClient] = []
         self._proxy: paramiko.ProxyCommand | None = None
 
     @property
@@ -399,17 +403,8 @@ class SSHConnection(paramiko.SSHClient):
             jump.close()
         self.jumps = []
 
-    def __enter__(self) -> "SSHConnection":
+    def __enter__(self) -> "ParamikoClient":
         return self
-
-
-def _nodelay(sock) -> None:
-    # Replies over 64 KB otherwise stall ~45 ms on Nagle + delayed ACK (rpc-stack.md).
-    if isinstance(sock, socket.socket):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def _open_socket(s: HostSettings, timeout: float) -> socket.socket:
@@ -422,14 +417,14 @@ def _open_socket(s: HostSettings, timeout: float) -> socket.socket:
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
         raise SshError(f"cannot reach {s.alias} ({s.hostname}:{s.port}): {reason}") from exc
-    _nodelay(sock)
+    set_nodelay(sock)
     return sock
 
 
 def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_new_host_key: bool = False,
             timeout: float | None = None, on_read: Callable[[list[str]], None] | None = None,
             notice: Notice | None = None,
-            _config: paramiko.SSHConfig | None = None, _port: int | None = None, _depth: int = 0) -> SSHConnection:
+            _config: paramiko.SSHConfig | None = None, _port: int | None = None, _depth: int = 0) -> ParamikoClient:
     """Open an authenticated SSH connection to `host` (`[user@]alias`), or raise SshError.
 
     `timeout` bounds each phase (TCP connect, banner, key exchange, auth); default
@@ -448,7 +443,7 @@ def connect(host: str, *, ssh_config: str | os.PathLike | None = None, accept_ne
     if on_read is not None:
         on_read(s.files())
     timeout = timeout if timeout is not None else s.connect_timeout
-    conn = SSHConnection(s)
+    conn = ParamikoClient(s)
     try:
         sock = _proxy_socket(conn, config, accept_new_host_key, timeout, _depth, on_read, notice)
         if sock is None:
@@ -467,7 +462,7 @@ def host_key_mode(settings: HostSettings, accept_new_host_key: bool) -> str:
     return "accept-new" if accept_new_host_key else settings.strict_host_key_checking
 
 
-def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: bool,
+def _proxy_socket(conn: ParamikoClient, config: paramiko.SSHConfig, accept_new: bool,
                   timeout: float, depth: int, on_read: Callable[[list[str]], None] | None = None,
                   notice: Notice | None = None):
     """A socket-like object through ProxyJump hops or ProxyCommand, or None for direct."""
@@ -487,7 +482,7 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
                                _config=config, _port=hop_port, _depth=depth + 1)
                 conn.jumps.append(jump)
             else:
-                jump = SSHConnection(resolve(hop, config, port=hop_port))
+                jump = ParamikoClient(resolve(hop, config, port=hop_port))
                 conn.jumps.append(jump)  # before the handshake, so close() cleans up a failure
                 if on_read is not None:
                     on_read(jump.settings.files())
@@ -512,7 +507,7 @@ def _proxy_socket(conn: SSHConnection, config: paramiko.SSHConfig, accept_new: b
     return None
 
 
-def _handshake(conn: SSHConnection, sock, mode: str, timeout: float, notice: Notice | None = None) -> None:
+def _handshake(conn: ParamikoClient, sock, mode: str, timeout: float, notice: Notice | None = None) -> None:
     s = conn.settings
     policy = _HostKeyPolicy(s, mode, notice)
     conn.set_missing_host_key_policy(policy)
@@ -559,7 +554,7 @@ def _handshake(conn: SSHConnection, sock, mode: str, timeout: float, notice: Not
                        f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
     transport = conn.get_transport()
     transport.set_keepalive(s.keepalive)
-    _nodelay(transport.sock)
+    set_nodelay(transport.sock)
 
 
 def _offered(s: HostSettings, keys: list[str]) -> str:

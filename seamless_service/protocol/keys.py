@@ -2,7 +2,7 @@
 
 Real state files usually have no `meta` block (seamless-remote does not pass one), so
 filters and rows fall back to the key. The legacy parser in seamless-config mis-splits
-(anchor §6 #30): SUBSTAGE is not split, a cluster containing `-rw-`/`-ro-` and a queue
+(README, Deliberate differences #30): SUBSTAGE is not split, a cluster containing `-rw-`/`-ro-` and a queue
 containing `-` are split at the wrong place. Here a key yields *all* readings consistent
 with the key grammar; `key_matches` accepts a filter if any reading satisfies it, and
 `parse_key` returns the first (leftmost-cluster) reading for display.
@@ -62,7 +62,7 @@ def _parse_tail(tail: str) -> dict[str, Any] | None:
 
 
 def key_readings(key: object) -> list[dict[str, Any]]:
-    """Every reading of a Seamless key consistent with the key templates (anchor §1.2).
+    """Every reading of a Seamless key consistent with the key templates (remote-http-launcher's tools.yaml).
 
     An empty list means the key is not a Seamless service key.
     """

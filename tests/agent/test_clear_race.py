@@ -29,10 +29,10 @@ from seamless_service.agent.helpers import find_helper
 from seamless_service.agent.ops import clear as clear_op
 from seamless_service.client.transport.agent_conn import AgentConnection
 from seamless_service.protocol import ErrorCode, ProtocolError
-from tests.agent.test_op_clear import HS, _file, tree
 from tests.support.agent import end_agent, spawn_agent
 from tests.support.inotify import IN_OPEN, Watcher
 from tests.support.other_user import OTHER_UID, HeldChild, as_user, needs_root
+from tests.support.trees import HS, put_file, tree
 
 SHARED_GID = OTHER_UID          # the buffer directory's group; the attacker's only group
 STAGE = "STAGE-s1"
@@ -69,18 +69,18 @@ def agent(place: Path) -> Iterator[dict[str, Any]]:
 def build(place: Path, n: int) -> tuple[Path, Path]:
     """A hashserver buffer dir in the shared folder (group-writable) and a 0700 victim."""
     data = place / "shared" / f"proj{n}"
-    _file(data / HS, b"")
-    _file(data / "f0", b"0")
-    _file(data / STAGE / HS, b"")
-    _file(data / STAGE / "a" / "f", b"1")
-    _file(data / STAGE / "a" / "b" / "f", b"2")
+    put_file(data / HS, b"")
+    put_file(data / "f0", b"0")
+    put_file(data / STAGE / HS, b"")
+    put_file(data / STAGE / "a" / "f", b"1")
+    put_file(data / STAGE / "a" / "b" / "f", b"2")
     for path in [data, *[p for p in data.rglob("*") if p.is_dir()]]:
         os.chown(path, 0, SHARED_GID)
         os.chmod(path, 0o2775)
     victim = place / "home" / f"private{n}"
     victim.mkdir(mode=0o700)
     for name, content in VICTIM_FILES.items():
-        _file(victim / name, content)
+        put_file(victim / name, content)
     os.chmod(victim, 0o700)
     return data, victim
 
@@ -212,8 +212,8 @@ def test_marker_is_checked_on_the_opened_directory(sandbox, make_ctx, tmp_path):
     in place of the checked one (not a symlink: a real one, without marker) is refused."""
     ctx = make_ctx("seamless")
     data = tmp_path / "data" / "proj"
-    _file(data / HS, b"")
-    _file(data / "f", b"1")
+    put_file(data / HS, b"")
+    put_file(data / "f", b"1")
     fd = clear_op.open_directory(data)
     try:
         clear_op.check_opened(ctx.policy, fd, data)

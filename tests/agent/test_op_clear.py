@@ -18,39 +18,24 @@ from seamless_service.agent.ops import handler
 from seamless_service.agent.policy import parse_policy
 from seamless_service.protocol import ErrorCode, ProtocolError, validate_args
 from tests.support.other_user import OTHER_UID, as_user, needs_root
-
-HS = ".HASHSERVER_PREFIX"
-
-
-def _file(path: Path, data: bytes = b"x") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
+from tests.support.trees import HS, put_file, tree
 
 def hashserver_dir(path: Path) -> Path:
     """A hashserver buffer dir: marker, prefix dirs, a stage, a symlink, a dot dir, a/b/.keep."""
-    _file(path / HS, b"")
-    _file(path / "ab" / ("ab" + "0" * 62), b"1" * 100)
-    _file(path / "cd" / ("cd" + "1" * 62), b"2" * 200)
-    _file(path / "STAGE-s1" / HS, b"")
-    _file(path / "STAGE-s1" / "ef" / ("ef" + "2" * 62), b"3" * 50)
-    _file(path / "STAGE-s1" / "gh" / ("gh" + "3" * 62), b"4" * 60)
-    _file(path / "deep" / "x" / "y" / "z" / "f", b"5")
-    _file(path / ".dotfile", b"dot")                      # top-level dot file: rhl-clear removes it
-    _file(path / ".keepme" / "inside", b"kept")           # top-level dot dir: skipped
-    _file(path / "a" / "b" / ".keep" / "x", b"nested")    # #22: a dot dir two levels down
-    _file(path / "a" / "b" / "c" / ".keep" / "y", b"nested")
-    _file(path / "a" / "z.bin", b"6")                     # removable, beside the dot chains
+    put_file(path / HS, b"")
+    put_file(path / "ab" / ("ab" + "0" * 62), b"1" * 100)
+    put_file(path / "cd" / ("cd" + "1" * 62), b"2" * 200)
+    put_file(path / "STAGE-s1" / HS, b"")
+    put_file(path / "STAGE-s1" / "ef" / ("ef" + "2" * 62), b"3" * 50)
+    put_file(path / "STAGE-s1" / "gh" / ("gh" + "3" * 62), b"4" * 60)
+    put_file(path / "deep" / "x" / "y" / "z" / "f", b"5")
+    put_file(path / ".dotfile", b"dot")                      # top-level dot file: rhl-clear removes it
+    put_file(path / ".keepme" / "inside", b"kept")           # top-level dot dir: skipped
+    put_file(path / "a" / "b" / ".keep" / "x", b"nested")    # #22: a dot dir two levels down
+    put_file(path / "a" / "b" / "c" / ".keep" / "y", b"nested")
+    put_file(path / "a" / "z.bin", b"6")                     # removable, beside the dot chains
     (path / "link").symlink_to(path / "ab")
     return path
-
-
-def tree(path: Path) -> set[str]:
-    out = set()
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            out.add(os.path.relpath(os.path.join(dirpath, name), path))
-    return out
 
 
 @pytest.fixture
@@ -90,11 +75,11 @@ def test_count_includes_nested_removals(sandbox, data, make_ctx):
     directory) were not counted: `removed 0 item(s)` after deleting them."""
     ctx = make_ctx("seamless")
     proj = data / "buffers" / "nested"
-    _file(proj / HS, b"")
-    _file(proj / "a" / "b" / ".keep" / "x", b"kept")
-    _file(proj / "a" / "f1", b"1")
-    _file(proj / "a" / "b" / "f2", b"2")
-    _file(proj / "a" / "c" / "d" / "f3", b"3")
+    put_file(proj / HS, b"")
+    put_file(proj / "a" / "b" / ".keep" / "x", b"kept")
+    put_file(proj / "a" / "f1", b"1")
+    put_file(proj / "a" / "b" / "f2", b"2")
+    put_file(proj / "a" / "c" / "d" / "f3", b"3")
     result = clear(ctx, path=str(proj))
     assert tree(proj) == {HS, "a", "a/b", "a/b/.keep", "a/b/.keep/x"}
     # f1, f2, f3, c, c/d were deleted; the helper's own final count is 0
@@ -107,12 +92,12 @@ def rhl_clear_twin(path: Path) -> Path:
     """A tree on which rhl-clear has none of its defects (no directory two levels down,
     no marker): files, a top-level dot file and dot directory, a directory of files, one
     holding only a dot directory, symlinks (to a directory, dangling) and a FIFO."""
-    _file(path / "f.bin", b"1")
-    _file(path / ".dotfile", b"d")
-    _file(path / ".dotdir" / "inside", b"k")
-    _file(path / "flat" / "x", b"x")
-    _file(path / "flat" / "y", b"y")
-    _file(path / "only-dots" / ".cache" / "z", b"z")
+    put_file(path / "f.bin", b"1")
+    put_file(path / ".dotfile", b"d")
+    put_file(path / ".dotdir" / "inside", b"k")
+    put_file(path / "flat" / "x", b"x")
+    put_file(path / "flat" / "y", b"y")
+    put_file(path / "only-dots" / ".cache" / "z", b"z")
     (path / "link-to-dir").symlink_to("flat")
     (path / "dangling").symlink_to("nowhere")
     os.mkfifo(path / "fifo")
@@ -150,9 +135,9 @@ def test_plain_rhl_clear_loses_the_marker(sandbox, data):
 def test_too_deep_is_said_and_the_rest_cleared(sandbox, data, make_ctx, monkeypatch):
     monkeypatch.setattr(clear_op, "MAX_DEPTH", 3)
     d = data / "deep"
-    _file(d / "a" / "b" / "c" / "d" / "f")
-    _file(d / "a" / "b" / "c" / "g")
-    _file(d / "top.txt")
+    put_file(d / "a" / "b" / "c" / "d" / "f")
+    put_file(d / "a" / "b" / "c" / "g")
+    put_file(d / "top.txt")
     result = clear(make_ctx("permissive"), path=str(d))
     assert result["stderr"] == f"seamless-service: could not remove {d}/a/b/c/d: more than 3 levels down\n"
     assert (result["ok"], result["exit_status"], result["removed"]) == (False, 1, 2)
@@ -163,8 +148,8 @@ def test_database_dir_loses_seamless_db(sandbox, data, make_ctx):
     """seamless.db is the data: cleared, so the directory is no marker directory any more."""
     ctx = make_ctx("seamless")
     db = data / "db" / "proj"
-    _file(db / "seamless.db", b"d" * 4096)
-    _file(db / "seamless.db-wal", b"w" * 10)
+    put_file(db / "seamless.db", b"d" * 4096)
+    put_file(db / "seamless.db-wal", b"w" * 10)
     result = clear(ctx, path=str(db))
     assert result["ok"] and result["preserved"] == [] and result["removed"] == 2
     assert tree(db) == set()
@@ -176,9 +161,9 @@ def test_database_dir_loses_seamless_db(sandbox, data, make_ctx):
 def test_custom_marker_is_kept(sandbox, data, make_ctx):
     ctx = make_ctx("marker:.rhl-clearable")
     d = data / "custom"
-    _file(d / ".rhl-clearable", b"")
-    _file(d / HS, b"")
-    _file(d / "payload" / "f")
+    put_file(d / ".rhl-clearable", b"")
+    put_file(d / HS, b"")
+    put_file(d / "payload" / "f")
     result = clear(ctx, path=str(d))
     assert result["ok"] and sorted(result["preserved"]) == sorted([HS, ".rhl-clearable"])
     assert tree(d) == {HS, ".rhl-clearable"}
@@ -186,7 +171,7 @@ def test_custom_marker_is_kept(sandbox, data, make_ctx):
 
 def test_outside_policy_is_refused_and_intact(sandbox, data, make_ctx, tmp_path):
     plain = data / "plain"
-    _file(plain / "keep-me", b"precious")
+    put_file(plain / "keep-me", b"precious")
     before = tree(plain)
     for spec, path, why in (
         ("seamless", plain, "required marker file"),
@@ -220,7 +205,7 @@ def test_missing_and_non_directories(sandbox, data, make_ctx):
     with pytest.raises(ProtocolError) as info:
         clear(ctx, path=str(data / "missing"))
     assert info.value.code == ErrorCode.NOT_FOUND
-    _file(data / "file")
+    put_file(data / "file")
     with pytest.raises(ProtocolError) as info:
         clear(ctx, path=str(data / "file"))
     assert info.value.code == ErrorCode.BAD_ARGS and "not a directory" in info.value.message
@@ -267,8 +252,8 @@ def test_stranded_markers_are_put_back(sandbox, data, make_ctx):
     """An agent that died mid-clear left the marker in its keep folder."""
     ctx = make_ctx("permissive")
     d = data / "stranded"
-    _file(d / f"{clear_op.KEEP_PREFIX}dead" / HS, b"prefix")
-    _file(d / "junk")
+    put_file(d / f"{clear_op.KEEP_PREFIX}dead" / HS, b"prefix")
+    put_file(d / "junk")
     result = clear(ctx, path=str(d))
     assert result["ok"] and result["preserved"] == [HS]
     assert tree(d) == {HS} and (d / HS).read_bytes() == b"prefix"
@@ -282,9 +267,9 @@ def test_a_failure_is_said_and_the_rest_cleared(tmp_path):
     try:
         os.chmod(root, 0o711)
         d = root / "data"
-        _file(d / "mine.txt")
-        _file(d / "sub" / "mine-too")
-        _file(d / "locked" / "f")
+        put_file(d / "mine.txt")
+        put_file(d / "sub" / "mine-too")
+        put_file(d / "locked" / "f")
         for path in (d, d / "mine.txt", d / "sub", d / "sub" / "mine-too"):
             os.chown(path, OTHER_UID, OTHER_UID)
         ctx = AgentContext(base=root / "rhl", policy=parse_policy("permissive"))

@@ -14,7 +14,6 @@ import pytest
 
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
-from seamless_service.agent.ops.health import connect_host
 from seamless_service.agent.statefiles import server_row
 from seamless_service.protocol import decode_reply, encode_request
 from tests.support.services import wait_for
@@ -205,11 +204,3 @@ def test_services_are_probed_concurrently(sandbox, sleeper, listener):
     elapsed = time.monotonic() - start
     assert all(s["port_open"] is True and s["http_ok"] is False for s in value["services"])
     assert elapsed < 4.0, f"6 services x 1 s timeout took {elapsed:.1f} s: not concurrent"
-
-
-@pytest.mark.parametrize("interface,expected", [
-    (None, "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("localhost", "127.0.0.1"),
-    ("::", "::1"), ("10.1.2.3", "10.1.2.3"), ("node7-ib", "node7-ib"),
-])
-def test_connect_host(interface, expected):
-    assert connect_host(interface) == expected

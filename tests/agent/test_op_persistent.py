@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
 from seamless_service.agent.ops import handler
 from seamless_service.agent.policy import parse_policy
 from seamless_service.protocol import ErrorCode, ProtocolError, decode_reply, encode_request, validate_args
+from tests.support.persistent import helper_rows, persistent, strip
+from tests.support.trees import HS, du
 
-EXTRA = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
-HS = ".HASHSERVER_PREFIX"
 DB = "seamless.db"
 TIMEOUT = 60.0
 
@@ -57,23 +56,6 @@ def layout(sandbox, tmp_path):
     return {"buffers": buffers, "db": database, "top": tmp_path / "data"}
 
 
-def persistent(ctx: AgentContext, **args) -> list[dict]:
-    return handler("persistent")(ctx, validate_args("persistent", args))["rows"]
-
-
-def helper_rows(sandbox, paths, level=0, file=None, marker=None) -> list[dict]:
-    argv = ["rhl-ps-persistent", "--json", *map(str, paths), "--level", str(level)]
-    if file:
-        argv += ["--file", file]
-    if marker:
-        argv += ["--marker", marker]
-    return sandbox.helper_ndjson(*argv)
-
-
-def strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in EXTRA} for row in rows]
-
-
 def without_bare(rows: list[dict], options: dict) -> list[dict]:
     """Our rows minus the deliberate addition (issue 8): with `file` and a marker, an empty
     directory lacking the marker (a cleared database dir) gets an `empty` row."""
@@ -83,10 +65,6 @@ def without_bare(rows: list[dict], options: dict) -> list[dict]:
             and not os.listdir(r["path"])]
     assert all(r["bytes"] in (0, None) for r in bare)
     return [r for r in rows if r not in bare]
-
-
-def du(path: Path) -> int:
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs)
 
 
 OPTIONS = [

@@ -7,7 +7,6 @@ Every call goes through dispatch.handle with real msgpack bytes.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ from seamless_service.agent import dispatch, statefiles
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.watch import current_token
 from seamless_service.protocol import ErrorCode, ProtocolError, decode_reply, encode_request
-from tests.support.services import LauncherSandbox
 from tests.support.agent import call
+from tests.support.processes import dead_pid
+from tests.support.services import LauncherSandbox
 
 HASH = "hashserver-c1-rw-proj"
 DB = "database-c1-ro-proj--STAGE-s1"
@@ -26,12 +26,6 @@ STOPPED = "daskserver-c2-rw-other"
 STARTING_DEAD = "jobserver-c1-rw-proj--STAGE-boot"  # #16: rhl-ps says starting, we say failed
 ODD = "sp ace"                                      # #36: listed, but not a valid key
 LAUNCHED = (HASH, DB, JOB, STOPPED)
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +37,7 @@ def world(tmp_path_factory):
             assert box.launch(key)["status"] == "running"
         stop = box.run_helper("rhl-stop", STOPPED)
         assert stop.returncode == 0, stop.stderr
-        dead = _dead_pid()
+        dead = dead_pid()
         hand = {
             "hashserver-c1-rw-proj--STAGE-failed": {"status": "failed", "pid": dead, "port": 7},
             "hashserver-c1-rw-proj--STAGE-stale": {"status": "stale", "pid": dead, "port": 8},

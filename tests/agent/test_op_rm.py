@@ -12,17 +12,13 @@ from seamless_service.agent import procinfo
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
 from seamless_service.protocol import decode_reply, encode_request
+from tests.support.processes import alive
 
 
 def call(op: str, **args):
     reply = decode_reply(handle(AgentContext(), encode_request([(op, args)])), expected=1)
     assert reply[0]["ok"], reply[0]
     return reply[0]["value"]
-
-
-def alive(pid: int) -> bool:
-    info = procinfo.read_proc(pid)
-    return info is not None and not info.zombie
 
 
 def files(sandbox, key):

@@ -17,6 +17,7 @@ from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
 from seamless_service.agent.statefiles import server_row
 from seamless_service.protocol import decode_reply, encode_request
+from tests.support.processes import alive, dead_pid
 from tests.support.services import wait_for
 
 
@@ -24,15 +25,6 @@ def call(op: str, **args):
     reply = decode_reply(handle(AgentContext(), encode_request([(op, args)])), expected=1)
     assert reply[0]["ok"], reply[0]
     return reply[0]["value"]
-
-
-def gone(pid: int) -> bool:
-    info = procinfo.read_proc(pid)
-    return info is None or info.zombie
-
-
-def alive(pid: int) -> bool:
-    return not gone(pid)
 
 
 @pytest.fixture
@@ -82,7 +74,7 @@ def test_stop_running_service_like_rhl_stop(sandbox):
         assert result["stopped"] is True and result["signalled"] is True
         assert result["status"] == "running" and result["pid"] == b["pid"]
 
-    assert gone(a["pid"]) and gone(b["pid"])
+    assert not alive(a["pid"]) and not alive(b["pid"])
     assert server_row(sandbox.server_dir / "toy-b.json")["status"] == "stale"
     # Same state file as rhl-stop alone leaves: everything kept, status stale.
     after_a = json.loads((sandbox.server_dir / "toy-a.json").read_text())
@@ -117,7 +109,7 @@ def test_mixed_batch_where_rhl_stop_alone_aborts(sandbox, spawn, tmp_path):
     assert by_key["toy-early"]["outcome"] == "invalid pid" and by_key["toy-early"]["stopped"] is False
     assert by_key["toy-stale"]["outcome"] == "not running" and by_key["toy-stale"]["signalled"] is False
     assert value["exit_status"] == 0
-    assert gone(toy["pid"])
+    assert not alive(toy["pid"])
     assert alive(sleeper.pid), "a stale row's reused pid was signalled"
     assert server_row(sandbox.server_dir / "toy-run.json")["status"] == "stale"
     # Files of keys not passed to rhl-stop are left exactly as they were.
@@ -127,7 +119,7 @@ def test_mixed_batch_where_rhl_stop_alone_aborts(sandbox, spawn, tmp_path):
     # And rhl-stop alone on the stale row signals the unrelated process (#17).
     alone = rhl_stop(copy_env, "toy-stale")
     assert alone.stdout.strip() == "toy-stale: stopped"
-    wait_for(lambda: gone(sleeper.pid))
+    wait_for(lambda: not alive(sleeper.pid))
 
 
 @pytest.mark.parametrize("pid", [0, -1, 2**70, 4.7, "12x", True, None])
@@ -202,7 +194,7 @@ def test_stop_kills_surviving_group_members(sandbox, spawn):
     value = call("stop", keys=["toy-group"])
     (result,) = value["results"]
     assert result["outcome"] == "stopped" and result["group_killed"] == len(members) == 1
-    wait_for(lambda: all(gone(p) for p in [leader.pid, *members]))
+    wait_for(lambda: all(not alive(p) for p in [leader.pid, *members]))
     assert server_row(sandbox.server_dir / "toy-group.json")["status"] == "stale"
 
 
@@ -223,7 +215,7 @@ def test_malformed_state_is_an_error_outcome(sandbox):
     broken, ok = value["results"]
     assert broken["outcome"].startswith("error: malformed JSON") and broken["stopped"] is False
     assert ok["outcome"] == "stopped"
-    assert gone(toy["pid"])
+    assert not alive(toy["pid"])
 
 
 def test_stop_escalates_to_sigkill(sandbox):
@@ -232,7 +224,7 @@ def test_stop_escalates_to_sigkill(sandbox):
     (result,) = value["results"]
     assert result["outcome"] == "kill required"
     assert result["stopped"] is True and result["signalled"] is True
-    wait_for(lambda: gone(toy["pid"]))
+    wait_for(lambda: not alive(toy["pid"]))
     wait_for(lambda: server_row(sandbox.server_dir / "toy-stubborn.json")["status"] == "stale")
 
 
@@ -265,12 +257,6 @@ def _kill_behind_its_back(pid: int) -> None:
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_dead_pid_is_already_gone_and_marked_stale_like_rhl_stop(sandbox, tmp_path):
     """rhl-stop's outcome (`already gone`) and file (`"status": "stale"`, the same bytes)
     for every row whose pid no longer exists, without signalling anything; the file keeps
@@ -280,7 +266,7 @@ def test_dead_pid_is_already_gone_and_marked_stale_like_rhl_stop(sandbox, tmp_pa
     _kill_behind_its_back(running["pid"])
     _kill_behind_its_back(starting["pid"])
     sandbox.write_state("toy-boot", {**starting, "status": "starting"})  # died while starting
-    dead = _dead_pid()
+    dead = dead_pid()
     sandbox.write_state("toy-failed", {"command": "seamless-toy-service", "status": "failed", "pid": dead})
     sandbox.write_state("toy-stale", {"command": "seamless-toy-service", "status": "stale", "pid": dead})
     for key in ("toy-boot", "toy-failed", "toy-stale"):
@@ -315,7 +301,7 @@ def test_a_relaunch_meanwhile_is_not_marked_stale(sandbox):
     check and the write (another pid) keeps its own state."""
     from seamless_service.agent.ops import stop as stop_op
 
-    dead = _dead_pid()
+    dead = dead_pid()
     path = sandbox.write_state("toy-again", {"command": "seamless-toy-service", "status": "running", "pid": dead})
     ctx = AgentContext(base=sandbox.base)
     plan = stop_op.plan_key(ctx, "toy-again")

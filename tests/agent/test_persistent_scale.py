@@ -16,9 +16,9 @@ import pytest
 
 from seamless_service.agent.listing import DirListings
 from seamless_service.agent.policy import parse_policy, size_refusal
-from tests.agent.test_op_persistent import du, helper_rows, persistent, strip
+from tests.support.persistent import helper_rows, persistent, strip
+from tests.support.trees import HS, du
 
-HS = ".HASHSERVER_PREFIX"
 TIMEOUT = 60.0
 BIG = 20_000
 

@@ -15,13 +15,13 @@ import tracemalloc
 import msgpack
 import pytest
 
-from seamless_service.agent import procinfo
 from seamless_service.agent.dispatch import RESERVED_PER_OP, handle, run_op
 from seamless_service.protocol import (
     MAX_REPLY_BYTES, PROTOCOL_VERSION, ErrorCode, ProtocolError, decode_reply, encode_request,
 )
 from seamless_service.protocol.codec import encode_packed_reply, encode_reply, pack_result
 from seamless_service.protocol.schema import MAX_LOG_BYTES
+from tests.support.processes import alive
 from tests.support.services import wait_for
 
 MiB = 1 << 20
@@ -35,11 +35,6 @@ def write_log(sandbox, key: str, size: int) -> None:
 
 def logs(key: str, max_bytes: int) -> tuple[str, dict]:
     return ("logs", {"key": key, "max_bytes": max_bytes})
-
-
-def gone(pid: int) -> bool:
-    info = procinfo.read_proc(pid)
-    return info is None or info.zombie
 
 
 def results_of(reply: bytes, n: int) -> list[dict]:
@@ -139,9 +134,9 @@ def test_stop_after_a_full_budget_is_not_run_and_says_so(sandbox, make_ctx):
     assert [r["ok"] for r in results[:3]] == [True, True, False]
     assert_not_run(results[3], 4, len(ops), spent_by=3)
     assert_not_run(results[4], 5, len(ops), spent_by=3)
-    assert not gone(pid)
+    assert alive(pid)
     assert handle(make_ctx(), encode_request([("stop", {"keys": ["toy-budget"]})]))  # on its own it runs
-    assert wait_for(lambda: gone(pid))
+    assert wait_for(lambda: not alive(pid))
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65535, 65536])

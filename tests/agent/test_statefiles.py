@@ -1,6 +1,6 @@
 """agent/statefiles.py against the real rhl-ps on the same files.
 
-Every row of the status table (anchor-behaviour.md §1.6) is written as a real state file;
+Every case of rhl-ps's status derivation (status x pid x liveness) is written as a real state file;
 our row must equal rhl-ps's row field for field, except for the deliberate corrections
 (#15 unusable pids, #16 starting with a dead pid), where both sides are pinned.
 """
@@ -8,23 +8,17 @@ our row must equal rhl-ps's row field for field, except for the deliberate corre
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from seamless_service.agent import statefiles
+from tests.support.processes import dead_pid
 
 ALIVE = os.getpid()  # the test process: alive for us and for the rhl-ps subprocess
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()  # reaped: the pid names no process now
-    return proc.pid
-
-
-DEAD = _dead_pid()
+DEAD = dead_pid()
 HUGE = 99999999999999999999
 
 # name -> (state data, ours (status, live), rhl-ps (status, live) or None when equal)

@@ -95,7 +95,7 @@ def test_keys_allowed_by_helper_rule():
 
 @pytest.mark.parametrize("key", ["-x", "--server", "-h", ".hidden", "a..b"])
 def test_keys_tightened_beyond_helper_rule(key):
-    # The helpers accept these (anchor §1.2) but read a leading '-' as an option: refused.
+    # The helpers' key rule accepts these but reads a leading '-' as an option: refused.
     code, _ = code_of("stop", {"keys": [key]})
     assert code == ErrorCode.INVALID_KEY
 

@@ -1,6 +1,6 @@
 """Driving the CLI as a user does, shared by the CLI, config, lifecycle and query tests:
 a sandbox HOME with clusters and a project (`make_home`, `remote_home`), `seamless-service`
-and seamless-config's `seamless-service-*` as subprocesses (`cli`, `anchor`), their
+and seamless-config's `seamless-service-*` as subprocesses (`cli`, `seamless_config_cli`), their
 one-line errors, NDJSON output, and a child's output read while it runs (`Output`,
 `interrupt` for `--watch`)."""
 
@@ -115,7 +115,7 @@ def cli(home: Home, *argv: str, cwd: Path | None = None, env: dict | None = None
                           env=env or home.env(), capture_output=True, text=True, timeout=timeout)
 
 
-def anchor(home: Home, command: str, *argv: str, cwd: Path | None = None, env: dict | None = None,
+def seamless_config_cli(home: Home, command: str, *argv: str, cwd: Path | None = None, env: dict | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess:
     """seamless-config's own `seamless-service-COMMAND ARGV`."""
     exe = str(Path(sys.executable).parent / f"seamless-service-{command}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 
 def _state(pid: int) -> tuple[str, int] | None:
@@ -34,3 +35,10 @@ def gone(pid: int) -> bool:
     still open); it is gone only once they are too."""
     found = _state(pid)
     return found is None or (found[0] in ("Z", "X") and found[1] <= 1)
+
+
+def dead_pid() -> int:
+    """A pid that named a process a moment ago and names none now (its process was reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -1,7 +1,7 @@
 """Launch real services through remote-http-launcher itself, for tests.
 
 A `LauncherSandbox` is a temporary HOME (state lands in
-`$HOME/.remote-http-launcher/{server,client}`, see reference/launching-real-services.md:
+`$HOME/.remote-http-launcher/{server,client}`;
 REMOTE_HTTP_LAUNCHER_DIR is not used for isolation because the launcher and the helpers
 read it differently), a tools.yaml whitelisting the toy service, and a bin folder that
 holds the `seamless-toy-service` executable. `launch()` runs the real

@@ -47,7 +47,7 @@ included; every directory, except dot directories (never entered, never removed,
 counted) and the directories that still hold one afterwards (kept silently, as
 rhl-clear means to: its `_only_dot_dirs_remain`). Tests compare the result with the
 helper's on trees where the helper has none of its defects. The agent's earlier fixes of
-the helper's defects (anchor §6) hold by construction:
+the helper's defects (README, Deliberate differences) hold by construction:
 
 * #23 — a running service is not cleared from under its feet: CONFLICT if the service
   `key` (when given) is running or starting with a live pid, or if any running/starting
@@ -103,6 +103,7 @@ from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
 from ...protocol.wiresafe import display_text
+from ...rhl import clear_conflict
 from .. import statefiles
 from ..context import AgentContext
 from ..listing import DirListings
@@ -113,7 +114,6 @@ from ..sizer import Sizer
 HASHSERVER_MARKER = ".HASHSERVER_PREFIX"
 DATA_MARKERS = frozenset({"seamless.db"})  # markers that are the data itself: cleared
 KEEP_PREFIX = ".seamless-service-keep-"
-LIVE_STATUSES = ("running", "starting")
 MAX_DEPTH = 256  # two frames a level: well inside Python's recursion limit
 # The target and every directory below it: readable (to list), never through a symlink.
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -130,10 +130,6 @@ def preserved_markers(policy: PathPolicy) -> list[str]:
 
 # -- #23: running services ---------------------------------------------------------------
 
-def _is_live(row: dict[str, Any]) -> bool:
-    return row.get("status") in LIVE_STATUSES and row.get("live") is True
-
-
 def _workdir_inside(workdir: object, directory: Path) -> bool:
     if not isinstance(workdir, str) or not workdir:
         return False
@@ -145,17 +141,11 @@ def _workdir_inside(workdir: object, directory: Path) -> bool:
 
 
 def _check_not_running(ctx: AgentContext, directory: Path, key: str | None) -> None:
-    if key is not None:
-        row = statefiles.server_row(ctx.server_dir / f"{key}.json")
-        if _is_live(row):
-            raise ProtocolError(ErrorCode.CONFLICT, f"service {key} is running; stop it first")
-    for path in statefiles.list_state_files(ctx.server_dir):
-        row = statefiles.server_row(path)
-        if _is_live(row) and _workdir_inside(row.get("workdir"), directory):
-            raise ProtocolError(
-                ErrorCode.CONFLICT,
-                f"service {row['key']} is running in {row.get('workdir')}; stop it first",
-            )
+    key_row = statefiles.server_row(ctx.server_dir / f"{key}.json") if key is not None else None
+    rows = (statefiles.server_row(path) for path in statefiles.list_state_files(ctx.server_dir))
+    conflict = clear_conflict(key, key_row, rows, lambda workdir: _workdir_inside(workdir, directory))
+    if conflict is not None:
+        raise ProtocolError(ErrorCode.CONFLICT, conflict)
 
 
 # -- opening the checked directory, and deciding on what was opened ----------------------

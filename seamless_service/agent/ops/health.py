@@ -26,43 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ...protocol.keys import parse_key
+from ...rhl import connect_host, handshake_target, usable_pid, usable_port
 from .. import procinfo
 from ..context import AgentContext
-from ..statefiles import list_state_files, server_row, usable_pid
+from ..statefiles import list_state_files, server_row
 
 MAX_WORKERS = 32
-HANDSHAKE_PATH = "/healthcheck"
-DASK_SERVICES = ("daskserver", "pure-daskserver")
-DASK_HANDSHAKE = ("/health", "dashboard_port")
-_LOOPBACK_V4 = {"", "0.0.0.0", "localhost", "*", "127.0.0.1"}
-_LOOPBACK_V6 = {"::", "[::]", "::1", "[::1]"}
-
-
-def connect_host(interface: Any) -> str:
-    """Where to reach a service bound to `interface` from this machine."""
-    if not isinstance(interface, str) or interface.strip() in _LOOPBACK_V4:
-        return "127.0.0.1"
-    interface = interface.strip()
-    if interface in _LOOPBACK_V6:
-        return "::1"
-    return interface.strip("[]")
-
-
-def _port(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
-        return value
-    return None
-
-
-def handshake_target(row: dict[str, Any]) -> tuple[str, int | None]:
-    """(path, port) of the launcher handshake for this service."""
-    if parse_key(row.get("key")).get("service") in DASK_SERVICES:
-        path, port_name = DASK_HANDSHAKE
-        port = _port(row.get(port_name))
-        if port is not None:
-            return path, port
-    return HANDSHAKE_PATH, _port(row.get("port"))
 
 
 def _row_for(ctx: AgentContext, key: str) -> dict[str, Any]:
@@ -99,7 +68,7 @@ def check(row: dict[str, Any], path: Path, timeout: float) -> dict[str, Any]:
         return entry
 
     host = entry["host"] = connect_host(row.get("network_interface"))
-    port = entry["port"] = _port(row.get("port"))
+    port = entry["port"] = usable_port(row.get("port"))
     if port is None:
         entry["port_open"] = False
         errors.append(f"no usable port in the state file: {row.get('port')!r}")

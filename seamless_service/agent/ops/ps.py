@@ -52,14 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from ...protocol import ErrorCode, ProtocolError
-from ...protocol.keys import is_valid_key, row_matches
+from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
+from ...rhl import client_process
 from .. import statefiles
 from ..context import AgentContext
 from ..paths import join
 from ..watch import watcher
-
-KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
-CLIENT_UNKNOWN = "client"  # `process` of a client row whose service liveness is unknown here
 
 
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +79,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     wanted = args.get("status")
     if wanted:
         rows = [row for row in rows if row.get(status_field) == wanted]
-    filters = {name: args[name] for name in KEY_FILTERS if args.get(name) is not None}
+    filters = {name: args[name] for name in META_FIELDS if args.get(name) is not None}
     if filters:
         rows = [row for row in rows if row_matches(row, filters)]
     return {"rows": rows, "token": token, "state": ctx.state_id()}
@@ -126,25 +124,14 @@ def client_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, 
 
 
 def _client_process(ctx: AgentContext, row: dict[str, Any], *, check_pid: bool) -> str:
-    raw = row.get("status")
-    if isinstance(raw, str):
-        return raw
-    key = row.get("key")
-    if not is_valid_key(key):
-        return CLIENT_UNKNOWN
-    server_path = ctx.server_dir / f"{key}.json"
-    if not server_path.is_file():
-        return CLIENT_UNKNOWN
-    server = statefiles.server_row(server_path, check_pid=check_pid, cache=state_cache(ctx),
-                                   probe=liveness(ctx).alive)
-    if server.get("status") == "error":
-        return CLIENT_UNKNOWN
-    # Same key on this machine is not enough: the client file must point at this very
-    # instance (a relaunch on another port leaves an outdated client file behind).
-    target = row.get("tunneled-port", row.get("port"))
-    if target is None or server.get("port") != target:
-        return CLIENT_UNKNOWN
-    return server["status"]
+    def server_row(key: str) -> dict[str, Any] | None:
+        server_path = ctx.server_dir / f"{key}.json"
+        if not server_path.is_file():
+            return None
+        return statefiles.server_row(server_path, check_pid=check_pid, cache=state_cache(ctx),
+                                     probe=liveness(ctx).alive)
+
+    return client_process(row, server_row)
 
 
 def _vanished(row: dict[str, Any], path: str | Path) -> bool:

@@ -1,7 +1,8 @@
 """`rm`: remove state files through the installed `rhl-rm`, refusing to orphan services.
 
-`rhl-rm [--client] [--server] keys` (anchor §2.6) does the removal; neither flag means
-both sides, as with the helper. Before it runs:
+`rhl-rm [--client] [--server] keys` does the removal (it prints `removed PATH` per file,
+`KEY: not found` when neither file exists); neither flag means both sides, as with the
+helper. What both transports share of this is in seamless_service/rhl.py. Before it runs:
 
 * #38: removing the server state of a RUNNING service orphans the process (nothing can
   find, stop or log it any more). A key whose server file would be removed and whose state
@@ -20,19 +21,15 @@ errors, removals before it stay done.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from ...protocol import ProtocolError
+from ...rhl import LIVE_STATUSES, RM_HELPER, plan_rm, read_rm_output, rm_results, rm_sides, usable_pid
 from .. import procinfo
 from ..context import AgentContext
 from ..helpers import run_helper
-from ..statefiles import StateFileError, read_state, usable_pid
-
-HELPER = "rhl-rm"
-REFUSED_RUNNING = "refused: service is running (stop it first, or force)"
-_COULD_NOT = re.compile(r"^rhl-rm: could not remove (.+?\.json): (.*)$")
+from ..statefiles import StateFileError, read_state
 
 
 def live_service_pid(path: Path) -> int | None:
@@ -45,7 +42,7 @@ def live_service_pid(path: Path) -> int | None:
         data = read_state(path)
     except StateFileError:
         return None
-    if data is None or data.get("dry_run") or data.get("status") not in ("running", "starting"):
+    if data is None or data.get("dry_run") or data.get("status") not in LIVE_STATUSES:
         return None
     pid = usable_pid(data.get("pid"))
     if pid is None:
@@ -58,36 +55,19 @@ def live_service_pid(path: Path) -> int | None:
     return pid if proc.alive and proc.is_service else None
 
 
-def _key_of(path: str) -> str:
-    name = os.path.basename(path)
-    return name[: -len(".json")] if name.endswith(".json") else name
-
-
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     keys: list[str] = args["keys"]
-    client, server, force = args["client"], args["server"], args["force"]
-    do_server = server or not client  # neither flag -> both sides, as rhl-rm does
-    flags = ["--client"] if client and not server else ["--server"] if server and not client else []
-
-    outcomes: dict[str, dict[str, Any]] = {}
-    to_remove: list[str] = []
-    for key in keys:
-        if key in outcomes or key in to_remove:
-            continue
-        pid = live_service_pid(ctx.server_dir / f"{key}.json") if do_server else None
-        if pid is not None and not force:
-            outcomes[key] = {"outcome": REFUSED_RUNNING, "pid": pid}
-            continue
-        if pid is not None:
-            outcomes[key] = {"warning": f"service process {pid} is still running; its state is gone"}
-        to_remove.append(key)
+    do_server, flags = rm_sides(args["client"], args["server"])
+    outcomes, to_remove = plan_rm(
+        keys, force=args["force"],
+        live_pid=lambda key: live_service_pid(ctx.server_dir / f"{key}.json") if do_server else None)
 
     exit_status: int | None = None
     stderr = ""
     removed: dict[str, list[str]] = {key: [] for key in to_remove}
     if to_remove:
         try:
-            proc = run_helper(HELPER, [*flags, *to_remove], helper_dir=ctx.helper_dir, base=ctx.base)
+            proc = run_helper(RM_HELPER, [*flags, *to_remove], helper_dir=ctx.helper_dir, base=ctx.base)
         except ProtocolError as exc:
             stderr = exc.message
             for key in to_remove:
@@ -97,49 +77,3 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
             removed = read_rm_output(to_remove, proc.stdout, stderr, exit_status, outcomes)
 
     return {"results": rm_results(keys, outcomes, removed), "exit_status": exit_status, "stderr": stderr}
-
-
-def read_rm_output(to_remove: list[str], stdout: str, stderr: str, exit_status: int | None,
-                   outcomes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """Parse what `rhl-rm` printed (`removed <path>`, `<key>: not found`, `could not remove`)
-    into per-key outcomes; return the removed paths per key. Shared with the ssh transport,
-    which runs the same helper remotely."""
-    removed: dict[str, list[str]] = {key: [] for key in to_remove}
-    wanted = set(to_remove)
-    for line in stdout.splitlines():
-        if line.startswith("removed "):
-            path = line[len("removed "):]
-            if _key_of(path) in wanted:
-                removed[_key_of(path)].append(path)
-        elif line.endswith(": not found") and line[: -len(": not found")] in wanted:
-            outcomes.setdefault(line[: -len(": not found")], {})["outcome"] = "not found"
-    for line in stderr.splitlines():
-        match = _COULD_NOT.match(line.strip())
-        if match and _key_of(match.group(1)) in wanted:
-            outcomes.setdefault(_key_of(match.group(1)), {})["outcome"] = (
-                f"error: could not remove {match.group(1)}: {match.group(2)}")
-    for key in to_remove:
-        entry = outcomes.setdefault(key, {})
-        if "outcome" in entry:
-            continue
-        if removed[key]:
-            entry["outcome"] = "removed"
-        else:
-            why = "an earlier error stopped it" if exit_status else "no output for this key"
-            entry["outcome"] = f"error: {HELPER} did not process this key ({why})"
-    return removed
-
-
-def rm_results(keys: list[str], outcomes: dict[str, dict[str, Any]],
-               removed: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """The op's per-key results, in argument order."""
-    results = []
-    for key in keys:
-        entry = outcomes[key]
-        result: dict[str, Any] = {"key": key, "removed": list(removed.get(key, [])), "outcome": entry["outcome"]}
-        if "pid" in entry:
-            result["pid"] = entry["pid"]
-        if "warning" in entry and entry["outcome"] == "removed":  # only if the state is really gone
-            result["warning"] = entry["warning"]
-        results.append(result)
-    return results

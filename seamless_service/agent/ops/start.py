@@ -8,7 +8,7 @@ tools.yaml. The status file in that command line is the launcher's default serve
 (`~/.remote-http-launcher/server/KEY.json`, what it passes to every remote host). Here
 that path is replaced by the state file of the directory this agent serves, so the helper,
 which must find the status file under *its* server directory, never refuses the launch
-when the client's REMOTE_HTTP_LAUNCHER_DIR differs from the server's (anchor §6 #24, #43).
+when the client's REMOTE_HTTP_LAUNCHER_DIR differs from the server's (README, Deliberate differences #24, #43).
 
 Order, under one lock (agent and in-process local transports of one user alike):
 
@@ -50,28 +50,20 @@ from typing import Any, Iterator
 
 from ...protocol import ErrorCode, ProtocolError
 from ...protocol.wiresafe import display_text
+from ...rhl import LAUNCH_HELPER, START_OUTCOMES, STATUS_FILE_FLAG, launch_args, status_file_arg, usable_pid
 from .. import procinfo
 from ..context import AgentContext
 from ..helpers import run_helper
 from ..policy import check_path, default_policy
-from ..statefiles import StateFileError, read_state, server_row, usable_pid
+from ..statefiles import StateFileError, read_state, server_row
 from . import health
 from .logs import read_tail
 
-HELPER = "rhl-launch-service"
-# The server directory remote-http-launcher names in the command of a remote launch (and of
-# a local one with REMOTE_HTTP_LAUNCHER_DIR unset): `_default_server_directory()`.
-LAUNCHER_SERVER_DIR = "~/.remote-http-launcher/server"
-STATUS_FILE_FLAG = "--status-file"
 POLL = 0.05
 HEALTH_TIMEOUT = 2.0
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 << 10
 LOCK_NAME = "start.lock"
-
-
-def status_file_arg(key: str) -> str:
-    return f"{LAUNCHER_SERVER_DIR}/{key}.json"
 
 
 def service_argv(ctx: AgentContext, key: str, argv: list[str]) -> list[str]:
@@ -103,20 +95,6 @@ def _json_object(name: str, text: str | None) -> None:
         raise ProtocolError(ErrorCode.BAD_ARGS, f"start: argument {name!r} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.BAD_ARGS, f"start: argument {name!r} must be a JSON object")
-
-
-def helper_argv(args: dict[str, Any], argv: list[str]) -> list[str]:
-    """rhl-launch-service's arguments, in remote_http_launcher.RemoteState.launch_process's order."""
-    out = ["--key", args["key"], "--workdir", args["workdir"]]
-    if args["conda_env"]:
-        out += ["--conda-env", args["conda_env"]]
-    if args["network_interface"]:
-        out += ["--network-interface", args["network_interface"]]
-    if args["parameters"] is not None:
-        out += ["--parameters", args["parameters"]]
-    if args["meta"] is not None:
-        out += ["--meta", args["meta"]]
-    return [*out, "--", *argv]
 
 
 @contextlib.contextmanager
@@ -188,12 +166,12 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def _launch(ctx: AgentContext, args: dict[str, Any], argv: list[str]) -> str | None:
     rotated = rotate_log(ctx, args["key"])
     ctx.server_dir.mkdir(parents=True, exist_ok=True)
-    proc = run_helper(HELPER, helper_argv(args, argv), helper_dir=ctx.helper_dir, base=ctx.base)
+    proc = run_helper(LAUNCH_HELPER, launch_args(args, argv), helper_dir=ctx.helper_dir, base=ctx.base)
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         line = lines[-1] if lines else f"exit status {proc.returncode}"
         code = ErrorCode.POLICY_REFUSED if "must live under" in line or "must not" in line else ErrorCode.HELPER_FAILED
-        raise ProtocolError(code, f"{HELPER}: {line.removeprefix(HELPER + ': ')}")
+        raise ProtocolError(code, f"{LAUNCH_HELPER}: {line.removeprefix(LAUNCH_HELPER + ': ')}")
     return rotated
 
 
@@ -257,7 +235,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
             rotated = _launch(ctx, args, argv)
             launched = True
     found = _wait(ctx, key, deadline)
-    outcome = {"running": "started", "starting": "starting", "failed": "failed"}[found["status"]]
+    outcome = START_OUTCOMES[found["status"]]
     if found["status"] == "failed":
         found["log_tail"] = log_tail(ctx.server_dir / f"{key}.log")
     return _value(ctx, key, outcome, launched, rotated_log=rotated, **found)

@@ -1,6 +1,7 @@
 """`stop`: stop services through the installed `rhl-stop`, after checks it lacks.
 
-rhl-stop (anchor §2.5) is the only thing that signals a service, so stop semantics
+rhl-stop (one `KEY: OUTCOME` line per key: stopped, kill required, already gone,
+permission denied, missing state) is the only thing that signals a service, so stop semantics
 (SIGINT, then SIGTERM, then SIGKILL, marking the state stale) never drift from
 remote-http-launcher's. But its defects must not reach users, so every key is checked
 first and only keys that pass go to ONE `rhl-stop k1 k2 ...` call:
@@ -37,33 +38,17 @@ rhl-stop is left exactly as it is.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import stat
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ...protocol import ProtocolError
+from ...rhl import (ALREADY_GONE, GONE, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, STALE, STOP_HELPER,
+                    outcome_lines, stop_flags, stop_without_helper, usable_pid)
 from .. import procinfo
 from ..context import AgentContext
 from ..helpers import run_helper
-from ..statefiles import StateFileError, derive_status, read_state, usable_pid
-
-HELPER = "rhl-stop"
-# rhl-stop outcome -> (stopped, signalled)
-HELPER_OUTCOMES = {
-    "stopped": (True, True),
-    "kill required": (True, True),
-    "already gone": (True, False),
-    "permission denied": (False, False),
-    "missing state": (False, False),
-}
-GONE = ("stopped", "kill required", "already gone")
-ALREADY_GONE = "already gone"  # rhl-stop's word for a pid that no longer exists
-LIVE = ("running", "starting")
+from ..statefiles import StateFileError, derive_status, read_state, write_state_json
 
 
 @dataclass
@@ -96,29 +81,26 @@ def plan_key(ctx: AgentContext, key: str) -> _Plan:
         plan.outcome = f"error: {exc}"
         return plan
     if data is None:
-        plan.outcome = "missing state"
+        plan.outcome = MISSING_STATE
         return plan
     mtime = _state_mtime(path)
     plan.status, _ = derive_status(data)
-    raw_pid = plan.raw_pid = data.get("pid")
-    pid = plan.pid = usable_pid(raw_pid)
-    live_status = data.get("status") in LIVE
-    if data.get("dry_run") or (pid is None and not live_status):
-        # dry-run, or stale/failed/no status without a pid: nothing of ours runs
-        plan.outcome, plan.stopped = "not running", True
+    plan.raw_pid = data.get("pid")
+    plan.pid = usable_pid(plan.raw_pid)
+    verdict = stop_without_helper(data, json_status=data.get("status"))
+    if verdict is not None:
+        plan.outcome, plan.stopped, plan.detail = verdict.outcome, verdict.stopped, verdict.detail
         return plan
-    if pid is None:
-        plan.outcome = "invalid pid"
-        plan.detail = f"pid {raw_pid!r} cannot name a process"
-        return plan
+    pid = plan.pid
+    assert pid is not None  # stop_without_helper decided every key without a usable pid
     proc = procinfo.check_service(pid, data, mtime)
     if not proc.alive:
         # rhl-stop's outcome and file for a pid that no longer exists (marked in run())
         plan.outcome, plan.stopped = ALREADY_GONE, True
         return plan
-    if not live_status:
+    if data.get("status") not in LIVE_STATUSES:
         # stale/failed with a live pid: the number may name another process by now (#17)
-        plan.outcome, plan.stopped = "not running", True
+        plan.outcome, plan.stopped = NOT_RUNNING, True
         return plan
     if not proc.is_service:
         plan.outcome = "pid belongs to another process"
@@ -128,26 +110,6 @@ def plan_key(ctx: AgentContext, key: str) -> _Plan:
     return plan
 
 
-def write_state_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` with `json.dumps(data)` as rhl-stop writes it (key order kept, no
-    trailing newline), but through a unique temp file in the same directory and keeping
-    the file's mode (#19: rhl-stop's fixed `<key>.tmp` races and takes the umask)."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(json.dumps(data))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _mark_gone(ctx: AgentContext, plan: _Plan) -> str | None:
     """Mark the state of a service whose pid is gone stale, as rhl-stop does; the reason
     if that failed. A file that changed meanwhile (removed, or relaunched under another
@@ -155,23 +117,13 @@ def _mark_gone(ctx: AgentContext, plan: _Plan) -> str | None:
     path = ctx.server_dir / f"{plan.key}.json"
     try:
         data = read_state(path)
-        if data is None or data.get("pid") != plan.raw_pid or data.get("status") == "stale":
+        if data is None or data.get("pid") != plan.raw_pid or data.get("status") == STALE:
             return None
-        data["status"] = "stale"
+        data["status"] = STALE
         write_state_json(path, data)
     except (StateFileError, OSError) as exc:
         return f"could not mark {plan.key} stale: {exc}"
     return None
-
-
-def _parse_helper_output(stdout: str, keys: set[str]) -> dict[str, str]:
-    outcomes: dict[str, str] = {}
-    for line in stdout.splitlines():
-        # Keys cannot hold ':' or spaces, so the first ": " ends the key.
-        key, sep, outcome = line.partition(": ")
-        if sep and key in keys:
-            outcomes[key] = outcome.strip()
-    return outcomes
 
 
 def _result(plan: _Plan, outcome: str, stopped: bool, signalled: bool) -> dict[str, Any]:
@@ -202,22 +154,22 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     finished: dict[str, dict[str, Any]] = {}
     if to_stop:
         try:
-            proc = run_helper(HELPER, to_stop, helper_dir=ctx.helper_dir, base=ctx.base)
+            proc = run_helper(STOP_HELPER, to_stop, helper_dir=ctx.helper_dir, base=ctx.base)
         except ProtocolError as exc:  # not installed, or timed out: report it per key
             stderr = exc.message
             for key in to_stop:
                 finished[key] = _result(plans[key], f"error: {exc.message}", False, False)
         else:
             exit_status, stderr = proc.returncode, proc.stderr
-            outcomes = _parse_helper_output(proc.stdout, set(to_stop))
+            outcomes = outcome_lines(proc.stdout, to_stop)
             for key in to_stop:
                 plan = plans[key]
                 outcome = outcomes.get(key)
                 if outcome is None:
                     last = stderr.strip().splitlines()[-1:] or [f"exit status {exit_status}"]
-                    finished[key] = _result(plan, f"error: {HELPER} gave no outcome ({last[0]})", False, False)
+                    finished[key] = _result(plan, f"error: {STOP_HELPER} gave no outcome ({last[0]})", False, False)
                     continue
-                stopped, signalled = HELPER_OUTCOMES.get(outcome, (False, False))
+                stopped, signalled = stop_flags(outcome)
                 result = finished[key] = _result(plan, outcome, stopped, signalled)
                 if outcome in GONE and plan.group_leader and plan.pid is not None:
                     killed = procinfo.kill_group(plan.pid)

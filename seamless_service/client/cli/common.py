@@ -8,12 +8,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ...protocol.keys import SERVICES
 from ..errors import ConnectionFailed, OpError
-from ..config.selection import SERVICES, Selection
-from ..transport.base import Op, Result, Transport
+from ..config.selection import Selection
+from ..transport.base import DEFAULT_TIMEOUT, Op, Result, Transport
 
 TRANSPORTS = ("auto", "agent", "ssh", "local")
-DEFAULT_TIMEOUT = 30.0
 
 TransportFactory = Callable[[str | None], Transport]   # ssh host (None: this machine) -> transport
 # Set only by main(argv, transport_factory=...) for the length of one command, so tests run

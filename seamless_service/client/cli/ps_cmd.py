@@ -1,7 +1,7 @@
 """`seamless-service ps`: a drop-in for `seamless-service-ps`, plus --watch, --health, --wide.
 
 Same flags, modes, merged rows, columns and --json fields as seamless-config's
-`seamless-service-ps` (anchor §4.6), with ONE agent round trip per host and all hosts asked
+`seamless-service-ps`, with ONE agent round trip per host and all hosts asked
 in parallel. Deliberate differences (see also client/query/rows.py and client/query/ps.py):
 
 * #4   rows never collapse: ro/rw, subproject and substage variants keep their own rows.
@@ -34,10 +34,9 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from typing import TYPE_CHECKING
-
+from ...protocol import schema
 from ..errors import UsageError
 from ..query.rows import PERSISTENT_STATUS
 from ..transport.base import Transport
@@ -82,7 +81,8 @@ examples:
   seamless-service ps --cluster mycluster --watch
 """
 
-STATUSES = ("running", "starting", "failed", "stale", "error", "client", PERSISTENT_STATUS)
+# The agent's `ps` statuses, and ours for data directories without a process (rows.py).
+STATUS_CHOICES = (*schema.STATUSES, PERSISTENT_STATUS)
 MAX_WATCH = 60.0  # the agent's longest `wait`
 
 
@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="every configured cluster, in parallel")
     side.add_argument("--local", action="store_true",
                       help="this machine's services, read in-process (no SSH, no configuration)")
-    p.add_argument("--status", choices=STATUSES,
+    p.add_argument("--status", choices=STATUS_CHOICES,
                    help="only rows with this process status; `persistent`: data directories that hold "
                         "data while no process runs (no service, or a stale or failed one), as "
                         "remote-http-launcher names that state (implies --persistent)")

@@ -2,7 +2,7 @@
 
 Same flags and the same output as seamless-config's `seamless-service-*` commands, with
 one op (or one batch) per host instead of one `ssh HOST rhl-*` per query. Deliberate
-differences (anchor §6), besides those of resolution (client/config/):
+differences (numbered as in the README's table), besides those of resolution (client/config/):
 
 * #1   per-service commands reach a remote cluster's frontend (ssh_hostname or hostname),
        never run locally by accident.
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ...protocol.errors import ErrorCode
+from ...protocol.schema import MAX_KEYS  # keys in one stop/rm op
 from ..errors import OpError, ServiceError, UsageError
 from ..config.selection import PERSISTENT_SERVICES
 from ..transport.base import Transport
@@ -45,7 +46,6 @@ from .targets import Target, add_target_args, pick_target, uses_target
 PROG = "seamless-service"
 LOG_PAGE = 4 << 20           # bytes per `logs` read when printing a whole log
 FOLLOW_INTERVAL = 0.5        # seconds between polls of `logs --follow`
-MAX_KEYS_PER_OP = 512        # protocol.schema MAX_KEYS
 CLUSTER_FILTERS = ("project", "subproject", "stage", "substage", "mode", "queue")
 NOT_STOPPED_OK = ("missing state",)  # not stopped, but nothing failed either (rhl-stop: exit 0)
 
@@ -207,8 +207,8 @@ def _where(host: str | None) -> str:
 
 
 def _chunks(keys: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(keys), MAX_KEYS_PER_OP):
-        yield keys[i:i + MAX_KEYS_PER_OP]
+    for i in range(0, len(keys), MAX_KEYS):
+        yield keys[i:i + MAX_KEYS]
 
 
 def _cluster_filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -355,7 +355,7 @@ def mark_client_stale(key: str) -> None:
     if not isinstance(data, dict) or data.get("status") == "stale":
         return
     data["status"] = "stale"
-    from ...agent.ops.stop import write_state_json
+    from ...agent.statefiles import write_state_json
 
     try:
         write_state_json(path, data)

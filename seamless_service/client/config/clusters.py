@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ...protocol.keys import PROJECT_TOPLEVEL, SEAMLESS_CACHE_CLUSTER
 from ..errors import UsageError
 from .resolve import cache_root, host_of, select_stage_first
-from .selection import CACHE_CLUSTER, PERSISTENT_SERVICES, TOPLEVEL, Selection
+from .selection import PERSISTENT_SERVICES, Selection
 from .session import config_errors, load, seamless_cache_dir, session, unknown_cluster
 
 # The frontend attribute seamless-config gives each service's settings (None: not supported).
@@ -46,8 +47,8 @@ class Clusters:
         """Cluster names in definition order, plus __SEAMLESS_CACHE__ at the end when
         SEAMLESS_CACHE is set."""
         names = list(self.frontends)
-        if self.cache_dir is not None and CACHE_CLUSTER not in names:
-            names.append(CACHE_CLUSTER)
+        if self.cache_dir is not None and SEAMLESS_CACHE_CLUSTER not in names:
+            names.append(SEAMLESS_CACHE_CLUSTER)
         return names
 
     def _frontends(self, cluster: str, frontend_name: str | None) -> tuple[Frontend, ...]:
@@ -64,7 +65,7 @@ class Clusters:
         """SSH host of the cluster's first frontend (or the one named --frontend-name); None
         for the local cluster and the SEAMLESS_CACHE cluster (#35: same rule as per-service
         hosts)."""
-        if cluster == CACHE_CLUSTER:
+        if cluster == SEAMLESS_CACHE_CLUSTER:
             return None
         return self._frontends(cluster, frontend_name)[0].host
 
@@ -72,7 +73,7 @@ class Clusters:
         """The distinct hosts of all the cluster's frontends, in order (cluster-wide stop/rm
         ask each: a service runs on the first frontend that supports it, not always the first
         one)."""
-        if cluster == CACHE_CLUSTER:
+        if cluster == SEAMLESS_CACHE_CLUSTER:
             return [None]
         hosts: list[str | None] = []
         for frontend in self._frontends(cluster, frontend_name):
@@ -83,13 +84,13 @@ class Clusters:
     def roots(self, cluster: str, frontend_name: str | None = None) -> dict[str, str]:
         """{"hashserver": bufferdir, "database": database_dir} of the frontend host() picks
         (services it lacks are left out); `~` is expanded only for this machine."""
-        if cluster == CACHE_CLUSTER:
+        if cluster == SEAMLESS_CACHE_CLUSTER:
             return _cache_roots()
         return dict(self._frontends(cluster, frontend_name)[0].roots)
 
     def has_service(self, cluster: str, service: str, frontend_name: str | None = None) -> bool:
         """True if some frontend of the cluster (matching frontend_name) supports the service."""
-        if cluster == CACHE_CLUSTER:
+        if cluster == SEAMLESS_CACHE_CLUSTER:
             return service in PERSISTENT_SERVICES
         attr = _SERVICE_ATTRS.get(service, service)
         return any(attr in f.services for f in self._frontends(cluster, frontend_name))
@@ -127,7 +128,7 @@ def _frontend(cluster: str, frontend: Any) -> Frontend:
 
 def _cache_roots() -> dict[str, str]:
     with session(), config_errors("SEAMLESS_CACHE"):
-        root = cache_root(Selection(service="hashserver", project=TOPLEVEL))
+        root = cache_root(Selection(service="hashserver", project=PROJECT_TOPLEVEL))
     if root is None:
         raise UsageError("the SEAMLESS_CACHE cluster needs SEAMLESS_CACHE to be set")
     return {"hashserver": root, "database": root}

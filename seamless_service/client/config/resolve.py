@@ -4,7 +4,7 @@ Keys, workdirs and meta always come from seamless-config (config_files.load_conf
 select.*, tools.configure_*, remote_http_launcher.Configuration(...).key and
 service._dispatch.add_meta), so they equal what `seamless-service-resolve` prints. Only
 the *order* of the calls and the error handling are ours. Deliberate differences from
-seamless-config 0.3.2 (anchor §6):
+seamless-config 0.3.2 (numbered as in the README's table, Deliberate differences):
 
 * #1  the host of a service on a remote cluster is the frontend's `ssh_hostname`, else its
       `hostname` (as the launcher does), never "this machine" because `ssh_hostname` is
@@ -36,18 +36,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...protocol.keys import META_FIELDS, PROJECT_TOPLEVEL, SEAMLESS_CACHE_ALIAS, SEAMLESS_CACHE_CLUSTER, SERVICES
 from ..errors import ServiceError, UsageError
-from .selection import (
-    CACHE_ALIAS,
-    CACHE_CLUSTER,
-    LOCAL_HOSTNAMES,
-    META_FIELDS,
-    PERSISTENT_SERVICES,
-    SERVICES,
-    TOPLEVEL,
-    Resolved,
-    Selection,
-)
+from .selection import LOCAL_HOSTNAMES, PERSISTENT_SERVICES, Resolved, Selection
 from .session import config_errors, known_cluster_names, load, one_line, seamless_cache_dir, session, unknown_cluster
 
 _PROBE_ROOT = "/seamless-service-cache-probe"  # placeholder root while looking for the real one
@@ -60,8 +51,8 @@ def _config_dir(sel: Selection, from_cwd: bool) -> str | None:
 
 
 def _is_cache_request(sel: Selection) -> bool:
-    project = TOPLEVEL if sel.project == CACHE_ALIAS else sel.project
-    return project == TOPLEVEL and sel.cluster in (None, CACHE_CLUSTER)
+    project = PROJECT_TOPLEVEL if sel.project == SEAMLESS_CACHE_ALIAS else sel.project
+    return project == PROJECT_TOPLEVEL and sel.cluster in (None, SEAMLESS_CACHE_CLUSTER)
 
 
 def _define_cache_cluster(root: str) -> None:
@@ -72,14 +63,14 @@ def _define_cache_cluster(root: str) -> None:
 
     load_tools()
     define_clusters({
-        "local_cluster": CACHE_CLUSTER,
-        CACHE_CLUSTER: {
+        "local_cluster": SEAMLESS_CACHE_CLUSTER,
+        SEAMLESS_CACHE_CLUSTER: {
             "type": "local",
             "frontends": [{"hashserver": {"bufferdir": root}, "database": {"database_dir": root}}],
         },
     })
-    select_cluster(CACHE_CLUSTER)
-    select_project(TOPLEVEL)
+    select_cluster(SEAMLESS_CACHE_CLUSTER)
+    select_project(PROJECT_TOPLEVEL)
 
 
 def _server_json(key: str) -> Path:
@@ -90,7 +81,7 @@ def _server_json(key: str) -> Path:
 
 def cache_root(sel: Selection) -> str | None:
     """The cache root: from the local state file of this service (or of the hashserver), else
-    $SEAMLESS_CACHE (anchor §4.6.6). #33: the state-file key is computed by seamless-config's
+    $SEAMLESS_CACHE, as seamless-config finds it. #33: the state-file key is computed by seamless-config's
     own templates on a probe definition of the cache cluster, so subproject and substage are
     right; the root is the state file's workdir minus the part the template appended."""
     from seamless_config.service import _dispatch
@@ -99,7 +90,8 @@ def cache_root(sel: Selection) -> str | None:
     for service in candidates:
         if service not in ("hashserver", "database", "jobserver", "daskserver"):
             continue
-        probe = Selection(**{**sel.__dict__, "service": service, "cluster": CACHE_CLUSTER, "project": TOPLEVEL})
+        probe = Selection(**{**sel.__dict__, "service": service, "cluster": SEAMLESS_CACHE_CLUSTER,
+                             "project": PROJECT_TOPLEVEL})
         _define_cache_cluster(_PROBE_ROOT)
         try:
             _dispatch._select_from_args(probe)
@@ -192,7 +184,7 @@ def _configure(sel: Selection) -> dict[str, Any]:
     seamless_config.service._dispatch.resolve)."""
     from seamless_config import tools
 
-    project = TOPLEVEL if sel.project == CACHE_ALIAS else sel.project
+    project = PROJECT_TOPLEVEL if sel.project == SEAMLESS_CACHE_ALIAS else sel.project
     common = {"cluster": sel.cluster, "frontend_name": sel.frontend_name}
     if sel.service == "hashserver":
         return tools.configure_hashserver(sel.mode, project=project, subproject=sel.subproject,
@@ -214,7 +206,7 @@ def host_of(cluster: str | None, ssh_hostname: str | None, hostname: str | None)
     """#1/#35: where a cluster's frontend is reached. None means this machine."""
     from seamless_config.cluster import get_local_cluster
 
-    if cluster == CACHE_CLUSTER or cluster == get_local_cluster():
+    if cluster == SEAMLESS_CACHE_CLUSTER or cluster == get_local_cluster():
         return None
     if ssh_hostname:
         return ssh_hostname
@@ -238,7 +230,7 @@ def resolve_service(sel: Selection, *, from_cwd: bool = True) -> Resolved:
             with config_errors("SEAMLESS_CACHE"):
                 _prepare_cache(sel)
         else:
-            load(workdir=_config_dir(sel, from_cwd), ignore_cache=sel.cluster not in (None, CACHE_CLUSTER))
+            load(workdir=_config_dir(sel, from_cwd), ignore_cache=sel.cluster not in (None, SEAMLESS_CACHE_CLUSTER))
         _apply_selection(sel)
         hint = "" if from_cwd or sel.workdir is not None else " (resolve reads seamless.yaml only with --workdir DIR)"
         _check_ready(sel, hint=hint)

@@ -9,12 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-SERVICES = ("hashserver", "database", "jobserver", "daskserver", "pure-daskserver")
 PERSISTENT_SERVICES = ("hashserver", "database")
-META_FIELDS = ("service", "cluster", "mode", "project", "subproject", "stage", "substage", "queue")
-CACHE_CLUSTER = "__SEAMLESS_CACHE__"
-TOPLEVEL = "__TOPLEVEL__"
-CACHE_ALIAS = "SEAMLESS_CACHE"
 LOCAL_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 
 

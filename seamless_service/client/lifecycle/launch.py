@@ -21,7 +21,7 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from ...agent.ops.start import LAUNCHER_SERVER_DIR
+from ...rhl import LAUNCHER_SERVER_DIR
 from ..errors import UsageError
 
 _VALUE_OPTIONS = {"--key": "key", "--workdir": "workdir", "--conda-env": "conda_env",

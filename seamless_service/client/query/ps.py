@@ -65,7 +65,7 @@ class PsRequest:
     """What `ps` was asked for, typed: which rows (view), the filters, what else to read.
     The CLI builds it from its flags (cli/ps_cmd.py); planning and assembling read only it."""
 
-    view: str                                             # one of VIEWS (anchor §4.6.1)
+    view: str                                             # one of VIEWS: which rows, as seamless-service-ps decides
     filters: dict[str, str | None] = field(default_factory=dict)   # PS_FILTERS given (None: not)
     frontend_name: str | None = None
     status: str | None = None
@@ -397,7 +397,7 @@ def problems_of(plan: "Plan", outcomes: Iterable[Outcome]) -> list[HostError]:
 
 def view_of(*, local: bool = False, all_clusters: bool = False, server: bool = False,
             client: bool = False, cluster: str | None = None) -> str:
-    """Which rows ps shows (anchor §4.6.1), from its mutually exclusive flags."""
+    """Which rows ps shows, as seamless-service-ps decides, from its mutually exclusive flags."""
     if local:
         return "local"
     if all_clusters:
@@ -492,7 +492,7 @@ def plan_queries(request: PsRequest, config: ClientConfig) -> Plan:
 
 def _add_cluster_persistent(plan: Plan, request: PsRequest, config: ClientConfig, cluster: str,
                             host: str | None) -> None:
-    """The data roots of the cluster's frontend, walked two levels deep (anchor §4.6.1)."""
+    """The data roots of the cluster's frontend, walked two levels deep, as seamless-service-ps does."""
     roots = config.cluster_roots(cluster, request.frontend_name)
     query = plan.query(host, _cluster_label(cluster))
     for service in wanted_services(request):

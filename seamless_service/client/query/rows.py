@@ -14,7 +14,7 @@ which fields a row has). --wide, --health, --persistent and the view change valu
 the set. A host that could not be asked is a record of another shape, ERROR_RECORD_FIELDS
 (see error_record): it has no `service`.
 
-Deliberate differences from seamless-config (anchor §6):
+Deliberate differences from seamless-config (numbered as in the README's table):
 * #4: rows never collapse. Process rows are identified by their key; ro/rw, subproject and
   substage variants of one project each keep their row.
 * #5/#10: persistent information is attached to *every* process row of the same service,
@@ -35,6 +35,7 @@ from ...protocol.keys import (
     key_readings,
     row_meta,
 )
+from ...rhl import CLIENT, FAILED, STALE
 
 ROW_FIELDS = ("service", "cluster", "project", "stage", "process", "port", "persistent", "size", "key")
 # Every `ps --json` row has exactly these (seamless-service-ps's, `path` included, then ours).
@@ -74,7 +75,7 @@ def process_row(agent_row: dict[str, Any], *, cluster: str | None = None,
     status = agent_row.get("status")
     # Client rows carry `process` from the agent (the local server's status when it is known,
     # fixing #6/#40); server rows have a derived status.
-    process = agent_row.get("process") or status or ("client" if agent_row.get("port") is not None else None)
+    process = agent_row.get("process") or status or (CLIENT if agent_row.get("port") is not None else None)
     client_side = "process" in agent_row
     row = {
         "service": meta.get("service"),
@@ -295,7 +296,7 @@ def attach_health(rows: Iterable[dict[str, Any]], services: dict[str, dict[str, 
 # process runs". A status of the row's data directory, not of a process: never sent to an
 # agent (whose `ps` filters processes), applied here to the merged rows.
 PERSISTENT_STATUS = "persistent"
-NO_PROCESS = (None, "stale", "failed")   # a state file may remain, but nothing runs
+NO_PROCESS = (None, STALE, FAILED)   # a state file may remain, but nothing runs
 
 
 def status_matches(row: dict[str, Any], status: str) -> bool:

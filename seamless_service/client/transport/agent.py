@@ -46,9 +46,8 @@ from ... import __version__
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, decode_reply, encode_request
 from ..errors import AgentUnavailable, ConnectionFailed, ProtocolMismatch, TimedOut, from_protocol_error
 from .agent_conn import AgentError, AgentTimeout
-from .base import Notice, Op, Result, Transport
+from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
-DEFAULT_TIMEOUT = 30.0       # per call, on top of the time an op asks for itself (wait, stop...)
 # deploy steps that take seconds to minutes: shown as notices when a first use installs
 SLOW_DEPLOY_STEPS = frozenset({"venv", "build", "wheels", "upload", "install"})
 READ_ONLY_OPS = frozenset({"hello", "ps", "persistent", "inspect", "logs", "health", "wait"})

@@ -18,6 +18,7 @@ from typing import Any
 from ...protocol import auth as pauth
 from ...protocol.codec import decode_reply, encode_request
 from ..errors import ServiceError
+from ...sockopts import set_nodelay
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CALL_TIMEOUT = pauth.SYNC_REQUEST_TIMEOUT  # a `wait` long-poll may take 60 s
@@ -42,14 +43,6 @@ class AgentBusyError(AgentConnectionError):
 
 class AgentAuthError(AgentConnectionError):
     """Authentication failed: wrong secret, or the peer is not our agent."""
-
-
-def _set_nodelay(sock: socket.socket) -> None:
-    # Nagle + delayed ACK stall replies over 64 KB by ~45 ms.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 def _recv_exact(sock: socket.socket, size: int, deadline: float, what: str) -> bytes:
@@ -161,7 +154,7 @@ class AgentConnection:
         except OSError as exc:
             hint = " (is the agent running?)" if isinstance(exc, ConnectionRefusedError) else ""
             raise _lost(exc, f"cannot connect to {where}: {_reason(exc)}{hint}") from exc
-        _set_nodelay(sock)
+        set_nodelay(sock)
         return cls.over(sock, secret, where=where, timeout=timeout, call_timeout=call_timeout)
 
     @classmethod

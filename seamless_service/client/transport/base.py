@@ -31,6 +31,11 @@ Op = tuple[str, dict[str, Any]]
 Result = dict[str, Any]  # {"ok": True, "value": ...} | {"ok": False, "error": {"code", "message"}}
 T = TypeVar("T", bound="Transport")  # `with AgentTransport(...) as t`: t is an AgentTransport
 
+# Seconds a host may take to answer one call, whichever transport carries it (the `timeout`
+# of Host and Fleet, `--timeout`). Ops that take time on the host (stop, clear, start...)
+# get an allowance on top.
+DEFAULT_TIMEOUT = 30.0
+
 
 class Transport(ABC):
     """How a batch of ops reaches one host (see the module docstring)."""

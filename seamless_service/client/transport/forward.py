@@ -10,7 +10,7 @@ listener at all; benchmarks/bench_tunnel.py measures both.
 
 sshtunnel's `SSHTunnelForwarder` is used for what it does well (the listener, one
 `direct-tcpip` channel per accepted connection, threads, shutdown); what it does unsafely
-or slowly is replaced (shared/reference/rpc-stack.md):
+or slowly is replaced:
 
 * It would build and authenticate its own paramiko Transport with no host-key check
   (`ssh_host_key=None`), reading `~/.ssh/id_*` and the ssh-agent on its own. Here it never
@@ -38,7 +38,7 @@ import threading
 from typing import Any, Protocol
 
 from ..errors import ConnectionFailed
-from .sockopts import set_nodelay
+from ...sockopts import set_nodelay
 from .ssh_errors import map_ssh_error
 
 

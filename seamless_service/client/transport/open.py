@@ -23,7 +23,7 @@ import os
 
 from ..errors import UsageError
 from .auto import AutoTransport
-from .base import Notice, Transport
+from .base import DEFAULT_TIMEOUT, Notice, Transport
 from .choice import remembered_choice
 from .pool import TransportPool, default_pool
 from .pooled import PooledTransport, lease
@@ -98,7 +98,7 @@ def _key(kind: str, host: str, ssh_config: str | None) -> str:
 
 def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
            accept_new_host_key: bool, pool: TransportPool) -> Transport:
-    from .agent import DEFAULT_TIMEOUT, AgentTransport
+    from .agent import AgentTransport
 
     def factory() -> AgentTransport:
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
@@ -110,7 +110,7 @@ def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: 
 
 def _ssh(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
          accept_new_host_key: bool, pool: TransportPool, guarded: bool | None = None) -> Transport:
-    from .ssh import DEFAULT_TIMEOUT, SshTransport
+    from .ssh import SshTransport
 
     def factory() -> SshTransport:
         return SshTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,

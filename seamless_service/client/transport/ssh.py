@@ -67,22 +67,22 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Generator, Iterable, Sequence
 
-from ...agent.ops.rm import REFUSED_RUNNING, read_rm_output, rm_results
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
-from ...protocol.keys import is_valid_key, row_matches
+from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
+from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM_HELPER, STOP_HELPER,
+                    clear_conflict, client_process, connect_host, derive_status, handshake_target, is_live,
+                    launch_args, outcome_lines, plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg,
+                    stop_flags, stop_without_helper, usable_pid)
 from ..errors import AuthFailed, ConnectionFailed, TimedOut
-from .base import Notice, Op, Result, Transport
+from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
 SSH = "ssh"
 PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
-DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10
 GUARD_REJECTED = b"rhl-guard: rejected"
 MUTATING = frozenset({"stop", "rm", "clear", "start"})
 READ_ONLY_HELPERS = frozenset({"rhl-ps", "rhl-ps-persistent", "rhl-inspect", "rhl-logs"})
 SUPPORTED = ("clear", "hello", "inspect", "logs", "persistent", "ps", "rm", "start", "stop")
-KEY_FILTERS = ("service", "cluster", "project", "stage", "subproject", "substage", "mode", "queue")
-LIVE = ("running", "starting")
 _ALLOWANCE = {"rhl-stop": 20.0, "rhl-clear": 3600.0, "rhl-verify-port": 12.0, "rhl-handshake": 10.0}
 
 Argv = tuple[str, ...]
@@ -169,10 +169,8 @@ def _ndjson(result: HelperResult) -> list[dict[str, Any]]:
 
 
 def correct_server_row(row: dict[str, Any], *, check_pid: bool) -> dict[str, Any]:
-    """Re-derive status/live as the agent does (statefiles.derive_status), using the
+    """Re-derive status/live as the agent does (rhl.derive_status), using the
     liveness rhl-ps measured: only what the rows tell can be corrected."""
-    from ...agent.statefiles import derive_status
-
     raw = dict(row)
     raw.pop("key", None)
     if "json_status" in row:
@@ -180,15 +178,11 @@ def correct_server_row(row: dict[str, Any], *, check_pid: bool) -> dict[str, Any
     else:
         raw.pop("status", None)
     seen_live = row.get("live") is True
-    status, live = derive_status(raw, check_pid=check_pid, probe=lambda pid: seen_live)
+    status, live = derive_status(raw, check_pid=check_pid, alive=lambda pid: seen_live)
     row["status"], row["live"] = status, live
     if not is_valid_key(row.get("key")):
         row["valid_key"] = False
     return row
-
-
-def _is_live(row: dict[str, Any] | None) -> bool:
-    return row is not None and row.get("status") in LIVE and row.get("live") is True
 
 
 def _home_from_rows(rows: Iterable[dict[str, Any]]) -> str | None:
@@ -252,7 +246,7 @@ def op_ps(args: dict[str, Any], host: str, state: str | None = None) -> OpGen:
             servers = {}  # as the agent: an unreadable server side leaves process "client"
         rows = []
         for row in _ndjson(got[client_argv]):
-            row["process"] = _client_process(row, servers)
+            row["process"] = client_process(row, servers.get)
             if not is_valid_key(row.get("key")):
                 row["valid_key"] = False
             rows.append(row)
@@ -266,23 +260,8 @@ def op_ps(args: dict[str, Any], host: str, state: str | None = None) -> OpGen:
     wanted = args.get("status")
     if wanted:
         rows = [row for row in rows if row.get(status_field) == wanted]
-    filters = {name: args.get(name) for name in KEY_FILTERS}
+    filters = {name: args.get(name) for name in META_FIELDS}
     return {"rows": [row for row in rows if row_matches(row, filters)], "token": None, "state": state}
-
-
-def _client_process(row: dict[str, Any], servers: dict[Any, dict[str, Any]]) -> str:
-    """As agent/ops/ps.py: the client file's own status, else the same machine's server row
-    when it points at that very instance, else "client"."""
-    raw = row.get("status")
-    if isinstance(raw, str):
-        return raw
-    server = servers.get(row.get("key")) if is_valid_key(row.get("key")) else None
-    if server is None:
-        return "client"
-    target = row.get("tunneled-port", row.get("port"))
-    if target is None or server.get("port") != target:
-        return "client"
-    return server["status"]
 
 
 def _persistent_argv(paths: Iterable[str], level: int, args: dict[str, Any]) -> Argv:
@@ -485,27 +464,7 @@ def op_logs(args: dict[str, Any], host: str) -> OpGen:
     return value
 
 
-_STOP_OUTCOMES = {  # rhl-stop outcome -> (stopped, signalled), as agent/ops/stop.py
-    "stopped": (True, True),
-    "kill required": (True, True),
-    "already gone": (True, False),
-    "permission denied": (False, False),
-    "missing state": (False, False),
-}
-
-
-def _outcome_lines(stdout: str, keys: set[str]) -> dict[str, str]:
-    found = {}
-    for line in stdout.splitlines():
-        key, sep, outcome = line.partition(": ")
-        if sep and key in keys:
-            found[key] = outcome.strip()
-    return found
-
-
 def op_stop(args: dict[str, Any], host: str) -> OpGen:
-    from ...agent.statefiles import usable_pid
-
     keys: list[str] = args["keys"]
     got = yield [PS_JSON]
     if got[PS_JSON].code != 0:
@@ -521,39 +480,36 @@ def op_stop(args: dict[str, Any], host: str) -> OpGen:
                                 "status": row.get("status") if row else None, "pid": None}
         plans[key] = plan
         if row is None:
-            plan["outcome"] = "missing state"
+            plan["outcome"] = MISSING_STATE
             continue
-        pid = plan["pid"] = usable_pid(row.get("pid"))
-        live_status = row.get("json_status") in LIVE
-        if row.get("dry_run") or (pid is None and not live_status):
-            plan["outcome"], plan["stopped"] = "not running", True
-        elif pid is None:
-            plan["outcome"] = "invalid pid"
-            plan["detail"] = f"pid {row.get('pid')!r} cannot name a process"
+        plan["pid"] = usable_pid(row.get("pid"))
+        verdict = stop_without_helper(row, json_status=row.get("json_status"))
+        if verdict is not None:
+            plan["outcome"], plan["stopped"], plan["detail"] = verdict.outcome, verdict.stopped, verdict.detail
         elif row.get("live") is False:
             # dead when rhl-ps looked: rhl-stop says `already gone` and marks the file
             # stale, the only way to write it from here
             pass
-        elif not live_status or row.get("live") is not True:
+        elif row.get("json_status") not in LIVE_STATUSES or row.get("live") is not True:
             # stale/failed with a live (or, for failed, unprobed) pid: maybe reused (#17)
-            plan["outcome"], plan["stopped"] = "not running", True
+            plan["outcome"], plan["stopped"] = NOT_RUNNING, True
     to_stop = [key for key, plan in plans.items() if plan["outcome"] is None]
     exit_status: int | None = None
     stderr = ""
     if to_stop:
-        argv: Argv = ("rhl-stop", *to_stop)
+        argv: Argv = (STOP_HELPER, *to_stop)
         done = yield [argv]
         result = done[argv]
         exit_status, stderr = result.code, result.stderr.decode("utf-8", errors="replace")
-        outcomes = _outcome_lines(result.text, set(to_stop))
+        outcomes = outcome_lines(result.text, to_stop)
         for key in to_stop:
             plan = plans[key]
             outcome = outcomes.get(key)
             if outcome is None:
-                plan["outcome"] = f"error: rhl-stop gave no outcome ({result.error_line()})"
+                plan["outcome"] = f"error: {STOP_HELPER} gave no outcome ({result.error_line()})"
                 continue
             plan["outcome"] = outcome
-            plan["stopped"], plan["signalled"] = _STOP_OUTCOMES.get(outcome, (False, False))
+            plan["stopped"], plan["signalled"] = stop_flags(outcome)
     results = []
     for key in keys:
         plan = dict(plans[key])
@@ -565,9 +521,8 @@ def op_stop(args: dict[str, Any], host: str) -> OpGen:
 
 def op_rm(args: dict[str, Any], host: str) -> OpGen:
     keys: list[str] = args["keys"]
-    client, server, force = args["client"], args["server"], args["force"]
-    do_server = server or not client
-    flags = ["--client"] if client and not server else ["--server"] if server and not client else []
+    force = args["force"]
+    do_server, flags = rm_sides(args["client"], args["server"])
     rows: dict[Any, dict[str, Any]] = {}
     if do_server:
         got = yield [PS_JSON]
@@ -577,29 +532,22 @@ def op_rm(args: dict[str, Any], host: str) -> OpGen:
                                 "use force to remove anyway")
         if got[PS_JSON].code == 0:
             rows = {row.get("key"): row for row in _server_rows(got[PS_JSON], host, check_pid=True, op="rm")}
-    outcomes: dict[str, dict[str, Any]] = {}
-    to_remove: list[str] = []
-    for key in keys:
-        if key in outcomes or key in to_remove:
-            continue
-        row = rows.get(key)
-        live_pid = row.get("pid") if do_server and _is_live(row) else None
-        if live_pid is not None and not force:
-            outcomes[key] = {"outcome": REFUSED_RUNNING, "pid": live_pid}
-            continue
-        if live_pid is not None:
-            outcomes[key] = {"warning": f"service process {live_pid} is still running; its state is gone"}
-        to_remove.append(key)
+    outcomes, to_remove = plan_rm(keys, force=force, live_pid=lambda key: _live_pid(rows.get(key)))
     exit_status: int | None = None
     stderr = ""
     removed: dict[str, list[str]] = {key: [] for key in to_remove}
     if to_remove:
-        argv: Argv = ("rhl-rm", *flags, *to_remove)
+        argv: Argv = (RM_HELPER, *flags, *to_remove)
         done = yield [argv]
         result = done[argv]
         exit_status, stderr = result.code, result.stderr.decode("utf-8", errors="replace")
         removed = read_rm_output(to_remove, result.text, stderr, exit_status, outcomes)
     return {"results": rm_results(keys, outcomes, removed), "exit_status": exit_status, "stderr": stderr}
+
+
+def _live_pid(row: dict[str, Any] | None) -> int | None:
+    """The pid of the service of `row` if rhl-ps found it alive while running/starting."""
+    return usable_pid(row.get("pid")) if row is not None and is_live(row) else None
 
 
 _REMOVED = re.compile(r"^removed (\d+) item\(s\) from (.*)$", re.MULTILINE)
@@ -618,13 +566,10 @@ def op_clear(args: dict[str, Any], host: str) -> OpGen:
         rows = _server_rows(got[PS_JSON], host, check_pid=True, op="clear")
         home = _home_from_rows(rows)
         directory = shown = _expand(path, home)
-        by_key = {row.get("key"): row for row in rows}
-        if key is not None and _is_live(by_key.get(key)):
-            raise ProtocolError(ErrorCode.CONFLICT, f"service {key} is running; stop it first")
-        for row in rows:
-            if _is_live(row) and _inside(row.get("workdir"), directory, home):
-                raise ProtocolError(ErrorCode.CONFLICT,
-                                    f"service {row.get('key')} is running in {row.get('workdir')}; stop it first")
+        key_row = next((row for row in rows if row.get("key") == key), None) if key is not None else None
+        conflict = clear_conflict(key, key_row, rows, lambda workdir: _inside(workdir, directory, home))
+        if conflict is not None:
+            raise ProtocolError(ErrorCode.CONFLICT, conflict)
     argv: Argv = ("rhl-clear", path)
     done = yield [argv]
     result = done[argv]
@@ -668,8 +613,6 @@ def _row_of(key: str, host: str) -> Generator[list[Argv], dict[Argv, HelperResul
 def _answers(row: dict[str, Any], host: str) -> Generator[list[Argv], dict[Argv, HelperResult], str | None]:
     """None if the running service's port and handshake answer (rhl-verify-port,
     rhl-handshake: the launcher's own checks), else why not."""
-    from ...agent.ops.health import connect_host, handshake_target
-
     address = connect_host(row.get("network_interface"))
     path, port = handshake_target(row)
     if port is None:
@@ -685,9 +628,6 @@ def _answers(row: dict[str, Any], host: str) -> Generator[list[Argv], dict[Argv,
 
 def op_start(args: dict[str, Any], host: str) -> OpGen:
     import time
-
-    from ...agent.ops.start import HELPER, helper_argv, status_file_arg
-    from ...agent.statefiles import usable_pid
 
     key = args["key"]
     if status_file_arg(key) not in args["argv"]:
@@ -706,7 +646,7 @@ def op_start(args: dict[str, Any], host: str) -> OpGen:
                 "host": row.get("network_interface"), "port": row.get("port"), "log": row.get("log")}
     starting = row is not None and row.get("status") == "starting" and row.get("live") is True
     if not starting and args["launch"]:
-        argv: Argv = (HELPER, *helper_argv(args, args["argv"]))
+        argv: Argv = (LAUNCH_HELPER, *launch_args(args, args["argv"]))
         got = yield [argv]
         if got[argv].code != 0:
             raise helper_error("start", got[argv], host)

@@ -17,7 +17,7 @@ changed key is always refused), same one-line errors. On top of it:
   a TCP port: sshtunnel's forwarder on this same verified connection, bound to 127.0.0.1
   only, with TCP_NODELAY and 64 KB copies (forward.py lists what it overrides).
 
-Why the channel and not sshtunnel's forward (which DESIGN names) by default: a local
+Why the channel and not an sshtunnel forward by default: a local
 forward is a listener that every local process can reach (the agent's secret still guards
 it), and it adds a hop (client socket -> handler thread -> channel) with a thread hand-off
 per message. Measured on loopback in two runs of benchmarks/bench_tunnel.py, p50 of a
@@ -26,7 +26,7 @@ small call: 0.38-0.40 ms over the channel, 0.44-0.48 ms through the sshtunnel fo
 when a forward is asked for (~55 ms of import). The cipher is deploy/ssh.py's choice:
 AES-GCM first (paramiko's own preference, aes128-ctr + hmac-sha2-256, is slower).
 
-Latency traps handled (shared/reference/rpc-stack.md): TCP_NODELAY on the transport
+Latency traps handled: TCP_NODELAY on the transport
 socket and on every local socket; and a **session channel kept open** on the connection
 (`cat`, which exits when its stdin closes, so nothing is left running on the host), because
 sshd sets TCP_NODELAY on its side of the connection only once a session starts: without
@@ -47,7 +47,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection
-from .sockopts import has_nodelay, set_nodelay
+from ...sockopts import has_nodelay, set_nodelay
 from ..errors import AgentUnreachable, ConnectionFailed, ForwardingRefused  # noqa: F401 - what open_channel raises
 from .ssh_errors import map_ssh_error
 
@@ -75,7 +75,7 @@ class Tunnel:
         self.connect_timeout = connect_timeout
         self.keep_session = keep_session
         self.opened_at: float | None = None
-        self._conn: Any = None          # deploy.ssh.SSHConnection
+        self._conn: Any = None          # deploy.ssh.ParamikoClient
         self._session: Any = None       # paramiko.Channel running SESSION_COMMAND
         self._forwards: list[LocalForward] = []  # forward.py
         self._read: Any = None          # inputs.FileSnapshot of the files the connection read

@@ -14,8 +14,8 @@ import pytest
 
 from seamless_service import __version__
 from seamless_service.client import entry
-from seamless_service.client.cli.ps_cmd import STATUSES
-from seamless_service.client.config.selection import SERVICES
+from seamless_service.client.cli.ps_cmd import STATUS_CHOICES
+from seamless_service.protocol.keys import SERVICES
 
 SHELLS = ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
     shutil.which("zsh") is None, reason="zsh is not installed (.ci/run installs it)"))]
@@ -88,7 +88,7 @@ def test_the_script_is_valid_shell(shell, scripts):
     (["restart", "--k"], ["--key"]),                                  # the shared target flags
     (["-"], ["-h", "--help", "-V", "--version", "--debug"]),
     (["ps", "--st"], ["--stage", "--status"]),
-    (["ps", "--status", ""], list(STATUSES)),
+    (["ps", "--status", ""], list(STATUS_CHOICES)),
     (["ps", "--status", "st"], ["starting", "stale"]),
     (["logs", "--service", ""], list(SERVICES)),
     (["--debug", "stop", "--service", "d"], ["database", "daskserver"]),

@@ -18,8 +18,8 @@ import pytest
 
 from seamless_service.client.config.resolve import resolve_service
 from seamless_service.client.config.selection import Selection
-from tests.support.cli import Home, SHIM, anchor, assert_one_line_error, cli, make_home
-from tests.support.processes import alive
+from tests.support.cli import SHIM, Home, assert_one_line_error, cli, make_home, seamless_config_cli
+from tests.support.processes import alive, dead_pid
 from tests.support.services import wait_for
 
 
@@ -58,7 +58,7 @@ def client_path(home: Home, key: str) -> Path:
 # ---------------------------------------------------------------- inspect, logs, stop
 
 
-def test_inspect_logs_stop_like_anchor(seamless_home):
+def test_inspect_logs_stop_like_seamless_config(seamless_home):
     home = seamless_home
     ours_key, ours_state = launch(home, service="hashserver", stage="a")
     their_key, their_state = launch(home, service="hashserver", stage="b")
@@ -66,14 +66,14 @@ def test_inspect_logs_stop_like_anchor(seamless_home):
 
     for command, extra in (("inspect", []), ("logs", ["--tail", "2"]), ("logs", [])):
         ours = cli(home, command, *sel_a, *extra)
-        theirs = anchor(home, command, *sel_a, *extra)
+        theirs = seamless_config_cli(home, command, *sel_a, *extra)
         assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
         assert ours.stdout == theirs.stdout, command
     assert json.loads(cli(home, "inspect", *sel_a).stdout)["pid"] == ours_state["pid"]
     assert len(cli(home, "logs", *sel_a, "--tail", "2").stdout.splitlines()) == 2
 
     ours = cli(home, "stop", *sel_a)
-    theirs = anchor(home, "stop", *sel_b)
+    theirs = seamless_config_cli(home, "stop", *sel_b)
     assert (ours.returncode, ours.stdout) == (0, f"{ours_key}: stopped\n"), ours.stderr
     assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: stopped\n")
     for key, state in ((ours_key, ours_state), (their_key, their_state)):
@@ -86,7 +86,7 @@ def test_inspect_logs_stop_like_anchor(seamless_home):
     assert sorted(p.name for p in home.sandbox.client_dir.iterdir()) == sorted(
         [f"{ours_key}.json", f"{their_key}.json"])
     # The log outlives the service, for both
-    assert cli(home, "logs", *sel_a).stdout == anchor(home, "logs", *sel_a).stdout != ""
+    assert cli(home, "logs", *sel_a).stdout == seamless_config_cli(home, "logs", *sel_a).stdout != ""
 
 
 def test_stop_missing_state_does_not_mark_client_20(seamless_home):
@@ -97,9 +97,9 @@ def test_stop_missing_state_does_not_mark_client_20(seamless_home):
     assert (ours.returncode, ours.stdout) == (0, f"{key}: missing state\n")
     assert "no state file on this machine" in ours.stderr
     assert "status" not in json.loads(client_path(home, key).read_text())
-    theirs = anchor(home, "stop", "--service", "database", "--stage", "gone")
+    theirs = seamless_config_cli(home, "stop", "--service", "database", "--stage", "gone")
     assert theirs.stdout == ours.stdout
-    assert json.loads(client_path(home, key).read_text())["status"] == "stale"  # the anchor's #20
+    assert json.loads(client_path(home, key).read_text())["status"] == "stale"  # seamless-config's #20
 
 
 def test_logs_follow_until_ctrl_c(seamless_home, tmp_path):
@@ -161,7 +161,7 @@ def kill_behind_its_back(pid: int) -> None:
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
 
 
-def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_anchor(seamless_home):
+def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_seamless_config(seamless_home):
     """rhl-stop's `already gone` (seamless-service-stop prints it), the server file marked
     stale, the client file too; before, ours said `not running` and left `running`."""
     home = seamless_home
@@ -173,7 +173,7 @@ def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_anchor(se
         kill_behind_its_back(state["pid"])
     (ours_key, _), (their_key, _) = launched["a"], launched["b"]
     ours = cli(home, "stop", *sel, "a")
-    theirs = anchor(home, "stop", *sel, "b")
+    theirs = seamless_config_cli(home, "stop", *sel, "b")
     assert (ours.returncode, ours.stdout, ours.stderr) == (0, f"{ours_key}: already gone\n", "")
     assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: already gone\n")
     for key, _ in launched.values():
@@ -184,13 +184,7 @@ def test_stop_of_a_dead_service_says_already_gone_and_marks_stale_like_anchor(se
     assert client_path(home, ours_key).stat().st_mode & 0o777 == 0o600
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_stop_cluster_reports_and_marks_dead_rows_like_anchor(seamless_home, tmp_path):
+def test_stop_cluster_reports_and_marks_dead_rows_like_seamless_config(seamless_home, tmp_path):
     """A cluster-wide stop passes the stale/failed/dead rows too, as seamless-service-stop
     does (run on an identical copy of the state): same lines, same files."""
     home = seamless_home
@@ -200,14 +194,14 @@ def test_stop_cluster_reports_and_marks_dead_rows_like_anchor(seamless_home, tmp
         home.sandbox.write_state(key, {"hostname": "127.0.0.1", "port": state["port"]}, side="client")
         kill_behind_its_back(state["pid"])
         keys.append(key)
-    dead = _dead_pid()
+    dead = dead_pid()
     for key, status in (("database-lc-rw-d1", "failed"), ("database-lc-rw-d2", "stale")):
         home.sandbox.write_state(key, {"workdir": "/tmp", "status": status, "pid": dead})
         keys.append(key)
     keys.sort()  # rhl-ps order
     copy = tmp_path / "copy-home"
     shutil.copytree(home.home, copy, symlinks=True)
-    theirs = anchor(home, "stop", "--cluster", "lc", env=home.env(HOME=str(copy)))
+    theirs = seamless_config_cli(home, "stop", "--cluster", "lc", env=home.env(HOME=str(copy)))
     ours = cli(home, "stop", "--cluster", "lc")
     assert theirs.returncode == ours.returncode == 0, (theirs.stderr, ours.stderr)
     assert ours.stdout == theirs.stdout == "".join(f"{k}: already gone\n" for k in keys)
@@ -278,7 +272,7 @@ def test_rm_running_refused_then_sides(seamless_home):
     assert (server.returncode, server.stdout) == (0, f"removed {server_file}\n")
     assert (home.sandbox.server_dir / f"{key}.log").exists()  # logs are kept
 
-    ours, theirs = cli(home, "rm", *sel), anchor(home, "rm", *sel)
+    ours, theirs = cli(home, "rm", *sel), seamless_config_cli(home, "rm", *sel)
     assert ours.returncode == theirs.returncode == 0
     assert theirs.stdout == f"{key}: not found\n{key}: not found\n"  # twice, saying neither side
     assert ours.stdout == (f"{key}: not found (no server state file on this machine)\n"
@@ -309,8 +303,8 @@ def test_rm_cluster_honours_filters_12(seamless_home):
     names = sorted(p.name for p in home.sandbox.client_dir.iterdir())
     assert names == ["hashserver-lc-rw-q2.json", "hashserver-rc-rw-q1.json"]
     assert (home.sandbox.server_dir / "hashserver-lc-rw-q2.json").exists()
-    # the anchor ignores --project in cluster mode (#12): q2 goes too
-    assert anchor(home, "rm", "--cluster", "lc", "--project", "q1").returncode == 0
+    # seamless-config ignores --project in cluster mode (#12): q2 goes too
+    assert seamless_config_cli(home, "rm", "--cluster", "lc", "--project", "q1").returncode == 0
     assert not (home.sandbox.server_dir / "hashserver-lc-rw-q2.json").exists()
 
 
@@ -351,9 +345,9 @@ def test_clear_refused_while_running_then_keeps_marker_23(seamless_home):
     assert (cleared.returncode, cleared.stdout) == (0, f"removed 3 item(s) from {path}\n"), cleared.stderr
     assert sorted(os.listdir(path)) == [".HASHSERVER_PREFIX"]
 
-    # the anchor on an identical directory: same line format, but it also deletes the marker
+    # seamless-config on an identical directory: same line format, but it also deletes the marker
     their_path = _buffers(Path(resolve(home, service="hashserver", stage="d")[1]))
-    theirs = anchor(home, "clear", "--service", "hashserver", "--stage", "d")
+    theirs = seamless_config_cli(home, "clear", "--service", "hashserver", "--stage", "d")
     assert re.fullmatch(rf"removed 3 item\(s\) from {re.escape(str(their_path))}\n", theirs.stdout)
     assert os.listdir(their_path) == []
 

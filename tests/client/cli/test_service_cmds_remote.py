@@ -4,7 +4,7 @@ user), compared with seamless-config's per-call-ssh commands on the same host.
 
 seamless-config calls plain `ssh HOST`, which reads the real user's ~/.ssh/config (OpenSSH
 ignores $HOME); a wrapper `ssh` first on the sandbox PATH adds `-F <fixture ssh_config>`,
-so the anchor reaches the fixture through a real config alias. Our commands get the same
+so seamless-config reaches the fixture through a real config alias. Our commands get the same
 file through --ssh-config. Shared remote state (RUNNING_KEYS, ODD_STATES) is only read;
 tests that change state use keys of their own.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from seamless_service.client.transport.choice import forget_choice
 from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
-from tests.support.cli import SHARED, Home, anchor, assert_one_line_error, cli, make_home, remote_home
+from tests.support.cli import SHARED, Home, assert_one_line_error, cli, make_home, remote_home, seamless_config_cli
 
 
 
@@ -31,10 +31,10 @@ def remote_status(remote, key: str) -> str | None:
     return next((r["status"] for r in rows if r["key"] == key), None)
 
 
-def test_remote_resolve_inspect_logs_like_anchor(rhome, remote):
-    assert cli(rhome, "resolve", *SHARED).stdout == anchor(rhome, "resolve", *SHARED).stdout
+def test_remote_resolve_inspect_logs_like_seamless_config(rhome, remote):
+    assert cli(rhome, "resolve", *SHARED).stdout == seamless_config_cli(rhome, "resolve", *SHARED).stdout
     for command, extra in (("inspect", []), ("logs", ["--tail", "2"]), ("logs", [])):
-        mine, theirs = ours(rhome, remote, command, *SHARED, *extra), anchor(rhome, command, *SHARED, *extra)
+        mine, theirs = ours(rhome, remote, command, *SHARED, *extra), seamless_config_cli(rhome, command, *SHARED, *extra)
         assert mine.returncode == theirs.returncode == 0, (mine.stderr, theirs.stderr)
         assert mine.stdout == theirs.stdout != "", command
     assert json.loads(ours(rhome, remote, "inspect", *SHARED).stdout)["status"] == "running"
@@ -45,11 +45,11 @@ def test_remote_host_without_ssh_hostname_1(sandbox, monkeypatch, remote):
     mine = ours(home, remote, "inspect", *SHARED)
     assert mine.returncode == 0, mine.stderr
     assert json.loads(mine.stdout)["status"] == "running"
-    theirs = anchor(home, "inspect", *SHARED)  # #1: ran rhl-inspect on this machine
+    theirs = seamless_config_cli(home, "inspect", *SHARED)  # #1: ran rhl-inspect on this machine
     assert theirs.returncode == 1 and "no state file" in theirs.stderr
 
 
-def test_remote_stop_rm_like_anchor(rhome, remote, sandbox):
+def test_remote_stop_rm_like_seamless_config(rhome, remote, sandbox):
     mine_key, their_key = "hashserver-clu-rw-mine--STAGE-a", "hashserver-clu-rw-mine--STAGE-b"
     try:
         for key in (mine_key, their_key):
@@ -58,7 +58,7 @@ def test_remote_stop_rm_like_anchor(rhome, remote, sandbox):
             os.chmod(sandbox.client_dir / f"{key}.json", 0o600)
         sel = ["--service", "hashserver", "--cluster", "clu", "--project", "mine"]
         stopped = ours(rhome, remote, "stop", *sel, "--stage", "a")
-        theirs = anchor(rhome, "stop", *sel, "--stage", "b")
+        theirs = seamless_config_cli(rhome, "stop", *sel, "--stage", "b")
         assert (stopped.returncode, stopped.stdout) == (0, f"{mine_key}: stopped\n"), stopped.stderr
         assert (theirs.returncode, theirs.stdout) == (0, f"{their_key}: stopped\n"), theirs.stderr
         for key in (mine_key, their_key):
@@ -67,7 +67,7 @@ def test_remote_stop_rm_like_anchor(rhome, remote, sandbox):
         assert (sandbox.client_dir / f"{mine_key}.json").stat().st_mode & 0o777 == 0o600  # #19
 
         removed = ours(rhome, remote, "rm", "--server", *sel, "--stage", "a")
-        theirs = anchor(rhome, "rm", "--server", *sel, "--stage", "b")
+        theirs = seamless_config_cli(rhome, "rm", "--server", *sel, "--stage", "b")
         assert removed.returncode == theirs.returncode == 0, (removed.stderr, theirs.stderr)
         assert removed.stdout == f"removed {remote.state_dir}/{mine_key}.json\n"
         assert theirs.stdout == f"removed {remote.state_dir}/{their_key}.json\n"
@@ -109,9 +109,9 @@ def test_remote_clear_keeps_marker(rhome, remote):
     # ab and the buffer in it (rhl-clear would count ab alone)
     assert (cleared.returncode, cleared.stdout) == (0, f"removed 2 item(s) from {path}\n"), cleared.stderr
     assert sorted(os.listdir(path)) == [".HASHSERVER_PREFIX"]
-    theirs = anchor(rhome, "clear", *sel, "--project", "theirclear")
+    theirs = seamless_config_cli(rhome, "clear", *sel, "--project", "theirclear")
     assert theirs.returncode == 0, theirs.stderr
-    assert theirs.stdout.startswith("removed 2 item(s) from ")  # the anchor deletes the marker too
+    assert theirs.stdout.startswith("removed 2 item(s) from ")  # seamless-config deletes the marker too
     assert os.listdir(remote.home / "data/buffers/theirclear") == []
 
 
@@ -124,7 +124,7 @@ SUBSTAGE = "jobserver-clu-rw-projB--STAGE-s2SUBSTAGE-gpu"  # ODD_STATES: a subst
 
 def _ps_rows(result) -> dict[str, dict]:
     """Rows by key (data-directory rows by path). Only the shared fixture's services are
-    kept: keys other tests launch and kill may be zombies for a while, which the anchor
+    kept: keys other tests launch and kill may be zombies for a while, which seamless-config
     counts as alive (a difference of its own, tested elsewhere)."""
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -141,14 +141,14 @@ def _ps_rows(result) -> dict[str, dict]:
     ["--cluster", "clu", "--project", "projA"],
     ["--cluster", "clu", "--service", "hashserver"],
 ])
-def test_remote_ps_json_like_anchor_except_the_documented_fixes(rhome, remote, argv):
+def test_remote_ps_json_like_seamless_config_except_the_documented_fixes(rhome, remote, argv):
     """seamless-service-ps (a fresh ssh per helper) and ours (one agent batch) on the same
     sshd, cluster config and state: the same rows and fields, but for #9 (buffer
     directories have a size), #15 (pid 0 is not alive) and #30 (SUBSTAGE is not the stage)."""
-    theirs = _ps_rows(anchor(rhome, "ps", *argv, "--json"))
+    theirs = _ps_rows(seamless_config_cli(rhome, "ps", *argv, "--json"))
     mine = _ps_rows(ours(rhome, remote, "ps", *argv, "--json"))
-    assert theirs, "the anchor listed nothing: the comparison would prove nothing"
-    if "--status" in argv:  # #15: the anchor counts pid 0 as a running process
+    assert theirs, "seamless-config listed nothing: the comparison would prove nothing"
+    if "--status" in argv:  # #15: seamless-config counts pid 0 as a running process
         assert theirs.pop(ZEROPID)["process"] == "running" and ZEROPID not in mine
     assert set(mine) == set(theirs)
     for name, old in theirs.items():
@@ -177,7 +177,7 @@ def _kill_remote(remote, key: str) -> int:
     return pid
 
 
-def test_remote_stop_of_a_dead_service_like_anchor(rhome, remote, sandbox):
+def test_remote_stop_of_a_dead_service_like_seamless_config(rhome, remote, sandbox):
     """Through the agent: `already gone` and the remote file marked stale, per service and
     cluster-wide, as seamless-service-stop (rhl-stop over ssh) says and does."""
     mine, theirs_key = "hashserver-clu-rw-dead--STAGE-a", "hashserver-clu-rw-dead--STAGE-b"
@@ -189,7 +189,7 @@ def test_remote_stop_of_a_dead_service_like_anchor(rhome, remote, sandbox):
             assert remote_status(remote, key) == "stale"  # derived; the file says running
         sel = ["--service", "hashserver", "--cluster", "clu", "--project", "dead"]
         stopped = ours(rhome, remote, "stop", *sel, "--stage", "a")
-        theirs = anchor(rhome, "stop", *sel, "--stage", "b")
+        theirs = seamless_config_cli(rhome, "stop", *sel, "--stage", "b")
         assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, f"{mine}: already gone\n", "")
         assert (theirs.returncode, theirs.stdout) == (0, f"{theirs_key}: already gone\n")
         for key in (mine, theirs_key):

@@ -4,7 +4,7 @@ hashserver, and what Seamless itself then does with it; `--dry-run` of stop/rm/c
 * a service started by seamless-service is found and reused by remote-http-launcher's own
   `run()` (what seamless-remote calls), same pid and port: no second launch;
 * the launch uses the launcher folder the agent serves, so a REMOTE_HTTP_LAUNCHER_DIR that
-  makes remote-http-launcher itself refuse the launch (anchor §6 #24/#43) works here;
+  makes remote-http-launcher itself refuse the launch (README, Deliberate differences #24, #43) works here;
 * the start op's argv is the launcher's own (RemoteState.launch_process).
 """
 

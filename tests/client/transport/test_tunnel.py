@@ -10,7 +10,7 @@ import sshtunnel
 
 from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
-from seamless_service.client.transport.sockopts import has_nodelay
+from seamless_service.sockopts import has_nodelay
 from seamless_service.client.transport.tunnel import AgentUnreachable, Tunnel
 from seamless_service.deploy import cache
 from tests.client.conftest import BIG_LOG_BYTES, Remote, wait_until

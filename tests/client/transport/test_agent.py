@@ -17,7 +17,7 @@ from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.deploy import cache
 from tests.client.conftest import ODD_STATES, RUNNING_KEYS, Notices, Remote, wait_until
 
-# Rows where the agent deliberately differs from rhl-ps (anchor §6 #15): pid 0 is not alive.
+# Rows where the agent deliberately differs from rhl-ps (README, Deliberate differences #15): pid 0 is not alive.
 CORRECTED = {"hashserver-clu-rw-zeropid": {"status": "stale", "live": False}}
 
 

@@ -2,7 +2,7 @@
 `seamless-service-resolve` (both run as subprocesses, same HOME and cwd), the deliberate
 differences (#1, #2, #27, #32, #35), one-line errors (#28, #29), and the cluster helpers.
 
-The helpers the CLI tests share (`cli`, `anchor`, `make_home`) are in tests/support/cli.py.
+The helpers the CLI tests share (`cli`, `seamless_config_cli`, `make_home`) are in tests/support/cli.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from seamless_service.client.config.client_config import ClientConfig
 from seamless_service.client.errors import UsageError
 from seamless_service.client.config.resolve import resolve_service
 from seamless_service.client.config.selection import Selection
-from tests.support.cli import PROJECT, Home, anchor, assert_one_line_error, cli, make_home
+from tests.support.cli import PROJECT, Home, assert_one_line_error, cli, make_home, seamless_config_cli
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def seamless_home(sandbox, monkeypatch) -> Home:
     return make_home(sandbox, monkeypatch)
 
 
-# ---------------------------------------------------------------- same output as the anchor
+# ---------------------------------------------------------------- same output as seamless-config
 
 SAME = [
     ["--service", "hashserver", "--workdir", "."],
@@ -38,21 +38,21 @@ SAME = [
 
 
 @pytest.mark.parametrize("argv", SAME, ids=lambda a: " ".join(a))
-def test_resolve_equals_anchor(seamless_home, argv):
-    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+def test_resolve_equals_seamless_config(seamless_home, argv):
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
     assert theirs.returncode == 0, theirs.stderr
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == theirs.stdout  # byte for byte: one JSON line, sorted keys
     assert json.loads(ours.stdout)["key"]
 
 
-def test_resolve_seamless_cache_equals_anchor(seamless_home, tmp_path):
+def test_resolve_seamless_cache_equals_seamless_config(seamless_home, tmp_path):
     cache = tmp_path / "cache"
     env = seamless_home.env(SEAMLESS_CACHE=str(cache))
     for argv in (["--service", "hashserver", "--workdir", "."],
                  ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"],
                  ["--service", "hashserver", "--project", "SEAMLESS_CACHE", "--mode", "ro"]):
-        ours, theirs = cli(seamless_home, "resolve", *argv, env=env), anchor(seamless_home, "resolve", *argv, env=env)
+        ours, theirs = cli(seamless_home, "resolve", *argv, env=env), seamless_config_cli(seamless_home, "resolve", *argv, env=env)
         assert theirs.returncode == 0, theirs.stderr
         assert ours.stdout == theirs.stdout, argv
         assert json.loads(ours.stdout)["workdir"].startswith(str(cache))
@@ -64,14 +64,14 @@ def test_resolve_cache_root_from_state_file(seamless_home, tmp_path):
     seamless_home.sandbox.write_state("hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--STAGE-x",
                                       {"workdir": f"{root}/__TOPLEVEL__/STAGE-x", "status": "stale"})
     argv = ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"]
-    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
     assert theirs.returncode == 0, theirs.stderr
     assert ours.stdout == theirs.stdout
     assert json.loads(ours.stdout)["workdir"] == f"{root}/__TOPLEVEL__/STAGE-x"
 
 
 def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
-    # #33: the anchor looks for a key without the subproject and misses this state file.
+    # #33: seamless-config looks for a key without the subproject and misses this state file.
     root = tmp_path / "cacheroot"
     seamless_home.sandbox.write_state("database-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--sub--STAGE-x",
                                       {"workdir": f"{root}/__TOPLEVEL__/sub/STAGE-x", "status": "stale"})
@@ -79,7 +79,7 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
     got = resolve_service(Selection(service="database", project="SEAMLESS_CACHE", subproject="sub", stage="x"))
     assert got.workdir == f"{root}/__TOPLEVEL__/sub/STAGE-x"
     assert got.ssh_host is None
-    theirs = anchor(seamless_home, "resolve", "--service", "database", "--project", "SEAMLESS_CACHE",
+    theirs = seamless_config_cli(seamless_home, "resolve", "--service", "database", "--project", "SEAMLESS_CACHE",
                     "--subproject", "sub", "--stage", "x")
     assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
 
@@ -89,7 +89,7 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
 
 def test_remote_cluster_host_without_ssh_hostname_1(seamless_home):
     argv = ["--service", "hashserver", "--cluster", "r2", "--project", "p"]
-    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
     assert json.loads(theirs.stdout)["ssh_hostname"] is None  # #1: would run locally
     got = json.loads(ours.stdout)
     assert got["ssh_hostname"] == "login.r2.invalid"
@@ -99,7 +99,7 @@ def test_remote_cluster_host_without_ssh_hostname_1(seamless_home):
 
 def test_stage_block_applies_2(seamless_home):
     argv = ["--service", "hashserver", "--workdir", ".", "--stage", "s1"]
-    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
     # seamless-config loads seamless.yaml before selecting the stage: the block is ignored.
     assert json.loads(theirs.stdout)["key"] == "hashserver-lc-rw-myproj--STAGE-s1"
     got = json.loads(ours.stdout)
@@ -113,7 +113,7 @@ def test_stage_block_applies_2(seamless_home):
 
 def test_jobserver_mode_is_what_the_key_says_32(seamless_home):
     argv = ["--service", "jobserver", "--workdir", ".", "--mode", "ro"]
-    ours, theirs = cli(seamless_home, "resolve", *argv), anchor(seamless_home, "resolve", *argv)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
     assert json.loads(theirs.stdout)["mode"] == "ro"
     got = json.loads(ours.stdout)
     assert got["mode"] == "rw" and got["key"] == json.loads(theirs.stdout)["key"] == "jobserver-lc-rw-myproj"
@@ -122,7 +122,7 @@ def test_jobserver_mode_is_what_the_key_says_32(seamless_home):
 def test_seamless_cache_with_real_cluster_27(seamless_home, tmp_path):
     env = seamless_home.env(SEAMLESS_CACHE=str(tmp_path / "cache"))
     argv = ["--service", "hashserver", "--cluster", "rc", "--project", "p"]
-    theirs = anchor(seamless_home, "resolve", *argv, env=env)
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv, env=env)
     assert theirs.returncode == 1 and "KeyError" in theirs.stderr
     ours = cli(seamless_home, "resolve", *argv, env=env)
     assert ours.returncode == 0, ours.stderr
@@ -133,7 +133,7 @@ def test_seamless_cache_with_real_cluster_27(seamless_home, tmp_path):
 
 def test_cwd_not_read_without_workdir_3(seamless_home):
     # Kept for compatibility: same inputs, same outcome (but one line, exit 2, no traceback).
-    theirs = anchor(seamless_home, "resolve", "--service", "hashserver")
+    theirs = seamless_config_cli(seamless_home, "resolve", "--service", "hashserver")
     assert theirs.returncode == 1 and "Traceback" in theirs.stderr
     line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver"), 2)
     assert "no cluster selected" in line and "--workdir" in line
@@ -151,7 +151,7 @@ def test_cwd_not_read_without_workdir_3(seamless_home):
 ])
 def test_resolve_errors_are_one_line(seamless_home, argv, expected):
     assert expected in assert_one_line_error(cli(seamless_home, "resolve", *argv), 2)
-    theirs = anchor(seamless_home, "resolve", *argv)
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
     assert theirs.returncode != 0
 
 
@@ -164,7 +164,7 @@ def test_no_configuration_at_all(sandbox, tmp_path):
 
 def test_empty_clusters_yaml_29(seamless_home):
     (seamless_home.home / ".seamless" / "clusters.yaml").write_text("")
-    theirs = anchor(seamless_home, "resolve", "--service", "hashserver", "--workdir", ".")
+    theirs = seamless_config_cli(seamless_home, "resolve", "--service", "hashserver", "--workdir", ".")
     assert "TypeError" in theirs.stderr
     line = assert_one_line_error(cli(seamless_home, "resolve", "--service", "hashserver", "--workdir", "."), 2)
     assert "~/.seamless/clusters.yaml is empty" in line

@@ -1,4 +1,6 @@
-"""Socket options both the tunnel and the local forward set: TCP_NODELAY on real TCP sockets."""
+"""TCP_NODELAY on real TCP sockets, for every side that sends rpyc replies: the agent's
+accepted connections, the client's tunnel, local forward and direct agent connection, the
+deploy's SSH connection. Without it, replies over 64 KB stall ~45 ms (Nagle + delayed ACK)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from typing import Any
 
 
 def set_nodelay(sock: Any) -> bool:
-    """TCP_NODELAY on a real TCP socket; False for anything else (a ProxyJump channel...)."""
+    """TCP_NODELAY on a real TCP socket; False for anything else (a unix socket, a ProxyJump
+    channel...), where there is nothing to tune."""
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
