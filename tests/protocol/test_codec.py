@@ -292,3 +292,40 @@ def test_reply_result_count_is_named():
     with pytest.raises(ProtocolError) as info:
         decode_reply(encode_reply([ok_result(1)]), 2)
     assert info.value.message == "reply has 1 results for 2 ops"
+
+
+def test_non_string_keys_inside_args_are_refused_as_undecodable():
+    # a client cannot smuggle an integer field name past the schema (which checks str names)
+    data = msgpack.packb({"v": PROTOCOL_VERSION, "ops": [{"op": "ps", "args": {1: "x"}}]})
+    with pytest.raises(ProtocolError) as info:
+        decode_request(data)
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, "not a valid msgpack message: ValueError")
+
+
+@pytest.mark.parametrize("obj,message", [
+    (None, "request must be a map, not nil"),
+    (msgpack.ExtType(1, b"x"), "request must be a map, not ExtType"),
+    (2.5, "request must be a map, not a float"),
+])
+def test_the_wrong_kind_of_request_is_named(obj, message):
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgpack.packb(obj))
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize("wrap", [lambda x: [x], lambda x: {"k": x}], ids=["lists", "maps"])
+def test_nesting_limit_holds_for_lists_and_maps_alike(wrap):
+    def chain(levels):  # `levels` containers of one kind, below the envelope's 2 levels
+        obj: object = 0
+        for _ in range(levels):
+            obj = wrap(obj)
+        return obj
+    assert decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [chain(14)]})).ops == [chain(14)]
+    assert code_of(decode_request, msgpack.packb({"v": PROTOCOL_VERSION, "ops": [chain(15)]})) == ErrorCode.MALFORMED
+
+
+def test_an_error_reply_is_the_versioned_envelope():
+    data = encode_reply(error=ProtocolError(ErrorCode.TOO_LARGE, "big"))
+    assert msgpack.unpackb(data) == {"v": PROTOCOL_VERSION, "error": {"code": "too_large", "message": "big"}}
+    assert msgpack.unpackb(encode_reply([ok_result(b"\x00")])) == {"v": PROTOCOL_VERSION,
+                                                                 "results": [{"ok": True, "value": b"\x00"}]}
