@@ -218,6 +218,8 @@ EXACT_ERRORS = [
     ("stop", {"keys": "k"}, ErrorCode.BAD_ARGS, "stop: argument 'keys' must be a list"),
     ("stop", {"keys": []}, ErrorCode.BAD_ARGS, "stop: argument 'keys' must not be empty"),
     ("stop", {"keys": ["k"] * 513}, ErrorCode.BAD_ARGS, "stop: argument 'keys' has 513 items; at most 512"),
+    ("start", {**START, "argv": "hashserver"}, ErrorCode.BAD_ARGS, "start: argument 'argv' must be a list"),
+    ("persistent", {"paths": []}, ErrorCode.BAD_ARGS, "persistent: argument 'paths' must not be empty"),
     ("clear", {"path": ""}, ErrorCode.BAD_ARGS, "clear: argument 'path' must not be empty"),
     ("clear", {"path": 7}, ErrorCode.BAD_ARGS, "clear: argument 'path' must be a string"),
     ("persistent", {"paths": ["/x", ""]}, ErrorCode.BAD_ARGS, "persistent: argument paths[1] must not be empty"),
