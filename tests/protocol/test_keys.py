@@ -126,3 +126,22 @@ def test_row_meta_uses_a_non_empty_meta_block_else_the_key():
     assert row_meta({"meta": None}) == {}
     assert row_matches({"key": "database-c-rw-p", "meta": {}}, {"service": "database"})
     assert not row_matches({"key": "nope", "meta": {}}, {"service": "database"})
+
+
+def test_a_later_mode_match_is_read_when_an_earlier_one_cannot_be():
+    # "-ro-" cannot be a jobserver's mode: the reading is at the later "-rw-"
+    assert [(r["cluster"], r["project"]) for r in key_readings("jobserver-c-ro-x-rw-p")] == [("c-ro-x", "p")]
+    # an earlier match whose tail is no valid tail (an empty stage), or carries a substage a
+    # hashserver key cannot have, does not end the search either
+    assert [(r["cluster"], r["project"]) for r in key_readings("hashserver-c-rw-STAGE-SUBSTAGE-x-rw-q")] == [
+        ("c-rw-STAGE-SUBSTAGE-x", "q")]
+    assert [(r["cluster"], r["project"]) for r in key_readings("hashserver-c-rw-STAGE-sSUBSTAGE-x-rw-q")] == [
+        ("c-rw-STAGE-sSUBSTAGE-x", "q")]
+
+
+def test_the_seamless_cache_alias_is_for_the_project_filter_only():
+    cache = {"key": "hashserver-x", "meta": {"service": "hashserver", "cluster": "__SEAMLESS_CACHE__",
+                                            "project": "__TOPLEVEL__", "stage": "__TOPLEVEL__"}}
+    assert row_matches(cache, {"project": "SEAMLESS_CACHE"})
+    assert not row_matches(cache, {"project": "SEAMLESS_CACHE", "service": "database"})
+    assert not row_matches(cache, {"stage": "SEAMLESS_CACHE"})
