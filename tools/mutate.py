@@ -64,8 +64,17 @@ class Mutant:
     before: str = ""  # that line, stripped
     after: str = ""   # the line as mutated, stripped ("" when the line is removed)
 
-    def key(self) -> tuple[str, str]:
-        return (self.before, self.after)
+    @property
+    def function(self) -> str:
+        """The function mutated, as mutmut names it (x_f, xǁClassǁmethod) without the x prefix."""
+        local = self.name.rsplit(".", 1)[1].rpartition("__mutmut_")[0]
+        if local.startswith("xǁ"):
+            return local[2:].replace("ǁ", ".")
+        return local[2:] if local.startswith("x_") else local
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        """How an entry of the equivalents file may name it: with or without its function."""
+        return [(self.function, self.before, self.after), ("", self.before, self.after)]
 
 
 @dataclass
@@ -198,17 +207,20 @@ def body(lines: list[str]) -> list[str]:
     return lines
 
 
-EQUIV_LINE = re.compile(r"^- `(?P<module>[^`]+)`: `(?P<before>[^`]*)` → `(?P<after>[^`]*)` — (?P<why>.+)$")
+EQUIV_LINE = re.compile(r"^- `(?P<module>[^`:]+)(::(?P<function>[^`]+))?`: `(?P<before>[^`]*)` → `(?P<after>[^`]*)`"
+                        r" — (?P<why>.+)$")
 
 
-def load_equivalents() -> dict[str, dict[tuple[str, str], str]]:
-    """tools/mutation-equivalents.md: `- `module`: `line` → `mutated line` — why`, one per line."""
-    found: dict[str, dict[tuple[str, str], str]] = {}
+def load_equivalents() -> dict[str, dict[tuple[str, str, str], str]]:
+    """tools/mutation-equivalents.md: `- `module[::function]`: `line` → `mutated line` — why`,
+    one per line (name the function when the same line text occurs in several)."""
+    found: dict[str, dict[tuple[str, str, str], str]] = {}
     if EQUIVALENTS.exists():
         for line in EQUIVALENTS.read_text(encoding="utf-8").splitlines():
-            match = EQUIV_LINE.match(line.strip())
+            match = EQUIV_LINE.match(line.rstrip())  # entries start the line; examples are indented
             if match:
-                found.setdefault(match["module"], {})[(match["before"], match["after"])] = match["why"]
+                key = (match["function"] or "", match["before"], match["after"])
+                found.setdefault(match["module"], {})[key] = match["why"]
     return found
 
 
@@ -231,7 +243,8 @@ def mutate(module: str, tests: list[str], jobs: int, keep: bool) -> Score:
             shutil.rmtree(work, ignore_errors=True)
     known = load_equivalents().get(module, {})
     survivors = sorted((m for m in mutants if m.status != "killed"), key=lambda m: (m.line, m.name))
-    equivalent = [(m, known[m.key()]) for m in survivors if m.key() in known]
+    equivalent = [(m, next(known[k] for k in m.keys() if k in known))
+                  for m in survivors if any(k in known for k in m.keys())]
     killed = sum(m.status == "killed" for m in mutants)
     return Score(module, len(mutants), killed, survivors, equivalent, time.monotonic() - started)
 
@@ -243,7 +256,7 @@ def print_score(score: Score) -> None:
           f"{len(score.unexplained)} unexplained, {score.seconds:.0f} s")
     for m in score.survivors:
         mark = f"  [equivalent: {why[id(m)]}]" if id(m) in why else ""
-        print(f"  {score.module}:{m.line}  {m.status}: `{m.before}` → `{m.after}`{mark}")
+        print(f"  {score.module}:{m.line} ({m.function}) {m.status}: `{m.before}` → `{m.after}`{mark}")
     if score.unexplained:
         print("  (kill each unexplained survivor with a test, or add it to tools/mutation-equivalents.md as:\n"
               f"   - `{score.module}`: `<line>` → `<mutated line>` — <why it cannot change behaviour>)")
