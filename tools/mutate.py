@@ -46,7 +46,8 @@ MIRRORED: dict[str, list[str]] = {
     "seamless_service/protocol/keys.py": ["tests/protocol/test_keys.py"],
     "seamless_service/protocol/auth.py": ["tests/protocol/test_auth.py"],
     "seamless_service/agent/policy.py": ["tests/agent/test_policy.py"],
-    "seamless_service/agent/sizer.py": ["tests/agent/test_sizer.py"],
+    # forget_below (after a clear) is exercised by the clear op's tests only
+    "seamless_service/agent/sizer.py": ["tests/agent/test_sizer.py", "tests/agent/test_op_clear.py"],
     "seamless_service/agent/statefiles.py": ["tests/agent/test_statefiles.py"],
     "seamless_service/agent/ops/ps.py": ["tests/agent/test_op_ps.py"],
     "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py"],
