@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -71,8 +72,13 @@ def test_files_are_private_and_state_is_complete(base):
     assert info["reused"] is False
     assert info["state_path"] == str(folder / "agent.json")
     assert info["secret_path"] == str(folder / "secret")
-    secret = (folder / "secret").read_text().strip()
-    assert len(secret) == 64 and int(secret, 16) >= 0
+    # 32 random bytes as lowercase hex, one line, readable by the owner only (checked above)
+    text = (folder / "secret").read_text()
+    secret = text.strip()
+    assert text == secret + "\n"
+    assert re.fullmatch(r"[0-9a-f]{64}", secret), secret
+    assert secret == lifecycle.read_secret(base)
+    assert len(set(secret)) > 4  # not a constant or a counter
     # no temp files left behind by the atomic writes
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert_serves(info, base)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -283,3 +284,42 @@ def test_a_failure_is_said_and_the_rest_cleared(tmp_path):
         assert tree(d) == {"locked", "locked/f"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_starting_service_with_a_live_pid_blocks_clear(sandbox, data, make_ctx, live_pid):
+    """A service still starting (its state file says "starting", its pid lives) owns its
+    workdir as much as a running one: wiping it would pull the data from under it."""
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "booting")
+    stage = proj / "STAGE-s1"
+    key = "hashserver-test-rw-booting--STAGE-s1"
+    sandbox.write_state(key, {"status": "starting", "pid": live_pid, "workdir": str(stage)})
+    before = tree(proj)
+    for args, message in (
+        ({"path": str(stage), "key": key}, f"service {key} is running; stop it first"),
+        ({"path": str(stage)}, f"service {key} is running in {stage}; stop it first"),
+        ({"path": str(proj)}, f"service {key} is running in {stage}; stop it first"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            clear(ctx, **args)
+        assert (info.value.code, info.value.message) == (ErrorCode.CONFLICT, message)
+    assert tree(proj) == before
+
+
+def test_a_service_that_died_starting_does_not_block_clear(sandbox, data, make_ctx):
+    ctx = make_ctx("seamless")
+    proj = hashserver_dir(data / "buffers" / "died")
+    key = "hashserver-test-rw-died"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sandbox.write_state(key, {"status": "starting", "pid": dead.pid, "workdir": str(proj)})
+    assert clear(ctx, path=str(proj), key=key)["ok"]
+    assert (proj / HS).is_file() and not (proj / "ab").exists() and not (proj / "STAGE-s1").exists()

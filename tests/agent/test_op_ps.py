@@ -7,6 +7,7 @@ Every call goes through dispatch.handle with real msgpack bytes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,23 @@ def test_state_names_the_launcher_state_whatever_the_door(world, tmp_path):
     # a base that does not exist yet is named by its path
     missing = call(AgentContext(base=tmp_path / "none"), "ps")["state"]
     assert missing == call(AgentContext(base=tmp_path / "none"), "ps")["state"] != state
+
+
+def test_a_client_file_left_at_an_old_port_does_not_take_the_servers_running(sandbox, make_ctx):
+    """The same key runs on this machine, relaunched on another port: a client file still
+    pointing at the old port describes an instance that is gone, whatever the new one does."""
+    ctx = make_ctx()
+    sandbox.write_state("hashserver-c1-rw-p", {"status": "running", "pid": os.getpid(), "port": 7001})
+    sandbox.write_state("hashserver-c1-rw-p", {"hostname": "localhost", "port": 7000}, side="client")
+    sandbox.write_state("database-c1-rw-p", {"status": "running", "pid": os.getpid(), "port": 7101})
+    sandbox.write_state("database-c1-rw-p", {"hostname": "localhost", "port": 7101}, side="client")
+    # through a tunnel: the tunneled port is the server's, the local one is not
+    sandbox.write_state("jobserver-c1-rw-p", {"status": "running", "pid": os.getpid(), "port": 7201})
+    sandbox.write_state("jobserver-c1-rw-p", {"hostname": "localhost", "port": 5000, "tunneled-host": "h",
+                                              "tunneled-port": 7201}, side="client")
+    sandbox.write_state("daskserver-c1-rw-p", {"status": "running", "pid": os.getpid(), "port": 5001})
+    sandbox.write_state("daskserver-c1-rw-p", {"hostname": "localhost", "port": 5001, "tunneled-host": "h",
+                                               "tunneled-port": 7301}, side="client")
+    process = {row["key"]: row["process"] for row in call(ctx, "ps", side="client")["rows"]}
+    assert process == {"hashserver-c1-rw-p": "client", "database-c1-rw-p": "running",
+                       "jobserver-c1-rw-p": "running", "daskserver-c1-rw-p": "client"}

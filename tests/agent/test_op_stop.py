@@ -17,7 +17,7 @@ from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
 from seamless_service.agent.statefiles import server_row
 from seamless_service.protocol import decode_reply, encode_request
-from tests.support.processes import alive, dead_pid
+from tests.support.processes import alive, dead_pid, gone
 from tests.support.services import wait_for
 
 
@@ -311,3 +311,19 @@ def test_a_relaunch_meanwhile_is_not_marked_stale(sandbox):
     assert stop_op._mark_gone(ctx, plan) is None
     assert json.loads(path.read_text()) == relaunched
 
+
+
+def test_after_kill_required_the_whole_group_is_gone(sandbox, spawn):
+    """A server that ignores SIGINT and SIGTERM, with a worker in its process group that
+    ignores them too (dispositions survive exec): rhl-stop escalates to SIGKILL of the
+    leader ("kill required"). `stopped: true` must then be true of the service: its
+    orphaned worker is killed as well, not left running."""
+    leader = spawn(["bash", "-c", "trap '' INT TERM; sleep 300 & exec sleep 302"], start_new_session=True)
+    members = wait_for(lambda: [p for p in procinfo.group_members(leader.pid) if p != leader.pid]
+                       if procinfo.read_proc(leader.pid).argv[:1] == ("sleep",) else None)
+    sandbox.write_state("toy-stubborn-group", {"command": "sleep 302", "uid": os.getuid(), "status": "running",
+                                               "pid": leader.pid})
+    (result,) = call("stop", keys=["toy-stubborn-group"])["results"]
+    assert (result["outcome"], result["stopped"], result["signalled"]) == ("kill required", True, True)
+    assert result["group_killed"] == len(members) == 1
+    wait_for(lambda: all(gone(p) for p in [leader.pid, *members]))

@@ -58,8 +58,13 @@ PATHS = [
     "~/data/../data/buf", "~nosuchuser-seamless/buf", "~root", "data/buf", "buf", ".", "..", "",
     "/", "/etc", "/etc/", "//etc", "/usr", "/var", "/var/tmp", "/etc/ssh", "/bin", "/lib",
     "/usr/bin", "/proc", "/tmp", "/home", "/opt/", "/tmp/../etc", "/root",
-    "/nonexistent-seamless-xyz/abc",
+    "/nonexistent-seamless-xyz/abc", "/boot", "/sys", "/run", "/sbin", "/lib64", "/opt", "/proc/",
 ]
+
+# Every system root the guard and the helpers refuse, written out: dropping one from the
+# agent's table must fail a test (each is refused raw, and again once resolved).
+SYSTEM_ROOTS = ["/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/sys", "/proc",
+                "/run", "/var", "/opt"]
 
 
 class World:
@@ -330,3 +335,37 @@ def test_parse_policy_errors_match_guard(world, home):
     for spec in ("bogus", "", "seamless2", "clear-policy seamless", "data-roots:"):
         with pytest.raises(ValueError):
             parse_policy(spec)
+
+
+@pytest.mark.parametrize("kind", ["clear", "persistent", "workdir"])
+@pytest.mark.parametrize("root", SYSTEM_ROOTS)
+def test_every_system_root_is_refused_in_every_kind(tmp_path, monkeypatch, root, kind):
+    # HOME elsewhere, so that `/` is refused as a system root and not as an ancestor of HOME...
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for spec in ("permissive", "seamless"):
+        with pytest.raises(ProtocolError) as info:
+            check_path(parse_policy(spec), root, kind)
+        assert info.value.code == ErrorCode.POLICY_REFUSED
+        # `/` is refused as HOME's ancestor first (the guard's order); /bin -> /usr/bin under
+        # seamless lacks a marker first: the root check is the raw-path one, made last
+        if root != "/" and spec == "permissive":
+            assert info.value.message == f"refusing system-root directory: {root}", (spec, root)
+        # and the helpers agree that it must be refused
+        assert not helper_accepts(root)
+
+
+@pytest.mark.parametrize("root", SYSTEM_ROOTS[1:])
+def test_below_a_system_root_is_not_a_system_root(tmp_path, monkeypatch, root):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    below = f"{root}/seamless-test-not-there"
+    assert check_path(parse_policy("permissive"), below, "clear") == Path(below).resolve()
+
+
+def test_a_symlink_to_a_system_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for root in SYSTEM_ROOTS[1:]:
+        link = tmp_path / ("link" + root.replace("/", "_"))
+        link.symlink_to(root)
+        if Path(root).resolve().as_posix() in SYSTEM_ROOTS:  # /sbin -> /usr/sbin is no root itself
+            with pytest.raises(ProtocolError, match="refusing system-root directory"):
+                check_path(parse_policy("permissive"), str(link), "clear")

@@ -20,6 +20,7 @@ from rpyc.core.channel import Channel
 from rpyc.core.netref import BaseNetref
 from rpyc.core.stream import SocketStream
 from rpyc.utils.factory import connect_channel
+from rpyc.utils.teleportation import export_function
 
 from seamless_service.agent import lifecycle
 from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError, client_handshake
@@ -152,6 +153,10 @@ def test_serve_refuses_other_addresses(tmp_path):
     assert not (tmp_path / "rhl" / "agent" / "agent.json").exists()
 
 
+def _teleported(x):
+    return x + 1
+
+
 def test_only_call_is_reachable(agent):
     conn = raw_rpyc(agent)
     try:
@@ -174,8 +179,17 @@ def test_only_call_is_reachable(agent):
         assert type(conn.root.__class__) is type
         # this is not a classic connection, and the agent has no classic surface
         assert not hasattr(conn, "modules") and not hasattr(conn, "eval")
-        with pytest.raises(Exception):
-            rpyc.classic.teleport_function(conn, len)
+        # teleporting a function: what rpyc.classic.teleport_function sends, made to reach
+        # the agent (called on this connection it fails locally: no `namespace`/`modules`).
+        # The agent refuses the module a classic peer would import it with, and the
+        # exported code itself sent to `call`; both errors come from the agent.
+        exported = export_function(_teleported)
+        with pytest.raises(AttributeError, match="access denied") as refused:
+            conn.root.getmodule("rpyc.utils.teleportation").import_function(exported, {}, True)
+        assert hasattr(refused.value, "_remote_tb")  # raised by the agent, not locally
+        with pytest.raises(TypeError, match="takes one msgpack request as bytes") as refused:
+            conn.root.call(exported)
+        assert hasattr(refused.value, "_remote_tb")
         # pickling is off
         with pytest.raises(ValueError):
             conn.sync_request(consts.HANDLE_PICKLE, conn.root, 2)

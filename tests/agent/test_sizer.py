@@ -298,8 +298,12 @@ def test_queue_is_bounded_and_deduplicated(sizer, tmp_path):
 
 def test_tolerates_files_vanishing_mid_walk(tmp_path):
     root = tmp_path / "churn"
+    still_bytes = 0
+    for i in range(10):  # a part nobody touches: always counted, exactly
+        _write(root / "still" / f"s{i}", 100 + i)
+        still_bytes += 100 + i
     for i in range(20):
-        _write(root / f"sub{i}" / "f", 1)
+        _write(root / f"sub{i}" / "f", 2)
     stop = threading.Event()
 
     def churn():
@@ -317,10 +321,16 @@ def test_tolerates_files_vanishing_mid_walk(tmp_path):
     try:
         for _ in range(200):
             m = measure(str(root))
-            assert m.bytes >= 0 and m.files >= 0
+            # every churned file is at most 2 bytes (0 or 1 while being written): whatever
+            # the walk caught of them, the untouched part is counted whole
+            churned = m.files - 10
+            assert churned >= 0 and still_bytes <= m.bytes <= still_bytes + 2 * churned, (m.bytes, m.files)
     finally:
         stop.set()
         thread.join()
+    settled = measure(str(root))
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert (settled.bytes, settled.files) == (sum(p.stat().st_size for p in files), len(files))
 
 
 def test_close_stops_the_worker(sizer, tree):
@@ -332,3 +342,41 @@ def test_close_stops_the_worker(sizer, tree):
     s.close()
     assert not thread.is_alive()
     assert s.wait_idle(0)
+
+
+def test_a_flat_directory_changed_in_the_walks_timestamp_tick_is_measured_again(sizer, tmp_path):
+    """The racily-clean guard on the root itself: a flat buffer dir (too many files to track
+    one by one) gains a file in the same timestamp tick as the walk, so its mtime does not
+    move. The measurement must not be trusted: the next check re-walks it."""
+    root = tmp_path / "flat"
+    for i in range(100):  # more than the top-level files tracked: only the root's mtime tells
+        _write(root / f"h{i:03}", 1)
+    age(root)
+    os.utime(root)  # the root was modified just now, as during a hashserver's writes
+    tick = os.stat(root)
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.walks == 1
+    _write(root / "late", 5)
+    os.utime(root, ns=(tick.st_atime_ns, tick.st_mtime_ns))  # same tick: the mtime did not move
+    answer = s.size(str(root))
+    assert answer["state"] == "stale" and answer["bytes"] == 100
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["bytes"] == 105
+
+
+def test_an_old_flat_directory_is_trusted_until_it_changes(sizer, tmp_path):
+    root = tmp_path / "flat"
+    for i in range(100):
+        _write(root / f"h{i:03}", 1)
+    age(root)
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root)) | {"measured": None} == {"bytes": 100, "files": 100, "measured": None, "state": "fresh"}
+    assert s.walks == 1
+    _write(root / "new", 5)  # moves the root's mtime
+    assert s.size(str(root))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert (s.size(str(root))["bytes"], s.walks) == (105, 2)

@@ -7,7 +7,10 @@ our row must equal rhl-ps's row field for field, except for the deliberate corre
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,67 @@ def test_client_rows_equal_rhl_ps_client(sandbox):
     assert by_key["tunnel"]["ssh_host"] == "hpc"
     assert by_key["named"]["ssh_host"] == "front-ssh"
     assert "status" not in by_key["plain"]
+
+
+# --- through the ps op, as a client sees it (issue 14) ---
+
+def _ps_row(ctx, key: str) -> dict:
+    from tests.support.agent import call
+    [row] = [r for r in call(ctx, "ps")["rows"] if r["key"] == key]
+    return row
+
+
+def test_a_state_file_rewritten_in_place_at_the_same_size_is_not_served_stale(sandbox, make_ctx):
+    """The launcher's dry-run path writes in place: same inode, and a new content of the same
+    size must still be read again, not answered from the agent's cache."""
+    ctx = make_ctx()
+    path = sandbox.write_state("svc", {"status": "failed", "port": 7001})
+    before = os.stat(path)
+    assert _ps_row(ctx, "svc")["port"] == 7001
+    time.sleep(0.05)  # a later timestamp tick, as any real rewrite is
+    with open(path, "r+") as f:  # in place: same inode
+        f.write(json.dumps({"status": "failed", "port": 7002}))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert _ps_row(ctx, "svc")["port"] == 7002
+    # rewritten again and its mtime set back to what the cache saw (a writer that keeps
+    # mtime, like `cp -p` or a restore): only ctime tells, and it is enough
+    time.sleep(0.05)
+    with open(path, "r+") as f:
+        f.write(json.dumps({"status": "failed", "port": 7003}))
+    os.utime(path, ns=(after.st_atime_ns, after.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == after.st_mtime_ns
+    assert _ps_row(ctx, "svc")["port"] == 7003
+
+
+def test_an_unchanged_state_file_is_served_from_the_cache(sandbox, make_ctx, monkeypatch):
+    ctx = make_ctx()
+    sandbox.write_state("svc", {"status": "failed", "port": 7001})
+    assert _ps_row(ctx, "svc")["port"] == 7001
+    reads = []
+    real = statefiles.read_sendable
+    monkeypatch.setattr(statefiles, "read_sendable", lambda p: reads.append(p) or real(p))
+    assert _ps_row(ctx, "svc")["port"] == 7001
+    assert reads == []
+
+
+@pytest.fixture
+def zombie():
+    """A child that exited and is not reaped: kill(pid, 0) still succeeds on it."""
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.01)
+    os.kill(proc.pid, 0)  # the helpers' probe calls it alive
+    yield proc.pid
+    proc.wait()
+
+
+def test_ps_shows_a_zombie_service_as_stale(sandbox, make_ctx, zombie):
+    ctx = make_ctx()
+    sandbox.write_state("svc", {"status": "running", "pid": zombie, "port": 7001})
+    sandbox.write_state("boot", {"status": "starting", "pid": zombie})
+    row = _ps_row(ctx, "svc")
+    assert row["status"] == "stale"
+    assert _ps_row(ctx, "boot")["status"] == "failed"

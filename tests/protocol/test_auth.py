@@ -108,3 +108,39 @@ def test_rpyc_config_is_hardened():
                 "instantiate_custom_exceptions", "allow_safe_attrs"):
         assert cfg[key] is False, key
     assert cfg["sync_request_timeout"] > 60  # a `wait` long-poll may take 60 s
+
+
+# --- what a user reads when a handshake cannot go on (issue 14): exact messages ---
+GOOD = "ab" * 32
+NONCE = b"n" * 32
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: auth.secret_key(b"\xff" * 64), ValueError, "the agent secret must be hexadecimal text"),
+    (lambda: auth.secret_key(5), ValueError, "the agent secret must be a string"),
+    (lambda: auth.secret_key("ab" * 31), ValueError, "the agent secret must be 64 hexadecimal characters"),
+    (lambda: auth.secret_key("zz" * 32), ValueError, "the agent secret must be 64 hexadecimal characters"),
+    (lambda: auth.response(GOOD, "server", NONCE, NONCE), ValueError, "role must be 'client' or 'agent', not 'server'"),
+    (lambda: auth.response(GOOD, "client", b"short", NONCE), ValueError, "server nonce must be 32 bytes"),
+    (lambda: auth.response(GOOD, "client", NONCE, b"short"), ValueError, "client nonce must be 32 bytes"),
+    (lambda: auth.response(GOOD, "client", NONCE, "n" * 32), ValueError, "client nonce must be 32 bytes"),
+    (lambda: auth.server_hello(b"short"), ValueError, "server nonce must be 32 bytes"),
+    (lambda: auth.parse_server_hello(auth.server_busy()), auth.AgentBusy,
+     "the agent already serves as many connections as it allows; close some of yours or retry in a moment"),
+    (lambda: auth.parse_server_hello(b"SSH-2.0-OpenSSH_9.6\r\n" + b"x" * 19), ValueError,
+     "the peer is not a seamless-service agent (unexpected greeting)"),
+    (lambda: auth.split_client_answer(b"x" * 63), ValueError, "client answer must be 64 bytes, got 63"),
+])
+def test_each_handshake_refusal_says_what_is_wrong(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert type(info.value) is error and str(info.value) == message
+
+
+def test_secrets_and_nonces_are_fresh_and_of_their_size():
+    secrets_made = {auth.make_secret() for _ in range(4)}
+    assert len(secrets_made) == 4 and all(len(s) == 64 and s == s.lower() for s in secrets_made)
+    assert all(auth.secret_key(s) == bytes.fromhex(s) for s in secrets_made)
+    nonces = {auth.make_nonce() for _ in range(4)}
+    assert len(nonces) == 4 and all(len(n) == 32 for n in nonces)
+    assert auth.secret_key(GOOD.encode()) == auth.secret_key(f"  {GOOD}\n") == bytes.fromhex(GOOD)

@@ -13,7 +13,9 @@ from seamless_service.protocol import (
     error_result,
     ok_result,
 )
-from seamless_service.protocol.codec import MAX_NESTING, MAX_OPS_PER_REQUEST, OpCall, parse_op_entry
+from seamless_service.protocol.codec import (
+    MAX_NESTING, MAX_OPS_PER_REQUEST, MAX_REPLY_BYTES, OpCall, encode_packed_reply, pack_result, parse_op_entry,
+)
 
 
 def code_of(fn, *args):
@@ -123,3 +125,207 @@ def test_bad_op_entries(entry, code):
 def test_op_entry_without_args_means_empty_args():
     assert parse_op_entry({"op": "hello"}).args == {}
     assert parse_op_entry({"op": "hello", "args": None}).args == {}
+
+
+# --- limits at their boundary (issue 14): exactly the maximum accepted, one more refused ---
+
+def nested(levels: int) -> object:
+    """A value that is `levels` containers deep (lists and maps alternating)."""
+    obj: object = 0
+    for i in range(levels):
+        obj = [obj] if i % 2 else {"k": obj}
+    return obj
+
+
+def request_of_size(size: int) -> bytes:
+    """A valid request of exactly `size` bytes (the padding is one op's string argument),
+    packed as encode_request packs it."""
+    def pack(pad: int) -> bytes:
+        return msgpack.packb({"v": PROTOCOL_VERSION, "ops": [{"op": "ps", "args": {"service": "s" * pad}}]},
+                             use_bin_type=True)
+    pad = size - len(pack(0))
+    for extra in range(pad, pad - 10, -1):  # the string header grows with the string
+        if len(pack(extra)) == size:
+            return pack(extra)
+    raise AssertionError(f"cannot build a request of {size} bytes")
+
+
+def test_ops_per_request_at_the_limit():
+    assert MAX_OPS_PER_REQUEST == 256
+    ok = decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [{"op": "hello"}] * 256}))
+    assert len(ok.ops) == 256
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [{"op": "hello"}] * 257}))
+    assert (info.value.code, info.value.message) == (ErrorCode.TOO_LARGE, "request has 257 ops; at most 256 per request")
+
+
+def test_nesting_at_the_limit():
+    # the envelope map is level 1, `ops` level 2: 14 more levels inside make 16 in all
+    assert MAX_NESTING == 16
+    ok = decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [nested(14)]}))
+    assert ok.ops == [nested(14)]
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [nested(15)]}))
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, "message nests deeper than 16 levels")
+
+
+def test_nesting_counts_every_branch_not_only_the_last():
+    deep_first = {"v": PROTOCOL_VERSION, "ops": [nested(15), 1, {"a": 1}]}
+    assert code_of(decode_request, msgpack.packb(deep_first)) == ErrorCode.MALFORMED
+    deep_in_map = {"v": PROTOCOL_VERSION, "ops": [{"op": "ps", "args": {"a": nested(13), "b": 1}}]}
+    assert code_of(decode_request, msgpack.packb(deep_in_map)) == ErrorCode.MALFORMED
+
+
+def test_request_bytes_at_the_limit():
+    assert MAX_REQUEST_BYTES == 1 << 20
+    exact = request_of_size(MAX_REQUEST_BYTES)
+    assert len(decode_request(exact).ops) == 1
+    over = request_of_size(MAX_REQUEST_BYTES + 1)
+    with pytest.raises(ProtocolError) as info:
+        decode_request(over)
+    assert (info.value.code, info.value.message) == (
+        ErrorCode.TOO_LARGE, f"message of {MAX_REQUEST_BYTES + 1} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes")
+
+
+def test_encode_request_at_the_limit():
+    exact = request_of_size(MAX_REQUEST_BYTES)
+    service = decode_request(exact).ops[0]["args"]["service"]
+    assert encode_request([("ps", {"service": service})]) == exact
+    with pytest.raises(ProtocolError) as info:
+        encode_request([("ps", {"service": service + "s"})])
+    assert (info.value.code, info.value.message) == (
+        ErrorCode.TOO_LARGE, f"request of {MAX_REQUEST_BYTES + 1} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes")
+
+
+def reply_of_size(size: int) -> bytes:
+    base = len(encode_reply([ok_result(b"")]))
+    for extra in range(size - base, size - base - 10, -1):
+        data = encode_reply([ok_result(b"x" * extra)])
+        if len(data) == size:
+            return data
+    raise AssertionError(f"cannot build a reply of {size} bytes")
+
+
+def test_reply_bytes_at_the_limit():
+    assert MAX_REPLY_BYTES == 64 << 20
+    assert decode_reply(reply_of_size(MAX_REPLY_BYTES), expected=1)[0]["ok"] is True
+    with pytest.raises(ProtocolError) as info:
+        decode_reply(reply_of_size(MAX_REPLY_BYTES + 1))
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_a_reply_is_not_held_to_the_request_nesting_limit():
+    # rows nest; the nesting limit guards the agent against clients, not the reverse
+    deep = nested(40)
+    assert decode_reply(encode_reply([ok_result(deep)]), expected=1) == [{"ok": True, "value": deep}]
+
+
+def test_encode_request_accepts_opcalls_and_pairs_alike():
+    data = encode_request([OpCall("ps", {"a": 1}), ("logs", None), ("hello", {})], version=7)
+    assert msgpack.unpackb(data) == {"v": 7, "ops": [{"op": "ps", "args": {"a": 1}}, {"op": "logs", "args": {}},
+                                                     {"op": "hello", "args": {}}]}
+
+
+def test_packed_reply_is_the_plain_reply():
+    results = [ok_result({"rows": [1, 2]}), error_result(ProtocolError(ErrorCode.NOT_FOUND, "gone"))]
+    assert encode_packed_reply([pack_result(r) for r in results]) == encode_reply(results)
+    assert encode_packed_reply([]) == encode_reply([])
+
+
+@pytest.mark.parametrize("obj,message", [
+    ([1], "request must be a map, not a list"),
+    ("x", "request must be a map, not a string"),
+    ({"v": PROTOCOL_VERSION, "ops": [], "zz": 1, "aa": 2}, "unknown request field(s): aa, zz"),
+    ({"v": "1", "ops": []}, "request field 'v' (protocol version) must be an integer"),
+    ({"v": PROTOCOL_VERSION, "ops": {}}, "request field 'ops' must be a list"),
+])
+def test_envelope_errors_say_what_is_wrong(obj, message):
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgpack.packb(obj))
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, message)
+
+
+@pytest.mark.parametrize("data,message", [
+    (msgpack.packb({"v": 1, "ops": []}) + b"\x00", "trailing bytes after the msgpack message"),
+    (b"\xc1", "not a valid msgpack message: FormatError"),
+    ("text", "request must be bytes"),
+])
+def test_undecodable_requests_say_why(data, message):
+    with pytest.raises(ProtocolError) as info:
+        decode_request(data)
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, message)
+
+
+@pytest.mark.parametrize("entry,code,message", [
+    (5, ErrorCode.MALFORMED, "each op must be a map, not an integer"),
+    ({"op": "ps", "z": 1, "a": 2}, ErrorCode.MALFORMED, "unknown op field(s): a, z"),
+    ({"op": None}, ErrorCode.MALFORMED, "op field 'op' must be a string"),
+    ({"op": "p" * 70, "args": 1.5}, ErrorCode.BAD_ARGS, f"op {'p' * 64!r}: 'args' must be a map, not a float"),
+    ({"op": "ps", "args": True}, ErrorCode.BAD_ARGS, "op 'ps': 'args' must be a map, not a boolean"),
+    ({"op": "ps", "args": b"x"}, ErrorCode.BAD_ARGS, "op 'ps': 'args' must be a map, not bytes"),
+])
+def test_op_entry_errors_say_what_is_wrong(entry, code, message):
+    with pytest.raises(ProtocolError) as info:
+        parse_op_entry(entry)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+@pytest.mark.parametrize("reply,message", [
+    ({"v": 1, "error": "boom"}, "reply carries a malformed error"),
+    ({"v": 1, "results": [{"value": 1}]}, "reply field 'results' must be a list of results"),
+    ({"v": 1, "results": {}}, "reply field 'results' must be a list of results"),
+    ([1], "reply must be a map, not a list"),
+])
+def test_malformed_replies_say_why(reply, message):
+    with pytest.raises(ProtocolError) as info:
+        decode_reply(msgpack.packb(reply))
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, message)
+
+
+def test_reply_error_without_fields_is_an_internal_error():
+    with pytest.raises(ProtocolError) as info:
+        decode_reply(msgpack.packb({"v": 1, "error": {}}))
+    assert (info.value.code, info.value.message) == (ErrorCode.INTERNAL, "")
+
+
+def test_reply_result_count_is_named():
+    with pytest.raises(ProtocolError) as info:
+        decode_reply(encode_reply([ok_result(1)]), 2)
+    assert info.value.message == "reply has 1 results for 2 ops"
+
+
+def test_non_string_keys_inside_args_are_refused_as_undecodable():
+    # a client cannot smuggle an integer field name past the schema (which checks str names)
+    data = msgpack.packb({"v": PROTOCOL_VERSION, "ops": [{"op": "ps", "args": {1: "x"}}]})
+    with pytest.raises(ProtocolError) as info:
+        decode_request(data)
+    assert (info.value.code, info.value.message) == (ErrorCode.MALFORMED, "not a valid msgpack message: ValueError")
+
+
+@pytest.mark.parametrize("obj,message", [
+    (None, "request must be a map, not nil"),
+    (msgpack.ExtType(1, b"x"), "request must be a map, not ExtType"),
+    (2.5, "request must be a map, not a float"),
+])
+def test_the_wrong_kind_of_request_is_named(obj, message):
+    with pytest.raises(ProtocolError) as info:
+        decode_request(msgpack.packb(obj))
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize("wrap", [lambda x: [x], lambda x: {"k": x}], ids=["lists", "maps"])
+def test_nesting_limit_holds_for_lists_and_maps_alike(wrap):
+    def chain(levels):  # `levels` containers of one kind, below the envelope's 2 levels
+        obj: object = 0
+        for _ in range(levels):
+            obj = wrap(obj)
+        return obj
+    assert decode_request(msgpack.packb({"v": PROTOCOL_VERSION, "ops": [chain(14)]})).ops == [chain(14)]
+    assert code_of(decode_request, msgpack.packb({"v": PROTOCOL_VERSION, "ops": [chain(15)]})) == ErrorCode.MALFORMED
+
+
+def test_an_error_reply_is_the_versioned_envelope():
+    data = encode_reply(error=ProtocolError(ErrorCode.TOO_LARGE, "big"))
+    assert msgpack.unpackb(data) == {"v": PROTOCOL_VERSION, "error": {"code": "too_large", "message": "big"}}
+    assert msgpack.unpackb(encode_reply([ok_result(b"\x00")])) == {"v": PROTOCOL_VERSION,
+                                                                 "results": [{"ok": True, "value": b"\x00"}]}

@@ -71,3 +71,77 @@ def test_seamless_cache_alias():
 def test_no_filter_passes_non_seamless_keys():
     assert row_matches({"key": "whatever"}, {"cluster": None})
     assert not row_matches({"key": "whatever"}, {"cluster": "c"})
+
+
+# --- every reading, exactly (issue 14): what `ps` filters and rows are made of ---
+
+READINGS = {
+    "pure-daskserver-c-q": [{"service": "pure-daskserver", "cluster": "c", "queue": "q"}],
+    "pure-daskserver-a-b-c": [{"service": "pure-daskserver", "cluster": "a", "queue": "b-c"},
+                              {"service": "pure-daskserver", "cluster": "a-b", "queue": "c"}],
+    "pure-daskserver--q": [],
+    "pure-daskserver-c-": [],
+    "daskserver-c-rw-p": [{"service": "daskserver", "cluster": "c", "mode": "rw", "project": "p"}],
+    "daskserver-c-ro-p": [],      # daskserver and jobserver are rw only
+    "jobserver-c-ro-p": [],
+    "database-c-ro-p--STAGE-sSUBSTAGE-x": [],   # hashserver/database keys carry no substage
+    "hashserver-c-rw-p--STAGE-sSUBSTAGE-x": [],
+    "jobserver-c-rw-p--STAGE-sSUBSTAGE-x": [{"service": "jobserver", "cluster": "c", "mode": "rw", "project": "p",
+                                             "stage": "s", "substage": "x"}],
+    "hashserver-a--b-rw-p": [],
+    "hashserver-c-rw-p--s1--s2": [{"service": "hashserver", "cluster": "c", "mode": "rw", "project": "p",
+                                   "subproject": "s1/s2"}],
+    "hashserver-c-rw-p----x": [],
+    "hashserver-c-rw-": [{"service": "hashserver", "cluster": "c", "mode": "rw"}],
+    "hashserver-c-rw-p--STAGE-s--x": [],
+    "hashserver-c-rw-p--STAGE-": [],
+    "hashserver-c-ro-x-rw-p": [{"service": "hashserver", "cluster": "c", "mode": "ro", "project": "x-rw-p"},
+                               {"service": "hashserver", "cluster": "c-ro-x", "mode": "rw", "project": "p"}],
+    "database-c-rw-p--q--STAGE-s": [{"service": "database", "cluster": "c", "mode": "rw", "project": "p",
+                                     "subproject": "q", "stage": "s"}],
+    "database-c-ro-p": [{"service": "database", "cluster": "c", "mode": "ro", "project": "p"}],
+}
+
+
+@pytest.mark.parametrize("key", sorted(READINGS))
+def test_every_reading_of_a_key(key):
+    full = [{field: None for field in ("service", "cluster", "mode", "project", "subproject", "stage",
+                                       "substage", "queue")} | r for r in READINGS[key]]
+    assert key_readings(key) == full
+
+
+@pytest.mark.parametrize("key,valid", [
+    ("k" * 255, True), ("k" * 256, False), ("a.b", True), ("a-", True), ("a_", True),
+    (".a", False), ("-a", False), ("a..b", False), ("a-.b", True), (5, False),
+])
+def test_key_rule_at_its_edges(key, valid):
+    assert is_valid_key(key) is valid
+
+
+def test_row_meta_uses_a_non_empty_meta_block_else_the_key():
+    meta = {"service": "hashserver", "cluster": "m"}
+    assert row_meta({"key": "database-c-rw-p", "meta": meta}) == meta
+    assert row_meta({"key": "database-c-rw-p", "meta": {}})["service"] == "database"
+    assert row_meta({"key": "database-c-rw-p", "meta": None})["cluster"] == "c"
+    assert row_meta({"meta": None}) == {}
+    assert row_matches({"key": "database-c-rw-p", "meta": {}}, {"service": "database"})
+    assert not row_matches({"key": "nope", "meta": {}}, {"service": "database"})
+
+
+def test_a_later_mode_match_is_read_when_an_earlier_one_cannot_be():
+    # "-ro-" cannot be a jobserver's mode: the reading is at the later "-rw-"
+    assert [(r["cluster"], r["project"]) for r in key_readings("jobserver-c-ro-x-rw-p")] == [("c-ro-x", "p")]
+    # an earlier match whose tail is no valid tail (an empty stage), or carries a substage a
+    # hashserver key cannot have, does not end the search either
+    assert [(r["cluster"], r["project"]) for r in key_readings("hashserver-c-rw-STAGE-SUBSTAGE-x-rw-q")] == [
+        ("c-rw-STAGE-SUBSTAGE-x", "q")]
+    assert [(r["cluster"], r["project"]) for r in key_readings("hashserver-c-rw-STAGE-sSUBSTAGE-x-rw-q")] == [
+        ("c-rw-STAGE-sSUBSTAGE-x", "q")]
+
+
+def test_the_seamless_cache_alias_is_for_the_project_filter_only():
+    cache = {"key": "hashserver-x", "meta": {"service": "hashserver", "cluster": "__SEAMLESS_CACHE__",
+                                            "project": "__TOPLEVEL__", "stage": "__TOPLEVEL__"}}
+    assert row_matches(cache, {"project": "SEAMLESS_CACHE"})
+    assert not row_matches(cache, {"project": "SEAMLESS_CACHE", "service": "database"})
+    assert not row_matches(cache, {"stage": "SEAMLESS_CACHE"})
