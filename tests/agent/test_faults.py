@@ -50,7 +50,9 @@ def test_sigkill_in_the_middle_of_a_batch(tmp_path):
         # The killed agent's state file is whole (written atomically) and recognised as stale.
         state = json.loads((base / "agent" / "agent.json").read_text())
         assert state["pid"] == proc.pid
-        assert lifecycle.find_running(base) is None
+        # The connection drops while the kernel is still tearing the process down (files are
+        # closed before it becomes a zombie): under load the pid may look alive a moment longer.
+        wait_for(lambda: lifecycle.find_running(base) is None, timeout=5)
         assert not list((base / "agent").glob("*.tmp")) and not list((base / "agent").glob(".*tmp*"))
         # A new agent replaces it and answers.
         proc.wait(5)
