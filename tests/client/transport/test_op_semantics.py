@@ -3,7 +3,8 @@
 The values have the same shape everywhere (client/transport/ssh.py's promise); these tests
 pin the semantics a caller relies on whichever transport answered: derived statuses, what
 a stop leaves behind, rm refusing a running service, a log's tail, clear refusing a path
-its policy forbids. Deliberate differences are marked per transport (conftest.differs)."""
+its policy forbids. Deliberate differences are marked per transport (`differs`,
+tests/support/transports.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ from seamless_service.client.transport.ssh import SshTransport
 from seamless_service.client.transport.auto import AutoTransport
 from seamless_service.client.transport.choice import remembered_choice
 from seamless_service.client.transport.open import open_transport
-from tests.client.conftest import BUFFER_DIRS, G11, RUNNING_KEYS, Notices, Remote
+from tests.support.remote import Remote
+from tests.support.remote_state import BUFFER_DIRS, G11, RUNNING_KEYS
+from tests.support.transports import Notices
 from tests.support.services import wait_for
 
 SIZE_FIELDS = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
