@@ -12,6 +12,7 @@ share are written here once:
   lines mean;
 * which keys `rm` refuses (#38), and what rhl-rm prints;
 * when `clear` is refused because a service runs in the directory (#23);
+* the path policy's always-on heuristics (rhl-guard's) and the words of its refusals;
 * which client rows show the status of this machine's server row (#6, #40);
 * rhl-launch-service's arguments and the launcher's handshake.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from .protocol.keys import is_valid_key, parse_key
@@ -275,6 +277,62 @@ def clear_conflict(key: str | None, key_row: Mapping[str, Any] | None, rows: Ite
         if is_live(row) and inside(row.get("workdir")):
             return f"service {row.get('key')} is running in {row.get('workdir')}; stop it first"
     return None
+
+
+# --------------------------------------------------------------------------- path policy
+
+# The path policy's always-on heuristics (rhl-guard's, every mode): the agent applies them
+# to every path (agent/policy.py), the ssh fallback to `clear` when no rhl-guard is forced
+# on the key (client/transport/ssh.py). The messages are the guard's.
+SYSTEM_ROOTS = frozenset({
+    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64",
+    "/boot", "/sys", "/proc", "/run", "/var", "/opt",
+})
+# The default ("seamless") policy's markers: `clear` needs one of them, a regular file
+# directly in the resolved directory.
+SEAMLESS_MARKERS = ("seamless.db", ".HASHSERVER_PREFIX")
+
+
+def has_dot_segment(path: PurePosixPath) -> bool:
+    return any(part != "/" and part.startswith(".") for part in path.parts)
+
+
+def is_relative_to(path: PurePosixPath, parent: PurePosixPath) -> bool:
+    """`path` is `parent` or lies below it (lexically: both already resolved)."""
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def heuristic_refusal(path: str | PurePosixPath, resolved: str | PurePosixPath,
+                      home: str | PurePosixPath) -> str | None:
+    """Why the always-on heuristics refuse `path` (absolute, `~` expanded) whose symlinks
+    resolve to `resolved`, on a host where the user's resolved HOME is `home`; None if
+    they let it through. In the guard's order: $HOME or an ancestor of it, a dot-prefixed
+    segment (so no `..`) in the path or its resolution, a system root."""
+    path, resolved, home = PurePosixPath(path), PurePosixPath(resolved), PurePosixPath(home)
+    if resolved == home or is_relative_to(home, resolved):
+        return f"path must not be $HOME or an ancestor of $HOME: {path}"
+    if has_dot_segment(path) or has_dot_segment(resolved):
+        return f"path must not contain dot-prefixed segments: {path}"
+    if resolved.as_posix() in SYSTEM_ROOTS:
+        return system_root_refusal(path)
+    return None
+
+
+def system_root_refusal(path: str | PurePosixPath) -> str:
+    return f"refusing system-root directory: {path}"
+
+
+def unresolvable_refusal(path: str | PurePosixPath) -> str:
+    """A path whose symlinks cannot be resolved (a loop): the guard dies on it, a refusal."""
+    return f"could not resolve path (symlink loop?): {path}"
+
+
+def marker_refusal(markers: Iterable[str], path: str | PurePosixPath) -> str:
+    return f"path does not contain required marker file ({', '.join(markers)}): {path}"
 
 
 # --------------------------------------------------------------------------- client rows

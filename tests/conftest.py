@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from tests.support.services import LauncherSandbox
-
-
-def private_xdg_cache(tmp_path_factory, name: str) -> Iterator[Path]:
-    """Body of a session fixture: XDG_CACHE_HOME in a temp folder for the whole session, so
-    client-side caches (agent endpoints, the tunnel keeper) never touch the real user's."""
-    path = tmp_path_factory.mktemp(name)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_CACHE_HOME", str(path))
-    yield path
-    patch.undo()
 
 
 @pytest.fixture

@@ -196,6 +196,20 @@ def test_clear_conflict():
     assert rhl.clear_conflict(None, None, [dead], under_p) is None
 
 
+
+@pytest.mark.parametrize("path, resolved, expected", [
+    ("/home/u/data/p", "/home/u/data/p", None),
+    ("/usr/share/x", "/usr/share/x", None),                 # below a system root: the marker rule decides
+    ("/home/u/link", "/home/u", "path must not be $HOME or an ancestor of $HOME: /home/u/link"),
+    ("/home", "/home", "path must not be $HOME or an ancestor of $HOME: /home"),
+    ("/home/u/.cache/p", "/home/u/.cache/p", "path must not contain dot-prefixed segments: /home/u/.cache/p"),
+    ("/home/u/link", "/home/u/.ssh", "path must not contain dot-prefixed segments: /home/u/link"),
+    ("/home/u/link", "/etc", "refusing system-root directory: /home/u/link"),
+])
+def test_heuristic_refusal(path, resolved, expected):
+    assert rhl.heuristic_refusal(path, resolved, "/home/u") == expected
+
+
 # ----------------------------------------------------------------- client rows
 
 

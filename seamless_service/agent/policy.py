@@ -64,16 +64,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ..protocol import ErrorCode, ProtocolError
+from ..rhl import (SEAMLESS_MARKERS, SYSTEM_ROOTS, heuristic_refusal, is_relative_to, marker_refusal,
+                   system_root_refusal, unresolvable_refusal)
 from .paths import join
 
 Path = pathlib.Path
 Kind = Literal["clear", "persistent", "workdir"]
 
-SYSTEM_ROOTS = frozenset({
-    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64",
-    "/boot", "/sys", "/proc", "/run", "/var", "/opt",
-})
-SEAMLESS_MARKERS = ("seamless.db", ".HASHSERVER_PREFIX")
 DEFAULT_SPEC = "seamless"
 
 
@@ -187,18 +184,6 @@ def _refused(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.POLICY_REFUSED, message)
 
 
-def _has_dot_segment(path: Path) -> bool:
-    return any(part not in (path.anchor, os.sep) and part.startswith(".") for part in path.parts)
-
-
-def _is_relative_to(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
-
-
 def _heuristics(path: Path) -> Path:
     """The guard's always-on checks, in its order, with its messages; the resolved path."""
     if not path.is_absolute():
@@ -206,16 +191,12 @@ def _heuristics(path: Path) -> Path:
     try:
         resolved = _resolve(path)
     except RuntimeError:  # symlink loop: the guard dies on it, i.e. refuses
-        raise _refused(f"could not resolve path (symlink loop?): {path}") from None
+        raise _refused(unresolvable_refusal(path)) from None
     except ValueError:  # e.g. an embedded NUL byte
         raise _refused(f"could not resolve path: {path!r}") from None
-    home = _resolve(Path.home())
-    if resolved == home or _is_relative_to(home, resolved):
-        raise _refused(f"path must not be $HOME or an ancestor of $HOME: {path}")
-    if _has_dot_segment(path) or _has_dot_segment(resolved):
-        raise _refused(f"path must not contain dot-prefixed segments: {path}")
-    if resolved.as_posix() in SYSTEM_ROOTS:
-        raise _refused(f"refusing system-root directory: {path}")
+    why = heuristic_refusal(path, resolved, _resolve(Path.home()))
+    if why is not None:
+        raise _refused(why)
     return resolved
 
 
@@ -225,7 +206,7 @@ def _helper_checks(path: Path) -> None:
     Checked after the guard's rules so that, wherever the guard refuses, the message is
     the guard's."""
     if path.as_posix() in SYSTEM_ROOTS:
-        raise _refused(f"refusing system-root directory: {path}")
+        raise _refused(system_root_refusal(path))
 
 
 def check_path(policy: PathPolicy | None, path: str, kind: Kind) -> Path:
@@ -236,14 +217,13 @@ def check_path(policy: PathPolicy | None, path: str, kind: Kind) -> Path:
     expanded = expand_path(path)
     resolved = _heuristics(expanded)
     if policy.mode == "data_roots":
-        if not any(resolved == root or _is_relative_to(resolved, root) for root in policy.roots):
+        if not any(resolved == root or is_relative_to(resolved, root) for root in policy.roots):
             raise _refused(f"path is outside configured --data-roots: {expanded}")
     elif policy.mode == "marker":
         if kind == "workdir":
             pass  # the guard checks a launch's --workdir with the heuristics only
         elif not (kind == "persistent" and _walk_only(resolved)) and not policy.holds_marker(resolved):
-            markers = ", ".join(policy.marker_names)
-            raise _refused(f"path does not contain required marker file ({markers}): {expanded}")
+            raise _refused(marker_refusal(policy.marker_names, expanded))
     elif policy.mode != "permissive":
         raise ValueError(f"unknown policy mode {policy.mode!r}")
     _helper_checks(expanded)
@@ -279,6 +259,6 @@ def size_refusal(policy: PathPolicy | None, resolved: str, authorised_in: tuple[
         return exc.message[:-len(suffix)] if exc.message.endswith(suffix) else exc.message
     if policy.mode == "marker":
         real = Path(resolved)
-        if not any(_is_relative_to(real, Path(auth)) for auth in authorised_in):
+        if not any(is_relative_to(real, Path(auth)) for auth in authorised_in):
             return f"not inside a directory holding a marker file ({', '.join(policy.marker_names)})"
     return None

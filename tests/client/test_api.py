@@ -11,7 +11,9 @@ import seamless_service
 from seamless_service import ConnectionFailed, Fleet, Host, OpError, ServiceError
 from seamless_service.client import errors
 from seamless_service.protocol import PROTOCOL_VERSION
-from tests.client.conftest import RUNNING_KEYS, Notices, Remote
+from tests.support.remote import Remote
+from tests.support.remote_state import RUNNING_KEYS
+from tests.support.transports import Notices
 from tests.support.sshd import combined_ssh_config
 
 

@@ -33,7 +33,7 @@ from seamless_service.client.transport.agent_conn import AgentConnection, AgentC
 from seamless_service.client.transport.ssh_errors import map_ssh_error
 from seamless_service.client.transport.tunnel import Tunnel
 from seamless_service.protocol import ErrorCode, ProtocolError
-from tests.client.conftest import wait_until
+from tests.support.services import wait_until
 from tests.support.agent import end_agent, start_test_agent
 from tests.support.sshd import free_port
 

@@ -7,26 +7,21 @@
   nothing takes tens of seconds: a venv, a wheel build, a pip install).
 - `offline_server`: a server whose user cannot reach any package index (its pip.conf
   points at a closed port), for the offline install path.
+
+What they hand out and record lives in tests/support/deploy.py.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.conftest import private_xdg_cache
-from tests.support.sshd import SshServer, sshd_available
-
-REASON = sshd_available()
-
-
-def _require_sshd() -> None:
-    if REASON is not None:
-        pytest.skip(REASON)
+from tests.support.deploy import DEAD_INDEX_PIP_CONF, Deployed, deploy_recorded
+from tests.support.sshd import SshServer, require_sshd
+from tests.support.xdg import private_xdg_cache
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,37 +31,15 @@ def client_cache(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture
 def sshd() -> Iterator[SshServer]:
-    _require_sshd()
+    require_sshd()
     server = SshServer.start()
     yield server
     server.close()
 
 
-@dataclass
-class Deployed:
-    server: SshServer
-    endpoint: object  # seamless_service.deploy.AgentEndpoint
-    events: list[tuple[str, str]]
-    seconds: float
-    venv: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.venv = self.server.home / ".local/share/seamless-service/agent-venv"
-
-
-def deploy_recorded(server: SshServer, **kwargs) -> tuple[object, list[tuple[str, str]]]:
-    """deploy() to `server`, returning the endpoint and the progress events it reported."""
-    from seamless_service.deploy import bootstrap
-
-    events: list[tuple[str, str]] = []
-    kwargs.setdefault("ssh_config", server.ssh_config)
-    endpoint = bootstrap.deploy(server.alias, progress=lambda step, msg: events.append((step, msg)), **kwargs)
-    return endpoint, events
-
-
 @pytest.fixture(scope="session")
 def deployed() -> Iterator[Deployed]:
-    _require_sshd()
+    require_sshd()
     server = SshServer.start(alias="deploy-main")
     try:
         start = time.monotonic()
@@ -76,29 +49,12 @@ def deployed() -> Iterator[Deployed]:
         server.close()
 
 
-def write_as_user(server: SshServer, relpath: str, text: str, mode: int = 0o644) -> Path:
-    """Create a file in the test user's HOME, owned by that user (as a user would have it)."""
-    return server.write_file(relpath, text, mode)
-
-
-# The user's own pip config wins over /etc/pip.conf: every index points at a closed port
-# and the machine's local wheel folders are cleared, so only uploaded wheels can install.
-DEAD_INDEX_PIP_CONF = """\
-[global]
-index-url = http://127.0.0.1:9/simple
-extra-index-url =
-find-links =
-timeout = 5
-retries = 0
-"""
-
-
 @pytest.fixture(scope="module")
 def offline_server() -> Iterator[SshServer]:
-    _require_sshd()
+    require_sshd()
     server = SshServer.start(alias="deploy-offline")
     try:
-        write_as_user(server, ".config/pip/pip.conf", DEAD_INDEX_PIP_CONF)
+        server.write_file(".config/pip/pip.conf", DEAD_INDEX_PIP_CONF)
         yield server
     finally:
         server.close()

@@ -30,7 +30,7 @@ from seamless_service.deploy import AuthFailed, DeployError, HostKeyChanged, Hos
 from seamless_service.deploy import bootstrap, cache, remote_python, ssh, wheels
 from seamless_service.deploy.cache import AgentEndpoint
 from seamless_service.deploy.remote_python import RemotePython
-from tests.deploy.conftest import Deployed, deploy_recorded, write_as_user
+from tests.support.deploy import Deployed, deploy_recorded
 from tests.support.sshd import SshServer
 
 FAKE_VERSION = "0.0.1"
@@ -234,7 +234,7 @@ def fake_wheel(tmp_path_factory) -> Path:
 
 def install_fake_version(server: SshServer, venv: Path, wheel: Path) -> dict:
     """As the remote user: install the other version into the agent venv and start its agent."""
-    remote = write_as_user(server, wheel.name, "")
+    remote = server.write_file(wheel.name, "")
     shutil.copyfile(wheel, remote)
     python = str(venv / "bin/python")
     result = server.ssh([python, "-m", "pip", "install", "--no-deps", "--force-reinstall", "--no-index",
@@ -458,7 +458,7 @@ def test_proxy_command(sshd: SshServer, tmp_path):
 
 def test_find_python_prefers_python3_and_expands_home(sshd: SshServer):
     link = sshd.home / "miniforge3/bin/python"
-    write_as_user(sshd, "miniforge3/bin/.keep", "")
+    sshd.write_file("miniforge3/bin/.keep", "")
     link.symlink_to(sshd.python)
     with ssh.connect(sshd.alias, ssh_config=sshd.ssh_config) as conn:
         found = remote_python.find_pythons(conn)
@@ -533,7 +533,7 @@ def test_configured_python_recreates_the_venv(deployed: Deployed):
     server = deployed.server
     before = deployed.endpoint
     # A distinct interpreter file, as a conda/miniforge python would be.
-    alt = write_as_user(server, "altpy/bin/.keep", "").parent / "python3"
+    alt = server.write_file("altpy/bin/.keep", "").parent / "python3"
     shutil.copy2(os.path.realpath(server.python), alt)
     os.chown(alt, server.uid, -1)
     endpoint, events = deploy_recorded(server, python=str(alt))

@@ -263,6 +263,11 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """`wait_for`, polling more often (the client tests' waits on processes and tunnels)."""
+    return wait_for(predicate, timeout=timeout, interval=interval)
+
+
 def without_real_services(root: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
     """A Python as `pip install 'seamless-service[client]'` leaves it, without the
     [services] extra, and `env` with a PATH to match: this environment's packages (through

@@ -18,6 +18,7 @@ Everything here is real: `ssh -F <ssh_config> <alias> CMD` goes through /usr/sbi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import secrets
@@ -61,6 +62,20 @@ def sshd_available() -> str | None:
     if shutil.which("ssh") is None:
         return "ssh client is missing (install openssh-client)"
     return None
+
+
+@functools.cache
+def _unavailable() -> str | None:
+    return sshd_available()
+
+
+def require_sshd() -> None:
+    """Skip the calling test when this machine cannot run the fixture (the reason shown)."""
+    import pytest  # here: the benchmarks import this module without pytest
+
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """What the `transport` fixture (tests/client/transport/conftest.py) hands a test: a real
-transport and the launcher state it answers about (`Place`), and `differs`, the mark of a
-deliberate difference of one transport."""
+transport and the launcher state it answers about (`Place`, `remote_place` on a `Remote`),
+and `differs`, the mark of a deliberate difference of one transport; and `Notices`, the
+`notice` callable handed to transports, recording their one-line messages."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+
+if TYPE_CHECKING:  # remote.py imports Notices from here
+    from tests.support.remote import Remote
+
+TRANSPORTS = ("local", "agent", "ssh")
+
+
+class Notices(list):
+    """A `notice` callable that records the one-line messages."""
+
+    def __call__(self, message: str) -> None:
+        self.append(message)
 
 
 @dataclass
@@ -50,6 +63,14 @@ class Place:
 
     def batch(self, *ops: tuple[str, dict]) -> list[dict]:
         return self.transport.batch(list(ops))
+
+
+def remote_place(name: str, remote: Remote, transport: Any) -> Place:
+    """The place of `transport` to `remote`: its launcher state, files written as its user."""
+    def write(path: Path, text: str) -> None:
+        remote.write(str(path.relative_to(remote.home)), text)
+
+    return Place(name, transport, remote.state_dir, remote.data, remote.launch, write, remote.kill_service)
 
 
 def differs(transport: str, reason: str) -> pytest.MarkDecorator:

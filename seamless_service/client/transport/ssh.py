@@ -24,8 +24,13 @@ answered:
               stale; a `failed` row's pid is not probed by rhl-ps: `not running`)
   rm          rhl-ps --json first (#38: the server state of a live service is kept unless
               force), then rhl-rm
-  clear       rhl-ps --json first (#23: refused while a service runs in that directory,
-              unless force), then rhl-clear; `removed` is the helper's own count (top-level
+  clear       without rhl-guard on the key, the agent's default path policy first (rhl-clear
+              alone refuses only the system roots themselves): a small `sh -c` beside
+              rhl-ps reports $HOME and what the path resolves to and whether a marker is
+              there, and the heuristics and the marker rule are applied here
+              (_policy_verdict); behind rhl-guard the guard decides. rhl-ps --json (#23:
+              refused while a service runs in that directory, unless force), then
+              rhl-clear on the resolved path; `removed` is the helper's own count (top-level
               entries removed entirely, `removed_counts: "top-level"`), said on stderr
   start       what remote-http-launcher does over ssh, with the same helpers: rhl-ps --json
               (is it running?), rhl-verify-port + rhl-handshake for a running one, else
@@ -65,14 +70,16 @@ import secrets
 import shlex
 import subprocess
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Generator, Iterable, Sequence
 
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, error_result, ok_result, validate_args
 from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
-from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM_HELPER, STOP_HELPER,
-                    clear_conflict, client_process, connect_host, derive_status, handshake_target, is_live,
-                    launch_args, outcome_lines, plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg,
-                    stop_flags, stop_without_helper, usable_pid)
+from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM_HELPER, SEAMLESS_MARKERS,
+                    STOP_HELPER, SYSTEM_ROOTS, clear_conflict, client_process, connect_host, derive_status,
+                    handshake_target, heuristic_refusal, is_live, launch_args, marker_refusal, outcome_lines,
+                    plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg, stop_flags,
+                    stop_without_helper, system_root_refusal, unresolvable_refusal, usable_pid)
 from ..errors import AuthFailed, ConnectionFailed, TimedOut
 from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
 
@@ -553,24 +560,111 @@ def _live_pid(row: dict[str, Any] | None) -> int | None:
 _REMOVED = re.compile(r"^removed (\d+) item\(s\) from (.*)$", re.MULTILINE)
 
 
-def op_clear(args: dict[str, Any], host: str) -> OpGen:
+# clear's path policy through plain ssh. Without rhl-guard on the key only rhl-clear's own
+# check would run (the system roots themselves: `/usr/share/x` or a folder of the user's
+# would be emptied), so the agent's default policy ("seamless", agent/policy.py) is applied
+# here, on what the host reports in one command beside rhl-ps: $HOME, its resolution, the
+# path (`~` expanded as rhl-clear expands it) resolved as the agent resolves it
+# (non-strict: `realpath -m`, else `readlink -f`; each output kept exact with a sentinel),
+# and whether a marker is a regular file in the resolved directory (`test -f` follows a
+# symlinked marker, as the guard does). NUL-separated: a path may hold a newline.
+_POLICY_SCRIPT = (
+    'res() { o=$(realpath -m "$1" 2>/dev/null && printf x) || o=$(readlink -f "$1" 2>/dev/null && printf x) '
+    '|| o=; case $o in ?*x) o=${o%x}; o=${o%?};; *) o=;; esac; }; '
+    'p=$1; shift; case $p in "~") p=$HOME;; "~/"*) p=$HOME/${p#"~/"};; esac; '
+    'res "$HOME"; h=$o; res "$p"; d=$o; m=0; '
+    'if [ -n "$d" ]; then for n in "$@"; do if [ -f "$d/$n" ]; then m=1; fi; done; fi; '
+    "printf '%s\\0' \"$HOME\" \"$h\" \"$d\" \"$m\""
+)
+
+
+def _policy_argv(path: str) -> Argv:
+    """The policy check of `path`: no helper, so it runs only where no rhl-guard is forced."""
+    return ("sh", "-c", _POLICY_SCRIPT, "sh", path, *SEAMLESS_MARKERS)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the policy check found: the host user's HOME and the directory to clear."""
+
+    home: str
+    directory: str   # the path, `~` expanded and symlinks resolved
+
+
+def _refused(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.POLICY_REFUSED, message)
+
+
+def _policy_verdict(result: HelperResult, path: str, host: str) -> _Checked | None:
+    """The directory `clear` may empty by the agent's default policy, POLICY_REFUSED (its
+    words) if the policy refuses `path`, or None when rhl-guard refused the check: the
+    key is forced through the guard, whose own policy decides."""
+    if GUARD_REJECTED in result.stderr:
+        return None
+    fields = result.stdout.split(b"\0")
+    if result.code != 0 or len(fields) != 5 or fields[4]:
+        raise _refused(f"clear: cannot check the path policy on {host} ({result.error_line()}); "
+                       "nothing was cleared")
+    try:
+        home, real_home, real, marker = (field.decode("utf-8") for field in fields[:4])
+    except UnicodeDecodeError:
+        raise _refused(f"clear: {path} resolves to a path that is not UTF-8 on {host}; nothing was cleared") from None
+    if not real_home:
+        raise _refused(f"clear: cannot resolve $HOME on {host}; nothing was cleared")
+    why = _default_policy_refusal(_expand_home(path, home), real, real_home, marked=marker == "1")
+    if why is not None:
+        raise _refused(why)
+    return _Checked(home, real)
+
+
+def _expand_home(path: str, home: str) -> PurePosixPath:
+    """`path` with a leading `~` expanded as `Path.expanduser` does (no normalisation of
+    `..`: the heuristics look for it)."""
+    if path == "~" or path.startswith("~/"):
+        return PurePosixPath(home, path[2:])
+    return PurePosixPath(path)
+
+
+def _default_policy_refusal(expanded: PurePosixPath, real: str, real_home: str, *, marked: bool) -> str | None:
+    """agent/policy.py `check_path(default_policy(), path, "clear")`, in its order, on what the
+    host reported: the heuristics, the marker rule, then rhl-clear's own system-root check."""
+    if not real:
+        return unresolvable_refusal(expanded)
+    why = heuristic_refusal(expanded, real, real_home)
+    if why is None and not marked:
+        why = marker_refusal(SEAMLESS_MARKERS, expanded)
+    if why is None and expanded.as_posix() in SYSTEM_ROOTS:
+        why = system_root_refusal(expanded)
+    return why
+
+
+def op_clear(args: dict[str, Any], host: str, transport: "SshTransport | None" = None) -> OpGen:
     path, key = args["path"], args.get("key")
     _check_absolute(path)
-    shown = path
+    check = None if transport is not None and transport.guarded else _policy_argv(path)
+    asks = ([] if args["force"] else [PS_JSON]) + ([check] if check is not None else [])
+    got = (yield asks) if asks else {}
+    checked = _policy_verdict(got[check], path, host) if check is not None else None
+    if check is not None and checked is None and transport is not None:
+        transport.guarded = True   # the guard refused the check: not asked again
+    # rhl-clear gets the directory that was checked (resolved), as the agent clears it.
+    target = shown = checked.directory if checked is not None else path
     if not args["force"]:
-        got = yield [PS_JSON]
         if got[PS_JSON].code != 0:
             error = helper_error("clear", got[PS_JSON], host)
             raise ProtocolError(error.code, f"clear: cannot check whether a service runs there "
                                 f"({error.message}); use force to clear anyway")
         rows = _server_rows(got[PS_JSON], host, check_pid=True, op="clear")
-        home = _home_from_rows(rows)
-        directory = shown = _expand(path, home)
+        home = checked.home if checked is not None else _home_from_rows(rows)
+        directory = _expand(path, home)
+        if checked is None:
+            shown = directory
         key_row = next((row for row in rows if row.get("key") == key), None) if key is not None else None
-        conflict = clear_conflict(key, key_row, rows, lambda workdir: _inside(workdir, directory, home))
+        conflict = clear_conflict(key, key_row, rows, lambda workdir: _inside(workdir, directory, home) or (
+            checked is not None and _inside(workdir, checked.directory, home)))
         if conflict is not None:
             raise ProtocolError(ErrorCode.CONFLICT, conflict)
-    argv: Argv = ("rhl-clear", path)
+    argv: Argv = ("rhl-clear", target)
     done = yield [argv]
     result = done[argv]
     stdout = result.text
@@ -771,7 +865,7 @@ class SshTransport(Transport):
         if name == "rm":
             return op_rm(checked, self.host)
         if name == "clear":
-            return op_clear(checked, self.host)
+            return op_clear(checked, self.host, self)
         if name == "start":
             return op_start(checked, self.host)
         if name == "hello":

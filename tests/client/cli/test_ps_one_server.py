@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.client.conftest import Remote, require_sshd
+from tests.support.remote import Remote
+from tests.support.sshd import require_sshd
 from tests.support.cli import ndjson
 from tests.support.world import DB, HS, World, by_key, by_path, link_helpers, pick
 

@@ -17,7 +17,7 @@ import os
 import pytest
 
 from seamless_service.client.transport.choice import forget_choice
-from tests.client.conftest import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
+from tests.support.remote_state import G11, G11_MARKED, ODD_STATES, RUNNING_KEYS
 from tests.support.cli import SHARED, Home, assert_one_line_error, cli, make_home, remote_home, seamless_config_cli
 
 

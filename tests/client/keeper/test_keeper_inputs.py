@@ -20,7 +20,8 @@ import yaml
 from seamless_service.client.keeper import client
 from seamless_service.client.transport.pool import MAX_VARIANTS, TransportPool
 from seamless_service.client.transport.inputs import FileSnapshot
-from tests.client.conftest import RUNNING_KEYS, require_sshd
+from tests.support.remote_state import RUNNING_KEYS
+from tests.support.sshd import require_sshd
 from tests.support.keeper import ssh_home, through_keeper
 from tests.support.cli import ndjson
 from tests.support.world import World

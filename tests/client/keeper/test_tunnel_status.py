@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from seamless_service.client.keeper.status_view import ago, connection_lines, summary
-from tests.client.conftest import RUNNING_KEYS, require_sshd
+from tests.support.remote_state import RUNNING_KEYS
+from tests.support.sshd import require_sshd
 from tests.support.keeper import ssh_home, through_keeper
 from tests.support.cli import ndjson
 from tests.support.services import LauncherSandbox

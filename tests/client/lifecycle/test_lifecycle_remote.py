@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import require_sshd
 from tests.support.processes import alive
 from tests.support.services import wait_for
-from tests.support.sshd import SshServer
+from tests.support.sshd import SshServer, require_sshd
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = ("hashserver", "seamless-database")

@@ -21,9 +21,7 @@ from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.transport.local import LocalTransport
 from seamless_service.client.transport.ssh import SshTransport
 from tests.support.services import LauncherSandbox
-from tests.support.transports import Place, mark_differences
-
-TRANSPORTS = ("local", "agent", "ssh")
+from tests.support.transports import TRANSPORTS, Place, mark_differences, remote_place
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,13 +51,6 @@ def _local_place(tmp_path_factory) -> Iterator[Place]:
     box.kill_all()
 
 
-def _remote_place(name: str, remote, transport) -> Place:
-    def write(path: Path, text: str) -> None:
-        remote.write(str(path.relative_to(remote.home)), text)
-
-    return Place(name, transport, remote.state_dir, remote.data, remote.launch, write, remote.kill_service)
-
-
 @pytest.fixture(scope="module", params=TRANSPORTS)
 def transport(request) -> Iterator[Place]:
     """Each transport in turn, on a launcher state the test may change (its own keys)."""
@@ -69,10 +60,10 @@ def transport(request) -> Iterator[Place]:
     remote = request.getfixturevalue("remote")
     if request.param == "agent":
         with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None) as agent:
-            place = _remote_place("agent", remote, agent)
+            place = remote_place("agent", remote, agent)
             yield place
     else:
-        place = _remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
+        place = remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
         yield place
     place.clean()
 

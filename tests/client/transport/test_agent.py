@@ -15,7 +15,10 @@ from seamless_service import __version__
 from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.deploy import cache
-from tests.client.conftest import ODD_STATES, RUNNING_KEYS, Notices, Remote, wait_until
+from tests.support.remote import Remote
+from tests.support.remote_state import ODD_STATES, RUNNING_KEYS
+from tests.support.services import wait_until
+from tests.support.transports import Notices
 
 # Rows where the agent deliberately differs from rhl-ps (README, Deliberate differences #15): pid 0 is not alive.
 CORRECTED = {"hashserver-clu-rw-zeropid": {"status": "stale", "live": False}}

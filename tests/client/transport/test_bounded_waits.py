@@ -24,7 +24,9 @@ from seamless_service.client.transport.agent_conn import AgentConnection, AgentT
 from seamless_service.client.transport.auto import AutoTransport
 from seamless_service.client.transport.choice import forget_choice, remembered_choice
 from seamless_service.client.transport.open import open_transport
-from tests.client.conftest import Notices, Remote, wait_until
+from tests.support.remote import Remote
+from tests.support.services import wait_until
+from tests.support.transports import Notices
 from tests.support.cli import cli
 from tests.support.cli import SHARED
 from tests.support.agent import end_agent, start_test_agent

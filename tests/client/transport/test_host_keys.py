@@ -12,7 +12,7 @@ import pytest
 
 from seamless_service.client.errors import AuthFailed
 from seamless_service.client.transport.tunnel import Tunnel
-from tests.client.conftest import Notices
+from tests.support.transports import Notices
 
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C7apJYLFmQ5ThCTO"
 

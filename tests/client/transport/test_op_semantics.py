@@ -3,17 +3,22 @@
 The values have the same shape everywhere (client/transport/ssh.py's promise); these tests
 pin the semantics a caller relies on whichever transport answered: derived statuses, what
 a stop leaves behind, rm refusing a running service, a log's tail, clear refusing a path
-its policy forbids. Deliberate differences are marked per transport (conftest.differs)."""
+its policy forbids. Deliberate differences are marked per transport (`differs`,
+tests/support/transports.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 
+import pytest
+
 from tests.support.processes import dead_pid
 from tests.support.transports import Place, differs
 from tests.support.trees import HS
+from tests.support.world import DB
 
 
 def value(result: dict) -> dict:
@@ -80,12 +85,86 @@ def test_clear_refuses_a_system_root(transport: Place):
     assert os.listdir("/usr")
 
 
-@differs("ssh", "without rhl-guard only rhl-clear's own check applies: it refuses the system "
-                "roots themselves (/usr, /etc...), not the folders below them (here: not found)")
 def test_clear_refuses_a_folder_below_a_system_root(transport: Place):
     # A folder that does not exist: where the policy does not refuse it, nothing is cleared.
     (clear,) = transport.batch(("clear", {"path": "/usr/seamless-service-test-no-such-folder"}))
     assert not clear["ok"] and clear["error"]["code"] == "policy_refused", clear
+
+
+MARKER_RULE = "path does not contain required marker file (seamless.db, .HASHSERVER_PREFIX)"
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_clear_refuses_a_folder_without_a_marker_and_keeps_its_files(transport: Place, force: bool):
+    """The default policy: a folder of the user's own without seamless.db or
+    .HASHSERVER_PREFIX is no data directory of seamless; `force` skips the running-service
+    check, never the policy."""
+    folder = transport.data / f"nomarker-{transport.name}-{force}"
+    try:
+        transport.write(folder / "a" / "x", "data")
+        transport.write(folder / "y", "data")
+        (clear,) = transport.batch(("clear", {"path": str(folder), "force": force}))
+        assert not clear["ok"] and clear["error"] == {"code": "policy_refused",
+                                                      "message": f"{MARKER_RULE}: {folder}"}, clear
+        assert sorted(os.listdir(folder)) == ["a", "y"] and os.listdir(folder / "a") == ["x"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_clear_empties_the_marked_folder_a_symlink_names(transport: Place):
+    """Policy and clear concern the directory the path resolves to; the value names it."""
+    real = transport.data / f"marked-{transport.name}"
+    link = transport.data / f"marked-link-{transport.name}"
+    try:
+        transport.write(real / DB, "db")
+        transport.write(real / "sub" / "x", "data")
+        os.symlink(real, link)
+        (clear,) = transport.batch(("clear", {"path": str(link)}))
+        assert value(clear)["path"] == str(real)
+        assert os.listdir(real) == []  # seamless.db is the data itself: cleared too
+        assert os.path.islink(link)
+    finally:
+        shutil.rmtree(real, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+
+
+def test_clear_refuses_a_symlink_from_a_marked_folder_to_an_unmarked_one(transport: Place):
+    """A stage folder in a marked project that is a link to a folder without a marker: the
+    marker is looked for where the path resolves to, and that folder keeps its files."""
+    project = transport.data / f"linkproj-{transport.name}"
+    unmarked = transport.data / f"unmarked-{transport.name}"
+    link = project / "STAGE-s1"
+    try:
+        transport.write(project / HS, "")
+        transport.write(unmarked / "x", "data")
+        os.symlink(unmarked, link)
+        (clear,) = transport.batch(("clear", {"path": str(link)}))
+        assert not clear["ok"] and clear["error"] == {"code": "policy_refused",
+                                                      "message": f"{MARKER_RULE}: {link}"}, clear
+        assert os.listdir(unmarked) == ["x"] and sorted(os.listdir(project)) == sorted([HS, "STAGE-s1"])
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.rmtree(unmarked, ignore_errors=True)
+
+
+def test_clear_refuses_a_path_that_resolves_into_a_dot_folder(transport: Place):
+    """A link to a marked folder below a dot folder (~/.config, ~/.ssh...): the resolved path
+    has a dot-prefixed segment."""
+    hidden = transport.data / f".hidden-{transport.name}" / "proj"
+    link = transport.data / f"hidden-link-{transport.name}"
+    try:
+        transport.write(hidden / HS, "")
+        transport.write(hidden / "x", "data")
+        os.symlink(hidden, link)
+        (clear,) = transport.batch(("clear", {"path": str(link)}))
+        assert not clear["ok"] and clear["error"] == {
+            "code": "policy_refused", "message": f"path must not contain dot-prefixed segments: {link}"}, clear
+        assert sorted(os.listdir(hidden)) == sorted([HS, "x"])
+    finally:
+        shutil.rmtree(hidden.parent, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
 
 
 @differs("ssh", "rhl-clear counts only the top-level entries it removed entirely, and removes "

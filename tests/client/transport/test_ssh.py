@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
 from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.errors import AuthFailed, ConnectionFailed
-from seamless_service.client.transport.ssh import SshTransport
+from seamless_service.client.transport.ssh import HelperResult, SshTransport, _Checked, _policy_argv, _policy_verdict
+from seamless_service.protocol import ErrorCode, ProtocolError
 from seamless_service.client.transport.auto import AutoTransport
 from seamless_service.client.transport.choice import remembered_choice
 from seamless_service.client.transport.open import open_transport
-from tests.client.conftest import BUFFER_DIRS, G11, RUNNING_KEYS, Notices, Remote
+from tests.support.remote import Remote
+from tests.support.remote_state import BUFFER_DIRS, G11, RUNNING_KEYS
+from tests.support.transports import Notices
 from tests.support.services import wait_for
 
 SIZE_FIELDS = ("bytes", "bytes_measured", "bytes_state", "bytes_error")
@@ -139,6 +143,7 @@ def test_stop_rm_and_clear_through_ssh(remote: Remote, ssh: SshTransport):
     key = "hashserver-clu-rw-sshstop"
     workdir = remote.data / "work" / key
     remote.launch(key)
+    remote.write(str((workdir / ".HASHSERVER_PREFIX").relative_to(remote.home)), "")  # as a hashserver's
     try:
         rm_live, clear_live = ssh.batch([("rm", {"keys": [key]}), ("clear", {"path": str(workdir)})])
         assert rm_live["value"]["results"][0]["outcome"].startswith("refused: service is running")
@@ -153,17 +158,61 @@ def test_stop_rm_and_clear_through_ssh(remote: Remote, ssh: SshTransport):
         assert {r["key"]: r["status"] for r in ps["rows"]}[key] == "stale"
         remote.write(str((workdir / "nested" / "f").relative_to(remote.home)), "x")
         remote.write(str((workdir / "nested" / ".keep" / "g").relative_to(remote.home)), "y")
+        sessions = ssh.ssh_sessions
         cleared, removed = values(ssh, [("clear", {"path": str(workdir)}), ("rm", {"keys": [key], "server": True})])
         assert cleared["ok"] and cleared["path"] == str(workdir)
+        # clear's path-policy check costs no session of its own: it runs beside rhl-ps
+        # (then rhl-clear; rm: rhl-ps, rhl-rm)
+        assert ssh.ssh_sessions - sessions == 4
         # rhl-clear keeps nested/ (it holds a dot directory) and so counts it as nothing
-        # removed, although nested/f is gone: the count is said to be the helper's
-        assert not (workdir / "nested" / "f").exists() and cleared["removed"] == 0
+        # removed, although nested/f is gone: the count is said to be the helper's (1: the
+        # marker, which rhl-clear removes, #21)
+        assert not (workdir / "nested" / "f").exists() and cleared["removed"] == 1
         assert cleared["removed_counts"] == "top-level"
         assert "count is rhl-clear's own" in cleared["stderr"]
         assert removed["results"][0]["outcome"] == "removed"
         assert not (remote.state_dir / f"{key}.json").exists()
     finally:
         remote.kill_service(key)
+
+
+def test_behind_rhl_guard_the_guard_decides_what_clear_may_empty(remote: Remote):
+    """The guard's --data-roots policy lets a folder without a marker inside the data root
+    be cleared: the client-side check of the default policy is for plain ssh only. Its
+    command is refused by the guard once (which tells the transport it is guarded), then
+    no longer sent."""
+    ssh = SshTransport(remote.guard_alias, ssh_config=remote.ssh_config, notice=Notices())
+    folders = [remote.data / f"guardclear-{n}" for n in range(2)]
+    try:
+        for folder in folders:
+            remote.write(str((folder / "a" / "x").relative_to(remote.home)), "data")
+        (first,) = values(ssh, [("clear", {"path": str(folders[0])})])
+        assert ssh.guarded is True
+        # the refused script (rhl-ps + check), rhl-ps, the check refused, rhl-clear
+        assert ssh.ssh_sessions == 4
+        (second,) = values(ssh, [("clear", {"path": str(folders[1])})])
+        assert ssh.ssh_sessions == 6  # rhl-ps, rhl-clear
+        for cleared, folder in zip((first, second), folders):
+            assert cleared["ok"] and cleared["path"] == str(folder) and os.listdir(folder) == []
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_clear_is_refused_when_the_host_cannot_tell_what_the_path_is():
+    """The policy check's own failure is a refusal (nothing cleared), said in one line; the
+    guard's refusal of it means the guard decides."""
+    argv = _policy_argv("~/data/p")
+    broken = HelperResult(argv, 127, b"", b"sh: 1: realpath: not found\n")
+    with pytest.raises(ProtocolError) as info:
+        _policy_verdict(broken, "~/data/p", "h")
+    assert (info.value.code, info.value.message) == (
+        ErrorCode.POLICY_REFUSED,
+        "clear: cannot check the path policy on h (sh: 1: realpath: not found); nothing was cleared")
+    guarded = HelperResult(argv, 1, b"", b"rhl-guard: rejected: command not allowed\n")
+    assert _policy_verdict(guarded, "~/data/p", "h") is None
+    marked = HelperResult(argv, 0, b"/home/u\0/srv/u\0/srv/u/data/p\0" + b"1\0", b"")
+    assert _policy_verdict(marked, "~/data/p", "h") == _Checked("/home/u", "/srv/u/data/p")
 
 
 def test_agent_only_ops_and_bad_args_are_op_errors(ssh: SshTransport):

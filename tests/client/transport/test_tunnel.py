@@ -13,7 +13,9 @@ from seamless_service.client.errors import AuthFailed, ConnectionFailed
 from seamless_service.sockopts import has_nodelay
 from seamless_service.client.transport.tunnel import AgentUnreachable, Tunnel
 from seamless_service.deploy import cache
-from tests.client.conftest import BIG_LOG_BYTES, Remote, wait_until
+from tests.support.remote import Remote
+from tests.support.remote_state import BIG_LOG_BYTES
+from tests.support.services import wait_until
 
 
 def _endpoint(remote: Remote):
