@@ -207,6 +207,10 @@ class StateCache:
     def __init__(self, ctx: object = None):
         self._entries: dict[str, tuple[Signature, Any]] = {}
 
+    def forget(self, path: str) -> None:
+        """Read `path` again next time, whatever its signature (it had a file event)."""
+        self._entries.pop(path, None)
+
     def read(self, path: StatePath, st: os.stat_result | None = None) -> dict[str, Any] | None:
         """As read_state(path), from the cache when the file is unchanged. `st`: a stat of
         the file the caller just took (saves one)."""
