@@ -68,8 +68,10 @@ class _Folder:
     def watched(self) -> bool:
         return self._watch is not None and self._watch.active
 
-    def exists(self) -> bool:
-        return os.path.isdir(self.path)
+    @property
+    def failed(self) -> str | None:
+        """Why this folder could not be watched, at the last try (then every poll stats)."""
+        return self._watch.failed if self._watch is not None else "not watched"
 
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """[(path, stat)] of the folder's state files now (caller holds the Watcher's lock)."""
@@ -149,7 +151,7 @@ class Watcher:
         if not self._inotify:
             return "stat"
         for _role, folder in self._folders:
-            if not folder.watched and folder.exists():
+            if folder.failed:
                 return "stat"
         return "inotify"
 
