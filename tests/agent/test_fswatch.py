@@ -205,3 +205,24 @@ def test_a_real_agent_says_which_watch_ran_and_sees_a_rewrite(sandbox):
             assert ps["value"]["rows"][0]["port"] == 2222
     finally:
         end_agent(proc)
+
+
+def test_rows_kept_per_file_version_still_follow_the_pid_and_no_status(sandbox, ctx):
+    """statefiles.ServerRows keeps each file's derived status per liveness answer and per
+    no_status: one file version, asked both ways and across a death, answers each right."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sandbox.write_state(KEY, {"status": "running", "pid": proc.pid, "port": 5})
+        assert [(r["status"], r["live"]) for r in call(ctx, "ps")["rows"]] == [("running", True)]
+        assert [(r["status"], r["live"]) for r in call(ctx, "ps", no_status=True)["rows"]] == [("running", None)]
+        proc.kill()
+        proc.wait()
+        time.sleep(LivenessCache.TTL)
+        assert [(r["status"], r["live"]) for r in call(ctx, "ps")["rows"]] == [("stale", False)]
+        assert [(r["status"], r["live"]) for r in call(ctx, "ps", no_status=True)["rows"]] == [("running", None)]
+        # no pid at all: nothing is probed either way, and still the two answers differ
+        sandbox.write_state(KEY, {"status": "running", "port": 5})
+        assert [r["status"] for r in call(ctx, "ps")["rows"]] == ["stale"]
+        assert [r["status"] for r in call(ctx, "ps", no_status=True)["rows"]] == ["running"]
+    finally:
+        proc.kill()
