@@ -9,6 +9,7 @@ Prints p50/p99 of:
     (default) and WITHOUT it (the trap: sshd leaves Nagle on, ~40 ms stalls), and through
     the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;
+  * the small call through Host.batch next to the AgentTransport it holds (Host's own cost);
   * `ps + persistent` of 200 and 1,000 services through `Host.batch` (a long-lived
     process over the real tunnel; state and data folders as bench_agent.py makes them),
     with the agent's file-watch mode (inotify, or the stat fallback) named;
@@ -204,6 +205,34 @@ def services_rows(server: SshServer, config: Path, runs: int) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def host_overhead(server: SshServer, config: Path, runs: int) -> None:
+    """The small call (hello) through Host.batch and through the AgentTransport that Host
+    holds, interleaved in slices of 20 (the machine's load hits both alike): the difference
+    is what Host (and the auto transport) add per call."""
+    host = Host(server.alias, ssh_config=config, notice=quiet)
+    try:
+        host.batch([("hello", {})])
+        inner = host.transport.active  # AutoTransport -> its AgentTransport
+        calls = {"small call: hello through Host.batch": lambda: host.batch([("hello", {})]),
+                 "small call: hello through its AgentTransport.batch": lambda: inner.batch([("hello", {})])}
+        samples: dict[str, list[float]] = {label: [] for label in calls}
+        for _ in range(max(5, runs * 2 // 20)):
+            for label, call in calls.items():
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    call()
+                    samples[label].append((time.perf_counter() - t0) * 1000)
+        for label, values in samples.items():
+            values.sort()
+            p50 = values[len(values) // 2]
+            p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+            through_host = label.endswith("Host.batch")
+            row(label, p50, p99, "target p50 <= 0.25" if through_host else "",
+                p50 <= 0.25 if through_host else None)
+    finally:
+        host.close()
+
+
 def keeper_memory(server: SshServer, folder: Path, counts: tuple[int, ...]) -> None:
     """The real tunnel keeper (started by the `seamless-service` CLI in a sandbox HOME),
     connected to 1, then more hosts (`ps --cluster kI`, one cluster per ssh alias of one
@@ -309,7 +338,8 @@ def main() -> int:
                 make_state(server)
         main_alias = servers[0].alias
         if args.services:
-            print("\nservices through Host.batch (a long-lived process, the real tunnel):")
+            print("\nthrough Host (a long-lived process, the real tunnel):")
+            host_overhead(servers[0], config, runs)
             services_rows(servers[0], config, runs)
             return 0
 
@@ -329,7 +359,8 @@ def main() -> int:
         p50, p99 = median_ms(lambda: transport.batch([("ps", {}), persistent, ("hello", {})]), runs)
         row("batch ps + persistent + hello", p50, p99)
 
-        print("\nservices through Host.batch (a long-lived process, the real tunnel):")
+        print("\nthrough Host (a long-lived process, the real tunnel):")
+        host_overhead(servers[0], config, runs)
         services_rows(servers[0], config, runs)
 
         forward = AgentTransport(main_alias, ssh_config=config, notice=quiet, via="forward")
