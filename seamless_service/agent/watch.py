@@ -52,8 +52,8 @@ class _Folder:
     in-place rewrite within one timestamp tick). Without it (not Linux, limits reached,
     SEAMLESS_SERVICE_FSWATCH=stat), or whenever the watch lost track (queue overflow, the
     folder replaced), every poll lists and stats everything, as before. Entries that are
-    symlinks are stat-ed on every poll either way: their target changes without an event
-    in this folder."""
+    symlinks or have other hard links are stat-ed on every poll either way: they change
+    without an event in this folder."""
 
     def __init__(self, path: str, forget: Callable[[str], None], watch: bool):
         self.path = path
@@ -111,7 +111,8 @@ class _Folder:
             self._links.discard(name)
             return
         self._stats[name] = st
-        if self._watch is not None and os.path.islink(path):
+        # a symlink's target, or a hard link's other name, changes with no event here
+        if self._watch is not None and (st.st_nlink > 1 or os.path.islink(path)):
             self._links.add(name)
         else:
             self._links.discard(name)

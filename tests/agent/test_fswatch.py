@@ -121,6 +121,18 @@ def test_a_symlinked_state_file_whose_target_changes_is_seen(sandbox, ctx, tmp_p
     assert rows(ctx)[KEY]["port"] == 22
 
 
+def test_a_hard_linked_state_file_written_through_its_other_name_is_seen(sandbox, ctx, tmp_path):
+    other = tmp_path / "other-name.json"
+    other.write_text(json.dumps({"status": "failed", "port": 1}))
+    sandbox.server_dir.mkdir(parents=True, exist_ok=True)
+    os.link(other, sandbox.server_dir / f"{KEY}.json")
+    assert rows(ctx)[KEY]["port"] == 1
+    settle()
+    with open(other, "r+b") as handle:  # the event goes to tmp_path's watchers, not ours
+        handle.write(json.dumps({"status": "failed", "port": 2}).encode())
+    assert rows(ctx)[KEY]["port"] == 2
+
+
 def test_after_a_queue_overflow_everything_is_looked_at_again(sandbox, ctx):
     path = sandbox.write_state(KEY, {"status": "failed", "port": 1111})
     assert rows(ctx)[KEY]["port"] == 1111
