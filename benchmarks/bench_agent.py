@@ -2,7 +2,7 @@
 """Agent vs rhl-* helper subprocesses, on the same state, in one run (issue: agent and protocol).
 
 Prints, for 10, 200 and 1,000 state files: the median latency of `ps`, and of one batch
-`ps`+`persistent`, through a real agent over rpyc on loopback, next to running
+`ps`+`persistent` (and the agent's file-watch mode: inotify, or the stat fallback), through a real agent over rpyc on loopback, next to running
 `rhl-ps --json` plus `rhl-ps-persistent --json` as subprocesses (what a poll costs on the
 server without the agent); then the cached `persistent` size answer on a 100,000-file
 buffer directory next to `du -sb` on it, and, at level 0 and level 1 with a poll every
@@ -69,9 +69,10 @@ def bench_states(n: int, runs: int) -> dict:
                   "--marker", ".HASHSERVER_PREFIX", str(bufferdir)]
         helpers_ms, _ = median_ms(lambda: (run_helper_cmd(rhl_ps, env), run_helper_cmd(rhl_pp, env)),
                                   max(5, runs // 10), warmup=1)
-        rows = len(conn.batch([("ps", {})])[0]["value"]["rows"])
-        assert rows == n, (rows, n)
-        return {"n": n, "ps": ps_ms, "batch": batch_ms, "batch_p99": batch_p99, "helpers": helpers_ms}
+        reply = conn.batch([("ps", {})])[0]["value"]
+        assert len(reply["rows"]) == n, (len(reply["rows"]), n)
+        return {"n": n, "ps": ps_ms, "batch": batch_ms, "batch_p99": batch_p99, "helpers": helpers_ms,
+                "watch": reply.get("watch", "stat")}
     finally:
         conn.close()
         lifecycle.stop(base)
@@ -159,11 +160,11 @@ def main() -> None:
     args = parser.parse_args()
     runs = 30 if args.quick else 200
     print(f"{'state files':>11} {'ps (ms)':>9} {'ps+persistent (ms)':>19} {'p99':>7} "
-          f"{'rhl-ps + rhl-ps-persistent (ms)':>32} {'speed-up':>9}")
+          f"{'rhl-ps + rhl-ps-persistent (ms)':>32} {'speed-up':>9} {'file watch':>10}")
     for n in (10, 200, 1000):
         r = bench_states(n, runs)
         print(f"{r['n']:>11} {r['ps']:>9.2f} {r['batch']:>19.2f} {r['batch_p99']:>7.2f} "
-              f"{r['helpers']:>32.1f} {r['helpers'] / r['batch']:>8.0f}x")
+              f"{r['helpers']:>32.1f} {r['helpers'] / r['batch']:>8.0f}x {r['watch']:>10}")
     files = 20_000 if args.quick else 100_000
     b = bench_big_dir(files, runs)
     print()

@@ -9,6 +9,10 @@ Prints p50/p99 of:
     (default) and WITHOUT it (the trap: sshd leaves Nagle on, ~40 ms stalls), and through
     the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;
+  * the small call through Host.batch next to the AgentTransport it holds (Host's own cost);
+  * `ps + persistent` of 200 and 1,000 services through `Host.batch` (a long-lived
+    process over the real tunnel; state and data folders as bench_agent.py makes them),
+    with the agent's file-watch mode (inotify, or the stat fallback) named;
   * Fleet.ps over 1 host vs 4 hosts (warm connections, hosts asked in parallel);
   * Fleet.batch over 1, 16 and 64 hosts each answering in 5 ms (N ssh aliases of one sshd:
     see fanout_many), with the CPU each costs the client and the machine;
@@ -17,7 +21,7 @@ Prints p50/p99 of:
     SSH + auth + hello), and with the agent running but no connection (SSH + auth);
   * for scale: the same ps answered by the ssh fallback (one `ssh HOST rhl-ps` per call).
 
-Targets: small call p50 <= 0.5 ms; 200 KB p50 <= 2 ms and p99 <= 10 ms; fan-out over 4
+Targets: small call p50 <= 0.5 ms; 200 services ps + persistent p50 <= 5 ms, 1,000 <= 8 ms; 200 KB p50 <= 2 ms and p99 <= 10 ms; fan-out over 4
 hosts within 1.5x of one; hosts answering in 5 ms: 16 within 1.5x, 64 within 2x of one.
 
 Internals: this script measures the transports themselves (AgentTransport, SshTransport,
@@ -27,7 +31,7 @@ keeper memory use only the public Fleet/Host and the CLI.
 
 Needs root (sshd + throwaway users). Deploys the agent to 4 servers first (~30 s).
 
-    python benchmarks/bench_tunnel.py [--quick]
+    python benchmarks/bench_tunnel.py [--quick] [--services]   (--services: only those rows)
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_state, median_ms  # noqa: E402
+from _common import (  # noqa: E402
+    make_bufferdir, make_state, median_ms, spawn_sleepers, write_state_files,
+)
 
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ss-bench-cache-")
 
@@ -160,6 +166,73 @@ def fanout_many(server: SshServer, folder: Path, runs: int) -> None:
             fleet.close()
 
 
+SERVICES = ((200, 5.0), (1000, 8.0))  # services, target p50 in ms (issue 13)
+
+
+def services_rows(server: SshServer, config: Path, runs: int) -> None:
+    """`ps + persistent` of N services through Host.batch over the real tunnel: N server
+    state files (running with distinct live pids / stale / failed, as bench_agent.py) and a
+    buffer folder of N/3 projects walked at level 2. The N-service states grow in place
+    (each N's keys include the previous N's), on one sshd and one agent."""
+    sleepers = spawn_sleepers(250)
+    host = Host(server.alias, ssh_config=config, notice=quiet)
+    scratch = Path(tempfile.mkdtemp(prefix="ss-bench-services-"))
+    try:
+        bufferdir = server.home / "data" / "buffers"
+        persistent = ("persistent", {"paths": [str(bufferdir)], "level": 2, "marker": ".HASHSERVER_PREFIX"})
+        for n, target in SERVICES:
+            write_state_files(scratch / "server", n, bufferdir, [p.pid for p in sleepers])
+            make_bufferdir(scratch / "buffers", projects=max(1, n // 3))
+            for path in sorted((scratch / "server").glob("*.json")):
+                server.write_file(f".remote-http-launcher/server/{path.name}", path.read_bytes())
+            for path in sorted((scratch / "buffers").rglob("*")):
+                if path.is_file():
+                    server.write_file(f"data/buffers/{path.relative_to(scratch / 'buffers')}", path.read_bytes())
+            ps, _ = host.batch([("ps", {}), persistent])  # the first answer starts the sizer
+            assert len(ps["rows"]) >= n, (len(ps["rows"]), n)  # + make_state's few, in a full run
+            time.sleep(2.5)  # past the 2 s within which the agent distrusts cached listings
+            host.batch([("ps", {}), persistent])
+            watch = ps.get("watch") or "stat (an agent from before file watching)"
+            p50, p99 = median_ms(lambda: host.batch([("ps", {})]), runs)
+            row(f"{n} services: ps (file watch: {watch})", p50, p99)
+            p50, p99 = median_ms(lambda: host.batch([("ps", {}), persistent]), runs)
+            row(f"{n} services: ps + persistent", p50, p99, f"target p50 <= {target:g}", p50 <= target)
+    finally:
+        host.close()
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def host_overhead(server: SshServer, config: Path, runs: int) -> None:
+    """The small call (hello) through Host.batch and through the AgentTransport that Host
+    holds, interleaved in slices of 20 (the machine's load hits both alike): the difference
+    is what Host (and the auto transport) add per call."""
+    host = Host(server.alias, ssh_config=config, notice=quiet)
+    try:
+        host.batch([("hello", {})])
+        inner = host.transport.active  # AutoTransport -> its AgentTransport
+        calls = {"small call: hello through Host.batch": lambda: host.batch([("hello", {})]),
+                 "small call: hello through its AgentTransport.batch": lambda: inner.batch([("hello", {})])}
+        samples: dict[str, list[float]] = {label: [] for label in calls}
+        for _ in range(max(5, runs * 2 // 20)):
+            for label, call in calls.items():
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    call()
+                    samples[label].append((time.perf_counter() - t0) * 1000)
+        for label, values in samples.items():
+            values.sort()
+            p50 = values[len(values) // 2]
+            p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+            through_host = label.endswith("Host.batch")
+            row(label, p50, p99, "target p50 <= 0.25" if through_host else "",
+                p50 <= 0.25 if through_host else None)
+    finally:
+        host.close()
+
+
 def keeper_memory(server: SshServer, folder: Path, counts: tuple[int, ...]) -> None:
     """The real tunnel keeper (started by the `seamless-service` CLI in a sandbox HOME),
     connected to 1, then more hosts (`ps --cluster kI`, one cluster per ssh alias of one
@@ -227,6 +300,8 @@ def memory_mib(pid: int) -> tuple[float, float | None]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--services", action="store_true",
+                        help="only the 200 and 1,000 services ps + persistent rows (one sshd)")
     args = parser.parse_args()
     runs = 100 if args.quick else 500
     reason = sshd_available()
@@ -237,10 +312,10 @@ def main() -> int:
     servers: list[SshServer] = []
     transports: list[AgentTransport] = []
     try:
-        for i in range(HOSTS):
+        for i in range(1 if args.services else HOSTS):
             servers.append(SshServer.start(alias=f"bench-{i}"))
         config = combined_ssh_config(Path(tempfile.mkdtemp(prefix="ss-bench-cfg-")) / "config", servers)
-        print(f"deploying the agent to {HOSTS} sshd servers ...", flush=True)
+        print(f"deploying the agent to {len(servers)} sshd server(s) ...", flush=True)
         start = time.monotonic()
         errors: list[BaseException] = []
 
@@ -259,8 +334,14 @@ def main() -> int:
             raise errors[0]
         print(f"  deployed in {time.monotonic() - start:.1f} s", flush=True)
         for server in servers:
-            make_state(server)
+            if not args.services:
+                make_state(server)
         main_alias = servers[0].alias
+        if args.services:
+            print("\nthrough Host (a long-lived process, the real tunnel):")
+            host_overhead(servers[0], config, runs)
+            services_rows(servers[0], config, runs)
+            return 0
 
         transport = AgentTransport(main_alias, ssh_config=config, notice=quiet)
         transports.append(transport)
@@ -277,6 +358,10 @@ def main() -> int:
                                      "marker": ".HASHSERVER_PREFIX"})
         p50, p99 = median_ms(lambda: transport.batch([("ps", {}), persistent, ("hello", {})]), runs)
         row("batch ps + persistent + hello", p50, p99)
+
+        print("\nthrough Host (a long-lived process, the real tunnel):")
+        host_overhead(servers[0], config, runs)
+        services_rows(servers[0], config, runs)
 
         forward = AgentTransport(main_alias, ssh_config=config, notice=quiet, via="forward")
         transports.append(forward)

@@ -206,6 +206,11 @@ class StateCache:
 
     def __init__(self, ctx: object = None):
         self._entries: dict[str, tuple[Signature, Any]] = {}
+        self.rows = ServerRows()
+
+    def forget(self, path: str) -> None:
+        """Read `path` again next time, whatever its signature (it had a file event)."""
+        self._entries.pop(path, None)
 
     def read(self, path: StatePath, st: os.stat_result | None = None) -> dict[str, Any] | None:
         """As read_state(path), from the cache when the file is unchanged. `st`: a stat of
@@ -247,7 +252,9 @@ def key_of(path: StatePath) -> str:
 
 def server_row(path: StatePath, *, check_pid: bool = True, cache: StateCache | None = None,
                probe: Any = None, st: os.stat_result | None = None) -> dict[str, Any]:
-    """One `rhl-ps --json` server row for `path` (an error row if the file is unusable)."""
+    """One `rhl-ps --json` server row for `path` (an error row if the file is unusable).
+    With `cache`, the row's parts that only the file decides are kept per file version
+    (ServerRows): a poll then builds the row from them and one liveness answer."""
     key = key_of(path)
     try:
         data = cache.read(path, st) if cache is not None else read_sendable(path)
@@ -255,16 +262,56 @@ def server_row(path: StatePath, *, check_pid: bool = True, cache: StateCache | N
         return error_row(key, str(exc))
     if data is None:  # vanished between listing and reading: report it, do not guess
         return error_row(key, f"state file vanished while reading: {_shown(path)}")
+    if cache is not None:
+        return cache.rows.row(os.fspath(path), key, data, check_pid, probe or pid_alive)
+    row = _base_row(key, data)
+    row["status"], row["live"] = derive_status(data, check_pid=check_pid, probe=probe)
+    return row
+
+
+def _base_row(key: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A server row without its derived status and liveness (placeholders keep the
+    helper's field order)."""
     row = dict(data)  # shallow copy: cached objects are never mutated
     row["key"] = key
     if "status" in data and data["status"] is not None:
         row["json_status"] = data["status"]
-    status, live = derive_status(data, check_pid=check_pid, probe=probe)
-    row["status"] = status
-    row["live"] = live
+    row["status"] = row["live"] = None
     if "meta" not in row:
         row["meta"] = {}
     return row
+
+
+class ServerRows:
+    """Server rows per parsed file version (the object StateCache returned for it): the
+    fields the file decides, its usable pid, and the derived (status, live) per liveness
+    answer, so that a poll of an unchanged file costs one copy and one liveness lookup
+    (no derivation). A file read again (changed, or forgotten on a file event) is a new
+    object, hence a new entry. Liveness is asked on every call, as without the cache."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self) -> None:
+        # path -> (data object, base row, usable pid, {(check_pid, alive): (status, live)})
+        self._memo: dict[str, tuple[Any, dict[str, Any], int | None, dict[Any, tuple[str, bool | None]]]] = {}
+
+    def row(self, path: str, key: str, data: dict[str, Any], check_pid: bool,
+            probe: Callable[[int], bool]) -> dict[str, Any]:
+        hit = self._memo.get(path)
+        if hit is None or hit[0] is not data:
+            if len(self._memo) >= self.MAX_ENTRIES:
+                self._memo.clear()
+            hit = self._memo[path] = (data, _base_row(key, data), rhl.usable_pid(data.get("pid")), {})
+        _data, base, pid, derived = hit
+        # derive_status asks about this pid at most, and only with check_pid
+        answer = probe(pid) if check_pid and pid is not None else None
+        status = derived.get((check_pid, answer))
+        if status is None:
+            status = derived[(check_pid, answer)] = derive_status(data, check_pid=check_pid,
+                                                                   probe=lambda _pid: bool(answer))
+        row = base.copy()
+        row["status"], row["live"] = status
+        return row
 
 
 def client_row(path: StatePath, *, cache: StateCache | None = None) -> dict[str, Any]:

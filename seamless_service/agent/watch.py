@@ -16,8 +16,11 @@ Left out on purpose, because `ps` does not show them and they would only cause s
 wake-ups: logs (they change all the time), and the directories' own mtimes (they change
 when a log or a temp file is created, which says nothing the file list does not).
 
-Polling is portable (no inotify) and cheap; each connection of the agent runs in its own
-thread, so a waiting client holds only its own thread. `close()` wakes every waiter, so an
+Where Linux offers inotify (agent/fswatch.py), a poll re-stats only the state files that
+had an event since the previous one (and re-reads those even if their signature did not
+move); elsewhere, or when the watch loses track, it stats every file as before. `mode`
+says which ran (in the `ps` reply and `hello`). Each connection of the agent runs in its
+own thread, so a waiting client holds only its own thread. `close()` wakes every waiter, so an
 agent that shuts down does not hang on a long poll.
 """
 
@@ -27,10 +30,10 @@ import hashlib
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .. import rhl
-from . import statefiles
+from . import fswatch, statefiles
 from .paths import join
 from .context import AgentContext
 
@@ -40,46 +43,156 @@ TOKEN_HEX = 32        # 128 bits of the digest: collisions are not a practical c
 _Signature = statefiles.Signature
 
 
+class _Folder:
+    """The `*.json` entries of one state folder with their stats, sorted by name.
+
+    With inotify (fswatch.FolderWatch) a poll re-stats only the names that had an event
+    since the previous poll, and tells `forget(path)` about each, so that parsed content
+    cached by stat signature is read again even when the signature did not move (an
+    in-place rewrite within one timestamp tick). Without it (not Linux, limits reached,
+    SEAMLESS_SERVICE_FSWATCH=stat), or whenever the watch lost track (queue overflow, the
+    folder replaced), every poll lists and stats everything, as before. Entries that are
+    symlinks or have other hard links are stat-ed on every poll either way: they change
+    without an event in this folder."""
+
+    def __init__(self, path: str, forget: Callable[[str], None], watch: bool):
+        self.path = path
+        self._forget = forget
+        self._watch = fswatch.FolderWatch(path) if watch else None
+        self._stats: dict[str, os.stat_result] = {}
+        self._links: set[str] = set()
+        self._entries: list[tuple[str, os.stat_result]] = []
+        self.generation = 0   # bumped whenever the entries may differ from the last poll's
+
+    @property
+    def watched(self) -> bool:
+        return self._watch is not None and self._watch.active
+
+    @property
+    def failed(self) -> str | None:
+        """Why this folder could not be watched, at the last try (then every poll stats)."""
+        return self._watch.failed if self._watch is not None else "not watched"
+
+    def entries(self) -> list[tuple[str, os.stat_result]]:
+        """[(path, stat)] of the folder's state files now (caller holds the Watcher's lock)."""
+        changed = self._watch.changes() if self._watch is not None else None
+        if changed is None or not self.watched:
+            self._rescan(forget_all=self.watched)
+            return self._entries
+        changed.update(self._links)
+        dirty = False
+        for name in changed:
+            if name.endswith(".json"):
+                self._restat(name)
+                dirty = True
+        if dirty:
+            self._sort()
+        return self._entries
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+
+    def _rescan(self, forget_all: bool) -> None:
+        self._stats, self._links = {}, set()
+        for name in statefiles.state_file_names(self.path):
+            self._restat(name, forget=forget_all)
+        self._sort()
+
+    def _restat(self, name: str, forget: bool = True) -> None:
+        path = join(self.path, name)
+        if forget:
+            self._forget(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            # vanished since the listing (or a dangling link): its absence is the change
+            self._stats.pop(name, None)
+            self._links.discard(name)
+            return
+        self._stats[name] = st
+        # a symlink's target, or a hard link's other name, changes with no event here
+        if self._watch is not None and (st.st_nlink > 1 or os.path.islink(path)):
+            self._links.add(name)
+        else:
+            self._links.discard(name)
+
+    def _sort(self) -> None:
+        entries = [(join(self.path, name), self._stats[name]) for name in sorted(self._stats)]
+        if _signatures(entries) != _signatures(self._entries):
+            self.generation += 1
+        self._entries = entries
+
+
+def _signatures(entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, _Signature]]:
+    return [(path, statefiles.stat_signature(st)) for path, st in entries]
+
+
 class Watcher:
     """Computes change tokens for one launcher base; shared by all ops of an agent."""
 
     def __init__(self, ctx: AgentContext):
         self._probe = ctx.shared("liveness", statefiles.LivenessCache).alive
-        self._dirs = (("server", str(ctx.server_dir)), ("client", str(ctx.client_dir)))
-        # path -> (signature, pid or None). Replaced wholesale by each scan, so concurrent
-        # scans from several threads never see a half-updated map (last writer wins, and
-        # both writers computed valid entries).
+        self._cache = ctx.shared("statecache", statefiles.StateCache)
+        watch = fswatch.available()
+        self._folders = (("server", _Folder(str(ctx.server_dir), self._forget, watch)),
+                         ("client", _Folder(str(ctx.client_dir), self._forget, watch)))
+        self._inotify = watch
+        # path -> (signature, pid or None): only re-read when the file changed
         self._pids: dict[str, tuple[_Signature, int | None]] = {}
+        # the part of the token that only file events change: (generations, digest, server pids)
+        self._static: tuple[tuple[int, ...], bytes, list[int | None]] = ((), b"", [])
+        self._lock = threading.Lock()   # connections are served in parallel threads
         self._closed = threading.Event()
+
+    @property
+    def mode(self) -> str:
+        """How the state folders are watched: "inotify" (only files with an event are
+        stat-ed again) or "stat" (every file, every poll)."""
+        if not self._inotify:
+            return "stat"
+        for _role, folder in self._folders:
+            if folder.failed:
+                return "stat"
+        return "inotify"
 
     def token(self) -> str:
         """The current change token (a hex string)."""
         return self.scan()[0]
 
     def scan(self) -> tuple[str, dict[str, list[tuple[str, os.stat_result]]]]:
-        """(token, {"server": [(path, stat)], "client": [...]}): one listing and one stat per
-        file, which `ps` reuses for its rows instead of listing and stat-ing again. Paths are
-        plain strings: on a poll of hundreds of files pathlib would cost more than the stats."""
+        """(token, {"server": [(path, stat)], "client": [...]}): the state files and their
+        stats (re-stat-ed only where something changed, see _Folder), which `ps` reuses for
+        its rows. Paths are plain strings: on a poll of hundreds of files pathlib would
+        cost more than the stats."""
+        with self._lock:
+            seen = {role: folder.entries() for role, folder in self._folders}
+            generations = tuple(folder.generation for _role, folder in self._folders)
+            if generations != self._static[0]:
+                self._static = (generations, *self._files_digest(seen))
+            static, pids = self._static[1], self._static[2]
+        # liveness is no file event: probed on every scan (LivenessCache: at most TTL late)
+        alive = bytes(2 if pid is None else self._probe(pid) for pid in pids)
+        digest = hashlib.sha256(static + alive)
+        return digest.hexdigest()[:TOKEN_HEX], seen
+
+    def _files_digest(self, seen: dict[str, list[tuple[str, os.stat_result]]]) -> tuple[bytes, list[int | None]]:
         parts: list[str] = []
         pids: dict[str, tuple[_Signature, int | None]] = {}
-        seen: dict[str, list[tuple[str, os.stat_result]]] = {"server": [], "client": []}
-        for role, directory in self._dirs:
-            for name in statefiles.state_file_names(directory):
-                path = join(directory, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue  # vanished since the listing: its absence changes the digest
-                seen[role].append((path, st))
+        for role, entries in seen.items():
+            for path, st in entries:
                 sig = statefiles.stat_signature(st)
-                parts.append(f"{role}/{name}\0{sig[0]},{sig[1]},{sig[2]},{sig[3]}\0")
+                parts.append(f"{role}/{os.path.basename(path)}\0{sig[0]},{sig[1]},{sig[2]},{sig[3]}\0")
                 if role == "server":
-                    pid = self._pid(path, sig, pids)
-                    alive = self._probe(pid) if pid is not None else None
-                    parts.append(f"alive={alive}\0")
+                    self._pid(path, sig, pids)
         self._pids = pids
-        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogateescape"))
-        return digest.hexdigest()[:TOKEN_HEX], seen
+        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogateescape")).digest()
+        return digest, [pid for _sig, pid in pids.values()]
+
+    def _forget(self, path: str) -> None:
+        """`path` changed (a file event): what was parsed from it is read again."""
+        self._cache.forget(path)
+        self._pids.pop(path, None)
 
     def wait(self, token: str | None, timeout: float) -> tuple[bool, str]:
         """(changed, current token): at once if `token` is absent or stale, else when the
@@ -100,6 +213,9 @@ class Watcher:
 
     def close(self) -> None:
         self._closed.set()
+        with self._lock:
+            for _role, folder in self._folders:
+                folder.close()
 
     # -- internals ---------------------------------------------------------------
 

@@ -106,6 +106,12 @@ class Host:
     @property
     def transport(self) -> Transport:
         """The underlying transport (opened on first use)."""
+        transport = self._transport
+        if transport is not None and not self._closed:
+            # every call comes here: once open, no lock (close() clears it under the lock;
+            # a call racing close() gets the transport's own "closed" error, as it would
+            # had it started a moment earlier)
+            return transport
         with self._lock:
             if self._closed:
                 raise UsageError(f"{self.name}: this Host is closed")

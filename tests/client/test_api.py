@@ -115,3 +115,15 @@ def test_bad_transport_choices_are_usage_errors():
         assert local.name == "local"
     finally:
         local.close()
+
+
+def test_a_closed_host_refuses_calls_after_its_first_one(sandbox):
+    """Host.transport answers without its lock once open (every call goes through it): a
+    call after close() must still be refused, not sent through the closed transport."""
+    host = Host.local()
+    assert host.ps() == []
+    host.close()
+    with pytest.raises(seamless_service.UsageError, match="closed"):
+        host.ps()
+    with pytest.raises(seamless_service.UsageError, match="closed"):
+        host.transport

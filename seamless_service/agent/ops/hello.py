@@ -13,6 +13,7 @@ from ... import __version__
 from ...protocol import PROTOCOL_VERSION
 from ...protocol.schema import OPS
 from ..context import AgentContext
+from ..watch import watcher
 
 
 def _user() -> str:
@@ -41,4 +42,6 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         "uptime": round(time.time() - ctx.started, 3),
         "base": str(ctx.base),
         "path_policy": describe_policy(ctx),
+        # how `ps` looks at the state folders: "inotify" or "stat" (agent/watch.py)
+        "file_watch": watcher(ctx).mode,
     }

@@ -5,12 +5,13 @@ Args (protocol.schema OPS["ps"]): `side` ("server" | "client"), `no_status` (lik
 `ssh_host` equals it), `status`, and the key filters service/cluster/project/stage/
 subproject/substage/mode/queue.
 
-Returns `{"rows": [...], "token": str, "state": str}`. The token (agent/watch.py) is taken
+Returns `{"rows": [...], "token": str, "state": str, "watch": str}`. The token (agent/watch.py) is taken
 *before* the files are read, so a client that follows with `wait(token)` never misses a
 change that raced with this listing (at worst it gets one extra, harmless wake-up).
 `state` names the launcher state read (AgentContext.state_id): a client that reached one
 server under two names (two ssh aliases, two clusters) sees the same value twice and shows
-its rows once.
+its rows once. `watch` says how the state folders were looked at: "inotify" (only
+files with an event re-read) or "stat" (every file stat-ed), agent/watch.py.
 
 Rows are the helper's rows, field for field (statefiles.server_row / client_row), with
 these deliberate differences:
@@ -67,7 +68,8 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         # Same refusal as `rhl-ps --host` without `--client`.
         raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
     check_pid = not args.get("no_status", False)
-    token, seen = watcher(ctx).scan()  # before reading: see module docstring
+    files = watcher(ctx)
+    token, seen = files.scan()  # before reading: see module docstring
     if side == "client":
         rows = client_rows(ctx, check_pid=check_pid)
         if host:
@@ -82,7 +84,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     filters = {name: args[name] for name in META_FIELDS if args.get(name) is not None}
     if filters:
         rows = [row for row in rows if row_matches(row, filters)]
-    return {"rows": rows, "token": token, "state": ctx.state_id()}
+    return {"rows": rows, "token": token, "state": ctx.state_id(), "watch": files.mode}
 
 
 def state_cache(ctx: AgentContext) -> statefiles.StateCache:
