@@ -392,11 +392,19 @@ class AgentTransport(Transport):
         return info.get("protocol") == PROTOCOL_VERSION and info.get("version") == __version__
 
     def _open_tunnel(self) -> None:
-        from .tunnel import Tunnel
-
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        if self.via == "openssh":
+            from .openssh import OpenSshTunnel
+
+            # finds the ssh client; each agent connection is then one `ssh -W` process
+            self._tunnel = OpenSshTunnel(self.host, ssh_config=self.ssh_config,
+                                         accept_new_host_key=self.accept_new_host_key,
+                                         connect_timeout=self.connect_timeout).open()
+            return
+        from .tunnel import Tunnel
+
         tunnel = Tunnel(self.host, ssh_config=self.ssh_config, accept_new_host_key=self.accept_new_host_key,
                         connect_timeout=self.connect_timeout, keep_session=self.keep_session,
                         notice=self._say)
@@ -456,6 +464,12 @@ class AgentTransport(Transport):
                 # seconds to minutes (a venv, wheels, an upload, pip): say what is going on
                 self.notice(f"seamless-service: {self.host}: {message}")
 
+        if self.via == "openssh":
+            endpoint = self._start_over_openssh(why)
+            if endpoint is not None:
+                return endpoint
+            # Not installed, or another version: deploy installs it (paramiko and SFTP; its
+            # progress notices say so). A host that forces rhl-guard lands here too.
         try:
             with self._budget.paused():  # installs take minutes; their steps have their own limits
                 endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
@@ -479,6 +493,31 @@ class AgentTransport(Transport):
             guard = self._guard_message()
             raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}",
                                    guarded=guard is not None, permanent=True) from exc
+        self.deploys += 1
+        self._endpoint = endpoint
+        return endpoint
+
+    def _start_over_openssh(self, why: str) -> Any:
+        """Start (or find) the installed agent with `ssh HOST` and cache its endpoint; None
+        when it must be installed or upgraded first. ssh's own failures come as the client
+        errors openssh.py maps (AuthFailed, ConnectionFailed...)."""
+        from ...deploy import cache
+        from .openssh import StartFailed
+
+        try:
+            with self._budget.paused():  # as deploy: starting has its own limit (START_TIMEOUT)
+                endpoint = self._tunnel.start_agent()
+        except StartFailed as exc:
+            raise AgentUnavailable(self.host, f"cannot start the agent: {exc}", permanent=True) from exc
+        if endpoint is None:
+            return None
+        if why == "first use":  # said once started: a host that takes no agent gets the fallback's notice only
+            self.notice(f"seamless-service: started the agent on {self.host} (first use)")
+        try:
+            cache.store(endpoint)
+        except OSError as exc:
+            raise AgentUnavailable(self.host, f"cannot write the client cache {cache.host_file(self.host)}: "
+                                   f"{exc.strerror or exc}") from exc
         self.deploys += 1
         self._endpoint = endpoint
         return endpoint

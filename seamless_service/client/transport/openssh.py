@@ -1,0 +1,366 @@
+"""The agent reached through the user's own OpenSSH client (`via="openssh"`).
+
+    tunnel = OpenSshTunnel("cluster-frontend").open()
+    conn = tunnel.connect_agent(endpoint.remote_port, endpoint.secret)   # an AgentConnection
+    conn.batch([("ps", {})])
+    tunnel.close()                                  # kills and reaps every ssh it started
+
+Tunnel-shaped (tunnel.py's interface), so AgentTransport keeps its repair, time limits and
+errors and only swaps what carries the bytes. Each agent connection is one
+`ssh -W 127.0.0.1:PORT HOST` process whose stdin and stdout are one end of a socketpair:
+ssh reads and writes that unix socket itself, and rpyc's SocketStream and our handshake
+use the other end as the plain socket they expect. No thread, no copy in Python, no local
+listener (a `-L` forward would be a port every local process can try, one more hop, and a
+port to pick); `-W` also runs over a ControlMaster the user already has (OpenSSH hands the
+socket to the master), so a 2FA login made once in a terminal serves the agent too.
+Measured (benchmarks/bench_tunnel.py, loopback sshd): see the module's figures there;
+the socketpair beats a pipe pair (needs a reader thread or a select-based Stream) and
+paramiko's Python packet loop, since the crypto runs in ssh's C.
+
+Everything the user's `ssh HOST` does applies as it does for `ssh`: ~/.ssh/config with
+Include and Match exec, ProxyJump/ProxyCommand, GSSAPI, host-key rules, ControlMaster.
+Options added: `-F` (ssh_config), `BatchMode=yes` (never a prompt from a background
+process: a login that needs one is reused through a ControlMaster, or fails in one line),
+`ConnectTimeout`, and `StrictHostKeyChecking=accept-new` only when asked. Each ssh runs in
+its own session (setsid): Ctrl-C in the caller's terminal does not cut the connection.
+
+The agent's port and secret come as for paramiko: the client cache, else `start_agent()`,
+which runs the installed agent's `agent start --json` over `ssh HOST` (one login, or none
+with a ControlMaster) and reads the secret file in that same session (the secret travels
+only inside the encrypted session, on ssh's stdout pipe, never in argv or a log). An agent
+that is not installed, or of another version, is installed by deploy (paramiko, SFTP).
+
+Errors: ssh's exit status 255 and its last stderr line become the client error tree
+(ssh_errors.map_ssh_failure); "open failed: connect failed" is AgentUnreachable (nothing
+on the port: the agent restarted), "administratively prohibited" ForwardingRefused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+
+from ... import __version__
+from ..errors import AgentUnreachable, ConnectionFailed, ForwardingRefused, TimedOut
+from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection, AgentError
+from .ssh_errors import map_ssh_failure
+
+SSH = "ssh"
+CONNECT_TIMEOUT = 10            # seconds: ssh's ConnectTimeout, and a connection's first bytes
+START_TIMEOUT = 60.0            # `agent start` waits up to 10 s for the agent; a login may be slow
+EXIT_GRACE = 1.0                # how long an ssh that closed our stream may take to exit (its stderr)
+# Where deploy installs the agent (deploy/install.py Layout), relative to the login's cwd:
+# sshd starts a session command in the user's HOME.
+VENV_PYTHON = ".local/share/seamless-service/agent-venv/bin/python"
+# Run by the agent venv's Python on the host: start (or find) the agent, then print one
+# JSON line with its endpoint and secret (read from its 0600 file; refused if readable by others).
+_START_SCRIPT = r"""
+import json, os, subprocess, sys
+def out(d):
+    sys.stdout.write(json.dumps(d) + "\n"); sys.exit(0)
+r = subprocess.run([sys.executable, "-m", "seamless_service", "agent", "start", "--json"],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+lines = [l for l in r.stdout.splitlines() if l.strip()]
+try:
+    info = json.loads(lines[-1]) if r.returncode == 0 and lines else None
+except ValueError:
+    info = None
+if not isinstance(info, dict) or "secret_path" not in info:
+    err = [l.strip() for l in r.stderr.splitlines() if l.strip()]
+    out({"error": "starting the agent failed (%d): %s" % (r.returncode, err[-1] if err else "no output")})
+path = info["secret_path"]
+try:
+    if os.stat(path).st_mode & 0o077:
+        out({"error": "the agent secret %s is accessible to other users; refusing to use it" % path})
+    with open(path) as fh:
+        info["secret"] = fh.read(4096).strip()
+except OSError as exc:
+    out({"error": "cannot read the agent secret %s: %s" % (path, exc.strerror or exc)})
+out(info)
+"""
+
+
+def find_ssh(binary: str = SSH) -> str | None:
+    """The path of the `ssh` client, or None on a machine without one."""
+    return shutil.which(binary)
+
+
+class SshSocket(socket.socket):
+    """Our end of the socketpair whose other end is one `ssh -W` process's stdin/stdout.
+
+    A real socket (recv/send stay C calls for rpyc's SocketStream); `closed` says whether
+    the ssh process has exited (agent.py's `_usable` looks at it), and close() also ends
+    and reaps that process, so no ssh outlives its connection and none is left a zombie.
+    """
+
+    proc: subprocess.Popen | None = None
+    stderr_file: Any = None
+
+    @property
+    def closed(self) -> bool:
+        proc = self.proc
+        return self.fileno() < 0 or proc is None or proc.poll() is not None
+
+    def stderr_text(self) -> str:
+        handle = self.stderr_file
+        if handle is None:
+            return ""
+        try:
+            handle.seek(0)
+            return handle.read(65536).decode("utf-8", errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            end_process(self.proc)
+            self.proc = None
+            if self.stderr_file is not None:
+                self.stderr_file.close()
+                self.stderr_file = None
+
+
+def end_process(proc: subprocess.Popen | None, grace: float = 1.0) -> None:
+    """SIGTERM `proc` (ssh cleans up and exits at once), SIGKILL after `grace`, and reap it."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except OSError:
+            pass
+    else:
+        proc.wait()
+
+
+class OpenSshTunnel:
+    """Agent connections through `ssh -W` processes of the user's OpenSSH client, with the
+    interface of tunnel.Tunnel that agent.py uses. Thread-safe."""
+
+    keep_session = False  # no kept session: nothing like paramiko's NODELAY trap (ssh sets it)
+
+    def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
+                 accept_new_host_key: bool = False, connect_timeout: float | None = None,
+                 ssh_binary: str = SSH):
+        self.host = host
+        self.ssh_config = ssh_config
+        self.accept_new_host_key = accept_new_host_key
+        self.connect_timeout = connect_timeout
+        self.ssh_binary = ssh_binary
+        self.opened_at: float | None = None
+        self._path: str | None = None
+        self._socks: list[SshSocket] = []
+        self._read: Any = None  # inputs.FileSnapshot of the ssh config files
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> "OpenSshTunnel":
+        """Find the ssh client (ConnectionFailed without one). Nothing connects yet: each
+        agent connection is its own ssh process."""
+        with self._lock:
+            if self.alive:
+                return self
+            path = find_ssh(self.ssh_binary)
+            if path is None:
+                raise ConnectionFailed(self.host, f"no `{self.ssh_binary}` client on this machine's PATH; "
+                                       "use the paramiko tunnel (via='channel')")
+            from .inputs import FileSnapshot
+
+            self._read = FileSnapshot(self._config_files())
+            self._path = path
+            self._closed = False
+            self.opened_at = time.time()
+            return self
+
+    def _config_files(self) -> list[str]:
+        if self.ssh_config is not None:
+            return [os.fspath(self.ssh_config)]
+        return [os.path.expanduser("~/.ssh/config"), "/etc/ssh/ssh_config"]
+
+    @property
+    def alive(self) -> bool:
+        return self._path is not None and not self._closed
+
+    def stale(self) -> bool:
+        """True once the ssh config this tunnel's processes read has changed (Include'd
+        files are not followed): the pool then makes a new transport, new processes."""
+        read = self._read
+        return read is not None and read.changed()
+
+    def forced_command_output(self) -> str | None:
+        return None  # no kept session (agent.py asks after a failed deploy)
+
+    def close(self) -> None:
+        """End every ssh process this tunnel started. Never raises, never hangs."""
+        with self._lock:
+            self._closed = True
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            try:
+                sock.close()
+            except Exception:  # noqa: BLE001 - closing must not raise
+                pass
+
+    def __enter__(self) -> "OpenSshTunnel":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ ssh
+
+    def _timeout(self) -> float:
+        return float(self.connect_timeout) if self.connect_timeout is not None else float(CONNECT_TIMEOUT)
+
+    def ssh_argv(self, *args: str) -> list[str]:
+        """`ssh [-F CONFIG] -o ... ARGS`: the user's ssh with our few options."""
+        argv = [self._path or self.ssh_binary]
+        if self.ssh_config is not None:
+            argv += ["-F", os.fspath(self.ssh_config)]
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(round(self._timeout())))}"]
+        if self.accept_new_host_key:
+            argv += ["-o", "StrictHostKeyChecking=accept-new"]
+        return argv + list(args)
+
+    def open_stream(self, remote_port: int) -> SshSocket:
+        """A socket whose bytes go to 127.0.0.1:`remote_port` on the host, through `ssh -W`."""
+        with self._lock:
+            if not self.alive:
+                raise ConnectionFailed(self.host, "the transport is closed")
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            stderr = tempfile.TemporaryFile()
+            try:
+                proc = subprocess.Popen(
+                    self.ssh_argv("-W", f"127.0.0.1:{int(remote_port)}", "--", self.host),
+                    stdin=theirs, stdout=theirs, stderr=stderr, close_fds=True, start_new_session=True)
+            except OSError as exc:
+                ours.close()
+                stderr.close()
+                raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from exc
+            finally:
+                theirs.close()
+            sock = SshSocket(fileno=ours.detach())
+            sock.proc, sock.stderr_file = proc, stderr
+            self._socks = [s for s in self._socks if s.proc is not None] + [sock]
+            return sock
+
+    def connect_agent(self, remote_port: int, secret: str, *, timeout: float | None = None,
+                      call_timeout: float = DEFAULT_CALL_TIMEOUT, via: str = "openssh") -> AgentConnection:
+        """An authenticated AgentConnection over a new `ssh -W` process.
+
+        Raises AgentUnreachable (nothing on the port), ForwardingRefused, AuthFailed /
+        ConnectionFailed / TimedOut (ssh could not log in), or agent_conn's AgentError for
+        the agent's own handshake (wrong secret: the agent restarted)."""
+        limit = timeout if timeout is not None else self._timeout()
+        where = f"the agent on {self.host} (port {remote_port})"
+        sock = self.open_stream(remote_port)
+        try:
+            return AgentConnection.over(sock, secret, where=where, timeout=limit, call_timeout=call_timeout)
+        except AgentError as exc:
+            failure = self._ssh_failed(sock, remote_port)
+            if failure is not None:
+                raise failure from exc
+            raise
+
+    def _ssh_failed(self, sock: SshSocket, remote_port: int) -> ConnectionFailed | None:
+        """If the handshake failed because ssh did (exited with an error), that error."""
+        proc = sock.proc
+        if proc is None:
+            return None
+        try:
+            code = proc.wait(timeout=EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            return None  # ssh still runs: the agent itself refused or stalled
+        text = sock.stderr_text()
+        if "open failed: administratively prohibited" in text:
+            return ForwardingRefused(self.host, "the SSH server refuses port forwarding; the agent cannot "
+                                     "be reached through SSH")
+        if "open failed" in text or "stdio forwarding failed" in text:
+            return AgentUnreachable(self.host, f"nothing listens on the agent's port {remote_port} "
+                                    f"({_last_line(text) or 'connect failed'})")
+        if code == 0 and not text.strip():
+            return None
+        return map_ssh_failure(self.host, text, code)
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float) -> tuple[int, bytes, bytes]:
+        """`ssh HOST COMMAND` (a ControlMaster is reused when the user's config has one):
+        (exit status, stdout, stderr); ssh's own failure (255) raised as a client error."""
+        argv = self.ssh_argv("-T", "-o", "ClearAllForwardings=yes", "--", self.host, command)
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                                  start_new_session=True)
+        except subprocess.TimeoutExpired as exc:
+            raise TimedOut(self.host, f"ssh did not finish within {timeout:g} s") from exc
+        except OSError as exc:
+            raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from exc
+        if proc.returncode == 255:
+            raise map_ssh_failure(self.host, proc.stderr.decode("utf-8", errors="replace"), 255)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def start_agent(self) -> Any:
+        """Start (or find) the installed agent over `ssh HOST` and return its AgentEndpoint
+        (not yet cached); None when it must be installed or upgraded first (deploy's job).
+        Raises ConnectionFailed and below when ssh fails, AgentUnavailable-worthy failures
+        as StartFailed."""
+        from ...deploy.cache import AgentEndpoint
+
+        code, out, err = self.run(f"{shlex.quote(VENV_PYTHON)} -", stdin=_START_SCRIPT.encode(),
+                                  timeout=START_TIMEOUT)
+        lines = [line for line in out.decode("utf-8", errors="replace").splitlines() if line.strip()]
+        try:
+            info = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            # 126/127: no agent venv (not installed); anything else without our JSON line
+            # (an old agent without `start --json`...): deploy installs or repairs it.
+            return None
+        if "error" in info:
+            raise StartFailed(str(info["error"]))
+        if info.get("version") != __version__:
+            return None  # another version runs there: deploy upgrades the venv
+        try:
+            return AgentEndpoint(host=self.host, remote_port=int(info["port"]), secret=str(info["secret"]),
+                                 version=str(info["version"]), pid=int(info["pid"]),
+                                 remote_python=f"~/{VENV_PYTHON}", protocol=info.get("protocol"),
+                                 deployed_at=time.time())
+        except (KeyError, TypeError, ValueError):
+            raise StartFailed("`agent start --json` did not report port, pid and secret") from None
+
+    # ------------------------------------------------------------------ introspection
+
+    def describe(self) -> dict[str, Any]:
+        """For `tunnel status` (never a secret): the ssh client and its live processes."""
+        with self._lock:
+            pids = [s.proc.pid for s in self._socks if s.proc is not None and s.proc.poll() is None]
+        return {"host": self.host, "alive": self.alive, "opened_at": self.opened_at, "ssh": self._path,
+                "ssh_pids": pids}
+
+    def __repr__(self) -> str:
+        return f"OpenSshTunnel({self.host!r}, alive={self.alive})"
+
+
+class StartFailed(Exception):
+    """The installed agent could not be started over ssh (its own one-line reason)."""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
