@@ -58,6 +58,11 @@ _OP_ALLOWANCE = {
     "rm": 10.0,
 }
 
+# What carries the agent connection: paramiko's direct-tcpip channel (tunnel.py), an
+# sshtunnel forward on 127.0.0.1 over that connection (forward.py), or `ssh -W` of the
+# user's own OpenSSH client (openssh.py).
+VIAS = ("channel", "forward", "openssh")
+
 # A read-only call that failed fast (the connection dropped) is sent again after a repair
 # only if at least this much of its time limit is left.
 MIN_RETRY = 1.0
@@ -121,6 +126,8 @@ class AgentTransport(Transport):
                  via: str = "channel", keep_session: bool = True):
         if not host or host.startswith("-"):
             raise ValueError(f"not a host name: {host!r}")
+        if via not in VIAS:
+            raise ValueError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
         self.host = host
         self.ssh_config = ssh_config
         self.timeout = float(timeout)
@@ -508,6 +515,9 @@ class AgentTransport(Transport):
             with self._budget.paused():  # as deploy: starting has its own limit (START_TIMEOUT)
                 endpoint = self._tunnel.start_agent()
         except StartFailed as exc:
+            if exc.guarded:
+                raise AgentUnavailable(self.host, "the SSH key allows only rhl-* helpers (rhl-guard)",
+                                       guarded=True) from exc
             raise AgentUnavailable(self.host, f"cannot start the agent: {exc}", permanent=True) from exc
         if endpoint is None:
             return None

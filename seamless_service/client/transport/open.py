@@ -11,6 +11,17 @@ Kinds (all return the same raw results, see agent/ops/*):
   auto    agent; if the agent cannot run on the host or cannot be reached right now, ssh
           (auto.py says when, and what is remembered: choice.py)
 
+How the agent is reached (`via`, for kinds agent and auto):
+  openssh   the user's own `ssh` client, one `ssh -W` process per connection (openssh.py):
+            ~/.ssh/config as `ssh` reads it (Include, Match exec, ProxyJump, GSSAPI, an
+            existing ControlMaster); the default where an `ssh` client is on PATH
+  paramiko  paramiko's SSH connection and direct-tcpip channel (tunnel.py): machines
+            without an `ssh` client
+None chooses: $SEAMLESS_SERVICE_SSH (openssh or paramiko) if set, else `default_via()`.
+Why openssh by default: on the same loopback sshd, in one run of benchmarks/bench_tunnel.py,
+its small call is faster (ssh's crypto in C instead of paramiko's Python packet loop);
+see that script's rows "openssh" vs "paramiko".
+
 Inside the tunnel keeper (pool.default_pool.in_keeper), what open_transport returns is a lease on a
 pooled transport (pooled.py), made for callers with this caller's inputs: the environment
 values listed here (local: the absolute launcher folder and HOME; remote: REMOTE_ENV) and
@@ -29,18 +40,24 @@ from .pool import TransportPool, default_pool
 from .pooled import PooledTransport, lease
 
 KINDS = ("auto", "agent", "ssh", "local")
+VIAS = ("openssh", "paramiko")
+VIA_ENV = "SEAMLESS_SERVICE_SSH"
 
 # What a pooled remote transport depends on in the environment, besides its files: HOME
 # (where ~/.ssh/config, known_hosts and default keys are), the user name paramiko logs in
 # with when the config names none (getpass.getuser's variables), the ssh-agent it asks for
-# keys, and the client cache holding the agent endpoints and remembered choices.
+# keys, and the client cache holding the agent endpoints and remembered choices. An agent
+# transport's SSH client (`via`) is one more input: callers choosing another one get
+# transports of their own.
 REMOTE_ENV = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK", "XDG_CACHE_HOME")
 
 
 def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os.PathLike | None = None,
                    timeout: float | None = None, notice: Notice | None = None,
-                   accept_new_host_key: bool = False, pool: TransportPool = default_pool) -> Transport:
-    """A transport to `host` (None: this machine). See the module docstring for `kind`.
+                   accept_new_host_key: bool = False, pool: TransportPool = default_pool,
+                   via: str | None = None) -> Transport:
+    """A transport to `host` (None: this machine). See the module docstring for `kind`
+    and `via` (which SSH client carries the agent's connection).
 
     Nothing connects here: the first batch() does (and may deploy the agent). `pool`: where
     pooled transports are leased from in keeper mode (the process's default_pool).
@@ -48,6 +65,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     """
     if kind not in KINDS:
         raise UsageError(f"unknown transport {kind!r}; choose one of {', '.join(KINDS)}")
+    via = choose_via(via)
     if host is None or kind == "local":
         if host is not None:
             raise UsageError(f"the local transport runs on this machine; it takes no host (got {host!r})")
@@ -61,11 +79,29 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     opts = {"ssh_config": ssh_config, "timeout": timeout, "notice": notice,
             "accept_new_host_key": accept_new_host_key, "pool": pool}
     if kind == "agent":
-        return _agent(host, **opts)
+        return _agent(host, via=via, **opts)
     if kind == "ssh":
         return _ssh(host, **opts)
-    return AutoTransport(host, lambda: _agent(host, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
+    return AutoTransport(host, lambda: _agent(host, via=via, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
                          notice=notice, remembered=remembered_choice(host))
+
+
+def default_via() -> str:
+    """"openssh" where an `ssh` client is on PATH, else "paramiko" (see the module docstring)."""
+    from .openssh import find_ssh
+
+    return "openssh" if find_ssh() is not None else "paramiko"
+
+
+def choose_via(via: str | None) -> str:
+    """`via`, else $SEAMLESS_SERVICE_SSH, else default_via(); UsageError for another name."""
+    chosen = via if via is not None else (os.environ.get(VIA_ENV) or None)
+    if chosen is None:
+        return default_via()
+    if chosen not in VIAS:
+        where = "via" if via is not None else f"${VIA_ENV}"
+        raise UsageError(f"unknown SSH client {chosen!r} ({where}); choose openssh or paramiko")
+    return chosen
 
 
 # --------------------------------------------------------------------------- factories
@@ -97,14 +133,15 @@ def _key(kind: str, host: str, ssh_config: str | None) -> str:
 
 
 def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
-           accept_new_host_key: bool, pool: TransportPool) -> Transport:
+           accept_new_host_key: bool, pool: TransportPool, via: str) -> Transport:
     from .agent import AgentTransport
 
     def factory() -> AgentTransport:
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
-                              accept_new_host_key=accept_new_host_key, notice=notice)
+                              accept_new_host_key=accept_new_host_key, notice=notice,
+                              via="openssh" if via == "openssh" else "channel")
 
-    return lease(_key("agent", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
+    return lease(_key("agent", host, ssh_config), factory, inputs=lambda: (*_remote_inputs(), ("via", via)), notice=notice,
                  timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key, pool=pool)
 
 

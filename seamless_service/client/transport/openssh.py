@@ -57,7 +57,6 @@ from .ssh_errors import map_ssh_failure
 SSH = "ssh"
 CONNECT_TIMEOUT = 10            # seconds: ssh's ConnectTimeout, and a connection's first bytes
 START_TIMEOUT = 60.0            # `agent start` waits up to 10 s for the agent; a login may be slow
-EXIT_GRACE = 1.0                # how long an ssh that closed our stream may take to exit (its stderr)
 # Where deploy installs the agent (deploy/install.py Layout), relative to the login's cwd:
 # sshd starts a session command in the user's HOME.
 VENV_PYTHON = ".local/share/seamless-service/agent-venv/bin/python"
@@ -109,16 +108,6 @@ class SshSocket(socket.socket):
     def closed(self) -> bool:
         proc = self.proc
         return self.fileno() < 0 or proc is None or proc.poll() is not None
-
-    def stderr_text(self) -> str:
-        handle = self.stderr_file
-        if handle is None:
-            return ""
-        try:
-            handle.seek(0)
-            return handle.read(65536).decode("utf-8", errors="replace")
-        except (OSError, ValueError):
-            return ""
 
     def close(self) -> None:
         try:
@@ -271,33 +260,34 @@ class OpenSshTunnel:
         limit = timeout if timeout is not None else self._timeout()
         where = f"the agent on {self.host} (port {remote_port})"
         sock = self.open_stream(remote_port)
+        # AgentConnection.over() closes the socket on failure, which ends and reaps ssh:
+        # keep what ssh said (its stderr file) to tell why.
+        proc, said = sock.proc, sock.stderr_file
+        sock.stderr_file = None
         try:
-            return AgentConnection.over(sock, secret, where=where, timeout=limit, call_timeout=call_timeout)
+            conn = AgentConnection.over(sock, secret, where=where, timeout=limit, call_timeout=call_timeout)
         except AgentError as exc:
-            failure = self._ssh_failed(sock, remote_port)
+            failure = self._ssh_failed(proc, _read(said), remote_port)
+            said.close()
             if failure is not None:
                 raise failure from exc
             raise
+        sock.stderr_file = said
+        return conn
 
-    def _ssh_failed(self, sock: SshSocket, remote_port: int) -> ConnectionFailed | None:
-        """If the handshake failed because ssh did (exited with an error), that error."""
-        proc = sock.proc
-        if proc is None:
-            return None
-        try:
-            code = proc.wait(timeout=EXIT_GRACE)
-        except subprocess.TimeoutExpired:
-            return None  # ssh still runs: the agent itself refused or stalled
-        text = sock.stderr_text()
+    def _ssh_failed(self, proc: subprocess.Popen | None, text: str, remote_port: int) -> ConnectionFailed | None:
+        """If the handshake failed because ssh did (it said why on stderr), that error;
+        None when ssh was fine and the agent itself refused or stalled."""
         if "open failed: administratively prohibited" in text:
             return ForwardingRefused(self.host, "the SSH server refuses port forwarding; the agent cannot "
                                      "be reached through SSH")
         if "open failed" in text or "stdio forwarding failed" in text:
             return AgentUnreachable(self.host, f"nothing listens on the agent's port {remote_port} "
                                     f"({_last_line(text) or 'connect failed'})")
-        if code == 0 and not text.strip():
-            return None
-        return map_ssh_failure(self.host, text, code)
+        code = proc.returncode if proc is not None else None
+        if code == 255 or (text.strip() and code not in (0, None, -signal.SIGTERM)):
+            return map_ssh_failure(self.host, text, code if code is not None else 255)
+        return None
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float) -> tuple[int, bytes, bytes]:
         """`ssh HOST COMMAND` (a ControlMaster is reused when the user's config has one):
@@ -317,8 +307,8 @@ class OpenSshTunnel:
     def start_agent(self) -> Any:
         """Start (or find) the installed agent over `ssh HOST` and return its AgentEndpoint
         (not yet cached); None when it must be installed or upgraded first (deploy's job).
-        Raises ConnectionFailed and below when ssh fails, AgentUnavailable-worthy failures
-        as StartFailed."""
+        Raises ConnectionFailed and below when ssh fails, StartFailed when the host refused
+        to start it (its reason; `guarded` for a key forced through rhl-guard)."""
         from ...deploy.cache import AgentEndpoint
 
         code, out, err = self.run(f"{shlex.quote(VENV_PYTHON)} -", stdin=_START_SCRIPT.encode(),
@@ -328,6 +318,9 @@ class OpenSshTunnel:
             info = json.loads(lines[-1]) if lines else None
         except ValueError:
             info = None
+        said = err.decode("utf-8", errors="replace")
+        if "rhl-guard" in said:  # the key forces rhl-guard: only rhl-* helpers run there
+            raise StartFailed(_last_line(said)[:200], guarded=True)
         if not isinstance(info, dict):
             # 126/127: no agent venv (not installed); anything else without our JSON line
             # (an old agent without `start --json`...): deploy installs or repairs it.
@@ -358,7 +351,21 @@ class OpenSshTunnel:
 
 
 class StartFailed(Exception):
-    """The installed agent could not be started over ssh (its own one-line reason)."""
+    """The installed agent could not be started over ssh (its own one-line reason);
+    `guarded`: the key is forced through rhl-guard, which runs no agent."""
+
+    def __init__(self, message: str, *, guarded: bool = False):
+        super().__init__(message)
+        self.guarded = guarded
+
+
+def _read(handle: Any) -> str:
+    """What ssh wrote to its stderr file (the first 64 KB)."""
+    try:
+        handle.seek(0)
+        return handle.read(65536).decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return ""
 
 
 def _last_line(text: str) -> str:
