@@ -55,6 +55,7 @@ from .agent_conn import DEFAULT_CALL_TIMEOUT, AgentConnection, AgentError
 from .ssh_errors import map_ssh_failure
 
 SSH = "ssh"
+SESSION_COMMAND = "cat"         # the master's session: exits as soon as its stdin (ours) closes
 CONNECT_TIMEOUT = 10            # seconds: ssh's ConnectTimeout, and a connection's first bytes
 START_TIMEOUT = 60.0            # `agent start` waits up to 10 s for the agent; a login may be slow
 # Where deploy installs the agent (deploy/install.py Layout), relative to the login's cwd:
@@ -155,28 +156,91 @@ class OpenSshTunnel:
         self._path: str | None = None
         self._socks: list[SshSocket] = []
         self._read: Any = None  # inputs.FileSnapshot of the ssh config files
+        self._master: subprocess.Popen | None = None   # ssh running `cat` (ours: -M; else a mux client)
+        self._master_stderr: Any = None
+        self._control_dir: str | None = None           # our private ControlPath's folder (0700)
+        self._control: str | None = None               # None: the user's own ControlMaster serves
         self._lock = threading.RLock()
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> "OpenSshTunnel":
-        """Find the ssh client (ConnectionFailed without one). Nothing connects yet: each
-        agent connection is its own ssh process."""
+        """Find the ssh client and start the connection the agent's streams share (see
+        `_start_master`). Raises ConnectionFailed without an ssh client, and the mapped
+        error (AuthFailed, ConnectionFailed, TimedOut) when ssh cannot log in."""
         with self._lock:
             if self.alive:
                 return self
+            self._close_locked()
             path = find_ssh(self.ssh_binary)
             if path is None:
                 raise ConnectionFailed(self.host, f"no `{self.ssh_binary}` client on this machine's PATH; "
-                                       "use the paramiko tunnel (via='channel')")
+                                       "use the paramiko tunnel (via='paramiko')")
             from .inputs import FileSnapshot
 
             self._read = FileSnapshot(self._config_files())
             self._path = path
             self._closed = False
+            self._start_master()
             self.opened_at = time.time()
             return self
+
+    def _user_master_running(self) -> bool:
+        """True if the user's own ssh config names a ControlMaster that runs for this host
+        (`ssh -O check`): a login made there (2FA, Kerberos) then serves us too."""
+        argv = self.ssh_argv("-O", "check", "--", self.host)
+        try:
+            return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=self._timeout(), start_new_session=True).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def _start_master(self) -> None:
+        """One SSH connection per tunnel, with a session on it, that every `ssh -W` rides.
+
+        Why not a plain `ssh -W` per stream: sshd turns TCP_NODELAY on for a connection only
+        once a session starts on it (the trap tunnel.py describes for paramiko); a lone
+        `ssh -W` opens none, and a ps of 200 services then stalls ~40 ms per reply
+        (benchmarks/bench_tunnel.py). So: the user's ControlMaster if one runs (a `cat`
+        session through it), else our own master (`-M`, private ControlPath, running `cat`,
+        which ends with our end of its stdin: nothing is left on the host). The `ssh -W`
+        processes are mux clients: OpenSSH hands our socket to the master, which does the
+        I/O, and a new stream needs no new login."""
+        own = not self._user_master_running()
+        if own:
+            self._control_dir = tempfile.mkdtemp(prefix="ss-ssh-")
+            self._control = os.path.join(self._control_dir, "cm")
+        extra = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if own else []
+        stderr = tempfile.TemporaryFile()
+        argv = self.ssh_argv("-T", "-o", "ClearAllForwardings=yes", *extra, "--", self.host, SESSION_COMMAND,
+                             master=own)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    close_fds=True, start_new_session=True)
+        except OSError as exc:
+            stderr.close()
+            raise ConnectionFailed(self.host, f"cannot run {self.ssh_binary}: {exc.strerror or exc}") from exc
+        self._master, self._master_stderr = proc, stderr
+        if not own:
+            return
+        deadline = time.monotonic() + self._timeout() + 5.0  # ConnectTimeout, then the login itself
+        while not os.path.exists(self._control):
+            if proc.poll() is not None:
+                text = _read(stderr)
+                self._close_locked()
+                raise self._login_failed(text, proc.returncode)
+            if time.monotonic() > deadline:
+                self._close_locked()
+                raise TimedOut(self.host, f"ssh did not log in within {self._timeout() + 5.0:g} s")
+            time.sleep(0.005)
+
+    def _login_failed(self, text: str, code: int) -> ConnectionFailed:
+        if "rhl-guard" in text:  # a key forced through rhl-guard ran it instead of `cat`
+            from ..errors import AgentUnavailable
+
+            return AgentUnavailable(self.host, "the SSH key allows only rhl-* helpers (rhl-guard)", guarded=True)
+        return map_ssh_failure(self.host, text, code)
 
     def _config_files(self) -> list[str]:
         if self.ssh_config is not None:
@@ -185,7 +249,10 @@ class OpenSshTunnel:
 
     @property
     def alive(self) -> bool:
-        return self._path is not None and not self._closed
+        """True while the connection's master (ours, or the `cat` session through the user's)
+        runs; its end ends every stream, and the next call opens a new tunnel."""
+        master = self._master
+        return self._path is not None and not self._closed and master is not None and master.poll() is None
 
     def stale(self) -> bool:
         """True once the ssh config this tunnel's processes read has changed (Include'd
@@ -194,18 +261,40 @@ class OpenSshTunnel:
         return read is not None and read.changed()
 
     def forced_command_output(self) -> str | None:
-        return None  # no kept session (agent.py asks after a failed deploy)
+        """If the kept `cat` session ended on its own (a forced command ran instead), what
+        ssh said; else None (agent.py asks after a failed deploy)."""
+        master = self._master
+        if master is None or master.poll() is None or self._master_stderr is None:
+            return None
+        return _read(self._master_stderr).strip()
 
     def close(self) -> None:
-        """End every ssh process this tunnel started. Never raises, never hangs."""
+        """End every ssh process this tunnel started, streams first, then the master, and
+        reap them all. Never raises, never hangs."""
         with self._lock:
-            self._closed = True
-            socks, self._socks = self._socks, []
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        self._closed = True
+        socks, self._socks = self._socks, []
         for sock in socks:
             try:
                 sock.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 pass
+        master, self._master = self._master, None
+        if master is not None:
+            try:
+                master.stdin.close()  # `cat` ends, and with it our master's session
+            except OSError:
+                pass
+            end_process(master)
+        if self._master_stderr is not None:
+            self._master_stderr.close()
+            self._master_stderr = None
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = self._control = None
 
     def __enter__(self) -> "OpenSshTunnel":
         return self.open()
@@ -218,11 +307,14 @@ class OpenSshTunnel:
     def _timeout(self) -> float:
         return float(self.connect_timeout) if self.connect_timeout is not None else float(CONNECT_TIMEOUT)
 
-    def ssh_argv(self, *args: str) -> list[str]:
-        """`ssh [-F CONFIG] -o ... ARGS`: the user's ssh with our few options."""
+    def ssh_argv(self, *args: str, master: bool = False) -> list[str]:
+        """`ssh [-F CONFIG] -o ... ARGS`: the user's ssh with our few options; through our
+        master's ControlPath when we run one (`master`: for the master itself)."""
         argv = [self._path or self.ssh_binary]
         if self.ssh_config is not None:
             argv += ["-F", os.fspath(self.ssh_config)]
+        if self._control is not None:
+            argv += ["-o", f"ControlPath={self._control}"] + ([] if master else ["-o", "ControlMaster=no"])
         argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(round(self._timeout())))}"]
         if self.accept_new_host_key:
             argv += ["-o", "StrictHostKeyChecking=accept-new"]
@@ -278,7 +370,13 @@ class OpenSshTunnel:
     def _ssh_failed(self, proc: subprocess.Popen | None, text: str, remote_port: int) -> ConnectionFailed | None:
         """If the handshake failed because ssh did (it said why on stderr), that error;
         None when ssh was fine and the agent itself refused or stalled."""
-        if "open failed: administratively prohibited" in text:
+        if "Stdio forwarding request failed" in text:
+            # A mux client hears only "refused by peer"; the master logged the reason.
+            text += "\n" + _read(self._master_stderr) if self._master_stderr is not None else ""
+            if "administratively prohibited" not in text:
+                return AgentUnreachable(self.host, f"nothing listens on the agent's port {remote_port} "
+                                        "(the SSH server could not connect to it)")
+        if "administratively prohibited" in text:
             return ForwardingRefused(self.host, "the SSH server refuses port forwarding; the agent cannot "
                                      "be reached through SSH")
         if "open failed" in text or "stdio forwarding failed" in text:
@@ -343,8 +441,10 @@ class OpenSshTunnel:
         """For `tunnel status` (never a secret): the ssh client and its live processes."""
         with self._lock:
             pids = [s.proc.pid for s in self._socks if s.proc is not None and s.proc.poll() is None]
+            master = self._master
         return {"host": self.host, "alive": self.alive, "opened_at": self.opened_at, "ssh": self._path,
-                "ssh_pids": pids}
+                "ssh_pids": pids, "master_pid": master.pid if master is not None else None,
+                "control_master": "ours" if self._control is not None else "the user's"}
 
     def __repr__(self) -> str:
         return f"OpenSshTunnel({self.host!r}, alive={self.alive})"

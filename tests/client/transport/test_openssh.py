@@ -48,6 +48,19 @@ def _in_proc(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def _our_ssh_children() -> list[int]:
+    """This process's child processes running ssh, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and "(ssh)" in stat:
+            found.append(int(entry))
+    return found
+
+
 # --------------------------------------------------------------------------- answers
 
 
@@ -76,11 +89,14 @@ def test_a_200kb_reply_arrives_whole_and_repeatedly(remote: Remote, openssh: Age
         assert len(result["value"]["data"]) == BIG_LOG_BYTES and result["value"]["data"] == big
 
 
-def test_close_ends_and_reaps_the_ssh_process(openssh: AgentTransport):
+def test_close_ends_and_reaps_the_ssh_processes(openssh: AgentTransport):
     openssh.batch([("hello", {})])
     (pid,) = _ssh_pids(openssh)
+    master = openssh.describe()["tunnel"]["master_pid"]
+    assert set(_our_ssh_children()) == {pid, master}
     openssh.close()
-    assert not _in_proc(pid), "the ssh process outlived the transport (or is a zombie)"
+    assert not _in_proc(pid) and not _in_proc(master), "an ssh process outlived the transport (or is a zombie)"
+    assert not _our_ssh_children()
     with pytest.raises(ConnectionFailed, match="closed"):
         openssh.batch([("hello", {})])
 
@@ -116,6 +132,43 @@ def test_ssh_process_killed_next_call_reconnects(remote: Remote, openssh: AgentT
     assert remote.agent_status()["pid"] == agent_pid  # the agent was not touched
 
 
+def test_ssh_master_killed_next_call_logs_in_again(remote: Remote, openssh: AgentTransport, notices: Notices):
+    _ps(openssh)
+    old_master = openssh.describe()["tunnel"]["master_pid"]
+    os.kill(old_master, signal.SIGKILL)
+    wait_until(lambda: not openssh.tunnel.alive)
+    assert {r["key"] for r in _ps(openssh)} >= set(RUNNING_KEYS)
+    assert notices == [f"seamless-service: reconnected to {remote.alias} (SSH connection re-established)"]
+    assert openssh.describe()["tunnel"]["master_pid"] != old_master
+    assert len(_our_ssh_children()) == 2  # the new master and its one stream; the old ones reaped
+
+
+def test_the_users_own_controlmaster_is_reused(remote: Remote, tmp_path, notices: Notices):
+    """A ControlMaster the user opened (e.g. after a 2FA login in a terminal) carries our
+    streams: no new login (no new sshd connection), ControlPath not overridden."""
+    control = tmp_path / "cm"
+    config = tmp_path / "cfg"
+    config.write_text(remote.server.config_block(extra={"ControlMaster": "auto", "ControlPath": str(control)}))
+    config.chmod(0o600)
+    users = subprocess.Popen(["ssh", "-F", str(config), "-N", remote.alias], stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_until(control.exists)
+        sessions = sorted(remote.sshd_session_pids())
+        with AgentTransport(remote.alias, ssh_config=config, notice=notices, via="openssh") as t:
+            assert set(RUNNING_KEYS) <= {r["key"] for r in _ps(t)}
+            (big,) = t.batch([("logs", {"key": "big"})])
+            assert big["ok"] and len(big["value"]["data"]) == BIG_LOG_BYTES
+            assert t.describe()["tunnel"]["control_master"] == "the user's"
+            (pid,) = _ssh_pids(t)
+            assert b"ControlPath" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert sorted(remote.sshd_session_pids()) == sessions  # no second login
+        assert users.poll() is None  # closing ours leaves the user's master alone
+    finally:
+        users.terminate()
+        users.wait()
+
+
 def test_first_use_without_a_cached_endpoint_starts_over_ssh(remote: Remote, monkeypatch, tmp_path, notices: Notices):
     """No endpoint in the client cache (another machine, a wiped cache): the installed agent
     is found or started with `ssh HOST`, never through paramiko."""
@@ -138,7 +191,7 @@ def test_a_refused_key_is_auth_failed_in_one_line(remote: Remote, tmp_path):
     with AgentTransport(remote.alias, ssh_config=config, notice=Notices(), via="openssh") as t:
         with pytest.raises(AuthFailed) as info:
             t.batch([("hello", {})])
-        assert not _ssh_pids(t)
+    assert not _our_ssh_children()  # the master that could not log in was reaped
     message = str(info.value)
     assert message.startswith(f"{remote.alias}: ssh: ") and "Permission denied" in message
     assert "\n" not in message
