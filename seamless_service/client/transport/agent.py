@@ -29,6 +29,13 @@ key unknown/changed, refused, auth) rather than a generic tunnel message. `Agent
 means SSH works but the agent cannot run or be reached there (no usable Python, a key
 forced through rhl-guard, forwarding forbidden): auto.py then falls back to `ssh`.
 
+What carries the bytes (`via`): "channel" (default here), rpyc over a paramiko direct-tcpip
+channel (tunnel.py); "forward", a local sshtunnel forward on that connection; "openssh",
+`ssh -W` processes of the user's own OpenSSH client riding one master connection
+(openssh.py), where the endpoint step is `ssh HOST <agent venv python>` (agent start --json
++ the secret file) and only an install or upgrade goes through deploy (paramiko, SFTP).
+open.py chooses for callers (openssh where an `ssh` client exists).
+
 Import-light: paramiko and rpyc are imported on first connection.
 """
 

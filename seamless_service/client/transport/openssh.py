@@ -6,16 +6,20 @@
     tunnel.close()                                  # kills and reaps every ssh it started
 
 Tunnel-shaped (tunnel.py's interface), so AgentTransport keeps its repair, time limits and
-errors and only swaps what carries the bytes. Each agent connection is one
-`ssh -W 127.0.0.1:PORT HOST` process whose stdin and stdout are one end of a socketpair:
-ssh reads and writes that unix socket itself, and rpyc's SocketStream and our handshake
-use the other end as the plain socket they expect. No thread, no copy in Python, no local
-listener (a `-L` forward would be a port every local process can try, one more hop, and a
-port to pick); `-W` also runs over a ControlMaster the user already has (OpenSSH hands the
-socket to the master), so a 2FA login made once in a terminal serves the agent too.
-Measured (benchmarks/bench_tunnel.py, loopback sshd): see the module's figures there;
-the socketpair beats a pipe pair (needs a reader thread or a select-based Stream) and
-paramiko's Python packet loop, since the crypto runs in ssh's C.
+errors and only swaps what carries the bytes:
+
+* one **master connection** per tunnel with a session on it: the user's own ControlMaster
+  if `ssh -O check HOST` finds one running (a `cat` session is opened through it), else
+  ours (`ssh -M` on a private ControlPath in a 0700 folder, running `cat`). The session
+  matters: sshd turns TCP_NODELAY on for a connection only once a session starts, and
+  without it a ps of 200 services stalled ~40 ms per reply (the trap tunnel.py describes
+  for paramiko; a lone `ssh -W` opens no session);
+* each agent connection is one `ssh -W 127.0.0.1:PORT HOST` mux client whose stdin and
+  stdout are one end of a socketpair. OpenSSH passes that socket to the master, which
+  reads and writes it itself; rpyc's SocketStream and our handshake use the other end as
+  the plain socket they expect. No thread and no copy in Python (bench_tunnel.py measures
+  the alternative: ssh on pipes bridged by two threads), no local listener (`-L` would be
+  a port every local process can try, and one more hop), and a new stream needs no login.
 
 Everything the user's `ssh HOST` does applies as it does for `ssh`: ~/.ssh/config with
 Include and Match exec, ProxyJump/ProxyCommand, GSSAPI, host-key rules, ControlMaster.
@@ -25,14 +29,16 @@ process: a login that needs one is reused through a ControlMaster, or fails in o
 its own session (setsid): Ctrl-C in the caller's terminal does not cut the connection.
 
 The agent's port and secret come as for paramiko: the client cache, else `start_agent()`,
-which runs the installed agent's `agent start --json` over `ssh HOST` (one login, or none
-with a ControlMaster) and reads the secret file in that same session (the secret travels
+which runs the installed agent's `agent start --json` over `ssh HOST` (through the master:
+no new login) and reads the secret file in that same session (the secret travels
 only inside the encrypted session, on ssh's stdout pipe, never in argv or a log). An agent
 that is not installed, or of another version, is installed by deploy (paramiko, SFTP).
 
 Errors: ssh's exit status 255 and its last stderr line become the client error tree
-(ssh_errors.map_ssh_failure); "open failed: connect failed" is AgentUnreachable (nothing
-on the port: the agent restarted), "administratively prohibited" ForwardingRefused.
+(ssh_errors.map_ssh_failure); a refused stream ("Stdio forwarding request failed", or
+"open failed: connect failed" without a master) is AgentUnreachable (nothing on the port:
+the agent restarted), unless the master logged "administratively prohibited":
+ForwardingRefused. A key forced through rhl-guard is AgentUnavailable(guarded=True).
 """
 
 from __future__ import annotations
@@ -142,7 +148,7 @@ class OpenSshTunnel:
     """Agent connections through `ssh -W` processes of the user's OpenSSH client, with the
     interface of tunnel.Tunnel that agent.py uses. Thread-safe."""
 
-    keep_session = False  # no kept session: nothing like paramiko's NODELAY trap (ssh sets it)
+    keep_session = False  # agent.py need not wait for a forced command's output: open() says it
 
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
                  accept_new_host_key: bool = False, connect_timeout: float | None = None,
@@ -388,7 +394,7 @@ class OpenSshTunnel:
         return None
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float) -> tuple[int, bytes, bytes]:
-        """`ssh HOST COMMAND` (a ControlMaster is reused when the user's config has one):
+        """`ssh HOST COMMAND` through the tunnel's master (no new login):
         (exit status, stdout, stderr); ssh's own failure (255) raised as a client error."""
         argv = self.ssh_argv("-T", "-o", "ClearAllForwardings=yes", "--", self.host, command)
         try:

@@ -3,7 +3,8 @@ every gateway.
 
 Each param is a real transport on a real launcher state it can be told to change:
 `local` (in-process, a LauncherSandbox), `agent` (the deployed agent over the real sshd
-tunnel of tests/client/conftest.py's `remote`) and `ssh` (per-call `ssh` running the real
+tunnel of tests/client/conftest.py's `remote`, paramiko), `openssh` (the same agent through
+the real `ssh` client: transport/openssh.py) and `ssh` (per-call `ssh` running the real
 rhl-* helpers on that same host). A test states what must hold everywhere; where a
 transport deliberately differs (README, Deliberate differences), the test marks that
 param with `differs(...)`, the reason, and a strict xfail, instead of skipping it.
@@ -23,7 +24,7 @@ from seamless_service.client.transport.ssh import SshTransport
 from tests.support.services import LauncherSandbox
 from tests.support.transports import Place, mark_differences
 
-TRANSPORTS = ("local", "agent", "ssh")
+TRANSPORTS = ("local", "agent", "openssh", "ssh")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,9 +68,11 @@ def transport(request) -> Iterator[Place]:
         yield request.getfixturevalue("_local_place")
         return
     remote = request.getfixturevalue("remote")
-    if request.param == "agent":
-        with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None) as agent:
-            place = _remote_place("agent", remote, agent)
+    if request.param in ("agent", "openssh"):
+        via = "openssh" if request.param == "openssh" else "channel"
+        with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None,
+                            via=via) as agent:
+            place = _remote_place(request.param, remote, agent)
             yield place
     else:
         place = _remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
