@@ -83,7 +83,7 @@ class Host:
         a changed key is always refused).
         `via`: the SSH client that carries the agent's connection: "openssh" (the user's own
         `ssh`, as `ssh HOST` would connect: ControlMaster, ProxyJump, GSSAPI...) or
-        "paramiko"; None: $SEAMLESS_SERVICE_SSH, else openssh where an `ssh` client exists."""
+        "paramiko"; None: $SEAMLESS_SERVICE_SSH, else paramiko (transport/open.py says why)."""
         given = transport if isinstance(transport, Transport) else None
         kind = transport.name if isinstance(transport, Transport) else transport
         if name is None and given is None and kind not in ("auto", "local"):

@@ -12,15 +12,18 @@ Kinds (all return the same raw results, see agent/ops/*):
           (auto.py says when, and what is remembered: choice.py)
 
 How the agent is reached (`via`, for kinds agent and auto):
-  openssh   the user's own `ssh` client, one `ssh -W` process per connection (openssh.py):
-            ~/.ssh/config as `ssh` reads it (Include, Match exec, ProxyJump, GSSAPI, an
-            existing ControlMaster); the default where an `ssh` client is on PATH
-  paramiko  paramiko's SSH connection and direct-tcpip channel (tunnel.py): machines
-            without an `ssh` client
+  paramiko  paramiko's SSH connection and direct-tcpip channel (tunnel.py): the default
+  openssh   the user's own `ssh` client: `ssh -W` streams on one master connection
+            (openssh.py), ~/.ssh/config as `ssh` reads it (Include, Match exec, ProxyJump,
+            GSSAPI, a ControlMaster the user already has, e.g. after a 2FA login)
 None chooses: $SEAMLESS_SERVICE_SSH (openssh or paramiko) if set, else `default_via()`.
-Why openssh by default: on the same loopback sshd, in one run of benchmarks/bench_tunnel.py,
-its small call is faster (ssh's crypto in C instead of paramiko's Python packet loop);
-see that script's rows "openssh" vs "paramiko".
+Why paramiko by default: measured side by side in two runs of benchmarks/bench_tunnel.py
+(loopback sshd, 2 cores shared with other work), openssh was not reliably faster on warm
+calls (small call p50 0.21 / 0.15 ms vs paramiko's 0.17 / 0.17; 200 KB reply 0.95 / 0.71 vs
+0.50 / 0.81; bench_peers.py: 0.18 ms both) and its first connection is ~3x slower (380 vs
+122 ms: `ssh -O check`, then ssh's own login and key exchange). openssh is the choice for
+what paramiko cannot do: 2FA reused through a ControlMaster, GSSAPI, Match exec, Include.
+Note: `ssh` reads the config of the user's passwd home, not $HOME (paramiko reads $HOME's).
 
 Inside the tunnel keeper (pool.default_pool.in_keeper), what open_transport returns is a lease on a
 pooled transport (pooled.py), made for callers with this caller's inputs: the environment
@@ -87,10 +90,8 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
 
 
 def default_via() -> str:
-    """"openssh" where an `ssh` client is on PATH, else "paramiko" (see the module docstring)."""
-    from .openssh import find_ssh
-
-    return "openssh" if find_ssh() is not None else "paramiko"
+    """The SSH client when the caller names none: "paramiko" (why: the module docstring)."""
+    return "paramiko"
 
 
 def choose_via(via: str | None) -> str:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -251,7 +252,8 @@ class OpenSshTunnel:
     def _config_files(self) -> list[str]:
         if self.ssh_config is not None:
             return [os.fspath(self.ssh_config)]
-        return [os.path.expanduser("~/.ssh/config"), "/etc/ssh/ssh_config"]
+        # ssh reads ~/.ssh/config from the passwd entry's home, not from $HOME
+        return [os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".ssh", "config"), "/etc/ssh/ssh_config"]
 
     @property
     def alive(self) -> bool:

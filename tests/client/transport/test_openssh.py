@@ -241,10 +241,10 @@ def test_host_via_openssh_and_fleet(remote: Remote):
         assert host.transport.describe()["via"] == "channel"
 
 
-def test_choose_via(monkeypatch, tmp_path):
+def test_choose_via(monkeypatch):
     monkeypatch.delenv(VIA_ENV, raising=False)
     assert choose_via("paramiko") == "paramiko"
-    assert choose_via(None) == default_via() == "openssh"  # this machine has an ssh client
+    assert choose_via(None) == default_via() == "paramiko"  # measured: see transport/open.py
     monkeypatch.setenv(VIA_ENV, "paramiko")
     assert choose_via(None) == "paramiko"
     assert choose_via("openssh") == "openssh"  # the argument wins over the environment
@@ -253,9 +253,6 @@ def test_choose_via(monkeypatch, tmp_path):
         choose_via(None)
     with pytest.raises(UsageError, match="choose openssh or paramiko"):
         open_transport("h", "agent", via="putty")
-    monkeypatch.delenv(VIA_ENV)
-    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without an ssh client
-    assert default_via() == "paramiko"
 
 
 def test_the_pool_keeps_one_transport_per_ssh_client(remote: Remote):
@@ -276,3 +273,22 @@ def test_the_pool_keeps_one_transport_per_ssh_client(remote: Remote):
             lease.close()
     finally:
         pool.close_all()
+
+
+def test_the_environment_chooses_openssh_for_agent_and_auto(remote: Remote, monkeypatch):
+    """What `seamless-service --transport agent|auto` runs with SEAMLESS_SERVICE_SSH=openssh."""
+    monkeypatch.setenv(VIA_ENV, "openssh")
+    agent = open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices())
+    auto = open_transport(remote.alias, "auto", ssh_config=remote.ssh_config, notice=Notices())
+    try:
+        for transport in (agent, auto):
+            (hello,) = transport.batch([("hello", {})])
+            assert hello["ok"] and transport.kind == "agent"
+        assert agent.describe()["via"] == "openssh"
+        assert auto._agent.describe()["via"] == "openssh"
+    finally:
+        agent.close()
+        auto.close()
+    monkeypatch.delenv(VIA_ENV)
+    with open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices()) as default:
+        assert default.via == "channel"
