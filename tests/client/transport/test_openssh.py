@@ -74,6 +74,17 @@ def test_hello_goes_through_one_ssh_W_process(remote: Remote, openssh: AgentTran
     assert openssh.describe()["via"] == "openssh"
 
 
+def test_a_session_runs_on_the_connection_and_ends_with_it(remote: Remote, openssh: AgentTransport):
+    """sshd turns TCP_NODELAY on only once a session starts on a connection (a lone
+    `ssh -W` opens none: a ps of 200 rows stalled ~40 ms): the master runs `cat` there."""
+    before = set(remote.processes(b"cat"))
+    openssh.batch([("hello", {})])
+    wait_until(lambda: set(remote.processes(b"cat")) - before, timeout=5)
+    assert openssh.describe()["tunnel"]["control_master"] == "ours"
+    openssh.close()
+    wait_until(lambda: not set(remote.processes(b"cat")) - before)  # nothing left on the host
+
+
 def test_ps_rows_match_the_paramiko_tunnel(remote: Remote, openssh: AgentTransport):
     rows = _ps(openssh)
     assert set(RUNNING_KEYS) | set(ODD_STATES) <= {r["key"] for r in rows}
