@@ -303,3 +303,18 @@ def test_the_environment_chooses_openssh_for_agent_and_auto(remote: Remote, monk
     monkeypatch.delenv(VIA_ENV)
     with open_transport(remote.alias, "agent", ssh_config=remote.ssh_config, notice=Notices()) as default:
         assert default.via == "channel"
+
+
+def test_a_key_forced_through_rhl_guard_is_guarded_and_auto_falls_back(remote: Remote):
+    from seamless_service.client.errors import AgentUnavailable
+
+    with AgentTransport(remote.guard_alias, ssh_config=remote.ssh_config, notice=Notices(), via="openssh") as t:
+        with pytest.raises(AgentUnavailable) as info:
+            t.batch([("hello", {})])
+    assert info.value.guarded and "rhl-guard" in str(info.value) and "\n" not in str(info.value)
+    assert not _our_ssh_children()
+    notices = Notices()
+    with open_transport(remote.guard_alias, "auto", ssh_config=remote.ssh_config, notice=notices,
+                        via="openssh") as auto:
+        (hello,) = auto.batch([("hello", {})])
+        assert hello["ok"] and auto.kind == "ssh"
