@@ -165,6 +165,9 @@ def test_the_users_own_controlmaster_is_reused(remote: Remote, tmp_path, notices
                              start_new_session=True)
     try:
         wait_until(control.exists)
+        # a command through the user's master: its connection is fully up (both sshd processes)
+        assert subprocess.run(["ssh", "-F", str(config), remote.alias, "true"], stdin=subprocess.DEVNULL,
+                              timeout=30).returncode == 0
         sessions = sorted(remote.sshd_session_pids())
         with AgentTransport(remote.alias, ssh_config=config, notice=notices, via="openssh") as t:
             assert set(RUNNING_KEYS) <= {r["key"] for r in _ps(t)}
