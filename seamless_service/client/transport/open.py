@@ -20,7 +20,7 @@ None chooses: $SEAMLESS_SERVICE_SSH (openssh or paramiko) if set, else `default_
 Why paramiko by default: measured side by side in two runs of benchmarks/bench_tunnel.py
 (loopback sshd, 2 cores shared with other work), openssh was not reliably faster on warm
 calls (small call p50 0.21 / 0.15 ms vs paramiko's 0.17 / 0.17; 200 KB reply 0.95 / 0.71 vs
-0.50 / 0.81; bench_peers.py: 0.18 ms both) and its first connection is ~3x slower (380 vs
+0.50 / 0.81; bench_peers.py, two runs: 0.182 vs 0.177, 0.161 vs 0.166) and its first connection is ~3x slower (380 vs
 122 ms: `ssh -O check`, then ssh's own login and key exchange). openssh is the choice for
 what paramiko cannot do: 2FA reused through a ControlMaster, GSSAPI, Match exec, Include.
 Note: `ssh` reads the config of the user's passwd home, not $HOME (paramiko reads $HOME's).
