@@ -19,7 +19,10 @@ Prints p50/p99 of:
   * the real tunnel keeper's memory (VmRSS, Pss) connected to 1, 16 and 64 hosts, and per host;
   * the first call from nothing with the agent installed but stopped (SSH + agent start +
     SSH + auth + hello), and with the agent running but no connection (SSH + auth);
-  * for scale: the same ps answered by the ssh fallback (one `ssh HOST rhl-ps` per call).
+  * for scale: the same ps answered by the ssh fallback (one `ssh HOST rhl-ps` per call);
+  * the same small call and 200 KB reply through the user's own OpenSSH client (`ssh -W` on
+    a socketpair, transport/openssh.py), next to paramiko, and `ssh -W` on pipes bridged by
+    threads (the design not taken); the first call over each.
 
 Targets: small call p50 <= 0.5 ms; 200 services ps + persistent p50 <= 5 ms, 1,000 <= 8 ms; 200 KB p50 <= 2 ms and p99 <= 10 ms; fan-out over 4
 hosts within 1.5x of one; hosts answering in 5 ms: 16 within 1.5x, 64 within 2x of one.
@@ -233,6 +236,68 @@ def host_overhead(server: SshServer, config: Path, runs: int) -> None:
         host.close()
 
 
+class PipeTunnel:
+    """For comparison only: openssh.py's `ssh -W`, but with ssh's stdin/stdout on two pipes
+    bridged to a socketpair by two threads (what a PipeStream-like design costs: a thread
+    hand-off and a copy in Python per message each way)."""
+
+    @staticmethod
+    def install(tunnel) -> None:
+        import socket as socket_mod
+        from seamless_service.client.transport.openssh import SshSocket
+
+        def open_stream(remote_port: int):
+            ours, bridge = socket_mod.socketpair()
+            proc = subprocess.Popen(tunnel.ssh_argv("-W", f"127.0.0.1:{int(remote_port)}", "--", tunnel.host),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, bufsize=0)
+
+            def pump(read, write) -> None:
+                try:
+                    while True:
+                        data = read(65536)
+                        if not data:
+                            break
+                        write(data)
+                except OSError:
+                    pass
+
+            threading.Thread(target=pump, args=(bridge.recv, proc.stdin.write), daemon=True).start()
+            threading.Thread(target=pump, args=(proc.stdout.read, bridge.sendall), daemon=True).start()
+            sock = SshSocket(fileno=ours.detach())
+            sock.proc = proc
+            return sock
+
+        tunnel.open_stream = open_stream
+
+
+def openssh_rows(alias: str, config: Path, runs: int, transports: list) -> None:
+    """The same calls through the user's own `ssh` (openssh.py: `ssh -W` on a socketpair),
+    and, for the design choice, through `ssh -W` on pipes bridged by threads."""
+    ossh = AgentTransport(alias, ssh_config=config, notice=quiet, via="openssh")
+    transports.append(ossh)
+    ossh.batch([("hello", {})])
+    version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    print(f"\nopenssh: through `ssh -W 127.0.0.1:PORT` on a socketpair ({version}):")
+    p50, p99 = median_ms(lambda: ossh.batch([("hello", {})]), runs)
+    row("small call: hello", p50, p99, "target p50 <= 0.25", p50 <= 0.25)
+    p50, p99 = median_ms(lambda: ossh.batch([("ps", {})]), runs)
+    row("small call: ps, 12 services", p50, p99)
+    p50, p99 = median_ms(lambda: ossh.batch([("logs", {"key": "big"})]), runs)
+    row("200 KB reply (logs)", p50, p99, "target p50 <= 2, p99 <= 10", p50 <= 2 and p99 <= 10)
+    piped = AgentTransport(alias, ssh_config=config, notice=quiet, via="openssh")
+    transports.append(piped)
+    piped.connect()
+    piped._close_conn()
+    PipeTunnel.install(piped.tunnel)
+    piped.batch([("hello", {})])
+    p50, p99 = median_ms(lambda: piped.batch([("hello", {})]), runs)
+    row("small call: hello, ssh on pipes + 2 bridge threads", p50, p99)
+    p50, p99 = median_ms(lambda: piped.batch([("logs", {"key": "big"})]), runs)
+    row("200 KB reply, ssh on pipes + 2 bridge threads", p50, p99)
+    print()
+
+
 def keeper_memory(server: SshServer, folder: Path, counts: tuple[int, ...]) -> None:
     """The real tunnel keeper (started by the `seamless-service` CLI in a sandbox HOME),
     connected to 1, then more hosts (`ps --cluster kI`, one cluster per ssh alias of one
@@ -266,9 +331,15 @@ def keeper_memory(server: SshServer, folder: Path, counts: tuple[int, ...]) -> N
             status = json.loads(cli_run("tunnel", "status", "--json"))
             hosts = sum(1 for entry in status.get("pool", []) if entry.get("state") == "connected")
             rss, pss = memory_mib(int(status["pid"]))
+            # With the openssh path each connection is an `ssh -W` child of the keeper: counted.
+            kids = children(int(status["pid"]))
+            for kid in kids:
+                kid_rss, kid_pss = memory_mib(kid)
+                rss += kid_rss
+                pss = None if pss is None or kid_pss is None else pss + kid_pss
             readings.append((hosts, rss, pss))
-            print(f"  keeper (pid {status['pid']}) with {hosts:3d} connected host(s): VmRSS {rss:7.1f} MiB"
-                  + (f", Pss {pss:7.1f} MiB" if pss is not None else ""), flush=True)
+            print(f"  keeper (pid {status['pid']}) + {len(kids)} ssh children, {hosts:3d} connected host(s): "
+                  f"VmRSS {rss:7.1f} MiB" + (f", Pss {pss:7.1f} MiB" if pss is not None else ""), flush=True)
         (h1, rss1, pss1), (hn, rssn, pssn) = readings[0], readings[-1]
         if hn > h1:
             per = f"{(rssn - rss1) / (hn - h1):.2f} MiB RSS"
@@ -277,6 +348,20 @@ def keeper_memory(server: SshServer, folder: Path, counts: tuple[int, ...]) -> N
             print(f"  per connected host ({h1} -> {hn}): {per}")
     finally:
         subprocess.run(cli + ["tunnel", "stop"], env=env, capture_output=True, timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (/proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
 
 
 def memory_mib(pid: int) -> tuple[float, float | None]:
@@ -346,7 +431,7 @@ def main() -> int:
         transport = AgentTransport(main_alias, ssh_config=config, notice=quiet)
         transports.append(transport)
         transport.batch([("hello", {})])
-        print(f"\nthrough the tunnel (rpyc over a direct-tcpip channel, session channel kept, "
+        print(f"\nparamiko: through the tunnel (rpyc over a direct-tcpip channel, session channel kept, "
               f"{transport.tunnel.describe().get('cipher')}):")
         p50, p99 = median_ms(lambda: transport.batch([("hello", {})]), runs)
         row("small call: hello", p50, p99, "target p50 <= 0.5", p50 <= 0.5)
@@ -362,6 +447,8 @@ def main() -> int:
         print("\nthrough Host (a long-lived process, the real tunnel):")
         host_overhead(servers[0], config, runs)
         services_rows(servers[0], config, runs)
+
+        openssh_rows(main_alias, config, runs, transports)
 
         forward = AgentTransport(main_alias, ssh_config=config, notice=quiet, via="forward")
         transports.append(forward)
@@ -454,6 +541,16 @@ def main() -> int:
             warm.append((time.perf_counter() - t0) * 1000)
         warm.sort()
         row("agent running, no connection: SSH + auth + hello", warm[len(warm) // 2], warm[-1])
+        for via in ("channel", "openssh"):
+            first = []
+            for _ in range(5 if args.quick else 20):
+                t0 = time.perf_counter()
+                with AgentTransport(servers[1].alias, ssh_config=config, notice=quiet, via=via) as fresh:
+                    fresh.batch([("hello", {})])
+                first.append((time.perf_counter() - t0) * 1000)
+            first.sort()
+            name = "openssh (ssh -W)" if via == "openssh" else "paramiko"
+            row(f"  same, {name}", first[len(first) // 2], first[-1])
 
         print("\nfor scale, the ssh fallback (a new ssh login per call):")
         ssh = SshTransport(main_alias, ssh_config=config)

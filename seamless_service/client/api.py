@@ -71,7 +71,7 @@ class Host:
 
     def __init__(self, name: str | None, *, transport: str | Transport = "auto",
                  ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 notice: Notice | None = None, accept_new_host_key: bool = False):
+                 notice: Notice | None = None, accept_new_host_key: bool = False, via: str | None = None):
         """`name`: an ssh host alias (`[user@]alias`, resolved through the ssh config), or
         None for this machine. `transport`: "auto" (default), "agent", "ssh" or "local";
         or a Transport instance to use as it is (e.g. a MockTransport), closed with the Host.
@@ -80,7 +80,10 @@ class Host:
         their own time on top). `notice`: called with one-line messages about repairs and
         fallbacks (default: stderr); see also `fallback`.
         `accept_new_host_key`: add an unknown host key to known_hosts (first contact only;
-        a changed key is always refused)."""
+        a changed key is always refused).
+        `via`: the SSH client that carries the agent's connection: "openssh" (the user's own
+        `ssh`, as `ssh HOST` would connect: ControlMaster, ProxyJump, GSSAPI...) or
+        "paramiko"; None: $SEAMLESS_SERVICE_SSH, else paramiko (transport/open.py says why)."""
         given = transport if isinstance(transport, Transport) else None
         kind = transport.name if isinstance(transport, Transport) else transport
         if name is None and given is None and kind not in ("auto", "local"):
@@ -92,6 +95,7 @@ class Host:
         self._timeout = timeout
         self._notice = notice
         self._accept_new = accept_new_host_key
+        self._via = via
         self._transport: Transport | None = given
         self._lock = threading.Lock()
         self._closed = False
@@ -120,7 +124,7 @@ class Host:
 
                 self._transport = open_transport(self._host, self._kind, ssh_config=self._ssh_config,
                                                  timeout=self._timeout, notice=self._notice,
-                                                 accept_new_host_key=self._accept_new)
+                                                 accept_new_host_key=self._accept_new, via=self._via)
             return self._transport
 
     @property
@@ -290,7 +294,7 @@ class Fleet:
 
     def __init__(self, hosts: Iterable[str | Host], *, transport: str = "auto",
                  ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 notice: Notice | None = None, accept_new_host_key: bool = False):
+                 notice: Notice | None = None, accept_new_host_key: bool = False, via: str | None = None):
         """`hosts`: ssh aliases or Host objects (a Host passed in stays the caller's to close).
         The other arguments apply to the hosts given by name; `transport` is a kind here
         (a transport instance serves one host: `Fleet([Host(name, transport=...), ...])`)."""
@@ -304,7 +308,7 @@ class Fleet:
                 self.hosts.append(item)
             else:
                 host = Host(item, transport=transport, ssh_config=ssh_config, timeout=timeout, notice=notice,
-                            accept_new_host_key=accept_new_host_key)
+                            accept_new_host_key=accept_new_host_key, via=via)
                 self.hosts.append(host)
                 self._owned.append(host)
         names = [host.name for host in self.hosts]

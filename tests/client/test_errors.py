@@ -46,6 +46,7 @@ INTERNAL = {
     "seamless_service.client.keeper.framing.FrameTooLarge",
     "seamless_service.client.keeper.framing.FrameTruncated",
     "seamless_service.client.keeper.KeeperDirError",            # keeper/client.py: KeeperUnavailable
+    "seamless_service.client.transport.openssh.StartFailed",   # AgentTransport: AgentUnavailable
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 if TYPE_CHECKING:  # remote.py imports Notices from here
     from tests.support.remote import Remote
 
-TRANSPORTS = ("local", "agent", "ssh")
+TRANSPORTS = ("local", "agent", "openssh", "ssh")  # openssh: the agent through the user's own ssh -W
 
 
 class Notices(list):

@@ -29,6 +29,13 @@ key unknown/changed, refused, auth) rather than a generic tunnel message. `Agent
 means SSH works but the agent cannot run or be reached there (no usable Python, a key
 forced through rhl-guard, forwarding forbidden): auto.py then falls back to `ssh`.
 
+What carries the bytes (`via`): "channel" (default here), rpyc over a paramiko direct-tcpip
+channel (tunnel.py); "forward", a local sshtunnel forward on that connection; "openssh",
+`ssh -W` processes of the user's own OpenSSH client riding one master connection
+(openssh.py), where the endpoint step is `ssh HOST <agent venv python>` (agent start --json
++ the secret file) and only an install or upgrade goes through deploy (paramiko, SFTP).
+open.py chooses for callers (openssh where an `ssh` client exists).
+
 Import-light: paramiko and rpyc are imported on first connection.
 """
 
@@ -57,6 +64,11 @@ _OP_ALLOWANCE = {
     "clear": 3600.0,         # deleting a million-file buffer directory (agent's own limit)
     "rm": 10.0,
 }
+
+# What carries the agent connection: paramiko's direct-tcpip channel (tunnel.py), an
+# sshtunnel forward on 127.0.0.1 over that connection (forward.py), or `ssh -W` of the
+# user's own OpenSSH client (openssh.py).
+VIAS = ("channel", "forward", "openssh")
 
 # A read-only call that failed fast (the connection dropped) is sent again after a repair
 # only if at least this much of its time limit is left.
@@ -121,6 +133,8 @@ class AgentTransport(Transport):
                  via: str = "channel", keep_session: bool = True):
         if not host or host.startswith("-"):
             raise ValueError(f"not a host name: {host!r}")
+        if via not in VIAS:
+            raise ValueError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
         self.host = host
         self.ssh_config = ssh_config
         self.timeout = float(timeout)
@@ -392,11 +406,19 @@ class AgentTransport(Transport):
         return info.get("protocol") == PROTOCOL_VERSION and info.get("version") == __version__
 
     def _open_tunnel(self) -> None:
-        from .tunnel import Tunnel
-
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        if self.via == "openssh":
+            from .openssh import OpenSshTunnel
+
+            # finds the ssh client; each agent connection is then one `ssh -W` process
+            self._tunnel = OpenSshTunnel(self.host, ssh_config=self.ssh_config,
+                                         accept_new_host_key=self.accept_new_host_key,
+                                         connect_timeout=self.connect_timeout).open()
+            return
+        from .tunnel import Tunnel
+
         tunnel = Tunnel(self.host, ssh_config=self.ssh_config, accept_new_host_key=self.accept_new_host_key,
                         connect_timeout=self.connect_timeout, keep_session=self.keep_session,
                         notice=self._say)
@@ -456,6 +478,12 @@ class AgentTransport(Transport):
                 # seconds to minutes (a venv, wheels, an upload, pip): say what is going on
                 self.notice(f"seamless-service: {self.host}: {message}")
 
+        if self.via == "openssh":
+            endpoint = self._start_over_openssh(why)
+            if endpoint is not None:
+                return endpoint
+            # Not installed, or another version: deploy installs it (paramiko and SFTP; its
+            # progress notices say so). A host that forces rhl-guard lands here too.
         try:
             with self._budget.paused():  # installs take minutes; their steps have their own limits
                 endpoint = bootstrap.deploy(self.host, ssh_config=self.ssh_config,
@@ -479,6 +507,34 @@ class AgentTransport(Transport):
             guard = self._guard_message()
             raise AgentUnavailable(self.host, f"cannot start the agent: {_reason(exc)}",
                                    guarded=guard is not None, permanent=True) from exc
+        self.deploys += 1
+        self._endpoint = endpoint
+        return endpoint
+
+    def _start_over_openssh(self, why: str) -> Any:
+        """Start (or find) the installed agent with `ssh HOST` and cache its endpoint; None
+        when it must be installed or upgraded first. ssh's own failures come as the client
+        errors openssh.py maps (AuthFailed, ConnectionFailed...)."""
+        from ...deploy import cache
+        from .openssh import StartFailed
+
+        try:
+            with self._budget.paused():  # as deploy: starting has its own limit (START_TIMEOUT)
+                endpoint = self._tunnel.start_agent()
+        except StartFailed as exc:
+            if exc.guarded:
+                raise AgentUnavailable(self.host, "the SSH key allows only rhl-* helpers (rhl-guard)",
+                                       guarded=True) from exc
+            raise AgentUnavailable(self.host, f"cannot start the agent: {exc}", permanent=True) from exc
+        if endpoint is None:
+            return None
+        if why == "first use":  # said once started: a host that takes no agent gets the fallback's notice only
+            self.notice(f"seamless-service: started the agent on {self.host} (first use)")
+        try:
+            cache.store(endpoint)
+        except OSError as exc:
+            raise AgentUnavailable(self.host, f"cannot write the client cache {cache.host_file(self.host)}: "
+                                   f"{exc.strerror or exc}") from exc
         self.deploys += 1
         self._endpoint = endpoint
         return endpoint

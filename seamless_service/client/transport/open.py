@@ -11,6 +11,20 @@ Kinds (all return the same raw results, see agent/ops/*):
   auto    agent; if the agent cannot run on the host or cannot be reached right now, ssh
           (auto.py says when, and what is remembered: choice.py)
 
+How the agent is reached (`via`, for kinds agent and auto):
+  paramiko  paramiko's SSH connection and direct-tcpip channel (tunnel.py): the default
+  openssh   the user's own `ssh` client: `ssh -W` streams on one master connection
+            (openssh.py), ~/.ssh/config as `ssh` reads it (Include, Match exec, ProxyJump,
+            GSSAPI, a ControlMaster the user already has, e.g. after a 2FA login)
+None chooses: $SEAMLESS_SERVICE_SSH (openssh or paramiko) if set, else `default_via()`.
+Why paramiko by default: measured side by side in two runs of benchmarks/bench_tunnel.py
+(loopback sshd, 2 cores shared with other work), openssh was not reliably faster on warm
+calls (small call p50 0.21 / 0.15 ms vs paramiko's 0.17 / 0.17; 200 KB reply 0.95 / 0.71 vs
+0.50 / 0.81; bench_peers.py, two runs: 0.182 vs 0.177, 0.161 vs 0.166) and its first connection is ~3x slower (380 vs
+122 ms: `ssh -O check`, then ssh's own login and key exchange). openssh is the choice for
+what paramiko cannot do: 2FA reused through a ControlMaster, GSSAPI, Match exec, Include.
+Note: `ssh` reads the config of the user's passwd home, not $HOME (paramiko reads $HOME's).
+
 Inside the tunnel keeper (pool.default_pool.in_keeper), what open_transport returns is a lease on a
 pooled transport (pooled.py), made for callers with this caller's inputs: the environment
 values listed here (local: the absolute launcher folder and HOME; remote: REMOTE_ENV) and
@@ -29,18 +43,24 @@ from .pool import TransportPool, default_pool
 from .pooled import PooledTransport, lease
 
 KINDS = ("auto", "agent", "ssh", "local")
+VIAS = ("openssh", "paramiko")
+VIA_ENV = "SEAMLESS_SERVICE_SSH"
 
 # What a pooled remote transport depends on in the environment, besides its files: HOME
 # (where ~/.ssh/config, known_hosts and default keys are), the user name paramiko logs in
 # with when the config names none (getpass.getuser's variables), the ssh-agent it asks for
-# keys, and the client cache holding the agent endpoints and remembered choices.
+# keys, and the client cache holding the agent endpoints and remembered choices. An agent
+# transport's SSH client (`via`) is one more input: callers choosing another one get
+# transports of their own.
 REMOTE_ENV = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK", "XDG_CACHE_HOME")
 
 
 def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os.PathLike | None = None,
                    timeout: float | None = None, notice: Notice | None = None,
-                   accept_new_host_key: bool = False, pool: TransportPool = default_pool) -> Transport:
-    """A transport to `host` (None: this machine). See the module docstring for `kind`.
+                   accept_new_host_key: bool = False, pool: TransportPool = default_pool,
+                   via: str | None = None) -> Transport:
+    """A transport to `host` (None: this machine). See the module docstring for `kind`
+    and `via` (which SSH client carries the agent's connection).
 
     Nothing connects here: the first batch() does (and may deploy the agent). `pool`: where
     pooled transports are leased from in keeper mode (the process's default_pool).
@@ -48,6 +68,7 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     """
     if kind not in KINDS:
         raise UsageError(f"unknown transport {kind!r}; choose one of {', '.join(KINDS)}")
+    via = choose_via(via)
     if host is None or kind == "local":
         if host is not None:
             raise UsageError(f"the local transport runs on this machine; it takes no host (got {host!r})")
@@ -61,11 +82,27 @@ def open_transport(host: str | None, kind: str = "auto", *, ssh_config: str | os
     opts = {"ssh_config": ssh_config, "timeout": timeout, "notice": notice,
             "accept_new_host_key": accept_new_host_key, "pool": pool}
     if kind == "agent":
-        return _agent(host, **opts)
+        return _agent(host, via=via, **opts)
     if kind == "ssh":
         return _ssh(host, **opts)
-    return AutoTransport(host, lambda: _agent(host, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
+    return AutoTransport(host, lambda: _agent(host, via=via, **opts), lambda guarded: _ssh(host, guarded=guarded, **opts),
                          notice=notice, remembered=remembered_choice(host))
+
+
+def default_via() -> str:
+    """The SSH client when the caller names none: "paramiko" (why: the module docstring)."""
+    return "paramiko"
+
+
+def choose_via(via: str | None) -> str:
+    """`via`, else $SEAMLESS_SERVICE_SSH, else default_via(); UsageError for another name."""
+    chosen = via if via is not None else (os.environ.get(VIA_ENV) or None)
+    if chosen is None:
+        return default_via()
+    if chosen not in VIAS:
+        where = "via" if via is not None else f"${VIA_ENV}"
+        raise UsageError(f"unknown SSH client {chosen!r} ({where}); choose openssh or paramiko")
+    return chosen
 
 
 # --------------------------------------------------------------------------- factories
@@ -97,14 +134,15 @@ def _key(kind: str, host: str, ssh_config: str | None) -> str:
 
 
 def _agent(host: str, *, ssh_config: str | None, timeout: float | None, notice: Notice | None,
-           accept_new_host_key: bool, pool: TransportPool) -> Transport:
+           accept_new_host_key: bool, pool: TransportPool, via: str) -> Transport:
     from .agent import AgentTransport
 
     def factory() -> AgentTransport:
         return AgentTransport(host, ssh_config=ssh_config, timeout=timeout or DEFAULT_TIMEOUT,
-                              accept_new_host_key=accept_new_host_key, notice=notice)
+                              accept_new_host_key=accept_new_host_key, notice=notice,
+                              via="openssh" if via == "openssh" else "channel")
 
-    return lease(_key("agent", host, ssh_config), factory, inputs=_remote_inputs, notice=notice,
+    return lease(_key("agent", host, ssh_config), factory, inputs=lambda: (*_remote_inputs(), ("via", via)), notice=notice,
                  timeout=timeout or DEFAULT_TIMEOUT, accept_new_host_key=accept_new_host_key, pool=pool)
 
 

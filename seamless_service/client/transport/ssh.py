@@ -80,8 +80,9 @@ from ...rhl import (LAUNCH_HELPER, LIVE_STATUSES, MISSING_STATE, NOT_RUNNING, RM
                     handshake_target, heuristic_refusal, is_live, launch_args, marker_refusal, outcome_lines,
                     plan_rm, read_rm_output, rm_results, rm_sides, status_file_arg, stop_flags,
                     stop_without_helper, system_root_refusal, unresolvable_refusal, usable_pid)
-from ..errors import AuthFailed, ConnectionFailed, TimedOut
+from ..errors import ConnectionFailed, TimedOut
 from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
+from .ssh_errors import map_ssh_failure
 
 SSH = "ssh"
 PATH_PREFIX = "PATH=$HOME/miniforge3/bin:$HOME/miniconda3/bin:$PATH"
@@ -145,17 +146,7 @@ def helper_error(op: str, result: HelperResult, host: str) -> ProtocolError:
 
 
 def _ssh_failure(host: str, stderr: bytes, code: int) -> ConnectionFailed:
-    text = stderr.decode("utf-8", errors="replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("@@@")]
-    line = lines[-1] if lines else f"ssh exited with status {code}"
-    if line.startswith("ssh: "):
-        line = line[len("ssh: "):]
-    if ("Permission denied" in text or "Host key verification failed" in text
-            or "IDENTIFICATION HAS CHANGED" in text or "No matching host key" in text):
-        if "IDENTIFICATION HAS CHANGED" in text:
-            line = "host key CHANGED (known_hosts holds another key); refusing to connect"
-        return AuthFailed(host, f"ssh: {line}")
-    return ConnectionFailed(host, f"ssh: {line}")
+    return map_ssh_failure(host, stderr.decode("utf-8", errors="replace"), code)
 
 
 # --------------------------------------------------------------------------- rows

@@ -1,6 +1,7 @@
 """The one place where SSH errors become client errors: deploy/ssh.py's (which already map
 paramiko's authentication and host-key errors and say why in one line), paramiko's own
-(channels, a lost connection), sshtunnel's, and the socket's.
+(channels, a lost connection), sshtunnel's, the socket's, and what the `ssh` client says
+when it fails (map_ssh_failure: the ssh transport and the OpenSSH agent path).
 
     try:
         ...
@@ -45,6 +46,23 @@ def map_ssh_error(host: str, exc: BaseException, *, doing: str | None = None,
     if isinstance(exc, (RemoteTimeout, socket.timeout)):
         return TimedOut(host, message)
     return ConnectionFailed(host, message)
+
+
+def map_ssh_failure(host: str, stderr: str, code: int) -> ConnectionFailed:
+    """What the `ssh` client said when it failed (exit status 255; or a stream it ended):
+    its last meaningful stderr line, as AuthFailed for a refused key or host key, else
+    ConnectionFailed. The ssh transport's calls and
+    the OpenSSH agent path (openssh.py) both come here."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("@@@")]
+    line = lines[-1] if lines else f"ssh exited with status {code}"
+    if line.startswith("ssh: "):
+        line = line[len("ssh: "):]
+    if ("Permission denied" in stderr or "Host key verification failed" in stderr
+            or "IDENTIFICATION HAS CHANGED" in stderr or "No matching host key" in stderr):
+        if "IDENTIFICATION HAS CHANGED" in stderr:
+            line = "host key CHANGED (known_hosts holds another key); refusing to connect"
+        return AuthFailed(host, f"ssh: {line}")
+    return ConnectionFailed(host, f"ssh: {line}")
 
 
 def reason(exc: BaseException) -> str:

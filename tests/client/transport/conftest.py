@@ -3,7 +3,8 @@ every gateway.
 
 Each param is a real transport on a real launcher state it can be told to change:
 `local` (in-process, a LauncherSandbox), `agent` (the deployed agent over the real sshd
-tunnel of tests/client/conftest.py's `remote`) and `ssh` (per-call `ssh` running the real
+tunnel of tests/client/conftest.py's `remote`, paramiko), `openssh` (the same agent through
+the real `ssh` client: transport/openssh.py) and `ssh` (per-call `ssh` running the real
 rhl-* helpers on that same host). A test states what must hold everywhere; where a
 transport deliberately differs (README, Deliberate differences), the test marks that
 param with `differs(...)`, the reason, and a strict xfail, instead of skipping it.
@@ -58,9 +59,11 @@ def transport(request) -> Iterator[Place]:
         yield request.getfixturevalue("_local_place")
         return
     remote = request.getfixturevalue("remote")
-    if request.param == "agent":
-        with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None) as agent:
-            place = remote_place("agent", remote, agent)
+    if request.param in ("agent", "openssh"):
+        via = "openssh" if request.param == "openssh" else "channel"
+        with AgentTransport(remote.alias, ssh_config=remote.ssh_config, notice=lambda message: None,
+                            via=via) as agent:
+            place = remote_place(request.param, remote, agent)
             yield place
     else:
         place = remote_place("ssh", remote, SshTransport(remote.alias, ssh_config=remote.ssh_config))
