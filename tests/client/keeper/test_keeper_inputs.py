@@ -315,3 +315,14 @@ def test_two_commands_in_a_row_each_get_only_their_own_flags(keeper, tmp_path):
     table = run(*ps).splitlines()
     assert len(table) > len(rows) and not any(line.startswith("{") for line in table)
     assert sum("populated" in line for line in table) == len(rows)
+
+
+def test_file_snapshot_sees_a_same_size_edit_that_keeps_the_mtime(tmp_path):
+    """~/.ssh/config reaches the pool as a FileSnapshot (tunnel.py, deploy/ssh.py on_read):
+    an in-place edit keeping size, inode and mtime (`Port 22222` -> `Port 22223`) still
+    changes the ctime, so the kept connection is replaced on the next command."""
+    config = tmp_path / "config"
+    config.write_text("Host pointer\n  Port 22222\n")
+    snap = FileSnapshot([config])
+    _edit_in_place(config, "22222", "22223")
+    assert snap.changed()
