@@ -4,7 +4,9 @@ run as the keeper runs it (pool in keeper mode, the caller's env and cwd), again
 bench_cli.py's sandbox (a real sshd on 127.0.0.1, cluster X with 40 state files, the agent
 deployed), after a few untimed warm-up commands.
 
-    python benchmarks/profile_warm.py [--runs N] [--top N] [COMMAND ...]
+    python benchmarks/profile_warm.py [--runs N] [--top N] [--callers PATTERN] [COMMAND ...]
+    python benchmarks/profile_warm.py --split [COMMAND ...]   # where the wall time goes
+    (SPLIT_PROFILE=1 also profiles the thin client in its fresh process)
 
 COMMAND defaults to `ps --cluster benchc --persistent --json`. Needs root (the sshd's
 throwaway user). Not a timing: cProfile slows Python code down; read it for the shares.
@@ -40,6 +42,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--callers", action="append", default=[], metavar="PATTERN",
                         help="also print who calls the functions matching PATTERN")
+    parser.add_argument("--split", action="store_true",
+                        help="instead of profiling: time the installed console script, the bare "
+                             "interpreter, and the keeper round trip from a running process")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     argv = args.command or ["ps", "--cluster", CLUSTER, "--persistent", "--json"]
@@ -52,10 +57,75 @@ def main() -> None:
         make_state(server, STATES, cluster=CLUSTER)
         try:
             run(ours + ["agent", "deploy", server.alias], env, cwd)
-            profile_in_process(argv, env, cwd, args.runs, args.top, args.callers)
+            if args.split:
+                split(argv, env, cwd, args.runs)
+            else:
+                profile_in_process(argv, env, cwd, args.runs, args.top, args.callers)
         finally:
             subprocess.run(ours + ["agent", "stop", server.alias], env=env, capture_output=True)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+SPLIT_CLIENT = """
+import io, statistics, sys, time
+from seamless_service.client.keeper import client
+argv, runs = sys.argv[2:], int(sys.argv[1])
+samples = []
+for i in range(runs + 2):
+    t0 = time.perf_counter()
+    code = client.run(argv, stdout=io.StringIO(), stderr=io.StringIO(), start=True)
+    samples.append((time.perf_counter() - t0) * 1000)
+    assert code == 0, code
+print(statistics.median(samples[2:]))
+"""
+
+
+SPLIT_FRESH = """
+import cProfile, io, os, pstats, sys, time
+t0 = time.perf_counter()
+import re
+t1 = time.perf_counter()
+from seamless_service.client.entry import main
+t2 = time.perf_counter()
+sys.stdout = io.StringIO()
+profiler = cProfile.Profile() if os.environ.get("SPLIT_PROFILE") else None
+if profiler: profiler.enable()
+main(sys.argv[1:])
+if profiler: profiler.disable()
+t3 = time.perf_counter()
+sys.stdout = sys.__stdout__
+if profiler: pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+print(f"import re {(t1 - t0) * 1000:.1f} ms, entry imports {(t2 - t1) * 1000:.1f} ms, main {(t3 - t2) * 1000:.1f} ms")
+"""
+
+
+def split(argv: list[str], env: dict[str, str], cwd: Path, runs: int) -> None:
+    """Medians: the console script (a user's warm command), `python -c pass`, and
+    client.run from one running process (the keeper's share, no interpreter start)."""
+    import statistics
+
+    def wall(cmd: list[str]) -> float:
+        samples = []
+        for i in range(runs + 2):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=True)
+            samples.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(samples[2:])
+
+    python = str(VENV_BIN / "python")
+    script = wall([str(VENV_BIN / "seamless-service"), *argv])
+    bare = wall([python, "-c", "pass"])
+    fresh = subprocess.run([python, "-c", SPLIT_FRESH, *argv], env=env, cwd=cwd, capture_output=True,
+                           text=True, check=True)
+    inside = fresh.stdout.strip()
+    if "SPLIT_PROFILE" in env:
+        print(fresh.stderr)
+    keeper = float(subprocess.run([python, "-c", SPLIT_CLIENT, str(runs), *argv], env=env, cwd=cwd,
+                                  capture_output=True, text=True, check=True).stdout)
+    print(f"{' '.join(argv)}: console script {script:.1f} ms, python -c pass {bare:.1f} ms, "
+          f"keeper round trip from a running process {keeper:.1f} ms (medians of {runs}); "
+          f"in one fresh process: {inside}")
+    subprocess.run([str(VENV_BIN / "seamless-service"), "tunnel", "stop"], env=env, capture_output=True)
 
 
 def profile_in_process(argv: list[str], env: dict[str, str], cwd: Path, runs: int, top: int,
