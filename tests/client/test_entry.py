@@ -141,6 +141,15 @@ def test_thin_path_imports_nothing_heavy(place, tmp_path):
     assert "seamless_service.client.keeper.client" in seen["modules"]
 
 
+def test_thin_path_talks_to_the_keeper_without_socket_py(place, tmp_path):
+    """Issue 13: the C module `_socket` has all the thin client needs; socket.py's enum
+    conversions cost ~2 ms of every call."""
+    client.ensure_keeper()
+    result, seen = run_and_list_modules(["--version"], tmp_path)
+    assert (seen["rc"], result.stdout) == (0, f"seamless-service {__version__}\n")
+    assert "_socket" in seen["modules"] and "socket" not in seen["modules"]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["ps", "--cluster", "x"], "keeper"),
     (["--version"], "keeper"),

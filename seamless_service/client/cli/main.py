@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from ... import __version__
@@ -51,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The parser tree, built once per process and reused by every command (in the tunnel keeper,
+# every warm command): building it costs ~8 ms, most of it argparse's gettext lookups (a
+# few stat calls per help string). Kept with the builder that made it, so that replacing
+# `build_parser` (tests do) builds anew. Reuse is safe because argparse keeps no per-parse
+# state in the parser: parse_args fills a fresh Namespace from the actions' defaults each
+# time, mutually exclusive groups track what was seen per call, append actions copy their
+# default list, and no command changes the tree (they read `args`, never the parser).
+_built: tuple[object, argparse.ArgumentParser] | None = None
+_built_lock = threading.Lock()
+
+
+def shared_parser() -> argparse.ArgumentParser:
+    """build_parser()'s tree, built on the first call of this process (see _built)."""
+    global _built
+    with _built_lock:
+        if _built is None or _built[0] is not build_parser:
+            _built = (build_parser, build_parser())
+        return _built[1]
+
+
 def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
     """`--debug` after the subcommand too (`seamless-service ps --debug`): SUPPRESS keeps a
     subcommand from resetting the flag when it was given before the subcommand instead."""
@@ -94,7 +115,7 @@ def missing_client_module(exc: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None, *, transport_factory: "TransportFactory | None" = None) -> int:
     """Run one command; its exit status. `transport_factory(host)` (host None: this machine),
     for tests only: every transport the command opens comes from it, e.g. a MockTransport."""
-    parser = build_parser()
+    parser = shared_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

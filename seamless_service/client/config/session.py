@@ -84,12 +84,16 @@ def _restore(saved: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def session() -> Iterator[None]:
-    """Hold CONFIG_LOCK; seamless-config starts clean; the caller's state comes back after."""
+    """Hold CONFIG_LOCK; seamless-config starts clean (and parses YAML through yaml_cache);
+    the caller's state comes back after."""
+    from .yaml_cache import cached_yaml
+
     with CONFIG_LOCK:
         saved = _snapshot()
         _reset()
         try:
-            yield
+            with cached_yaml():   # its YAML parses: the C loader, each text once (yaml_cache.py)
+                yield
         finally:
             _restore(saved)
 
@@ -166,6 +170,8 @@ def _check_cluster_files() -> None:
     """#29: an empty or non-mapping clusters file is a readable error, not a TypeError."""
     import yaml
 
+    from .yaml_cache import safe_load
+
     home = Path(os.environ.get("HOME") or str(Path.home()))
     folder = home / ".seamless"
     candidates = [folder / "clusters.yaml"] + sorted((folder / "clusters").glob("*.yaml"))
@@ -174,7 +180,7 @@ def _check_cluster_files() -> None:
             continue
         shown = _home_file(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read {shown}: {one_line(exc)}") from exc
         except yaml.YAMLError as exc:

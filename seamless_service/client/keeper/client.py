@@ -20,7 +20,9 @@ Errors, each one line:
 from __future__ import annotations
 
 import os
-import socket
+# `_socket`, the C module: everything used here (AF_UNIX sockets, timeouts, SO_PEERCRED)
+# is in it, and socket.py's enum conversions cost ~2 ms of every thin-client call.
+import _socket as socket
 import sys
 import time
 

@@ -25,6 +25,7 @@ Deliberate differences from seamless-config (numbered as in the README's table):
 
 from __future__ import annotations
 
+import functools
 from pathlib import PurePosixPath
 from typing import Any, Collection, Hashable, Iterable
 
@@ -114,6 +115,10 @@ def _path_parts(path: str, root: str | None) -> list[str]:
     return [name] if name else []
 
 
+# Kept per process: a pure function of two strings, asked twice for each data directory of
+# every `ps --persistent` (PurePosixPath's parsing made it ~1 ms of a warm command), and the
+# tunnel keeper asks about the same directories command after command.
+@functools.lru_cache(maxsize=4096)
 def labels_from_path(path: str, root: str | None) -> tuple[str | None, str | None, str | None]:
     """(project, subproject, stage) of a data directory below `root`:
     `<root>/proj[/sub/...][/STAGE-s]`."""

@@ -250,3 +250,80 @@ def test_remembered_choices_follow_the_cache_folder_and_other_processes(tmp_path
     path = tmp_path / "a" / "seamless-service" / choice.CHOICE_FILE
     path.write_text("{}")   # as `forget_choice` in another process leaves it
     assert choice.remembered_choice("somehost") is None
+
+
+def _edit_in_place(path: Path, old: str, new: str) -> None:
+    """`old` -> `new` (as long) in the file's own bytes, its mtime put back: the same inode,
+    size and mtime_ns; only the content (and the ctime) say it changed."""
+    assert len(old) == len(new) and old != new
+    text = path.read_text()
+    assert old in text
+    before = os.stat(path)
+    with path.open("r+") as handle:
+        handle.write(text.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_same_size_edits_of_clusters_seamless_and_profile_apply_on_the_next_command(keeper, tmp_path):
+    """The keeper keeps what it parsed of the configuration between commands (issue 13):
+    an in-place edit of clusters.yaml, seamless.yaml or seamless.profile.yaml that keeps
+    the file's size, inode and mtime still shows in the very next command."""
+    world = World.build(tmp_path / "w", dead_cluster=False)
+    env = world.env()
+    profile = world.proj / "seamless.profile.yaml"
+    profile.write_text("- subproject: aaa\n")
+    resolve = ["resolve", "--service", "hashserver", "--workdir", "."]
+
+    def resolved() -> dict:
+        code, out, err = through_keeper(resolve, env, world.proj)
+        assert code == 0, err
+        return json.loads(out)
+
+    first = resolved()
+    assert (first["project"], first["subproject"]) == ("myproj", "aaa")
+    assert first["workdir"] == f"{world.buf}/myproj/aaa"
+    assert resolved() == first   # the warm path: nothing changed, the same answer
+    _edit_in_place(world.proj / "seamless.yaml", "myproj", "myprok")
+    assert resolved()["project"] == "myprok"
+    _edit_in_place(profile, "aaa", "aab")
+    assert resolved()["subproject"] == "aab"
+    moved = str(world.buf)[:-1] + "x"        # .../data/buf -> .../data/bux
+    _edit_in_place(world.box.home / ".seamless" / "clusters.yaml", str(world.buf), moved)
+    assert resolved()["workdir"] == f"{moved}/myprok/aab"
+
+
+def test_two_commands_in_a_row_each_get_only_their_own_flags(keeper, tmp_path):
+    """The keeper reuses one parser tree for every command (issue 13): the flags, defaults
+    and output mode of one command never reach the next."""
+    world = World.build(tmp_path / "w", dead_cluster=False)
+    env = world.env()
+
+    def run(*argv: str) -> str:
+        code, out, err = through_keeper(list(argv), env, world.proj)
+        assert code == 0, err
+        return out
+
+    resolve = ("resolve", "--service", "hashserver", "--workdir", ".")
+    flagged = json.loads(run(*resolve, "--project", "elsewhere", "--subproject", "sub", "--mode", "ro"))
+    assert (flagged["project"], flagged["subproject"], flagged["mode"]) == ("elsewhere", "sub", "ro")
+    plain = json.loads(run(*resolve))
+    assert (plain["project"], plain["subproject"], plain["mode"]) == ("myproj", None, "rw")
+    ps = ("ps", "--cluster", "loc", "--persistent")
+    rows = ndjson(run(*ps, "--json"))
+    assert rows and {row["persistent"] for row in rows} == {"populated"}
+    table = run(*ps).splitlines()
+    assert len(table) > len(rows) and not any(line.startswith("{") for line in table)
+    assert sum("populated" in line for line in table) == len(rows)
+
+
+def test_file_snapshot_sees_a_same_size_edit_that_keeps_the_mtime(tmp_path):
+    """~/.ssh/config reaches the pool as a FileSnapshot (tunnel.py, deploy/ssh.py on_read):
+    an in-place edit keeping size, inode and mtime (`Port 22222` -> `Port 22223`) still
+    changes the ctime, so the kept connection is replaced on the next command."""
+    config = tmp_path / "config"
+    config.write_text("Host pointer\n  Port 22222\n")
+    snap = FileSnapshot([config])
+    _edit_in_place(config, "22222", "22223")
+    assert snap.changed()

@@ -6,8 +6,11 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from seamless_config.service import ps as old
 
+from seamless_service.client.query import render
 from seamless_service.client.query.render import BASE_COLUMNS, columns_for, human_size, ndjson, table
 
 
@@ -85,3 +88,29 @@ def test_ndjson_is_byte_for_byte_seamless_service_ps_ndjson(capsys):
     old._emit_json(rows)
     assert ndjson(rows) + "\n" == capsys.readouterr().out
     assert [json.loads(line) for line in ndjson(rows).splitlines()] == rows
+
+
+_CELL = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({field: st.one_of(st.none(), _CELL) for field in
+                                       ("service", "project", "stage", "process", "persistent")}),
+                max_size=6))
+def test_table_prints_what_tabulate_prints(rows):
+    """Issue 13: plain cells skip tabulate's per-cell inference; the text is tabulate's
+    (cells with spaces around them, tabs, newlines, escapes or non-ASCII still go to it)."""
+    from tabulate import tabulate
+
+    rows = [dict(row, port=None, size=None) for row in rows]
+    body = [list(BASE_COLUMNS)] + [[render._cell(row, c) for c in BASE_COLUMNS] for row in rows]
+    text = tabulate(body, tablefmt="plain", disable_numparse=True, stralign="left")
+    assert table(rows) == "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def test_plain_tables_do_not_call_tabulate(monkeypatch):
+    import tabulate
+
+    monkeypatch.setattr(tabulate, "tabulate", lambda *a, **kw: pytest.fail("tabulate was called"))
+    assert table([_row(project="p1"), _row(project="a-longer-project")]).splitlines()[2].startswith(
+        "hashserver  a-longer-project  ")
