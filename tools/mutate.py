@@ -54,6 +54,12 @@ MIRRORED: dict[str, list[str]] = {
     "seamless_service/agent/ops/rm.py": ["tests/agent/test_op_rm.py"],
     "seamless_service/agent/ops/clear.py": ["tests/agent/test_op_clear.py", "tests/agent/test_clear_race.py"],
     "seamless_service/agent/ops/logs.py": ["tests/agent/test_op_inspect_logs.py"],
+    # the import-rule test reads rhl.py's source, which mutmut rewrites (imports mutmut)
+    "seamless_service/rhl.py": ["tests/test_rhl.py", "-k", "not imports_only"],
+    # not test_watch.py: it runs real agents in terminals (seconds a mutant; times out under load)
+    "seamless_service/client/query/rows.py": ["tests/client/query/test_rows.py", "tests/client/query/test_render.py",
+                                              "tests/client/query/test_ps_mock.py"],
+    "seamless_service/client/config/resolve.py": ["tests/client/config/"],
 }
 
 
