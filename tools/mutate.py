@@ -50,11 +50,15 @@ MIRRORED: dict[str, list[str]] = {
     "seamless_service/agent/sizer.py": ["tests/agent/test_sizer.py", "tests/agent/test_op_clear.py"],
     "seamless_service/agent/statefiles.py": ["tests/agent/test_statefiles.py"],
     "seamless_service/agent/ops/ps.py": ["tests/agent/test_op_ps.py"],
-    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py"],
+    # not the two SIGKILL-escalation tests (10 s each: rhl-stop's own SIGINT/SIGTERM waits);
+    # test_stop_kills_surviving_group_members covers the same group kill
+    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py",
+                                           "-k", "not escalates_to_sigkill and not after_kill_required"],
     "seamless_service/agent/ops/rm.py": ["tests/agent/test_op_rm.py"],
     "seamless_service/agent/ops/clear.py": ["tests/agent/test_op_clear.py", "tests/agent/test_clear_race.py"],
     "seamless_service/agent/ops/logs.py": ["tests/agent/test_op_inspect_logs.py"],
-    # the import-rule test reads rhl.py's source, which mutmut rewrites (imports mutmut)
+    # its own tests kill every mutant (the op tests add minutes a mutant and nothing more); the
+    # import-rule test reads rhl.py's source, which mutmut rewrites (it imports mutmut)
     "seamless_service/rhl.py": ["tests/test_rhl.py", "-k", "not imports_only"],
     # not test_watch.py: it runs real agents in terminals (seconds a mutant; times out under load)
     "seamless_service/client/query/rows.py": ["tests/client/query/test_rows.py", "tests/client/query/test_render.py",
