@@ -375,3 +375,13 @@ def test_only_keys_that_need_rhl_stop_run_it(sandbox):
     sandbox.write_state("toy-old", {"command": "seamless-toy-service", "status": "stale", "pid": dead_pid()})
     value = call("stop", keys=["toy-old", "toy-missing"])
     assert (value["exit_status"], value["stderr"]) == (None, "")
+
+
+def test_a_file_already_stale_is_left_byte_for_byte(sandbox):
+    # written by another tool (indented): "already gone" must not rewrite it as rhl-stop would
+    raw = json.dumps({"command": "seamless-toy-service", "status": "stale", "pid": dead_pid()}, indent=2) + "\n"
+    path = sandbox.write_state("toy-stale-indented", None, raw=raw)
+    inode = path.stat().st_ino
+    (result,) = call("stop", keys=["toy-stale-indented"])["results"]
+    assert (result["outcome"], result["stopped"], result["signalled"]) == ("already gone", True, False)
+    assert path.read_text() == raw and path.stat().st_ino == inode
