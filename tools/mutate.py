@@ -63,11 +63,12 @@ MIRRORED: dict[str, list[str]] = {
     # not test_watch.py: it runs real agents in terminals (seconds a mutant; times out under load)
     "seamless_service/client/query/rows.py": ["tests/client/query/test_rows.py", "tests/client/query/test_render.py",
                                               "tests/client/query/test_ps_mock.py"],
-    # only the in-process tests: the others run the CLI in a subprocess from another folder,
-    # where mutmut's trampoline finds no [tool.mutmut] config and the subprocess fails
+    # only the in-process tests (test_resolve_inprocess.py twins the CLI comparisons): the
+    # others run the CLI in a subprocess from another folder, where mutmut's trampoline finds
+    # no [tool.mutmut] config and the subprocess fails
     "seamless_service/client/config/resolve.py": [
         "tests/client/config/", "-k",
-        "not equals_seamless_config and not cache_root and not subproject_33 and not ssh_hostname_1"
+        "in_process or not equals_seamless_config and not cache_root and not subproject_33 and not ssh_hostname_1"
         " and not stage_block and not mode_is_what and not real_cluster_27 and not cwd_not_read"
         " and not errors_are_one_line and not no_configuration and not empty_clusters"
         " and not malformed_configuration and not file_line_and_column"],
