@@ -12,7 +12,8 @@ import pytest
 
 from seamless_service.client.cli import main as cli_main
 from seamless_service.client.cli import service_cmds
-from seamless_service.client.config.resolve import KeyNotResolvable, resolve_key
+from seamless_service.client.config.resolve import KeyNotResolvable, resolve_key, resolve_service
+from seamless_service.client.config.selection import Selection
 from seamless_service.client.errors import UsageError
 from tests.client.config.test_resolve import SAME
 from tests.support.cli import Home, make_home, seamless_config_cli
@@ -99,7 +100,8 @@ def test_resolve_in_process_deliberate_differences(seamless_home, capsys, monkey
 @pytest.mark.parametrize("argv, expected", [
     (["--service", "hashserver", "--cluster", "nope", "--project", "p"], "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)"),
     (["--service", "hashserver", "--cluster", "lc"], "no project selected"),
-    (["--service", "hashserver"], "no cluster selected: pass --cluster or set one in seamless.yaml (resolve reads"),
+    (["--service", "hashserver"],
+     "no cluster selected: pass --cluster or set one in seamless.yaml (resolve reads seamless.yaml only with --workdir DIR)"),
     (["--service", "jobserver", "--cluster", "rc", "--project", "p"], "No frontend of cluster 'rc' can support a jobserver"),
     (["--service", "hashserver", "--cluster", "a--b", "--project", "p"], "cluster cannot contain '--'"),
     (["--service", "hashserver", "--project", "SEAMLESS_CACHE"], "requires an existing launcher JSON"),
@@ -115,11 +117,27 @@ def test_resolve_key_gives_back_the_service_of_a_key(seamless_home):
     got = resolve_key("database-lc-ro-myproj--STAGE-s2")
     assert (got.key, got.workdir, got.ssh_host) == ("database-lc-ro-myproj--STAGE-s2", "~/db/myproj/STAGE-s2", None)
     assert resolve_key("hashserver-r2-rw-p", cluster="r2").ssh_host == "login.r2.invalid"
-    with pytest.raises(UsageError, match="is not a Seamless service key"):
+    with pytest.raises(UsageError) as bad:
         resolve_key("not a key")
+    assert str(bad.value) == ("not a key is not a Seamless service key (SERVICE-CLUSTER-MODE-PROJECT..., "
+                              "as 'seamless-service resolve' prints it)")
     with pytest.raises(UsageError, match=r"key hashserver-lc-rw-p is not of cluster 'r2' \(its cluster is 'lc'\)"):
         resolve_key("hashserver-lc-rw-p", cluster="r2")
     with pytest.raises(KeyNotResolvable) as info:
         resolve_key("hashserver-nope-rw-p")
     assert (info.value.key, info.value.cluster) == ("hashserver-nope-rw-p", "nope")
     assert "unknown cluster 'nope'" in info.value.reason
+
+
+
+def test_resolve_in_process_other_commands_read_the_cwd_and_give_no_resolve_hint(seamless_home, monkeypatch):
+    monkeypatch.chdir(seamless_home.sandbox.root)   # no seamless.yaml here
+    with pytest.raises(UsageError) as info:
+        resolve_service(Selection(service="hashserver"))
+    assert str(info.value) == "no cluster selected: pass --cluster or set one in seamless.yaml"
+
+
+def test_resolve_in_process_the_launch_config_carries_the_key_and_meta(seamless_home):
+    got = resolve_service(Selection(service="database", stage="s2", mode="ro"))
+    assert got.config["key"] == got.key == "database-lc-ro-myproj--STAGE-s2"
+    assert got.config["meta"] == got.meta and got.meta["stage"] == "s2"
