@@ -52,6 +52,7 @@ def test_imports_only_the_standard_library_and_protocol():
     (1234, 1234), ("1234", 1234), (" 77 ", 77), (12.0, 12),
     (0, None), (-1, None), (4.7, None), (True, None), (None, None), ("abc", None),
     (rhl.PID_LIMIT, None), (99999999999999999999, None), ([1], None),
+    (1, 1), (rhl.PID_LIMIT - 1, rhl.PID_LIMIT - 1),   # the boundaries (init is pid 1)
 ])
 def test_usable_pid(value, expected):
     assert rhl.usable_pid(value) == expected
@@ -243,6 +244,7 @@ def test_launch_args_in_the_launchers_order():
 @pytest.mark.parametrize("interface,expected", [
     (None, "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("localhost", "127.0.0.1"),
     ("::", "::1"), ("10.1.2.3", "10.1.2.3"), ("node7-ib", "node7-ib"),
+    ("[fe80::1]", "fe80::1"), ("nodeX", "nodeX"),
 ])
 def test_connect_host(interface, expected):
     assert rhl.connect_host(interface) == expected
@@ -255,3 +257,42 @@ def test_handshake_target():
     assert rhl.handshake_target({"key": dask, "port": 5000}) == ("/healthcheck", 5000)
     assert rhl.handshake_target({"key": "hashserver-c-rw-p-s", "port": 0}) == ("/healthcheck", None)
     assert rhl.handshake_target({"key": "hashserver-c-rw-p-s", "port": True}) == ("/healthcheck", None)
+
+
+
+# ----------------------------------------------------------------- issue 14: boundaries and odd helper output
+
+
+@pytest.mark.parametrize("port,expected", [(0, None), (1, 1), (65535, 65535), (65536, None)])
+def test_usable_port_boundaries(port, expected):
+    assert rhl.handshake_target({"key": "hashserver-c-rw-p-s", "port": port}) == ("/healthcheck", expected)
+
+
+def test_outcome_lines_end_the_key_at_the_first_separator():
+    assert rhl.outcome_lines("a: permission denied: pid 5\n", ["a"]) == {"a": "permission denied: pid 5"}
+
+
+def test_plan_rm_passes_each_key_once_and_keeps_the_ones_after_a_repeat():
+    outcomes, to_remove = rhl.plan_rm(["down", "down", "other"], force=False, live_pid=lambda key: None)
+    assert (outcomes, to_remove) == ({}, ["down", "other"])
+
+
+def test_key_of_path():
+    assert rhl.key_of_path("/h/.remote-http-launcher/server/a-key.json") == "a-key"
+    assert rhl.key_of_path("/h/x/readme") == "readme"
+
+
+def test_read_rm_output_ignores_lines_about_other_keys_and_noise():
+    outcomes: dict = {}
+    removed = rhl.read_rm_output(["a"], "zz: not found\n", "warning: something else\n", 0, outcomes)
+    assert removed == {"a": []}
+    # rhl-rm exited 0 but said nothing of this key
+    assert outcomes == {"a": {"outcome": "error: rhl-rm did not process this key (no output for this key)"}}
+
+
+def test_launch_args_with_every_option():
+    args = {"key": "k", "workdir": "/w", "conda_env": None, "network_interface": "0.0.0.0",
+            "parameters": None, "meta": '{"service": "hashserver"}'}
+    assert rhl.launch_args(args, ["hashserver"]) == [
+        "--key", "k", "--workdir", "/w", "--network-interface", "0.0.0.0", "--meta", '{"service": "hashserver"}',
+        "--", "hashserver"]

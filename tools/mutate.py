@@ -50,10 +50,28 @@ MIRRORED: dict[str, list[str]] = {
     "seamless_service/agent/sizer.py": ["tests/agent/test_sizer.py", "tests/agent/test_op_clear.py"],
     "seamless_service/agent/statefiles.py": ["tests/agent/test_statefiles.py"],
     "seamless_service/agent/ops/ps.py": ["tests/agent/test_op_ps.py"],
-    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py"],
+    # not the two SIGKILL-escalation tests (10 s each: rhl-stop's own SIGINT/SIGTERM waits);
+    # test_stop_kills_surviving_group_members covers the same group kill
+    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py",
+                                           "-k", "not escalates_to_sigkill and not after_kill_required"],
     "seamless_service/agent/ops/rm.py": ["tests/agent/test_op_rm.py"],
     "seamless_service/agent/ops/clear.py": ["tests/agent/test_op_clear.py", "tests/agent/test_clear_race.py"],
     "seamless_service/agent/ops/logs.py": ["tests/agent/test_op_inspect_logs.py"],
+    # its own tests kill every mutant (the op tests add minutes a mutant and nothing more); the
+    # import-rule test reads rhl.py's source, which mutmut rewrites (it imports mutmut)
+    "seamless_service/rhl.py": ["tests/test_rhl.py", "-k", "not imports_only"],
+    # not test_watch.py: it runs real agents in terminals (seconds a mutant; times out under load)
+    "seamless_service/client/query/rows.py": ["tests/client/query/test_rows.py", "tests/client/query/test_render.py",
+                                              "tests/client/query/test_ps_mock.py"],
+    # only the in-process tests (test_resolve_inprocess.py twins the CLI comparisons): the
+    # others run the CLI in a subprocess from another folder, where mutmut's trampoline finds
+    # no [tool.mutmut] config and the subprocess fails
+    "seamless_service/client/config/resolve.py": [
+        "tests/client/config/", "-k",
+        "in_process or not equals_seamless_config and not cache_root and not subproject_33 and not ssh_hostname_1"
+        " and not stage_block and not mode_is_what and not real_cluster_27 and not cwd_not_read"
+        " and not errors_are_one_line and not no_configuration and not empty_clusters"
+        " and not malformed_configuration and not file_line_and_column"],
 }
 
 

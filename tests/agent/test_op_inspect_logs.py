@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
+import threading
 
 import pytest
 
@@ -162,7 +164,8 @@ def test_logs_offset_follows_appends(world):
         handle.write(b"second\nthird\n")
     more = call(ctx, "logs", key="follow", offset=first["next_offset"])
     assert more["data"] == b"second\nthird\n"
-    assert (more["offset"], more["next_offset"], more["size"]) == (6, 19, 19)
+    assert (more["key"], more["offset"], more["next_offset"], more["size"]) == ("follow", 6, 19, 19)
+    assert more["truncated"] is False  # read up to the end: nothing left for next time
     idle = call(ctx, "logs", key="follow", offset=more["next_offset"])
     assert idle["data"] == b"" and idle["next_offset"] == 19 and not idle["reset"]
 
@@ -205,6 +208,7 @@ def test_logs_tail_and_offset_together_is_bad_args(world):
     with pytest.raises(ProtocolError) as info:
         call(ctx, "logs", key=KEY, tail=1, offset=0)
     assert info.value.code == ErrorCode.BAD_ARGS
+    assert info.value.message == "logs: give 'tail' or 'offset', not both"
 
 
 def test_logs_missing_is_not_found(world):
@@ -231,3 +235,75 @@ def test_logs_readable_without_state_file(sandbox):
     assert sandbox.run_helper("rhl-rm", "gone").returncode == 0
     assert not (sandbox.server_dir / "gone.json").exists()
     assert call(AgentContext(), "logs", key="gone", tail=1)["data"] == b"post mortem\n"
+
+
+# -- logs: the default cap and the error messages (issue 14: mutants of logs.py survived) --
+
+def test_logs_without_max_bytes_return_at_most_one_mib(world):
+    box, ctx = world
+    mib = 1 << 20
+    write_log(box, "cap", b"x" * (mib - 1) + b"\n")   # exactly the default cap: whole
+    value = call(ctx, "logs", key="cap")
+    assert (len(value["data"]), value["offset"], value["truncated"]) == (mib, 0, False)
+    write_log(box, "cap", b"a" + b"x" * (mib - 1) + b"\n")  # one byte more: the end, flagged
+    value = call(ctx, "logs", key="cap")
+    assert (len(value["data"]), value["offset"], value["truncated"]) == (mib, 1, True)
+    assert value["data"][:1] == b"x"
+
+
+def test_logs_of_a_directory_say_what_failed(world):
+    box, ctx = world
+    (box.server_dir / "dir-log2.log").mkdir()
+    with pytest.raises(ProtocolError) as info:
+        call(ctx, "logs", key="dir-log2")
+    assert info.value.code == ErrorCode.OP_FAILED
+    assert info.value.message.startswith("could not read log of 'dir-log2': ")
+    assert "Is a directory" in info.value.message
+
+
+def test_logs_tail_of_more_than_max_bytes_over_several_blocks_gives_the_last_max_bytes(world):
+    # 5000 lines of 25 bytes do not fit in 100 000 bytes; the first backwards block
+    # (64 KiB) holds fewer lines, the cap is reached in the second read
+    box, ctx = world
+    big = b"".join(b"line %06d of the big log\n" % i for i in range(20_000))
+    write_log(box, "big2", big)
+    value = call(ctx, "logs", key="big2", tail=5000, max_bytes=100_000)
+    assert value["data"] == big[-100_000:] and value["truncated"] is True
+    assert value["offset"] == len(big) - 100_000
+
+
+def _pattern(start: int, length: int) -> bytes:
+    """The log content at positions start.. (every byte is its position mod 251)."""
+    return bytes((start + i) % 251 for i in range(length))
+
+
+def test_a_log_rewritten_while_it_is_read_gives_only_bytes_it_held_up_to_the_size_said(world):
+    # A relaunch truncates the log and the service writes it again, while a follower
+    # reads: every answer is bytes the log held at those positions, never past `size`.
+    box, ctx = world
+    path = box.server_dir / "hot.log"
+    write_log(box, "hot", _pattern(0, 200_000))
+    block = _pattern(0, 251 * 64)
+    stop = threading.Event()
+
+    def relaunches() -> None:
+        rng = random.Random(1)
+        while not stop.is_set():
+            with open(path, "wb", buffering=0) as log:   # truncated, as a relaunch does
+                for _ in range(rng.randint(1, 40)):
+                    log.write(block)                     # block is a whole number of periods
+
+    writer = threading.Thread(target=relaunches, daemon=True)
+    writer.start()
+    rng = random.Random(2)
+    try:
+        for _ in range(1500):
+            offset = rng.randint(0, 300_000)
+            for args in ({"offset": offset, "max_bytes": 1 << 21}, {"max_bytes": 1000}):
+                value = call(ctx, "logs", key="hot", **args)
+                data, start = value["data"], value["offset"]
+                assert data == _pattern(start, len(data)), args
+                assert value["next_offset"] == start + len(data) <= value["size"], args
+    finally:
+        stop.set()
+        writer.join()

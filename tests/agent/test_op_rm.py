@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -12,7 +14,10 @@ from seamless_service.agent import procinfo
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.dispatch import handle
 from seamless_service.protocol import decode_reply, encode_request
-from tests.support.processes import alive
+from tests.support.processes import alive, dead_pid
+from tests.support.services import LauncherSandbox
+
+REFUSED = "refused: service is running (stop it first, or force)"
 
 
 def call(op: str, **args):
@@ -131,3 +136,86 @@ def test_rm_keys_starting_with_dash_are_not_flags(sandbox, stale):
                          expected=1)
     assert reply[0]["ok"] is False and reply[0]["error"]["code"] == "invalid_key"
     assert client.exists() and server.exists()
+
+
+# ---- what decides "running" for rm (issue 14: mutants of rm.live_service_pid survived)
+
+
+def test_a_running_state_whose_pid_died_is_removed_without_force(sandbox):
+    # a service that died without rhl-stop: its file still says running, nothing runs
+    sandbox.write_state("toy-died", {"command": "seamless-toy-service", "uid": os.getuid(),
+                                     "pid": dead_pid(), "status": "running", "port": 1})
+    value = call("rm", keys=["toy-died"])
+    assert value["results"] == [{"key": "toy-died", "outcome": "removed",
+                                 "removed": [str(files(sandbox, "toy-died")[1])]}]
+
+
+def test_a_running_state_whose_pid_is_another_program_is_removed_without_force(sandbox):
+    other = subprocess.Popen(["sleep", "60"])  # alive, but not the service the file describes
+    try:
+        sandbox.write_state("toy-other", {"command": "seamless-toy-service", "uid": os.getuid(),
+                                          "pid": other.pid, "status": "running", "port": 1})
+        (result,) = call("rm", keys=["toy-other"])["results"]
+        assert result["outcome"] == "removed" and "warning" not in result
+        assert not files(sandbox, "toy-other")[1].exists() and alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_state_file_older_than_its_pids_process_does_not_block_rm(sandbox, running):
+    # pid reuse: the process now holding the pid started after the file was written
+    client, server = files(sandbox, "toy-run")
+    old = time.time() - 3600
+    os.utime(server, (old, old))
+    (result,) = call("rm", keys=["toy-run"])["results"]
+    assert result["outcome"] == "removed" and "warning" not in result
+    assert not server.exists()
+
+
+def test_a_dry_run_record_is_removed_even_if_its_pid_is_a_live_service(sandbox, running):
+    # a dry run launched nothing: whatever its pid field says, removing it orphans nothing
+    sandbox.write_state("toy-dry", {**running, "dry_run": True})
+    (result,) = call("rm", keys=["toy-dry"])["results"]
+    assert result["outcome"] == "removed" and "warning" not in result
+    assert alive(running["pid"])
+
+
+def test_refused_keys_alone_run_no_helper_and_report_no_stderr(sandbox, running):
+    value = call("rm", keys=["toy-run"])
+    assert value == {"results": [{"key": "toy-run", "outcome": REFUSED, "removed": [], "pid": running["pid"]}],
+                     "exit_status": None, "stderr": ""}
+
+
+def test_keys_after_a_helper_failure_say_that_an_earlier_error_stopped_them(sandbox, stale):
+    (sandbox.server_dir / "toy-dir.json").mkdir()
+    value = call("rm", keys=["toy-dir", "toy-stale"], server=True)
+    assert value["results"][1] == {"key": "toy-stale", "removed": [],
+                                   "outcome": "error: rhl-rm did not process this key (an earlier error stopped it)"}
+
+
+def test_without_rhl_rm_every_key_says_so_and_nothing_is_removed(sandbox, stale, monkeypatch, tmp_path):
+    # remote-http-launcher not installed beside the agent, nor on PATH
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-venv" / "python"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    value = call("rm", keys=["toy-stale", "toy-other"])
+    message = "rhl-rm is not installed on this server (install remote-http-launcher in the agent's environment)"
+    assert value == {"results": [{"key": "toy-stale", "removed": [], "outcome": f"error: {message}"},
+                                 {"key": "toy-other", "removed": [], "outcome": f"error: {message}"}],
+                     "exit_status": None, "stderr": message}
+    assert all(path.exists() for path in files(sandbox, "toy-stale"))
+
+
+def test_an_agent_on_another_launcher_base_removes_that_bases_files(sandbox, stale, tmp_path):
+    # the helper must act on the agent's base, not on the one the environment names
+    other = LauncherSandbox(tmp_path / "other")
+    other.write_state("toy-stale", {"status": "stale"})
+    ctx = AgentContext(base=other.base)
+    try:
+        reply = decode_reply(handle(ctx, encode_request([("rm", {"keys": ["toy-stale"], "server": True})])),
+                             expected=1)
+    finally:
+        ctx.close()
+    assert reply[0]["value"]["results"][0]["outcome"] == "removed"
+    assert not (other.server_dir / "toy-stale.json").exists()
+    assert files(sandbox, "toy-stale")[1].exists()  # the environment's base is untouched

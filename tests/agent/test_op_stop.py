@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -18,7 +19,7 @@ from seamless_service.agent.dispatch import handle
 from seamless_service.agent.statefiles import server_row
 from seamless_service.protocol import decode_reply, encode_request
 from tests.support.processes import alive, dead_pid, gone
-from tests.support.services import wait_for
+from tests.support.services import LauncherSandbox, wait_for
 
 
 def call(op: str, **args):
@@ -327,3 +328,60 @@ def test_after_kill_required_the_whole_group_is_gone(sandbox, spawn):
     assert (result["outcome"], result["stopped"], result["signalled"]) == ("kill required", True, True)
     assert result["group_killed"] == len(members) == 1
     wait_for(lambda: all(gone(p) for p in [leader.pid, *members]))
+
+
+# ---- issue 14: what the surviving mutants of stop.py would have changed
+
+
+def _group_leader(spawn, sandbox, key):
+    """A live session leader the state of `key` names, as a launched service is."""
+    leader = spawn(["sleep", "303"], start_new_session=True)
+    wait_for(lambda: procinfo.read_proc(leader.pid).argv[:1] == ("sleep",) or None)
+    sandbox.write_state(key, {"command": "sleep 303", "uid": os.getuid(), "status": "running", "pid": leader.pid})
+    return leader
+
+
+def test_without_rhl_stop_every_key_that_needed_it_says_so_and_nothing_is_signalled(sandbox, spawn, monkeypatch,
+                                                                                  tmp_path):
+    leader = _group_leader(spawn, sandbox, "toy-up")
+    before = (sandbox.server_dir / "toy-up.json").read_bytes()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-venv" / "python"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    value = call("stop", keys=["toy-up", "toy-missing"])
+    message = "rhl-stop is not installed on this server (install remote-http-launcher in the agent's environment)"
+    assert value["exit_status"] is None and value["stderr"] == message
+    up, missing = value["results"]
+    assert up == {"key": "toy-up", "outcome": f"error: {message}", "stopped": False, "signalled": False,
+                  "status": "running", "pid": leader.pid}
+    assert missing["outcome"] == "missing state"
+    assert alive(leader.pid) and (sandbox.server_dir / "toy-up.json").read_bytes() == before
+
+
+def test_an_agent_on_another_launcher_base_stops_that_bases_service(sandbox, spawn, tmp_path):
+    other = LauncherSandbox(tmp_path / "other")
+    leader = _group_leader(spawn, other, "toy-elsewhere")
+    ctx = AgentContext(base=other.base)
+    try:
+        reply = decode_reply(handle(ctx, encode_request([("stop", {"keys": ["toy-elsewhere"]})])), expected=1)
+    finally:
+        ctx.close()
+    (result,) = reply[0]["value"]["results"]
+    assert (result["outcome"], result["stopped"], result["signalled"]) == ("stopped", True, True)
+    wait_for(lambda: not alive(leader.pid))
+    assert json.loads((other.server_dir / "toy-elsewhere.json").read_text())["status"] == "stale"
+
+
+def test_only_keys_that_need_rhl_stop_run_it(sandbox):
+    sandbox.write_state("toy-old", {"command": "seamless-toy-service", "status": "stale", "pid": dead_pid()})
+    value = call("stop", keys=["toy-old", "toy-missing"])
+    assert (value["exit_status"], value["stderr"]) == (None, "")
+
+
+def test_a_file_already_stale_is_left_byte_for_byte(sandbox):
+    # written by another tool (indented): "already gone" must not rewrite it as rhl-stop would
+    raw = json.dumps({"command": "seamless-toy-service", "status": "stale", "pid": dead_pid()}, indent=2) + "\n"
+    path = sandbox.write_state("toy-stale-indented", None, raw=raw)
+    inode = path.stat().st_ino
+    (result,) = call("stop", keys=["toy-stale-indented"])["results"]
+    assert (result["outcome"], result["stopped"], result["signalled"]) == ("already gone", True, False)
+    assert path.read_text() == raw and path.stat().st_ino == inode

@@ -9,6 +9,7 @@ from seamless_config.service import ps as old
 from seamless_service.client.query.rows import (
     ROW_FIELDS,
     attach_health,
+    error_record,
     health_summary,
     labels_from_path,
     merge_rows,
@@ -18,6 +19,7 @@ from seamless_service.client.query.rows import (
     persistent_row,
     process_row,
     public_row,
+    status_matches,
 )
 
 
@@ -238,3 +240,120 @@ def test_a_shared_data_directory_shows_once_unless_several_services_use_it():
         ("hashserver-a-rw-p", "/d/p"), ("hashserver-b-rw-p", "/d/p"), (None, "/d/q")]
     # another machine's directory with the same path is its own
     assert len(one_per_directory([("S", dirs["c"]), ("T", dirs["c"])], [])) == 2
+
+
+
+# -- issue 14: what the surviving mutants of rows.py would have changed in the rows shown --
+
+def test_the_cache_alias_is_only_for_the_top_level_of_the_cache_cluster():
+    assert process_row(server_row("hashserver-c1-rw-__TOPLEVEL__"))["project"] == "__TOPLEVEL__"
+    cache = persistent_row({"path": "/c/p", "state": "empty"}, "hashserver", "__SEAMLESS_CACHE__", root="/c")
+    assert cache["project"] == "p"
+
+
+def test_meta_wins_over_a_reading_of_a_cluster_asked_about():
+    meta = {"service": "hashserver", "cluster": "zz", "mode": "rw", "project": "p", "subproject": None,
+            "stage": None, "substage": None, "queue": None}
+    row = process_row(server_row("hashserver-a-rw-b-rw-proj", meta=meta), cluster="a-rw-b")
+    assert (row["cluster"], row["project"]) == ("zz", "p")
+
+
+def test_a_row_without_process_or_status_is_a_client_row_only_with_a_port():
+    assert process_row({"key": "hashserver-c1-rw-p", "port": 5})["process"] == "client"
+    assert process_row({"key": "hashserver-c1-rw-p"})["process"] is None
+
+
+def test_a_state_file_or_directory_that_could_not_be_read_keeps_its_error():
+    row = process_row(server_row("hashserver-c1-rw-p", status="error", error="not JSON"))
+    assert row["error"] == "not JSON" and public_row(row)["error"] == "not JSON"
+    assert "error" not in process_row(server_row("hashserver-c1-rw-p"))
+    prow = persistent_row({"path": "/b/p", "error": "permission denied"}, "hashserver", "c1", root="/b")
+    assert prow["error"] == "permission denied" and public_row(prow)["error"] == "permission denied"
+    assert "error" not in persistent_row({"path": "/b/p", "state": "empty"}, "hashserver", "c1", root="/b")
+
+
+@pytest.mark.parametrize("path,root,labels", [
+    ("/data/proj/", None, ("proj", None, None)),           # no root: the last name
+    ("/data/BOX/", None, ("BOX", None, None)),
+    ("/", None, (None, None, None)),
+    ("/x/r/proj/STAGE-s", "/r", (None, None, "s")),       # outside the root: the last name only
+    ("/home/u/buf", "~/buf", (None, None, None)),         # the (expanded) root itself
+])
+def test_persistent_labels_of_paths_without_a_root_or_outside_it(path, root, labels):
+    row = persistent_row({"path": path, "state": "empty"}, "hashserver", "c1", root=root)
+    assert (row["project"], row["subproject"], row["stage"]) == labels
+
+
+def test_labels_the_caller_knows_win_over_the_path_and_a_row_without_path_has_none():
+    row = persistent_row({"path": "/b/other/STAGE-x", "state": "empty"}, "hashserver", "c1", root="/b",
+                         project="given")
+    assert (row["project"], row["stage"]) == ("given", None)
+    row = persistent_row({"state": "empty"}, "hashserver", "c1", root="/b")
+    assert (row["project"], row["subproject"], row["stage"], row["path"]) == (None, None, None, None)
+
+
+def test_a_size_without_bytes_is_shown_as_the_size():
+    assert persistent_row({"path": "/db/p", "size": 8192}, "database", "c1", root="/db")["size"] == 8192
+
+
+def test_the_cache_alias_filter_matches_the_cache_top_level_only():
+    cache = persistent_row({"path": "/c/__TOPLEVEL__", "state": "empty"}, "hashserver", "__SEAMLESS_CACHE__",
+                           root="/c")
+    other = persistent_row({"path": "/c/p", "state": "empty"}, "hashserver", "__SEAMLESS_CACHE__", root="/c")
+    assert not persistent_matches(other, {"project": "SEAMLESS_CACHE"})
+    assert not persistent_matches(cache, {"project": "SEAMLESS_CACHE", "stage": "x"})   # later filters apply
+
+
+def test_rows_without_key_pass_one_per_state():
+    keyless = {"key": None, "service": None, "error": "x"}
+    rows = one_per_state([("S", {"a"}, [keyless])])
+    assert rows == [keyless]
+
+
+def test_directories_without_path_or_of_other_services_are_kept_apart():
+    a = persistent_row({"state": "empty", "error": "e1"}, "hashserver", "c", root="/d")
+    b = persistent_row({"state": "empty", "error": "e2"}, "hashserver", "c", root="/d")
+    assert one_per_directory([("S", a), ("S", b)], []) == [a, b]
+    buf = persistent_row({"path": "/d/p", "state": "empty"}, "hashserver", "c", root="/d")
+    db = persistent_row({"path": "/d/p", "state": "empty"}, "database", "c", root="/d")
+    assert one_per_directory([("S", buf), ("S", db)], []) == [buf, db]
+
+
+def test_the_first_directory_of_a_place_joins_its_process_row_with_its_size_state():
+    proc = process_row(server_row("hashserver-c1-rw-proj"))
+    first = persistent_row({"path": "/a/proj", "state": "populated", "bytes": 1, "bytes_state": "stale"},
+                           "hashserver", "c1", root="/a")
+    second = persistent_row({"path": "/b/proj", "state": "empty", "bytes": 2, "bytes_state": "fresh"},
+                            "hashserver", "c1", root="/b")
+    (row,) = merge_rows([proc], [first, second])
+    assert (row["path"], row["size"], row["size_state"], row["persistent"]) == ("/a/proj", 1, "stale", "populated")
+
+
+def test_unmatched_directories_show_once_per_path():
+    dirs = [persistent_row({"path": p, "state": "empty"}, "hashserver", "c1", root=r)
+            for p, r in (("/a/proj", "/a"), ("/a/proj", "/a"), ("/b/proj", "/b"))]
+    assert [r["path"] for r in merge_rows([], dirs)] == ["/a/proj", "/b/proj"]
+
+
+def test_public_row_keeps_the_values():
+    row = process_row(server_row("hashserver-c-rw-p"), host="h")
+    public = public_row(row)
+    assert (public["key"], public["service"], public["host"], public["process"]) == (
+        "hashserver-c-rw-p", "hashserver", "h", "running")
+
+
+def test_error_record_has_exactly_host_cluster_error():
+    assert error_record("h", "c", "unreachable") == {"host": "h", "cluster": "c", "error": "unreachable"}
+
+
+def test_health_attaches_to_every_running_row_after_one_that_is_not():
+    rows = [process_row(server_row("database-c-rw-p", "stale")), process_row(server_row("hashserver-c-rw-p"))]
+    attach_health(rows, {"database-c-rw-p": {"healthy": True}, "hashserver-c-rw-p": {"healthy": True}})
+    assert "health" not in rows[0] and rows[1]["health"] == "ok"
+
+
+def test_status_filter_keeps_process_rows_and_leaves_bare_directories_out():
+    proc = process_row(server_row("hashserver-c-rw-p"))
+    bare = persistent_row({"path": "/d/p", "state": "populated"}, "hashserver", "c", root="/d")
+    assert status_matches(proc, "running") and not status_matches(bare, "running")
+    assert status_matches(bare, "persistent") and not status_matches(proc, "persistent")

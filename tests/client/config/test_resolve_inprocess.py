@@ -1,0 +1,143 @@
+"""`seamless-service resolve` run in this process (its parser, seamless-config's code) against
+seamless-config's own `seamless-service-resolve`: the same cases as test_resolve.py's
+subprocess comparison, so that tools/mutate.py (whose mutants live in this process only)
+can tell when a change to client/config/resolve.py changes what resolve prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from seamless_service.client.cli import main as cli_main
+from seamless_service.client.cli import service_cmds
+from seamless_service.client.config.resolve import KeyNotResolvable, resolve_key, resolve_service
+from seamless_service.client.config.selection import Selection
+from seamless_service.client.errors import UsageError
+from tests.client.config.test_resolve import SAME
+from tests.support.cli import Home, make_home, seamless_config_cli
+
+
+@pytest.fixture
+def seamless_home(sandbox, monkeypatch) -> Home:
+    home = make_home(sandbox, monkeypatch)
+    monkeypatch.chdir(home.proj)
+    return home
+
+
+def resolve_here(capsys, monkeypatch, *argv: str) -> tuple[int, str, str]:
+    """`seamless-service resolve ARGV` through the CLI's own main (as tests/support/cli.py's
+    SHIM runs it, with the resolve parser added if the build hides it)."""
+    build = cli_main.build_parser
+
+    def with_resolve() -> argparse.ArgumentParser:
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "resolve" not in sub.choices:
+            service_cmds.add_parsers(sub)
+        return parser
+
+    monkeypatch.setattr(cli_main, "build_parser", with_resolve)
+    capsys.readouterr()
+    try:
+        code = cli_main.main(["resolve", *argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv", SAME, ids=lambda a: " ".join(a))
+def test_resolve_in_process_matches_seamless_config(seamless_home, capsys, monkeypatch, argv):
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    code, out, _ = resolve_here(capsys, monkeypatch, *argv)
+    assert code == 0 and out == theirs.stdout
+    assert json.loads(out)["key"]
+
+
+def test_resolve_in_process_seamless_cache_matches_seamless_config(seamless_home, capsys, monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEAMLESS_CACHE", str(cache))
+    env = seamless_home.env(SEAMLESS_CACHE=str(cache))
+    for argv in (["--service", "hashserver", "--workdir", "."],
+                 ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"],
+                 ["--service", "hashserver", "--project", "SEAMLESS_CACHE", "--mode", "ro"]):
+        theirs = seamless_config_cli(seamless_home, "resolve", *argv, env=env)
+        assert theirs.returncode == 0, theirs.stderr
+        assert resolve_here(capsys, monkeypatch, *argv)[:2] == (0, theirs.stdout), argv
+
+
+def test_resolve_in_process_cache_root_from_a_state_file(seamless_home, capsys, monkeypatch, tmp_path):
+    root = tmp_path / "cacheroot"
+    seamless_home.sandbox.write_state("hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--STAGE-x",
+                                      {"workdir": f"{root}/__TOPLEVEL__/STAGE-x", "status": "stale"})
+    argv = ["--service", "database", "--project", "SEAMLESS_CACHE", "--stage", "x"]
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert resolve_here(capsys, monkeypatch, *argv)[:2] == (0, theirs.stdout)
+
+
+@pytest.mark.parametrize("argv,fields", [
+    # #1: a remote frontend without ssh_hostname is reached at its hostname
+    (["--service", "hashserver", "--cluster", "r2", "--project", "p"], {"ssh_hostname": "login.r2.invalid"}),
+    # #2: the stage block of seamless.yaml applies; flags still win
+    (["--service", "hashserver", "--workdir", ".", "--stage", "s1"],
+     {"key": "hashserver-xtra-rw-other--STAGE-s1", "ssh_hostname": "xtra.invalid",
+      "workdir": "/srv/xtra/buf/other/STAGE-s1"}),
+    (["--service", "hashserver", "--workdir", ".", "--stage", "s1", "--cluster", "lc", "--project", "mine"],
+     {"key": "hashserver-lc-rw-mine--STAGE-s1"}),
+    # #32: a jobserver's mode is what its key says
+    (["--service", "jobserver", "--workdir", ".", "--mode", "ro"], {"mode": "rw", "key": "jobserver-lc-rw-myproj"}),
+])
+def test_resolve_in_process_deliberate_differences(seamless_home, capsys, monkeypatch, argv, fields):
+    code, out, _ = resolve_here(capsys, monkeypatch, *argv)
+    got = json.loads(out)
+    assert code == 0 and {name: got[name] for name in fields} == fields
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--service", "hashserver", "--cluster", "nope", "--project", "p"], "unknown cluster 'nope' (known: lc, rc, r2, xtra, lh)"),
+    (["--service", "hashserver", "--cluster", "lc"], "no project selected"),
+    (["--service", "hashserver"],
+     "no cluster selected: pass --cluster or set one in seamless.yaml (resolve reads seamless.yaml only with --workdir DIR)"),
+    (["--service", "jobserver", "--cluster", "rc", "--project", "p"], "No frontend of cluster 'rc' can support a jobserver"),
+    (["--service", "hashserver", "--cluster", "a--b", "--project", "p"], "cluster cannot contain '--'"),
+    (["--service", "hashserver", "--project", "SEAMLESS_CACHE"], "requires an existing launcher JSON"),
+    (["--service", "hashserver", "--cluster", "lc", "--project", "p", "--stage", "a/b"], "invalid --stage 'a/b'"),
+])
+def test_resolve_in_process_errors_are_one_line(seamless_home, capsys, monkeypatch, argv, expected):
+    code, out, err = resolve_here(capsys, monkeypatch, *argv)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and expected in err, err
+
+
+def test_resolve_key_gives_back_the_service_of_a_key(seamless_home):
+    got = resolve_key("database-lc-ro-myproj--STAGE-s2")
+    assert (got.key, got.workdir, got.ssh_host) == ("database-lc-ro-myproj--STAGE-s2", "~/db/myproj/STAGE-s2", None)
+    assert resolve_key("hashserver-r2-rw-p", cluster="r2").ssh_host == "login.r2.invalid"
+    with pytest.raises(UsageError) as bad:
+        resolve_key("not a key")
+    assert str(bad.value) == ("not a key is not a Seamless service key (SERVICE-CLUSTER-MODE-PROJECT..., "
+                              "as 'seamless-service resolve' prints it)")
+    with pytest.raises(UsageError, match=r"key hashserver-lc-rw-p is not of cluster 'r2' \(its cluster is 'lc'\)"):
+        resolve_key("hashserver-lc-rw-p", cluster="r2")
+    with pytest.raises(KeyNotResolvable) as info:
+        resolve_key("hashserver-nope-rw-p")
+    assert (info.value.key, info.value.cluster) == ("hashserver-nope-rw-p", "nope")
+    assert "unknown cluster 'nope'" in info.value.reason
+
+
+
+def test_resolve_in_process_other_commands_read_the_cwd_and_give_no_resolve_hint(seamless_home, monkeypatch):
+    monkeypatch.chdir(seamless_home.sandbox.root)   # no seamless.yaml here
+    with pytest.raises(UsageError) as info:
+        resolve_service(Selection(service="hashserver"))
+    assert str(info.value) == "no cluster selected: pass --cluster or set one in seamless.yaml"
+
+
+def test_resolve_in_process_the_launch_config_carries_the_key_and_meta(seamless_home):
+    got = resolve_service(Selection(service="database", stage="s2", mode="ro"))
+    assert got.config["key"] == got.key == "database-lc-ro-myproj--STAGE-s2"
+    assert got.config["meta"] == got.meta and got.meta["stage"] == "s2"
