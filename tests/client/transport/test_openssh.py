@@ -4,7 +4,6 @@ tunnel, repairs, ssh's failures in one line, and no ssh process left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,10 @@ from seamless_service.client.transport.open import VIA_ENV, choose_via, default_
 from seamless_service.client.transport.openssh import OpenSshTunnel
 from seamless_service.client.transport.ssh_errors import map_ssh_failure
 from seamless_service.deploy import cache
-from tests.client.conftest import BIG_LOG_BYTES, ODD_STATES, RUNNING_KEYS, Notices, Remote, wait_until
+from tests.support.remote import Remote
+from tests.support.remote_state import BIG_LOG_BYTES, ODD_STATES, RUNNING_KEYS
+from tests.support.services import wait_until
+from tests.support.transports import Notices
 
 
 @pytest.fixture
