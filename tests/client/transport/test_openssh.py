@@ -15,7 +15,6 @@ from seamless_service import Host, __version__
 from seamless_service.client.errors import AgentUnreachable, AuthFailed, ConnectionFailed, UsageError
 from seamless_service.client.transport.agent import AgentTransport
 from seamless_service.client.transport.open import VIA_ENV, choose_via, default_via, open_transport
-from seamless_service.client.transport.openssh import OpenSshTunnel
 from seamless_service.client.transport.ssh_errors import map_ssh_failure
 from seamless_service.deploy import cache
 from tests.support.remote import Remote
