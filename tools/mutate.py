@@ -243,6 +243,11 @@ def load_equivalents() -> dict[str, dict[tuple[str, str, str], str]]:
     return found
 
 
+# A mutant that makes the tests hang is caught: the test run never passes (CI's time limit
+# fails it), as Stryker and cosmic-ray count it.
+DETECTED = ("killed", "timeout")
+
+
 def mutate(module: str, tests: list[str], jobs: int, keep: bool) -> Score:
     work = Path(tempfile.mkdtemp(prefix="ss-mutate-"))
     started = time.monotonic()
@@ -253,7 +258,7 @@ def mutate(module: str, tests: list[str], jobs: int, keep: bool) -> Score:
         found = statuses(work)
         mutants = [Mutant(name, status) for name, status in sorted(found.items())]
         for m in mutants:
-            if m.status != "killed":
+            if m.status not in DETECTED:
                 locate(work, module, m)
     finally:
         if keep:
@@ -261,10 +266,10 @@ def mutate(module: str, tests: list[str], jobs: int, keep: bool) -> Score:
         else:
             shutil.rmtree(work, ignore_errors=True)
     known = load_equivalents().get(module, {})
-    survivors = sorted((m for m in mutants if m.status != "killed"), key=lambda m: (m.line, m.name))
+    survivors = sorted((m for m in mutants if m.status not in DETECTED), key=lambda m: (m.line, m.name))
     equivalent = [(m, next(known[k] for k in m.keys() if k in known))
                   for m in survivors if any(k in known for k in m.keys())]
-    killed = sum(m.status == "killed" for m in mutants)
+    killed = sum(m.status in DETECTED for m in mutants)
     return Score(module, len(mutants), killed, survivors, equivalent, time.monotonic() - started)
 
 
