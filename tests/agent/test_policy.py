@@ -7,10 +7,18 @@ that only print a token, so an accepted command shows that token instead of touc
 anything (the guard execs the sibling of its own absolute argv[0]). The helpers' own
 `validate_clearable_path` (the second line of defence on the guard path) is the real,
 installed function, called in-process.
+
+The guard is asked ~650 times (a few seconds). A mutation run (tools/mutate.py) re-runs
+these tests for every mutant, so it sets SEAMLESS_GUARD_ANSWERS to a JSON file in its temp
+copy: the first run records the guard's answers there, keyed by the installed
+remote-http-launcher version, and later runs read them. Without that variable (the normal
+suite, CI) the real guard is asked every time.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import shlex
 import shutil
@@ -160,9 +168,8 @@ def helper_accepts(path: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    w = _build(tmp_path_factory.mktemp("policy"))
+def ask_guard(w: World) -> dict[tuple[str, str, str], tuple[bool, str]]:
+    """(mode, helper, path template) -> the real guard's answer."""
     jobs = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for mode, (flags, _) in MODES.items():
@@ -170,7 +177,37 @@ def world(tmp_path_factory):
                 for template in PATHS:
                     command = f"{helper} {shlex.quote(w.path(template))}"
                     jobs[(mode, helper, template)] = pool.submit(run_guard, w, flags(w), command)
-    w.guard = {k: f.result() for k, f in jobs.items()}
+    return {k: f.result() for k, f in jobs.items()}
+
+
+RECORDED = os.environ.get("SEAMLESS_GUARD_ANSWERS")  # set by tools/mutate.py only (module doc)
+
+
+def _templated(w: World, text: str) -> str:
+    return text.replace(str(w.home), "{H}").replace(str(w.top), "{T}")
+
+
+def recorded_guard(w: World) -> dict[tuple[str, str, str], tuple[bool, str]]:
+    """ask_guard's answers, recorded to RECORDED once per remote-http-launcher version (the
+    messages with the test tree's paths as {T}/{H}, which differ from run to run)."""
+    version = importlib.metadata.version("remote-http-launcher")
+    file = Path(RECORDED)
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    answers = stored.get("answers", {}) if stored.get("version") == version else {}
+    wanted = ["|".join((mode, helper, t)) for mode in MODES for helper in HELPERS for t in PATHS]
+    if not all(k in answers for k in wanted):
+        answers = {"|".join(k): [ok, _templated(w, msg)] for k, (ok, msg) in ask_guard(w).items()}
+        file.write_text(json.dumps({"version": version, "answers": answers}))
+    return {tuple(k.split("|", 2)): (ok, w.path(msg)) for k, (ok, msg) in answers.items()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = _build(tmp_path_factory.mktemp("policy"))
+    w.guard = recorded_guard(w) if RECORDED else ask_guard(w)
     return w
 
 
