@@ -406,3 +406,130 @@ def test_a_symlink_to_a_system_root_is_refused(tmp_path, monkeypatch):
         if Path(root).resolve().as_posix() in SYSTEM_ROOTS:  # /sbin -> /usr/sbin is no root itself
             with pytest.raises(ProtocolError, match="refusing system-root directory"):
                 check_path(parse_policy("permissive"), str(link), "clear")
+
+
+# --- what the guard comparison cannot pin (issue 14, mutation survivors) ---
+
+def _refusal_message(policy, path: str, kind: str = "clear") -> str:
+    with pytest.raises(ProtocolError) as info:
+        check_path(policy, path, kind)
+    assert info.value.code == ErrorCode.POLICY_REFUSED
+    return info.value.message
+
+
+def test_refusals_the_guard_crashes_on_say_what_happened(tmp_path, monkeypatch):
+    """The guard dies with a traceback on these; the agent says why in one line."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    permissive = parse_policy("permissive")
+    assert _refusal_message(permissive, str(tmp_path / "loop1")) == \
+        f"could not resolve path (symlink loop?): {tmp_path / 'loop1'}"
+    assert _refusal_message(permissive, "~nosuchuser-seamless/buf") == \
+        "could not expand ~ in path: ~nosuchuser-seamless/buf"
+    nul = _refusal_message(permissive, "/srv/a\0b")
+    assert nul.startswith("could not resolve path: ") and "\\x00" in nul
+
+
+def test_no_policy_means_the_seamless_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _refusal_message(None, str(plain)) == \
+        f"path does not contain required marker file (seamless.db, .HASHSERVER_PREFIX): {plain}"
+    (plain / "seamless.db").write_text("")
+    assert check_path(None, str(plain), "clear") == plain.resolve()
+
+
+def test_configuration_mistakes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="^unknown path kind 'bogus'$"):
+        check_path(default_policy(), "/srv/x", "bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^unknown policy mode 'bogus'$"):
+        check_path(PathPolicy("bogus"), str(tmp_path / "x"), "clear")
+    with pytest.raises(ValueError, match="^path policy must be a string$"):
+        parse_policy(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as info:
+        parse_policy("bogus")
+    assert str(info.value) == ("path policy must be 'seamless', 'marker:NAME', 'permissive' or "
+                               "'data-roots:PATH', not 'bogus'")
+    with pytest.raises(ValueError, match="^--data-roots requires a path$"):
+        parse_policy("data-roots:")
+
+
+def test_everything_after_the_first_colon_is_the_name_or_the_file(tmp_path, monkeypatch):
+    assert parse_policy("marker:keep:me").describe()["markers"] == ["keep:me"]
+    (tmp_path / "data").mkdir()
+    roots = tmp_path / "roots:1.txt"
+    roots.write_text(f"{tmp_path / 'data'}\n")
+    assert parse_policy(f"data-roots:{roots}").describe()["roots"] == [str((tmp_path / "data").resolve())]
+    # and a roots file named with ~ is the server user's
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_policy("data-roots:~/roots:1.txt").roots == ((tmp_path / "data").resolve(),)
+
+
+def test_a_roots_file_that_is_not_utf8_is_refused_naming_the_file(world, home):
+    bad = world.top / "latin1-roots.txt"
+    bad.write_bytes(b"/srv/caf\xe9\n")
+    with pytest.raises(ValueError) as info:
+        parse_policy(f"data-roots:{bad}")
+    # the guard refuses it too, with the codec's words only; ours also say which file
+    codec = _guard_config_error(world, ["--data-roots", str(bad)])
+    assert codec.startswith("'utf-8' codec can't decode byte 0xe9")
+    assert str(info.value) == f"could not read --data-roots file {str(bad)!r}: {codec}"
+
+
+# The persistent op sizes a row only where a client could ask for it directly
+# (size_refusal): its bytes_error names the rule, never the link's target.
+
+HS = ".HASHSERVER_PREFIX"
+
+
+def _persistent_rows(ctx, root: Path, level: int) -> dict[str, dict]:
+    from tests.support.agent import call
+    return {r["path"]: r for r in call(ctx, "persistent", paths=[str(root)], level=level)["rows"]}
+
+
+def test_links_out_of_an_authorised_tree_are_not_sized(sandbox, make_ctx, tmp_path):
+    buffers = tmp_path / "data" / "buffers"
+    proj = buffers / "proj1"
+    (proj / "inside").mkdir(parents=True)
+    (proj / HS).touch()
+    (tmp_path / "data" / "elsewhere").mkdir()
+    (proj / "out").symlink_to(tmp_path / "data" / "elsewhere")
+    (proj / "in").symlink_to(proj / "inside")
+    (proj / "etc").symlink_to("/etc")
+    (proj / "home").symlink_to(sandbox.home)
+    (tmp_path / "data" / ".hidden").mkdir()
+    (proj / "dot").symlink_to(tmp_path / "data" / ".hidden")
+    rows = _persistent_rows(make_ctx("seamless"), buffers, 2)
+    why = {name: rows[str(proj / name)].get("bytes_error") for name in ("out", "in", "etc", "home", "dot")}
+    assert why == {
+        "out": "not sized: not inside a directory holding a marker file (seamless.db, .HASHSERVER_PREFIX)",
+        "in": None,
+        "etc": "not sized: refusing system-root directory",
+        "home": "not sized: path must not be $HOME or an ancestor of $HOME",
+        "dot": "not sized: path must not contain dot-prefixed segments",
+    }
+    assert rows[str(proj / "in")]["bytes_state"] == "pending"
+    # under a policy without markers a link out is sized like any allowed directory
+    permissive = _persistent_rows(make_ctx("permissive"), buffers, 2)
+    assert permissive[str(proj / "out")]["bytes_state"] == "pending"
+    assert permissive[str(proj / "etc")]["bytes_error"] == "not sized: refusing system-root directory"
+
+
+def test_a_link_back_into_the_first_marker_tree_is_sized(sandbox, make_ctx, tmp_path):
+    """Past a link into a second marker tree, a link back into the first one stays inside a
+    tree the walk was authorised by: sized (any authorising directory will do)."""
+    buffers = tmp_path / "data" / "buffers"
+    proj = buffers / "proj1"
+    (proj / "x").mkdir(parents=True)
+    (proj / HS).touch()
+    other = tmp_path / "data" / "other"
+    other.mkdir()
+    (other / HS).touch()
+    (proj / "out").symlink_to(other)
+    (other / "back").symlink_to(proj / "x")
+    rows = _persistent_rows(make_ctx("seamless"), buffers, 3)
+    assert rows[str(proj / "out")]["bytes_state"] == "pending"
+    back = rows[str(proj / "out" / "back")]
+    assert back["bytes_state"] == "pending" and "bytes_error" not in back

@@ -380,3 +380,88 @@ def test_an_old_flat_directory_is_trusted_until_it_changes(sizer, tmp_path):
     assert s.size(str(root))["state"] == "stale"
     assert s.wait_idle(TIMEOUT)
     assert (s.size(str(root))["bytes"], s.walks) == (105, 2)
+
+
+# --- the change check's timing, as a poll sees it (issue 14, mutation survivors) ---
+
+def _known(s: Sizer, d: Path) -> dict:
+    s.size(str(d))
+    assert s.wait_idle(TIMEOUT)
+    return s.size(str(d))
+
+
+def _long_interval() -> float:
+    # longer than the test, yet not longer than the monotonic clock has run: a directory
+    # just walked (never checked) is checked at its first poll
+    return time.monotonic() / 2
+
+
+def test_within_the_recheck_interval_a_checked_directory_is_trusted(sizer, tmp_path):
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(recheck_interval=_long_interval())
+    assert _known(s, d)["state"] == "fresh"  # checked once: unchanged
+    _write(d / "g", 5)
+    for _ in range(3):  # no stat of it again until the interval is over: same answer
+        answer = s.size(str(d))
+        assert (answer["state"], answer["bytes"]) == ("fresh", 10)
+
+
+def test_a_known_directory_is_walked_again_after_max_age_even_unchanged(sizer, tmp_path):
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(max_age=0.5, recheck_interval=_long_interval())
+    assert _known(s, d)["state"] == "fresh"
+    time.sleep(0.6)
+    assert s.size(str(d))["state"] == "stale"
+
+
+def test_a_closed_sizer_never_calls_a_changed_directory_fresh(sizer, tmp_path):
+    """No re-walk can be queued any more: every poll checks again and says stale."""
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(recheck_interval=_long_interval())
+    s.size(str(d))
+    assert s.wait_idle(TIMEOUT)
+    s.close()
+    _write(d / "g", 5)
+    assert [s.size(str(d))["state"] for _ in range(3)] == ["stale"] * 3
+
+
+def test_a_failed_directory_being_walked_again_is_pending(sizer, tmp_path):
+    walker = GatedWalker()
+    s = sizer(walker=walker)
+    missing = tmp_path / "later"
+    s.size(str(missing))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(missing))["state"] == "error"
+    missing.mkdir()
+    walker.gate.clear()
+    walker.entered.clear()
+    assert s.size(str(missing), refresh=True)["state"] == "pending"
+    assert walker.entered.wait(TIMEOUT)
+    held = s.size(str(missing))  # the re-walk is running: no numbers yet, none made up
+    assert (held["state"], held["bytes"]) == ("pending", None)
+    walker.gate.set()
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(missing))["bytes"] == 0
+
+
+def test_a_signature_covers_every_tracked_path_and_none_once_the_root_is_gone(tree, tmp_path):
+    from seamless_service.agent.sizer import signature_of
+    m = measure(str(tree))
+    assert signature_of(str(tree), m.tracked) == m.signature
+    shutil.rmtree(tree / "sub" / "deep")  # a tracked subdirectory vanishes: a change, the root is still there
+    gone = signature_of(str(tree), m.tracked)
+    assert isinstance(gone, int) and gone != m.signature
+    with open(tree / "a.bin", "ab") as f:  # and a tracked file listed after it grows
+        f.write(b"more")
+    assert signature_of(str(tree), m.tracked) not in (gone, m.signature, None)
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    tracked = measure(str(empty)).tracked
+    empty.rmdir()
+    assert signature_of(str(empty), tracked) is None
