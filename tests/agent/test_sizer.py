@@ -465,3 +465,39 @@ def test_a_signature_covers_every_tracked_path_and_none_once_the_root_is_gone(tr
     tracked = measure(str(empty)).tracked
     empty.rmdir()
     assert signature_of(str(empty), tracked) is None
+
+
+class _Clock:
+    """The sizer module's view of `time`, with a monotonic clock the test moves."""
+
+    def __init__(self, now: float):
+        self.now = now
+        self.time, self.time_ns = time.time, time.time_ns
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_swapped_symlink_is_followed_from_ten_seconds_on(sizer, tmp_path, monkeypatch):
+    """A poll asks for the same directories every time, so a resolved path is remembered
+    for 10 s: a symlink swapped under a data dir shows that late, and no later."""
+    import seamless_service.agent.sizer as sizer_module
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a / "f", 1)
+    _write(b / "f", 2)
+    age(a)
+    age(b)
+    link = tmp_path / "link"
+    link.symlink_to(a)
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(sizer_module, "time", clock)
+    s = sizer()
+    assert _known(s, link)["bytes"] == 1
+    link.unlink()
+    link.symlink_to(b)
+    clock.now = 1009.75
+    assert s.size(str(link))["bytes"] == 1
+    clock.now = 1010.0
+    assert s.size(str(link))["state"] == "pending"  # b, not known yet
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(link))["bytes"] == 2
