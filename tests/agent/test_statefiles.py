@@ -408,11 +408,14 @@ def test_a_death_is_seen_once_the_liveness_answer_expires(monkeypatch):
 
 def test_a_service_of_another_user_is_alive(tmp_path):
     """kill(pid, 0) on another user's process fails with EPERM: it exists, so `running`."""
-    os.seteuid(65534)
+    # real and effective uid both (kill checks the real one too); the saved uid stays 0
+    os.setresuid(65534, 65534, 0)
     try:
+        with pytest.raises(PermissionError):
+            os.kill(1, 0)
         assert statefiles.derive_status({"status": "running", "pid": 1}) == ("running", True)
     finally:
-        os.seteuid(0)
+        os.setresuid(0, 0, 0)
 
 
 def test_a_zombie_whose_name_holds_a_parenthesis_is_still_seen(sandbox, make_ctx, tmp_path):
