@@ -501,3 +501,140 @@ def test_a_swapped_symlink_is_followed_from_ten_seconds_on(sizer, tmp_path, monk
     assert s.size(str(link))["state"] == "pending"  # b, not known yet
     assert s.wait_idle(TIMEOUT)
     assert s.size(str(link))["bytes"] == 2
+
+
+# --- after a clear, at the limits, and what a failed walk says (issue 14) ---
+
+def test_after_a_clear_below_is_forgotten_above_is_rechecked_beside_is_kept(sizer, tmp_path):
+    top = tmp_path / "buffers"
+    for name in ("proj", "proj/STAGE-a", "proj2"):
+        _write(top / name / "f", 10)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    for name in ("", "proj", "proj/STAGE-a", "proj2"):
+        assert _known(s, top / name)["state"] == "fresh", name
+    # a clear empties proj (nothing else writes there meanwhile)
+    shutil.rmtree(top / "proj")
+    (top / "proj").mkdir()
+    walks = s.walks
+    s.forget_below(str(top / "proj"))
+    now = s.size(str(top / "proj"))
+    assert (now["state"], now["bytes"], now["files"]) == ("fresh", 0, 0)  # measured at once
+    assert s.walks == walks  # inline, not by the worker
+    assert s.size(str(top / "proj" / "STAGE-a"))["state"] == "pending"  # forgotten
+    assert s.size(str(top / "proj2"))["state"] == "fresh"  # beside it, a name that starts alike
+    above = s.size(str(top))
+    assert (above["state"], above["bytes"]) == ("stale", 30)  # its total included proj
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(top))["bytes"] == 10
+
+
+def test_a_cleared_directory_is_measured_inline_up_to_the_small_limit(sizer, tmp_path):
+    from seamless_service.agent.sizer import SMALL_ENTRIES
+    s = sizer()
+    for count, expected in ((SMALL_ENTRIES, "fresh"), (SMALL_ENTRIES + 1, "pending")):
+        d = tmp_path / f"d{count}"
+        d.mkdir()
+        for i in range(count):
+            (d / f"{i}").touch()
+        s.forget_below(str(d))
+        assert s.size(str(d))["state"] == expected, count
+    assert s.wait_idle(TIMEOUT)
+
+
+def test_a_clear_while_others_write_is_not_trusted(sizer, tmp_path):
+    """quiet=False: timestamps just set may hide a write in the same tick: re-walked."""
+    d = tmp_path / "d"
+    d.mkdir()
+    s = sizer()
+    s.forget_below(str(d), quiet=False)
+    assert s.size(str(d))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+
+
+def test_top_level_files_growing_in_place_are_tracked_up_to_64(sizer, tmp_path):
+    """A database dir holds few files that grow without touching a directory mtime; past 64
+    top-level files (a flat buffer dir) none is tracked, and max_age catches it."""
+    s = sizer()
+    for count, seen in ((64, True), (65, False)):
+        d = tmp_path / f"flat{count}"
+        for i in range(count):
+            _write(d / f"{i:03}", 1)
+        age(d)
+        assert _known(s, d)["state"] == "fresh"
+        with open(d / "000", "ab") as f:
+            f.write(b"grown")
+        age(d)
+        assert (s.size(str(d))["state"] == "stale") is seen, count
+        assert s.wait_idle(TIMEOUT)
+
+
+def test_subdirectories_tracked_are_capped_at_max_tracked(tmp_path):
+    root = tmp_path / "r"
+    for i in range(5):
+        (root / f"s{i}").mkdir(parents=True)
+    tracked = measure(str(root), max_tracked=3).tracked.split("\0")
+    assert sum(t.startswith("d:") for t in tracked) == 1 + 3  # the root and 3 subdirectories
+    assert sum(t.startswith("d:") for t in measure(str(root)).tracked.split("\0")) == 1 + 5
+
+
+def test_a_failed_walk_says_why_in_one_line(sizer, tmp_path):
+    s = sizer()
+    s.size(str(tmp_path / "missing"))
+
+    def broken(path, stop):
+        raise ValueError("walker bug")
+    t = sizer(walker=broken)
+    t.size(str(tmp_path))
+    assert s.wait_idle(TIMEOUT) and t.wait_idle(TIMEOUT)
+    gone = s.size(str(tmp_path / "missing"))
+    assert gone == {"bytes": None, "files": None, "measured": gone["measured"], "state": "error",
+                    "error": "FileNotFoundError: No such file or directory"}
+    assert t.size(str(tmp_path))["error"] == "ValueError: walker bug"
+    assert (s.walks, t.walks) == (1, 1)
+
+
+def test_unreadable_subdirectories_are_counted_as_skipped(sizer):
+    """As another user (the agent need not be root): what it cannot read is counted, the
+    rest summed; an unreadable root is an error."""
+    top = Path(tempfile.mkdtemp(prefix="seamless-sizer-perm-"))
+    try:
+        top.chmod(0o755)
+        _write(top / "root" / "ok" / "f", 5)
+        _write(top / "root" / "locked1" / "f", 7)
+        _write(top / "root" / "locked2" / "f", 7)
+        _write(top / "closed" / "f", 1)
+        for path in (top / "root", top / "root" / "ok", top / "root" / "ok" / "f"):
+            path.chmod(0o755)
+        for path in (top / "root" / "locked1", top / "root" / "locked2", top / "closed"):
+            path.chmod(0o700)
+        age(top)
+        os.setresuid(65534, 65534, 0)
+        try:
+            m = measure(str(top / "root"))
+            with pytest.raises(PermissionError):
+                measure(str(top / "closed"))
+        finally:
+            os.setresuid(0, 0, 0)
+        assert (m.bytes, m.files, m.skipped) == (5, 1, 2)
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_clear_deeper_than_the_tracked_depth_still_updates_the_totals_above(sizer, tmp_path):
+    """The cleared directory's mtime is below what `top` tracks: only the mark forget_below
+    sets on the directories above makes them re-walked."""
+    top = tmp_path / "top"
+    _write(top / "proj" / "STAGE-a" / "prefix" / "f", 10)
+    _write(top / "other", 1)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    assert _known(s, top)["bytes"] == 11
+    (top / "proj" / "STAGE-a" / "prefix" / "f").unlink()
+    s.forget_below(str(top / "proj" / "STAGE-a" / "prefix"))
+    assert s.size(str(top))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(top))["bytes"] == 1
+    # the cleared directory's inline measurement counts as its check: trusted for the interval
+    _write(top / "proj" / "STAGE-a" / "prefix" / "g", 3)
+    assert s.size(str(top / "proj" / "STAGE-a" / "prefix"))["bytes"] == 0
