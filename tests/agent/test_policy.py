@@ -360,6 +360,7 @@ def test_parse_policy_errors_match_guard(world, home):
         ("marker:", ["--clear-policy", "marker:"]),
         ("marker:a/b", ["--clear-policy", "marker:a/b"]),
         ("marker:..", ["--clear-policy", "marker:.."]),
+        ("marker:.", ["--clear-policy", "marker:."]),
         ("marker:a\\b", ["--clear-policy", "marker:a\\b"]),
         (f"data-roots:{top / 'relative-roots.txt'}", ["--data-roots", str(top / "relative-roots.txt")]),
         (f"data-roots:{top / 'empty-roots.txt'}", ["--data-roots", str(top / "empty-roots.txt")]),
@@ -533,3 +534,52 @@ def test_a_link_back_into_the_first_marker_tree_is_sized(sandbox, make_ctx, tmp_
     assert rows[str(proj / "out")]["bytes_state"] == "pending"
     back = rows[str(proj / "out" / "back")]
     assert back["bytes_state"] == "pending" and "bytes_error" not in back
+
+
+def test_a_link_out_of_the_data_roots_is_not_sized(sandbox, make_ctx, tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "proj").mkdir(parents=True)
+    outside.mkdir()
+    (data / "proj" / "out").symlink_to(outside)
+    roots = tmp_path / "roots.txt"
+    roots.write_text(f"{data}\n")
+    rows = _persistent_rows(make_ctx(f"data-roots:{roots}"), data, 2)
+    assert rows[str(data / "proj" / "out")]["bytes_error"] == "not sized: path is outside configured --data-roots"
+    assert rows[str(data / "proj")]["bytes_state"] == "pending"
+
+
+def test_a_path_the_agent_cannot_look_into_is_refused_not_walked(tmp_path, monkeypatch):
+    """Under a directory the agent's user may not search, whether the path exists cannot be
+    told: the marker rule's walk-only leniency (absent or a directory) does not apply."""
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="seamless-policy-perm-"))
+    try:
+        top.chmod(0o755)
+        (top / "locked" / "x").mkdir(parents=True)
+        (top / "locked").chmod(0o700)
+        (top / "home").mkdir()
+        monkeypatch.setenv("HOME", str(top / "home"))
+        os.setresuid(65534, 65534, 0)
+        try:
+            message = _refusal_message(default_policy(), str(top / "locked" / "x"), "persistent")
+        finally:
+            os.setresuid(0, 0, 0)
+        assert message.startswith("path does not contain required marker file")
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_roots_file_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    import locale
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode reads every file as UTF-8")
+    roots = tmp_path / "roots.txt"
+    roots.write_text(f"{tmp_path / 'café'}\n", encoding="utf-8")
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getpreferredencoding(False).lower() not in ("utf-8", "utf8")
+        policy = parse_policy(f"data-roots:{roots}")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    assert policy.roots == ((tmp_path / "café").resolve(),)
