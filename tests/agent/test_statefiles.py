@@ -453,3 +453,46 @@ def test_a_rewritten_state_file_is_whole_keeps_its_mode_and_leaves_no_temp_file(
         statefiles.write_state_json(path, {"pid": object()})
     assert path.read_text() == '{"pid": 5, "status": "stale"}'
     assert sorted(os.listdir(tmp_path)) == ["svc.json"]
+
+
+def test_a_pid_beyond_the_kernels_range_is_not_alive():
+    assert statefiles.pid_alive(2**63) is False
+    assert statefiles.pid_alive(HUGE) is False
+
+
+def test_an_unusable_client_file_is_an_error_row_under_its_key(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("[]")
+    expected = {"key": "c", "status": "error", "live": None, "meta": {},
+                "error": f"state file must contain a JSON object: {path}"}
+    assert statefiles.client_row(path) == expected
+    assert statefiles.client_row(path, cache=statefiles.StateCache()) == expected
+
+
+def test_an_unchanged_client_file_is_served_from_the_cache(sandbox, make_ctx, monkeypatch):
+    ctx = make_ctx()
+    sandbox.write_state("c", {"hostname": "127.0.0.1", "port": 4000}, side="client")
+    assert [r["port"] for r in call_ps(ctx, side="client")] == [4000]
+    reads = []
+    real = statefiles.read_sendable
+    monkeypatch.setattr(statefiles, "read_sendable", lambda p: reads.append(p) or real(p))
+    assert [r["port"] for r in call_ps(ctx, side="client")] == [4000]
+    assert reads == []
+
+
+def test_the_rows_of_a_poll_share_one_probe_per_pid(sandbox, make_ctx):
+    """ps answers liveness from the agent's LivenessCache (one probe per pid per TTL), not
+    with a probe per row: a death is seen once that answer expires."""
+    from seamless_service.agent.ops.ps import liveness
+    ctx = make_ctx()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        sandbox.write_state("svc", {"status": "running", "pid": child.pid})
+        liveness(ctx).TTL = 60.0
+        assert _ps_row(ctx, "svc")["status"] == "running"
+    finally:
+        child.kill()
+        child.wait()
+    assert _ps_row(ctx, "svc")["status"] == "running"  # the shared answer, still within its TTL
+    liveness(ctx).TTL = 0.0
+    assert _ps_row(ctx, "svc")["status"] == "stale"
