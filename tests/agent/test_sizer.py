@@ -605,19 +605,29 @@ def test_unreadable_subdirectories_are_counted_as_skipped(sizer):
         _write(top / "root" / "locked1" / "f", 7)
         _write(top / "root" / "locked2" / "f", 7)
         _write(top / "closed" / "f", 1)
+        _write(top / "ok-too" / "f", 1)
+        (top / "ok-too").chmod(0o755)
+        (top / "ok-too" / "f").chmod(0o644)
         for path in (top / "root", top / "root" / "ok", top / "root" / "ok" / "f"):
             path.chmod(0o755)
         for path in (top / "root" / "locked1", top / "root" / "locked2", top / "closed"):
             path.chmod(0o700)
         age(top)
-        os.setresuid(65534, 65534, 0)
+        s = sizer()
+        os.setresuid(65534, 65534, 0)  # every thread's, the sizer's worker too
         try:
             m = measure(str(top / "root"))
             with pytest.raises(PermissionError):
                 measure(str(top / "closed"))
+            s.size(str(top / "root"))
+            s.size(str(top / "ok-too"))
+            assert s.wait_idle(TIMEOUT)
         finally:
             os.setresuid(0, 0, 0)
         assert (m.bytes, m.files, m.skipped) == (5, 1, 2)
+        answer = s.size(str(top / "root"))
+        assert (answer["bytes"], answer["files"], answer["skipped"]) == (5, 1, 2)
+        assert "skipped" not in s.size(str(top / "ok-too"))  # only said when there are some
     finally:
         shutil.rmtree(top)
 
