@@ -438,10 +438,13 @@ def test_a_failed_directory_being_walked_again_is_pending(sizer, tmp_path):
     s.size(str(missing))
     assert s.wait_idle(TIMEOUT)
     assert s.size(str(missing))["state"] == "error"
+    failed = s.size(str(missing))
     missing.mkdir()
     walker.gate.clear()
     walker.entered.clear()
-    assert s.size(str(missing), refresh=True)["state"] == "pending"
+    # asked again: pending, and still saying when and why the last walk failed
+    assert s.size(str(missing), refresh=True) == failed | {"state": "pending"}
+    assert failed["error"] == "FileNotFoundError: No such file or directory"
     assert walker.entered.wait(TIMEOUT)
     held = s.size(str(missing))  # the re-walk is running: no numbers yet, none made up
     assert (held["state"], held["bytes"]) == ("pending", None)
@@ -650,3 +653,14 @@ def test_a_clear_deeper_than_the_tracked_depth_still_updates_the_totals_above(si
     _write(top / "proj" / "STAGE-a" / "prefix" / "g", 3)
     cleared = s.size(str(top / "proj" / "STAGE-a" / "prefix"))
     assert (cleared["state"], cleared["bytes"]) == ("fresh", 0)
+
+
+def test_a_failed_directory_stays_an_error_once_the_sizer_is_closed(sizer, tmp_path):
+    s = sizer()
+    missing = tmp_path / "missing"
+    s.size(str(missing))
+    assert s.wait_idle(TIMEOUT)
+    s.close()
+    missing.mkdir()
+    answer = s.size(str(missing), refresh=True)  # no walk can be queued: not "pending" forever
+    assert (answer["state"], answer["error"]) == ("error", "FileNotFoundError: No such file or directory")
