@@ -664,3 +664,20 @@ def test_a_failed_directory_stays_an_error_once_the_sizer_is_closed(sizer, tmp_p
     missing.mkdir()
     answer = s.size(str(missing), refresh=True)  # no walk can be queued: not "pending" forever
     assert (answer["state"], answer["error"]) == ("error", "FileNotFoundError: No such file or directory")
+
+
+def test_closing_stops_a_walk_in_progress(sizer, tmp_path):
+    """A walk of a huge tree must not hold up the agent's exit: close() tells the walk."""
+    entered, told = threading.Event(), []
+
+    def endless(path, stop):
+        entered.set()
+        told.append(stop.wait(10))  # the real walk checks the same event every 4096 entries
+        return measure(path, stop)
+    s = sizer(walker=endless)
+    s.size(str(tmp_path))
+    assert entered.wait(TIMEOUT)
+    assert s.wait_idle(0.05) is False  # the walk is still running
+    started = time.monotonic()
+    s.close()
+    assert told == [True] and time.monotonic() - started < 10
