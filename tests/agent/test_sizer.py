@@ -681,3 +681,31 @@ def test_closing_stops_a_walk_in_progress(sizer, tmp_path):
     started = time.monotonic()
     s.close()
     assert told == [True] and time.monotonic() - started < 10
+
+
+def test_a_walk_that_started_before_a_clear_does_not_undo_it(sizer, tmp_path, monkeypatch):
+    """The worker's walk read the directory before the clear and finishes after it: the
+    clear's own inline measurement (0 B) is newer and stays."""
+    import seamless_service.agent.sizer as sizer_module
+    real = sizer_module.measure
+    gate, walked = threading.Event(), threading.Event()
+
+    def held(path, stop=None, **kw):
+        m = real(path, stop, **kw)
+        if stop is not None:  # the worker's walk (the inline one passes no stop event)
+            walked.set()
+            assert gate.wait(TIMEOUT)
+        return m
+    monkeypatch.setattr(sizer_module, "measure", held)
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer()
+    s.size(str(d))
+    assert walked.wait(TIMEOUT)  # measured 10 B, not yet stored
+    (d / "f").unlink()
+    s.forget_below(str(d))
+    gate.set()
+    assert s.wait_idle(TIMEOUT)
+    answer = s.size(str(d))
+    assert (answer["state"], answer["bytes"]) == ("fresh", 0)
