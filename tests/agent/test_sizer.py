@@ -709,3 +709,38 @@ def test_a_walk_that_started_before_a_clear_does_not_undo_it(sizer, tmp_path, mo
     assert s.wait_idle(TIMEOUT)
     answer = s.size(str(d))
     assert (answer["state"], answer["bytes"]) == ("fresh", 0)
+
+
+def test_a_clear_touches_no_sibling_whose_name_differs_only_at_the_end(sizer, tmp_path):
+    """`data`, `dataX` and `data ` are three directories: clearing one leaves the others'
+    sizes alone (no forgetting, no re-walk)."""
+    top = tmp_path / "top"
+    names = ("data/sub", "dataX", "data ")
+    for name in names:
+        _write(top / name / "f", 10)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    for name in names:
+        assert _known(s, top / name)["state"] == "fresh", name
+    for cleared in names:
+        (top / cleared / "f").unlink(missing_ok=True)
+        s.forget_below(str(top / cleared))
+        for other in names:
+            answer = s.size(str(top / other))
+            assert answer["state"] == "fresh", (cleared, other)
+            assert answer["bytes"] == (0 if names.index(other) <= names.index(cleared) else 10), (cleared, other)
+
+
+def test_an_inline_measurement_keeps_the_cache_bound_evicting_the_least_recent(sizer, tmp_path):
+    s = sizer(max_entries=2, recheck_interval=_long_interval())
+    for name in ("a", "b"):
+        _write(tmp_path / name / "f", 1)
+        age(tmp_path / name)
+        assert _known(s, tmp_path / name)["state"] == "fresh"
+    (tmp_path / "c").mkdir()
+    s.forget_below(str(tmp_path / "c"))  # measured inline: the third entry
+    assert len(s) == 2
+    assert s.size(str(tmp_path / "c"))["state"] == "fresh"
+    assert s.size(str(tmp_path / "b"))["state"] == "fresh"
+    assert s.size(str(tmp_path / "a"))["state"] == "pending"  # the least recently used went
+    assert s.wait_idle(TIMEOUT)
