@@ -744,3 +744,20 @@ def test_an_inline_measurement_keeps_the_cache_bound_evicting_the_least_recent(s
     assert s.size(str(tmp_path / "b"))["state"] == "fresh"
     assert s.size(str(tmp_path / "a"))["state"] == "pending"  # the least recently used went
     assert s.wait_idle(TIMEOUT)
+
+
+def test_a_top_level_file_grown_with_its_mtime_kept_is_still_noticed(sizer, tmp_path):
+    """A database file's size is tracked as well as its mtime: a writer that keeps the
+    mtime (a restore, `cp -p`) still changes what the poll says."""
+    d = tmp_path / "db"
+    _write(d / "seamless.db", 100)
+    age(d)
+    s = sizer()
+    assert _known(s, d)["bytes"] == 100
+    before = os.stat(d / "seamless.db")
+    with open(d / "seamless.db", "ab") as f:
+        f.write(b"x" * 50)
+    os.utime(d / "seamless.db", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert s.size(str(d))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(d))["bytes"] == 150
