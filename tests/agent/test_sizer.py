@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -761,3 +762,61 @@ def test_a_top_level_file_grown_with_its_mtime_kept_is_still_noticed(sizer, tmp_
     assert s.size(str(d))["state"] == "stale"
     assert s.wait_idle(TIMEOUT)
     assert s.size(str(d))["bytes"] == 150
+
+
+def test_a_walk_checks_the_stop_flag_every_4096_entries(fast_tmp):
+    """Closing must be able to end a walk of a million-file directory: the walk looks at the
+    stop flag once per 4096 entries (a cheap check, rarely)."""
+    from seamless_service.agent.sizer import STOP_CHECK_EVERY, WalkStopped
+    stop = threading.Event()
+    stop.set()
+    d = fast_tmp / "many"
+    d.mkdir()
+    for i in range(STOP_CHECK_EVERY - 1):
+        (d / f"{i}").touch()
+    assert measure(str(d), stop).files == STOP_CHECK_EVERY - 1  # never got to look
+    (d / "one-more").touch()
+    with pytest.raises(WalkStopped):
+        measure(str(d), stop)
+
+
+def test_a_recent_subdirectory_makes_the_measurement_racy(sizer, tmp_path):
+    """Only a subdirectory was touched in the walk's timestamp tick (the root is old): the
+    measurement is still re-done at the next check."""
+    root = tmp_path / "r"
+    _write(root / "sub" / "f", 3)
+    age(root)
+    os.utime(root / "sub")  # now
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+
+
+@pytest.fixture
+def bind_mount():
+    mounted: list[Path] = []
+
+    def bind(source: Path, target: Path) -> None:
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        mounted.append(target)
+    yield bind
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_bind_mount_loop_is_walked_once(tmp_path, bind_mount):
+    """Symlinks are not followed, but a bind mount is a real directory: the (dev, inode) of
+    every directory walked cuts the loop, and nothing is counted twice."""
+    root = tmp_path / "r"
+    for i in range(20):
+        _write(root / "a" / f"f{i:02}", 1)
+    (root / "a" / "again").mkdir()
+    (root / "b" / "to-root").mkdir(parents=True)
+    bind_mount(root / "a", root / "a" / "again")
+    bind_mount(root, root / "b" / "to-root")
+    m = measure(str(root))
+    assert (m.bytes, m.files) == (20, 20)
