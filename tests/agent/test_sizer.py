@@ -609,6 +609,9 @@ def test_unreadable_subdirectories_are_counted_as_skipped(sizer):
         _write(top / "root" / "locked1" / "f", 7)
         _write(top / "root" / "locked2" / "f", 7)
         _write(top / "closed" / "f", 1)
+        _write(top / "root" / "listonly" / "g1", 1)  # may be listed, not looked into
+        _write(top / "root" / "listonly" / "g2", 1)
+        (top / "root" / "listonly").chmod(0o744)
         _write(top / "ok-too" / "f", 1)
         (top / "ok-too").chmod(0o755)
         (top / "ok-too" / "f").chmod(0o644)
@@ -628,9 +631,9 @@ def test_unreadable_subdirectories_are_counted_as_skipped(sizer):
             assert s.wait_idle(TIMEOUT)
         finally:
             os.setresuid(0, 0, 0)
-        assert (m.bytes, m.files, m.skipped) == (5, 1, 2)
+        assert (m.bytes, m.files, m.skipped) == (5, 1, 4)  # 2 unreadable dirs, 2 unstattable files
         answer = s.size(str(top / "root"))
-        assert (answer["bytes"], answer["files"], answer["skipped"]) == (5, 1, 2)
+        assert (answer["bytes"], answer["files"], answer["skipped"]) == (5, 1, 4)
         assert "skipped" not in s.size(str(top / "ok-too"))  # only said when there are some
     finally:
         shutil.rmtree(top)
@@ -820,3 +823,15 @@ def test_a_bind_mount_loop_is_walked_once(tmp_path, bind_mount):
     bind_mount(root, root / "b" / "to-root")
     m = measure(str(root))
     assert (m.bytes, m.files) == (20, 20)
+
+
+def test_a_recent_top_level_file_makes_the_measurement_racy(sizer, tmp_path):
+    root = tmp_path / "db"
+    _write(root / "seamless.db", 3)
+    age(root)
+    os.utime(root / "seamless.db")  # now; the directory itself is old
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
