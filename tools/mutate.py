@@ -158,6 +158,8 @@ def run_mutmut(work: Path, jobs: int, log: Path) -> None:
     # editable install's finder, which sits after the path finder.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work / "mutants"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    # tests/agent/test_policy.py asks the real rhl-guard ~650 times: once per run, not per mutant
+    env["SEAMLESS_GUARD_ANSWERS"] = str(work / "guard-answers.json")
     (work / "mutants").mkdir(exist_ok=True)  # a path entry missing at startup is never searched
     with log.open("w") as out:
         done = subprocess.run([mutmut_bin(), "run", "--max-children", str(jobs)], cwd=work, env=env,

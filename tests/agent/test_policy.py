@@ -7,10 +7,18 @@ that only print a token, so an accepted command shows that token instead of touc
 anything (the guard execs the sibling of its own absolute argv[0]). The helpers' own
 `validate_clearable_path` (the second line of defence on the guard path) is the real,
 installed function, called in-process.
+
+The guard is asked ~650 times (a few seconds). A mutation run (tools/mutate.py) re-runs
+these tests for every mutant, so it sets SEAMLESS_GUARD_ANSWERS to a JSON file in its temp
+copy: the first run records the guard's answers there, keyed by the installed
+remote-http-launcher version, and later runs read them. Without that variable (the normal
+suite, CI) the real guard is asked every time.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import shlex
 import shutil
@@ -160,9 +168,8 @@ def helper_accepts(path: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    w = _build(tmp_path_factory.mktemp("policy"))
+def ask_guard(w: World) -> dict[tuple[str, str, str], tuple[bool, str]]:
+    """(mode, helper, path template) -> the real guard's answer."""
     jobs = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for mode, (flags, _) in MODES.items():
@@ -170,7 +177,37 @@ def world(tmp_path_factory):
                 for template in PATHS:
                     command = f"{helper} {shlex.quote(w.path(template))}"
                     jobs[(mode, helper, template)] = pool.submit(run_guard, w, flags(w), command)
-    w.guard = {k: f.result() for k, f in jobs.items()}
+    return {k: f.result() for k, f in jobs.items()}
+
+
+RECORDED = os.environ.get("SEAMLESS_GUARD_ANSWERS")  # set by tools/mutate.py only (module doc)
+
+
+def _templated(w: World, text: str) -> str:
+    return text.replace(str(w.home), "{H}").replace(str(w.top), "{T}")
+
+
+def recorded_guard(w: World) -> dict[tuple[str, str, str], tuple[bool, str]]:
+    """ask_guard's answers, recorded to RECORDED once per remote-http-launcher version (the
+    messages with the test tree's paths as {T}/{H}, which differ from run to run)."""
+    version = importlib.metadata.version("remote-http-launcher")
+    file = Path(RECORDED)
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    answers = stored.get("answers", {}) if stored.get("version") == version else {}
+    wanted = ["|".join((mode, helper, t)) for mode in MODES for helper in HELPERS for t in PATHS]
+    if not all(k in answers for k in wanted):
+        answers = {"|".join(k): [ok, _templated(w, msg)] for k, (ok, msg) in ask_guard(w).items()}
+        file.write_text(json.dumps({"version": version, "answers": answers}))
+    return {tuple(k.split("|", 2)): (ok, w.path(msg)) for k, (ok, msg) in answers.items()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = _build(tmp_path_factory.mktemp("policy"))
+    w.guard = recorded_guard(w) if RECORDED else ask_guard(w)
     return w
 
 
@@ -323,6 +360,7 @@ def test_parse_policy_errors_match_guard(world, home):
         ("marker:", ["--clear-policy", "marker:"]),
         ("marker:a/b", ["--clear-policy", "marker:a/b"]),
         ("marker:..", ["--clear-policy", "marker:.."]),
+        ("marker:.", ["--clear-policy", "marker:."]),
         ("marker:a\\b", ["--clear-policy", "marker:a\\b"]),
         (f"data-roots:{top / 'relative-roots.txt'}", ["--data-roots", str(top / "relative-roots.txt")]),
         (f"data-roots:{top / 'empty-roots.txt'}", ["--data-roots", str(top / "empty-roots.txt")]),
@@ -369,3 +407,179 @@ def test_a_symlink_to_a_system_root_is_refused(tmp_path, monkeypatch):
         if Path(root).resolve().as_posix() in SYSTEM_ROOTS:  # /sbin -> /usr/sbin is no root itself
             with pytest.raises(ProtocolError, match="refusing system-root directory"):
                 check_path(parse_policy("permissive"), str(link), "clear")
+
+
+# --- what the guard comparison cannot pin (issue 14, mutation survivors) ---
+
+def _refusal_message(policy, path: str, kind: str = "clear") -> str:
+    with pytest.raises(ProtocolError) as info:
+        check_path(policy, path, kind)
+    assert info.value.code == ErrorCode.POLICY_REFUSED
+    return info.value.message
+
+
+def test_refusals_the_guard_crashes_on_say_what_happened(tmp_path, monkeypatch):
+    """The guard dies with a traceback on these; the agent says why in one line."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    permissive = parse_policy("permissive")
+    assert _refusal_message(permissive, str(tmp_path / "loop1")) == \
+        f"could not resolve path (symlink loop?): {tmp_path / 'loop1'}"
+    assert _refusal_message(permissive, "~nosuchuser-seamless/buf") == \
+        "could not expand ~ in path: ~nosuchuser-seamless/buf"
+    nul = _refusal_message(permissive, "/srv/a\0b")
+    assert nul.startswith("could not resolve path: ") and "\\x00" in nul
+
+
+def test_no_policy_means_the_seamless_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _refusal_message(None, str(plain)) == \
+        f"path does not contain required marker file (seamless.db, .HASHSERVER_PREFIX): {plain}"
+    (plain / "seamless.db").write_text("")
+    assert check_path(None, str(plain), "clear") == plain.resolve()
+
+
+def test_configuration_mistakes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="^unknown path kind 'bogus'$"):
+        check_path(default_policy(), "/srv/x", "bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^unknown policy mode 'bogus'$"):
+        check_path(PathPolicy("bogus"), str(tmp_path / "x"), "clear")
+    with pytest.raises(ValueError, match="^path policy must be a string$"):
+        parse_policy(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as info:
+        parse_policy("bogus")
+    assert str(info.value) == ("path policy must be 'seamless', 'marker:NAME', 'permissive' or "
+                               "'data-roots:PATH', not 'bogus'")
+    with pytest.raises(ValueError, match="^--data-roots requires a path$"):
+        parse_policy("data-roots:")
+
+
+def test_everything_after_the_first_colon_is_the_name_or_the_file(tmp_path, monkeypatch):
+    assert parse_policy("marker:keep:me").describe()["markers"] == ["keep:me"]
+    (tmp_path / "data").mkdir()
+    roots = tmp_path / "roots:1.txt"
+    roots.write_text(f"{tmp_path / 'data'}\n")
+    assert parse_policy(f"data-roots:{roots}").describe()["roots"] == [str((tmp_path / "data").resolve())]
+    # and a roots file named with ~ is the server user's
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_policy("data-roots:~/roots:1.txt").roots == ((tmp_path / "data").resolve(),)
+
+
+def test_a_roots_file_that_is_not_utf8_is_refused_naming_the_file(world, home):
+    bad = world.top / "latin1-roots.txt"
+    bad.write_bytes(b"/srv/caf\xe9\n")
+    with pytest.raises(ValueError) as info:
+        parse_policy(f"data-roots:{bad}")
+    # the guard refuses it too, with the codec's words only; ours also say which file
+    codec = _guard_config_error(world, ["--data-roots", str(bad)])
+    assert codec.startswith("'utf-8' codec can't decode byte 0xe9")
+    assert str(info.value) == f"could not read --data-roots file {str(bad)!r}: {codec}"
+
+
+# The persistent op sizes a row only where a client could ask for it directly
+# (size_refusal): its bytes_error names the rule, never the link's target.
+
+HS = ".HASHSERVER_PREFIX"
+
+
+def _persistent_rows(ctx, root: Path, level: int) -> dict[str, dict]:
+    from tests.support.agent import call
+    return {r["path"]: r for r in call(ctx, "persistent", paths=[str(root)], level=level)["rows"]}
+
+
+def test_links_out_of_an_authorised_tree_are_not_sized(sandbox, make_ctx, tmp_path):
+    buffers = tmp_path / "data" / "buffers"
+    proj = buffers / "proj1"
+    (proj / "inside").mkdir(parents=True)
+    (proj / HS).touch()
+    (tmp_path / "data" / "elsewhere").mkdir()
+    (proj / "out").symlink_to(tmp_path / "data" / "elsewhere")
+    (proj / "in").symlink_to(proj / "inside")
+    (proj / "etc").symlink_to("/etc")
+    (proj / "home").symlink_to(sandbox.home)
+    (tmp_path / "data" / ".hidden").mkdir()
+    (proj / "dot").symlink_to(tmp_path / "data" / ".hidden")
+    rows = _persistent_rows(make_ctx("seamless"), buffers, 2)
+    why = {name: rows[str(proj / name)].get("bytes_error") for name in ("out", "in", "etc", "home", "dot")}
+    assert why == {
+        "out": "not sized: not inside a directory holding a marker file (seamless.db, .HASHSERVER_PREFIX)",
+        "in": None,
+        "etc": "not sized: refusing system-root directory",
+        "home": "not sized: path must not be $HOME or an ancestor of $HOME",
+        "dot": "not sized: path must not contain dot-prefixed segments",
+    }
+    assert rows[str(proj / "in")]["bytes_state"] == "pending"
+    # under a policy without markers a link out is sized like any allowed directory
+    permissive = _persistent_rows(make_ctx("permissive"), buffers, 2)
+    assert permissive[str(proj / "out")]["bytes_state"] == "pending"
+    assert permissive[str(proj / "etc")]["bytes_error"] == "not sized: refusing system-root directory"
+
+
+def test_a_link_back_into_the_first_marker_tree_is_sized(sandbox, make_ctx, tmp_path):
+    """Past a link into a second marker tree, a link back into the first one stays inside a
+    tree the walk was authorised by: sized (any authorising directory will do)."""
+    buffers = tmp_path / "data" / "buffers"
+    proj = buffers / "proj1"
+    (proj / "x").mkdir(parents=True)
+    (proj / HS).touch()
+    other = tmp_path / "data" / "other"
+    other.mkdir()
+    (other / HS).touch()
+    (proj / "out").symlink_to(other)
+    (other / "back").symlink_to(proj / "x")
+    rows = _persistent_rows(make_ctx("seamless"), buffers, 3)
+    assert rows[str(proj / "out")]["bytes_state"] == "pending"
+    back = rows[str(proj / "out" / "back")]
+    assert back["bytes_state"] == "pending" and "bytes_error" not in back
+
+
+def test_a_link_out_of_the_data_roots_is_not_sized(sandbox, make_ctx, tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "proj").mkdir(parents=True)
+    outside.mkdir()
+    (data / "proj" / "out").symlink_to(outside)
+    roots = tmp_path / "roots.txt"
+    roots.write_text(f"{data}\n")
+    rows = _persistent_rows(make_ctx(f"data-roots:{roots}"), data, 2)
+    assert rows[str(data / "proj" / "out")]["bytes_error"] == "not sized: path is outside configured --data-roots"
+    assert rows[str(data / "proj")]["bytes_state"] == "pending"
+
+
+def test_a_path_the_agent_cannot_look_into_is_refused_not_walked(tmp_path, monkeypatch):
+    """Under a directory the agent's user may not search, whether the path exists cannot be
+    told: the marker rule's walk-only leniency (absent or a directory) does not apply."""
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="seamless-policy-perm-"))
+    try:
+        top.chmod(0o755)
+        (top / "locked" / "x").mkdir(parents=True)
+        (top / "locked").chmod(0o700)
+        (top / "home").mkdir()
+        monkeypatch.setenv("HOME", str(top / "home"))
+        os.setresuid(65534, 65534, 0)
+        try:
+            message = _refusal_message(default_policy(), str(top / "locked" / "x"), "persistent")
+        finally:
+            os.setresuid(0, 0, 0)
+        assert message.startswith("path does not contain required marker file")
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_roots_file_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    import locale
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode reads every file as UTF-8")
+    roots = tmp_path / "roots.txt"
+    roots.write_text(f"{tmp_path / 'café'}\n", encoding="utf-8")
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getpreferredencoding(False).lower() not in ("utf-8", "utf8")
+        policy = parse_policy(f"data-roots:{roots}")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    assert policy.roots == ((tmp_path / "café").resolve(),)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -380,3 +381,457 @@ def test_an_old_flat_directory_is_trusted_until_it_changes(sizer, tmp_path):
     assert s.size(str(root))["state"] == "stale"
     assert s.wait_idle(TIMEOUT)
     assert (s.size(str(root))["bytes"], s.walks) == (105, 2)
+
+
+# --- the change check's timing, as a poll sees it (issue 14, mutation survivors) ---
+
+def _known(s: Sizer, d: Path) -> dict:
+    s.size(str(d))
+    assert s.wait_idle(TIMEOUT)
+    return s.size(str(d))
+
+
+def _long_interval() -> float:
+    # longer than the test, yet not longer than the monotonic clock has run: a directory
+    # just walked (never checked) is checked at its first poll
+    return time.monotonic() / 2
+
+
+def test_within_the_recheck_interval_a_checked_directory_is_trusted(sizer, tmp_path):
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(recheck_interval=_long_interval())
+    assert _known(s, d)["state"] == "fresh"  # checked once: unchanged
+    _write(d / "g", 5)
+    for _ in range(3):  # no stat of it again until the interval is over: same answer
+        answer = s.size(str(d))
+        assert (answer["state"], answer["bytes"]) == ("fresh", 10)
+
+
+def test_a_known_directory_is_walked_again_after_max_age_even_unchanged(sizer, tmp_path):
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(max_age=0.5, recheck_interval=_long_interval())
+    assert _known(s, d)["state"] == "fresh"
+    time.sleep(0.6)
+    assert s.size(str(d))["state"] == "stale"
+
+
+def test_a_closed_sizer_never_calls_a_changed_directory_fresh(sizer, tmp_path):
+    """No re-walk can be queued any more: every poll checks again and says stale."""
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer(recheck_interval=_long_interval())
+    s.size(str(d))
+    assert s.wait_idle(TIMEOUT)
+    s.close()
+    _write(d / "g", 5)
+    assert [s.size(str(d))["state"] for _ in range(3)] == ["stale"] * 3
+
+
+def test_a_failed_directory_being_walked_again_is_pending(sizer, tmp_path):
+    walker = GatedWalker()
+    s = sizer(walker=walker)
+    missing = tmp_path / "later"
+    s.size(str(missing))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(missing))["state"] == "error"
+    failed = s.size(str(missing))
+    missing.mkdir()
+    walker.gate.clear()
+    walker.entered.clear()
+    # asked again: pending, and still saying when and why the last walk failed
+    assert s.size(str(missing), refresh=True) == failed | {"state": "pending"}
+    assert failed["error"] == "FileNotFoundError: No such file or directory"
+    assert walker.entered.wait(TIMEOUT)
+    held = s.size(str(missing))  # the re-walk is running: no numbers yet, none made up
+    assert (held["state"], held["bytes"]) == ("pending", None)
+    walker.gate.set()
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(missing))["bytes"] == 0
+
+
+def test_a_signature_covers_every_tracked_path_and_none_once_the_root_is_gone(tree, tmp_path):
+    from seamless_service.agent.sizer import signature_of
+    m = measure(str(tree))
+    assert signature_of(str(tree), m.tracked) == m.signature
+    shutil.rmtree(tree / "sub" / "deep")  # a tracked subdirectory vanishes: a change, the root is still there
+    gone = signature_of(str(tree), m.tracked)
+    assert isinstance(gone, int) and gone != m.signature
+    with open(tree / "a.bin", "ab") as f:  # and a tracked file listed after it grows
+        f.write(b"more")
+    assert signature_of(str(tree), m.tracked) not in (gone, m.signature, None)
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    tracked = measure(str(empty)).tracked
+    empty.rmdir()
+    assert signature_of(str(empty), tracked) is None
+
+
+class _Clock:
+    """The sizer module's view of `time`, with a monotonic clock the test moves."""
+
+    def __init__(self, now: float):
+        self.now = now
+        self.time, self.time_ns = time.time, time.time_ns
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_swapped_symlink_is_followed_from_ten_seconds_on(sizer, tmp_path, monkeypatch):
+    """A poll asks for the same directories every time, so a resolved path is remembered
+    for 10 s: a symlink swapped under a data dir shows that late, and no later."""
+    import seamless_service.agent.sizer as sizer_module
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a / "f", 1)
+    _write(b / "f", 2)
+    age(a)
+    age(b)
+    link = tmp_path / "link"
+    link.symlink_to(a)
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(sizer_module, "time", clock)
+    s = sizer()
+    assert _known(s, link)["bytes"] == 1
+    link.unlink()
+    link.symlink_to(b)
+    clock.now = 1009.75
+    assert s.size(str(link))["bytes"] == 1
+    clock.now = 1010.0
+    assert s.size(str(link))["state"] == "pending"  # b, not known yet
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(link))["bytes"] == 2
+
+
+# --- after a clear, at the limits, and what a failed walk says (issue 14) ---
+
+def test_after_a_clear_below_is_forgotten_above_is_rechecked_beside_is_kept(sizer, tmp_path):
+    top = tmp_path / "buffers"
+    for name in ("proj", "proj/STAGE-a", "proj2", "pro"):
+        _write(top / name / "f", 10)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    for name in ("", "proj", "proj/STAGE-a", "proj2", "pro"):
+        assert _known(s, top / name)["state"] == "fresh", name
+    # a clear empties proj (nothing else writes there meanwhile)
+    shutil.rmtree(top / "proj")
+    (top / "proj").mkdir()
+    walks = s.walks
+    s.forget_below(str(top / "proj"))
+    now = s.size(str(top / "proj"))
+    assert (now["state"], now["bytes"], now["files"]) == ("fresh", 0, 0)  # measured at once
+    assert s.walks == walks  # inline, not by the worker
+    assert s.size(str(top / "proj" / "STAGE-a"))["state"] == "pending"  # forgotten
+    # beside it, names that start alike: untouched
+    assert s.size(str(top / "proj2"))["state"] == s.size(str(top / "pro"))["state"] == "fresh"
+    above = s.size(str(top))
+    assert (above["state"], above["bytes"]) == ("stale", 40)  # its total included proj
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(top))["bytes"] == 20
+
+
+def test_a_cleared_directory_is_measured_inline_up_to_the_small_limit(sizer, tmp_path):
+    from seamless_service.agent.sizer import SMALL_ENTRIES
+    s = sizer()
+    for count, expected in ((SMALL_ENTRIES, "fresh"), (SMALL_ENTRIES + 1, "pending")):
+        d = tmp_path / f"d{count}"
+        d.mkdir()
+        for i in range(count):
+            (d / f"{i}").touch()
+        s.forget_below(str(d))
+        assert s.size(str(d))["state"] == expected, count
+    assert s.wait_idle(TIMEOUT)
+
+
+def test_a_clear_while_others_write_is_not_trusted(sizer, tmp_path):
+    """quiet=False: timestamps just set may hide a write in the same tick: re-walked."""
+    d = tmp_path / "d"
+    d.mkdir()
+    s = sizer()
+    s.forget_below(str(d), quiet=False)
+    assert s.size(str(d))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+
+
+def test_top_level_files_growing_in_place_are_tracked_up_to_64(sizer, tmp_path):
+    """A database dir holds few files that grow without touching a directory mtime; past 64
+    top-level files (a flat buffer dir) none is tracked, and max_age catches it."""
+    s = sizer()
+    for count, seen in ((64, True), (65, False)):
+        d = tmp_path / f"flat{count}"
+        for i in range(count):
+            _write(d / f"{i:03}", 1)
+        age(d)
+        assert _known(s, d)["state"] == "fresh"
+        with open(d / "000", "ab") as f:
+            f.write(b"grown")
+        age(d)
+        assert (s.size(str(d))["state"] == "stale") is seen, count
+        assert s.wait_idle(TIMEOUT)
+
+
+def test_subdirectories_tracked_are_capped_at_max_tracked(tmp_path):
+    root = tmp_path / "r"
+    for i in range(5):
+        (root / f"s{i}").mkdir(parents=True)
+    tracked = measure(str(root), max_tracked=3).tracked.split("\0")
+    assert sum(t.startswith("d:") for t in tracked) == 1 + 3  # the root and 3 subdirectories
+    assert sum(t.startswith("d:") for t in measure(str(root)).tracked.split("\0")) == 1 + 5
+
+
+def test_a_failed_walk_says_why_in_one_line(sizer, tmp_path):
+    s = sizer()
+    s.size(str(tmp_path / "missing"))
+
+    def broken(path, stop):
+        raise ValueError("walker bug")
+    t = sizer(walker=broken)
+    t.size(str(tmp_path))
+    assert s.wait_idle(TIMEOUT) and t.wait_idle(TIMEOUT)
+    gone = s.size(str(tmp_path / "missing"))
+    assert gone == {"bytes": None, "files": None, "measured": gone["measured"], "state": "error",
+                    "error": "FileNotFoundError: No such file or directory"}
+    assert t.size(str(tmp_path))["error"] == "ValueError: walker bug"
+    assert (s.walks, t.walks) == (1, 1)
+
+
+def test_unreadable_subdirectories_are_counted_as_skipped(sizer):
+    """As another user (the agent need not be root): what it cannot read is counted, the
+    rest summed; an unreadable root is an error."""
+    top = Path(tempfile.mkdtemp(prefix="seamless-sizer-perm-"))
+    try:
+        top.chmod(0o755)
+        _write(top / "root" / "ok" / "f", 5)
+        _write(top / "root" / "locked1" / "f", 7)
+        _write(top / "root" / "locked2" / "f", 7)
+        _write(top / "closed" / "f", 1)
+        _write(top / "root" / "listonly" / "g1", 1)  # may be listed, not looked into
+        _write(top / "root" / "listonly" / "g2", 1)
+        (top / "root" / "listonly").chmod(0o744)
+        _write(top / "ok-too" / "f", 1)
+        (top / "ok-too").chmod(0o755)
+        (top / "ok-too" / "f").chmod(0o644)
+        for path in (top / "root", top / "root" / "ok", top / "root" / "ok" / "f"):
+            path.chmod(0o755)
+        for path in (top / "root" / "locked1", top / "root" / "locked2", top / "closed"):
+            path.chmod(0o700)
+        age(top)
+        s = sizer()
+        os.setresuid(65534, 65534, 0)  # every thread's, the sizer's worker too
+        try:
+            m = measure(str(top / "root"))
+            with pytest.raises(PermissionError):
+                measure(str(top / "closed"))
+            s.size(str(top / "root"))
+            s.size(str(top / "ok-too"))
+            assert s.wait_idle(TIMEOUT)
+        finally:
+            os.setresuid(0, 0, 0)
+        assert (m.bytes, m.files, m.skipped) == (5, 1, 4)  # 2 unreadable dirs, 2 unstattable files
+        answer = s.size(str(top / "root"))
+        assert (answer["bytes"], answer["files"], answer["skipped"]) == (5, 1, 4)
+        assert "skipped" not in s.size(str(top / "ok-too"))  # only said when there are some
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_clear_deeper_than_the_tracked_depth_still_updates_the_totals_above(sizer, tmp_path):
+    """The cleared directory's mtime is below what `top` tracks: only the mark forget_below
+    sets on the directories above makes them re-walked."""
+    top = tmp_path / "top"
+    _write(top / "proj" / "STAGE-a" / "prefix" / "f", 10)
+    _write(top / "other", 1)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    assert _known(s, top)["bytes"] == 11
+    (top / "proj" / "STAGE-a" / "prefix" / "f").unlink()
+    s.forget_below(str(top / "proj" / "STAGE-a" / "prefix"))
+    assert s.size(str(top))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(top))["bytes"] == 1
+    # the cleared directory's inline measurement counts as its check: trusted for the interval
+    _write(top / "proj" / "STAGE-a" / "prefix" / "g", 3)
+    cleared = s.size(str(top / "proj" / "STAGE-a" / "prefix"))
+    assert (cleared["state"], cleared["bytes"]) == ("fresh", 0)
+
+
+def test_a_failed_directory_stays_an_error_once_the_sizer_is_closed(sizer, tmp_path):
+    s = sizer()
+    missing = tmp_path / "missing"
+    s.size(str(missing))
+    assert s.wait_idle(TIMEOUT)
+    s.close()
+    missing.mkdir()
+    answer = s.size(str(missing), refresh=True)  # no walk can be queued: not "pending" forever
+    assert (answer["state"], answer["error"]) == ("error", "FileNotFoundError: No such file or directory")
+
+
+def test_closing_stops_a_walk_in_progress(sizer, tmp_path):
+    """A walk of a huge tree must not hold up the agent's exit: close() tells the walk."""
+    entered, told = threading.Event(), []
+
+    def endless(path, stop):
+        entered.set()
+        told.append(stop.wait(10))  # the real walk checks the same event every 4096 entries
+        return measure(path, stop)
+    s = sizer(walker=endless)
+    s.size(str(tmp_path))
+    assert entered.wait(TIMEOUT)
+    assert s.wait_idle(0.05) is False  # the walk is still running
+    started = time.monotonic()
+    s.close()
+    assert told == [True] and time.monotonic() - started < 10
+
+
+def test_a_walk_that_started_before_a_clear_does_not_undo_it(sizer, tmp_path, monkeypatch):
+    """The worker's walk read the directory before the clear and finishes after it: the
+    clear's own inline measurement (0 B) is newer and stays."""
+    import seamless_service.agent.sizer as sizer_module
+    real = sizer_module.measure
+    gate, walked = threading.Event(), threading.Event()
+
+    def held(path, stop=None, **kw):
+        m = real(path, stop, **kw)
+        if stop is not None:  # the worker's walk (the inline one passes no stop event)
+            walked.set()
+            assert gate.wait(TIMEOUT)
+        return m
+    monkeypatch.setattr(sizer_module, "measure", held)
+    d = tmp_path / "d"
+    _write(d / "f", 10)
+    age(d)
+    s = sizer()
+    s.size(str(d))
+    assert walked.wait(TIMEOUT)  # measured 10 B, not yet stored
+    (d / "f").unlink()
+    s.forget_below(str(d))
+    gate.set()
+    assert s.wait_idle(TIMEOUT)
+    answer = s.size(str(d))
+    assert (answer["state"], answer["bytes"]) == ("fresh", 0)
+
+
+def test_a_clear_touches_no_sibling_whose_name_differs_only_at_the_end(sizer, tmp_path):
+    """`data`, `dataX` and `data ` are three directories: clearing one leaves the others'
+    sizes alone (no forgetting, no re-walk)."""
+    top = tmp_path / "top"
+    names = ("data/sub", "dataX", "data ")
+    for name in names:
+        _write(top / name / "f", 10)
+    age(top)
+    s = sizer(recheck_interval=_long_interval())
+    for name in names:
+        assert _known(s, top / name)["state"] == "fresh", name
+    for cleared in names:
+        (top / cleared / "f").unlink(missing_ok=True)
+        s.forget_below(str(top / cleared))
+        for other in names:
+            answer = s.size(str(top / other))
+            assert answer["state"] == "fresh", (cleared, other)
+            assert answer["bytes"] == (0 if names.index(other) <= names.index(cleared) else 10), (cleared, other)
+
+
+def test_an_inline_measurement_keeps_the_cache_bound_evicting_the_least_recent(sizer, tmp_path):
+    s = sizer(max_entries=2, recheck_interval=_long_interval())
+    for name in ("a", "b"):
+        _write(tmp_path / name / "f", 1)
+        age(tmp_path / name)
+        assert _known(s, tmp_path / name)["state"] == "fresh"
+    (tmp_path / "c").mkdir()
+    s.forget_below(str(tmp_path / "c"))  # measured inline: the third entry
+    assert len(s) == 2
+    assert s.size(str(tmp_path / "c"))["state"] == "fresh"
+    assert s.size(str(tmp_path / "b"))["state"] == "fresh"
+    assert s.size(str(tmp_path / "a"))["state"] == "pending"  # the least recently used went
+    assert s.wait_idle(TIMEOUT)
+
+
+def test_a_top_level_file_grown_with_its_mtime_kept_is_still_noticed(sizer, tmp_path):
+    """A database file's size is tracked as well as its mtime: a writer that keeps the
+    mtime (a restore, `cp -p`) still changes what the poll says."""
+    d = tmp_path / "db"
+    _write(d / "seamless.db", 100)
+    age(d)
+    s = sizer()
+    assert _known(s, d)["bytes"] == 100
+    before = os.stat(d / "seamless.db")
+    with open(d / "seamless.db", "ab") as f:
+        f.write(b"x" * 50)
+    os.utime(d / "seamless.db", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert s.size(str(d))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(d))["bytes"] == 150
+
+
+def test_a_walk_checks_the_stop_flag_every_4096_entries(fast_tmp):
+    """Closing must be able to end a walk of a million-file directory: the walk looks at the
+    stop flag once per 4096 entries (a cheap check, rarely)."""
+    from seamless_service.agent.sizer import STOP_CHECK_EVERY, WalkStopped
+    stop = threading.Event()
+    stop.set()
+    d = fast_tmp / "many"
+    d.mkdir()
+    for i in range(STOP_CHECK_EVERY - 1):
+        (d / f"{i}").touch()
+    assert measure(str(d), stop).files == STOP_CHECK_EVERY - 1  # never got to look
+    (d / "one-more").touch()
+    with pytest.raises(WalkStopped):
+        measure(str(d), stop)
+
+
+def test_a_recent_subdirectory_makes_the_measurement_racy(sizer, tmp_path):
+    """Only a subdirectory was touched in the walk's timestamp tick (the root is old): the
+    measurement is still re-done at the next check."""
+    root = tmp_path / "r"
+    _write(root / "sub" / "f", 3)
+    age(root)
+    os.utime(root / "sub")  # now
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)
+
+
+@pytest.fixture
+def bind_mount():
+    mounted: list[Path] = []
+
+    def bind(source: Path, target: Path) -> None:
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        mounted.append(target)
+    yield bind
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_bind_mount_loop_is_walked_once(tmp_path, bind_mount):
+    """Symlinks are not followed, but a bind mount is a real directory: the (dev, inode) of
+    every directory walked cuts the loop, and nothing is counted twice."""
+    root = tmp_path / "r"
+    for i in range(20):
+        _write(root / "a" / f"f{i:02}", 1)
+    (root / "a" / "again").mkdir()
+    (root / "b" / "to-root").mkdir(parents=True)
+    bind_mount(root / "a", root / "a" / "again")
+    bind_mount(root, root / "b" / "to-root")
+    m = measure(str(root))
+    assert (m.bytes, m.files) == (20, 20)
+
+
+def test_a_recent_top_level_file_makes_the_measurement_racy(sizer, tmp_path):
+    root = tmp_path / "db"
+    _write(root / "seamless.db", 3)
+    age(root)
+    os.utime(root / "seamless.db")  # now; the directory itself is old
+    s = sizer()
+    s.size(str(root))
+    assert s.wait_idle(TIMEOUT)
+    assert s.size(str(root))["state"] == "stale"
+    assert s.wait_idle(TIMEOUT)

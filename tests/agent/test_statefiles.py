@@ -270,3 +270,229 @@ def test_ps_shows_a_zombie_service_as_stale(sandbox, make_ctx, zombie):
     row = _ps_row(ctx, "svc")
     assert row["status"] == "stale"
     assert _ps_row(ctx, "boot")["status"] == "failed"
+
+
+# --- messages, limits and caches as a client sees them (issue 14, mutation survivors) ---
+
+def test_every_unusable_file_says_what_is_wrong_in_full(sandbox):
+    """The error row's whole message, per way a state file can be unusable."""
+    d = sandbox.server_dir
+    d.mkdir(parents=True, exist_ok=True)
+    malformed = sandbox.write_state("bad", None, raw='{"status": "running",')
+    try:
+        json.loads('{"status": "running",')
+    except json.JSONDecodeError as exc:
+        why = str(exc)
+    assert statefiles.server_row(malformed)["error"] == f"malformed JSON in {malformed}: {why}"
+    listed = sandbox.write_state("list", None, raw="[1]")
+    assert statefiles.server_row(listed)["error"] == f"state file must contain a JSON object: {listed}"
+    folder = d / "dir.json"
+    folder.mkdir()
+    assert statefiles.server_row(folder)["error"] == f"could not read {folder}: [Errno 21] Is a directory: '{folder}'"
+    digits = sandbox.write_state("digits", None, raw='{"pid": ' + "9" * 5000 + "}")
+    assert statefiles.server_row(digits)["error"] == (
+        f"malformed JSON in {digits}: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits")
+    deep = sandbox.write_state("deep", None, raw='{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert statefiles.server_row(deep)["error"] == f"malformed JSON in {deep}: nested too deeply to parse"
+    deep.unlink()  # the sandbox's clean-up reads every state file
+    surrogate = sandbox.write_state("surrogate", None, raw='{"name": "\\ud800"}')
+    assert statefiles.server_row(surrogate)["error"].startswith("state file holds a value the agent cannot send (")
+    assert statefiles.server_row(surrogate)["error"].endswith(f"): {surrogate}")
+
+
+def test_a_state_file_of_exactly_the_maximum_size_is_read_one_byte_more_is_not(sandbox):
+    limit = statefiles.MAX_STATE_BYTES
+    body = '{"status": "failed", "port": 7001}'
+    at_limit = sandbox.write_state("at", None, raw=body + " " * (limit - len(body)))
+    assert os.path.getsize(at_limit) == limit
+    assert statefiles.server_row(at_limit)["port"] == 7001
+    over = sandbox.write_state("over", None, raw=body + " " * (limit + 1 - len(body)))
+    assert statefiles.server_row(over)["error"] == (
+        f"state file of {limit + 1} bytes is larger than the {limit} bytes a state file may hold: {over}")
+
+
+def test_error_rows_carry_exactly_key_status_live_error_meta(tmp_path):
+    gone = tmp_path / "gone.json"
+    message = f"state file vanished while reading: {gone}"
+    expected = {"key": "gone", "status": "error", "live": None, "error": message, "meta": {}}
+    assert statefiles.server_row(gone) == expected
+    assert statefiles.client_row(gone) == expected
+    assert statefiles.client_row(gone, cache=statefiles.StateCache()) == expected
+    assert statefiles.server_row(gone, cache=statefiles.StateCache()) == expected
+
+
+def test_a_file_named_just_dot_json_keeps_the_helpers_key(sandbox):
+    """rhl-ps lists `.json` too (glob matches dot files) and keys it by Path.stem: `.json`."""
+    sandbox.write_state("", {"status": "failed"})
+    assert sandbox.run_helper("rhl-ps", "--key").stdout.splitlines() == [".json"]
+    [path] = statefiles.list_state_files(sandbox.server_dir)
+    assert statefiles.server_row(path)["key"] == ".json"
+    sandbox.write_state("x", {"status": "failed"})  # and an ordinary name loses its suffix
+    assert [statefiles.server_row(p)["key"] for p in statefiles.list_state_files(sandbox.server_dir)] == [".json", "x"]
+
+
+def test_an_unusable_file_stays_an_error_row_from_the_cache_and_recovers_when_fixed(sandbox, make_ctx):
+    ctx = make_ctx()
+    path = sandbox.write_state("svc", None, raw='{"status": ')
+    first = _ps_row(ctx, "svc")
+    assert first["status"] == "error" and first["error"].startswith("malformed JSON in ")
+    assert _ps_row(ctx, "svc") == first  # unchanged file: the same error, from the cache
+    time.sleep(0.05)
+    path.write_text(json.dumps({"status": "failed", "port": 7001}))
+    assert _ps_row(ctx, "svc")["port"] == 7001
+
+
+def test_client_rows_through_the_agent_are_the_files_own_and_follow_changes(sandbox, make_ctx):
+    ctx = make_ctx()
+    path = sandbox.write_state("c", {"hostname": "127.0.0.1", "port": 4000}, side="client")
+    rows = call_ps(ctx, side="client")
+    assert [(r["key"], r["host"], r["port"]) for r in rows] == [("c", "127.0.0.1", 4000)]
+    time.sleep(0.05)
+    path.write_text(json.dumps({"hostname": "127.0.0.1", "port": 4001}))
+    assert [r["port"] for r in call_ps(ctx, side="client")] == [4001]
+    path.write_text("[]")
+    [row] = call_ps(ctx, side="client")
+    assert row["status"] == "error" and row["error"] == f"state file must contain a JSON object: {path}"
+
+
+def call_ps(ctx, **args) -> list[dict]:
+    from tests.support.agent import call
+    return call(ctx, "ps", **args)["rows"]
+
+
+def test_the_state_cache_is_bounded_and_rereads_after_it_is_emptied(tmp_path, monkeypatch):
+    """At exactly MAX_ENTRIES files the cache starts over (memory stays bounded); a file
+    read again after that is parsed again, and still answers right."""
+    cache = statefiles.StateCache()
+    cache.MAX_ENTRIES = 2
+    paths = []
+    for n in range(3):
+        paths.append(tmp_path / f"s{n}.json")
+        paths[-1].write_text(json.dumps({"port": n}))
+    reads = []
+    real = statefiles.read_sendable
+    monkeypatch.setattr(statefiles, "read_sendable", lambda p: reads.append(os.fspath(p)) or real(p))
+    assert [cache.read(p)["port"] for p in paths[:2]] == [0, 1]
+    assert cache.read(paths[0])["port"] == 0 and len(reads) == 2  # cached
+    assert cache.read(paths[2])["port"] == 2  # the third: over the bound, the cache starts over
+    assert cache.read(paths[0])["port"] == 0
+    assert reads == [os.fspath(p) for p in (paths[0], paths[1], paths[2], paths[0])]
+
+
+def test_the_state_cache_forgets_a_removed_file_and_reports_an_unreachable_one(tmp_path):
+    cache = statefiles.StateCache()
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"port": 1}))
+    assert cache.read(path) == {"port": 1}
+    path.unlink()
+    assert cache.read(path) is None
+    path.write_text(json.dumps({"port": 2}))  # a new file, perhaps at the same inode
+    assert cache.read(path) == {"port": 2}
+    below_a_file = tmp_path / "s.json" / "x.json"
+    with pytest.raises(statefiles.StateFileError, match=f"^could not read {below_a_file}: .*Not a directory"):
+        cache.read(below_a_file)
+
+
+def test_a_death_is_seen_once_the_liveness_answer_expires(monkeypatch):
+    child = subprocess.Popen(["sleep", "60"])
+    cache = statefiles.LivenessCache()
+    cache.TTL = 60.0
+    assert cache.alive(child.pid) is True
+    child.kill()
+    child.wait()
+    assert cache.alive(child.pid) is True  # remembered: a poll's rows share one probe
+    cache.TTL = 0.0
+    assert cache.alive(child.pid) is False
+
+
+def test_a_service_of_another_user_is_alive(tmp_path):
+    """kill(pid, 0) on another user's process fails with EPERM: it exists, so `running`."""
+    # real and effective uid both (kill checks the real one too); the saved uid stays 0
+    os.setresuid(65534, 65534, 0)
+    try:
+        with pytest.raises(PermissionError):
+            os.kill(1, 0)
+        assert statefiles.derive_status({"status": "running", "pid": 1}) == ("running", True)
+    finally:
+        os.setresuid(0, 0, 0)
+
+
+def test_a_zombie_whose_name_holds_a_parenthesis_is_still_seen(sandbox, make_ctx, tmp_path):
+    """/proc/PID/stat wraps the command name in parentheses, and the name may hold `) S (`."""
+    odd = tmp_path / "x) S (y"
+    odd.write_bytes(Path("/bin/true").read_bytes())
+    odd.chmod(0o755)
+    proc = subprocess.Popen([str(odd)])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert "(x) S (y)" in Path(f"/proc/{proc.pid}/stat").read_text()
+        sandbox.write_state("svc", {"status": "running", "pid": proc.pid})
+        assert _ps_row(make_ctx(), "svc")["status"] == "stale"
+    finally:
+        proc.wait()
+
+
+def test_a_rewritten_state_file_is_whole_keeps_its_mode_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """As rhl-stop writes it (json.dumps, key order, no newline), but beside the file
+    (so TMPDIR does not matter), with the file's own mode, and nothing else left behind."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    path = tmp_path / "svc.json"
+    statefiles.write_state_json(path, {"status": "stale", "pid": 5})
+    assert path.read_text() == '{"status": "stale", "pid": 5}'
+    assert os.stat(path).st_mode & 0o777 == 0o600  # a new file: private
+    path.chmod(0o644)
+    statefiles.write_state_json(path, {"pid": 5, "status": "stale"})
+    assert path.read_text() == '{"pid": 5, "status": "stale"}'
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    with pytest.raises(TypeError):
+        statefiles.write_state_json(path, {"pid": object()})
+    assert path.read_text() == '{"pid": 5, "status": "stale"}'
+    assert sorted(os.listdir(tmp_path)) == ["svc.json"]
+
+
+def test_a_pid_beyond_the_kernels_range_is_not_alive():
+    assert statefiles.pid_alive(2**63) is False
+    assert statefiles.pid_alive(HUGE) is False
+
+
+def test_an_unusable_client_file_is_an_error_row_under_its_key(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("[]")
+    expected = {"key": "c", "status": "error", "live": None, "meta": {},
+                "error": f"state file must contain a JSON object: {path}"}
+    assert statefiles.client_row(path) == expected
+    assert statefiles.client_row(path, cache=statefiles.StateCache()) == expected
+
+
+def test_an_unchanged_client_file_is_served_from_the_cache(sandbox, make_ctx, monkeypatch):
+    ctx = make_ctx()
+    sandbox.write_state("c", {"hostname": "127.0.0.1", "port": 4000}, side="client")
+    assert [r["port"] for r in call_ps(ctx, side="client")] == [4000]
+    reads = []
+    real = statefiles.read_sendable
+    monkeypatch.setattr(statefiles, "read_sendable", lambda p: reads.append(p) or real(p))
+    assert [r["port"] for r in call_ps(ctx, side="client")] == [4000]
+    assert reads == []
+
+
+def test_the_rows_of_a_poll_share_one_probe_per_pid(sandbox, make_ctx):
+    """ps answers liveness from the agent's LivenessCache (one probe per pid per TTL), not
+    with a probe per row: a death is seen once that answer expires."""
+    from seamless_service.agent.ops.ps import liveness
+    ctx = make_ctx()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        sandbox.write_state("svc", {"status": "running", "pid": child.pid})
+        liveness(ctx).TTL = 60.0
+        assert _ps_row(ctx, "svc")["status"] == "running"
+    finally:
+        child.kill()
+        child.wait()
+    assert _ps_row(ctx, "svc")["status"] == "running"  # the shared answer, still within its TTL
+    liveness(ctx).TTL = 0.0
+    assert _ps_row(ctx, "svc")["status"] == "stale"
