@@ -53,14 +53,6 @@ def world(tmp_path_factory) -> Iterator[World]:
         w.box.kill_all()
 
 
-@pytest.fixture
-def small(tmp_path) -> Iterator[World]:
-    """A world of its own, for tests that change the state."""
-    w = World.build(tmp_path, dead_cluster=False)
-    yield w
-    w.box.kill_all()
-
-
 # ====================================================================== cluster view
 
 

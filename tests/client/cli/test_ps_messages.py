@@ -12,13 +12,6 @@ from tests.support.cli import ndjson
 from tests.support.world import World
 
 
-@pytest.fixture
-def small(tmp_path) -> Iterator[World]:
-    w = World.build(tmp_path, dead_cluster=False)
-    yield w
-    w.box.kill_all()
-
-
 def test_all_clusters_without_any_cluster_is_a_usage_error(small):
     (small.box.home / ".seamless" / "clusters.yaml").unlink()
     for extra in ([], ["--json"], ["--watch", "1"]):
