@@ -162,7 +162,7 @@ def p99(samples: list[float]) -> float:
 
 
 def import_cost(argv: list[str], env: dict[str, str], cwd: Path, tries: int = 5) -> dict:
-    """The thin client's imports in one warm call: `python -X importtime` of the console
+    """The thin client's imports in one warm call: `python -X importtime` of the installed
     script, minus what the bare interpreter imports (site, the editable finder, ...). Best
     of `tries` (the run least disturbed by other load), since one run is one sample."""
     python = str(VENV_BIN / "python")
