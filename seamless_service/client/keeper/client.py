@@ -192,6 +192,14 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
 
 def request(message: "dict[str, Any]", *, start: bool = False) -> "dict[str, Any]":
     """Send one request and return the one reply (not for "run": see run())."""
+    try:
+        return _request_once(message, start=start)
+    except framing.OlderKeeper:
+        stop_older_keeper()
+        return _request_once(message, start=start)
+
+
+def _request_once(message: "dict[str, Any]", *, start: bool) -> "dict[str, Any]":
     sock = connect(start=start)
     try:
         sock.settimeout(REPLY_TIMEOUT)
@@ -201,6 +209,8 @@ def request(message: "dict[str, Any]", *, start: bool = False) -> "dict[str, Any
             raise KeeperUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from exc
         try:
             reply = framing.recv(sock)
+        except framing.OlderKeeper:
+            raise
         except (OSError, framing.FrameError) as exc:
             raise KeeperLost(f"no answer from the tunnel keeper: {exc}") from exc
         if reply is None:
@@ -259,6 +269,45 @@ def keeper_stop(timeout: float = 5.0) -> "dict[str, Any] | None":
     while time.monotonic() < deadline and isinstance(pid, int) and _pid_running(pid):
         time.sleep(0.02)
     return reply
+
+
+def stop_older_keeper(timeout: float = 5.0) -> None:
+    """Stop a keeper of an earlier seamless-service (still running after an upgrade in
+    place, it speaks length-prefixed msgpack) and wait until it has exited and released
+    its lock, so that a keeper of this version can start. Rare: msgpack is imported here."""
+    import msgpack
+
+    try:
+        sock = connect(start=False)
+    except NotRunning:
+        return
+    try:
+        sock.settimeout(REPLY_TIMEOUT)
+        body = msgpack.packb({"cmd": "stop"}, use_bin_type=True)
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        header = _recv_legacy(sock, 4)
+        reply = msgpack.unpackb(_recv_legacy(sock, int.from_bytes(header, "big")), raw=False)
+    except (OSError, ValueError, msgpack.UnpackException) as exc:
+        raise KeeperUnavailable(
+            f"a tunnel keeper of an earlier seamless-service is running and did not stop ({exc});"
+            " stop it with that install's `seamless-service tunnel stop`, or wait until it exits"
+            " when idle") from exc
+    finally:
+        sock.close()
+    pid = reply.get("pid") if isinstance(reply, dict) else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and isinstance(pid, int) and _pid_running(pid):
+        time.sleep(0.02)
+
+
+def _recv_legacy(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ValueError("the connection closed mid-reply")
+        data += chunk
+    return data
 
 
 def _pid_running(pid: int) -> bool:
@@ -335,6 +384,10 @@ def run(argv: "Sequence[str]", *, stdout: "TextIO | None" = None, stderr: "TextI
             while True:
                 try:
                     frame = framing.recv(sock)
+                except framing.OlderKeeper:
+                    # Its refusal of a frame it could not read: nothing ran.
+                    stop_older_keeper()
+                    break
                 except (OSError, framing.FrameError) as exc:
                     raise KeeperLost(f"lost the tunnel keeper mid-command: {exc}") from exc
                 if frame is None:

@@ -65,6 +65,16 @@ class FrameTruncated(FrameError):
     """The peer closed the connection in the middle of a frame."""
 
 
+class OlderKeeper(FrameError):
+    """The frame is a msgpack map: a keeper started by a seamless-service before this
+    encoding (it spoke length-prefixed msgpack) answered. It is still running after an
+    upgrade in place; the client stops it through that framing and starts a new one."""
+
+
+# The first byte of a msgpack map (fixmap, map 16, map 32); no tag here starts with these.
+_MSGPACK_MAP = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
 def peer_uid(sock: socket.socket) -> "int | None":
     """The uid of the process at the other end of a connected unix socket (SO_PEERCRED),
     or None where the platform cannot tell. Both ends check it: the keeper serves only
@@ -226,6 +236,8 @@ def decode(body: bytes) -> "dict[str, Any]":
     if not body:
         raise FrameError("frame is malformed: empty body")
     tag = body[0]
+    if tag in _MSGPACK_MAP:
+        raise OlderKeeper("the tunnel keeper that answered speaks the framing of an earlier seamless-service")
     if tag != 0x64:
         what = _TYPE_NAMES.get(tag)
         if what is None:

@@ -172,3 +172,75 @@ def test_nesting_is_limited_both_ways():
 def test_what_cannot_be_sent_is_refused_before_sending(obj, message):
     with pytest.raises((TypeError, ValueError), match=message):
         framing.encode(obj)
+
+
+# -- a keeper of an earlier seamless-service (upgrade in place) --------------------------
+
+# What a keeper started before this framing does on the wire (it spoke length-prefixed
+# msgpack and holds the same lock): a frame it cannot decode gets a msgpack refusal and it
+# keeps serving; {"cmd": "stop"} gets {"ok": true, "pid"} and it exits, removing its socket.
+EARLIER_KEEPER = '''
+import fcntl, os, socket, sys
+import msgpack
+folder = sys.argv[1]
+lock = os.open(os.path.join(folder, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+path = os.path.join(folder, "daemon.sock")
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen()
+print("listening", flush=True)
+def recv(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+while True:
+    conn, _ = server.accept()
+    try:
+        body = recv(conn, int.from_bytes(recv(conn, 4), "big"))
+    except EOFError:
+        conn.close()
+        continue
+    try:
+        request = msgpack.unpackb(body, raw=False)
+        assert isinstance(request, dict)
+    except Exception:
+        reply = {"ok": False, "error": "frame is not valid msgpack (ExtraData)"}
+        request = {}
+    else:
+        reply = {"ok": True, "pid": os.getpid()} if request.get("cmd") == "stop" else {"ok": False, "error": "?"}
+    out = msgpack.packb(reply, use_bin_type=True)
+    conn.sendall(len(out).to_bytes(4, "big") + out)
+    conn.close()
+    if request.get("cmd") == "stop":
+        os.unlink(path)
+        sys.exit(0)
+'''
+
+
+@pytest.fixture
+def earlier_keeper(place):
+    place.folder.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", EARLIER_KEEPER, str(place.folder)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "listening\n"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_a_keeper_left_by_an_earlier_version_is_replaced_and_the_command_runs(place, earlier_keeper):
+    result = subprocess.run([str(LAUNCHER), "exit", "3"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "to stdout\n", "to stderr\n")
+    assert earlier_keeper.wait(timeout=10) == 0            # stopped through its own framing
+    assert client.ping()["pid"] != earlier_keeper.pid      # a keeper of this version answers
+
+
+def test_tunnel_status_with_an_earlier_keeper_replaces_it(place, earlier_keeper):
+    assert client.ping(start=True)["version"]
+    assert earlier_keeper.wait(timeout=10) == 0
