@@ -162,7 +162,7 @@ def p99(samples: list[float]) -> float:
 
 
 def import_cost(argv: list[str], env: dict[str, str], cwd: Path, tries: int = 5) -> dict:
-    """The thin client's imports in one warm call: `python -X importtime` of the console
+    """The thin client's imports in one warm call: `python -X importtime` of the installed
     script, minus what the bare interpreter imports (site, the editable finder, ...). Best
     of `tries` (the run least disturbed by other load), since one run is one sample."""
     python = str(VENV_BIN / "python")
@@ -183,6 +183,7 @@ def import_cost(argv: list[str], env: dict[str, str], cwd: Path, tries: int = 5)
         "startup_ms": top_level_us(bare) / 1000,
         "client_ms": top_level_us(client) / 1000,
         "modules": len(client),
+        "names": [name for name, *_ in client],
         "top": sorted(client, key=lambda row: -row[2])[:5],
     }
 
@@ -303,6 +304,9 @@ def report(results: dict, loop: float, loop_p99: float, helps: float, ps_helps: 
           f" ({imports['modules']} modules); top 5 by own time:")
     for name, _, own, cumulative in imports["top"]:
         print(f"    {name:64} {own / 1000:>7.2f} ms own, {cumulative / 1000:.2f} ms with its imports")
+    # The whole list: the warm path should import builtin modules and ours only
+    # (tests/client/keeper/test_thin_client.py checks the names).
+    print(f"  all {imports['modules']} modules, in import order: {', '.join(imports['names'])}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--callers", action="append", default=[], metavar="PATTERN",
                         help="also print who calls the functions matching PATTERN")
     parser.add_argument("--split", action="store_true",
-                        help="instead of profiling: time the installed console script, the bare "
+                        help="instead of profiling: time the installed command, the bare "
                              "interpreter, and the keeper round trip from a running process")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -82,8 +82,6 @@ print(statistics.median(samples[2:]))
 
 SPLIT_FRESH = """
 import cProfile, io, os, pstats, sys, time
-t0 = time.perf_counter()
-import re
 t1 = time.perf_counter()
 from seamless_service.client.entry import main
 t2 = time.perf_counter()
@@ -95,12 +93,12 @@ if profiler: profiler.disable()
 t3 = time.perf_counter()
 sys.stdout = sys.__stdout__
 if profiler: pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-print(f"import re {(t1 - t0) * 1000:.1f} ms, entry imports {(t2 - t1) * 1000:.1f} ms, main {(t3 - t2) * 1000:.1f} ms")
+print(f"entry imports {(t2 - t1) * 1000:.1f} ms, main {(t3 - t2) * 1000:.1f} ms")
 """
 
 
 def split(argv: list[str], env: dict[str, str], cwd: Path, runs: int) -> None:
-    """Medians: the console script (a user's warm command), `python -c pass`, and
+    """Medians: the installed command (a user's warm command), `python -c pass`, and
     client.run from one running process (the keeper's share, no interpreter start)."""
     import statistics
 
@@ -122,7 +120,7 @@ def split(argv: list[str], env: dict[str, str], cwd: Path, runs: int) -> None:
         print(fresh.stderr)
     keeper = float(subprocess.run([python, "-c", SPLIT_CLIENT, str(runs), *argv], env=env, cwd=cwd,
                                   capture_output=True, text=True, check=True).stdout)
-    print(f"{' '.join(argv)}: console script {script:.1f} ms, python -c pass {bare:.1f} ms, "
+    print(f"{' '.join(argv)}: the command {script:.1f} ms, python -c pass {bare:.1f} ms, "
           f"keeper round trip from a running process {keeper:.1f} ms (medians of {runs}); "
           f"in one fresh process: {inside}")
     subprocess.run([str(VENV_BIN / "seamless-service"), "tunnel", "stop"], env=env, capture_output=True)

@@ -1,6 +1,7 @@
 """The `seamless-service` console entry point: a thin client of the per-user keeper.
 
-It imports only os/sys and the keeper client (socket, struct, msgpack): the command
+It imports only os/sys and the keeper client (_socket and our own modules, all builtin
+or ours: tests/client/keeper/test_thin_client.py checks the list): the command
 line itself (argparse, resolution, rendering, rpyc, paramiko, sshtunnel) is imported by
 the keeper, which keeps it and its SSH connections warm between calls.
 
@@ -19,13 +20,12 @@ Where a command runs:
   everything else   the keeper, started on demand; output is streamed back as it comes
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
-# typing costs ~3 ms to import: this module is on every CLI call's path, and with
-# postponed annotations the names are only needed by type checkers.
+# typing costs ~3 ms to import: this module is on every CLI call's path. The names are
+# only needed by type checkers; the annotations that use them are strings. No
+# `from __future__ import annotations` either: that statement imports a module too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Sequence
@@ -49,7 +49,7 @@ IN_PROCESS_COMMANDS = ("agent", "demo", "completion")
 BUSY_WAIT = 0.2
 
 
-def _command(args: Sequence[str]) -> str | None:
+def _command(args: "Sequence[str]") -> str | None:
     """The subcommand word: the first argument that is not an option."""
     for arg in args:
         if arg == "--":
@@ -59,7 +59,7 @@ def _command(args: Sequence[str]) -> str | None:
     return None
 
 
-def route(args: Sequence[str]) -> str:
+def route(args: "Sequence[str]") -> str:
     """'local', 'tunnel', 'help' (keeper if running, else local) or 'keeper'."""
     command = _command(args)
     if command == "tunnel":   # about the keeper itself: the same with or without NO_DAEMON
@@ -73,7 +73,7 @@ def route(args: Sequence[str]) -> str:
     return "keeper"
 
 
-def run_in_process(args: Sequence[str]) -> int:
+def run_in_process(args: "Sequence[str]") -> int:
     """The full CLI in this process; never a traceback unless --debug."""
     try:
         from .cli.main import main as cli_main
@@ -107,7 +107,7 @@ def _dispatch(args: list[str]) -> int:
 
         sys.stdout.write(TOP_HELP)
         return 0 if args else 2  # no command at all is a usage error, as argparse says
-    from .keeper import client  # socket, msgpack: only for the commands that use the keeper
+    from .keeper import client  # _socket: only for the commands that use the keeper
 
     how = route(args)
     if how == "local":
@@ -129,7 +129,7 @@ def _dispatch(args: list[str]) -> int:
         return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)

@@ -27,8 +27,6 @@ keeper's replies in keeper/client.py.
 No imports: the thin CLI path imports this module on every call.
 """
 
-from __future__ import annotations
-
 
 class ServiceError(Exception):
     """Base of all seamless-service errors."""

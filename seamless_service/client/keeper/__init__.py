@@ -4,7 +4,7 @@ A short-lived `seamless-service` process must not pay heavy imports (paramiko, s
 rpyc: ~370 ms) nor an SSH handshake (~300 ms) per call, so one long-lived process per user
 keeps those and runs CLI commands on the thin client's behalf, like ssh's ControlPersist.
 
-    framing.py  length-prefixed msgpack frames over a unix socket
+    framing.py  length-prefixed frames (a small tagged encoding) over a unix socket
     server.py   the keeper process (python -m seamless_service.client.keeper.server)
     client.py   talking to it, starting it on demand
 
@@ -22,8 +22,6 @@ the socket inside is what keeps other users away from our SSH connections, and t
 client sends it our whole environment. Both ends check SO_PEERCRED too, as a second wall
 (a socket planted while the folder was open, or a folder swapped after the check).
 """
-
-from __future__ import annotations
 
 import os
 import stat

@@ -1,8 +1,8 @@
 """Talking to the tunnel keeper: connect (starting it on demand), run a command, status, stop.
 
-Imported by the thin entry point on every call, so it imports only stdlib socket/os/sys/
-time and msgpack (through framing); subprocess is imported only when a keeper must be
-started.
+Imported by the thin entry point on every call, so it imports only builtin modules (os,
+sys, time, the C `_socket`) and framing.py, which imports nothing more; subprocess is
+imported only when a keeper must be started.
 
 Errors, each one line:
   KeeperUnavailable  the request was never delivered (no keeper and none could be
@@ -17,8 +17,6 @@ Errors, each one line:
                      rather than run here, so that the user looks into it.
 """
 
-from __future__ import annotations
-
 import os
 # `_socket`, the C module: everything used here (AF_UNIX sockets, timeouts, SO_PEERCRED)
 # is in it, and socket.py's enum conversions cost ~2 ms of every thin-client call.
@@ -26,8 +24,9 @@ import _socket as socket
 import sys
 import time
 
-# typing costs ~3 ms to import: this module is on every CLI call's path, and with
-# postponed annotations the names are only needed by type checkers.
+# typing costs ~3 ms to import: this module is on every CLI call's path. The names are
+# only needed by type checkers; the annotations that use them are strings. No
+# `from __future__ import annotations` either: that statement imports a module too.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence, TextIO
@@ -65,7 +64,7 @@ class KeeperImpostor(ServiceError):
     pass
 
 
-def refusal(reply: dict[str, Any]) -> ServiceError:
+def refusal(reply: "dict[str, Any]") -> ServiceError:
     """The error for a request the keeper refused (`{"ok": False, "code"?, "error"}`) that
     the caller does not handle itself (it retries on ReplyCode.RETRY and VERSION)."""
     if reply.get("code") == ReplyCode.BUSY:
@@ -191,8 +190,16 @@ def _start_and_connect(folder: str, path: str) -> socket.socket:
         time.sleep(0.02)
 
 
-def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
+def request(message: "dict[str, Any]", *, start: bool = False) -> "dict[str, Any]":
     """Send one request and return the one reply (not for "run": see run())."""
+    try:
+        return _request_once(message, start=start)
+    except framing.OlderKeeper:
+        stop_older_keeper()
+        return _request_once(message, start=start)
+
+
+def _request_once(message: "dict[str, Any]", *, start: bool) -> "dict[str, Any]":
     sock = connect(start=start)
     try:
         sock.settimeout(REPLY_TIMEOUT)
@@ -202,6 +209,8 @@ def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
             raise KeeperUnavailable(f"cannot send to the tunnel keeper: {exc.strerror or exc}") from exc
         try:
             reply = framing.recv(sock)
+        except framing.OlderKeeper:
+            raise
         except (OSError, framing.FrameError) as exc:
             raise KeeperLost(f"no answer from the tunnel keeper: {exc}") from exc
         if reply is None:
@@ -214,7 +223,7 @@ def request(message: dict[str, Any], *, start: bool = False) -> dict[str, Any]:
 # -- the public helpers ------------------------------------------------------------------
 
 
-def ping(*, start: bool = False) -> dict[str, Any] | None:
+def ping(*, start: bool = False) -> "dict[str, Any] | None":
     """The keeper's pid/version/started/idle_timeout, or None if none runs (and not start)."""
     try:
         return request({"cmd": "ping"}, start=start)
@@ -222,14 +231,14 @@ def ping(*, start: bool = False) -> dict[str, Any] | None:
         return None
 
 
-def ensure_keeper() -> dict[str, Any]:
+def ensure_keeper() -> "dict[str, Any]":
     """Start the keeper if needed; its ping reply."""
     reply = ping(start=True)
     assert reply is not None
     return reply
 
 
-def keeper_status() -> dict[str, Any] | None:
+def keeper_status() -> "dict[str, Any] | None":
     """Status of the running keeper (with its pool entries), or None if none runs."""
     try:
         reply = request({"cmd": "status"})
@@ -242,7 +251,7 @@ def keeper_status() -> dict[str, Any] | None:
     return reply
 
 
-def keeper_stop(timeout: float = 5.0) -> dict[str, Any] | None:
+def keeper_stop(timeout: float = 5.0) -> "dict[str, Any] | None":
     """Stop the running keeper and wait until its socket is gone; its info, or None if none
     was running."""
     try:
@@ -262,6 +271,45 @@ def keeper_stop(timeout: float = 5.0) -> dict[str, Any] | None:
     return reply
 
 
+def stop_older_keeper(timeout: float = 5.0) -> None:
+    """Stop a keeper of an earlier seamless-service (still running after an upgrade in
+    place, it speaks length-prefixed msgpack) and wait until it has exited and released
+    its lock, so that a keeper of this version can start. Rare: msgpack is imported here."""
+    import msgpack
+
+    try:
+        sock = connect(start=False)
+    except NotRunning:
+        return
+    try:
+        sock.settimeout(REPLY_TIMEOUT)
+        body = msgpack.packb({"cmd": "stop"}, use_bin_type=True)
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        header = _recv_legacy(sock, 4)
+        reply = msgpack.unpackb(_recv_legacy(sock, int.from_bytes(header, "big")), raw=False)
+    except (OSError, ValueError, msgpack.UnpackException) as exc:
+        raise KeeperUnavailable(
+            f"a tunnel keeper of an earlier seamless-service is running and did not stop ({exc});"
+            " stop it with that install's `seamless-service tunnel stop`, or wait until it exits"
+            " when idle") from exc
+    finally:
+        sock.close()
+    pid = reply.get("pid") if isinstance(reply, dict) else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and isinstance(pid, int) and _pid_running(pid):
+        time.sleep(0.02)
+
+
+def _recv_legacy(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ValueError("the connection closed mid-reply")
+        data += chunk
+    return data
+
+
 def _pid_running(pid: int) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)   # reap it if we started it (an API caller may have)
@@ -273,15 +321,15 @@ def _pid_running(pid: int) -> bool:
     return pid_alive(pid)         # kill(pid, 0), and an unreaped zombie has finished
 
 
-def _tty(stream: TextIO) -> bool:
+def _tty(stream: "TextIO") -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError, OSError):
         return False
 
 
-def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
-                cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_request(argv: "Sequence[str]", stdout: "TextIO", stderr: "TextIO",
+                cwd: str | None = None, env: dict[str, str] | None = None) -> "dict[str, Any]":
     """The "run" request for argv, carrying what the command must see of our process."""
     env = dict(os.environ if env is None else env)
     if _tty(stdout) and "COLUMNS" not in env:
@@ -300,7 +348,7 @@ def run_request(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
     }
 
 
-def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+def run(argv: "Sequence[str]", *, stdout: "TextIO | None" = None, stderr: "TextIO | None" = None,
         cwd: str | None = None, env: dict[str, str] | None = None, start: bool = True,
         busy_wait: float | None = None) -> int:
     """Run a CLI command in the keeper, streaming its output to stdout/stderr as it comes;
@@ -336,6 +384,10 @@ def run(argv: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | N
             while True:
                 try:
                     frame = framing.recv(sock)
+                except framing.OlderKeeper:
+                    # Its refusal of a frame it could not read: nothing ran.
+                    stop_older_keeper()
+                    break
                 except (OSError, framing.FrameError) as exc:
                     raise KeeperLost(f"lost the tunnel keeper mid-command: {exc}") from exc
                 if frame is None:
@@ -386,14 +438,14 @@ examples:
 """
 
 
-def format_status(info: dict[str, Any], now: float | None = None) -> str:
+def format_status(info: "dict[str, Any]", now: float | None = None) -> str:
     """The readable `tunnel status` (status_view.py: imported only here)."""
     from .status_view import format_status as render
 
     return render(info, now)
 
 
-def tunnel_command(args: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def tunnel_command(args: "Sequence[str]", stdout: "TextIO | None" = None, stderr: "TextIO | None" = None) -> int:
     """`seamless-service tunnel status|stop [--json]`; returns the exit code."""
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
