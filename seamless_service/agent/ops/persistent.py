@@ -479,19 +479,19 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
     # check every path first: one refused path fails the op before anything is walked
     checked = [(check_path(policy, raw, "persistent"), expand_path(raw)) for raw in args["paths"]]
     roots = tuple((str(resolved), shown.as_posix()) for resolved, shown in checked)
-    key = (policy, roots, args["level"], args["file"], args["marker"])
+    key = (policy, roots, args["level"], args["file"], args["marker"])   # all the walk's rows depend on
     walks: WalkCache = ctx.shared("persistent_walks", WalkCache)
     cached = walks.get(key)
     if cached is not None:
         rows, bare, mode = [(dict(r[0]), *r[1:]) for r in cached.rows], cached.bare, "inotify"
     else:
-        rows, bare, mode = _walk(ctx, policy, roots, args, walks)
+        rows, bare, mode = _walk(ctx, policy, roots, args, walks, key)
     _add_sizes(ctx, policy, rows, args["file"], args["sizes"], args["refresh"], bare)
     return {"rows": [row[0] for row in rows], "watch": mode}
 
 
 def _walk(ctx: AgentContext, policy: PathPolicy, roots: tuple[tuple[str, str], ...], args: dict[str, Any],
-          walks: "WalkCache") -> tuple[list[_Row], set[str], str]:
+          walks: "WalkCache", key: tuple) -> tuple[list[_Row], set[str], str]:
     """A fresh walk; its rows are kept (WalkCache) when every folder of it could be watched."""
     tracker = _Tracker() if walks.enabled else None
     walk = _Walk(policy, args["level"], args["file"], args["marker"], ctx.shared("listings", DirListings), tracker)
@@ -510,7 +510,6 @@ def _walk(ctx: AgentContext, policy: PathPolicy, roots: tuple[tuple[str, str], .
         _sendable(row[0])
     if tracker is None:
         return walk.rows, walk.bare, "stat"
-    key = (policy, roots, args["level"], args["file"], args["marker"])
     stored = walks.put(key, tracker, walk.rows, walk.bare)
     rows = [(dict(r[0]), *r[1:]) for r in walk.rows] if stored else walk.rows
     return rows, walk.bare, "inotify" if stored else "stat"
