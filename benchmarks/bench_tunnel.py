@@ -10,12 +10,15 @@ Prints p50/p99 of:
     the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;
   * the small call through Host.batch next to the AgentTransport it holds (Host's own cost);
-  * `ps + persistent` of 200 and 1,000 services through `Host.batch` (a long-lived
-    process over the real tunnel; state and data folders as bench_agent.py makes them),
-    with the agent's file-watch mode (inotify, or the stat fallback) named;
+  * `ps`, `persistent` and `ps + persistent` of 200 and 1,000 services through `Host.batch`
+    (a long-lived process over the real tunnel; state and data folders as bench_agent.py
+    makes them), through paramiko and through the user's OpenSSH in turns, with the
+    agent's file-watch mode of ps and of the persistent walk (inotify: a kept walk, or
+    the stat fallback) named;
   * Fleet.ps over 1 host vs 4 hosts (warm connections, hosts asked in parallel);
   * Fleet.batch over 1, 16 and 64 hosts each answering in 5 ms (N ssh aliases of one sshd:
-    see fanout_many), with the CPU each costs the client and the machine;
+    see fanout_many), with the CPU each costs the client and the machine (--fanout: only
+    these, through paramiko and through OpenSSH);
   * the real tunnel keeper's memory (VmRSS, Pss) connected to 1, 16 and 64 hosts, and per host;
   * the first call from nothing with the agent installed but stopped (SSH + agent start +
     SSH + auth + hello), and with the agent running but no connection (SSH + auth);
