@@ -10,12 +10,15 @@ Prints p50/p99 of:
     the sshtunnel forward on 127.0.0.1 (via="forward") instead of the direct channel;
   * one batch ps + persistent + hello;
   * the small call through Host.batch next to the AgentTransport it holds (Host's own cost);
-  * `ps + persistent` of 200 and 1,000 services through `Host.batch` (a long-lived
-    process over the real tunnel; state and data folders as bench_agent.py makes them),
-    with the agent's file-watch mode (inotify, or the stat fallback) named;
+  * `ps`, `persistent` and `ps + persistent` of 200 and 1,000 services through `Host.batch`
+    (a long-lived process over the real tunnel; state and data folders as bench_agent.py
+    makes them), through paramiko and through the user's OpenSSH in turns, with the
+    agent's file-watch mode of ps and of the persistent walk (inotify: a kept walk, or
+    the stat fallback) named;
   * Fleet.ps over 1 host vs 4 hosts (warm connections, hosts asked in parallel);
   * Fleet.batch over 1, 16 and 64 hosts each answering in 5 ms (N ssh aliases of one sshd:
-    see fanout_many), with the CPU each costs the client and the machine;
+    see fanout_many), with the CPU each costs the client and the machine (--fanout: only
+    these, through paramiko and through OpenSSH);
   * the real tunnel keeper's memory (VmRSS, Pss) connected to 1, 16 and 64 hosts, and per host;
   * the first call from nothing with the agent installed but stopped (SSH + agent start +
     SSH + auth + hello), and with the agent running but no connection (SSH + auth);
@@ -34,7 +37,7 @@ keeper memory use only the public Fleet/Host and the CLI.
 
 Needs root (sshd + throwaway users). Deploys the agent to 4 servers first (~30 s).
 
-    python benchmarks/bench_tunnel.py [--quick] [--services]   (--services: only those rows)
+    python benchmarks/bench_tunnel.py [--quick] [--services | --fanout]   (only those rows)
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,7 +126,7 @@ def alias_config(path: Path, server: SshServer, n: int) -> tuple[Path, list[str]
     return path, aliases
 
 
-def fanout_many(server: SshServer, folder: Path, runs: int) -> None:
+def fanout_many(server: SshServer, folder: Path, runs: int, via: str | None = None) -> None:
     """Fleet.batch of a `wait` that times out after LAG on 1, 16 and 64 hosts, round-robin.
 
     64 real sshd servers with 64 agents (and 64 throwaway users, 64 agent venvs) are too
@@ -133,10 +137,10 @@ def fanout_many(server: SshServer, folder: Path, runs: int) -> None:
     All hosts see the same state, hence one token, so the public Fleet.batch can send the
     same op to all (the 4-host rows above need a token per server)."""
     config, aliases = alias_config(folder / "config-fanout", server, max(FANOUT))
-    with Host(aliases[0], ssh_config=config, notice=quiet) as probe:
+    with Host(aliases[0], ssh_config=config, notice=quiet, via=via) as probe:
         token = probe.wait(None, 0)["token"]
     op = [("wait", {"token": token, "timeout": LAG})]
-    fleets = {n: Fleet(aliases[:n], ssh_config=config, notice=quiet) for n in FANOUT}
+    fleets = {n: Fleet(aliases[:n], ssh_config=config, notice=quiet, via=via) for n in FANOUT}
     try:
         for n, fleet in fleets.items():
             result = fleet.batch(op)  # connects every host (not timed)
@@ -176,9 +180,11 @@ def services_rows(server: SshServer, config: Path, runs: int) -> None:
     """`ps + persistent` of N services through Host.batch over the real tunnel: N server
     state files (running with distinct live pids / stale / failed, as bench_agent.py) and a
     buffer folder of N/3 projects walked at level 2. The N-service states grow in place
-    (each N's keys include the previous N's), on one sshd and one agent."""
+    (each N's keys include the previous N's), on one sshd and one agent. Through paramiko
+    (the default) and through the user's OpenSSH (via="openssh"), interleaved."""
     sleepers = spawn_sleepers(250)
-    host = Host(server.alias, ssh_config=config, notice=quiet)
+    hosts = {"paramiko": Host(server.alias, ssh_config=config, notice=quiet),
+             "openssh": Host(server.alias, ssh_config=config, notice=quiet, via="openssh")}
     scratch = Path(tempfile.mkdtemp(prefix="ss-bench-services-"))
     try:
         bufferdir = server.home / "data" / "buffers"
@@ -191,21 +197,48 @@ def services_rows(server: SshServer, config: Path, runs: int) -> None:
             for path in sorted((scratch / "buffers").rglob("*")):
                 if path.is_file():
                     server.write_file(f"data/buffers/{path.relative_to(scratch / 'buffers')}", path.read_bytes())
+            host = hosts["paramiko"]
             ps, _ = host.batch([("ps", {}), persistent])  # the first answer starts the sizer
             assert len(ps["rows"]) >= n, (len(ps["rows"]), n)  # + make_state's few, in a full run
             time.sleep(2.5)  # past the 2 s within which the agent distrusts cached listings
-            host.batch([("ps", {}), persistent])
+            _, walked = host.batch([("ps", {}), persistent])
             watch = ps.get("watch") or "stat (an agent from before file watching)"
-            p50, p99 = median_ms(lambda: host.batch([("ps", {})]), runs)
-            row(f"{n} services: ps (file watch: {watch})", p50, p99)
-            p50, p99 = median_ms(lambda: host.batch([("ps", {}), persistent]), runs)
-            row(f"{n} services: ps + persistent", p50, p99, f"target p50 <= {target:g}", p50 <= target)
+            walk_watch = walked.get("watch") or "stat (an agent from before the kept walk)"
+            calls = {f"{n} services: ps (file watch: {watch})": [("ps", {})],
+                     f"{n} services: persistent (walk: {walk_watch})": [persistent],
+                     f"{n} services: ps + persistent": [("ps", {}), persistent]}
+            for label, ops in calls.items():
+                samples = interleaved({via: (lambda h=h, o=ops: h.batch(o)) for via, h in hosts.items()}, runs)
+                for via, (p50, p99) in samples.items():
+                    goal = label.endswith("ps + persistent")
+                    row(f"{label}, {via}", p50, p99, f"target p50 <= {target:g}" if goal else "",
+                        p50 <= target if goal else None)
     finally:
-        host.close()
+        for host in hosts.values():
+            host.close()
         for proc in sleepers:
             proc.kill()
             proc.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def interleaved(calls: dict[str, Callable[[], object]], runs: int, slice_: int = 20) -> dict[str, tuple[float, float]]:
+    """(p50, p99) ms per call, the calls taken in turns of `slice_` (the machine's load hits
+    each alike)."""
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for call in calls.values():
+        call()
+    for _ in range(max(1, runs // slice_)):
+        for label, call in calls.items():
+            for _ in range(slice_):
+                t0 = time.perf_counter()
+                call()
+                samples[label].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for label, values in samples.items():
+        values.sort()
+        out[label] = (values[len(values) // 2], values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))])
+    return out
 
 
 def host_overhead(server: SshServer, config: Path, runs: int) -> None:
@@ -387,6 +420,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--services", action="store_true",
                         help="only the 200 and 1,000 services ps + persistent rows (one sshd)")
+    parser.add_argument("--fanout", action="store_true",
+                        help="only the fan-out over 1, 16 and 64 hosts, through paramiko and through "
+                             "the user's OpenSSH (one sshd)")
     args = parser.parse_args()
     runs = 100 if args.quick else 500
     reason = sshd_available()
@@ -397,7 +433,7 @@ def main() -> int:
     servers: list[SshServer] = []
     transports: list[AgentTransport] = []
     try:
-        for i in range(1 if args.services else HOSTS):
+        for i in range(1 if args.services or args.fanout else HOSTS):
             servers.append(SshServer.start(alias=f"bench-{i}"))
         config = combined_ssh_config(Path(tempfile.mkdtemp(prefix="ss-bench-cfg-")) / "config", servers)
         print(f"deploying the agent to {len(servers)} sshd server(s) ...", flush=True)
@@ -422,6 +458,13 @@ def main() -> int:
             if not args.services:
                 make_state(server)
         main_alias = servers[0].alias
+        if args.fanout:
+            folder = Path(tempfile.mkdtemp(prefix="ss-bench-fanout-"))
+            for via in ("paramiko", "openssh"):
+                print(f"\nfan-out through {via}, hosts answering in {LAG * 1000:g} ms:")
+                fanout_many(servers[0], folder, runs, via=via)
+            shutil.rmtree(folder, ignore_errors=True)
+            return 0
         if args.services:
             print("\nthrough Host (a long-lived process, the real tunnel):")
             host_overhead(servers[0], config, runs)

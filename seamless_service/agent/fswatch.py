@@ -13,6 +13,11 @@ The events are those that change what `ps` shows of a file: created, deleted, re
 or out, written (IN_MODIFY and IN_CLOSE_WRITE: an in-place rewrite that keeps size,
 inode and timestamp tick is seen too), attributes changed (IN_ATTRIB: a chmod makes a
 file unreadable). Liveness of a pid is no file event: callers keep probing it.
+
+`TreeWatch` watches many folders through one descriptor and only says whether anything
+in any of them changed: the persistent op keeps a walk's rows until then. `LOCAL_FS`,
+`mount_table()` and `fs_types()` tell where inotify can be trusted at all (not on a
+network filesystem, where other machines' changes send no event).
 """
 
 from __future__ import annotations
@@ -142,24 +147,130 @@ class FolderWatch:
         self._fd, self._ident = -1, None
 
     def _drain(self) -> set[str] | None:
+        events = _read_events(self._fd)
+        if events is None:
+            return None
         names: set[str] = set()
-        while True:
-            try:
-                data = os.read(self._fd, _READ_SIZE)
-            except BlockingIOError:
-                return names
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
+        for mask, name in events:
+            if mask & LOST:
                 return None
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                if mask & LOST:
-                    return None
-                start = offset + _EVENT.size
-                if mask & self.mask and length:
-                    names.add(os.fsdecode(data[start:start + length].rstrip(b"\0")))
-                offset = start + length
-            if len(data) < _READ_SIZE - 4096:  # a short read: the queue is empty
-                return names
+            if mask & self.mask and name:
+                names.add(os.fsdecode(name))
+        return names
+
+
+def _read_events(fd: int) -> list[tuple[int, bytes]] | None:
+    """Every queued event of inotify descriptor `fd` as (mask, name; b"" for the watched
+    folder itself), or None if the descriptor cannot be read (look at everything)."""
+    events: list[tuple[int, bytes]] = []
+    while True:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return events
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return None
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            start = offset + _EVENT.size
+            events.append((mask, data[start:start + length].rstrip(b"\0")))
+            offset = start + length
+        if len(data) < _READ_SIZE - 4096:  # a short read: the queue is empty
+            return events
+
+
+class TreeWatch:
+    """inotify on many folders through one descriptor, for an answer cached until anything
+    in any of them changes (the persistent op's walk, agent/ops/persistent.py).
+
+    `add(path)` watches a folder; call it *before* looking at the folder, so a change
+    made while it is looked at is an event too. `changed()` is True once any event came
+    for any watched folder (an entry created, deleted, renamed, written or chmod-ed; the
+    folder itself chmod-ed, touched, deleted or moved; a queue overflow) or the watch
+    cannot be read; it stays True: the owner drops the cached answer and `close()`s.
+    What this cannot see, the owner checks itself: a *parent* of the top folder renamed or
+    replaced (its inode), symlinks and hard links (their targets change elsewhere),
+    mounts, and changes on a network filesystem made by another machine (`local_fs`)."""
+
+    MASK = ENTRY_EVENTS | IN_DELETE_SELF | IN_MOVE_SELF
+
+    def __init__(self) -> None:
+        self.failed: str | None = None   # why inotify cannot be used, if it cannot
+        self.watches = 0
+        self._changed = False
+        self._lock = threading.Lock()
+        self._fd = -1
+        libc = _load() if available() else False
+        if not libc:
+            self.failed = "inotify is not available"
+            return
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            self.failed = f"inotify_init1: {os.strerror(ctypes.get_errno())}"
+            return
+        self._fd = fd
+
+    @property
+    def active(self) -> bool:
+        return self._fd >= 0
+
+    def add(self, path: str) -> bool:
+        """Watch folder `path` (symlinks followed); False (and `failed` says why) if it
+        cannot be watched: not a folder, gone, the user's inotify limits reached."""
+        with self._lock:
+            if self._fd < 0:
+                return False
+            if _load().inotify_add_watch(self._fd, os.fsencode(path), self.MASK | IN_ONLYDIR) < 0:
+                self.failed = f"inotify_add_watch: {os.strerror(ctypes.get_errno())}"
+                return False
+            self.watches += 1
+            return True
+
+    def changed(self) -> bool:
+        """Did anything change in a watched folder since it was added? (Drains the queue.)"""
+        with self._lock:
+            if not self._changed:
+                events = _read_events(self._fd) if self._fd >= 0 else None
+                self._changed = events is None or bool(events)
+            return self._changed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd, self._changed = -1, True
+
+
+# Filesystems on which every change goes through this kernel, so inotify sees it. On a
+# network or cluster filesystem (NFS, Lustre, GPFS, CIFS, FUSE mounts, ...) a change
+# made by another machine sends no event here: answers are not cached there.
+LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "overlay", "zfs",
+                      "f2fs", "jfs", "reiserfs", "bcachefs", "nilfs2", "vfat", "exfat"})
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def mount_table() -> bytes | None:
+    """This process's mount table (compared before trusting a cached walk: a mount over a
+    watched folder changes what is there without an event), None where there is none."""
+    try:
+        with open(MOUNTINFO, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def fs_types(table: bytes) -> dict[int, str]:
+    """st_dev -> filesystem type, from a mount table as `mount_table()` returns it."""
+    types: dict[int, str] = {}
+    for line in table.splitlines():
+        fields = line.split()
+        try:
+            major, minor = fields[2].split(b":")
+            fstype = fields[fields.index(b"-") + 1]
+        except (IndexError, ValueError):
+            continue
+        types[os.makedev(int(major), int(minor))] = os.fsdecode(fstype)
+    return types

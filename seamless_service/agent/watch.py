@@ -30,6 +30,7 @@ import hashlib
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import rhl
@@ -63,6 +64,10 @@ class _Folder:
         self._links: set[str] = set()
         self._entries: list[tuple[str, os.stat_result]] = []
         self.generation = 0   # bumped whenever the entries may differ from the last poll's
+        # bumped whenever a file may have changed at all, signature moved or not (an event,
+        # a rescan: in stat mode every poll): what is derived from the files is kept only
+        # while this stays (ps' rows)
+        self.version = 0
 
     @property
     def watched(self) -> bool:
@@ -78,6 +83,7 @@ class _Folder:
         changed = self._watch.changes() if self._watch is not None else None
         if changed is None or not self.watched:
             self._rescan(forget_all=self.watched)
+            self.version += 1
             return self._entries
         changed.update(self._links)
         dirty = False
@@ -87,6 +93,7 @@ class _Folder:
                 dirty = True
         if dirty:
             self._sort()
+            self.version += 1
         return self._entries
 
     def close(self) -> None:
@@ -128,6 +135,15 @@ def _signatures(entries: list[tuple[str, os.stat_result]]) -> list[tuple[str, _S
     return [(path, statefiles.stat_signature(st)) for path, st in entries]
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    token: str
+    seen: dict[str, list[tuple[str, os.stat_result]]]
+    versions: dict[str, int]    # role ("server", "client") -> _Folder.version
+    alive: dict[int, bool]      # pid -> the liveness answer the token was made with
+    answers: bytes              # those answers in the order of the server files
+
+
 class Watcher:
     """Computes change tokens for one launcher base; shared by all ops of an agent."""
 
@@ -165,16 +181,25 @@ class Watcher:
         stats (re-stat-ed only where something changed, see _Folder), which `ps` reuses for
         its rows. Paths are plain strings: on a poll of hundreds of files pathlib would
         cost more than the stats."""
+        snap = self.snapshot()
+        return snap.token, snap.seen
+
+    def snapshot(self) -> "Snapshot":
+        """What `scan` returns, plus what `ps` keys its kept rows on: the folders' versions
+        and the liveness answer for each server file's pid taken for the token."""
         with self._lock:
             seen = {role: folder.entries() for role, folder in self._folders}
             generations = tuple(folder.generation for _role, folder in self._folders)
+            versions = {role: folder.version for role, folder in self._folders}
             if generations != self._static[0]:
                 self._static = (generations, *self._files_digest(seen))
             static, pids = self._static[1], self._static[2]
         # liveness is no file event: probed on every scan (LivenessCache: at most TTL late)
-        alive = bytes(2 if pid is None else self._probe(pid) for pid in pids)
+        answers = [None if pid is None else self._probe(pid) for pid in pids]
+        alive = bytes(2 if answer is None else answer for answer in answers)
         digest = hashlib.sha256(static + alive)
-        return digest.hexdigest()[:TOKEN_HEX], seen
+        return Snapshot(digest.hexdigest()[:TOKEN_HEX], seen, versions,
+                        {pid: answer for pid, answer in zip(pids, answers) if pid is not None}, alive)
 
     def _files_digest(self, seen: dict[str, list[tuple[str, os.stat_result]]]) -> tuple[bytes, list[int | None]]:
         parts: list[str] = []

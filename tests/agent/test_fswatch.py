@@ -238,3 +238,27 @@ def test_rows_kept_per_file_version_still_follow_the_pid_and_no_status(sandbox, 
         assert [r["status"] for r in call(ctx, "ps", no_status=True)["rows"]] == ["running"]
     finally:
         proc.kill()
+
+
+def test_unchanged_server_rows_are_kept_and_every_change_rebuilds_them(sandbox, ctx):
+    """ps keeps its server rows while no file had an event and every liveness answer and
+    no_status are the same (agent/ops/ps.py _KeptRows); each of those changes rebuilds them."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = sandbox.write_state(KEY, {"status": "running", "pid": proc.pid, "port": 1})
+        rows(ctx)
+        kept = ctx.extras["ps_rows"]
+        hits = kept.hits
+        assert rows(ctx)[KEY]["status"] == "running" and kept.hits == hits + 1
+        with open(path, "r+b") as handle:   # same size, same inode: only an event says so
+            handle.write(json.dumps({"status": "running", "pid": proc.pid, "port": 2}).encode())
+        assert rows(ctx)[KEY]["port"] == 2
+        assert [r["live"] for r in call(ctx, "ps", no_status=True)["rows"]] == [None]
+        assert [r["live"] for r in call(ctx, "ps")["rows"]] == [True]
+        proc.kill()
+        proc.wait()
+        time.sleep(LivenessCache.TTL)
+        assert rows(ctx)[KEY]["status"] == "stale"
+        assert kept.hits == hits + 1   # every call after the first hit was a change
+    finally:
+        proc.kill()

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ...protocol import ErrorCode, ProtocolError
 from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
@@ -58,7 +59,7 @@ from ...rhl import client_process
 from .. import statefiles
 from ..context import AgentContext
 from ..paths import join
-from ..watch import watcher
+from ..watch import Snapshot, watcher
 
 
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +70,15 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
     check_pid = not args.get("no_status", False)
     files = watcher(ctx)
-    token, seen = files.scan()  # before reading: see module docstring
+    snap = files.snapshot()  # before reading: see module docstring
+    token = snap.token
     if side == "client":
         rows = client_rows(ctx, check_pid=check_pid)
         if host:
             rows = [row for row in rows if row.get("ssh_host") == host]
         status_field = "process"
     else:
-        rows = server_rows(ctx, check_pid=check_pid, entries=seen["server"])
+        rows = _kept_server_rows(ctx, snap, check_pid)
         status_field = "status"
     wanted = args.get("status")
     if wanted:
@@ -95,12 +97,53 @@ def liveness(ctx: AgentContext) -> statefiles.LivenessCache:
     return ctx.shared("liveness", statefiles.LivenessCache)
 
 
+class _KeptRows:
+    """The server rows of the last `ps`, reused while the state folders' versions (no file
+    event, watch._Folder.version), `no_status` and every pid's liveness answer are those
+    they were made with: rows are a function of the files and those answers only. A poll
+    of 1,000 unchanged services then costs the scan, not 1,000 rows built again."""
+
+    def __init__(self, ctx: object = None) -> None:
+        self.key: tuple | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.hits = 0   # tests, diagnostics
+        self.lock = threading.Lock()
+
+
+def _kept_server_rows(ctx: AgentContext, snap: Snapshot, check_pid: bool) -> list[dict[str, Any]]:
+    kept: _KeptRows = ctx.shared("ps_rows", _KeptRows)
+    key = (snap.versions["server"], check_pid, snap.answers if check_pid else b"")
+    with kept.lock:
+        if kept.key == key:
+            kept.hits += 1
+            return list(kept.rows)   # the row dicts are never changed after this
+    missed: list[int] = []
+    probe = liveness(ctx).alive
+
+    def answer(pid: int) -> bool:
+        # the answer the token (and the key) was made with, so the rows match the key
+        found = snap.alive.get(pid)
+        if found is None:
+            missed.append(pid)
+            return probe(pid)
+        return found
+
+    rows = server_rows(ctx, check_pid=check_pid, entries=snap.seen["server"], probe=answer)
+    if not missed:
+        with kept.lock:
+            kept.key, kept.rows = key, rows
+        return list(rows)
+    return rows
+
+
 def server_rows(ctx: AgentContext, *, check_pid: bool = True,
-                entries: list[tuple[str, os.stat_result]] | None = None) -> list[dict[str, Any]]:
+                entries: list[tuple[str, os.stat_result]] | None = None,
+                probe: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
     """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections).
-    `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.scan)."""
+    `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.scan); `probe`:
+    the liveness answers to use (default: the agent's LivenessCache)."""
     rows = []
-    cache, probe = state_cache(ctx), liveness(ctx).alive
+    cache, probe = state_cache(ctx), probe or liveness(ctx).alive
     if entries is None:
         entries = [(join(str(ctx.server_dir), name), None)
                    for name in statefiles.state_file_names(ctx.server_dir)]
