@@ -121,6 +121,12 @@ class FolderWatch:
         self._close_fd()
         if ident is None:
             return  # no folder yet: the caller lists nothing and asks again next time
+        remote = _not_local(ident[0])
+        if remote:
+            # e.g. a $HOME on NFS shared by login nodes: a state file written on another
+            # node sends no event here, so every poll stats every file
+            self.failed = remote
+            return
         libc = _load()
         if not libc:
             self.failed = "inotify is not available"
@@ -260,6 +266,15 @@ def mount_table() -> bytes | None:
             return handle.read()
     except OSError:
         return None
+
+
+def _not_local(dev: int) -> str | None:
+    """Why a folder on device `dev` cannot be trusted to inotify, or None if it can."""
+    table = mount_table()
+    fstype = fs_types(table).get(dev) if table is not None else None
+    if fstype in LOCAL_FS:
+        return None
+    return f"on a {fstype or 'unknown'} filesystem: changes made by other machines send no event"
 
 
 def fs_types(table: bytes) -> dict[int, str]:

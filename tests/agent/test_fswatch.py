@@ -262,3 +262,17 @@ def test_unchanged_server_rows_are_kept_and_every_change_rebuilds_them(sandbox, 
         assert kept.hits == hits + 1   # every call after the first hit was a change
     finally:
         proc.kill()
+
+
+def test_state_folders_on_a_network_filesystem_are_stat_ed_every_poll(sandbox, monkeypatch):
+    # e.g. a $HOME on NFS shared by login nodes: a state file written on another node sends
+    # no event here, so the watch must not be trusted there (no filesystem counts as local)
+    monkeypatch.setattr(fswatch, "LOCAL_FS", frozenset())
+    context = AgentContext(base=sandbox.base)
+    try:
+        sandbox.write_state(KEY, {"status": "failed"})
+        reply = call(context, "ps")
+        assert reply["watch"] == "stat" and [r["status"] for r in reply["rows"]] == ["failed"]
+        assert call(context, "hello")["file_watch"] == "stat"
+    finally:
+        context.close()
