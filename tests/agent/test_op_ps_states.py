@@ -153,15 +153,17 @@ def test_unreadable_files_are_error_rows_and_the_rest_listed(sandbox, make_ctx):
 
 
 def test_a_client_file_removed_while_listed_is_left_out(sandbox, make_ctx, monkeypatch):
-    """Listed, then removed (rhl-rm) before it could be read: as if listed a moment later."""
-    sandbox.write_state("hashserver-c1-rw-kept", {"hostname": "localhost", "port": 1}, side="client")
+    """Listed, then removed (rhl-rm) before it could be read: as if listed a moment later;
+    the files listed after it are all still shown."""
+    for key in ("hashserver-c1-rw-kept", "hashserver-c1-rw-kept2"):
+        sandbox.write_state(key, {"hostname": "localhost", "port": 1}, side="client")
     listing = statefiles.list_state_files
 
     def racing_listing(directory: Path) -> list[Path]:
-        return listing(directory) + [directory / "zz-removed.json"]
+        return [directory / "aa-removed.json"] + listing(directory) + [directory / "zz-removed.json"]
 
     monkeypatch.setattr(statefiles, "list_state_files", racing_listing)
-    assert _keys(call(make_ctx(), "ps", side="client")["rows"]) == ["hashserver-c1-rw-kept"]
+    assert _keys(call(make_ctx(), "ps", side="client")["rows"]) == ["hashserver-c1-rw-kept", "hashserver-c1-rw-kept2"]
 
 
 def test_no_state_at_all(sandbox, make_ctx):

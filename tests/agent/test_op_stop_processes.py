@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -198,3 +199,21 @@ def test_keys_read_as_options_are_refused(sandbox, make_ctx):
     with pytest.raises(ProtocolError) as info:
         call(make_ctx(), "stop", keys=["-h"])
     assert info.value.code == ErrorCode.INVALID_KEY
+
+
+def test_a_dead_service_whose_file_cannot_be_marked_is_an_error(sandbox, zombie, make_ctx):
+    """The state folder may not be written (immutable: for root too): rhl-stop would exit 1
+    then; the key says why and is not reported stopped, and its file is as it was."""
+    path = sandbox.write_state("toy-died", {"command": "sleep 300", "status": "running", "pid": zombie()})
+    before = path.read_bytes()
+    folder = sandbox.server_dir
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i not supported here: {done.stderr.strip()}")
+    try:
+        (result,) = call(make_ctx(), "stop", keys=["toy-died"])["results"]
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert result["outcome"].startswith("error: could not mark toy-died stale: [Errno 1] Operation not permitted")
+    assert (result["stopped"], result["signalled"]) == (False, False)
+    assert path.read_bytes() == before and sorted(os.listdir(folder)) == ["toy-died.json"]
