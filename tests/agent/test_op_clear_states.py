@@ -299,20 +299,120 @@ def test_as_another_user_an_unreadable_directory_is_said_and_search_only_parents
         put_file(d / "mine")
         put_file(d / "private" / "f")
         os.chmod(d / "private", 0o700)
-        for path in (d, d / "mine"):
+        # stranded markers: in keep folders they may not open, and in one of theirs
+        for n in range(8):
+            (d / f"{clear_op.KEEP_PREFIX}root{n}").mkdir(mode=0o700)
+        put_file(d / f"{clear_op.KEEP_PREFIX}theirs" / HS, b"prefix")
+        for path in (d, d / "mine", d / f"{clear_op.KEEP_PREFIX}theirs", d / f"{clear_op.KEEP_PREFIX}theirs" / HS):
             os.chown(path, OTHER_UID, OTHER_UID)
+        (root / "locked").mkdir(mode=0o700)
         ctx = AgentContext(base=root / "rhl", policy=parse_policy("permissive"))
 
         def as_them() -> dict:
             try:
-                return call(ctx, "clear", path=str(d), force=True)
+                os.close(clear_op.open_directory(root / "locked" / "data"))
+            except ProtocolError as exc:
+                locked = [exc.code, exc.message]
+            try:
+                return {**call(ctx, "clear", path=str(d), force=True), "locked": locked}
             except ProtocolError as exc:
                 return {"refused": exc.message}
 
         result = as_user(OTHER_UID, OTHER_UID, as_them)
+        assert result["locked"] == [ErrorCode.OP_FAILED, f"could not open {root}/locked/data: Permission denied"]
         assert result.get("stderr") == f"seamless-service: could not remove {d}/private: [Errno 13] Permission denied\n", result
-        assert (result["ok"], result["removed"]) == (False, 1) and tree(d) == {"private", "private/f"}
+        assert (result["ok"], result["removed"], result["preserved"]) == (False, 1, [HS])
+        assert tree(d) == {"private", "private/f", HS, *(f"{clear_op.KEEP_PREFIX}root{n}" for n in range(8))}
         mine = call(make_ctx("permissive"), "clear", path=str(d))
-        assert (mine["ok"], mine["removed"], tree(d)) == (True, 2, set())
+        assert (mine["ok"], mine["removed"], mine["preserved"]) == (True, 2, [HS])  # private/f, private
+        with pytest.raises(ProtocolError) as info:   # in this process too (what mutation runs see)
+            clear_op.open_directory(root / "locked" / "gone")
+        assert info.value.code == ErrorCode.NOT_FOUND
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- a directory that changes while it is cleared -------------------------------------------
+
+class _Listed(list):
+    """A listing taken earlier, handed out as os.scandir's context manager."""
+
+    def __enter__(self) -> "_Listed":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.fixture
+def after_listing(monkeypatch):
+    """arm(where, action, skip=0): run `action` once, right after the clear has listed the
+    directory `where` (its `skip`+1-th listing; the cleared directory itself is listed once
+    for stranded markers first), as if another process changed it at that moment. The
+    clear then works from the listing it took, as it would in that race."""
+    real = os.scandir
+
+    def arm(where: Path, action, skip: int = 0) -> None:
+        target, seen = os.stat(where), []
+
+        def scandir(*args):
+            found = real(*args)
+            if not args or not isinstance(args[0], int) or not os.path.samestat(os.fstat(args[0]), target):
+                return found
+            seen.append(1)
+            if len(seen) != skip + 1:
+                return found
+            with found:
+                entries = _Listed(found)
+            action()
+            return entries
+
+        monkeypatch.setattr(os, "scandir", scandir)
+
+    return arm
+
+
+def test_entries_swapped_after_the_listing(sandbox, make_ctx, tmp_path, after_listing, immutable):
+    """Each entry is removed as what it is when it is removed, never through a link: a file
+    that became a directory is emptied and removed (a dot directory now: kept), a directory
+    that became a symlink loses the link only, one that became a file that cannot be
+    removed is said."""
+    d = tmp_path / "data" / "swapped"
+    sub = d / "sub"
+    put_file(sub / "f")
+    put_file(sub / ".g")
+    put_file(sub / "dir" / "x")
+    put_file(sub / "dir2" / "y")
+    elsewhere = tmp_path / "elsewhere"
+    put_file(elsewhere / "precious", b"p")
+
+    def swap() -> None:
+        for name in ("f", ".g"):
+            (sub / name).unlink()
+            put_file(sub / name / "inner")
+        shutil.rmtree(sub / "dir")
+        (sub / "dir").symlink_to(elsewhere)
+        shutil.rmtree(sub / "dir2")
+        put_file(sub / "dir2")
+        immutable(sub / "dir2")
+
+    after_listing(sub, swap)
+    result = call(make_ctx("permissive"), "clear", path=str(d))
+    assert result["stderr"] == f"seamless-service: could not remove {sub}/dir2: [Errno 1] Operation not permitted\n"
+    assert (result["ok"], result["removed"], result["helper_removed"]) == (False, 3, 0)  # f/inner, f, the link
+    assert tree(d) == {"sub", "sub/.g", "sub/.g/inner", "sub/dir2"}
+    assert tree(elsewhere) == {"precious"}
+
+
+def test_markers_that_cannot_be_put_back_are_said(sandbox, make_ctx, tmp_path, after_listing, immutable):
+    """The directory made immutable once listed: nothing can be removed, and the marker set
+    aside cannot go back either; the reply says where it waits."""
+    d = tmp_path / "data" / "buffers" / "locked-late"
+    put_file(d / HS, b"")
+    put_file(d / "a")
+    after_listing(d, lambda: immutable(d), skip=1)
+    message = refused(make_ctx(), ErrorCode.OP_FAILED, path=str(d))
+    [keep] = [name for name in os.listdir(d) if name.startswith(clear_op.KEEP_PREFIX)]
+    assert message == (f"cleared, but could not restore markers ['{HS}'] from {d}/{keep}: "
+                       "Operation not permitted")
+    assert tree(d) == {"a", keep, f"{keep}/{HS}"}
