@@ -299,11 +299,14 @@ def test_as_another_user_an_unreadable_directory_is_said_and_search_only_parents
         put_file(d / "mine")
         put_file(d / "private" / "f")
         os.chmod(d / "private", 0o700)
-        # stranded markers: in keep folders they may not open, and in one of theirs
+        # stranded markers: in keep folders they may not open, and in theirs
         for n in range(8):
             (d / f"{clear_op.KEEP_PREFIX}root{n}").mkdir(mode=0o700)
-        put_file(d / f"{clear_op.KEEP_PREFIX}theirs" / HS, b"prefix")
-        for path in (d, d / "mine", d / f"{clear_op.KEEP_PREFIX}theirs", d / f"{clear_op.KEEP_PREFIX}theirs" / HS):
+        # (several of each: the order in which they are listed is the file system's)
+        theirs = [d / f"{clear_op.KEEP_PREFIX}theirs{n}" for n in range(8)]
+        for keep in theirs:
+            put_file(keep / HS, b"prefix")
+        for path in (d, d / "mine", *theirs, *(keep / HS for keep in theirs)):
             os.chown(path, OTHER_UID, OTHER_UID)
         (root / "locked").mkdir(mode=0o700)
         ctx = AgentContext(base=root / "rhl", policy=parse_policy("permissive"))
