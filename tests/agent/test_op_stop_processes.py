@@ -20,10 +20,11 @@ import time
 import pytest
 
 from seamless_service.agent import procinfo
+from seamless_service.agent.context import AgentContext
 from seamless_service.protocol import ErrorCode, ProtocolError
 from tests.support.agent import call
 from tests.support.processes import alive, gone
-from tests.support.services import wait_for
+from tests.support.services import LauncherSandbox, wait_for
 
 UID = os.getuid()
 
@@ -170,15 +171,18 @@ def test_rhl_stop_that_fails_without_an_outcome_is_an_error_for_its_keys(sandbox
     """rhl-stop marks a stopped key stale through KEY.tmp: a directory of that name makes
     it die before it prints the key's outcome line."""
     pid, _ = service(sleeper, sandbox, "toy-t")
+    other, _ = service(sleeper, sandbox, "toy-u")
     (sandbox.server_dir / "toy-t.tmp").mkdir()
-    value = call(make_ctx(), "stop", keys=["toy-t", "toy-none"])
+    value = call(make_ctx(), "stop", keys=["toy-t", "toy-none", "toy-u"])
     said = value["stderr"].strip().splitlines()[-1]
     assert said.startswith("rhl-stop: could not mark toy-t stale: ")
     assert value["exit_status"] == 1
-    (result, missing) = value["results"]
+    (result, missing, after) = value["results"]
     assert result == {"key": "toy-t", "outcome": f"error: rhl-stop gave no outcome ({said})", "stopped": False,
                       "signalled": False, "status": "running", "pid": pid}
     assert outcome(missing) == ("missing state", False, False)  # decided here: never sent to rhl-stop
+    # rhl-stop died before it got to the next key's line: that key says so too
+    assert after == {**result, "key": "toy-u", "pid": other}
 
 
 def test_without_rhl_stop_each_key_that_needed_it_says_so(sandbox, sleeper, make_ctx, monkeypatch, tmp_path):
@@ -217,3 +221,17 @@ def test_a_dead_service_whose_file_cannot_be_marked_is_an_error(sandbox, zombie,
     assert result["outcome"].startswith("error: could not mark toy-died stale: [Errno 1] Operation not permitted")
     assert (result["stopped"], result["signalled"]) == (False, False)
     assert path.read_bytes() == before and sorted(os.listdir(folder)) == ["toy-died.json"]
+
+
+def test_an_agent_on_another_launcher_base_stops_that_bases_service(sandbox, sleeper, tmp_path):
+    """rhl-stop is pointed at the agent's base, not at the one of $HOME (the sandbox's, empty)."""
+    other = LauncherSandbox(tmp_path / "other")
+    pid, state = service(sleeper, other, "toy-elsewhere")
+    ctx = AgentContext(base=other.base)
+    try:
+        (result,) = call(ctx, "stop", keys=["toy-elsewhere"])["results"]
+    finally:
+        ctx.close()
+    assert outcome(result) == ("stopped", True, True)
+    wait_for(lambda: gone(pid))
+    assert state_of(other, "toy-elsewhere") == {**state, "status": "stale"}
