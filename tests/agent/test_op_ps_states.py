@@ -169,3 +169,15 @@ def test_a_client_file_removed_while_listed_is_left_out(sandbox, make_ctx, monke
 def test_no_state_at_all(sandbox, make_ctx):
     ctx = make_ctx()
     assert call(ctx, "ps")["rows"] == [] == call(ctx, "ps", side="client")["rows"]
+
+
+def test_a_service_that_exited_unreaped_is_stale(sandbox, zombie, make_ctx):
+    """A zombie (exited, its parent has not reaped it) runs nothing: kill(pid, 0) still
+    succeeds on it, ps must not show it running."""
+    sandbox.write_state(UP, {"status": "running", "pid": zombie(), "port": 5100})
+    sandbox.write_state(BOOT, {"status": "starting", "pid": zombie()})
+    sandbox.write_state(UP, {"hostname": "localhost", "port": 5100}, side="client")
+    ctx = make_ctx()
+    rows = {row["key"]: (row["status"], row["live"]) for row in call(ctx, "ps")["rows"]}
+    assert rows == {UP: ("stale", False), BOOT: ("failed", False)}
+    assert [row["process"] for row in call(ctx, "ps", side="client")["rows"]] == ["stale"]
