@@ -49,13 +49,27 @@ MIRRORED: dict[str, list[str]] = {
     # forget_below (after a clear) is exercised by the clear op's tests only
     "seamless_service/agent/sizer.py": ["tests/agent/test_sizer.py", "tests/agent/test_op_clear.py"],
     "seamless_service/agent/statefiles.py": ["tests/agent/test_statefiles.py"],
-    "seamless_service/agent/ops/ps.py": ["tests/agent/test_op_ps.py"],
-    # not the two SIGKILL-escalation tests (10 s each: rhl-stop's own SIGINT/SIGTERM waits);
-    # test_stop_kills_surviving_group_members covers the same group kill
-    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop.py",
-                                           "-k", "not escalates_to_sigkill and not after_kill_required"],
+    # the hand-written states of test_op_ps_states.py (live `sleep` pids), and of test_op_ps.py
+    # only the tests without its module `world` (four toy services launched: ~4 s a mutant)
+    "seamless_service/agent/ops/ps.py": ["tests/agent/test_op_ps_states.py", "tests/agent/test_op_ps.py", "-k",
+                                         "states or invalid_stem or file_removed or empty_and_missing"
+                                         " or old_port"],
+    # not test_op_stop.py: it launches toy services (seconds a mutant), and some of its states
+    # name pids that are not the test's own children (0, -1, a thread of the test, reaped
+    # pids the machine may hand on): a mutant that sends a key decided without rhl-stop to
+    # rhl-stop would have them signalled (-1: every process). test_op_stop_processes.py
+    # names only its own `sleep` group leaders and unreaped zombies.
+    "seamless_service/agent/ops/stop.py": ["tests/agent/test_op_stop_processes.py"],
     "seamless_service/agent/ops/rm.py": ["tests/agent/test_op_rm.py"],
-    "seamless_service/agent/ops/clear.py": ["tests/agent/test_op_clear.py", "tests/agent/test_clear_race.py"],
+    # not the two tests that launch a toy service (~4 s each): test_op_clear_states.py covers
+    # the running-service refusal with hand-written state and a live `sleep`; not the swap
+    # race either: its agent must run in the mutation copy (mutmut's trampoline reads its
+    # config from the current folder), which a clear mutant that loses its directory
+    # descriptor (dir_fd=None) empties; the in-process tests run in an empty folder
+    "seamless_service/agent/ops/clear.py": ["tests/agent/test_op_clear.py", "tests/agent/test_clear_race.py",
+                                            "tests/agent/test_op_clear_states.py", "-k",
+                                            "not running_service_blocks_clear and not force_clears_under"
+                                            " and not swap_for_a_symlink"],
     "seamless_service/agent/ops/logs.py": ["tests/agent/test_op_inspect_logs.py"],
     # its own tests kill every mutant (the op tests add minutes a mutant and nothing more); the
     # import-rule test reads rhl.py's source, which mutmut rewrites (it imports mutmut)

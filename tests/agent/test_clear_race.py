@@ -40,6 +40,11 @@ MAX_OPENS = 40                  # far more than one clear of these trees opens
 VICTIM_FILES = {"keys.txt": b"private key", "a/f1": b"one", "a/b/f2": b"two", "notes/n.txt": b"notes"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _in_empty_cwd(empty_cwd):
+    """A clear that lost its descriptor empties the current folder: let it be an empty one."""
+
+
 @pytest.fixture(scope="module")
 def place() -> Iterator[Path]:
     """A root the other user can traverse, with a group-shared buffer folder (setgid,

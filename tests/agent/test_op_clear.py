@@ -21,6 +21,11 @@ from seamless_service.protocol import ErrorCode, ProtocolError, validate_args
 from tests.support.other_user import OTHER_UID, as_user, needs_root
 from tests.support.trees import HS, put_file, tree
 
+@pytest.fixture(scope="module", autouse=True)
+def _in_empty_cwd(empty_cwd):
+    """A clear that lost its descriptor empties the current folder: let it be an empty one."""
+
+
 def hashserver_dir(path: Path) -> Path:
     """A hashserver buffer dir: marker, prefix dirs, a stage, a symlink, a dot dir, a/b/.keep."""
     put_file(path / HS, b"")
