@@ -45,6 +45,7 @@ INTERNAL = {
     "seamless_service.client.keeper.framing.FrameError",        # keeper/client.py: KeeperLost
     "seamless_service.client.keeper.framing.FrameTooLarge",
     "seamless_service.client.keeper.framing.FrameTruncated",
+    "seamless_service.client.keeper.framing.OlderKeeper",      # keeper/client.py: replaces that keeper
     "seamless_service.client.keeper.KeeperDirError",            # keeper/client.py: KeeperUnavailable
     "seamless_service.client.transport.openssh.StartFailed",   # AgentTransport: AgentUnavailable
 }
