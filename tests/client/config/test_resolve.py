@@ -84,6 +84,56 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
     assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
 
 
+# a cluster with queues and two frontends that can run a daskserver (not in CLUSTERS: the
+# other tests' "known: lc, rc, ..." lists stay as they are)
+DASK_CLUSTER = """\
+dk:
+  type: slurm
+  default_queue: main
+  queues:
+    main: {conda: dkenv, walltime: "01:00:00", memory: 4GB, cores: 2, unknown_task_duration: 1m,
+           target_duration: 10m, maximum_jobs: 4}
+    big: {TEMPLATE: main, conda: bigenv, memory: 64GB}
+  frontends:
+    - hostname: dk.invalid
+      ssh_hostname: dk-ssh
+      hashserver: {bufferdir: /srv/dk/buf}
+      database: {database_dir: /srv/dk/db}
+      daskserver: {network_interface: eth0, port_start: 61000, port_end: 61099}
+    - hostname: dk2.invalid
+      hashserver: {bufferdir: /srv/dk2/buf}
+      database: {database_dir: /srv/dk2/db}
+      daskserver: {network_interface: ib0, port_start: 62000, port_end: 62099}
+"""
+
+SAME_DASK = [
+    ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--subproject", "sp", "--stage", "s",
+     "--substage", "g"],
+    ["--service", "daskserver", "--workdir", ".", "--cluster", "dk", "--queue", "big", "--stage", "s"],
+    ["--service", "pure-daskserver", "--cluster", "dk"],
+    ["--service", "pure-daskserver", "--cluster", "dk", "--queue", "big", "--frontend-name", "dk2.invalid"],
+    # the second frontend: its own host (#1: its hostname) and roots
+    ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
+    ["--service", "hashserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
+    ["--service", "database", "--cluster", "dk", "--project", "p", "--mode", "ro", "--subproject", "sp",
+     "--stage", "s", "--frontend-name", "dk2.invalid"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME_DASK, ids=lambda a: " ".join(a))
+def test_resolve_daskservers_and_frontends_equal_seamless_config(seamless_home, argv):
+    with (seamless_home.home / ".seamless" / "clusters.yaml").open("a") as clusters:
+        clusters.write(DASK_CLUSTER)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    got, expected = json.loads(ours.stdout), json.loads(theirs.stdout)
+    if expected["ssh_hostname"] is None:  # #1: a remote frontend without ssh_hostname is reached at its hostname
+        assert got["ssh_hostname"] == "dk2.invalid"
+        expected["ssh_hostname"] = "dk2.invalid"
+    assert got == expected
+
+
 # ---------------------------------------------------------------- deliberate differences
 
 
