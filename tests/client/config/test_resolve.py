@@ -229,6 +229,22 @@ def test_cache_root_with_subproject_and_a_trailing_slash_33(seamless_home, tmp_p
     assert got.workdir == f"{root}/__TOPLEVEL__/sub/STAGE-boX"
 
 
+def test_the_local_cluster_is_this_machine_whatever_its_frontend_says(seamless_home, monkeypatch):
+    # local_cluster names a cluster whose frontend has an ssh_hostname: seamless-config runs
+    # its services here all the same (ssh_hostname null), and so do we
+    clusters = seamless_home.home / ".seamless" / "clusters.yaml"
+    clusters.write_text(clusters.read_text().replace("local_cluster: lc", "local_cluster: rc"))
+    argv = ["--service", "database", "--cluster", "rc", "--project", "p"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.stdout == theirs.stdout
+    assert json.loads(ours.stdout)["ssh_hostname"] is None
+    # the cluster-wide commands (ps --cluster rc, ...) go to the same place: this machine
+    monkeypatch.chdir(seamless_home.proj)
+    assert ClientConfig().cluster_host("rc") is None
+    assert ClientConfig().cluster_host("xtra") == "xtra.invalid"
+
+
 # ---------------------------------------------------------------- deliberate differences
 
 
