@@ -84,11 +84,12 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
     assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
 
 
-# a cluster with queues and two frontends that can run a daskserver (not in CLUSTERS: the
-# other tests' "known: lc, rc, ..." lists stay as they are)
+# a cluster with queues and two frontends that can both run a daskserver and a jobserver
+# (not in CLUSTERS: the other tests' "known: lc, rc, ..." lists stay as they are)
 DASK_CLUSTER = """\
 dk:
   type: slurm
+  workers: 2
   default_queue: main
   queues:
     main: {conda: dkenv, walltime: "01:00:00", memory: 4GB, cores: 2, unknown_task_duration: 1m,
@@ -100,10 +101,12 @@ dk:
       hashserver: {bufferdir: /srv/dk/buf}
       database: {database_dir: /srv/dk/db}
       daskserver: {network_interface: eth0, port_start: 61000, port_end: 61099}
+      jobserver: {conda: jobenv, network_interface: eth0, port_start: 63000, port_end: 63099}
     - hostname: dk2.invalid
       hashserver: {bufferdir: /srv/dk2/buf}
       database: {database_dir: /srv/dk2/db}
       daskserver: {network_interface: ib0, port_start: 62000, port_end: 62099}
+      jobserver: {conda: jobenv, network_interface: ib0, port_start: 63000, port_end: 63099}
 """
 
 SAME_DASK = [
@@ -115,6 +118,7 @@ SAME_DASK = [
     # the second frontend: its own host (#1: its hostname) and roots
     ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
     ["--service", "hashserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
+    ["--service", "jobserver", "--cluster", "dk", "--project", "p", "--stage", "s", "--frontend-name", "dk2.invalid"],
     ["--service", "database", "--cluster", "dk", "--project", "p", "--mode", "ro", "--subproject", "sp",
      "--stage", "s", "--frontend-name", "dk2.invalid"],
 ]
