@@ -15,6 +15,8 @@ it cannot change behaviour, list it in tools/mutation-equivalents.md with one li
 It is a tool, like benchmarks/: CI does not install mutmut nor run this. The run happens in
 a copy of the checkout in a temp folder (mutmut writes `mutants/` and caches beside the
 code), so the worktree stays clean; --keep leaves the copy for `mutmut show`/`browse`.
+Processes the tests start (a real agent, the CLI run in a project folder) run the mutants
+too, and count for the tests that started them (tools/mutate_site, see run_mutmut).
 Runs one module at a time with --jobs workers (default 1: the test machines are shared).
 """
 
