@@ -187,3 +187,35 @@ def test_resolve_key_that_resolves_to_another_key_says_so(seamless_home):
     with pytest.raises(KeyNotResolvable) as unresolvable:
         resolve_key("hashserver-nope-rw-p")
     assert str(unresolvable.value) == unresolvable.value.reason  # what a caller that prints it shows
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--service", "jobserver", "--cluster", "rc", "--project", "p"],
+     "jobserver: No frontend of cluster 'rc' can support a jobserver"),
+    (["--service", "pure-daskserver", "--cluster", "rc"], "pure-daskserver: No frontend of cluster 'rc' can support a daskserver"),
+    (["--service", "hashserver", "--cluster", "lc", "--project", "p", "--frontend-name", "nope"],
+     "hashserver: No frontend of cluster 'lc' with name 'nope' can support a hashserver"),
+    (["--service", "hashserver", "--cluster", "lc"],
+     "no project selected: pass --project or set one in seamless.yaml (resolve reads seamless.yaml only with --workdir DIR)"),
+    (["--service", "hashserver", "--cluster", "a--b", "--project", "p"], "invalid selection: cluster cannot contain '--'"),
+    (["--service", "hashserver", "--cluster", "lc", "--project", "p", "--stage", "a/b"],
+     "invalid --stage 'a/b': stage cannot contain '/'"),
+    (["--service", "jobserver", "--cluster", "lc", "--project", "p", "--substage", "x/y"],
+     "invalid --substage 'x/y': substage cannot contain '/'"),
+])
+def test_resolve_in_process_error_lines_in_full(seamless_home, capsys, monkeypatch, argv, line):
+    code, out, err = resolve_here(capsys, monkeypatch, *argv)
+    assert (code, out, err) == (2, "", f"seamless-service: {line}\n")
+
+
+@pytest.mark.parametrize("sel, message", [
+    (Selection(), "--service is required"),
+    (Selection(service="nope"), "unknown service 'nope' (known: hashserver, database, jobserver, daskserver, "
+                                "pure-daskserver)"),
+    (Selection(service="hashserver", mode="rx"), "--mode must be ro or rw, not 'rx'"),
+])
+def test_resolve_service_refuses_an_incomplete_selection(seamless_home, sel, message):
+    # what a caller of the API (a command that builds its own Selection) is told
+    with pytest.raises(UsageError) as info:
+        resolve_service(sel)
+    assert str(info.value) == message
