@@ -219,3 +219,14 @@ def test_resolve_service_refuses_an_incomplete_selection(seamless_home, sel, mes
     with pytest.raises(UsageError) as info:
         resolve_service(sel)
     assert str(info.value) == message
+
+
+def test_a_pure_daskserver_of_a_queue_the_cluster_lacks_is_refused(seamless_home, capsys, monkeypatch):
+    # seamless-config's select_queue refuses it quietly; the configure call says it
+    with (seamless_home.home / ".seamless" / "clusters.yaml").open("a") as clusters:
+        clusters.write(DASK_CLUSTER)
+    argv = ["--service", "pure-daskserver", "--cluster", "dk", "--queue", "nosuch"]
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 1 and "Cluster 'dk' has no queue 'nosuch'" in theirs.stderr
+    assert resolve_here(capsys, monkeypatch, *argv) == (
+        2, "", "seamless-service: pure-daskserver: Cluster 'dk' has no queue 'nosuch'\n")
