@@ -230,3 +230,26 @@ def test_a_pure_daskserver_of_a_queue_the_cluster_lacks_is_refused(seamless_home
     assert theirs.returncode == 1 and "Cluster 'dk' has no queue 'nosuch'" in theirs.stderr
     assert resolve_here(capsys, monkeypatch, *argv) == (
         2, "", "seamless-service: pure-daskserver: Cluster 'dk' has no queue 'nosuch'\n")
+
+
+def test_a_cache_root_the_launcher_refuses_is_one_line(seamless_home, capsys, monkeypatch, tmp_path):
+    # remote-http-launcher takes only plausible UNIX directory names (no "é"): seamless-config
+    # crashes with a traceback, we say it in one line
+    cache = tmp_path / "caché"
+    monkeypatch.setenv("SEAMLESS_CACHE", str(cache))
+    argv = ["--service", "hashserver", "--project", "SEAMLESS_CACHE"]
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv, env=seamless_home.env(SEAMLESS_CACHE=str(cache)))
+    assert theirs.returncode == 1 and "Traceback" in theirs.stderr
+    assert resolve_here(capsys, monkeypatch, *argv) == (
+        2, "", "seamless-service: hashserver: invalid launcher configuration: workdir must be a plausible UNIX "
+               "directory name\n")
+
+
+def test_without_a_local_cluster_a_remote_cluster_is_still_remote(seamless_home, capsys, monkeypatch):
+    clusters = seamless_home.home / ".seamless" / "clusters.yaml"
+    clusters.write_text(clusters.read_text().replace("local_cluster: lc\n", ""))
+    for argv, host in ((["--service", "hashserver", "--cluster", "rc", "--project", "p"], "rc-ssh"),
+                       (["--service", "hashserver", "--cluster", "r2", "--project", "p"], "login.r2.invalid")):
+        code, out, err = resolve_here(capsys, monkeypatch, *argv)
+        assert code == 0, err
+        assert json.loads(out)["ssh_hostname"] == host
