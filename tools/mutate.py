@@ -15,6 +15,8 @@ it cannot change behaviour, list it in tools/mutation-equivalents.md with one li
 It is a tool, like benchmarks/: CI does not install mutmut nor run this. The run happens in
 a copy of the checkout in a temp folder (mutmut writes `mutants/` and caches beside the
 code), so the worktree stays clean; --keep leaves the copy for `mutmut show`/`browse`.
+Processes the tests start (a real agent, the CLI run in a project folder) run the mutants
+too, and count for the tests that started them (tools/mutate_site, see run_mutmut).
 Runs one module at a time with --jobs workers (default 1: the test machines are shared).
 """
 
@@ -77,15 +79,9 @@ MIRRORED: dict[str, list[str]] = {
     # not test_watch.py: it runs real agents in terminals (seconds a mutant; times out under load)
     "seamless_service/client/query/rows.py": ["tests/client/query/test_rows.py", "tests/client/query/test_render.py",
                                               "tests/client/query/test_ps_mock.py"],
-    # only the in-process tests (test_resolve_inprocess.py twins the CLI comparisons): the
-    # others run the CLI in a subprocess from another folder, where mutmut's trampoline finds
-    # no [tool.mutmut] config and the subprocess fails
-    "seamless_service/client/config/resolve.py": [
-        "tests/client/config/", "-k",
-        "in_process or not equals_seamless_config and not cache_root and not subproject_33 and not ssh_hostname_1"
-        " and not stage_block and not mode_is_what and not real_cluster_27 and not cwd_not_read"
-        " and not errors_are_one_line and not no_configuration and not empty_clusters"
-        " and not malformed_configuration and not file_line_and_column"],
+    # the CLI tests run `seamless-service resolve` in a subprocess in a project folder: their
+    # hits reach the stats through tools/mutate_site (see run_mutmut)
+    "seamless_service/client/config/resolve.py": ["tests/client/config/"],
 }
 
 
@@ -151,7 +147,8 @@ def write_config(dest: Path, module: str, tests: list[str]) -> None:
              'source_paths = ["seamless_service/"]\n'
              f"only_mutate = [{json.dumps(module)}]\n"
              f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-             'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+             # tools/mutate_site/mutate_hits.py: a subprocess's hits count for the test that ran it
+             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutate_hits"]\n'
              # a mutated signal number (kill(pid, 0) -> kill(pid, 1)) aimed at a pid the
              # tests took from os.getpid() at import hits mutmut's own process: never mutated
              f"do_not_mutate_patterns = {json.dumps(NOT_MUTATED)}\n")
@@ -170,7 +167,13 @@ def run_mutmut(work: Path, jobs: int, log: Path) -> None:
     # processes the tests start (a real agent) import the mutated copy too, and inherit
     # MUTANT_UNDER_TEST, so a mutant is also live in them: PYTHONPATH wins over the
     # editable install's finder, which sits after the path finder.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work / "mutants"), env.get("PYTHONPATH")]))
+    # tools/mutate_site: a sitecustomize that lets such a process record its trampoline hits
+    # without mutmut's config (which the trampoline loads from the cwd, and a CLI run in a
+    # project folder has none), and the pytest plugin that gives those hits to the test
+    site = work / "tools" / "mutate_site"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work / "mutants"), str(site), env.get("PYTHONPATH")]))
+    env["SS_MUTATE_HITS"] = str(work / "subprocess-hits")
+    (work / "subprocess-hits").mkdir(exist_ok=True)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     # tests/agent/test_policy.py asks the real rhl-guard ~650 times: once per run, not per mutant
     env["SEAMLESS_GUARD_ANSWERS"] = str(work / "guard-answers.json")

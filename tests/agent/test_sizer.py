@@ -835,3 +835,31 @@ def test_a_recent_top_level_file_makes_the_measurement_racy(sizer, tmp_path):
     assert s.wait_idle(TIMEOUT)
     assert s.size(str(root))["state"] == "stale"
     assert s.wait_idle(TIMEOUT)
+
+
+def test_a_file_vanishing_mid_walk_leaves_the_rest_of_its_directory_counted(fast_tmp):
+    """A file deleted between its directory's listing and its stat is skipped, and the walk
+    goes on with the rest of that directory (the churn test above, made deterministic: the
+    files go when the walk looks at its stop flag, after 4096 entries, while the listing it
+    is reading still names them)."""
+    from seamless_service.agent.sizer import STOP_CHECK_EVERY
+
+    d = fast_tmp / "big"
+    for i in range(STOP_CHECK_EVERY + 1000):
+        _write(d / f"file-{i:05d}", 0)
+        if i % 51 == 0:  # made among the files: spread through the listing (tmpfs lists by age)
+            _write(d / f"kept-{i:05d}" / "k", 10)
+    kept = len(list(d.glob("kept-*")))
+
+    class DeletingStop(threading.Event):
+        """The stop flag, read once per 4096 entries: deletes every file-* (not stopping)."""
+
+        def is_set(self) -> bool:
+            for path in d.glob("file-*"):
+                path.unlink()
+            return False
+
+    m = measure(str(d), DeletingStop())
+    assert not list(d.glob("file-*"))  # the flag was read: the walk went past 4096 entries
+    assert (m.bytes, m.skipped) == (kept * 10, 0)  # every kept-* directory was walked
+    assert m.files < STOP_CHECK_EVERY + 1000 + kept  # some of the deleted files were not counted

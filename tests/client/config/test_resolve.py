@@ -84,6 +84,171 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
     assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
 
 
+# a cluster with queues and two frontends that can both run a daskserver and a jobserver
+# (not in CLUSTERS: the other tests' "known: lc, rc, ..." lists stay as they are)
+DASK_CLUSTER = """\
+dk:
+  type: slurm
+  workers: 2
+  default_queue: main
+  queues:
+    main: {conda: dkenv, walltime: "01:00:00", memory: 4GB, cores: 2, unknown_task_duration: 1m,
+           target_duration: 10m, maximum_jobs: 4}
+    big: {TEMPLATE: main, conda: bigenv, memory: 64GB}
+  frontends:
+    - hostname: dk.invalid
+      ssh_hostname: dk-ssh
+      hashserver: {bufferdir: /srv/dk/buf}
+      database: {database_dir: /srv/dk/db}
+      daskserver: {network_interface: eth0, port_start: 61000, port_end: 61099}
+      jobserver: {conda: jobenv, network_interface: eth0, port_start: 63000, port_end: 63099}
+    - hostname: dk2.invalid
+      hashserver: {bufferdir: /srv/dk2/buf}
+      database: {database_dir: /srv/dk2/db}
+      daskserver: {network_interface: ib0, port_start: 62000, port_end: 62099}
+      jobserver: {conda: jobenv, network_interface: ib0, port_start: 63000, port_end: 63099}
+"""
+
+SAME_DASK = [
+    ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--subproject", "sp", "--stage", "s",
+     "--substage", "g"],
+    ["--service", "daskserver", "--workdir", ".", "--cluster", "dk", "--queue", "big", "--stage", "s"],
+    ["--service", "pure-daskserver", "--cluster", "dk"],
+    ["--service", "pure-daskserver", "--cluster", "dk", "--queue", "big", "--frontend-name", "dk2.invalid"],
+    # the second frontend: its own host (#1: its hostname) and roots
+    ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
+    ["--service", "hashserver", "--cluster", "dk", "--project", "p", "--frontend-name", "dk2.invalid"],
+    ["--service", "jobserver", "--cluster", "dk", "--project", "p", "--stage", "s", "--frontend-name", "dk2.invalid"],
+    ["--service", "database", "--cluster", "dk", "--project", "p", "--mode", "ro", "--subproject", "sp",
+     "--stage", "s", "--frontend-name", "dk2.invalid"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME_DASK, ids=lambda a: " ".join(a))
+def test_resolve_daskservers_and_frontends_equal_seamless_config(seamless_home, argv):
+    with (seamless_home.home / ".seamless" / "clusters.yaml").open("a") as clusters:
+        clusters.write(DASK_CLUSTER)
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    got, expected = json.loads(ours.stdout), json.loads(theirs.stdout)
+    if expected["ssh_hostname"] is None:  # #1: a remote frontend without ssh_hostname is reached at its hostname
+        assert got["ssh_hostname"] == "dk2.invalid"
+        expected["ssh_hostname"] = "dk2.invalid"
+    assert got == expected
+
+
+CACHE_HS = "hashserver-__SEAMLESS_CACHE__-rw-__TOPLEVEL__"
+CACHE_DB = "database-__SEAMLESS_CACHE__-rw-__TOPLEVEL__"
+
+
+@pytest.mark.parametrize("files, argv", [
+    # the service's own state file before the hashserver's
+    ({CACHE_DB + "--STAGE-x": "{root}/db/__TOPLEVEL__/STAGE-x", CACHE_HS + "--STAGE-x": "{root}/hs/__TOPLEVEL__/STAGE-x"},
+     ["--stage", "x"]),
+    # a state file without a usable workdir is skipped for the next one
+    ({CACHE_DB + "--STAGE-x": "", CACHE_HS + "--STAGE-x": "{root}/hs/__TOPLEVEL__/STAGE-x"}, ["--stage", "x"]),
+    ({CACHE_DB + "--STAGE-x": 5, CACHE_HS + "--STAGE-x": "{root}/hs/__TOPLEVEL__/STAGE-x"}, ["--stage", "x"]),
+    ({CACHE_DB: None, CACHE_HS: "{root}/hs/__TOPLEVEL__"}, []),
+    # a workdir launched elsewhere than the template says: its STAGE-/__TOPLEVEL__ parts dropped
+    ({CACHE_HS + "--STAGE-x": "{root}/elsewhere/STAGE-x"}, ["--stage", "x"]),
+    ({CACHE_HS + "--STAGE-x": "{root}/elsewhere"}, ["--stage", "x"]),
+    ({CACHE_HS: "/__TOPLEVEL__"}, []),
+    ({CACHE_HS: "~/cachehome/__TOPLEVEL__"}, []),
+], ids=["own-first", "empty-workdir", "workdir-not-a-string", "no-workdir", "elsewhere-stage", "elsewhere",
+        "root-is-slash", "tilde"])
+def test_cache_root_from_state_files_equals_seamless_config(seamless_home, tmp_path, files, argv):
+    root = tmp_path / "cacheroot"
+    for key, workdir in files.items():
+        state = {"status": "stale"} if workdir is None else {
+            "workdir": workdir.format(root=root) if isinstance(workdir, str) else workdir, "status": "stale"}
+        seamless_home.sandbox.write_state(key, state)
+    argv = ["--service", "database", "--project", "SEAMLESS_CACHE", *argv]
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+
+
+def test_cache_root_from_a_utf8_state_file_under_an_ascii_locale(seamless_home, tmp_path):
+    # state files are UTF-8 JSON whatever the user's locale (seamless-config reads them so
+    # too); the launcher writes the service's command line in them, which may be non-ASCII
+    root = tmp_path / "cacheroot"
+    state = {"workdir": f"{root}/__TOPLEVEL__", "status": "stale", "command": "hashserver --note café"}
+    seamless_home.sandbox.write_state(CACHE_HS, None, raw=json.dumps(state, ensure_ascii=False))
+    env = seamless_home.env(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    argv = ["--service", "hashserver", "--project", "SEAMLESS_CACHE"]
+    ours = cli(seamless_home, "resolve", *argv, env=env)
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv, env=env)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+    assert json.loads(ours.stdout)["workdir"] == f"{root}/__TOPLEVEL__"
+
+
+@pytest.mark.parametrize("service", ["jobserver", "pure-daskserver"])
+def test_cache_project_of_a_service_the_cache_cluster_cannot_run(seamless_home, tmp_path, service):
+    # the root is found (the hashserver's state file) and then, as seamless-config says, no
+    # frontend of the cache cluster can run the service: not "no launcher JSON"
+    seamless_home.sandbox.write_state(CACHE_HS, {"workdir": f"{tmp_path}/c/__TOPLEVEL__", "status": "stale"})
+    argv = ["--service", service, "--project", "SEAMLESS_CACHE"]
+    tool = service.replace("pure-", "")
+    expected = f"No frontend of cluster '__SEAMLESS_CACHE__' can support a {tool}"
+    assert expected in assert_one_line_error(cli(seamless_home, "resolve", *argv), 2)
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode != 0 and expected in theirs.stderr
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{not json", "could not read {path}: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ('["a list"]', "state file must contain a JSON object: {path}"),
+])
+def test_cache_root_from_a_broken_state_file_is_one_line(seamless_home, raw, message):
+    path = seamless_home.sandbox.write_state(CACHE_HS, None, raw=raw)
+    argv = ["--service", "hashserver", "--project", "SEAMLESS_CACHE"]
+    line = assert_one_line_error(cli(seamless_home, "resolve", *argv), 1)
+    assert line.endswith(message.format(path=path)), line
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode != 0 and str(path) in theirs.stderr
+
+
+def test_cache_project_without_a_root_says_what_to_do(seamless_home):
+    argv = ["--service", "hashserver", "--project", "SEAMLESS_CACHE"]
+    theirs = seamless_config_cli(seamless_home, "resolve", *argv)
+    expected = ("seamless-service: --project SEAMLESS_CACHE requires an existing launcher JSON with workdir, "
+                "or SEAMLESS_CACHE to be set")
+    assert theirs.stderr.strip().splitlines()[-1] == expected
+    assert assert_one_line_error(cli(seamless_home, "resolve", *argv), 2) == expected
+
+
+@pytest.mark.parametrize("workdir", ["{root}/__TOPLEVEL__/sub/STAGE-boX/", "{root}/__TOPLEVEL__/sub/STAGE-boX//"])
+def test_cache_root_with_subproject_and_a_trailing_slash_33(seamless_home, tmp_path, monkeypatch, workdir):
+    # #33 (seamless-config misses this state file): the template's tail is cut off the workdir
+    # as written, a trailing "/" or not
+    root = tmp_path / "cacheroot"
+    seamless_home.sandbox.write_state("database-__SEAMLESS_CACHE__-rw-__TOPLEVEL__--sub--STAGE-boX",
+                                      {"workdir": workdir.format(root=root), "status": "stale"})
+    monkeypatch.chdir(seamless_home.proj)
+    got = resolve_service(Selection(service="database", project="SEAMLESS_CACHE", subproject="sub", stage="boX"))
+    assert got.workdir == f"{root}/__TOPLEVEL__/sub/STAGE-boX"
+
+
+def test_the_local_cluster_is_this_machine_whatever_its_frontend_says(seamless_home, monkeypatch):
+    # local_cluster names a cluster whose frontend has an ssh_hostname: seamless-config runs
+    # its services here all the same (ssh_hostname null), and so do we
+    clusters = seamless_home.home / ".seamless" / "clusters.yaml"
+    clusters.write_text(clusters.read_text().replace("local_cluster: lc", "local_cluster: rc"))
+    argv = ["--service", "database", "--cluster", "rc", "--project", "p"]
+    ours, theirs = cli(seamless_home, "resolve", *argv), seamless_config_cli(seamless_home, "resolve", *argv)
+    assert theirs.returncode == 0, theirs.stderr
+    assert ours.stdout == theirs.stdout
+    assert json.loads(ours.stdout)["ssh_hostname"] is None
+    # the cluster-wide commands (ps --cluster rc, ...) go to the same place: this machine
+    monkeypatch.chdir(seamless_home.proj)
+    assert ClientConfig().cluster_host("rc") is None
+    assert ClientConfig().cluster_host("xtra") == "xtra.invalid"
+
+
 # ---------------------------------------------------------------- deliberate differences
 
 

@@ -5,6 +5,7 @@ through it only inside our sessions (issue 13)."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 import yaml
@@ -18,7 +19,9 @@ def test_the_c_loader_runs_where_pyyaml_has_libyaml():
 
 
 def test_a_text_is_parsed_once_and_every_caller_gets_its_own_copy(monkeypatch):
-    text = "c1:\n  frontends: [{hostname: a}]\n"
+    # a text of its own (the comment): the cache lives as long as the process, which may have
+    # run this test before (mutmut runs the suite twice in one process)
+    text = f"# {uuid.uuid4().hex}\nc1:\n  frontends: [{{hostname: a}}]\n"
     first = yaml_cache.safe_load(text)
     parses = []
     real_load = yaml.load
