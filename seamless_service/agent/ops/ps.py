@@ -96,7 +96,6 @@ class _KeptRows:
     def __init__(self, ctx: object = None) -> None:
         self.key: tuple | None = None
         self.rows: list[dict[str, Any]] = []
-        self.hits = 0   # tests, diagnostics
         self.lock = threading.Lock()
 
 
@@ -106,7 +105,6 @@ def _kept_server_rows(ctx: AgentContext, files: Watcher, snap: Snapshot,
     key = (snap.versions["server"], check_pid, snap.answers if check_pid else b"")
     with kept.lock:
         if kept.key == key:
-            kept.hits += 1
             return list(kept.rows)   # the row dicts are never changed after this
     missed: list[int] = []
     probe = files.liveness.alive
