@@ -148,8 +148,12 @@ class Watcher:
     """Computes change tokens for one launcher base; shared by all ops of an agent."""
 
     def __init__(self, ctx: AgentContext):
-        self._probe = ctx.shared("liveness", statefiles.LivenessCache).alive
-        self._cache = ctx.shared("statecache", statefiles.StateCache)
+        # The agent's one parsed-state cache and one liveness cache: `ps` reads its rows
+        # through them, so that a file event forgets what it parsed and a poll probes each
+        # pid once for the token and the rows together.
+        self.states = statefiles.StateCache()
+        self.liveness = statefiles.LivenessCache()
+        self._probe = self.liveness.alive
         watch = fswatch.available()
         self._folders = (("server", _Folder(str(ctx.server_dir), self._forget, watch)),
                          ("client", _Folder(str(ctx.client_dir), self._forget, watch)))
@@ -216,7 +220,7 @@ class Watcher:
 
     def _forget(self, path: str) -> None:
         """`path` changed (a file event): what was parsed from it is read again."""
-        self._cache.forget(path)
+        self.states.forget(path)
         self._pids.pop(path, None)
 
     def wait(self, token: str | None, timeout: float) -> tuple[bool, str]:

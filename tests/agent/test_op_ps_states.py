@@ -8,11 +8,14 @@ mutation-test selection (tools/mutate.py), and what it checks is what a user rea
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from seamless_service.agent import statefiles
+from seamless_service.agent import fswatch, statefiles
 from seamless_service.agent.watch import current_token
 from seamless_service.protocol import ErrorCode, ProtocolError
 from tests.support.agent import call
@@ -181,3 +184,144 @@ def test_a_service_that_exited_unreaped_is_stale(sandbox, zombie, make_ctx):
     rows = {row["key"]: (row["status"], row["live"]) for row in call(ctx, "ps")["rows"]}
     assert rows == {UP: ("stale", False), BOOT: ("failed", False)}
     assert [row["process"] for row in call(ctx, "ps", side="client")["rows"]] == ["stale"]
+
+
+class Polls:
+    """What the agent does to the state folders and the pids during a `ps`, counted at the
+    boundary to the OS: the state files it stats and opens, the pids it probes
+    (kill(pid, 0)), and the rows it builds from a file (statefiles.server_row)."""
+
+    def __init__(self, monkeypatch):
+        self.stats: list[str] = []
+        self.opens: list[str] = []
+        self.probes: list[int] = []
+        self.built: list[str] = []
+        real_stat, real_open, real_kill, real_row = os.stat, os.open, os.kill, statefiles.server_row
+
+        def stat(path, *args, **kwargs):
+            self._note(self.stats, path)
+            return real_stat(path, *args, **kwargs)
+
+        def open_(path, *args, **kwargs):
+            self._note(self.opens, path)
+            return real_open(path, *args, **kwargs)
+
+        def kill(pid, sig):
+            if sig == 0:
+                self.probes.append(pid)
+            return real_kill(pid, sig)
+
+        def server_row(path, **kwargs):
+            self.built.append(os.path.basename(os.fspath(path)))
+            return real_row(path, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat)
+        monkeypatch.setattr(os, "open", open_)
+        monkeypatch.setattr(os, "kill", kill)
+        monkeypatch.setattr(statefiles, "server_row", server_row)
+
+    @staticmethod
+    def _note(seen: list[str], path) -> None:
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".json"):
+            seen.append(os.path.basename(os.fspath(path)))
+
+    def poll(self, ctx, **args) -> dict[str, dict]:
+        for seen in (self.stats, self.opens, self.probes, self.built):
+            seen.clear()
+        reply = call(ctx, "ps", **args)
+        assert reply["watch"] == "inotify"  # the mode under test really ran
+        return {row["key"]: row for row in reply["rows"]}
+
+
+@pytest.fixture
+def polls(monkeypatch):
+    if not fswatch.available():
+        pytest.skip("needs Linux inotify")
+    # one liveness answer per pid for the whole test: a slow machine cannot make a second
+    # probe look like a cache miss
+    monkeypatch.setattr(statefiles.LivenessCache, "TTL", 60.0)
+    return Polls(monkeypatch)
+
+
+def test_a_poll_reads_and_probes_only_what_changed(state, make_ctx, polls):
+    """Issue 13's contract: a pid shared by several rows (server and client side) is probed
+    once; a poll of unchanged files stats, reads and builds nothing again; after one file
+    changed only that one is read again."""
+    live, dead = state
+    ctx = make_ctx()
+    rows = polls.poll(ctx)
+    assert (rows[UP]["status"], rows[BOOT]["status"]) == ("running", "starting")
+    assert sorted(polls.probes) == sorted([live, dead])   # UP and BOOT share `live`
+    assert polls.poll(ctx)[UP]["status"] == "running"
+    assert (polls.stats, polls.opens, polls.probes, polls.built) == ([], [], [], [])
+    sandbox_path = ctx.server_dir / f"{FAILED}.json"
+    sandbox_path.write_text(json.dumps({"status": "failed", "pid": dead, "port": 5301}))
+    assert polls.poll(ctx)[FAILED]["port"] == 5301
+    assert set(polls.stats) == set(polls.opens) == {f"{FAILED}.json"}
+    assert polls.probes == []
+    # the client side: its files read once, its services' server files not read again,
+    # their pids not probed again (all within the liveness answers' lifetime)
+    rows = polls.poll(ctx, side="client")
+    assert (rows[UP]["process"], rows[DIED]["process"]) == ("running", "stale")
+    assert [name for name in polls.opens if name.endswith(".json")] == sorted(
+        f"{key}.json" for key in (UP, DIED, "hashserver-remote-rw-proj", "database-remote-rw-proj"))
+    assert polls.probes == []
+    assert polls.poll(ctx, side="client")[UP]["process"] == "running"
+    assert (polls.opens, polls.probes) == ([], [])
+
+
+def test_a_service_whose_pid_dies_is_stale_on_the_next_poll(sandbox, make_ctx, sleeper):
+    """No file changes when a service dies: the rows a poll keeps for unchanged files must
+    still follow the liveness answers."""
+    proc = sleeper()
+    sandbox.write_state(UP, {"status": "running", "pid": proc.pid, "port": 5100})
+    ctx = make_ctx()
+    assert [row["status"] for row in call(ctx, "ps")["rows"]] == ["running"]
+    assert [row["status"] for row in call(ctx, "ps")["rows"]] == ["running"]
+    proc.kill()
+    proc.wait()
+    time.sleep(statefiles.LivenessCache.TTL)
+    assert [row["status"] for row in call(ctx, "ps")["rows"]] == ["stale"]
+    assert [row["status"] for row in call(ctx, "ps", no_status=True)["rows"]] == ["running"]
+
+
+def test_a_server_file_removed_between_the_scan_and_its_read_is_left_out(sandbox, make_ctx, monkeypatch):
+    """rm between the poll's scan (which stat-ed the file) and the read of its row: as if
+    listed a moment later; the files listed after it are all still shown."""
+    sandbox.write_state("aa-removed", {"status": "failed"})
+    for key in ("hashserver-c1-rw-kept", "hashserver-c1-rw-kept2"):
+        sandbox.write_state(key, {"status": "failed"})
+    removed, real_stat = str(sandbox.server_dir / "aa-removed.json"), os.stat
+
+    def stat_then_remove(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) == removed:
+            os.unlink(removed)
+        return st
+
+    monkeypatch.setattr(os, "stat", stat_then_remove)
+    assert _keys(call(make_ctx(), "ps")["rows"]) == ["hashserver-c1-rw-kept", "hashserver-c1-rw-kept2"]
+
+
+def test_a_server_file_rewritten_between_the_scan_and_its_read(sandbox, make_ctx, sleeper, monkeypatch):
+    """The row shows the file as read, with the liveness of the pid it names, even when the
+    scan saw another pid there (a restart racing the poll)."""
+    live = sleeper().pid
+    path = sandbox.write_state(UP, {"status": "running", "pid": dead_pid(), "port": 5100})
+    real_open, opened = os.open, []
+
+    def open_(name, *args, **kwargs):
+        if os.fspath(name) == str(path):
+            opened.append(name)
+            if len(opened) == 2:   # the scan read the dead pid; the row reads the new one
+                with open(path, "w") as handle:
+                    json.dump({"status": "running", "pid": live, "port": 5101}, handle)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    ctx = make_ctx()
+    [row] = call(ctx, "ps")["rows"]
+    assert len(opened) == 2   # the race really happened
+    assert (row["pid"], row["port"], row["status"], row["live"]) == (live, 5101, "running", True)
+    [row] = call(ctx, "ps")["rows"]
+    assert (row["pid"], row["status"]) == (live, "running")

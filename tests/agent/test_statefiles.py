@@ -483,16 +483,16 @@ def test_an_unchanged_client_file_is_served_from_the_cache(sandbox, make_ctx, mo
 def test_the_rows_of_a_poll_share_one_probe_per_pid(sandbox, make_ctx):
     """ps answers liveness from the agent's LivenessCache (one probe per pid per TTL), not
     with a probe per row: a death is seen once that answer expires."""
-    from seamless_service.agent.ops.ps import liveness
+    from seamless_service.agent.watch import watcher
     ctx = make_ctx()
     child = subprocess.Popen(["sleep", "60"])
     try:
         sandbox.write_state("svc", {"status": "running", "pid": child.pid})
-        liveness(ctx).TTL = 60.0
+        watcher(ctx).liveness.TTL = 60.0
         assert _ps_row(ctx, "svc")["status"] == "running"
     finally:
         child.kill()
         child.wait()
     assert _ps_row(ctx, "svc")["status"] == "running"  # the shared answer, still within its TTL
-    liveness(ctx).TTL = 0.0
+    watcher(ctx).liveness.TTL = 0.0
     assert _ps_row(ctx, "svc")["status"] == "stale"

@@ -58,43 +58,33 @@ from ...protocol.keys import META_FIELDS, is_valid_key, row_matches
 from ...rhl import client_process
 from .. import statefiles
 from ..context import AgentContext
-from ..paths import join
-from ..watch import Snapshot, watcher
+from ..watch import Snapshot, Watcher, watcher
 
 
 def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
-    side = args.get("side") or "server"
-    host = args.get("host")
+    # protocol.schema fills in every argument of the op (dispatch validates each call)
+    side, host = args["side"], args["host"]
     if host and side != "client":
         # Same refusal as `rhl-ps --host` without `--client`.
         raise ProtocolError(ErrorCode.BAD_ARGS, "ps: the 'host' filter needs side='client'")
-    check_pid = not args.get("no_status", False)
+    check_pid = not args["no_status"]
     files = watcher(ctx)
     snap = files.snapshot()  # before reading: see module docstring
-    token = snap.token
     if side == "client":
-        rows = client_rows(ctx, check_pid=check_pid)
+        rows = client_rows(ctx, files, check_pid=check_pid)
         if host:
             rows = [row for row in rows if row.get("ssh_host") == host]
         status_field = "process"
     else:
-        rows = _kept_server_rows(ctx, snap, check_pid)
+        rows = _kept_server_rows(ctx, files, snap, check_pid)
         status_field = "status"
-    wanted = args.get("status")
+    wanted = args["status"]
     if wanted:
         rows = [row for row in rows if row.get(status_field) == wanted]
-    filters = {name: args[name] for name in META_FIELDS if args.get(name) is not None}
+    filters = {name: args[name] for name in META_FIELDS if args[name] is not None}
     if filters:
         rows = [row for row in rows if row_matches(row, filters)]
-    return {"rows": rows, "token": token, "state": ctx.state_id(), "watch": files.mode}
-
-
-def state_cache(ctx: AgentContext) -> statefiles.StateCache:
-    return ctx.shared("statecache", statefiles.StateCache)
-
-
-def liveness(ctx: AgentContext) -> statefiles.LivenessCache:
-    return ctx.shared("liveness", statefiles.LivenessCache)
+    return {"rows": rows, "token": snap.token, "state": ctx.state_id(), "watch": files.mode}
 
 
 class _KeptRows:
@@ -106,19 +96,18 @@ class _KeptRows:
     def __init__(self, ctx: object = None) -> None:
         self.key: tuple | None = None
         self.rows: list[dict[str, Any]] = []
-        self.hits = 0   # tests, diagnostics
         self.lock = threading.Lock()
 
 
-def _kept_server_rows(ctx: AgentContext, snap: Snapshot, check_pid: bool) -> list[dict[str, Any]]:
+def _kept_server_rows(ctx: AgentContext, files: Watcher, snap: Snapshot,
+                      check_pid: bool) -> list[dict[str, Any]]:
     kept: _KeptRows = ctx.shared("ps_rows", _KeptRows)
     key = (snap.versions["server"], check_pid, snap.answers if check_pid else b"")
     with kept.lock:
         if kept.key == key:
-            kept.hits += 1
             return list(kept.rows)   # the row dicts are never changed after this
     missed: list[int] = []
-    probe = liveness(ctx).alive
+    probe = files.liveness.alive
 
     def answer(pid: int) -> bool:
         # the answer the token (and the key) was made with, so the rows match the key
@@ -128,7 +117,7 @@ def _kept_server_rows(ctx: AgentContext, snap: Snapshot, check_pid: bool) -> lis
             return probe(pid)
         return found
 
-    rows = server_rows(ctx, check_pid=check_pid, entries=snap.seen["server"], probe=answer)
+    rows = server_rows(snap.seen["server"], files.states, check_pid=check_pid, probe=answer)
     if not missed:
         with kept.lock:
             kept.key, kept.rows = key, rows
@@ -136,17 +125,12 @@ def _kept_server_rows(ctx: AgentContext, snap: Snapshot, check_pid: bool) -> lis
     return rows
 
 
-def server_rows(ctx: AgentContext, *, check_pid: bool = True,
-                entries: list[tuple[str, os.stat_result]] | None = None,
-                probe: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
+def server_rows(entries: list[tuple[str, os.stat_result]], cache: statefiles.StateCache, *,
+                check_pid: bool, probe: Callable[[int], bool]) -> list[dict[str, Any]]:
     """Every server row, sorted by file name, as `rhl-ps --json` (with the corrections).
-    `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.scan); `probe`:
-    the liveness answers to use (default: the agent's LivenessCache)."""
+    `entries`: the (path, stat) pairs of a scan just taken (watch.Watcher.snapshot), so an
+    unchanged file is neither stat-ed nor read again; `probe`: the liveness answers."""
     rows = []
-    cache, probe = state_cache(ctx), probe or liveness(ctx).alive
-    if entries is None:
-        entries = [(join(str(ctx.server_dir), name), None)
-                   for name in statefiles.state_file_names(ctx.server_dir)]
     for path, st in entries:
         row = statefiles.server_row(path, check_pid=check_pid, cache=cache, probe=probe, st=st)
         if _vanished(row, path):
@@ -155,26 +139,26 @@ def server_rows(ctx: AgentContext, *, check_pid: bool = True,
     return rows
 
 
-def client_rows(ctx: AgentContext, *, check_pid: bool = True) -> list[dict[str, Any]]:
+def client_rows(ctx: AgentContext, files: Watcher, *, check_pid: bool) -> list[dict[str, Any]]:
     """Every client row, sorted by file name, as `rhl-ps --client --json` plus `process`."""
     rows = []
-    cache = state_cache(ctx)
     for path in statefiles.list_state_files(ctx.client_dir):
-        row = statefiles.client_row(path, cache=cache)
+        row = statefiles.client_row(path, cache=files.states)
         if _vanished(row, path):
             continue
-        row["process"] = _client_process(ctx, row, check_pid=check_pid)
+        row["process"] = _client_process(ctx, files, row, check_pid=check_pid)
         rows.append(_mark_key(row))
     return rows
 
 
-def _client_process(ctx: AgentContext, row: dict[str, Any], *, check_pid: bool) -> str:
+def _client_process(ctx: AgentContext, files: Watcher, row: dict[str, Any], *, check_pid: bool) -> str:
     def server_row(key: str) -> dict[str, Any] | None:
         server_path = ctx.server_dir / f"{key}.json"
         if not server_path.is_file():
             return None
-        return statefiles.server_row(server_path, check_pid=check_pid, cache=state_cache(ctx),
-                                     probe=liveness(ctx).alive)
+        # the watcher's caches: the file parsed once, its pid probed once per poll
+        return statefiles.server_row(server_path, check_pid=check_pid, cache=files.states,
+                                     probe=files.liveness.alive)
 
     return client_process(row, server_row)
 
