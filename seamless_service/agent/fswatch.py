@@ -77,6 +77,17 @@ def available() -> bool:
     return bool(_load())
 
 
+def _open_inotify() -> tuple[Any, int, str | None]:
+    """(libc, a new non-blocking inotify descriptor, None), or (libc, -1, why not)."""
+    libc = _load()
+    if not libc:
+        return libc, -1, "inotify is not available"
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return libc, -1, f"inotify_init1: {os.strerror(ctypes.get_errno())}"
+    return libc, fd, None
+
+
 class FolderWatch:
     """inotify on one folder (the path, followed to its current inode on every call)."""
 
@@ -127,13 +138,8 @@ class FolderWatch:
             # node sends no event here, so every poll stats every file
             self.failed = remote
             return
-        libc = _load()
-        if not libc:
-            self.failed = "inotify is not available"
-            return
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        libc, fd, self.failed = _open_inotify()
         if fd < 0:
-            self.failed = f"inotify_init1: {os.strerror(ctypes.get_errno())}"
             return
         if libc.inotify_add_watch(fd, os.fsencode(self.path), self.mask | IN_ONLYDIR) < 0:
             self.failed = f"inotify_add_watch: {os.strerror(ctypes.get_errno())}"
@@ -209,15 +215,7 @@ class TreeWatch:
         self._changed = False
         self._lock = threading.Lock()
         self._fd = -1
-        libc = _load() if available() else False
-        if not libc:
-            self.failed = "inotify is not available"
-            return
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            self.failed = f"inotify_init1: {os.strerror(ctypes.get_errno())}"
-            return
-        self._fd = fd
+        _libc, self._fd, self.failed = _open_inotify() if available() else (None, -1, "inotify is not available")
 
     @property
     def active(self) -> bool:

@@ -84,6 +84,52 @@ PROJECT = """\
 """
 
 
+# a cluster defined in the project's own seamless.yaml
+PROJECT_WITH_INLINE_CLUSTER = PROJECT + """\
+- clusters:
+    inline:
+      frontends:
+        - hostname: inline.invalid
+          hashserver: {bufferdir: /srv/inline}
+"""
+
+# resolve arguments whose output must equal seamless-config's, byte for byte
+SAME = [
+    ["--service", "hashserver", "--workdir", "."],
+    ["--service", "database", "--workdir", ".", "--stage", "fingertip"],
+    ["--service", "database", "--workdir", ".", "--mode", "ro", "--subproject", "sub/a", "--stage", "s2"],
+    ["--service", "jobserver", "--workdir", ".", "--stage", "s2", "--substage", "gpu"],
+    ["--service", "hashserver", "--cluster", "lc", "--project", "other"],
+    ["--service", "hashserver", "--cluster", "rc", "--project", "p", "--mode", "ro"],
+    ["--service", "database", "--workdir", ".", "--cluster", "rc", "--subproject", "s"],
+]
+
+# a cluster with queues and two frontends that can both run a daskserver and a jobserver
+# (not in CLUSTERS: the other tests' "known: lc, rc, ..." lists stay as they are)
+DASK_CLUSTER = """\
+dk:
+  type: slurm
+  workers: 2
+  default_queue: main
+  queues:
+    main: {conda: dkenv, walltime: "01:00:00", memory: 4GB, cores: 2, unknown_task_duration: 1m,
+           target_duration: 10m, maximum_jobs: 4}
+    big: {TEMPLATE: main, conda: bigenv, memory: 64GB}
+  frontends:
+    - hostname: dk.invalid
+      ssh_hostname: dk-ssh
+      hashserver: {bufferdir: /srv/dk/buf}
+      database: {database_dir: /srv/dk/db}
+      daskserver: {network_interface: eth0, port_start: 61000, port_end: 61099}
+      jobserver: {conda: jobenv, network_interface: eth0, port_start: 63000, port_end: 63099}
+    - hostname: dk2.invalid
+      hashserver: {bufferdir: /srv/dk2/buf}
+      database: {database_dir: /srv/dk2/db}
+      daskserver: {network_interface: ib0, port_start: 62000, port_end: 62099}
+      jobserver: {conda: jobenv, network_interface: ib0, port_start: 63000, port_end: 63099}
+"""
+
+
 @dataclass
 class Home:
     sandbox: object

@@ -8,7 +8,6 @@ The helpers the CLI tests share (`cli`, `seamless_config_cli`, `make_home`) are 
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -16,7 +15,7 @@ from seamless_service.client.config.client_config import ClientConfig
 from seamless_service.client.errors import UsageError
 from seamless_service.client.config.resolve import resolve_service
 from seamless_service.client.config.selection import Selection
-from tests.support.cli import PROJECT, Home, assert_one_line_error, cli, make_home, seamless_config_cli
+from tests.support.cli import DASK_CLUSTER, PROJECT_WITH_INLINE_CLUSTER, SAME, Home, assert_one_line_error, cli, make_home, seamless_config_cli
 
 
 @pytest.fixture
@@ -25,16 +24,6 @@ def seamless_home(sandbox, monkeypatch) -> Home:
 
 
 # ---------------------------------------------------------------- same output as seamless-config
-
-SAME = [
-    ["--service", "hashserver", "--workdir", "."],
-    ["--service", "database", "--workdir", ".", "--stage", "fingertip"],
-    ["--service", "database", "--workdir", ".", "--mode", "ro", "--subproject", "sub/a", "--stage", "s2"],
-    ["--service", "jobserver", "--workdir", ".", "--stage", "s2", "--substage", "gpu"],
-    ["--service", "hashserver", "--cluster", "lc", "--project", "other"],
-    ["--service", "hashserver", "--cluster", "rc", "--project", "p", "--mode", "ro"],
-    ["--service", "database", "--workdir", ".", "--cluster", "rc", "--subproject", "s"],
-]
 
 
 @pytest.mark.parametrize("argv", SAME, ids=lambda a: " ".join(a))
@@ -83,31 +72,6 @@ def test_cache_root_with_subproject_33(seamless_home, tmp_path, monkeypatch):
                     "--subproject", "sub", "--stage", "x")
     assert theirs.returncode != 0  # no SEAMLESS_CACHE and the key it tries does not exist
 
-
-# a cluster with queues and two frontends that can both run a daskserver and a jobserver
-# (not in CLUSTERS: the other tests' "known: lc, rc, ..." lists stay as they are)
-DASK_CLUSTER = """\
-dk:
-  type: slurm
-  workers: 2
-  default_queue: main
-  queues:
-    main: {conda: dkenv, walltime: "01:00:00", memory: 4GB, cores: 2, unknown_task_duration: 1m,
-           target_duration: 10m, maximum_jobs: 4}
-    big: {TEMPLATE: main, conda: bigenv, memory: 64GB}
-  frontends:
-    - hostname: dk.invalid
-      ssh_hostname: dk-ssh
-      hashserver: {bufferdir: /srv/dk/buf}
-      database: {database_dir: /srv/dk/db}
-      daskserver: {network_interface: eth0, port_start: 61000, port_end: 61099}
-      jobserver: {conda: jobenv, network_interface: eth0, port_start: 63000, port_end: 63099}
-    - hostname: dk2.invalid
-      hashserver: {bufferdir: /srv/dk2/buf}
-      database: {database_dir: /srv/dk2/db}
-      daskserver: {network_interface: ib0, port_start: 62000, port_end: 62099}
-      jobserver: {conda: jobenv, network_interface: ib0, port_start: 63000, port_end: 63099}
-"""
 
 SAME_DASK = [
     ["--service", "daskserver", "--cluster", "dk", "--project", "p", "--subproject", "sp", "--stage", "s",
@@ -402,13 +366,7 @@ def test_localhost_frontend_is_this_machine_35(seamless_home, monkeypatch):
 
 
 def test_clusters_from_seamless_yaml(seamless_home, monkeypatch):
-    (seamless_home.proj / "seamless.yaml").write_text(PROJECT + textwrap.dedent("""\
-        - clusters:
-            inline:
-              frontends:
-                - hostname: inline.invalid
-                  hashserver: {bufferdir: /srv/inline}
-        """))
+    (seamless_home.proj / "seamless.yaml").write_text(PROJECT_WITH_INLINE_CLUSTER)
     monkeypatch.chdir(seamless_home.proj)
     clusters = ClientConfig()
     assert clusters.cluster_names()[-1] == "inline"

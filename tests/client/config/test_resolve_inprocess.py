@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import textwrap
 
 import pytest
 
@@ -16,8 +15,7 @@ from seamless_service.client.cli import service_cmds
 from seamless_service.client.config.resolve import KeyNotResolvable, resolve_key, resolve_service
 from seamless_service.client.config.selection import Selection
 from seamless_service.client.errors import UsageError
-from tests.client.config.test_resolve import DASK_CLUSTER, SAME
-from tests.support.cli import PROJECT, Home, make_home, seamless_config_cli
+from tests.support.cli import DASK_CLUSTER, PROJECT_WITH_INLINE_CLUSTER, SAME, Home, make_home, seamless_config_cli
 
 
 @pytest.fixture
@@ -157,13 +155,7 @@ def test_resolve_key_of_another_frontend_and_of_a_pure_daskserver(seamless_home)
 
 
 def test_resolve_key_reads_the_clusters_of_the_cwds_seamless_yaml(seamless_home):
-    (seamless_home.proj / "seamless.yaml").write_text(PROJECT + textwrap.dedent("""\
-        - clusters:
-            inline:
-              frontends:
-                - hostname: inline.invalid
-                  hashserver: {bufferdir: /srv/inline}
-        """))
+    (seamless_home.proj / "seamless.yaml").write_text(PROJECT_WITH_INLINE_CLUSTER)
     got = resolve_key("hashserver-inline-rw-p")
     assert (got.ssh_host, got.workdir) == ("inline.invalid", "/srv/inline/p")
 
