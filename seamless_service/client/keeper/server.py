@@ -8,7 +8,8 @@ seconds, default 900), on SIGTERM or on a "stop" request, removing its socket.
 Requests (framing.py maps):
   {"cmd": "ping"}    -> {"ok": true, "pid", "version", "started", "idle_timeout", "install"}
   {"cmd": "status"}  -> ping's fields plus activity ("idle_for": seconds since the last
-                        command ended, 0 while one runs) and "pool": pool.describe()
+                        command ended, 0 while one runs), "pool": pool.describe() and
+                        "threads": connection threads started in all and idle now
   {"cmd": "stop"}    -> {"ok": true, ...}, then a clean exit (pool entries closed)
   {"cmd": "run", "argv": [...], "cwd": str, "env": {...}, optional "stream": bool,
    "tty": {"stdout": bool, "stderr": bool}, "umask": int, "version": str, "install": str,
@@ -51,6 +52,7 @@ from . import INSTALL_DIR as INSTALL, KeeperDirError, check_dir, keeper_dir, loc
 from . import framing
 from ..transport.pool import default_pool
 from .framing import ReplyCode, peer_uid
+from .threads import Ticker, Workers
 
 DEFAULT_IDLE = 15 * 60.0
 DEFAULT_MAIN = "seamless_service.client.cli.main:main"
@@ -212,9 +214,12 @@ def _clear_injected(thread_id: int) -> None:
 
 
 class _RunSession:
-    """One "run" request: its captured streams, its cancellation, its helper thread.
+    """One "run" request: its captured streams, its cancellation, its ticks.
 
-    The helper thread ("ticker") flushes streamed output and watches the connection: when
+    The keeper's ticker (one thread for all runs, threads.Ticker) calls tick() every
+    STREAM_TICK from start() to stop(): it flushes streamed output (blocking while the
+    client does not read: a paused pager pauses the command, which runs alone anyway) and
+    watches the connection: when
     the client goes away (Ctrl-C on the thin client closes the socket), the command is
     cancelled: the keeper's cancel_flag turns True at once (commands see it as
     default_pool.cancelled(): the keeper handed the flag to the pool at start-up), and if the command is still running
@@ -239,7 +244,7 @@ class _RunSession:
         self._in_main = False
         self._thread_id = threading.get_ident()
         self._done = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="run-ticker", daemon=True)
+        self._last_inject = 0.0
 
     # cancellation ------------------------------------------------------------------------
 
@@ -277,27 +282,30 @@ class _RunSession:
         # b"" is EOF. Any bytes are a protocol violation during a run; leave them unread.
         return data == b""
 
-    def _tick(self) -> None:
-        last_inject = 0.0
-        while not self._done.wait(STREAM_TICK):
-            if self.streaming and not self.broken:
-                self.stdout.flush()
-                self.stderr.flush()
-            if not self.cancelled and self._peer_gone():
-                self.cancel("client disconnected")
-            if self._cancelled_at is None:
-                continue
-            now = time.monotonic()
-            if now - self._cancelled_at < CANCEL_GRACE or now - last_inject < CANCEL_REPEAT:
-                continue
-            # Only while the command is inside main(): see _call_main for the other half.
-            if self._state_lock.acquire(timeout=1.0):
-                try:
-                    if self._in_main:
-                        _inject_keyboard_interrupt(self._thread_id)
-                        last_inject = now
-                finally:
-                    self._state_lock.release()
+    def tick(self) -> None:
+        """One step of the keeper's ticker (threads.Ticker, every STREAM_TICK while this run
+        is registered): flush streamed output, notice a client that left, and once the grace
+        is over, interrupt the command."""
+        if self._done.is_set():
+            return
+        if self.streaming and not self.broken:
+            self.stdout.flush()
+            self.stderr.flush()
+        if not self.cancelled and self._peer_gone():
+            self.cancel("client disconnected")
+        if self._cancelled_at is None:
+            return
+        now = time.monotonic()
+        if now - self._cancelled_at < CANCEL_GRACE or now - self._last_inject < CANCEL_REPEAT:
+            return
+        # Only while the command is inside main(): see _call_main for the other half.
+        if self._state_lock.acquire(timeout=1.0):
+            try:
+                if self._in_main:
+                    _inject_keyboard_interrupt(self._thread_id)
+                    self._last_inject = now
+            finally:
+                self._state_lock.release()
 
     # output -----------------------------------------------------------------------------
 
@@ -324,11 +332,11 @@ class _RunSession:
     # running ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._ticker.start()
+        self.keeper.ticker.add(self)
 
     def stop(self) -> None:
-        self._done.set()
-        self._ticker.join(timeout=2.0)
+        self._done.set()   # a tick already under way on another thread returns at its first check
+        self.keeper.ticker.remove(self)
 
     def execute(self, main: Callable[[list[str]], Any]) -> int:
         """Run main(argv) with the caller's cwd, env, umask, argv and our captured streams,
@@ -473,6 +481,9 @@ class Keeper:
         self.requests = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        # Reused, not started per command (threads.py says what that saves).
+        self.workers = Workers("conn")
+        self.ticker = Ticker(STREAM_TICK)
 
     # start-up -----------------------------------------------------------------------------
 
@@ -595,7 +606,7 @@ class Keeper:
             log(f"accept failed: {exc}")
             return
         self._enter()
-        threading.Thread(target=self._handle_conn, args=(conn,), name="conn", daemon=True).start()
+        self.workers.submit(self._handle_conn, conn)
 
     def _handle_conn(self, conn: socket.socket) -> None:
         try:
@@ -662,6 +673,7 @@ class Keeper:
                 "requests": self.requests, "busy_replies": self.busy_replies,
                 "current": None if current is None else current.argv,
                 "pool": default_pool.describe(),
+                "threads": {"started": self.workers.started, "idle": self.workers.idle},
             })
             return self._send_quietly(conn, reply)
         if cmd == "stop":
