@@ -32,7 +32,7 @@ import msgpack
 
 MAX_SLOTS = 32
 MAX_VALUE_BYTES = 2 << 20      # a logs answer of the default 1 MiB fits; bigger ones are sent each time
-MAX_TOTAL_BYTES = 8 << 20
+MAX_TOTAL_BYTES = 4 << 20       # ~20 answers of 1,000 ps rows; their objects may take ~5x that
 # Ops whose values hold only objects that are never changed once made (ps.py _KeptRows,
 # statefiles' "cached objects are never mutated"): an identical object is an unchanged
 # one. For other ops an identical object proves nothing (a cache could have changed it).

@@ -30,6 +30,7 @@ from ...protocol.conditional import MAX_TAG_LEN, slot_key
 from ...protocol.errors import ErrorCode, ProtocolError
 
 MAX_SLOTS = 32  # as the agent's memory (agent/sent.py): a few dozen answers per connection
+MAX_TOTAL_BYTES = 16 << 20  # frozen bytes held per connection (the agent tags values up to 2 MiB)
 
 
 def freeze(value: Any) -> bytes:
@@ -58,10 +59,12 @@ class Asked:
 class HeldValues:
     """One agent connection's held answers. Thread-safe."""
 
-    def __init__(self, ops: frozenset[str], *, max_slots: int = MAX_SLOTS):
+    def __init__(self, ops: frozenset[str], *, max_slots: int = MAX_SLOTS, max_bytes: int = MAX_TOTAL_BYTES):
         self.ops = ops
         self.max_slots = max_slots
+        self.max_bytes = max_bytes
         self._slots: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+        self._total = 0
         self._lock = threading.Lock()
         self.same_received = 0     # answers given from what was held (tests, benchmarks)
         self.values_received = 0   # tagged values received and held
@@ -113,12 +116,13 @@ class HeldValues:
             except ValueError:  # not a plain msgpack value (an ext type): not held
                 frozen = None
         with self._lock:
-            self._slots.pop(slot, None)
+            self._pop(slot)
             if frozen is not None:
                 self.values_received += 1
                 self._slots[slot] = (tag, frozen)
-                while len(self._slots) > self.max_slots:
-                    self._slots.popitem(last=False)
+                self._total += len(frozen)
+                while len(self._slots) > self.max_slots or self._total > self.max_bytes:
+                    self._pop(next(iter(self._slots)))
         if "tag" in result:
             result = {k: v for k, v in result.items() if k != "tag"}
         return result
@@ -126,3 +130,9 @@ class HeldValues:
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
+            self._total = 0
+
+    def _pop(self, slot: bytes) -> None:
+        old = self._slots.pop(slot, None)
+        if old is not None:
+            self._total -= len(old[1])

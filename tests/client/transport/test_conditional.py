@@ -180,6 +180,13 @@ def test_held_slots_are_bounded():
         held.resolve(held.ask([("logs", {"key": f"k{i}"})]), [{"ok": True, "value": i, "tag": str(i)}])
     assert len(held) == 3 and held.ask([("logs", {"key": "k0"})]).held == [None]
     assert held.ask([("logs", {"key": "k4"})]).held == ["4"]
+    small = HeldValues(frozenset({"logs"}), max_bytes=250)
+    for i in range(3):
+        small.resolve(small.ask([("logs", {"key": f"k{i}"})]), [{"ok": True, "value": "x" * 100, "tag": str(i)}])
+    assert len(small) == 2 and small.ask([("logs", {"key": "k0"})]).held == [None]
+    small.clear()
+    small.resolve(small.ask([("logs", {"key": "k"})]), [{"ok": True, "value": "x" * 200, "tag": "a"}])
+    assert len(small) == 1  # the count started again from nothing
 
 
 def test_freeze_thaw_is_exact_and_independent():
