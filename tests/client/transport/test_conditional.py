@@ -228,3 +228,31 @@ def test_a_malformed_same_from_the_agent_is_a_one_line_op_error(transport: Agent
     assert len(held) == 0
     monkeypatch.undo()
     assert any(r["key"] == KEY for r in _rows(transport))  # works again, from full values
+
+
+def test_threads_sharing_the_connection_get_right_answers(remote: Remote, transport: AgentTransport):
+    """Several threads poll one connection while the state changes under them: every
+    answer is either the old or the new state, never an error or a mix."""
+    import threading
+
+    old = _rows(transport)
+    ports, errors = [], []
+
+    def poll() -> None:
+        try:
+            for _ in range(15):
+                rows = _rows(transport)
+                ports.append(next(r for r in rows if r["key"] == KEY)["port"])
+                assert len(rows) == len(old)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    remote.write(f".remote-http-launcher/server/{KEY}.json", _state(6002))
+    for thread in threads:
+        thread.join()
+    assert errors == [] and set(ports) <= {5000, 6002} and len(ports) == 60
+    assert next(r for r in _rows(transport) if r["key"] == KEY)["port"] == 6002
+    assert _held(transport).same_received > 0
