@@ -14,7 +14,9 @@ Prints p50/p99 of:
     (a long-lived process over the real tunnel; state and data folders as bench_agent.py
     makes them), through paramiko and through the user's OpenSSH in turns, with the
     agent's file-watch mode of ps and of the persistent walk (inotify: a kept walk, or
-    the stat fallback) named;
+    the stat fallback) named; and the same through paramiko with conditional replies
+    turned off ("paramiko, full": every answer packed, sent and unpacked again,
+    as before conditional replies; the other rows get "same" for an unchanged answer);
   * Fleet.ps over 1 host vs 4 hosts (warm connections, hosts asked in parallel);
   * Fleet.batch over 1, 16 and 64 hosts each answering in 5 ms (N ssh aliases of one sshd:
     see fanout_many), with the CPU each costs the client and the machine (--fanout: only
@@ -183,8 +185,10 @@ def services_rows(server: SshServer, config: Path, runs: int) -> None:
     (each N's keys include the previous N's), on one sshd and one agent. Through paramiko
     (the default) and through the user's OpenSSH (via="openssh"), interleaved."""
     sleepers = spawn_sleepers(250)
+    full = AgentTransport(server.alias, ssh_config=config, notice=quiet, conditional=False)
     hosts = {"paramiko": Host(server.alias, ssh_config=config, notice=quiet),
-             "openssh": Host(server.alias, ssh_config=config, notice=quiet, via="openssh")}
+             "openssh": Host(server.alias, ssh_config=config, notice=quiet, via="openssh"),
+             "paramiko, full": Host(server.alias, transport=full)}
     scratch = Path(tempfile.mkdtemp(prefix="ss-bench-services-"))
     try:
         bufferdir = server.home / "data" / "buffers"

@@ -19,6 +19,7 @@ from ..protocol.auth import RPYC_CONFIG
 from . import dispatch
 from .context import AgentContext
 from .rpyc_guard import HardenedConnection
+from .sent import SentValues
 
 EXPOSED = frozenset({"call", "exposed_call"})
 
@@ -64,11 +65,19 @@ class Activity:
 
 
 class AgentService(rpyc.Service):
-    """One instance serves every connection of the agent (it holds no per-connection state)."""
+    """The agent's service. The server holds one instance; each connection is served by
+    its own copy (`_connect`), which shares the context and the activity and holds that
+    connection's memory of sent values (conditional replies, agent/sent.py): a new
+    connection starts with nothing remembered."""
 
     def __init__(self, ctx: AgentContext, activity: Activity | None = None):
         self._ctx = ctx
         self._activity = activity or Activity()
+        self.sent = SentValues()
+
+    def for_connection(self) -> "AgentService":
+        """A copy serving one connection: same context and activity, its own memory."""
+        return AgentService(self._ctx, self._activity)
 
     def on_connect(self, conn: Any) -> None:
         self._activity.connected()
@@ -84,7 +93,9 @@ class AgentService(rpyc.Service):
         # the per-frame flag, so this needs no agreement. (The agent's own LimitedChannel
         # starts uncompressed; this covers any other channel.)
         channel.compress = False
-        return super()._connect(channel, config)
+        # rpyc makes the service the connection's root: a per-connection copy, so that what
+        # one connection was sent is never taken for what another holds.
+        return super(AgentService, self.for_connection())._connect(channel, config)
 
     def _rpyc_getattr(self, name: str) -> Any:
         # Replaces rpyc's attribute check for the root object: one name, nothing else
@@ -99,6 +110,6 @@ class AgentService(rpyc.Service):
             raise TypeError("call() takes one msgpack request as bytes")
         self._activity.touch()
         try:
-            return dispatch.handle(self._ctx, request)
+            return dispatch.handle(self._ctx, request, sent=self.sent)
         finally:
             self._activity.touch()

@@ -1,6 +1,7 @@
 """msgpack envelopes: a request is a batch of ops, a reply is one result per op, in order.
 
 Request: {"v": <int>, "ops": [{"op": <str>, "args": {...}}, ...]}
+         plus "held": [tag | nil, ...] for conditional replies (protocol/conditional.py)
 Reply:   {"v": <int>, "results": [{"ok": true, "value": ...} | {"ok": false, "error": {...}}]}
          or, when the whole request is unusable, {"v": <int>, "error": {"code", "message"}}.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from .conditional import HELD_FIELD, check_held
 from .errors import ErrorCode, ProtocolError
 from .version import PROTOCOL_VERSION
 
@@ -31,6 +33,7 @@ class OpCall:
 class Request:
     version: int
     ops: list[Any]  # raw op entries; each is validated separately so one bad op fails alone
+    held: list[str | None] | None = None  # conditional replies asked for (one tag or nil per op)
 
 
 def _unpack(data: bytes, *, max_bytes: int, check_depth: bool = True) -> Any:
@@ -77,7 +80,10 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def encode_request(ops: list[OpCall] | list[tuple[str, dict]], version: int = PROTOCOL_VERSION) -> bytes:
+def encode_request(ops: list[OpCall] | list[tuple[str, dict]], version: int = PROTOCOL_VERSION,
+                   held: list[str | None] | None = None) -> bytes:
+    """The request bytes; `held` (one tag or nil per op) only for an agent that advertised
+    conditional replies in its hello: any other agent refuses the field."""
     entries = []
     for item in ops:
         if isinstance(item, OpCall):
@@ -85,7 +91,10 @@ def encode_request(ops: list[OpCall] | list[tuple[str, dict]], version: int = PR
         else:
             name, args = item
             entries.append({"op": name, "args": args or {}})
-    data = _pack({"v": version, "ops": entries})
+    envelope: dict[str, Any] = {"v": version, "ops": entries}
+    if held is not None:
+        envelope[HELD_FIELD] = held
+    data = _pack(envelope)
     if len(data) > MAX_REQUEST_BYTES:
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"request of {len(data)} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes"
@@ -98,7 +107,7 @@ def decode_request(data: bytes) -> Request:
     obj = _unpack(data, max_bytes=MAX_REQUEST_BYTES)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, f"request must be a map, not {_kind(obj)}")
-    unknown = set(obj) - {"v", "ops"}
+    unknown = set(obj) - {"v", "ops", HELD_FIELD}
     if unknown:
         raise ProtocolError(ErrorCode.MALFORMED, f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
     version = obj.get("v")
@@ -116,7 +125,10 @@ def decode_request(data: bytes) -> Request:
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"request has {len(ops)} ops; at most {MAX_OPS_PER_REQUEST} per request"
         )
-    return Request(version=version, ops=ops)
+    held = obj.get(HELD_FIELD)
+    if held is not None or HELD_FIELD in obj:
+        held = check_held(held, len(ops))
+    return Request(version=version, ops=ops, held=held)
 
 
 def parse_op_entry(entry: Any) -> OpCall:

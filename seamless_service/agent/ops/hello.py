@@ -11,6 +11,7 @@ from typing import Any
 
 from ... import __version__
 from ...protocol import PROTOCOL_VERSION
+from ...protocol.conditional import CONDITIONAL_OPS, HELLO_FIELD
 from ...protocol.schema import OPS
 from ..context import AgentContext
 from ..watch import watcher
@@ -44,4 +45,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         "path_policy": describe_policy(ctx),
         # how `ps` looks at the state folders: "inotify" or "stat" (agent/watch.py)
         "file_watch": watcher(ctx).mode,
+        # the ops this agent answers "same" for when a request says what it holds
+        # ("held", protocol/conditional.py); a client sends "held" only to an agent listing them
+        HELLO_FIELD: sorted(CONDITIONAL_OPS),
     }

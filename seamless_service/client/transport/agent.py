@@ -36,6 +36,11 @@ channel (tunnel.py); "forward", a local sshtunnel forward on that connection; "o
 + the secret file) and only an install or upgrade goes through deploy (paramiko, SFTP).
 open.py chooses for callers (openssh where an `ssh` client exists).
 
+Conditional replies (held.py, protocol/conditional.py): on a connection whose agent
+listed them in its hello, a request says per op which answer it holds, and an unchanged
+answer comes back as a tiny "same" that is resolved from what this connection holds.
+`conditional=False` turns that off (every answer sent in full).
+
 Import-light: paramiko and rpyc are imported on first connection.
 """
 
@@ -51,6 +56,7 @@ from typing import Any, Iterator, Sequence
 
 from ... import __version__
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, decode_reply, encode_request
+from ...protocol.conditional import advertised
 from ..errors import AgentUnavailable, ConnectionFailed, ProtocolMismatch, TimedOut, from_protocol_error
 from .agent_conn import AgentError, AgentTimeout
 from .base import DEFAULT_TIMEOUT, Notice, Op, Result, Transport
@@ -130,7 +136,7 @@ class AgentTransport(Transport):
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None,
                  timeout: float = DEFAULT_TIMEOUT, accept_new_host_key: bool = False,
                  notice: Notice | None = None, connect_timeout: float | None = None,
-                 via: str = "channel", keep_session: bool = True):
+                 via: str = "channel", keep_session: bool = True, conditional: bool = True):
         if not host or host.startswith("-"):
             raise ValueError(f"not a host name: {host!r}")
         if via not in VIAS:
@@ -143,6 +149,7 @@ class AgentTransport(Transport):
         self.connect_timeout = connect_timeout
         self.via = via
         self.keep_session = keep_session
+        self.conditional = conditional    # read at each connection's hello (held_values)
         self._tunnel: Any = None          # tunnel.Tunnel
         self._conn: Any = None            # agent_conn.AgentConnection
         self._endpoint: Any = None        # deploy.cache.AgentEndpoint (holds the secret)
@@ -184,8 +191,9 @@ class AgentTransport(Transport):
             if budget.spent():  # the connection stays, for the next call
                 raise TimedOut(self.host, f"no answer within {limit:g} s: the time went on "
                                "reconnecting to the agent")
+            asked, sent_request = self._ask(conn, ops, request)
             try:
-                reply = conn.call(request, timeout=budget.remaining())
+                reply = conn.call(sent_request, timeout=budget.remaining())
             except AgentError as exc:  # lost, timed out, refused the call
                 self._drop(conn)  # at once: AgentConnection.close() never waits for the agent
                 error = self._after_failed_call(exc, names, limit, budget, repaired=repaired)
@@ -193,7 +201,8 @@ class AgentTransport(Transport):
                     raise error from exc
                 continue  # the next _connection() repairs, once, within what is left of the budget
             try:
-                return decode_reply(reply, expected=len(ops))
+                results = decode_reply(reply, expected=len(ops))
+                return results if asked is None else conn.held.resolve(asked, results)
             except ProtocolError as exc:
                 if exc.code == ErrorCode.VERSION_MISMATCH and not repaired:
                     # Refused as a whole before anything ran: safe to resend after a redeploy.
@@ -204,6 +213,22 @@ class AgentTransport(Transport):
                     self._connection(allow_repair=True, reason="agent upgraded", budget=budget)
                     continue
                 raise from_protocol_error(exc, self.host) from exc
+
+    @staticmethod
+    def _ask(conn: Any, ops: list[tuple[str, dict[str, Any]]], request: bytes) -> tuple[Any, bytes]:
+        """(what the request says it holds or None, the request to send): `request` as it is
+        unless the connection holds answers (its agent advertised conditional replies) and
+        an op of the batch may be answered "same"."""
+        held = getattr(conn, "held", None)
+        if held is None:
+            return None, request
+        asked = held.ask(ops)
+        if not asked.conditional:
+            return None, request
+        try:
+            return asked, encode_request(ops, held=asked.held)
+        except ProtocolError:  # "held" pushed a request at the limit over it: send it plain
+            return None, request
 
     def _after_failed_call(self, exc: AgentError, names: list[str], limit: float, budget: "Budget", *,
                            repaired: bool) -> ConnectionFailed | None:
@@ -378,8 +403,13 @@ class AgentTransport(Transport):
             if not self._compatible(info):
                 conn.close()
                 return self._accept_version(info, endpoint, why)
-        self._conn, self._endpoint, self._agent_info = conn, endpoint, info
+        self._adopt(conn, endpoint, info)
         return why or "connection re-established"
+
+    def _adopt(self, conn: Any, endpoint: Any, info: dict[str, Any]) -> None:
+        """`conn` (whose agent said `info` in its hello) becomes the connection in use."""
+        conn.held = held_values(info) if self.conditional else None
+        self._conn, self._endpoint, self._agent_info = conn, endpoint, info
 
     def _redeploy_and_connect(self, reason: str, unreachable: str) -> tuple[Any, Any]:
         """Deploy (restart/upgrade) the agent, then connect; AgentUnavailable if it still
@@ -398,7 +428,7 @@ class AgentTransport(Transport):
                 f"this client protocol {PROTOCOL_VERSION} (version {__version__}); upgrade seamless-service "
                 "on this machine or stop the other agent with `seamless-service agent stop HOST`")
         conn = self._connect_agent(endpoint)
-        self._conn, self._endpoint, self._agent_info = conn, endpoint, info
+        self._adopt(conn, endpoint, info)
         return why or "connection re-established"
 
     @staticmethod
@@ -571,6 +601,17 @@ class AgentTransport(Transport):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def held_values(hello: dict[str, Any]) -> Any:
+    """A connection's HeldValues when its agent's hello advertised conditional replies,
+    else None: an agent that did not list them never receives "held" (it would refuse it)."""
+    ops = advertised(hello)
+    if not ops:
+        return None
+    from .held import HeldValues
+
+    return HeldValues(ops)
 
 
 class _AgentGone(Exception):

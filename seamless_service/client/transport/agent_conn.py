@@ -142,6 +142,9 @@ class AgentConnection:
         self.where = where
         self.call_timeout = call_timeout
         self._remote_call = rpyc_conn.root.call
+        # answers held for conditional replies (held.py), set by the transport once this
+        # agent's hello advertised them; per connection, so a reconnect starts empty
+        self.held: Any = None
         self._async_call = rpyc.async_(self._remote_call)  # keep a reference: rpyc caches it weakly
 
     @classmethod
