@@ -17,12 +17,14 @@ How the agent is reached (`via`, for kinds agent and auto):
             (openssh.py), ~/.ssh/config as `ssh` reads it (Include, Match exec, ProxyJump,
             GSSAPI, a ControlMaster the user already has, e.g. after a 2FA login)
 None chooses: $SEAMLESS_SERVICE_SSH (openssh or paramiko) if set, else `default_via()`.
-Why paramiko by default: measured side by side in two runs of benchmarks/bench_tunnel.py
-(loopback sshd, 2 cores shared with other work), openssh was not reliably faster on warm
-calls (small call p50 0.21 / 0.15 ms vs paramiko's 0.17 / 0.17; 200 KB reply 0.95 / 0.71 vs
-0.50 / 0.81; bench_peers.py, two runs: 0.182 vs 0.177, 0.161 vs 0.166) and its first connection is ~3x slower (380 vs
-122 ms: `ssh -O check`, then ssh's own login and key exchange). openssh is the choice for
-what paramiko cannot do: 2FA reused through a ControlMaster, GSSAPI, Match exec, Include.
+Why paramiko by default: measured side by side (benchmarks/bench_tunnel.py, bench_peers.py,
+profile_warm.py --split; loopback sshd, 2 cores), warm calls from a long-lived process cost
+the same (small call p50 0.42 vs 0.45 ms, 1,000 services ps 2.05 vs 2.03 ms); inside the
+tunnel keeper a warm CLI command is ~1.5 ms faster through openssh (keeper round trip 3.5
+vs 5.2-5.6 ms: paramiko's packet thread shares the GIL), but its first connection is ~3x
+slower (212 vs 75 ms: `ssh -O check`, then ssh's own login and key exchange), paid again
+after every idle exit of the keeper. openssh is the choice for what paramiko cannot do:
+2FA reused through a ControlMaster, GSSAPI, Match exec, Include.
 Note: `ssh` reads the config of the user's passwd home, not $HOME (paramiko reads $HOME's).
 
 Inside the tunnel keeper (pool.default_pool.in_keeper), what open_transport returns is a lease on a
