@@ -18,6 +18,10 @@ load of a shared machine falls on all of them alike.
 
 Targets (issue 13): ours small call p50 <= 0.25 ms and ahead of both; ahead of both on ps.
 
+Two floor rows say what the target is read against: 100 bytes echoed by a Python process
+through `ssh -W` (SSH and a Python peer, no rpyc, no agent), and our small call straight to
+the agent's port over loopback TCP (rpyc and the agent, no SSH).
+
 execnet and mitogen come from the `bench` extra: `pip install -e '.[client,bench]'`. A
 library that is missing or fails to start is printed as unavailable with the reason.
 Needs root (sshd + a throwaway user).
@@ -144,6 +148,72 @@ def open_mitogen(server: SshServer) -> tuple[Callable, Callable, Callable]:
             lambda: context.call(_peer_remote.read_states, STATE_DIR), close)
 
 
+# ---------------------------------------------------------------- the floors
+# What any Python-to-Python call over SSH on this machine costs before rpyc or the agent do
+# anything, and what rpyc and the agent cost without SSH: the small call's target is read
+# against these (printed as "floor" rows, not contenders).
+
+ECHO_SERVER = """
+import socket, sys
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+
+def open_ssh_echo(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    """100 bytes echoed by a Python process on the host, through `ssh -W` to its port (the
+    path of our agent connection, minus rpyc and the agent), on a socketpair as
+    transport/openssh.py does it."""
+    import socket
+    import subprocess
+
+    echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(echo.stdout.readline())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ssh = subprocess.Popen(["ssh", "-F", str(server.ssh_config), "-W", f"127.0.0.1:{port}", server.alias],
+                           stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
+    theirs.close()
+    message = b"x" * 100
+
+    def call() -> None:
+        ours.sendall(message)
+        got = 0
+        while got < len(message):
+            got += len(ours.recv(65536))
+
+    call()
+
+    def close() -> None:
+        ours.close()
+        for proc in (ssh, echo):
+            proc.kill()
+            proc.wait()
+
+    return call, None, close  # no state to read: a small-call floor only
+
+
+def open_rpyc_direct(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    """Our small call straight to the agent's port over loopback TCP (no SSH): rpyc on both
+    ends plus the agent's work. Internals: the endpoint a connected Host holds."""
+    from seamless_service import Host
+    from seamless_service.client.transport.agent_conn import AgentConnection
+
+    with Host(server.alias, ssh_config=server.ssh_config, notice=lambda message: None) as host:
+        host.batch([("hello", {})])
+        endpoint = host.transport.active._endpoint
+    conn = AgentConnection.connect("127.0.0.1", endpoint.remote_port, endpoint.secret)
+    return (lambda: conn.batch([("hello", {})]), lambda: conn.batch([("ps", {})]), conn.close)
+
+
 def version_of(dist: str) -> str:
     import importlib.metadata
 
@@ -167,7 +237,9 @@ def main() -> int:
     openers = {"ours via openssh (Host.batch, ssh -W)": lambda server: open_ours(server, "openssh"),
                "ours via paramiko (Host.batch, channel)": lambda server: open_ours(server, "paramiko"),
                "execnet (ssh binary, channel)": open_execnet,
-               "mitogen (ssh binary, context.call)": open_mitogen}
+               "mitogen (ssh binary, context.call)": open_mitogen,
+               "floor: 100 bytes echoed through ssh -W": open_ssh_echo,
+               "floor: ours without SSH (rpyc on loopback TCP)": open_rpyc_direct}
     opened: dict[str, tuple[Callable, Callable, Callable]] = {}
     unavailable: dict[str, str] = {}
     with SshServer.start(alias="benchpeers") as server:
@@ -181,7 +253,8 @@ def main() -> int:
                     text = str(exc).strip().splitlines()
                     unavailable[label] = f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
             small = round_robin({label: calls[0] for label, calls in opened.items()}, runs)
-            states = round_robin({label: calls[1] for label, calls in opened.items()}, max(50, runs // 5))
+            states = round_robin({label: calls[1] for label, calls in opened.items() if calls[1] is not None},
+                                 max(50, runs // 5))
         finally:
             for calls in opened.values():
                 calls[2]()
@@ -198,12 +271,19 @@ def report(openers: dict, small: dict, states: dict, unavailable: dict[str, str]
         if label in unavailable:
             print(f"{label:48} unavailable: {unavailable[label]}")
             continue
-        (s50, s99), (r50, r99) = small[label], states[label]
+        (s50, s99) = small[label]
+        if label not in states:
+            line = f"{label:48} {s50:6.3f} ms {s99:7.3f} ms   {'-':>9} {'-':>11}"
+            if label != first and first is not None:
+                line += f"   ratio {s50 / small[first][0]:.1f}x"
+            print(line)
+            continue
+        (r50, r99) = states[label]
         line = f"{label:48} {s50:6.3f} ms {s99:7.3f} ms   {r50:6.2f} ms {r99:7.2f} ms"
         if label != first and first is not None:
             line += f"   ratio {s50 / small[first][0]:.1f}x / {r50 / states[first][0]:.1f}x"
         print(line)
-    peers = [label for label in openers if label not in ours and label in small]
+    peers = [label for label in openers if not label.startswith(("ours", "floor")) and label in small]
     verdict = {True: "ok", False: "MISSED"}
     for label in ours:
         if label not in small:

@@ -103,6 +103,42 @@ def _machine_busy_s() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def server_side_cpu_s(server: SshServer) -> tuple[float, float]:
+    """(agent, sshd sessions): CPU seconds so far of the server user's processes (/proc),
+    the agent told apart by its command line."""
+    tick = os.sysconf("SC_CLK_TCK")
+    agent = sessions = 0.0
+    for pid in server.user_processes():
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if b"seamless_service" in cmdline and b"agent" in cmdline:
+            agent += used
+        else:
+            sessions += used
+    return agent, sessions
+
+
+def server_side_note(fn, server: SshServer, runs: int) -> tuple[str, float]:
+    """(the note, the client's CPU ms per call) for the server side of a fan-out: the
+    one agent serves every alias in one process, so its share is serialised by its GIL,
+    which N real hosts (N agents on N machines) would not do."""
+    fn()
+    a0, s0 = server_side_cpu_s(server)
+    t0 = time.process_time()
+    for _ in range(runs):
+        fn()
+    client = (time.process_time() - t0) * 1000 / runs
+    a1, s1 = server_side_cpu_s(server)
+    return (f"CPU per call: client {client:.2f} ms; server side: the one agent {(a1 - a0) * 1000 / runs:.2f} ms, "
+            f"sshd sessions {(s1 - s0) * 1000 / runs:.2f} ms"), client
+
+
 def fanout_note(client: float, machine: float | None) -> str:
     cores = os.cpu_count() or 1
     if machine is None:
@@ -166,10 +202,22 @@ def fanout_many(server: SshServer, folder: Path, runs: int, via: str | None = No
             row(f"host answering in {LAG * 1000:g} ms, {n} host{'s' if n > 1 else ''}", p50, p99, target,
                 None if limit is None else p50 <= limit * p50_1)
         # On loopback the hosts' sshd sessions and agent run on the client's cores: the CPU
-        # floor says how much of a ratio is the machine's CPU rather than the fan-out.
+        # floor says how much of a ratio is the machine's CPU rather than the fan-out, and
+        # the server side's share (one agent for all N aliases) what real hosts would not
+        # put on the client's machine.
+        clients: dict[int, float] = {}
         for n, fleet in fleets.items():
             note = fanout_note(*cpu_per_call(lambda f=fleet: f.batch(op), 30))
             print(f"  {'':58s} {n:2d} host{'s' if n > 1 else ' '}: {note}")
+            note, clients[n] = server_side_note(lambda f=fleet: f.batch(op), server, 50)
+            print(f"  {'':58s} {'':9s} {note}")
+        # N real hosts: each one's sshd and agent work on its own machine while this one
+        # sends and reads; what stays here is the client's own CPU for the N-1 more hosts.
+        for n in FANOUT[1:]:
+            limit = {16: 1.5, 64: 2.0}[n]
+            estimate = p50_1 + clients[n] - clients[1]
+            print(f"  estimate for {n} real hosts (one host's p50 + the client's CPU for {n - 1} more): "
+                  f"{estimate:.2f} ms, ratio {estimate / p50_1:.2f}x [<= {limit:g}x]", flush=True)
     finally:
         for fleet in fleets.values():
             fleet.close()

@@ -56,6 +56,34 @@ def _keys(keys: str | Iterable[str]) -> list[str]:
     return [keys] if isinstance(keys, str) else list(keys)
 
 
+def _ps_op(*, side: str = "server", status: str | None = None, no_status: bool = False, host: str | None = None,
+           **filters: str | None) -> Op:
+    return "ps", _args(side=side, status=status, no_status=no_status or None, host=host, **filters)
+
+
+def _ps_rows(value: dict[str, Any]) -> "Rows":
+    rows = Rows(value.get("rows") or [])
+    rows.token = value.get("token")
+    return rows
+
+
+def _one_value(values: list[Any]) -> Any:
+    (value,) = values
+    if isinstance(value, OpError):
+        raise value
+    return value
+
+
+def _then(finish: Callable[[], Any] | None, after: Callable[[Any], Any]) -> Callable[[], Any] | None:
+    return None if finish is None else (lambda: after(finish()))
+
+
+def _raising(exc: BaseException) -> Callable[[], Any]:
+    def again() -> Any:
+        raise exc
+    return again
+
+
 def _result_value(result: Result, host: str) -> Any:
     if result.get("ok"):
         return result.get("value")
@@ -148,11 +176,19 @@ class Host:
         """
         return [_result_value(result, self.name) for result in self.raw_batch(ops)]
 
+    def _begin(self, ops: Sequence[Op]) -> Callable[[], list[Any]] | None:
+        """batch(ops) split in two for Fleet: the request is sent now and the function
+        returned waits for it; None (nothing sent) unless the transport is open."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return None
+        finish = transport.begin([(name, dict(args or {})) for name, args in ops])
+        if finish is None:
+            return None
+        return lambda: [_result_value(result, self.name) for result in finish()]
+
     def _one(self, op: str, args: dict[str, Any]) -> Any:
-        (value,) = self.batch([(op, args)])
-        if isinstance(value, OpError):
-            raise value
-        return value
+        return _one_value(self.batch([(op, args)]))
 
     # ------------------------------------------------------------------ ops
 
@@ -162,10 +198,7 @@ class Host:
         (side="client"), with the agent's status corrections. Filters: status, and
         service/cluster/project/stage/subproject/substage/mode/queue matched against each
         row's meta (or its key); `host` keeps client rows whose ssh_host is that."""
-        value = self._one("ps", _args(side=side, status=status, no_status=no_status or None, host=host, **filters))
-        rows = Rows(value.get("rows") or [])
-        rows.token = value.get("token")
-        return rows
+        return _ps_rows(self._one(*_ps_op(side=side, status=status, no_status=no_status, host=host, **filters)))
 
     def persistent(self, paths: str | Iterable[str], *, level: int = 0, file: str | None = None,
                    marker: str | None = None, sizes: bool = True, refresh: bool = False) -> list[dict[str, Any]]:
@@ -290,7 +323,10 @@ class FleetResult:
 
 
 class Fleet:
-    """Many hosts, asked in parallel (one thread per host, kept between calls), results merged."""
+    """Many hosts, asked in parallel, results merged. `ps` and `batch` send their request
+    to every host with an open agent connection before reading any answer (one thread, no
+    hand-offs); a host still to connect, or answered by per-call ssh, is asked in a worker
+    thread (kept between calls) meanwhile."""
 
     def __init__(self, hosts: Iterable[str | Host], *, transport: str = "auto",
                  ssh_config: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
@@ -325,17 +361,21 @@ class Fleet:
                                                 thread_name_prefix="fleet")
             return self._pool
 
-    def _each(self, work: Callable[[Host], Any]) -> tuple[dict[str, Any], FleetResult]:
+    def _each(self, work: Callable[[Host], Any], ahead: Callable[[Host], Callable[[], Any] | None] | None = None,
+              ) -> tuple[dict[str, Any], FleetResult]:
+        """(host name -> what `work(host)` returned, the FleetResult with the errors and
+        timings). `ahead(host)`: the same work split in two (Host._begin): the request sent
+        now, the function returned waiting for its answer; None when the host cannot send
+        ahead (not connected yet, per-call ssh, this machine)."""
         result = FleetResult()
         values: dict[str, Any] = {}
         if not self.hosts:
             return values, result
         lock = threading.Lock()
 
-        def one(host: Host) -> None:
-            start = time.monotonic()
+        def record(host: Host, start: float, run: Callable[[], Any]) -> None:
             try:
-                value = work(host)
+                value = run()
             except ServiceError as exc:
                 with lock:
                     result.errors[host.name] = exc
@@ -349,17 +389,43 @@ class Fleet:
                 with lock:
                     result.timings[host.name] = (start, time.monotonic())
 
-        # Every host but the first goes to a worker thread; the caller's thread asks the
-        # first meanwhile (so one host costs no thread hop at all).
-        futures = [self._executor().submit(one, host) for host in self.hosts[1:]] if len(self.hosts) > 1 else []
-        one(self.hosts[0])
+        def one(host: Host) -> None:
+            record(host, time.monotonic(), lambda: work(host))
+
+        # Hosts with an open agent connection get their request first, all of them before
+        # any answer is read: their agents work in parallel while this thread sends the
+        # next, and the answers are then read in turn here. Threads would cost a hand-off
+        # and a GIL switch per host (measured: 16 hosts answering in 5 ms took 1.8x one).
+        sent: list[tuple[Host, float, Callable[[], Any]]] = []
+        if ahead is not None and len(self.hosts) > 1:
+            for host in self.hosts:
+                start = time.monotonic()
+                try:
+                    finish = ahead(host)
+                except Exception as exc:  # noqa: BLE001 - what batch() would raise: that host's error
+                    finish = _raising(exc)
+                if finish is not None:
+                    sent.append((host, start, finish))
+        asked = {id(host) for host, _, _ in sent}
+        rest = [host for host in self.hosts if id(host) not in asked]
+        if sent:
+            futures = [self._executor().submit(one, host) for host in rest]
+            for host, start, finish in sent:
+                record(host, start, finish)
+        else:
+            # Every host but the first goes to a worker thread; the caller's thread asks the
+            # first meanwhile (so one host costs no thread hop at all).
+            futures = [self._executor().submit(one, host) for host in rest[1:]]
+            one(rest[0])
         for future in futures:
             future.result()
         return values, result
 
     def ps(self, **filters: Any) -> FleetResult:
         """`Host.ps(**filters)` on every host at once; rows tagged with "host"."""
-        values, result = self._each(lambda host: host.ps(**filters))
+        op = _ps_op(**filters)
+        values, result = self._each(lambda host: host.ps(**filters),
+                                    lambda host: _then(host._begin([op]), lambda values: _ps_rows(_one_value(values))))
         for host in self.hosts:
             for row in values.get(host.name, []):
                 tagged = dict(row)
@@ -369,7 +435,7 @@ class Fleet:
 
     def batch(self, ops: Sequence[Op]) -> FleetResult:
         """`Host.batch(ops)` on every host at once: `result.results[host]` per host."""
-        values, result = self._each(lambda host: host.batch(ops))
+        values, result = self._each(lambda host: host.batch(ops), lambda host: host._begin(ops))
         result.results = {host.name: values[host.name] for host in self.hosts if host.name in values}
         return result
 

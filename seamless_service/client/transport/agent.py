@@ -52,7 +52,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ... import __version__
 from ...protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, decode_reply, encode_request
@@ -172,6 +172,31 @@ class AgentTransport(Transport):
         reach, even after one repair), ProtocolMismatch, or OpError for a request the
         agent refused as a whole (too large, malformed).
         """
+        ops, request = self._prepare(ops)
+        limit = self._call_limit(ops)
+        return self._run(ops, request, limit, Budget(limit))
+
+    def begin(self, ops: Sequence[Op]) -> Callable[[], list[Result]] | None:
+        """Send `ops` now on the open connection; the returned function waits for their
+        results, as batch() would return them (a broken connection is repaired and a
+        read-only batch sent again, within the same time limit, counted from now). None
+        when no connection is open: nothing was sent, call batch()."""
+        if self._closed or not self._usable():
+            return None
+        ops, request = self._prepare(ops)
+        limit = self._call_limit(ops)
+        budget = Budget(limit)
+        conn = self._conn
+        if conn is None:  # closed meanwhile by another thread
+            return None
+        asked, sent_request = self._ask(conn, ops, request)
+        try:
+            first: Any = conn.send(sent_request)
+        except AgentError as exc:  # the stream is gone: the call below repairs (or says so)
+            first = exc
+        return lambda: self._run(ops, request, limit, budget, first=(conn, asked, first))
+
+    def _prepare(self, ops: Sequence[Op]) -> tuple[list[tuple[str, dict[str, Any]]], bytes]:
         if self._closed:
             raise ConnectionFailed(self.host, "the transport is closed")
         ops = [(str(name), dict(args or {})) for name, args in ops]
@@ -179,21 +204,35 @@ class AgentTransport(Transport):
             request = encode_request(ops)
         except ProtocolError as exc:
             raise from_protocol_error(exc, self.host) from exc
-        names = [name for name, _ in ops]
-        limit = self._call_limit(ops)
-        budget = Budget(limit)  # every attempt, repair and close of this call fits in it
-        repaired = False
         self.calls += 1
+        return ops, request
+
+    def _run(self, ops: list[tuple[str, dict[str, Any]]], request: bytes, limit: float, budget: "Budget", *,
+             first: tuple[Any, Any, Any] | None = None) -> list[Result]:
+        """The call's attempts: the first one already sent by begin() when `first` is
+        (connection, what it asked as held, rpyc's pending result or the AgentError of
+        sending), then at most one repair and resend."""
+        names = [name for name, _ in ops]
+        repaired = False
         while True:
-            conn, why = self._connection(allow_repair=not repaired, budget=budget)
-            if why is not None:
-                repaired = True
-            if budget.spent():  # the connection stays, for the next call
-                raise TimedOut(self.host, f"no answer within {limit:g} s: the time went on "
-                               "reconnecting to the agent")
-            asked, sent_request = self._ask(conn, ops, request)
+            if first is not None:
+                (conn, asked, pending), first = first, None
+            else:
+                conn, why = self._connection(allow_repair=not repaired, budget=budget)
+                if why is not None:
+                    repaired = True
+                if budget.spent():  # the connection stays, for the next call
+                    raise TimedOut(self.host, f"no answer within {limit:g} s: the time went on "
+                                   "reconnecting to the agent")
+                asked, sent_request = self._ask(conn, ops, request)
+                pending = None
             try:
-                reply = conn.call(sent_request, timeout=budget.remaining())
+                if pending is None:
+                    reply = conn.call(sent_request, timeout=budget.remaining())
+                elif isinstance(pending, AgentError):
+                    raise pending
+                else:
+                    reply = conn.wait(pending, timeout=budget.remaining())
             except AgentError as exc:  # lost, timed out, refused the call
                 self._drop(conn)  # at once: AgentConnection.close() never waits for the agent
                 error = self._after_failed_call(exc, names, limit, budget, repaired=repaired)

@@ -180,13 +180,38 @@ class AgentConnection:
 
     def call(self, request: bytes, *, timeout: float | None = None) -> bytes:
         """Send one msgpack request, return the agent's msgpack reply."""
+        limit = self.call_timeout if timeout is None else timeout
+        sent = self.send(request)
+        sent.set_expiry(limit)
+        return self._reply(sent, limit)
+
+    def send(self, request: bytes) -> Any:
+        """Send one msgpack request without waiting: what wait() takes to get its reply.
+        Sending to many agents before waiting for any is how Fleet asks N hosts in about
+        the time of one (api.py)."""
         if type(request) is not bytes:
             raise TypeError("request must be bytes")
+        try:
+            return self._async_call(request)
+        except Exception as exc:  # noqa: BLE001 - a lost stream
+            raise _rpyc_error(exc, self.where, "call", self.call_timeout) from exc
+
+    def wait(self, sent: Any, *, timeout: float | None = None) -> bytes:
+        """The reply to what send() sent, waiting at most `timeout` seconds from now (None:
+        the connection's call timeout). A reply that arrived while the caller was busy
+        elsewhere is taken even when the time is up: what is late is then the caller."""
         limit = self.call_timeout if timeout is None else timeout
         try:
-            result = self._async_call(request)
-            result.set_expiry(limit)
-            reply = result.value
+            # `ready` reads what already arrived, without waiting (send() set no expiry)
+            if not sent.ready:
+                sent.set_expiry(max(0.0, limit))
+        except Exception as exc:  # noqa: BLE001 - a lost stream
+            raise _rpyc_error(exc, self.where, "call", limit) from exc
+        return self._reply(sent, limit)
+
+    def _reply(self, sent: Any, limit: float) -> bytes:
+        try:
+            reply = sent.value
         except Exception as exc:  # noqa: BLE001 - rpyc's timeout, a lost stream, a remote exception
             raise _rpyc_error(exc, self.where, "call", limit) from exc
         if type(reply) is not bytes:

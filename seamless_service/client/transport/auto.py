@@ -94,6 +94,14 @@ class AutoTransport(Transport):
             self._use_ssh, self.fallback_reason = False, None  # the agent answers again
         return results
 
+    def begin(self, ops: Sequence[Op]) -> Callable[[], list[Result]] | None:
+        # Only while the agent answers, over a connection it already has: a first call, a
+        # fallback or a retry of the agent go through batch() (it may switch transports).
+        agent = self._agent
+        if self._use_ssh or agent is None or not agent.connected_once:
+            return None
+        return agent.begin(ops)
+
     def _retry_due(self) -> bool:
         return not self._permanent and self._make_agent is not None and time.monotonic() >= self._retry_at
 

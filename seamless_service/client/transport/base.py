@@ -55,6 +55,14 @@ class Transport(ABC):
     def batch(self, ops: Sequence[Op]) -> list[Result]:
         """Run `ops` in one round trip; one raw result per op, in order."""
 
+    def begin(self, ops: Sequence[Op]) -> Callable[[], list[Result]] | None:
+        """Send `ops` now and return the function that waits for their results (what
+        batch() would return or raise), or None: nothing was sent, call batch(). Fleet
+        sends to every host that can before it waits for any, so N hosts answer in about
+        the time of one plus the client's work per host, not N thread hand-offs. The
+        default sends nothing ahead: only a transport with an open connection can."""
+        return None
+
     def close(self) -> None:
         """Let go of connections; never raises. Nothing to close by default."""
 
