@@ -116,6 +116,95 @@ def test_an_environment_that_is_not_utf8_reaches_the_keeper_unchanged(place):
     assert json.loads(result.stdout)["var"] == "caf\udce9"
 
 
+# -- how the command ends: os._exit after a keeper's command, flushed first ---------------
+
+# launch() as the script calls it, in an interpreter with an atexit handler: the handler
+# runs on a normal exit and not after os._exit, so the file tells which way it ended.
+ATEXIT_PROBE = """
+import atexit, sys
+marker = sys.argv[1]
+atexit.register(lambda: open(marker, "w").write("normal exit"))
+sys.argv = ["seamless-service", *sys.argv[2:]]
+from seamless_service.client.entry import launch
+launch()
+"""
+
+
+def buffered_env(**extra: str) -> dict[str, str]:
+    """Our environment without PYTHONUNBUFFERED (a CI runner may set it): stdout to a file or
+    a pipe is then block-buffered, as for a user, and output left in the buffer would be
+    lost by an exit that does not flush."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(extra)
+    return env
+
+
+def probe(marker: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ATEXIT_PROBE, str(marker), *args], capture_output=True,
+                          text=True, timeout=60, env=buffered_env(**(env or {})), **kw)
+
+
+def test_after_a_keeper_command_the_process_ends_at_once_with_its_exit_code(place, tmp_path):
+    client.ensure_keeper()
+    marker = tmp_path / "atexit"
+    result = probe(marker, "exit", "3", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "to stdout\n", "to stderr\n")
+    assert not marker.exists()        # no interpreter finalization: os._exit
+    top = probe(marker, "--help", cwd=tmp_path)     # a constant printed here, no keeper asked
+    assert (top.returncode, top.stdout) == (0, TOP_HELP) and not marker.exists()
+
+
+def test_a_command_run_in_this_process_exits_normally(place, tmp_path):
+    # The fallback runs the full CLI here (threads, SSH connections, atexit handlers of
+    # the libraries it imports): the interpreter must finish those as usual.
+    marker = tmp_path / "atexit"
+    for args, env in ((["completion", "bash"], None),                           # always here
+                      (["ps", "--help"], {"SEAMLESS_SERVICE_NO_DAEMON": "1"})):  # told to
+        marker.unlink(missing_ok=True)
+        result = probe(marker, *args, env=env, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.strip(), result.stderr
+        assert marker.read_text() == "normal exit"
+
+
+@pytest.mark.parametrize("args, code, expected", [
+    (["exit", "3"], 3, "to stdout\n"),                # through the keeper
+    (["big", "300000"], 0, "x" * 300000),             # several frames
+    (["--help"], 0, TOP_HELP),                         # written here into the file's buffer
+])
+def test_output_to_a_file_is_complete_and_the_exit_code_exact(place, tmp_path, args, code, expected):
+    client.ensure_keeper()
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        result = subprocess.run([str(LAUNCHER), *args], stdout=f, stderr=subprocess.PIPE, text=True, timeout=60,
+                                env=buffered_env())
+    assert result.returncode == code, result.stderr
+    assert out.read_text() == expected
+
+
+def test_output_to_a_pipe_is_complete(place):
+    client.ensure_keeper()
+    for args, expected in ((["big", "300000"], "x" * 300000), (["--help"], TOP_HELP)):
+        result = subprocess.run([str(LAUNCHER), *args], capture_output=True, text=True, timeout=60,
+                                env=buffered_env())
+        assert (result.returncode, result.stdout) == (0, expected)
+
+
+@pytest.mark.parametrize("args", [["exit", "3"], ["big", "300000"], ["--help"], ["tunnel", "status"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(place, args):
+    # `seamless-service ... | head` once head has exited: exit 0, no traceback, no
+    # "Exception ignored" from a flush at exit.
+    client.ensure_keeper()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([str(LAUNCHER), *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, env=buffered_env())
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert "Error" not in result.stderr and "Exception" not in result.stderr
+
+
 # -- frames ------------------------------------------------------------------------------
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(1 << 600), max_value=1 << 600)
