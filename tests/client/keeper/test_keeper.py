@@ -216,6 +216,28 @@ def test_run_applies_cwd_env_argv_per_call_and_restores(place):
     assert code == 0 and seen["cwd"] == str(two) and seen["var"] is None   # nothing leaked
 
 
+def test_each_command_sees_exactly_its_callers_environment(place):
+    # The keeper changes only what differs from its own environment and puts that back
+    # after the command: added, removed and changed variables, and whatever the command
+    # itself changed, must all be exact for the next caller.
+    def environ(env):
+        code, out, err = run(["environ"], env=env)
+        assert (code, err) == (0, "")
+        return json.loads(out)
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SSD_")}
+    first = {**base, "SSD_A": "1", "SSD_B": "2", "SSD_EMPTY": ""}
+    assert environ(first) == first
+    second = {k: v for k, v in base.items() if k not in ("HOME", "PATH")}
+    second.update({"SSD_A": "changed", "SSD_C": "new", "SSD_ODD": "caf\udce9 = x"})
+    assert environ(second) == second                      # removed, changed and added
+    assert run(["setenv", "SSD_SET=by the command", "-SSD_A", "-HOME", "PATH=/nowhere"], env=first)[0] == 0
+    assert environ(first) == first                        # nothing of that command's changes
+    assert environ(base) == base
+    assert environ({}) == {}
+    assert environ(first) == first
+
+
 def test_exit_codes_exceptions_and_bytes_output(place):
     assert run(["exit", "7"]) == (7, "to stdout\n", "to stderr\n")
     code, out, err = run(["raise"])
