@@ -73,6 +73,10 @@ def test_frames_round_trip_and_end_cleanly():
     (struct.pack(">I", 13) + b"d\0\0\0\1s\0\0\0\1xf\x01", framing.FrameError, "runs past its end (byte 13 of 13)"),
     (struct.pack(">I", 14) + b"d\0\0\0\1s\0\0\0\1xf\x01z", framing.FrameError, "not a float at byte 11"),
     (struct.pack(">I", 0), framing.FrameError, "empty body"),
+    # a str key with a str value (the decoder's fast path) that is broken
+    (struct.pack(">I", 17) + b"d\0\0\0\1s\0\0\0\1xs\0\0\0\1\xff", framing.FrameError, "not UTF-8 at byte 16"),
+    (struct.pack(">I", 18) + b"d\0\0\0\1s\0\0\0\1xs\0\0\0\5ab", framing.FrameError, "runs past its end (byte 16 of 18)"),
+    (struct.pack(">I", 12) + b"d\0\0\0\1s\0\0\0\7xs", framing.FrameError, "runs past its end (byte 10 of 12)"),
 ])
 def test_bad_frames_raise_one_line_errors(data, error, message):
     a, b = socket.socketpair()
