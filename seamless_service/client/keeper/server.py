@@ -439,6 +439,18 @@ class _RunSession:
 # -- the keeper --------------------------------------------------------------------------
 
 
+def same_install(theirs: Any) -> bool:
+    """Whether a client's package folder (as it imported it, unresolved) is ours, through
+    symbolic links: the common case, the very path the keeper was started on, is settled
+    before this is asked."""
+    if not isinstance(theirs, str):
+        return False
+    try:
+        return os.path.realpath(theirs) == os.path.realpath(INSTALL)
+    except (OSError, ValueError):
+        return False
+
+
 def _validate_run(req: dict[str, Any]) -> str | None:
     argv, cwd, env = req.get("argv"), req.get("cwd"), req.get("env")
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
@@ -710,7 +722,7 @@ class Keeper:
         # package folder, "prefix" the environment (two venvs may share one editable tree).
         for field, ours in (("version", __version__), ("install", INSTALL), ("prefix", sys.prefix)):
             theirs = req.get(field)
-            if theirs is not None and theirs != ours:
+            if theirs is not None and theirs != ours and not (field == "install" and same_install(theirs)):
                 self._send_quietly(conn, {"ok": False, "code": ReplyCode.VERSION,
                                           "error": f"tunnel keeper runs {field} {ours}, client is {theirs}"})
                 return

@@ -316,6 +316,26 @@ def test_version_mismatch_is_refused_and_client_replaces_keeper(place, monkeypat
     assert wait_for(lambda: gone(pid))
 
 
+def test_a_client_of_the_same_installation_through_a_symlink_is_served(place, tmp_path):
+    # The thin client sends its package folder as imported, unresolved; the keeper resolves
+    # it when it differs from its own.
+    from seamless_service.client.keeper import INSTALL_DIR
+
+    pid = client.ensure_keeper()["pid"]
+    link = tmp_path / "link"
+    link.symlink_to(INSTALL_DIR)
+    request = {"cmd": "run", "argv": ["exit", "5"], "cwd": "/", "env": {}, "version": __version__}
+    for install, served in ((str(link), True), (INSTALL_DIR, True), (str(tmp_path), False), ("/nowhere", False)):
+        with raw_connect(place.sock) as s:
+            framing.send(s, {**request, "install": install})
+            reply = framing.recv(s)
+        if served:
+            assert reply == {"ok": True, "exit": 5, "stdout": "to stdout\n", "stderr": "to stderr\n"}
+        else:
+            assert reply["ok"] is False and reply["code"] == "version" and install in reply["error"]
+    assert client.ping()["pid"] == pid
+
+
 def test_concurrent_clients_each_see_their_own_cwd_and_env(place):
     client.ensure_keeper()
     dirs = []
