@@ -273,6 +273,30 @@ def test_unstreamed_reply_carries_all_output(place):
     assert len(frames) > 2                  # big output comes in several frames
 
 
+def test_streamed_run_ends_with_its_output_then_the_exit_code(place):
+    # The output still buffered at the end goes out with the final reply: stdout's, then
+    # stderr's, then the exit code, and nothing after it.
+    client.ensure_keeper()
+    for argv, expected in ((["exit", "3"], [{"stream": "stdout", "data": "to stdout\n"},
+                                            {"stream": "stderr", "data": "to stderr\n"}, {"ok": True, "exit": 3}]),
+                           (["exit", "0"], [{"stream": "stdout", "data": "to stdout\n"},
+                                            {"stream": "stderr", "data": "to stderr\n"}, {"ok": True, "exit": 0}]),
+                           (["sysexit", "4"], [{"ok": True, "exit": 4}])):
+        with raw_connect(place.sock) as s:
+            framing.send(s, {"cmd": "run", "argv": argv, "cwd": "/", "env": {}, "stream": True})
+            frames = []
+            while (frame := framing.recv(s)) is not None:
+                frames.append(frame)
+        assert frames == expected
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": ["big", str(200_000)], "cwd": "/", "env": {}, "stream": True})
+        frames = []
+        while (frame := framing.recv(s)) is not None:
+            frames.append(frame)
+    assert frames[-1] == {"ok": True, "exit": 0} and all("stream" in f for f in frames[:-1])
+    assert "".join(f["data"] for f in frames[:-1]) == "x" * 200_000
+
+
 def test_malformed_requests_get_errors_and_keeper_keeps_serving(place):
     pid = client.ensure_keeper()["pid"]
     with raw_connect(place.sock) as s:
