@@ -76,6 +76,20 @@ def test_the_installed_command_is_the_script_file_and_prints_the_help():
     assert module.returncode == 0 and module.stdout.startswith("usage: seamless-service")
 
 
+def test_the_command_does_not_import_from_its_own_folder(tmp_path):
+    # The script drops its folder (a venv's bin) from sys.path before importing: a
+    # `seamless_service` there is never found. With -P that entry is not there to drop.
+    folder = tmp_path / "bin"
+    (folder / "seamless_service").mkdir(parents=True)
+    (folder / "seamless_service" / "__init__.py").write_text("raise SystemExit('the decoy was imported')\n")
+    script = folder / "seamless-service"
+    script.write_text((ROOT / "seamless_service" / "scripts" / "seamless-service").read_text())
+    for flags in ([], ["-P"]):
+        result = subprocess.run([sys.executable, *flags, str(script), "--help"], capture_output=True, text=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout, result.stderr) == (0, TOP_HELP, "")
+
+
 def test_the_wheel_installs_the_command_as_a_script_not_an_entry_point(tmp_path):
     wheel = wheels.build_wheel(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as zf:
