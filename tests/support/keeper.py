@@ -48,6 +48,17 @@ HOOKS = textwrap.dedent('''
                               "argv": sys.argv, "in_keeper": pool.in_keeper,
                               "tty": sys.stdout.isatty()}))
             return 0
+        if cmd == "environ":        # the whole environment the command sees
+            print(json.dumps(dict(os.environ)))
+            return 0
+        if cmd == "setenv":         # a command that changes its environment: NAME=VALUE or -NAME
+            for item in rest:
+                if item.startswith("-"):
+                    os.environ.pop(item[1:], None)
+                else:
+                    name, _, value = item.partition("=")
+                    os.environ[name] = value
+            return 0
         if cmd == "exit":
             print("to stdout")
             print("to stderr", file=sys.stderr)

@@ -31,8 +31,10 @@ LOCK_NAME = "daemon.lock"
 LOG_NAME = "daemon.log"
 
 # The installed package this code runs from: a keeper only serves clients of the same
-# installation (two venvs of one user must not run each other's code).
-INSTALL_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+# installation (two venvs of one user must not run each other's code). As imported, not
+# resolved: realpath costs ~50-80 us of every thin-client call, and the keeper, which is
+# started on this very path, compares resolved paths only when they differ as given.
+INSTALL_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Linux sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107

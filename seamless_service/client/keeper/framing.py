@@ -128,8 +128,12 @@ def _encode(obj: "Any", out: "list[bytes]", depth: int) -> None:
         for key, value in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"frame map keys must be str, not {type(key).__name__}")
-            out.append(_text(str(key)))
-            _encode(value, out, depth + 1)
+            if type(value) is str:   # most entries (the environment): one join, no dispatch
+                k, v = key.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass")
+                out.append(b"".join((b"s", len(k).to_bytes(4, "big"), k, b"s", len(v).to_bytes(4, "big"), v)))
+            else:
+                out.append(_text(str(key)))
+                _encode(value, out, depth + 1)
     elif isinstance(obj, (list, tuple)):
         out.append(b"l" + _length(len(obj)))
         for item in obj:
@@ -222,7 +226,28 @@ class _Reader:
 
     def map(self, depth: int) -> "dict[str, Any]":
         out = {}
+        body = self.body
+        size = len(body)
         for _ in range(self.count()):
+            # The common entry, a str key with a str value (a request's environment: most
+            # of its bytes), is read here without a method call per value: the keeper's
+            # decode of a "run" request took ~100 us for 36 variables, now less than half.
+            # Anything else, or anything malformed, is read by the general code below from
+            # the same position, which raises the exact error.
+            pos = self.pos
+            if body[pos:pos + 1] == b"s":
+                key_end = pos + 5 + int.from_bytes(body[pos + 1:pos + 5], "big")
+                if body[key_end:key_end + 1] == b"s" and key_end + 5 <= size:
+                    end = key_end + 5 + int.from_bytes(body[key_end + 1:key_end + 5], "big")
+                    if end <= size:
+                        try:
+                            key = body[pos + 5:key_end].decode("utf-8", "surrogatepass")
+                            out[key] = body[key_end + 5:end].decode("utf-8", "surrogatepass")
+                        except UnicodeDecodeError:
+                            pass
+                        else:
+                            self.pos = end
+                            continue
             at = self.pos
             if self.byte() != 0x73:
                 raise FrameError(f"frame is malformed: a map key that is not a str at byte {at}")

@@ -73,6 +73,10 @@ def test_frames_round_trip_and_end_cleanly():
     (struct.pack(">I", 13) + b"d\0\0\0\1s\0\0\0\1xf\x01", framing.FrameError, "runs past its end (byte 13 of 13)"),
     (struct.pack(">I", 14) + b"d\0\0\0\1s\0\0\0\1xf\x01z", framing.FrameError, "not a float at byte 11"),
     (struct.pack(">I", 0), framing.FrameError, "empty body"),
+    # a str key with a str value (the decoder's fast path) that is broken
+    (struct.pack(">I", 17) + b"d\0\0\0\1s\0\0\0\1xs\0\0\0\1\xff", framing.FrameError, "not UTF-8 at byte 16"),
+    (struct.pack(">I", 18) + b"d\0\0\0\1s\0\0\0\1xs\0\0\0\5ab", framing.FrameError, "runs past its end (byte 16 of 18)"),
+    (struct.pack(">I", 12) + b"d\0\0\0\1s\0\0\0\7xs", framing.FrameError, "runs past its end (byte 10 of 12)"),
 ])
 def test_bad_frames_raise_one_line_errors(data, error, message):
     a, b = socket.socketpair()
@@ -216,6 +220,28 @@ def test_run_applies_cwd_env_argv_per_call_and_restores(place):
     assert code == 0 and seen["cwd"] == str(two) and seen["var"] is None   # nothing leaked
 
 
+def test_each_command_sees_exactly_its_callers_environment(place):
+    # The keeper changes only what differs from its own environment and puts that back
+    # after the command: added, removed and changed variables, and whatever the command
+    # itself changed, must all be exact for the next caller.
+    def environ(env):
+        code, out, err = run(["environ"], env=env)
+        assert (code, err) == (0, "")
+        return json.loads(out)
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SSD_")}
+    first = {**base, "SSD_A": "1", "SSD_B": "2", "SSD_EMPTY": ""}
+    assert environ(first) == first
+    second = {k: v for k, v in base.items() if k not in ("HOME", "PATH")}
+    second.update({"SSD_A": "changed", "SSD_C": "new", "SSD_ODD": "caf\udce9 = x"})
+    assert environ(second) == second                      # removed, changed and added
+    assert run(["setenv", "SSD_SET=by the command", "-SSD_A", "-HOME", "PATH=/nowhere"], env=first)[0] == 0
+    assert environ(first) == first                        # nothing of that command's changes
+    assert environ(base) == base
+    assert environ({}) == {}
+    assert environ(first) == first
+
+
 def test_exit_codes_exceptions_and_bytes_output(place):
     assert run(["exit", "7"]) == (7, "to stdout\n", "to stderr\n")
     code, out, err = run(["raise"])
@@ -245,6 +271,30 @@ def test_unstreamed_reply_carries_all_output(place):
     assert frames[-1] == {"ok": True, "exit": 0}
     assert "".join(f["data"] for f in frames[:-1]) == "x" * 300_000
     assert len(frames) > 2                  # big output comes in several frames
+
+
+def test_streamed_run_ends_with_its_output_then_the_exit_code(place):
+    # The output still buffered at the end goes out with the final reply: stdout's, then
+    # stderr's, then the exit code, and nothing after it.
+    client.ensure_keeper()
+    for argv, expected in ((["exit", "3"], [{"stream": "stdout", "data": "to stdout\n"},
+                                            {"stream": "stderr", "data": "to stderr\n"}, {"ok": True, "exit": 3}]),
+                           (["exit", "0"], [{"stream": "stdout", "data": "to stdout\n"},
+                                            {"stream": "stderr", "data": "to stderr\n"}, {"ok": True, "exit": 0}]),
+                           (["sysexit", "4"], [{"ok": True, "exit": 4}])):
+        with raw_connect(place.sock) as s:
+            framing.send(s, {"cmd": "run", "argv": argv, "cwd": "/", "env": {}, "stream": True})
+            frames = []
+            while (frame := framing.recv(s)) is not None:
+                frames.append(frame)
+        assert frames == expected
+    with raw_connect(place.sock) as s:
+        framing.send(s, {"cmd": "run", "argv": ["big", str(200_000)], "cwd": "/", "env": {}, "stream": True})
+        frames = []
+        while (frame := framing.recv(s)) is not None:
+            frames.append(frame)
+    assert frames[-1] == {"ok": True, "exit": 0} and all("stream" in f for f in frames[:-1])
+    assert "".join(f["data"] for f in frames[:-1]) == "x" * 200_000
 
 
 def test_malformed_requests_get_errors_and_keeper_keeps_serving(place):
@@ -288,6 +338,26 @@ def test_version_mismatch_is_refused_and_client_replaces_keeper(place, monkeypat
     with pytest.raises(client.KeeperUnavailable):
         run(["exit", "0"])
     assert wait_for(lambda: gone(pid))
+
+
+def test_a_client_of_the_same_installation_through_a_symlink_is_served(place, tmp_path):
+    # The thin client sends its package folder as imported, unresolved; the keeper resolves
+    # it when it differs from its own.
+    from seamless_service.client.keeper import INSTALL_DIR
+
+    pid = client.ensure_keeper()["pid"]
+    link = tmp_path / "link"
+    link.symlink_to(INSTALL_DIR)
+    request = {"cmd": "run", "argv": ["exit", "5"], "cwd": "/", "env": {}, "version": __version__}
+    for install, served in ((str(link), True), (INSTALL_DIR, True), (str(tmp_path), False), ("/nowhere", False)):
+        with raw_connect(place.sock) as s:
+            framing.send(s, {**request, "install": install})
+            reply = framing.recv(s)
+        if served:
+            assert reply == {"ok": True, "exit": 5, "stdout": "to stdout\n", "stderr": "to stderr\n"}
+        else:
+            assert reply["ok"] is False and reply["code"] == "version" and install in reply["error"]
+    assert client.ping()["pid"] == pid
 
 
 def test_concurrent_clients_each_see_their_own_cwd_and_env(place):

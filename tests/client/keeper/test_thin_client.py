@@ -76,6 +76,20 @@ def test_the_installed_command_is_the_script_file_and_prints_the_help():
     assert module.returncode == 0 and module.stdout.startswith("usage: seamless-service")
 
 
+def test_the_command_does_not_import_from_its_own_folder(tmp_path):
+    # The script drops its folder (a venv's bin) from sys.path before importing: a
+    # `seamless_service` there is never found. With -P that entry is not there to drop.
+    folder = tmp_path / "bin"
+    (folder / "seamless_service").mkdir(parents=True)
+    (folder / "seamless_service" / "__init__.py").write_text("raise SystemExit('the decoy was imported')\n")
+    script = folder / "seamless-service"
+    script.write_text((ROOT / "seamless_service" / "scripts" / "seamless-service").read_text())
+    for flags in ([], ["-P"]):
+        result = subprocess.run([sys.executable, *flags, str(script), "--help"], capture_output=True, text=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout, result.stderr) == (0, TOP_HELP, "")
+
+
 def test_the_wheel_installs_the_command_as_a_script_not_an_entry_point(tmp_path):
     wheel = wheels.build_wheel(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as zf:
@@ -116,6 +130,95 @@ def test_an_environment_that_is_not_utf8_reaches_the_keeper_unchanged(place):
     assert json.loads(result.stdout)["var"] == "caf\udce9"
 
 
+# -- how the command ends: os._exit after a keeper's command, flushed first ---------------
+
+# launch() as the script calls it, in an interpreter with an atexit handler: the handler
+# runs on a normal exit and not after os._exit, so the file tells which way it ended.
+ATEXIT_PROBE = """
+import atexit, sys
+marker = sys.argv[1]
+atexit.register(lambda: open(marker, "w").write("normal exit"))
+sys.argv = ["seamless-service", *sys.argv[2:]]
+from seamless_service.client.entry import launch
+launch()
+"""
+
+
+def buffered_env(**extra: str) -> dict[str, str]:
+    """Our environment without PYTHONUNBUFFERED (a CI runner may set it): stdout to a file or
+    a pipe is then block-buffered, as for a user, and output left in the buffer would be
+    lost by an exit that does not flush."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(extra)
+    return env
+
+
+def probe(marker: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ATEXIT_PROBE, str(marker), *args], capture_output=True,
+                          text=True, timeout=60, env=buffered_env(**(env or {})), **kw)
+
+
+def test_after_a_keeper_command_the_process_ends_at_once_with_its_exit_code(place, tmp_path):
+    client.ensure_keeper()
+    marker = tmp_path / "atexit"
+    result = probe(marker, "exit", "3", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "to stdout\n", "to stderr\n")
+    assert not marker.exists()        # no interpreter finalization: os._exit
+    top = probe(marker, "--help", cwd=tmp_path)     # a constant printed here, no keeper asked
+    assert (top.returncode, top.stdout) == (0, TOP_HELP) and not marker.exists()
+
+
+def test_a_command_run_in_this_process_exits_normally(place, tmp_path):
+    # The fallback runs the full CLI here (threads, SSH connections, atexit handlers of
+    # the libraries it imports): the interpreter must finish those as usual.
+    marker = tmp_path / "atexit"
+    for args, env in ((["completion", "bash"], None),                           # always here
+                      (["ps", "--help"], {"SEAMLESS_SERVICE_NO_DAEMON": "1"})):  # told to
+        marker.unlink(missing_ok=True)
+        result = probe(marker, *args, env=env, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.strip(), result.stderr
+        assert marker.read_text() == "normal exit"
+
+
+@pytest.mark.parametrize("args, code, expected", [
+    (["exit", "3"], 3, "to stdout\n"),                # through the keeper
+    (["big", "300000"], 0, "x" * 300000),             # several frames
+    (["--help"], 0, TOP_HELP),                         # written here into the file's buffer
+])
+def test_output_to_a_file_is_complete_and_the_exit_code_exact(place, tmp_path, args, code, expected):
+    client.ensure_keeper()
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        result = subprocess.run([str(LAUNCHER), *args], stdout=f, stderr=subprocess.PIPE, text=True, timeout=60,
+                                env=buffered_env())
+    assert result.returncode == code, result.stderr
+    assert out.read_text() == expected
+
+
+def test_output_to_a_pipe_is_complete(place):
+    client.ensure_keeper()
+    for args, expected in ((["big", "300000"], "x" * 300000), (["--help"], TOP_HELP)):
+        result = subprocess.run([str(LAUNCHER), *args], capture_output=True, text=True, timeout=60,
+                                env=buffered_env())
+        assert (result.returncode, result.stdout) == (0, expected)
+
+
+@pytest.mark.parametrize("args", [["exit", "3"], ["big", "300000"], ["--help"], ["tunnel", "status"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(place, args):
+    # `seamless-service ... | head` once head has exited: exit 0, no traceback, no
+    # "Exception ignored" from a flush at exit.
+    client.ensure_keeper()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([str(LAUNCHER), *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=60, env=buffered_env())
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert "Error" not in result.stderr and "Exception" not in result.stderr
+
+
 # -- frames ------------------------------------------------------------------------------
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(1 << 600), max_value=1 << 600)
@@ -131,6 +234,25 @@ def test_any_map_of_the_supported_types_round_trips(obj):
     data = framing.encode(obj)
     assert int.from_bytes(data[:4], "big") == len(data) - 4
     assert framing.decode(data[4:]) == obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), st.text(), min_size=1, max_size=6), st.data())
+def test_a_broken_environment_frame_decodes_to_a_map_or_a_frame_error(env, data):
+    # str keys with str values take the decoder's fast path: cut or change one byte of
+    # such a frame and it still decodes to a map or fails with one line
+    body = bytearray(framing.encode({"env": env, "cwd": "/"})[4:])
+    at = data.draw(st.integers(0, len(body) - 1))
+    if data.draw(st.booleans()):
+        del body[at:]
+    else:
+        body[at] = data.draw(st.integers(0, 255))
+    try:
+        obj = framing.decode(bytes(body))
+    except framing.FrameError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(obj, dict)
 
 
 def test_special_values_round_trip_exactly():
