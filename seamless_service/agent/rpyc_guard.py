@@ -130,6 +130,52 @@ class HardenedConnection(Connection):
             raise TypeError(REFUSED)
         return super()._handle_call(obj, args, kwargs)
 
+    def serve_all(self) -> None:
+        """rpyc's serve_all, without a poll() before every read.
+
+        rpyc serves each message with serve(None): a Timeout object, a fresh poll object
+        and a poll() system call, then the read. The agent's connection thread is the
+        only reader of its connection (the agent never sends requests of its own: every
+        handler that would, like unboxing a client reference, is refused), so it may
+        block in the read itself. Everything else is rpyc's: the receive lock is held
+        while reading and released by _dispatch, waiters on the receive event are woken
+        after each message, a read that fails releases the lock (and an EOFError closes
+        the connection), and the same errors end the loop. With rpyc's experimental bound
+        threads, or should another thread hold the receive lock, rpyc's own serve runs.
+        """
+        if self._bind_threads:
+            super().serve_all()
+            return
+        try:
+            while not self.closed:
+                self._serve_next()
+        except OSError:  # rpyc: socket.error, select_error, IOError (all OSError now)
+            if not self.closed:
+                raise
+        except EOFError:
+            pass
+        finally:
+            self.close()
+
+    def _serve_next(self) -> None:
+        with self._recv_event:
+            reading = self._recvlock.acquire(False)
+        if not reading:
+            self.serve(None)
+            return
+        try:
+            try:
+                data = self._channel.recv()
+            except Exception as exc:
+                self._recvlock.release()
+                if isinstance(exc, EOFError):
+                    self.close()  # as rpyc's serve: tells the client, then raises
+                raise
+            self._dispatch(data)  # releases the receive lock once the message is read
+        finally:
+            with self._recv_event:
+                self._recv_event.notify_all()
+
     def _unbox(self, package: Any) -> Any:
         # A client object arrives as a reference; rpyc would ask the client about its class
         # (HANDLE_INSPECT back to the client) right here, before call() could refuse it.
