@@ -19,12 +19,15 @@ therefore has to stop here:
 
 from __future__ import annotations
 
+import socket
 import zlib
 from typing import Any, Callable, NoReturn
 
 from rpyc.core import consts
 from rpyc.core.channel import Channel
 from rpyc.core.protocol import Connection
+from rpyc.core.stream import SocketStream, retry_errnos
+from rpyc.lib.compat import get_exc_errno
 
 from ..protocol.codec import MAX_REQUEST_BYTES
 
@@ -33,6 +36,9 @@ from ..protocol.codec import MAX_REQUEST_BYTES
 MAX_FRAME_BYTES = MAX_REQUEST_BYTES + (64 << 10)
 
 REFUSED = "this agent answers only call(request: bytes)"
+# Bytes asked of the socket at once beyond what the current frame still needs (rpyc's
+# SocketStream reads at most 64,000 at a time).
+READ_AHEAD = 64 << 10
 
 
 class FrameTooLarge(EOFError):
@@ -43,25 +49,73 @@ class LimitedChannel(Channel):
     """A Channel that never buffers or inflates a frame larger than `limit` bytes.
 
     `report(message)` is told (once) why the connection was closed; the caller rate-limits it.
+
+    Over a socket it reads what has arrived, up to READ_AHEAD bytes at a time, and keeps
+    what lies past the frame for the next one: a small request (its 5-byte header, body
+    and flusher come in one segment) costs one recv() instead of rpyc's two. What it holds
+    is bounded: a frame's header is checked before its body is asked for, and no read asks
+    for more than the frame still needs or READ_AHEAD, whichever is larger.
     """
 
-    __slots__ = ("limit", "report")
+    __slots__ = ("limit", "report", "_pending", "_sock")
 
     def __init__(self, stream: Any, *, limit: int = MAX_FRAME_BYTES,
                  report: Callable[[str], None] | None = None):
         super().__init__(stream, compress=False)  # our replies are compact msgpack; see service.py
         self.limit = int(limit)
         self.report = report
+        self._pending = b""  # bytes read past the last frame returned
+        # Read ahead only from a plain rpyc SocketStream (the agent's); others read as rpyc does.
+        self._sock = stream.sock if type(stream) is SocketStream else None
+
+    def poll(self, timeout: Any) -> bool:
+        # Bytes read ahead are no longer in the socket, where the stream's poll looks.
+        return bool(self._pending) or super().poll(timeout)
 
     def recv(self) -> bytes:
-        header = self.stream.read(self.FRAME_HEADER.size)
+        header = self._read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
         if length > self.limit:
             self._refuse(f"a frame of {length} bytes exceeds the limit of {self.limit} bytes")
-        data = self.stream.read(length + len(self.FLUSHER))[:-len(self.FLUSHER)]
+        data = self._read(length + len(self.FLUSHER))[:-len(self.FLUSHER)]
         if compressed:
             data = self._inflate(data)
         return data
+
+    def _read(self, count: int) -> bytes:
+        """Exactly `count` bytes (EOFError, and the stream closed, as SocketStream.read)."""
+        pending = self._pending
+        if len(pending) >= count:
+            self._pending = pending[count:]
+            return pending[:count]
+        if self._sock is None:
+            return self.stream.read(count)
+        chunks = [pending]
+        have = len(pending)
+        while have < count:
+            chunk = self._recv_some(max(count - have, READ_AHEAD))
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        self._pending = data[count:]
+        return data[:count]
+
+    def _recv_some(self, most: int) -> bytes:
+        # SocketStream.read's handling of each recv(), for up to `most` bytes.
+        while True:
+            try:
+                data = self._sock.recv(most)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if get_exc_errno(exc) in retry_errnos:
+                    continue
+                self.stream.close()
+                raise EOFError(exc) from None
+            if not data:
+                self.stream.close()
+                raise EOFError("connection closed by peer")
+            return data
 
     def _inflate(self, data: bytes) -> bytes:
         inflater = zlib.decompressobj()
