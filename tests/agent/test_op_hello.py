@@ -163,3 +163,42 @@ def test_a_real_agent_reports_its_user_and_policy(tmp_path, monkeypatch):
     finally:
         assert end_agent(proc) == 0
     assert value["user"] == "someone-else" and value["path_policy"] == default_policy().describe()
+
+
+def test_the_agent_process_context_keeps_the_user_it_found(tmp_path, monkeypatch):
+    # The agent process's context (fixed_environment): nothing changes its environment,
+    # so the name found first is kept; any other context follows the environment.
+    monkeypatch.setenv("LOGNAME", "at-start")
+    fixed = AgentContext(base=tmp_path / "a", fixed_environment=True)
+    live = AgentContext(base=tmp_path / "b")
+    try:
+        assert ask(fixed)["user"] == ask(live)["user"] == "at-start"
+        monkeypatch.setenv("LOGNAME", "changed")
+        assert ask(fixed)["user"] == "at-start"
+        assert ask(live)["user"] == "changed"
+        # a uid fallback (no passwd entry yet) is not kept even there
+        no_user_variables(monkeypatch)
+        other = AgentContext(base=tmp_path / "c", fixed_environment=True)
+        monkeypatch.setattr(hello, "_passwd_names", {})
+        monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+        assert ask(other)["user"] == str(os.getuid())
+        monkeypatch.undo()
+        no_user_variables(monkeypatch)
+        assert ask(other)["user"] == pwd.getpwuid(os.getuid()).pw_name
+        other.close()
+    finally:
+        fixed.close()
+        live.close()
+
+
+def test_the_agent_process_context_is_the_fixed_kind(tmp_path, monkeypatch):
+    from seamless_service.agent import server
+
+    made = []
+    monkeypatch.setattr(server.signal, "signal", lambda *args: None)  # leave pytest's handlers be
+    monkeypatch.setattr(server, "AgentContext", lambda **kw: made.append(kw) or AgentContext(**kw))
+    monkeypatch.setattr(server.Agent, "_make_server", lambda self, ctx, secret: (_ for _ in ()).throw(
+        server.ServeError("stop here")))
+    with pytest.raises(server.ServeError):
+        server.Agent(tmp_path / "rhl", idle_timeout=1, policy_spec="seamless").run()
+    assert made and made[0]["fixed_environment"] is True

@@ -6,7 +6,8 @@ Python's version (module constants below), the user name of this uid (a passwd l
 ~13 us a call) and the description of a policy object (frozen). What can change is read
 on every call: the uptime, the pid (a fork), the hostname, the base folder and policy the
 context holds now, the file-watch mode (inotify can fail over to stat), and the
-environment variables getpass reads before it asks passwd.
+environment variables getpass reads before it asks passwd (except in the agent process,
+whose environment nothing changes: AgentContext.fixed_environment).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _PYTHON = sys.version.split()[0]
 # then the passwd name of the uid. Only the passwd answer is kept, per uid.
 _USER_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")
 _passwd_names: dict[int, str] = {}
+_USER_KEY = "hello.user"  # in AgentContext.extras
 
 # The last policy described and its description. A PathPolicy is a frozen dataclass, so
 # one object always describes the same; a context given another policy is described anew.
@@ -64,6 +66,19 @@ def _user() -> str:
     return user
 
 
+def _context_user(ctx: AgentContext) -> str:
+    """_user(), kept for a context whose environment cannot change (the agent process):
+    the environment lookups are then ~3.4 us of hello's ~6."""
+    if not ctx.fixed_environment:
+        return _user()
+    user = ctx.extras.get(_USER_KEY)
+    if user is None:
+        user = _user()
+        if user != str(os.getuid()):  # a uid fallback is not kept (see _user)
+            ctx.extras[_USER_KEY] = user
+    return user
+
+
 def describe_policy(ctx: AgentContext) -> dict[str, Any]:
     """The description of the context's path policy (a fresh dict the caller may keep)."""
     global _described
@@ -90,7 +105,7 @@ def run(ctx: AgentContext, args: dict[str, Any]) -> dict[str, Any]:
         "protocol": PROTOCOL_VERSION,
         "ops": list(_OPS),
         "hostname": socket.gethostname(),
-        "user": _user(),
+        "user": _context_user(ctx),
         "pid": os.getpid(),
         "python": _PYTHON,
         "uptime": round(time.time() - ctx.started, 3),
