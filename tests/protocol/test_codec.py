@@ -419,3 +419,16 @@ def test_a_message_deeper_than_pythons_stack_is_one_malformed_error():
         data = b"\x91" * levels + b"\xc0"
         code, message = decode_outcome(data)
         assert code == ErrorCode.MALFORMED, (levels, message)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 15, 16, 17, 255, MAX_OPS_PER_REQUEST, MAX_OPS_PER_REQUEST + 1,
+                               65535, 65536, 70000])
+def test_packed_reply_heads_are_msgpacks_own_for_every_count(n):
+    from seamless_service.protocol.codec import packed_reply_overhead
+
+    results = [ok_result(i) if i % 2 else error_result(ProtocolError("x", str(i))) for i in range(n)]
+    for _ in range(2):  # the first call fills the table of heads, the second reads it
+        pieces = [pack_result(r) for r in results]
+        assert encode_packed_reply(pieces) == encode_reply(results) == msgpack.packb(
+            {"v": PROTOCOL_VERSION, "results": results}, use_bin_type=True)
+        assert packed_reply_overhead(n) == len(encode_reply(results)) - sum(map(len, pieces))
