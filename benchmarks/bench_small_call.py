@@ -65,10 +65,12 @@ def in_process(tree: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` so far."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
 class Agent:
@@ -91,17 +93,19 @@ class Agent:
             time.sleep(0.05)
         self.conn = AgentConnection.connect("127.0.0.1", info["port"], lifecycle.read_secret(self.base))
         self.samples: list[float] = []
-        self.cpu = 0.0
+        self.user = self.system = 0.0
         self.calls = 0
 
     def run(self, request: bytes, calls: int) -> None:
         call = self.conn.call
-        cpu0 = cpu_seconds(self.proc.pid)
+        user0, system0 = cpu_seconds(self.proc.pid)
         for _ in range(calls):
             t0 = time.perf_counter()
             call(request)
             self.samples.append((time.perf_counter() - t0) * 1e6)
-        self.cpu += cpu_seconds(self.proc.pid) - cpu0
+        user, system = cpu_seconds(self.proc.pid)
+        self.user += user - user0
+        self.system += system - system0
         self.calls += calls
 
     def close(self) -> None:
@@ -140,7 +144,8 @@ def main() -> None:
         for agent in agents.values():
             agent.run(request, 200)  # warm-up
             agent.samples.clear()
-            agent.cpu, agent.calls = 0.0, 0
+            agent.user = agent.system = 0.0
+            agent.calls = 0
         for _ in range(args.rounds):
             for agent in agents.values():
                 agent.run(request, args.calls)
@@ -156,7 +161,8 @@ def main() -> None:
     print(f"loopback rpyc, {args.rounds} x {args.calls} hello calls per agent:")
     for label, agent in agents.items():
         print(f"  {label:8} wall p50 {pct(agent.samples, 0.5):6.1f} us  p99 {pct(agent.samples, 0.99):6.1f} us  "
-              f"agent CPU {agent.cpu / agent.calls * 1e6:6.1f} us per call")
+              f"agent CPU {(agent.user + agent.system) / agent.calls * 1e6:6.1f} us per call "
+              f"(user {agent.user / agent.calls * 1e6:.1f}, system {agent.system / agent.calls * 1e6:.1f})")
 
 
 if __name__ == "__main__":
