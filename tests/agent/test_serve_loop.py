@@ -219,3 +219,86 @@ def test_a_stream_other_than_a_socket_is_read_as_rpyc_reads_it():
     finally:
         ours.close()
         theirs.close()
+
+
+def call_frame(seq, request, ref, *, handler=consts.HANDLE_CALL, kwargs=(consts.LABEL_VALUE, ())) -> bytes:
+    """A request frame (message byte included) as rpyc's client makes it for ref(request)."""
+    boxed = (consts.LABEL_TUPLE, (ref, (consts.LABEL_VALUE, (request,)), kwargs))
+    return brine.I1.pack(consts.MSG_REQUEST) + brine.dump((seq, (handler, boxed)))
+
+
+REF = (consts.LABEL_LOCAL_REF, ("builtins.method", 140209832628928, 140209808774528))
+
+
+def test_call_frames_load_exactly_what_brine_loads():
+    import random
+
+    from seamless_service.agent.rpyc_guard import _CallFrames
+
+    frames = _CallFrames()
+    first = call_frame(1, b"hello", REF)
+    assert frames.load(first) is None  # nothing learnt yet
+    frames.learn(brine.load(first[1:]))
+    rnd = random.Random(20261204)
+    fast = 0
+    for _ in range(30_000):
+        seq = rnd.choice([0, 1, 10, 11, 255, 256, 12345, 2**40, -1, -11])
+        size = rnd.choice([0, 1, 4, 5, 100, 255, 256, 300, 70_000])
+        frame = bytearray(call_frame(seq, rnd.randbytes(size), REF))
+        how = rnd.random()
+        if how < 0.3:
+            for _ in range(rnd.randint(1, 3)):
+                frame[rnd.randrange(len(frame))] = rnd.randrange(256)
+        elif how < 0.4:
+            del frame[rnd.randrange(1, len(frame)):]
+        elif how < 0.5:
+            frame += bytes([rnd.randrange(256)])
+        frame = bytes(frame)
+        loaded = frames.load(frame)
+        if loaded is not None:
+            fast += 1
+            assert loaded == brine.load(frame[1:]), frame
+            assert type(loaded[1][1][1][1][1][0]) is bytes
+    assert fast > 10_000  # the unaltered frames and the harmless changes were all taken
+
+
+def test_call_frames_leave_every_other_shape_to_brine():
+    from seamless_service.agent.rpyc_guard import _CallFrames
+
+    frames = _CallFrames()
+    for other in (
+        brine.I1.pack(consts.MSG_REQUEST) + brine.dump((1, (consts.HANDLE_GETROOT, (consts.LABEL_TUPLE, ())))),
+        call_frame(1, b"x" * 10, REF, handler=consts.HANDLE_CALLATTR),
+        call_frame(1, b"x" * 10, REF, kwargs=(consts.LABEL_VALUE, (("a", 1),))),
+        call_frame(1, b"x" * 10, (consts.LABEL_REMOTE_REF, REF[1])),
+        brine.I1.pack(consts.MSG_REQUEST) + brine.dump(
+            (1, (consts.HANDLE_CALL, (consts.LABEL_TUPLE, (REF, (consts.LABEL_VALUE, (b"a", b"b")), (1, ())))))),
+    ):
+        frames.learn(brine.load(other[1:]))
+        assert frames.head is None, other
+    frames.learn(brine.load(call_frame(1, b"a request", REF)[1:]))
+    assert frames.load(call_frame(2, b"the next request", REF)) == brine.load(call_frame(2, b"the next request", REF)[1:])
+    assert frames.load(call_frame(2, b"abcd", REF)) is None  # 1-4 bytes: brine's other tags, left to it
+    # another method, handler, or a second argument: not this shape
+    moved = (consts.LABEL_LOCAL_REF, ("builtins.method", 1, 2))
+    assert frames.load(call_frame(3, b"a request", moved)) is None
+    assert frames.load(call_frame(3, b"a request", REF, handler=consts.HANDLE_CALLATTR)) is None
+    assert frames.load(call_frame(3, b"a request", REF, kwargs=(consts.LABEL_VALUE, (("a", 1),)))) is None
+    assert frames.load(call_frame(3, "a text argument", REF)) is None  # a str argument is brine's to load
+    assert frames.load(call_frame(3, b"a request", REF) + b"\x00") is None
+    assert frames.load(call_frame(3, b"a request", REF)[:-1]) is None
+    # a sequence number brine reads with int() but does not write is brine's too
+    frame = call_frame(12345, b"a request", REF)
+    assert frames.load(frame.replace(b"\x16\x0512345", b"\x16\x05+2345")) is None
+
+
+def test_calls_through_two_references_to_call_are_each_answered(agent):
+    conn, _channel, _sock = corked_connection(agent)
+    try:
+        first, second = conn.root.call, conn.root.exposed_call  # two bound methods, two ids
+        for i in range(6):
+            method = first if i % 2 else second
+            reply = method(encode_request([(f"no_such_op_{i}", {})]))
+            assert f"no_such_op_{i}" in decode_reply(reply, 1)[0]["error"]["message"]
+    finally:
+        conn.close()
