@@ -229,6 +229,9 @@ class HardenedConnection(Connection):
                 if isinstance(exc, EOFError):
                     self.close()  # as rpyc's serve: tells the client, then raises
                 raise
+            if not data:  # an empty frame: rpyc's serve skips it, and so do we
+                self._recvlock.release()
+                return
             self._dispatch(data)  # releases the receive lock once the message is read
         finally:
             with self._recv_event:

@@ -171,6 +171,17 @@ def test_unsolicited_reply_frames_are_handled_as_rpyc_handles_them(agent):
     assert owner_is_served(agent) < 3.0
 
 
+def test_empty_frames_are_skipped_as_rpyc_skips_them(agent):
+    conn, _channel, sock = corked_connection(agent)
+    try:
+        assert decode_reply(conn.root.call(encode_request([("hello", {})])), 1)[0]["ok"]
+        empty = Channel.FRAME_HEADER.pack(0, 0) + Channel.FLUSHER
+        sock.sendall(empty * 3)
+        assert decode_reply(conn.root.call(encode_request([("hello", {})])), 1)[0]["ok"]
+    finally:
+        conn.close()
+
+
 def test_read_ahead_is_seen_by_poll_and_bounded():
     from seamless_service.agent.rpyc_guard import READ_AHEAD, FrameTooLarge, LimitedChannel
 
