@@ -57,20 +57,21 @@ class LimitedChannel(Channel):
     for more than the frame still needs or READ_AHEAD, whichever is larger.
     """
 
-    __slots__ = ("limit", "report", "_pending", "_sock")
+    __slots__ = ("limit", "report", "_pending", "_start", "_sock")
 
     def __init__(self, stream: Any, *, limit: int = MAX_FRAME_BYTES,
                  report: Callable[[str], None] | None = None):
         super().__init__(stream, compress=False)  # our replies are compact msgpack; see service.py
         self.limit = int(limit)
         self.report = report
-        self._pending = b""  # bytes read past the last frame returned
+        self._pending = b""  # bytes read; those from _start on are not returned yet
+        self._start = 0
         # Read ahead only from a plain rpyc SocketStream (the agent's); others read as rpyc does.
         self._sock = stream.sock if type(stream) is SocketStream else None
 
     def poll(self, timeout: Any) -> bool:
         # Bytes read ahead are no longer in the socket, where the stream's poll looks.
-        return bool(self._pending) or super().poll(timeout)
+        return len(self._pending) > self._start or super().poll(timeout)
 
     def recv(self) -> bytes:
         header = self._read(self.FRAME_HEADER.size)
@@ -84,20 +85,27 @@ class LimitedChannel(Channel):
 
     def _read(self, count: int) -> bytes:
         """Exactly `count` bytes (EOFError, and the stream closed, as SocketStream.read)."""
-        pending = self._pending
-        if len(pending) >= count:
-            self._pending = pending[count:]
-            return pending[:count]
+        pending, start = self._pending, self._start
+        stop = start + count
+        if stop <= len(pending):
+            # An offset, not a slice of the rest: many small frames read in one go would
+            # otherwise copy what follows each of them.
+            if stop == len(pending):
+                self._pending, self._start = b"", 0
+            else:
+                self._start = stop
+            return pending[start:stop]
         if self._sock is None:
             return self.stream.read(count)
-        chunks = [pending]
-        have = len(pending)
+        chunks = [pending[start:]]
+        have = len(chunks[0])
         while have < count:
             chunk = self._recv_some(max(count - have, READ_AHEAD))
             chunks.append(chunk)
             have += len(chunk)
         data = b"".join(chunks)
-        self._pending = data[count:]
+        # the rest (< READ_AHEAD bytes past this frame) alone, not the frame, is kept
+        self._pending, self._start = data[count:], 0
         return data[:count]
 
     def _recv_some(self, most: int) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -194,6 +195,14 @@ def test_read_ahead_is_seen_by_poll_and_bounded():
         # the rest was read along with the first frame: the socket is empty, poll still says so
         assert channel.poll(0) and channel.recv() == frames[1] and channel.recv() == frames[2]
         assert not channel.poll(0)
+        # many frames in one read: each comes out whole, in order, then nothing is left
+        many = [bytes([i % 256]) * (i % 300) for i in range(2000)]
+        sender = threading.Thread(target=theirs.sendall, args=(
+            b"".join(Channel.FRAME_HEADER.pack(len(f), 0) + f + Channel.FLUSHER for f in many),))
+        sender.start()
+        assert [channel.recv() for _ in many] == many
+        sender.join()
+        assert not channel.poll(0) and len(channel._pending) == channel._start
         # a header over the limit is refused with at most READ_AHEAD bytes of its body read
         theirs.sendall(Channel.FRAME_HEADER.pack(50 << 20, 0))
         theirs.setblocking(False)
