@@ -23,7 +23,7 @@ import socket
 import zlib
 from typing import Any, Callable, NoReturn
 
-from rpyc.core import brine, consts
+from rpyc.core import consts
 from rpyc.core.channel import Channel
 from rpyc.core.protocol import Connection
 from rpyc.core.stream import SocketStream, retry_errnos
@@ -152,10 +152,6 @@ class HardenedConnection(Connection):
     The root (the service) must have `exposed_call` and answer `_rpyc_getattr` itself.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._call_frames = _CallFrames()  # before rpyc's __init__, which may serve
-        super().__init__(*args, **kwargs)
-
     @classmethod
     def _request_handlers(cls) -> dict:
         handlers = dict.fromkeys(super()._request_handlers(), cls._handle_refused)
@@ -245,21 +241,6 @@ class HardenedConnection(Connection):
             with self._recv_event:
                 self._recv_event.notify_all()
 
-    def _dispatch(self, data: bytes) -> None:
-        # rpyc's _dispatch for a request (release the receive lock, load, dispatch), with
-        # the load of a call like the last one done by _CallFrames; every other message,
-        # and a request with rpyc's experimental bound threads, is rpyc's own.
-        if data[:1] != _MSG_REQUEST or self._bind_threads:
-            super()._dispatch(data)
-            return
-        self._recvlock.release()
-        loaded = self._call_frames.load(data)
-        if loaded is None:
-            loaded = brine.load(data[1:])
-            self._call_frames.learn(loaded)
-        seq, args = loaded
-        self._dispatch_request(seq, args)
-
     def _unbox(self, package: Any) -> Any:
         # A client object arrives as a reference; rpyc would ask the client about its class
         # (HANDLE_INSPECT back to the client) right here, before call() could refuse it.
@@ -267,85 +248,3 @@ class HardenedConnection(Connection):
         if label == consts.LABEL_REMOTE_REF:
             raise TypeError("call() takes one msgpack request as bytes, not a reference to a client object")
         return super()._unbox(package)
-
-
-_MSG_REQUEST = brine.I1.pack(consts.MSG_REQUEST)
-_TAG_TUP2 = brine.TAG_TUP2[0]
-_TAG_INT_L1 = brine.TAG_INT_L1[0]
-_TAG_STR_L1 = brine.TAG_STR_L1[0]
-_TAG_STR_L4 = brine.TAG_STR_L4[0]
-_IMMEDIATE_INTS = {tag[0]: value for tag, value in brine.IMM_INTS_LOADER.items()}
-_NO_KWARGS = (consts.LABEL_VALUE, ())
-_NO_KWARGS_DUMPED = brine.dump(_NO_KWARGS)
-
-
-class _CallFrames:
-    """Loads a `call(request)` frame like the connection's previous one without brine.
-
-    brine.load decodes a request's ~23 nested items one Python call each (~3.4 us for a
-    hello, more than the agent's own decoding of the msgpack inside). A client calls the
-    same bound method every time: the frames differ only in the sequence number and the
-    request bytes. After a frame of that shape was loaded by brine (`learn`), `load`
-    accepts only a frame that is, byte for byte, brine's own encoding of (seq, (handler,
-    (LABEL_TUPLE, (that reference, (LABEL_VALUE, (bytes,)), (LABEL_VALUE, ()))))) with
-    an integer seq and returns exactly what brine.load returns for it; anything else
-    (another shape, method or encoding, a truncated or padded frame) gives None and is
-    loaded by brine as before. It only decodes: what the result may do is decided after,
-    by the same _dispatch_request, _unbox and handlers as every other request.
-    """
-
-    __slots__ = ("head",)
-
-    def __init__(self) -> None:
-        self.head: tuple[bytes, Any, Any, Any] | None = None
-
-    def learn(self, loaded: Any) -> None:
-        """Remember the shape of a frame brine loaded, if it is a call with one argument."""
-        try:
-            _seq, (handler, (label, (ref, (value_label, args), kwargs))) = loaded
-        except (TypeError, ValueError):
-            return
-        if (handler != consts.HANDLE_CALL or label != consts.LABEL_TUPLE or type(ref) is not tuple
-                or len(ref) != 2 or ref[0] != consts.LABEL_LOCAL_REF or value_label != consts.LABEL_VALUE
-                or type(args) is not tuple or len(args) != 1 or kwargs != _NO_KWARGS):
-            return
-        try:
-            prefix = (brine.TAG_TUP2 + brine.dump(handler) + brine.TAG_TUP2 + brine.dump(label)
-                      + brine.TAG_TUP3 + brine.dump(ref) + brine.TAG_TUP2 + brine.dump(value_label)
-                      + brine.TAG_TUP1)
-        except (TypeError, ValueError):  # not something brine dumps: never matched
-            return
-        self.head = (prefix, handler, label, ref)
-
-    def load(self, frame: bytes) -> tuple[int, Any] | None:
-        """brine.load(frame[1:]) for a frame of the learnt shape; None for any other."""
-        head = self.head
-        if head is None or len(frame) < 4 or frame[1] != _TAG_TUP2:
-            return None
-        tag = frame[2]
-        if tag in _IMMEDIATE_INTS:
-            seq, pos = _IMMEDIATE_INTS[tag], 3
-        elif tag == _TAG_INT_L1:
-            pos = 4 + frame[3]
-            digits = frame[4:pos]
-            if len(digits) != frame[3] or not digits.isdigit():
-                return None
-            seq = int(digits)
-        else:
-            return None
-        prefix, handler, label, ref = head
-        end = pos + len(prefix)
-        if frame[pos:end] != prefix or end + 1 >= len(frame):
-            return None
-        tag = frame[end]
-        if tag == _TAG_STR_L1:
-            start = end + 2
-            stop = start + frame[end + 1]
-        elif tag == _TAG_STR_L4 and end + 5 <= len(frame):
-            start = end + 5
-            stop = start + brine.I4.unpack_from(frame, end + 1)[0]
-        else:
-            return None
-        if stop > len(frame) or frame[stop:] != _NO_KWARGS_DUMPED:
-            return None
-        return seq, (handler, (label, (ref, (consts.LABEL_VALUE, (frame[start:stop],)), _NO_KWARGS)))
