@@ -29,6 +29,11 @@ class AgentContext:
     started: float = field(default_factory=time.time)
     helper_dir: Path | None = None  # folder holding the rhl-* executables; None -> search
     extras: dict[str, Any] = field(default_factory=dict)  # lazily created per-agent objects
+    # True for the agent process's context: nothing changes os.environ while it serves
+    # (no agent code writes it), so what hello derives from it may be kept. False where
+    # the environment can change under the context: the tunnel keeper runs the local
+    # transport with each caller's environment in os.environ.
+    fixed_environment: bool = False
     # Reentrant: a factory may itself ask for another shared object (Watcher -> liveness).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 

@@ -32,6 +32,7 @@ from ..protocol.codec import (
     error_result,
     ok_result,
     pack_result,
+    packed_reply_overhead,
     parse_op_entry,
 )
 from ..protocol.conditional import CONDITIONAL_OPS, slot_key
@@ -139,7 +140,7 @@ def handle(ctx: AgentContext, data: bytes, *, max_reply_bytes: int = MAX_REPLY_B
         return encode_reply(error=exc)
     n_ops = len(request.ops)
     pieces: list[bytes] = []
-    used = len(encode_packed_reply([b""] * n_ops))  # the envelope itself: map and array headers
+    used = packed_reply_overhead(n_ops)  # the envelope itself: map and array headers
     # Invariant: used + RESERVED_PER_OP * (ops still to answer) <= max_reply_bytes. So a
     # result may take whatever is left beyond the room reserved for the later ops, and a
     # replacement (< RESERVED_PER_OP) always fits: the reply never exceeds the limit, and

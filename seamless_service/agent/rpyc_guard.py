@@ -19,12 +19,15 @@ therefore has to stop here:
 
 from __future__ import annotations
 
+import socket
 import zlib
 from typing import Any, Callable, NoReturn
 
 from rpyc.core import consts
 from rpyc.core.channel import Channel
 from rpyc.core.protocol import Connection
+from rpyc.core.stream import SocketStream, retry_errnos
+from rpyc.lib.compat import get_exc_errno
 
 from ..protocol.codec import MAX_REQUEST_BYTES
 
@@ -33,6 +36,9 @@ from ..protocol.codec import MAX_REQUEST_BYTES
 MAX_FRAME_BYTES = MAX_REQUEST_BYTES + (64 << 10)
 
 REFUSED = "this agent answers only call(request: bytes)"
+# Bytes asked of the socket at once beyond what the current frame still needs (rpyc's
+# SocketStream reads at most 64,000 at a time).
+READ_AHEAD = 64 << 10
 
 
 class FrameTooLarge(EOFError):
@@ -43,25 +49,81 @@ class LimitedChannel(Channel):
     """A Channel that never buffers or inflates a frame larger than `limit` bytes.
 
     `report(message)` is told (once) why the connection was closed; the caller rate-limits it.
+
+    Over a socket it reads what has arrived, up to READ_AHEAD bytes at a time, and keeps
+    what lies past the frame for the next one: a small request (its 5-byte header, body
+    and flusher come in one segment) costs one recv() instead of rpyc's two. What it holds
+    is bounded: a frame's header is checked before its body is asked for, and no read asks
+    for more than the frame still needs or READ_AHEAD, whichever is larger.
     """
 
-    __slots__ = ("limit", "report")
+    __slots__ = ("limit", "report", "_pending", "_start", "_sock")
 
     def __init__(self, stream: Any, *, limit: int = MAX_FRAME_BYTES,
                  report: Callable[[str], None] | None = None):
         super().__init__(stream, compress=False)  # our replies are compact msgpack; see service.py
         self.limit = int(limit)
         self.report = report
+        self._pending = b""  # bytes read; those from _start on are not returned yet
+        self._start = 0
+        # Read ahead only from a plain rpyc SocketStream (the agent's); others read as rpyc does.
+        self._sock = stream.sock if type(stream) is SocketStream else None
+
+    def poll(self, timeout: Any) -> bool:
+        # Bytes read ahead are no longer in the socket, where the stream's poll looks.
+        return len(self._pending) > self._start or super().poll(timeout)
 
     def recv(self) -> bytes:
-        header = self.stream.read(self.FRAME_HEADER.size)
+        header = self._read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
         if length > self.limit:
             self._refuse(f"a frame of {length} bytes exceeds the limit of {self.limit} bytes")
-        data = self.stream.read(length + len(self.FLUSHER))[:-len(self.FLUSHER)]
+        data = self._read(length + len(self.FLUSHER))[:-len(self.FLUSHER)]
         if compressed:
             data = self._inflate(data)
         return data
+
+    def _read(self, count: int) -> bytes:
+        """Exactly `count` bytes (EOFError, and the stream closed, as SocketStream.read)."""
+        pending, start = self._pending, self._start
+        stop = start + count
+        if stop <= len(pending):
+            # An offset, not a slice of the rest: many small frames read in one go would
+            # otherwise copy what follows each of them.
+            if stop == len(pending):
+                self._pending, self._start = b"", 0
+            else:
+                self._start = stop
+            return pending[start:stop]
+        if self._sock is None:
+            return self.stream.read(count)
+        chunks = [pending[start:]]
+        have = len(chunks[0])
+        while have < count:
+            chunk = self._recv_some(max(count - have, READ_AHEAD))
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        # the rest (< READ_AHEAD bytes past this frame) alone, not the frame, is kept
+        self._pending, self._start = data[count:], 0
+        return data[:count]
+
+    def _recv_some(self, most: int) -> bytes:
+        # SocketStream.read's handling of each recv(), for up to `most` bytes.
+        while True:
+            try:
+                data = self._sock.recv(most)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if get_exc_errno(exc) in retry_errnos:
+                    continue
+                self.stream.close()
+                raise EOFError(exc) from None
+            if not data:
+                self.stream.close()
+                raise EOFError("connection closed by peer")
+            return data
 
     def _inflate(self, data: bytes) -> bytes:
         inflater = zlib.decompressobj()
@@ -129,6 +191,55 @@ class HardenedConnection(Connection):
                 getattr(obj, "__func__", None) is not getattr(type(root), "exposed_call", None):
             raise TypeError(REFUSED)
         return super()._handle_call(obj, args, kwargs)
+
+    def serve_all(self) -> None:
+        """rpyc's serve_all, without a poll() before every read.
+
+        rpyc serves each message with serve(None): a Timeout object, a fresh poll object
+        and a poll() system call, then the read. The agent's connection thread is the
+        only reader of its connection (the agent never sends requests of its own: every
+        handler that would, like unboxing a client reference, is refused), so it may
+        block in the read itself. Everything else is rpyc's: the receive lock is held
+        while reading and released by _dispatch, waiters on the receive event are woken
+        after each message, a read that fails releases the lock (and an EOFError closes
+        the connection), and the same errors end the loop. With rpyc's experimental bound
+        threads, or should another thread hold the receive lock, rpyc's own serve runs.
+        """
+        if self._bind_threads:
+            super().serve_all()
+            return
+        try:
+            while not self.closed:
+                self._serve_next()
+        except OSError:  # rpyc: socket.error, select_error, IOError (all OSError now)
+            if not self.closed:
+                raise
+        except EOFError:
+            pass
+        finally:
+            self.close()
+
+    def _serve_next(self) -> None:
+        with self._recv_event:
+            reading = self._recvlock.acquire(False)
+        if not reading:
+            self.serve(None)
+            return
+        try:
+            try:
+                data = self._channel.recv()
+            except Exception as exc:
+                self._recvlock.release()
+                if isinstance(exc, EOFError):
+                    self.close()  # as rpyc's serve: tells the client, then raises
+                raise
+            if not data:  # an empty frame: rpyc's serve skips it, and so do we
+                self._recvlock.release()
+                return
+            self._dispatch(data)  # releases the receive lock once the message is read
+        finally:
+            with self._recv_event:
+                self._recv_event.notify_all()
 
     def _unbox(self, package: Any) -> Any:
         # A client object arrives as a reference; rpyc would ask the client about its class

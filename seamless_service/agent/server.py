@@ -245,7 +245,7 @@ class Agent:
                 signal.signal(sig, self._on_signal)
             secret = make_secret()
             secret_file = lifecycle.write_secret(self.base, secret)
-            ctx = AgentContext(base=self.base, policy=policy)
+            ctx = AgentContext(base=self.base, policy=policy, fixed_environment=True)
             self._server = self._make_server(ctx, secret)
             del secret  # only the authenticator keeps it
             state = {

@@ -52,28 +52,37 @@ def _unpack(data: bytes, *, max_bytes: int, check_depth: bool = True) -> Any:
         raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after the msgpack message") from exc
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"not a valid msgpack message: {type(exc).__name__}") from exc
-    if check_depth and _depth(obj) > MAX_NESTING:
+    if check_depth and _deeper_than(obj, MAX_NESTING):
         raise ProtocolError(ErrorCode.MALFORMED, f"message nests deeper than {MAX_NESTING} levels")
     return obj
 
 
-def _depth(obj: Any) -> int:
-    # Iterative so that a deep message cannot exhaust the Python stack.
-    deepest = 0
-    stack = [(obj, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            deepest = max(deepest, level)
-            if level > MAX_NESTING:
-                return level
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            deepest = max(deepest, level)
-            if level > MAX_NESTING:
-                return level
-            stack.extend((v, level + 1) for v in item)
-    return deepest
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """True if `obj` nests containers more than `limit` levels deep (a top-level map or
+    list is level 1), i.e. if any path down it meets a container at level `limit` + 1.
+
+    Every container is visited (a deep branch is refused wherever it is), but the walk
+    stops at the first one too deep, so the recursion is at most `limit` + 1 calls deep
+    whatever the message: it cannot exhaust the Python stack. Recursive rather than an
+    explicit stack of (item, level) pairs: for a 25-byte `hello` request ~0.9 instead of
+    ~2.9 us. `type(...) is`, not isinstance: msgpack (no hooks, use_list=True) makes
+    nothing but plain dicts and lists.
+    """
+    kind = type(obj)
+    if kind is dict:
+        children = obj.values()  # keys are str or bytes (strict_map_key)
+    elif kind is list:
+        children = obj
+    else:
+        return False
+    if limit <= 0:
+        return True
+    limit -= 1
+    for child in children:
+        kind = type(child)
+        if (kind is dict or kind is list) and _deeper_than(child, limit):
+            return True
+    return False
 
 
 def _pack(obj: Any) -> bytes:
@@ -175,10 +184,28 @@ def encode_packed_reply(packed_results: list[bytes]) -> bytes:
     bytes are identical; this lets the agent pack each result as soon as it is produced and
     drop the Python object, instead of holding every result of a batch until the end.
     """
-    packer = msgpack.Packer(use_bin_type=True)
-    head = (packer.pack_map_header(2) + packer.pack("v") + packer.pack(PROTOCOL_VERSION)
-            + packer.pack("results") + packer.pack_array_header(len(packed_results)))
-    return b"".join([head, *packed_results])
+    return b"".join([_reply_head(len(packed_results)), *packed_results])
+
+
+def packed_reply_overhead(n_results: int) -> int:
+    """Bytes of a reply of `n_results` results that are not the results themselves."""
+    return len(_reply_head(n_results))
+
+
+# The reply's map and array headers depend only on the number of results: packed once
+# per count (a Packer each time was ~1.5 us of a hello's two calls here).
+_REPLY_HEADS: dict[int, bytes] = {}
+
+
+def _reply_head(n_results: int) -> bytes:
+    head = _REPLY_HEADS.get(n_results)
+    if head is None:
+        packer = msgpack.Packer(use_bin_type=True)
+        head = (packer.pack_map_header(2) + packer.pack("v") + packer.pack(PROTOCOL_VERSION)
+                + packer.pack("results") + packer.pack_array_header(n_results))
+        if n_results <= MAX_OPS_PER_REQUEST:  # the counts a reply can have: a bounded table
+            _REPLY_HEADS[n_results] = head
+    return head
 
 
 def decode_reply(data: bytes, expected: int | None = None) -> list[dict]:

@@ -1,5 +1,7 @@
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from seamless_service.protocol import (
     MAX_REQUEST_BYTES,
@@ -329,3 +331,104 @@ def test_an_error_reply_is_the_versioned_envelope():
     assert msgpack.unpackb(data) == {"v": PROTOCOL_VERSION, "error": {"code": "too_large", "message": "big"}}
     assert msgpack.unpackb(encode_reply([ok_result(b"\x00")])) == {"v": PROTOCOL_VERSION,
                                                                  "results": [{"ok": True, "value": b"\x00"}]}
+
+
+def reference_depth(obj) -> int:
+    """The nesting check decode_request made before it was rewritten for speed (an
+    explicit stack of (item, level) pairs): the new one must refuse exactly what this
+    refuses (depth > MAX_NESTING) and accept exactly the rest."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_NESTING:
+                return level
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def decode_outcome(data: bytes):
+    try:
+        return ("ok", decode_request(data).ops)
+    except ProtocolError as exc:
+        return (exc.code, exc.message)
+
+
+def trees(max_leaves: int = 60):
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.text(max_size=3),
+                        st.binary(max_size=3), st.floats(allow_nan=False))
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=2), inner, max_size=4)),
+        max_leaves=max_leaves)
+
+
+def deep_chain(levels: int, kinds: str):
+    """`levels` containers, the kinds taken from `kinds` in turn ('l' list, 'm' map), each
+    with siblings so the deep branch is not always the last one walked."""
+    obj: object = "leaf"
+    for i in range(levels):
+        if kinds[i % len(kinds)] == "l":
+            obj = [1, obj, [], {}] if i % 3 else [obj]
+        else:
+            obj = {"a": {}, "deep": obj, "z": [2]} if i % 2 else {"deep": obj}
+    return obj
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(trees(), max_size=4), extra_levels=st.integers(0, 20), kinds=st.sampled_from(["l", "m", "lm", "mll"]),
+       where=st.integers(0, 4))
+def test_nesting_check_refuses_exactly_what_the_reference_refuses(ops, extra_levels, kinds, where):
+    # random trees, plus a chain of a chosen depth around the limit put among them
+    ops = list(ops)
+    ops.insert(min(where, len(ops)), deep_chain(extra_levels, kinds))
+    envelope = {"v": PROTOCOL_VERSION, "ops": ops}
+    data = msgpack.packb(envelope, use_bin_type=True)
+    too_deep = reference_depth(msgpack.unpackb(data, raw=False)) > MAX_NESTING
+    outcome = decode_outcome(data)
+    if too_deep:
+        assert outcome == (ErrorCode.MALFORMED, f"message nests deeper than {MAX_NESTING} levels")
+    else:
+        assert outcome[0] == "ok"
+
+
+@pytest.mark.parametrize("kinds", ["l", "m", "lm", "ml", "mll"])
+def test_nesting_boundary_is_the_same_for_every_shape(kinds):
+    # envelope (1) + ops (2) + the chain: 14 levels are the most, 15 one too many
+    for levels in range(0, 20):
+        data = msgpack.packb({"v": PROTOCOL_VERSION, "ops": [1, deep_chain(levels, kinds), {"op": "hello"}]})
+        expected_ok = reference_depth(msgpack.unpackb(data, raw=False)) <= MAX_NESTING
+        assert expected_ok == (levels <= 14)
+        assert (decode_outcome(data)[0] == "ok") == expected_ok, levels
+
+
+def test_nesting_in_held_and_in_unknown_fields_is_checked_first():
+    # the depth is checked on the whole message, before any field is looked at
+    deep = deep_chain(16, "l")
+    for envelope in ({"v": PROTOCOL_VERSION, "ops": [], "held": [deep]},
+                     {"v": PROTOCOL_VERSION, "ops": [], "unknown": deep},
+                     {"v": deep, "ops": []}):
+        assert decode_outcome(msgpack.packb(envelope)) == (
+            ErrorCode.MALFORMED, f"message nests deeper than {MAX_NESTING} levels")
+
+
+def test_a_message_deeper_than_pythons_stack_is_one_malformed_error():
+    # msgpack's own limit refuses the deepest; just below it the check walks 17 levels only
+    for levels in (MAX_NESTING + 1, 500, 1000, 5000, 100_000):
+        data = b"\x91" * levels + b"\xc0"
+        code, message = decode_outcome(data)
+        assert code == ErrorCode.MALFORMED, (levels, message)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 15, 16, 17, 255, MAX_OPS_PER_REQUEST, MAX_OPS_PER_REQUEST + 1,
+                               65535, 65536, 70000])
+def test_packed_reply_heads_are_msgpacks_own_for_every_count(n):
+    from seamless_service.protocol.codec import packed_reply_overhead
+
+    results = [ok_result(i) if i % 2 else error_result(ProtocolError("x", str(i))) for i in range(n)]
+    for _ in range(2):  # the first call fills the table of heads, the second reads it
+        pieces = [pack_result(r) for r in results]
+        assert encode_packed_reply(pieces) == encode_reply(results) == msgpack.packb(
+            {"v": PROTOCOL_VERSION, "results": results}, use_bin_type=True)
+        assert packed_reply_overhead(n) == len(encode_reply(results)) - sum(map(len, pieces))
