@@ -296,7 +296,7 @@ def report(results: dict, loop: float, loop_p99: float, helps: float, ps_helps: 
     print(f"{'Python Host.batch(ps + 2 x persistent), long-lived':58} {api:>7.2f} ms   "
           f"p99 {api_p99:.2f} ms   {ps_cm / api:.0f}x faster than ControlMaster")
     print(f"{'first call, nothing running (keeper + SSH + agent start)':58} {first:>7.0f} ms")
-    print(f"\nwhere a warm call's time goes before it reaches the keeper:")
+    print("\nwhere a warm call's time goes before it reaches the keeper:")
     print(f"  {'interpreter start (venv python -c pass; site included)':66} {start_full:>7.1f} ms wall")
     print(f"  {'interpreter start without site (-I -S)':66} {start_bare:>7.1f} ms wall")
     print(f"  {'imports at start (-X importtime: site, .pth, finders; best of 5)':66} {imports['startup_ms']:>7.1f} ms")
