@@ -13,6 +13,15 @@ import pytest
 from seamless_service.agent import procinfo
 from seamless_service.agent.context import AgentContext
 from seamless_service.agent.policy import parse_policy
+from tests.support.agent import end_agent, start_test_agent
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """A real agent process on a throwaway launcher folder (a module may define its own)."""
+    info = start_test_agent(tmp_path)
+    yield info
+    end_agent(info["proc"])
 
 
 @pytest.fixture

@@ -17,17 +17,10 @@ import pytest
 from seamless_service.agent.auth import EVICT_AFTER, MAX_PENDING, REFUSAL_LOG_LIMIT
 from seamless_service.agent.peercred import _ip, _proc_uid, peer_uid
 from seamless_service.protocol import auth as pauth
-from tests.support.agent import end_agent, owner_is_served, settled_log, start_test_agent
+from tests.support.agent import end_agent, owner_is_served, settled_log
 from tests.support.other_user import OTHER_UID, HeldChild, become_other_user, needs_root
 
 HANDSHAKE_TIMEOUT = pauth.HANDSHAKE_TIMEOUT  # the agents here use the default (5 s)
-
-
-@pytest.fixture
-def agent(tmp_path):
-    info = start_test_agent(tmp_path)
-    yield info
-    end_agent(info["proc"])
 
 
 def _drain(sock: socket.socket, deadline: float) -> tuple[int, bool]:

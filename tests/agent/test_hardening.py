@@ -21,22 +21,13 @@ from rpyc.core.channel import Channel
 from seamless_service.agent.auth import REFUSAL_LOG_LIMIT
 from seamless_service.agent.server import MAX_CONNECTIONS
 from seamless_service.client.transport.agent_conn import AgentConnection, AgentConnectionError, client_handshake
-from tests.support.agent import (
-    end_agent, owner_is_served, proc_status, settled_log, start_test_agent,
-)
+from tests.support.agent import owner_is_served, proc_status, settled_log
 from tests.support.other_user import OTHER_UID, reset_flood, start_as_other_user
 
 MiB = 1 << 20
 FLOOD_SECONDS = 4.0
 FLOODERS = 2
 THREAD_SLACK = 8  # main, idle watchdog, refusal-log timer, threads just ending
-
-
-@pytest.fixture
-def agent(tmp_path):
-    info = start_test_agent(tmp_path)
-    yield info
-    end_agent(info["proc"])
 
 
 def test_reset_flood_of_another_user_neither_stops_the_agent_nor_fills_its_log(agent):

@@ -29,13 +29,6 @@ DEADLINE = 8.0  # seconds for a call that, on a regular folder, takes millisecon
 HS = ".HASHSERVER_PREFIX"
 
 
-@pytest.fixture
-def agent(tmp_path):
-    info = start_test_agent(tmp_path)
-    yield info
-    end_agent(info["proc"])
-
-
 def batch(agent: dict, ops: list[tuple[str, dict]], deadline: float = DEADLINE) -> list[dict]:
     """The agent's results for `ops`, or a test failure if they take longer than `deadline`.
     The call runs in a daemon thread: a hung agent leaves that thread waiting, not the test."""

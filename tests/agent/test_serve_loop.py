@@ -21,14 +21,7 @@ from rpyc.utils.factory import connect_channel
 from seamless_service.client.transport.agent_conn import client_handshake
 from seamless_service.protocol import ErrorCode, decode_reply, encode_request
 from seamless_service.protocol.codec import MAX_REQUEST_BYTES
-from tests.support.agent import end_agent, owner_is_served, proc_status, start_test_agent
-
-
-@pytest.fixture
-def agent(tmp_path):
-    info = start_test_agent(tmp_path)
-    yield info
-    end_agent(info["proc"])
+from tests.support.agent import owner_is_served, proc_status
 
 
 class CorkedChannel(Channel):
