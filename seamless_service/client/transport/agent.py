@@ -181,14 +181,12 @@ class AgentTransport(Transport):
         results, as batch() would return them (a broken connection is repaired and a
         read-only batch sent again, within the same time limit, counted from now). None
         when no connection is open: nothing was sent, call batch()."""
-        if self._closed or not self._usable():
+        conn = self._conn
+        if self._closed or conn is None or not self._usable():
             return None
         ops, request = self._prepare(ops)
         limit = self._call_limit(ops)
         budget = Budget(limit)
-        conn = self._conn
-        if conn is None:  # closed meanwhile by another thread
-            return None
         asked, sent_request = self._ask(conn, ops, request)
         try:
             first: Any = conn.send(sent_request)
