@@ -56,6 +56,11 @@ def _keys(keys: str | Iterable[str]) -> list[str]:
     return [keys] if isinstance(keys, str) else list(keys)
 
 
+def _plain(ops: Sequence[Op]) -> list[Op]:
+    """`ops` as every transport takes them: (name, a dict of its own) pairs."""
+    return [(name, dict(args or {})) for name, args in ops]
+
+
 def _ps_op(*, side: str = "server", status: str | None = None, no_status: bool = False, host: str | None = None,
            **filters: str | None) -> Op:
     return "ps", _args(side=side, status=status, no_status=no_status or None, host=host, **filters)
@@ -165,7 +170,7 @@ class Host:
 
     def raw_batch(self, ops: Sequence[Op]) -> list[Result]:
         """The transport's raw results ({"ok", "value" | "error"}), one per op."""
-        return self.transport.batch([(name, dict(args or {})) for name, args in ops])
+        return self.transport.batch(_plain(ops))
 
     def batch(self, ops: Sequence[Op]) -> list[Any]:
         """Run `ops` ([(op, args), ...]) in ONE round trip (over ssh: as few sessions as the
@@ -182,7 +187,7 @@ class Host:
         transport = self._transport
         if transport is None or self._closed:
             return None
-        finish = transport.begin([(name, dict(args or {})) for name, args in ops])
+        finish = transport.begin(_plain(ops))
         if finish is None:
             return None
         return lambda: [_result_value(result, self.name) for result in finish()]
