@@ -18,9 +18,11 @@ load of a shared machine falls on all of them alike.
 
 Targets (issue 13): ours small call p50 <= 0.25 ms and ahead of both; ahead of both on ps.
 
-Two floor rows say what the target is read against: 100 bytes echoed by a Python process
-through `ssh -W` (SSH and a Python peer, no rpyc, no agent), and our small call straight to
-the agent's port over loopback TCP (rpyc and the agent, no SSH).
+Three floor rows say what the target is read against: 100 bytes echoed by a Python process
+through `ssh -W` (our path: SSH and a Python peer, no rpyc, no agent); the same through an
+ssh session's pipes (execnet's path: the peer is a child of sshd, no TCP hop between them);
+and our small call straight to the agent's port over loopback TCP (rpyc and the agent, no
+SSH). The first two differ only by that hop.
 
 execnet and mitogen come from the `bench` extra: `pip install -e '.[client,bench]'`. A
 library that is missing or fails to start is printed as unavailable with the reason.
@@ -34,6 +36,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,28 +177,57 @@ def open_ssh_echo(server: SshServer) -> tuple[Callable, Callable, Callable]:
     """100 bytes echoed by a Python process on the host, through `ssh -W` to its port (the
     path of our agent connection, minus rpyc and the agent), on a socketpair as
     transport/openssh.py does it."""
-    import socket
-    import subprocess
-
     echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     port = int(echo.stdout.readline())
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ssh = subprocess.Popen(["ssh", "-F", str(server.ssh_config), "-W", f"127.0.0.1:{port}", server.alias],
                            stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
     theirs.close()
+    return _echo_calls(ours, [ssh, echo])
+
+
+PIPE_ECHO = """
+import os
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+def open_pipe_echo(server: SshServer) -> tuple[Callable, Callable, Callable]:
+    """100 bytes echoed by a Python process that sshd started for an ssh session, on the
+    session's pipes: execnet's path (its remote interpreter is such a child), without
+    execnet. Against the `ssh -W` row it prices the TCP hop from sshd to our agent."""
+    import shlex
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    command = f"exec {shlex.quote(server.python)} -S -c {shlex.quote(PIPE_ECHO)}"
+    ssh = subprocess.Popen(["ssh", "-F", str(server.ssh_config), server.alias, command],
+                           stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
+    theirs.close()
+    return _echo_calls(ours, [ssh])
+
+
+def _echo_calls(ours: socket.socket, procs: list) -> tuple[Callable, Callable, Callable]:
+    """The floor's call (100 bytes out, the same 100 back) on `ours`, checked once."""
     message = b"x" * 100
 
     def call() -> None:
         ours.sendall(message)
         got = 0
         while got < len(message):
-            got += len(ours.recv(65536))
+            chunk = ours.recv(65536)
+            if not chunk:
+                raise EOFError("the echo ended")
+            got += len(chunk)
 
     call()
 
     def close() -> None:
         ours.close()
-        for proc in (ssh, echo):
+        for proc in procs:
             proc.kill()
             proc.wait()
 
@@ -239,6 +272,7 @@ def main() -> int:
                "execnet (ssh binary, channel)": open_execnet,
                "mitogen (ssh binary, context.call)": open_mitogen,
                "floor: 100 bytes echoed through ssh -W": open_ssh_echo,
+               "floor: 100 bytes echoed on an ssh session's pipes": open_pipe_echo,
                "floor: ours without SSH (rpyc on loopback TCP)": open_rpyc_direct}
     opened: dict[str, tuple[Callable, Callable, Callable]] = {}
     unavailable: dict[str, str] = {}
@@ -265,21 +299,21 @@ def main() -> int:
 def report(openers: dict, small: dict, states: dict, unavailable: dict[str, str]) -> None:
     ours = [label for label in openers if label.startswith("ours")]
     first = next((label for label in ours if label in small), None)
-    print(f"\n{'':48} {'small call':>21}   {'read 200 state files':>21}")
-    print(f"{'':48} {'p50':>9} {'p99':>11}   {'p50':>9} {'p99':>11}")
+    print(f"\n{'':50} {'small call':>21}   {'read 200 state files':>21}")
+    print(f"{'':50} {'p50':>9} {'p99':>11}   {'p50':>9} {'p99':>11}")
     for label in openers:
         if label in unavailable:
-            print(f"{label:48} unavailable: {unavailable[label]}")
+            print(f"{label:50} unavailable: {unavailable[label]}")
             continue
         (s50, s99) = small[label]
         if label not in states:
-            line = f"{label:48} {s50:6.3f} ms {s99:7.3f} ms   {'-':>9} {'-':>11}"
+            line = f"{label:50} {s50:6.3f} ms {s99:7.3f} ms   {'-':>9} {'-':>11}"
             if label != first and first is not None:
                 line += f"   ratio {s50 / small[first][0]:.1f}x"
             print(line)
             continue
         (r50, r99) = states[label]
-        line = f"{label:48} {s50:6.3f} ms {s99:7.3f} ms   {r50:6.2f} ms {r99:7.2f} ms"
+        line = f"{label:50} {s50:6.3f} ms {s99:7.3f} ms   {r50:6.2f} ms {r99:7.2f} ms"
         if label != first and first is not None:
             line += f"   ratio {s50 / small[first][0]:.1f}x / {r50 / states[first][0]:.1f}x"
         print(line)

@@ -30,7 +30,7 @@ from ..protocol.version import PROTOCOL_VERSION
 from . import lifecycle
 from .auth import RefusalLog, SecretAuthenticator, peer_address, send_now
 from .context import AgentContext
-from .rpyc_guard import LimitedChannel
+from ..protocol.frames import LimitedChannel
 from .service import Activity, AgentService, server_config
 
 log = logging.getLogger("seamless_service.agent")

@@ -1,5 +1,5 @@
-"""The agent's own read loop (rpyc_guard.HardenedConnection.serve_all, LimitedChannel's
-read-ahead) against a real agent process: requests that arrive together, or byte by
+"""The agent's own read loop (rpyc_guard.HardenedConnection.serve_all, protocol.frames.LimitedChannel's
+read-ahead, whose channel-level tests are tests/protocol/test_frames.py) against a real agent process: requests that arrive together, or byte by
 byte, are each answered once and in order; a request as large as allowed still arrives
 whole; clients that vanish mid-frame free their thread; an agent with idle connections
 stops when told; an unsolicited reply frame changes nothing."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
 import time
 
 import pytest
@@ -174,61 +173,3 @@ def test_empty_frames_are_skipped_as_rpyc_skips_them(agent):
         assert decode_reply(conn.root.call(encode_request([("hello", {})])), 1)[0]["ok"]
     finally:
         conn.close()
-
-
-def test_read_ahead_is_seen_by_poll_and_bounded():
-    from seamless_service.agent.rpyc_guard import READ_AHEAD, FrameTooLarge, LimitedChannel
-
-    ours, theirs = socket.socketpair()
-    try:
-        channel = LimitedChannel(SocketStream(ours), limit=1 << 20)
-        frames = [b"first", b"second" * 1000, b""]
-        theirs.sendall(b"".join(Channel.FRAME_HEADER.pack(len(f), 0) + f + Channel.FLUSHER for f in frames))
-        assert channel.recv() == frames[0]
-        # the rest was read along with the first frame: the socket is empty, poll still says so
-        assert channel.poll(0) and channel.recv() == frames[1] and channel.recv() == frames[2]
-        assert not channel.poll(0)
-        # many frames in one read: each comes out whole, in order, then nothing is left
-        many = [bytes([i % 256]) * (i % 300) for i in range(2000)]
-        sender = threading.Thread(target=theirs.sendall, args=(
-            b"".join(Channel.FRAME_HEADER.pack(len(f), 0) + f + Channel.FLUSHER for f in many),))
-        sender.start()
-        assert [channel.recv() for _ in many] == many
-        sender.join()
-        assert not channel.poll(0) and len(channel._pending) == channel._start
-        # a header over the limit is refused with at most READ_AHEAD bytes of its body read
-        theirs.sendall(Channel.FRAME_HEADER.pack(50 << 20, 0))
-        theirs.setblocking(False)
-        sent = 0
-        try:
-            while sent < (4 << 20):
-                sent += theirs.send(bytes(1 << 16))
-        except BlockingIOError:
-            pass
-        with pytest.raises(FrameTooLarge):
-            channel.recv()
-        assert len(channel._pending) <= READ_AHEAD
-        assert channel.closed
-    finally:
-        ours.close()
-        theirs.close()
-
-
-def test_a_stream_other_than_a_socket_is_read_as_rpyc_reads_it():
-    from seamless_service.agent.rpyc_guard import LimitedChannel
-
-    class Other(SocketStream):  # any other stream class: no read-ahead, rpyc's exact reads
-        reads: list[int] = []
-
-        def read(self, count):
-            self.reads.append(count)
-            return super().read(count)
-
-    ours, theirs = socket.socketpair()
-    try:
-        channel = LimitedChannel(Other(ours))
-        theirs.sendall(Channel.FRAME_HEADER.pack(3, 0) + b"abc" + Channel.FLUSHER)
-        assert channel.recv() == b"abc" and Other.reads == [5, 4]
-    finally:
-        ours.close()
-        theirs.close()

@@ -266,11 +266,14 @@ class AgentConnection:
 def _open_rpyc(sock: socket.socket) -> tuple[Any, Any]:
     """rpyc over an authenticated socket: our hardened config, no frame compression.
     Returns the connection and its Channel (AgentConnection.close() closes that first)."""
-    from rpyc.core.channel import Channel
     from rpyc.core.service import VoidService
     from rpyc.core.stream import SocketStream
     from rpyc.utils.factory import connect_channel
 
+    from ...protocol.frames import MAX_REPLY_FRAME_BYTES, LimitedChannel
+
     # connect_stream() would build a compressing Channel; ours skips zlib (~5 ms per 180 KB).
-    channel = Channel(SocketStream(sock), compress=False)
+    # LimitedChannel also reads a small reply in one recv() (rpyc's Channel: two) and
+    # refuses a frame past the reply limit before reading its body.
+    channel = LimitedChannel(SocketStream(sock), limit=MAX_REPLY_FRAME_BYTES)
     return connect_channel(channel, service=VoidService, config=dict(pauth.RPYC_CONFIG)), channel
