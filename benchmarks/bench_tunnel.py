@@ -129,7 +129,8 @@ def server_side_note(fn, server: SshServer, runs: int) -> tuple[str, float]:
     one agent serves every alias in one process, so its share is serialised by its GIL,
     which N real hosts (N agents on N machines) would not do. The client side is this
     process and the ssh processes it started (through OpenSSH, each host's ssh master
-    does that host's crypto: on this machine for real hosts too)."""
+    does that host's crypto: on this machine for real hosts too; they are its children,
+    started without a shell)."""
     fn()
     a0, s0 = server_side_cpu_s(server)
     c0 = children_cpu_s()
@@ -145,31 +146,23 @@ def server_side_note(fn, server: SshServer, runs: int) -> tuple[str, float]:
 
 
 def children_cpu_s() -> float:
-    """CPU seconds so far of this process's descendants still running (the ssh masters
-    and `ssh -W` processes of the OpenSSH transport; none through paramiko), from /proc."""
+    """CPU seconds so far of the `ssh` processes this process started, still running (the
+    ssh masters and `ssh -W` processes of the OpenSSH transport; none through paramiko),
+    from /proc. The loopback sshd is a child too: its processes are the server side's."""
     tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
+    total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+                head, tail = handle.read().rsplit(")", 1)
         except OSError:
             continue  # ended meanwhile
-        parents[int(entry)] = int(fields[1])
-        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    ours = {os.getpid()}
-    grew = True
-    while grew:  # descendants at any depth
-        grew = False
-        for pid, parent in parents.items():
-            if parent in ours and pid not in ours:
-                ours.add(pid)
-                grew = True
-    ours.discard(os.getpid())
-    return sum(used[pid] for pid in ours)
+        fields = tail.split()
+        if head.split("(", 1)[1] == "ssh" and int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def fanout_note(client: float, machine: float | None) -> str:
