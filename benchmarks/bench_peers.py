@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -200,8 +201,6 @@ def open_pipe_echo(server: SshServer) -> tuple[Callable, Callable, Callable]:
     """100 bytes echoed by a Python process that sshd started for an ssh session, on the
     session's pipes: execnet's path (its remote interpreter is such a child), without
     execnet. Against the `ssh -W` row it prices the TCP hop from sshd to our agent."""
-    import shlex
-
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     command = f"exec {shlex.quote(server.python)} -S -c {shlex.quote(PIPE_ECHO)}"
     ssh = subprocess.Popen(["ssh", "-F", str(server.ssh_config), server.alias, command],

@@ -103,24 +103,35 @@ def _machine_busy_s() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def _proc_stat(pid: int | str) -> tuple[str, int, float] | None:
+    """(command name, parent pid, CPU seconds used: utime + stime) of a process from
+    /proc/PID/stat; None once it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            head, tail = handle.read().rsplit(")", 1)
+    except OSError:
+        return None
+    fields = tail.split()
+    return head.split("(", 1)[1], int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_side_cpu_s(server: SshServer) -> tuple[float, float]:
     """(agent, sshd sessions): CPU seconds so far of the server user's processes (/proc),
     the agent told apart by its command line."""
-    tick = os.sysconf("SC_CLK_TCK")
     agent = sessions = 0.0
     for pid in server.user_processes():
+        stat = _proc_stat(pid)
         try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 cmdline = handle.read()
         except OSError:
+            stat = None
+        if stat is None:  # ended meanwhile
             continue
-        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         if b"seamless_service" in cmdline and b"agent" in cmdline:
-            agent += used
+            agent += stat[2]
         else:
-            sessions += used
+            sessions += stat[2]
     return agent, sessions
 
 
@@ -149,19 +160,11 @@ def children_cpu_s() -> float:
     """CPU seconds so far of the `ssh` processes this process started, still running (the
     ssh masters and `ssh -W` processes of the OpenSSH transport; none through paramiko),
     from /proc. The loopback sshd is a child too: its processes are the server side's."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                head, tail = handle.read().rsplit(")", 1)
-        except OSError:
-            continue  # ended meanwhile
-        fields = tail.split()
-        if head.split("(", 1)[1] == "ssh" and int(fields[1]) == os.getpid():
-            total += (int(fields[11]) + int(fields[12])) / tick
+        stat = _proc_stat(entry) if entry.isdigit() else None
+        if stat is not None and stat[0] == "ssh" and stat[1] == os.getpid():
+            total += stat[2]
     return total
 
 
